@@ -1,0 +1,76 @@
+"""The application factory: wires the store, the registry and both transports, and ties the
+database and the expiry sweeper to the application's lifecycle."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import AsyncIterator
+
+from aiohttp import web
+
+from .config import Config
+from .registry import Registry, load_registry
+from .store import SqliteStore, Store
+from .times import DAY, SECOND
+from .transport.calls import Caller
+from .transport.codec import MAX_BODY
+from .transport.rest import add_routes, unknown_route
+from .transport.zap import ZapEndpoint
+
+log = logging.getLogger("zapbilling")
+
+STORE = web.AppKey("store", SqliteStore)
+CALLER = web.AppKey("caller", Caller)
+IDEMPOTENCY_KEEP = DAY
+
+
+def create_app(config: Config, registry: Registry | None = None) -> web.Application:
+    registry = registry or load_registry()
+    store = SqliteStore(config.db, config.durability)
+    caller = Caller(registry, store, config.clock)
+    app = web.Application(client_max_size=MAX_BODY)
+    app[STORE] = store
+    app[CALLER] = caller
+    app.cleanup_ctx.append(_lifecycle(store, config))
+
+    zap = ZapEndpoint(caller)
+    app.router.add_post("/api/v1/zap", zap.handle)
+    app.router.add_post("/api/v1/billing/zap", zap.handle)
+    add_routes(app, caller)
+    app.router.add_get("/healthz", _health)
+    app.router.add_route("*", "/api/v1/{tail:.*}", unknown_route(caller))
+    return app
+
+
+async def _health(request: web.Request) -> web.Response:
+    return web.json_response({"ok": True})
+
+
+def _lifecycle(store: Store, config: Config):  # type: ignore[no-untyped-def]
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        await store.open()
+        sweeper = asyncio.create_task(_sweep(store, config), name="zapbilling-sweeper")
+        try:
+            yield
+        finally:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
+            await store.close()
+
+    return lifecycle
+
+
+async def _sweep(store: Store, config: Config) -> None:
+    """Forfeit expired credit even for users who never come back (reads are exact without
+    this: they subtract unforfeited expired credit themselves) and drop old idempotency keys."""
+    while True:
+        await asyncio.sleep(config.sweep_seconds)
+        try:
+            now = config.clock()
+            while await store.forfeit_expired(now) > 0:
+                pass
+            await store.purge_idempotency(now - IDEMPOTENCY_KEEP - 60 * SECOND)
+        except Exception:
+            log.exception("expiry sweep failed; retrying at the next interval")

@@ -1,0 +1,53 @@
+"""Domain checks on parameters, attached to the schema-derived params models by field name.
+
+The registry refuses to start if a rule names a method or field the schema does not have, so
+these cannot drift from the schema. Rules run in schema field order with the type checks, so
+the first failure reported is the first in the contract's parameter order.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from ..models import Rule, invalid
+from .currencies import CODES
+
+MAX_PAGE = 1000
+MAX_EXPIRY_DAYS = 36_500
+
+
+def currency(value: str, name: str) -> str:
+    code = value.lower()
+    if code not in CODES:
+        raise invalid(f"unknown currency: {value}")
+    return code
+
+
+def positive(value: int, name: str) -> int:
+    if value <= 0:
+        raise invalid(f"{name} must be positive")
+    return value
+
+
+def page_limit(value: int, name: str) -> int:
+    if not 1 <= value <= MAX_PAGE:
+        raise invalid(f"{name} must be between 1 and {MAX_PAGE}")
+    return value
+
+
+def expiry_days(value: int, name: str) -> Any:
+    if value > MAX_EXPIRY_DAYS:
+        raise invalid(f"{name} must be at most {MAX_EXPIRY_DAYS} days")
+    return value
+
+
+FIELD_RULES: dict[str, Rule] = {
+    "currency": currency,
+    "limit": page_limit,
+}
+"""Rules for every parameter with this name, in every method and nested struct."""
+
+METHOD_RULES: dict[str, dict[str, Rule]] = {
+    "deposit": {"amount": positive, "expiresIn": expiry_days},
+    "refund": {"amount": positive},
+}
+"""Rules for one method's own parameters."""

@@ -1,0 +1,126 @@
+"""The `zapbilling` command: serve, and manage API keys.
+
+    zapbilling serve [--db PATH] [--host HOST] [--port PORT] [--durability full|normal]
+    zapbilling keys create [--db PATH] --org NAME --mode test|live [--scope admin|read]
+    zapbilling keys list [--db PATH]
+    zapbilling keys revoke KEY_ID [--db PATH]
+
+Every flag of `serve` (and --db everywhere) defaults to its ZAPBILLING_* environment variable.
+Errors are one line on stderr and a non-zero exit status.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from typing import Any, NoReturn, Sequence
+
+from .config import DURABILITY, Config, env_default
+from .store import SqliteStore
+from .times import format_ts, system_clock
+
+ACCESS_LOG = '%a "%r" %s %b %Tfs'
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"invalid port {text!r}: expected 0-65535")
+    return int(text)
+
+
+def _name(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="zapbilling", description="Usage-based billing service.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{serve,keys}")
+    db = {"default": env_default("db"), "help": "SQLite database file (env ZAPBILLING_DB)"}
+
+    serve = sub.add_parser("serve", help="run the HTTP server")
+    serve.add_argument("--db", **db)
+    serve.add_argument("--host", default=env_default("host"), help="interface to listen on (env ZAPBILLING_HOST)")
+    serve.add_argument("--port", type=_port, default=env_default("port"), help="TCP port (env ZAPBILLING_PORT)")
+    serve.add_argument("--durability", choices=DURABILITY, default=env_default("durability"),
+                       help="full: commits survive a power cut; normal: a process crash only (env ZAPBILLING_DURABILITY)")
+
+    keys = sub.add_parser("keys", help="manage API keys").add_subparsers(dest="action", required=True, metavar="{create,list,revoke}")
+    create = keys.add_parser("create", help="make a key and print it alone on stdout")
+    create.add_argument("--db", **db)
+    create.add_argument("--org", required=True, type=_name)
+    create.add_argument("--mode", required=True, choices=("test", "live"))
+    create.add_argument("--scope", default="admin", choices=("admin", "read"))
+    lister = keys.add_parser("list", help="list keys (never the keys themselves)")
+    lister.add_argument("--db", **db)
+    revoke = keys.add_parser("revoke", help="refuse a key from the next request on")
+    revoke.add_argument("key_id")
+    revoke.add_argument("--db", **db)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "serve":
+        if args.durability not in DURABILITY:
+            _fail(f"invalid durability {args.durability!r}: expected full or normal")
+        return serve(Config(db=args.db, host=args.host, port=int(args.port), durability=args.durability))
+    return asyncio.run(_keys(args))
+
+
+def _fail(message: str) -> NoReturn:
+    sys.stderr.write(f"zapbilling: error: {message}\n")
+    raise SystemExit(2)
+
+
+def serve(config: Config) -> int:
+    from aiohttp import web
+
+    from .app import create_app
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    loop = _event_loop()
+    asyncio.set_event_loop(loop)
+    app = create_app(config)
+    logging.getLogger("zapbilling").info("serving %s on http://%s:%d (durability %s)", config.db, config.host, config.port, config.durability)
+    # run_app turns SIGINT and SIGTERM into a graceful stop: it stops accepting, lets running
+    # requests finish, then the app's cleanup drains the writer, so no acknowledged write is lost.
+    web.run_app(app, host=config.host, port=config.port, access_log_format=ACCESS_LOG, print=None,
+                shutdown_timeout=10, loop=loop)
+    return 0
+
+
+def _event_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+async def _keys(args: Any) -> int:
+    store = SqliteStore(args.db)
+    await store.open()
+    try:
+        if args.action == "create":
+            key_id, secret = await store.create_key(args.org, args.mode, args.scope, system_clock())
+            sys.stderr.write(f"created {key_id} for {args.org} ({args.mode}, {args.scope})\n")
+            print(secret)
+        elif args.action == "list":
+            for k in await store.list_keys():
+                state = f"revoked {format_ts(k.revoked_at)}" if k.revoked_at else "active"
+                print(f"{k.id}\t{k.org}\t{k.mode}\t{k.scope}\t{k.hint}...\tcreated {format_ts(k.created_at)}\t{state}")
+        elif not await store.revoke_key(args.key_id, system_clock()):
+            _fail(f"no such key: {args.key_id}")
+        else:
+            sys.stderr.write(f"revoked {args.key_id}\n")
+    finally:
+        await store.close()
+    return 0

@@ -1,0 +1,34 @@
+"""Settings, from command-line flags or environment variables, in one place."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from .times import Clock, system_clock
+
+ENV = {
+    "db": "ZAPBILLING_DB",
+    "host": "ZAPBILLING_HOST",
+    "port": "ZAPBILLING_PORT",
+    "durability": "ZAPBILLING_DURABILITY",
+}
+DURABILITY = ("full", "normal")
+
+
+@dataclass(frozen=True)
+class Config:
+    db: str = "zapbilling.db"
+    host: str = "127.0.0.1"
+    port: int = 8080
+    durability: str = "full"
+    """full: a commit survives a power cut (synchronous=FULL); normal: it survives a crash of
+    the process but not of the machine (synchronous=NORMAL), for more writes per second."""
+    sweep_seconds: float = 60.0
+    """How often expired credit is forfeited and idempotency keys older than a day are dropped."""
+    clock: Clock = field(default=system_clock, repr=False)
+    """Microseconds since the epoch; tests pass a clock they can move."""
+
+
+def env_default(name: str) -> str:
+    """The default for a flag: its environment variable, else the built-in default."""
+    return os.environ.get(ENV[name], str(getattr(Config, name)))

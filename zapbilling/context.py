@@ -1,0 +1,25 @@
+"""What a handler knows about the call it serves: never the request or the connection."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .store import Idempotency, Principal, Store
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    principal: Principal
+    store: Store
+    now: int
+    """Microseconds since the epoch, read once per call so that one call sees one instant."""
+    request_id: object = None
+    idempotency: Idempotency | None = None
+
+    @property
+    def tenant(self) -> int:
+        return self.principal.tenant
+
+
+class Unchanged(dict):  # type: ignore[type-arg]
+    """The result of a mutating call that wrote nothing (recordUsage with amount <= 0): REST
+    answers it with 200 instead of the route's creation status. Encodes as a plain map."""

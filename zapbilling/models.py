@@ -1,0 +1,224 @@
+"""Pydantic v2 models derived from the parsed schema, built once at start-up.
+
+Input models (params) are strict: a string or a float where an integer is declared is invalid,
+never coerced. An empty string or null for a required field counts as missing, and null or an
+empty string for a field with a default means the default (as the reference's Go callers send
+zero values). Fields are validated in schema order and the first failure is the one reported,
+so the schema's field order is the contract's validation order.
+
+Output models (results) are used by the contract tests and generators to check that handlers
+return exactly what the schema declares; the hot path does not build them.
+"""
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any, Callable, Literal, Mapping, Optional
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field as PydanticField, ValidationError, ValidationInfo, create_model
+from pydantic_core import PydanticCustomError
+
+from .errors import InvalidParams
+from .schema import MISSING, Field, Method, Schema, TypeRef
+
+Rule = Callable[[Any, str], Any]
+"""A domain check for one field: gets the value and the field's name, returns the (possibly
+normalised) value or raises `invalid(message)`."""
+
+INT_RANGES = {"Int32": (-(2**31), 2**31 - 1), "Int64": (-(2**63), 2**63 - 1)}
+MAX_TEXT = 65_536
+MAX_DEPTH = 32
+
+_INPUT = ConfigDict(strict=True, extra="ignore")
+_OUTPUT = ConfigDict(strict=True, extra="forbid")
+
+_TYPE_MESSAGES = {
+    "int_type": "{} must be an integer",
+    "string_type": "{} must be a string",
+    "bool_type": "{} must be a boolean",
+    "float_type": "{} must be a number",
+    "list_type": "{} must be a list",
+    "dict_type": "{} must be an object",
+    "model_type": "{} must be an object",
+    "model_attributes_type": "{} must be an object",
+    "string_too_long": "{} is too long (at most %d characters)" % MAX_TEXT,
+}
+
+
+def invalid(message: str) -> PydanticCustomError:
+    """The error a rule raises; its message reaches the caller as is."""
+    return PydanticCustomError("zap", message)
+
+
+def _missing(name: str) -> PydanticCustomError:
+    return PydanticCustomError("missing", "{name} is required", {"name": name})
+
+
+# -- generic input checks ------------------------------------------------------------------
+
+def _int_range(kind: str) -> AfterValidator:
+    lo, hi = INT_RANGES[kind]
+    bits = 32 if kind == "Int32" else 64
+
+    def check(v: int, info: ValidationInfo) -> int:
+        if not lo <= v <= hi:
+            raise invalid(f"{info.field_name} is out of range (signed {bits}-bit integer)")
+        return v
+
+    return AfterValidator(check)
+
+
+def _json_value(v: Any, depth: int = 0) -> bool:
+    if depth > MAX_DEPTH:
+        return False
+    if v is None or isinstance(v, (bool, int, str)):
+        return True
+    if isinstance(v, float):
+        return math.isfinite(v)
+    if isinstance(v, list):
+        return all(_json_value(x, depth + 1) for x in v)
+    if isinstance(v, dict):
+        return all(isinstance(k, str) and _json_value(x, depth + 1) for k, x in v.items())
+    return False
+
+
+def _check_data(v: Any, info: ValidationInfo) -> Any:
+    if not _json_value(v):
+        raise invalid(f"{info.field_name} must be a JSON value (objects with text keys, lists, text, numbers, booleans, null) nested at most {MAX_DEPTH} deep")
+    return v
+
+
+def _non_empty(v: Any, info: ValidationInfo) -> Any:
+    if v == "":
+        raise _missing(info.field_name or "value")
+    return v
+
+
+def _null_means(default: Any, *, empty_text_too: bool) -> BeforeValidator:
+    def absent_to_default(v: Any) -> Any:
+        if v is None or (empty_text_too and v == ""):
+            return default() if callable(default) else default
+        return v
+
+    return BeforeValidator(absent_to_default)
+
+
+def _null_is_missing(v: Any, info: ValidationInfo) -> Any:
+    if v is None:
+        raise _missing(info.field_name or "value")
+    return v
+
+
+def _annotated(ann: Any, metadata: list[Any]) -> Any:
+    return Annotated[(ann, *metadata)] if metadata else ann
+
+
+# -- schema types -> annotations -----------------------------------------------------------
+
+class ModelBuilder:
+    """Turns schema structs and method parameter lists into pydantic models."""
+
+    def __init__(self, schema: Schema, field_rules: Mapping[str, Rule] | None = None):
+        self.schema = schema
+        self.field_rules = dict(field_rules or {})
+        self._inputs: dict[str, type[BaseModel]] = {}
+        self._outputs: dict[str, type[BaseModel]] = {}
+
+    def annotation(self, t: TypeRef, *, output: bool) -> Any:
+        n = t.name
+        if n == "Bool":
+            return bool
+        if n in INT_RANGES:
+            return int if output else Annotated[int, _int_range(n)]
+        if n == "Float64":
+            return float
+        if n == "Text":
+            return str if output else Annotated[str, PydanticField(max_length=MAX_TEXT)]
+        if n == "Data":
+            return Any if output else Annotated[Any, AfterValidator(_check_data)]
+        if n == "List":
+            return list[self.annotation(t.args[0], output=output)]  # type: ignore[misc]
+        if n == "Map":
+            return dict[str, self.annotation(t.args[1], output=output)]  # type: ignore[misc]
+        if n in self.schema.enums:
+            return Literal[tuple(self.schema.enums[n].values)]
+        return self.output_model(n) if output else self.input_model(n)
+
+    def _field(self, f: Field, *, output: bool, rules: Mapping[str, Rule]) -> tuple[Any, Any]:
+        ann = self.annotation(f.type, output=output)
+        if output:
+            if f.optional:
+                return Optional[ann], None
+            return ann, (... if f.default is MISSING else f.default)
+        validators: list[Any] = []
+        rule = rules.get(f.name) or self.field_rules.get(f.name)
+        if rule is not None:
+            validators.append(AfterValidator(lambda v, info, _r=rule: v if v is None else _r(v, info.field_name)))
+        if f.optional:
+            return _annotated(Optional[ann], validators), None
+        if f.default is MISSING:
+            checks = [BeforeValidator(_null_is_missing)] + ([AfterValidator(_non_empty)] if f.type.name == "Text" else [])
+            return _annotated(ann, checks + validators), ...
+        default = f.default
+        factory = (list if default == [] else dict) if isinstance(default, (list, dict)) else None
+        before = _null_means(factory or default, empty_text_too=f.type.name == "Text" and default != "")
+        return _annotated(ann, [before] + validators), (PydanticField(default_factory=factory) if factory else default)
+
+    def input_model(self, name: str) -> type[BaseModel]:
+        if name not in self._inputs:
+            s = self.schema.structs[name]
+            fields = {f.name: self._field(f, output=False, rules={}) for f in s.fields}
+            self._inputs[name] = create_model(name, __config__=_INPUT, __doc__=s.doc or None, **fields)  # type: ignore[call-overload]
+        return self._inputs[name]
+
+    def output_model(self, name: str) -> type[BaseModel]:
+        if name not in self._outputs:
+            s = self.schema.structs[name]
+            fields = {f.name: self._field(f, output=True, rules={}) for f in s.fields}
+            self._outputs[name] = create_model(name + "Out", __config__=_OUTPUT, __doc__=s.doc or None, **fields)  # type: ignore[call-overload]
+        return self._outputs[name]
+
+    def params_model(self, method: Method, rules: Mapping[str, Rule]) -> type[BaseModel]:
+        """One model per method, so that method-specific rules (`amount must be positive`
+        for deposit but not for recordUsage) never leak into a shared struct."""
+        fields = {f.name: self._field(f, output=False, rules=rules) for f in self.schema.flat_params(method)}
+        title = method.name[0].upper() + method.name[1:] + "Params"
+        return create_model(title, __config__=_INPUT, __doc__=method.doc or None, **fields)  # type: ignore[call-overload]
+
+    def result_model(self, method: Method) -> type[BaseModel] | None:
+        if method.result is None:
+            return None
+        ann, _ = self._field(method.result, output=True, rules={})
+        return create_model(method.name[0].upper() + method.name[1:] + "Result", __config__=_OUTPUT, value=(ann, ...))
+
+
+# -- errors --------------------------------------------------------------------------------
+
+def _param_name(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif not isinstance(part, str) or part.startswith(("function-", "literal[", "list[", "dict[", "nullable[")):
+            continue
+        else:
+            out += ("." if out else "") + part
+    return out
+
+
+def params_error(exc: ValidationError, *, query: bool = False) -> InvalidParams:
+    """The first failure, in field order, as the contract words it."""
+    err = exc.errors(include_url=False)[0]
+    name = _param_name(tuple(err["loc"])) or "params"
+    kind = err["type"]
+    if kind == "missing":
+        message = f"{name} query parameter is required" if query else f"{name} is required"
+    elif kind == "zap":
+        message = err["msg"]
+    elif kind == "literal_error":
+        allowed = err.get("ctx", {}).get("expected", "")
+        message = f"{name} must be one of {allowed}"
+    elif kind in _TYPE_MESSAGES:
+        message = _TYPE_MESSAGES[kind].format(name)
+    else:
+        message = f"{name}: {err['msg']}"
+    return InvalidParams(message, param=name)

@@ -1,0 +1,136 @@
+"""Schema + handlers -> commands. Built once at start-up; both transports, zap.discover and the
+tests read the same commands, so the REST and ZAP paths cannot disagree about an operation."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Awaitable, Callable, Mapping
+
+from pydantic import BaseModel
+
+from .models import ModelBuilder, Rule
+from .schema import MISSING, Field, Http, Method, Schema, load
+
+Handler = Callable[[Any, Any], Awaitable[dict[str, Any]]]
+
+
+def default_schema_path() -> Path:
+    return Path(str(resources.files("zapbilling") / "schemas" / "billing.zap"))
+
+
+class RegistryError(RuntimeError):
+    """The schema and the handlers do not match: raised at start-up, never at request time."""
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    wire: str
+    method: Method
+    fields: list[Field]
+    """The parameters a caller sends (a single struct parameter's fields, flattened)."""
+    params_model: type[BaseModel]
+    result_model: type[BaseModel] | None
+    handler: Handler
+    http: Http | None
+
+    @property
+    def mutates(self) -> bool:
+        return self.method.mutates
+
+
+@dataclass(frozen=True)
+class Registry:
+    schema: Schema
+    commands: dict[str, Command]
+    """By wire name (`billing.getBalance`)."""
+    catalogue: dict[str, Any]
+    """What zap.discover answers."""
+
+
+def build_registry(
+    schema: Schema,
+    handlers: Mapping[str, Handler],
+    field_rules: Mapping[str, Rule] | None = None,
+    method_rules: Mapping[str, Mapping[str, Rule]] | None = None,
+) -> Registry:
+    method_rules = method_rules or {}
+    methods = {m.name: (i, m) for i, m in schema.methods()}
+    if len(methods) != len(schema.methods()):
+        raise RegistryError("two interfaces declare a method of the same name; handlers are keyed by method name")
+    if missing := sorted(set(methods) - set(handlers)):
+        raise RegistryError(f"schema methods without a handler: {', '.join(missing)}")
+    if extra := sorted(set(handlers) - set(methods)):
+        raise RegistryError(f"handlers for methods the schema does not declare: {', '.join(extra)}")
+    all_fields = {f.name for s in schema.structs.values() for f in s.fields} | {
+        f.name for _, m in methods.values() for f in schema.flat_params(m)
+    }
+    if unknown := sorted(set(field_rules or {}) - all_fields):
+        raise RegistryError(f"field rules for fields the schema does not declare: {', '.join(unknown)}")
+    for name, rules in method_rules.items():
+        if name not in methods:
+            raise RegistryError(f"rules for a method the schema does not declare: {name}")
+        params = {f.name for f in schema.flat_params(methods[name][1])}
+        if unknown := sorted(set(rules) - params):
+            raise RegistryError(f"rules for parameters `{name}` does not take: {', '.join(unknown)}")
+
+    builder = ModelBuilder(schema, field_rules)
+    commands = {}
+    for name, (iface, m) in methods.items():
+        wire = f"{iface.service}.{name}"
+        commands[wire] = Command(
+            name=name, wire=wire, method=m, fields=schema.flat_params(m),
+            params_model=builder.params_model(m, method_rules.get(name, {})),
+            result_model=builder.result_model(m), handler=handlers[name], http=m.http,
+        )
+    return Registry(schema, commands, catalogue(schema))
+
+
+def load_registry(path: str | Path | None = None) -> Registry:
+    """The service's registry: billing.zap with the billing handlers and rules."""
+    from .billing import FIELD_RULES, HANDLERS, METHOD_RULES
+
+    return build_registry(load(path or default_schema_path()), HANDLERS, FIELD_RULES, METHOD_RULES)
+
+
+# -- zap.discover --------------------------------------------------------------------------
+
+def _field_info(f: Field) -> dict[str, Any]:
+    info: dict[str, Any] = {"name": f.name, "type": str(f.type), "required": f.required}
+    if f.optional:
+        info["optional"] = True
+    if f.default is not MISSING:
+        info["default"] = f.default
+    if f.doc:
+        info["doc"] = f.doc
+    if f.deprecated:
+        info["deprecated"] = f.deprecated
+    return info
+
+
+def catalogue(schema: Schema) -> dict[str, Any]:
+    methods: dict[str, Any] = {}
+    for iface, m in schema.methods():
+        flat = schema.flat_params(m)
+        entry: dict[str, Any] = {
+            "service": iface.name,
+            "doc": m.doc,
+            "params": [_field_info(f) for f in flat],
+            "paramsType": m.params[0].type.name if flat is not m.params else None,
+            "result": str(m.result.type) if m.result else None,
+            "mutates": m.mutates,
+            "http": {"method": m.http.verb, "path": m.http.path, "status": m.http.status} if m.http else None,
+        }
+        if m.deprecated:
+            entry["deprecated"] = m.deprecated
+        methods[f"{iface.service}.{m.name}"] = entry
+    types: dict[str, Any] = {}
+    for e in schema.enums.values():
+        types[e.name] = {"kind": "enum", "doc": e.doc, "values": list(e.values)}
+    for s in schema.structs.values():
+        types[s.name] = {"kind": "struct", "doc": s.doc, "fields": [_field_info(f) for f in s.fields]}
+    return {"methods": methods, "types": types}
+
+
+__all__ = ["Command", "Registry", "RegistryError", "build_registry", "catalogue", "load_registry"]

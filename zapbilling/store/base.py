@@ -1,0 +1,85 @@
+"""The storage interface, in domain terms. Handlers see only this; the SQLite implementation
+(and a PostgreSQL one later) sit behind it. Rows come back as plain dicts that are JSON values,
+so a write's result can be stored for an idempotent replay exactly as it was returned."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: the key's tenant (one org in one mode) and what it may do."""
+
+    tenant: int
+    org: str
+    mode: str
+    scope: str
+    key_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class KeyInfo:
+    id: str
+    org: str
+    mode: str
+    scope: str
+    hint: str
+    created_at: int
+    revoked_at: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Idempotency:
+    """An idempotency key and the fingerprint of the call it was first used with."""
+
+    key: str
+    fingerprint: str
+
+
+@dataclass(frozen=True, slots=True)
+class NewEntry:
+    """A ledger row to append. The store adds the id, maintains the running balance, forfeits
+    expired credit of the same user and currency, and spends expiring deposits first."""
+
+    type: str
+    user: str
+    currency: str
+    amount: int
+    now: int
+    tags: str = ""
+    notes: str = ""
+    metadata: dict[str, Any] | None = None
+    expires_at: int | None = None
+    refund_of: str | None = None
+    dedupe_key: str | None = None
+    """At most one row per (tenant, user, dedupe_key); a repeat returns the first row."""
+
+
+LedgerRow = dict[str, Any]
+"""{id, user, currency, type, amount, tags, notes, metadata, createdAt, expiresAt, refundOf}
+with times in microseconds."""
+
+
+class Store(Protocol):
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+
+    # keys
+    async def create_key(self, org: str, mode: str, scope: str, now: int) -> tuple[str, str]: ...
+    async def list_keys(self) -> list[KeyInfo]: ...
+    async def revoke_key(self, key_id: str, now: int) -> bool: ...
+    async def authenticate(self, secret: str) -> Principal | None: ...
+
+    # idempotency
+    async def idempotency_fingerprint(self, tenant: int, key: str) -> str | None: ...
+    async def purge_idempotency(self, older_than: int) -> int: ...
+
+    # ledger
+    async def balance(self, tenant: int, user: str, currency: str, now: int) -> tuple[int, int]: ...
+    async def balances(self, tenant: int, user: str, now: int) -> list[tuple[str, int, int]]: ...
+    async def usage_page(
+        self, tenant: int, user: str, currency: str | None, limit: int, starting_after: str | None
+    ) -> tuple[list[LedgerRow], bool]: ...
+    async def append_ledger_row(self, tenant: int, entry: NewEntry, idempotency: Idempotency | None = None) -> LedgerRow: ...
+    async def forfeit_expired(self, now: int, limit: int = 500) -> int: ...

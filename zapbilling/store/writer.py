@@ -1,0 +1,107 @@
+"""The single writer: one SQLite connection on one thread, with group commit.
+
+Why not aiosqlite here: aiosqlite makes one trip to its thread per statement, and a ledger
+write is several statements (dedupe insert, expiry forfeits, lot consumption, balance update,
+idempotency record) that must form one transaction. Here a whole batch of write jobs crosses
+to the writer thread once: each job runs inside its own SAVEPOINT (so one job's error rolls
+back only that job) and the batch shares one COMMIT. Every caller's future resolves only after
+that COMMIT returned, so nothing is acknowledged before it is durable.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable
+
+log = logging.getLogger("zapbilling.store")
+
+Job = Callable[..., Any]
+MAX_BATCH = 256
+
+
+class Writer:
+    def __init__(self, connect: Callable[[], sqlite3.Connection]):
+        self._connect = connect
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="zapbilling-writer")
+        self._conn: sqlite3.Connection | None = None
+        self._pending: list[tuple[Job, tuple[Any, ...], asyncio.Future[Any]]] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._conn = await loop.run_in_executor(self._pool, self._connect)
+        self._task = asyncio.create_task(self._loop(), name="zapbilling-writer")
+
+    async def run(self, job: Job, *args: Any) -> Any:
+        """Run `job(conn, *args)` atomically in the writer; return its result once committed."""
+        if self._closing or self._task is None:
+            raise RuntimeError("the store is closed")
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending.append((job, args, future))
+        self._wake.set()
+        return await future
+
+    async def call(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        """Run `fn(conn)` on the writer thread outside any batch (start-up work, migrations)."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, self._conn)
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._pending:
+                batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+                try:
+                    outcomes = await loop.run_in_executor(self._pool, self._run_batch, [(j, a) for j, a, _ in batch])
+                except BaseException as exc:  # the thread itself failed: no job of this batch committed
+                    outcomes = [(False, exc)] * len(batch)
+                for (_, _, future), (ok, value) in zip(batch, outcomes):
+                    if future.done():
+                        continue
+                    if ok:
+                        future.set_result(value)
+                    else:
+                        future.set_exception(value)
+            if self._closing:
+                return
+
+    def _run_batch(self, jobs: list[tuple[Job, tuple[Any, ...]]]) -> list[tuple[bool, Any]]:
+        conn = self._conn
+        assert conn is not None
+        outcomes: list[tuple[bool, Any]] = []
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for job, args in jobs:
+                conn.execute("SAVEPOINT job")
+                try:
+                    outcomes.append((True, job(conn, *args)))
+                    conn.execute("RELEASE job")
+                except Exception as exc:
+                    conn.execute("ROLLBACK TO job")
+                    conn.execute("RELEASE job")
+                    outcomes.append((False, exc))
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            log.exception("write batch of %d jobs failed to commit", len(jobs))
+            return [(False, exc)] * len(jobs)
+        return outcomes
+
+    async def close(self) -> None:
+        """Finish every write already submitted, then close the connection."""
+        if self._task is None:
+            return
+        self._closing = True
+        self._wake.set()
+        await self._task
+        self._task = None
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await asyncio.get_running_loop().run_in_executor(self._pool, conn.close)
+        self._pool.shutdown(wait=True)

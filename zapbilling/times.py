@@ -1,0 +1,42 @@
+"""Time as integer microseconds since the Unix epoch (UTC), so that `expiresAt = createdAt +
+expiresIn` holds exactly and no float is involved; RFC 3339 text only at the edges."""
+from __future__ import annotations
+
+import re
+import time
+from datetime import date, datetime, timedelta, timezone
+from typing import Callable
+
+Clock = Callable[[], int]
+
+SECOND = 1_000_000
+DAY = 86_400 * SECOND
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_BARE_DATE = re.compile(r"\d{4}-\d{2}-\d{2}\Z")
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})\Z")
+
+
+def system_clock() -> int:
+    return time.time_ns() // 1000
+
+
+def format_ts(us: int) -> str:
+    """RFC 3339 in UTC with microseconds, e.g. 2026-11-26T07:30:00.123456Z."""
+    return (_EPOCH + timedelta(microseconds=us)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_ts(text: str, *, period_end: bool = False) -> int:
+    """RFC 3339 or a bare date. A bare date as a period end includes that whole day, so it
+    means 00:00 of the next day (an exclusive bound). Raises ValueError on anything else."""
+    if _BARE_DATE.match(text):
+        d = date.fromisoformat(text)
+        start = datetime(d.year, d.month, d.day, tzinfo=timezone.utc)
+        return to_us(start + timedelta(days=1) if period_end else start)
+    if not _RFC3339.match(text):
+        raise ValueError(text)
+    return to_us(datetime.fromisoformat(text.upper().replace("Z", "+00:00")))
+
+
+def to_us(dt: datetime) -> int:
+    delta = dt - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * SECOND + delta.microseconds

@@ -1,0 +1,40 @@
+"""API keys from the Authorization header: `Bearer <key>`, a bare key (as the reference's own
+tests send it) or HTTP Basic with the key as user name (as Stripe's callers do). Keys in the
+query string are refused on purpose: URLs end up in logs."""
+from __future__ import annotations
+
+import binascii
+from base64 import b64decode
+from typing import Mapping
+
+from ..errors import Unauthorized
+from ..store import Principal, Store
+
+QUERY_KEY_PARAMS = ("key", "token", "api_key", "apiKey")
+_REFUSED = "missing or invalid API key: send it as Authorization: Bearer <key>"
+
+
+def key_from_header(value: str | None) -> str | None:
+    if not value:
+        return None
+    scheme, _, rest = value.strip().partition(" ")
+    rest = rest.strip()
+    if scheme.lower() == "bearer":
+        return rest or None
+    if scheme.lower() == "basic":
+        try:
+            user, _, password = b64decode(rest, validate=True).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+        return user or password or None
+    return None if rest else scheme  # a bare key has no spaces
+
+
+async def authenticate(store: Store, authorization: str | None, query: Mapping[str, str]) -> Principal:
+    if any(name in query for name in QUERY_KEY_PARAMS):
+        raise Unauthorized("API keys in the query string are refused: send Authorization: Bearer <key>")
+    secret = key_from_header(authorization)
+    principal = await store.authenticate(secret) if secret else None
+    if principal is None:
+        raise Unauthorized(_REFUSED)
+    return principal

@@ -1,0 +1,78 @@
+"""The one call path both transports share: permission, params, idempotency, handler.
+
+REST and ZAP differ only in how they find the command and its raw params and how they render
+the answer; everything that decides the answer happens here, so the two cannot disagree.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from ..context import Context
+from ..errors import ApiError, Conflict, Forbidden, InternalError, InvalidRequest
+from ..models import params_error
+from ..registry import Command, Registry
+from ..store import Idempotency, Principal, Store
+from ..times import Clock
+
+log = logging.getLogger("zapbilling")
+
+MAX_IDEMPOTENCY_KEY = 255
+
+
+@dataclass(frozen=True)
+class Caller:
+    registry: Registry
+    store: Store
+    clock: Clock
+
+    async def call(
+        self,
+        command: Command,
+        principal: Principal,
+        raw: dict[str, Any],
+        *,
+        query: bool = False,
+        idempotency_key: str | None = None,
+        request_id: Any = None,
+    ) -> dict[str, Any]:
+        """Run one command. Raises ApiError for every failure a caller may see; anything else
+        is logged with its traceback and becomes a bare internal error."""
+        try:
+            authorize(command, principal)
+            try:
+                params = command.params_model.model_validate(raw)
+            except ValidationError as exc:
+                raise params_error(exc, query=query) from None
+            idempotency = None
+            if idempotency_key and command.mutates:
+                idempotency = await self._idempotency(command, principal, params, idempotency_key)
+            ctx = Context(principal, self.store, self.clock(), request_id, idempotency)
+            return await command.handler(ctx, params)
+        except ApiError:
+            raise
+        except Exception:
+            log.exception("%s failed (request id %r)", command.wire, request_id)
+            raise InternalError("internal error") from None
+
+    async def _idempotency(self, command: Command, principal: Principal, params: Any, key: str) -> Idempotency:
+        if len(key) > MAX_IDEMPOTENCY_KEY:
+            raise InvalidRequest(f"idempotency key must be at most {MAX_IDEMPOTENCY_KEY} characters", param="idempotencyKey")
+        canonical = json.dumps([command.wire, params.model_dump(mode="json")], sort_keys=True, separators=(",", ":"))
+        idempotency = Idempotency(key, hashlib.sha256(canonical.encode()).hexdigest())
+        # The store claims the key atomically with the write; this early look also covers a
+        # call that ends up writing nothing, which must still not reuse a key with other params.
+        seen = await self.store.idempotency_fingerprint(principal.tenant, key)
+        if seen is not None and seen != idempotency.fingerprint:
+            raise Conflict("idempotency key was already used with different parameters", param="idempotencyKey")
+        return idempotency
+
+
+def authorize(command: Command, principal: Principal) -> None:
+    if command.mutates and principal.scope != "admin":
+        raise Forbidden(f"this API key is read-only and {command.wire} changes data: use an admin key")

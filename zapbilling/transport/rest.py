@@ -1,0 +1,117 @@
+"""REST routes generated from the registry: one view per schema method with an @http route,
+calling the same Caller.call as the ZAP endpoint."""
+from __future__ import annotations
+
+import re
+from typing import Any, Awaitable, Callable, Mapping
+
+from aiohttp import web
+
+from ..errors import ApiError, InvalidRequest, NotFound, UnsupportedMediaType
+from ..registry import Command
+from ..schema import Field, TypeRef
+from .auth import authenticate
+from .calls import Caller, authorize
+from .codec import JSON, codec_for, negotiate
+from .http import read_body, respond
+from ..context import Unchanged
+
+View = Callable[[web.Request], Awaitable[web.Response]]
+_INT = re.compile(r"[+-]?[0-9]+\Z")
+_BOOLS = {"true": True, "false": False, "1": True, "0": False}
+
+
+def error_body(exc: ApiError) -> dict[str, Any]:
+    err: dict[str, Any] = {"type": "api-error", "code": exc.kind, "message": exc.message}
+    if exc.param:
+        err["param"] = exc.param
+    return {"error": err}
+
+
+def _from_text(t: TypeRef, text: str) -> Any:
+    """A query or path value parsed by its declared type. What does not parse is passed on as
+    text, so that the params model reports it in the contract's parameter order."""
+    if t.name in ("Int32", "Int64"):
+        return int(text) if _INT.match(text) else text
+    if t.name == "Bool":
+        return _BOOLS.get(text.lower(), text)
+    if t.name == "Float64":
+        try:
+            return float(text)
+        except ValueError:
+            return text
+    return text
+
+
+def text_params(fields: list[Field], query: Mapping[str, str], path: Mapping[str, str]) -> dict[str, Any]:
+    """Params from a query string and path: an empty value counts as absent."""
+    raw: dict[str, Any] = {}
+    for f in fields:
+        if f.name in path:
+            raw[f.name] = _from_text(f.type, path[f.name])
+        elif f.type.name == "List":
+            values = [v for v in query.getall(f.name, []) if v != ""]  # type: ignore[attr-defined]
+            if values:
+                raw[f.name] = [_from_text(f.type.args[0], v) for v in values]
+        else:
+            value = query.get(f.name)
+            if value:
+                raw[f.name] = _from_text(f.type, value)
+    return raw
+
+
+def make_view(caller: Caller, command: Command) -> View:
+    assert command.http is not None
+    from_query = command.http.verb in ("GET", "DELETE")
+    success = command.http.status
+
+    async def view(request: web.Request) -> web.Response:
+        codec = negotiate(JSON, request.headers.get("Accept"))
+        try:
+            principal = await authenticate(caller.store, request.headers.get("Authorization"), request.query)
+            authorize(command, principal)
+            if from_query:
+                raw = text_params(command.fields, request.query, request.match_info)
+            else:
+                raw = await _body_params(request)
+                raw.update(text_params([f for f in command.fields if f.name in request.match_info], {}, request.match_info))
+            result = await caller.call(
+                command, principal, raw, query=from_query, idempotency_key=request.headers.get("Idempotency-Key") or None
+            )
+            return respond(codec, result, 200 if isinstance(result, Unchanged) else success)
+        except ApiError as exc:
+            return respond(codec, error_body(exc), exc.info.rest_status)
+
+    view.__name__ = command.name
+    return view
+
+
+async def _body_params(request: web.Request) -> dict[str, Any]:
+    body = await read_body(request)
+    if not body:
+        return {}
+    body_codec = codec_for(request.content_type)
+    if body_codec is None:
+        raise UnsupportedMediaType(f"unsupported Content-Type {request.content_type!r}: send application/json or application/msgpack")
+    params = body_codec.decode(body)
+    if not isinstance(params, dict):
+        raise InvalidRequest("the request body must be an object")
+    return params
+
+
+def unknown_route(caller: Caller) -> View:
+    async def view(request: web.Request) -> web.Response:
+        codec = negotiate(JSON, request.headers.get("Accept"))
+        try:
+            await authenticate(caller.store, request.headers.get("Authorization"), request.query)
+            raise NotFound(f"no such route: {request.method} {request.path}")
+        except ApiError as exc:
+            return respond(codec, error_body(exc), exc.info.rest_status)
+
+    return view
+
+
+def add_routes(app: web.Application, caller: Caller) -> None:
+    for command in caller.registry.commands.values():
+        if command.http is not None:
+            app.router.add_route(command.http.verb, command.http.path, make_view(caller, command))

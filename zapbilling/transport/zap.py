@@ -1,0 +1,91 @@
+"""POST /api/v1/zap: one envelope `{method, id, params}` or a batch of them, in JSON or
+msgpack, dispatched as a plain pipeline: authenticate, decode, validate, call, encode."""
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiohttp import web
+
+from ..errors import ApiError, InvalidRequest, MethodNotFound, UnsupportedMediaType
+from ..store import Principal
+from .auth import authenticate
+from .calls import Caller
+from .codec import JSON, codec_for, negotiate
+from .http import read_body, respond
+
+MAX_BATCH = 100
+DISCOVER = "zap.discover"
+
+
+def error_envelope(exc: ApiError, id: Any = None, jsonrpc: bool = False) -> dict[str, Any]:
+    data: dict[str, Any] = {"kind": exc.kind}
+    if exc.param:
+        data["param"] = exc.param
+    out: dict[str, Any] = {"jsonrpc": "2.0"} if jsonrpc else {}
+    out["id"] = id
+    out["error"] = {"code": exc.info.zap_code, "message": exc.message, "data": data}
+    return out
+
+
+class ZapEndpoint:
+    def __init__(self, caller: Caller):
+        self.caller = caller
+        self.commands = caller.registry.commands
+        self.catalogue = caller.registry.catalogue
+
+    async def handle(self, request: web.Request) -> web.Response:
+        request_codec = codec_for(request.content_type)
+        codec = negotiate(request_codec or JSON, request.headers.get("Accept"))
+        try:
+            principal = await authenticate(self.caller.store, request.headers.get("Authorization"), request.query)
+            if request_codec is None:
+                raise UnsupportedMediaType(f"unsupported Content-Type {request.content_type!r}: send application/json or application/msgpack")
+            body = request_codec.decode(await read_body(request))
+            if isinstance(body, list):
+                if not 1 <= len(body) <= MAX_BATCH:
+                    raise InvalidRequest(f"a batch holds 1 to {MAX_BATCH} envelopes, not {len(body)}")
+                answers = await asyncio.gather(*(self.one(entry, principal) for entry in body))
+                return respond(codec, [a for a, _ in answers])
+            if not isinstance(body, dict):
+                raise InvalidRequest("the body must be an envelope {method, id, params} or a list of them")
+            answer, status = await self.one(body, principal)
+            return respond(codec, answer, status)
+        except ApiError as exc:
+            return respond(codec, error_envelope(exc), exc.info.zap_http_status)
+
+    async def one(self, envelope: Any, principal: Principal) -> tuple[dict[str, Any], int]:
+        """The answer to one envelope and the HTTP status it would have on its own."""
+        jsonrpc = isinstance(envelope, dict) and envelope.get("jsonrpc") == "2.0"
+        id = None
+        try:
+            if not isinstance(envelope, dict):
+                raise InvalidRequest("an envelope must be a map {method, id, params}")
+            id = envelope.get("id")
+            if id is not None and (isinstance(id, bool) or not isinstance(id, (str, int))):
+                id = None
+                raise InvalidRequest("id must be a string, an integer or null")
+            method = envelope.get("method")
+            if not isinstance(method, str) or not method:
+                raise InvalidRequest("method is required")
+            params = envelope.get("params")
+            if params is None:
+                params = {}
+            elif not isinstance(params, dict):
+                raise InvalidRequest("params must be a map")
+            key = envelope.get("idempotencyKey")
+            if key is not None and not isinstance(key, str):
+                raise InvalidRequest("idempotencyKey must be a string")
+            if method == DISCOVER:
+                result = self.catalogue
+            else:
+                command = self.commands.get(method)
+                if command is None:
+                    raise MethodNotFound(f"unknown method: {method}")
+                result = await self.caller.call(command, principal, params, idempotency_key=key, request_id=id)
+        except ApiError as exc:
+            return error_envelope(exc, id, jsonrpc), exc.info.zap_http_status
+        answer: dict[str, Any] = {"jsonrpc": "2.0"} if jsonrpc else {}
+        answer["id"] = id
+        answer["result"] = result
+        return answer, 200
