@@ -154,7 +154,8 @@ class ModelBuilder:
         if rule is not None:
             validators.append(AfterValidator(lambda v, info, _r=rule: v if v is None else _r(v, info.field_name)))
         if f.optional:
-            return _annotated(Optional[ann], validators), None
+            absent = [_null_means(None, empty_text_too=True)] if f.type.name == "Text" else []
+            return _annotated(Optional[ann], absent + validators), None
         if f.default is MISSING:
             checks = [BeforeValidator(_null_is_missing)] + ([AfterValidator(_non_empty)] if f.type.name == "Text" else [])
             return _annotated(ann, checks + validators), ...

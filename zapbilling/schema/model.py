@@ -113,6 +113,8 @@ class Schema:
     structs: dict[str, Struct] = field(default_factory=dict)
     interfaces: dict[str, Interface] = field(default_factory=dict)
     files: list[str] = field(default_factory=list)
+    order: dict[str, int] = field(default_factory=dict)
+    """Declaration order of every named type and interface, imported files first."""
 
     def methods(self) -> list[tuple[Interface, Method]]:
         return [(i, m) for i in self.interfaces.values() for m in i.methods]

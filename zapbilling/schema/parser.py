@@ -160,6 +160,7 @@ class _Parser:
             raise self.error(n, f"duplicate name `{name}`")
         self.declared_any = True
         self.member = None
+        self.schema.order[name] = len(self.schema.order)
         if kind == "enum":
             self.decl = self.schema.enums[name] = Enum(name, [], doc, file=self.file, line=n)
         elif kind == "struct":
@@ -297,14 +298,18 @@ _LITERAL_CHECKS = {
 }
 
 
-def _check_type(schema: Schema, t: TypeRef, file: str, line: int) -> None:
+def _check_type(schema: Schema, t: TypeRef, file: str, line: int, user: str) -> None:
+    """`user` is the declaration whose line names the type: the type must be declared before
+    it (in this file or an imported one), so that every file reads top to bottom."""
     if t.name in GENERICS:
         if t.name == "Map" and t.args[0].name != "Text":
             raise SchemaError(file, line, f"`{t}`: Map keys must be Text")
         for a in t.args:
-            _check_type(schema, a, file, line)
+            _check_type(schema, a, file, line, user)
     elif t.name not in SCALARS and t.name not in schema.enums and t.name not in schema.structs:
         raise SchemaError(file, line, f"unknown type `{t.name}`: expected a built-in type or a declared enum or struct")
+    elif t.name not in SCALARS and schema.order[t.name] >= schema.order[user]:
+        raise SchemaError(file, line, f"`{t.name}` is used before it is declared: declare it above `{user}` or in an imported file")
 
 
 def _check_default(schema: Schema, f: Field, file: str) -> None:
@@ -328,14 +333,14 @@ def _check_default(schema: Schema, f: Field, file: str) -> None:
 def _check(schema: Schema) -> None:
     for s in schema.structs.values():
         for f in s.fields:
-            _check_type(schema, f.type, s.file, f.line)
+            _check_type(schema, f.type, s.file, f.line, s.name)
             _check_default(schema, f, s.file)
     routes: dict[tuple[str, str], str] = {}
     wire: set[str] = set()
     for iface in schema.interfaces.values():
         for m in iface.methods:
             for f in m.params + ([m.result] if m.result else []):
-                _check_type(schema, f.type, iface.file, f.line)
+                _check_type(schema, f.type, iface.file, f.line, iface.name)
                 _check_default(schema, f, iface.file)
             name = f"{iface.service}.{m.name}"
             if name in wire:
