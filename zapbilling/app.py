@@ -39,7 +39,9 @@ def create_app(config: Config, registry: Registry | None = None) -> web.Applicat
     app.router.add_post("/api/v1/billing/zap", zap.handle)
     add_routes(app, caller)
     app.router.add_get("/healthz", _health)
-    app.router.add_route("*", "/api/v1/{tail:.*}", unknown_route(caller))
+    unknown = unknown_route(caller)
+    app.router.add_route("*", "/api/v1", unknown)
+    app.router.add_route("*", "/api/v1/{tail:.*}", unknown)
     return app
 
 
