@@ -11,6 +11,7 @@ import hmac
 import json
 import secrets
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -26,6 +27,20 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 DURABILITY = {"full": "FULL", "normal": "NORMAL"}
 
 _ROW = "id, user_id, currency, type, amount, tags, notes, metadata, created_at, expires_at, refund_of"
+
+
+def _enable_wal(conn: sqlite3.Connection, patience: float = 10.0) -> None:
+    """Switch to WAL, waiting while another connection opens the same fresh file: SQLite
+    answers this pragma's lock conflict at once instead of calling the busy handler."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.005)
 
 
 def new_id(prefix: str) -> str:
@@ -57,7 +72,7 @@ class SqliteStore:
     def _connect_writer(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None)
         conn.execute("PRAGMA busy_timeout = 10000")
-        conn.execute("PRAGMA journal_mode = WAL")
+        _enable_wal(conn)
         conn.execute(f"PRAGMA synchronous = {DURABILITY[self.durability]}")
         conn.execute("PRAGMA foreign_keys = ON")
         migrate(conn)
