@@ -4,7 +4,7 @@ so a write's result can be stored for an idempotent replay exactly as it was ret
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +38,27 @@ class Idempotency:
 
 
 @dataclass(frozen=True, slots=True)
+class MeterEventDraft:
+    meter_id: str
+    user: str
+    value: int
+    timestamp: int
+    idempotency: str | None = None
+    """At most one event per (tenant, idempotency); a repeat reports the first event's id."""
+    dimensions: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UsageEvent:
+    """The meter event a usage withdrawal records in its own transaction, if the tenant has a
+    meter for `event_name`: value = the withdrawal's amount, at the withdrawal's time."""
+
+    event_name: str
+    dimensions: dict[str, Any]
+    idempotency: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class NewEntry:
     """A ledger row to append. The store adds the id, maintains the running balance, forfeits
     expired credit of the same user and currency, and spends expiring deposits first."""
@@ -54,7 +75,12 @@ class NewEntry:
     refund_of: str | None = None
     dedupe_key: str | None = None
     """At most one row per (tenant, user, dedupe_key); a repeat returns the first row."""
+    usage_event: UsageEvent | None = None
 
+
+Row = dict[str, Any]
+BurnPlan = Callable[[list[Row], int, "str | None"], list[tuple[Row, int]]]
+"""The domain's burn order: (active grants in creation order, amount, meter id) -> (grant, cents)."""
 
 LedgerRow = dict[str, Any]
 """{id, user, currency, type, amount, tags, notes, metadata, createdAt, expiresAt, refundOf}
@@ -83,3 +109,41 @@ class Store(Protocol):
     ) -> tuple[list[LedgerRow], bool]: ...
     async def append_ledger_row(self, tenant: int, entry: NewEntry, idempotency: Idempotency | None = None) -> LedgerRow: ...
     async def forfeit_expired(self, now: int, limit: int = 500) -> int: ...
+
+    # meters and events
+    async def create_meter(
+        self, tenant: int, name: str, event_name: str, aggregation: str, currency: str, dimensions: list[str], now: int,
+        idempotency: Idempotency | None = None,
+    ) -> Row: ...
+    async def list_meters(self, tenant: int) -> list[Row]: ...
+    async def get_meter(self, tenant: int, meter_id: str) -> Row | None: ...
+    async def record_meter_events(
+        self, tenant: int, events: list[MeterEventDraft], now: int, idempotency: Idempotency | None = None
+    ) -> list[tuple[str, str]]: ...
+    async def aggregate_events(
+        self, tenant: int, meter_id: str, aggregation: str, user: str | None, start: int | None, end: int | None
+    ) -> tuple[int, int]: ...
+
+    # credit grants
+    async def create_grant(
+        self, tenant: int, user: str, name: str, amount: int, currency: str, priority: int, effective_at: int,
+        expires_at: int | None, eligibility: list[str], tags: str, now: int, idempotency: Idempotency | None = None,
+    ) -> Row: ...
+    async def list_grants(self, tenant: int, user: str) -> list[Row]: ...
+    async def active_grants(self, tenant: int, user: str, currency: str, now: int) -> list[Row]: ...
+    async def grant_balances(self, tenant: int, user: str, now: int) -> list[tuple[str, int]]: ...
+    async def void_grant(self, tenant: int, grant_id: str, now: int, idempotency: Idempotency | None = None) -> Row: ...
+    async def burn_grants(
+        self, tenant: int, user: str, currency: str, amount: int, meter_id: str | None, now: int, plan: BurnPlan,
+        idempotency: Idempotency | None = None,
+    ) -> list[Row]: ...
+
+    # pricing rules
+    async def create_rule(
+        self, tenant: int, meter_id: str, plan_id: str, model: str, currency: str, unit_price: int,
+        tiers: list[dict[str, int]], now: int, idempotency: Idempotency | None = None,
+    ) -> Row: ...
+    async def list_rules(
+        self, tenant: int, meter_id: str | None = None, plan_id: str | None = None, currency: str | None = None
+    ) -> list[Row]: ...
+    async def delete_rule(self, tenant: int, rule_id: str, now: int, idempotency: Idempotency | None = None) -> None: ...

@@ -1,0 +1,115 @@
+"""The SQLite connections: WAL mode, one writer thread with group commit (writer.py) for every
+write, and an aiosqlite connection for reads, which WAL lets run beside the writer.
+
+Reads are single statements wherever the answer must be consistent, because a single SELECT
+sees one snapshot; a write is one job on the writer, which is one transaction.
+"""
+from __future__ import annotations
+
+import json
+import secrets
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import aiosqlite
+
+from ..errors import Conflict
+from .base import Idempotency
+from .migrations import migrate
+from .writer import Writer
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+DURABILITY = {"full": "FULL", "normal": "NORMAL"}
+
+
+def _enable_wal(conn: sqlite3.Connection, patience: float = 10.0) -> None:
+    """Switch to WAL, waiting while another connection opens the same fresh file: SQLite
+    answers this pragma's lock conflict at once instead of calling the busy handler."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.005)
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(12)}"
+
+
+class SqliteBase:
+    def __init__(self, path: str | Path, durability: str = "full"):
+        if durability not in DURABILITY:
+            raise ValueError(f"durability must be one of {', '.join(DURABILITY)}")
+        self.path = str(path)
+        self.durability = durability
+        self._writer = Writer(self._connect_writer)
+        self._reader: aiosqlite.Connection | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def _connect_writer(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None)
+        conn.execute("PRAGMA busy_timeout = 10000")
+        _enable_wal(conn)
+        conn.execute(f"PRAGMA synchronous = {DURABILITY[self.durability]}")
+        conn.execute("PRAGMA foreign_keys = ON")
+        migrate(conn)
+        return conn
+
+    async def open(self) -> None:
+        await self._writer.start()
+        self._reader = await aiosqlite.connect(self.path, isolation_level=None)
+        await self._reader.execute("PRAGMA busy_timeout = 10000")
+        await self._reader.execute("PRAGMA query_only = ON")
+
+    async def close(self) -> None:
+        await self._writer.close()
+        if self._reader is not None:
+            await self._reader.close()
+            self._reader = None
+
+    async def _read(self, sql: str, params: tuple[Any, ...] | dict[str, Any] = ()) -> list[tuple[Any, ...]]:
+        assert self._reader is not None, "store is not open"
+        return list(await self._reader.execute_fetchall(sql, params))
+
+    async def _run(self, job: Callable[..., Any], *args: Any) -> Any:
+        """Run `job(conn, *args)` as one atomic write; returns once it is committed."""
+        return await self._writer.run(job, *args)
+
+    async def _write(self, tenant: int, idempotency: Idempotency | None, now: int, job: Callable[..., Any], *args: Any) -> Any:
+        return await self._writer.run(_idempotent, tenant, idempotency, now, job, *args)
+
+    async def idempotency_fingerprint(self, tenant: int, key: str) -> str | None:
+        rows = await self._read("SELECT fingerprint FROM idempotency WHERE tenant = ? AND key = ?", (tenant, key))
+        return rows[0][0] if rows else None
+
+    async def purge_idempotency(self, older_than: int) -> int:
+        return await self._run(lambda conn: conn.execute("DELETE FROM idempotency WHERE created_at < ?", (older_than,)).rowcount)
+
+
+
+def _idempotent(conn: sqlite3.Connection, tenant: int, idem: Idempotency | None, now: int, job: Callable[..., Any], *args: Any) -> Any:
+    """Claim the idempotency key in the same transaction as the write it guards: the primary
+    key makes a concurrent duplicate see the first call's response, never run twice."""
+    if idem is None:
+        return job(conn, *args)
+    claimed = conn.execute(
+        "INSERT INTO idempotency (tenant, key, fingerprint, response, created_at) VALUES (?, ?, ?, '', ?)"
+        " ON CONFLICT (tenant, key) DO NOTHING RETURNING 1",
+        (tenant, idem.key, idem.fingerprint, now),
+    ).fetchone()
+    if claimed is None:
+        fingerprint, response = conn.execute(
+            "SELECT fingerprint, response FROM idempotency WHERE tenant = ? AND key = ?", (tenant, idem.key)
+        ).fetchone()
+        if fingerprint != idem.fingerprint:
+            raise Conflict("idempotency key was already used with different parameters", param="idempotencyKey")
+        return json.loads(response)
+    result = job(conn, *args)
+    conn.execute("UPDATE idempotency SET response = ? WHERE tenant = ? AND key = ?", (json.dumps(result), tenant, idem.key))
+    return result

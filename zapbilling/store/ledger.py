@@ -1,0 +1,191 @@
+"""The ledger: rows, running balances kept in the same transaction, expiring deposits spent
+first and forfeited only for their unspent remainder."""
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import Any
+
+from ..errors import InvalidParams, NotFound
+from ..times import format_ts
+from .base import Idempotency, LedgerRow, MeterEventDraft, NewEntry
+from .connection import INT64_MAX, INT64_MIN, SqliteBase, new_id
+from .metering import insert_event
+
+_ROW = "id, user_id, currency, type, amount, tags, notes, metadata, created_at, expires_at, refund_of"
+
+
+def _row(r: tuple[Any, ...]) -> LedgerRow:
+    return {
+        "id": r[0], "user": r[1], "currency": r[2], "type": r[3], "amount": r[4], "tags": r[5], "notes": r[6],
+        "metadata": json.loads(r[7]) if r[7] is not None else None,
+        "createdAt": r[8], "expiresAt": r[9], "refundOf": r[10],
+    }
+
+
+class LedgerQueries(SqliteBase):
+    async def balance(self, tenant: int, user: str, currency: str, now: int) -> tuple[int, int]:
+        (b, h, expired), = await self._read(
+            "SELECT COALESCE((SELECT balance FROM balances WHERE tenant = ?1 AND user_id = ?2 AND currency = ?3), 0),"
+            " COALESCE((SELECT holds FROM balances WHERE tenant = ?1 AND user_id = ?2 AND currency = ?3), 0),"
+            " (SELECT COALESCE(SUM(remaining), 0) FROM ledger WHERE tenant = ?1 AND user_id = ?2 AND currency = ?3"
+            "  AND remaining > 0 AND expires_at <= ?4)",
+            (tenant, user, currency, now),
+        )
+        return b - expired, h
+
+    async def balances(self, tenant: int, user: str, now: int) -> list[tuple[str, int, int]]:
+        rows = await self._read(
+            "SELECT b.currency, b.balance, b.holds, (SELECT COALESCE(SUM(l.remaining), 0) FROM ledger l"
+            "  WHERE l.tenant = b.tenant AND l.user_id = b.user_id AND l.currency = b.currency"
+            "  AND l.remaining > 0 AND l.expires_at <= ?3)"
+            " FROM balances b WHERE b.tenant = ?1 AND b.user_id = ?2 ORDER BY b.currency",
+            (tenant, user, now),
+        )
+        return [(c, b - expired, h) for c, b, h, expired in rows]
+
+    async def usage_page(
+        self, tenant: int, user: str, currency: str | None, limit: int, starting_after: str | None
+    ) -> tuple[list[LedgerRow], bool]:
+        where, params = "tenant = ? AND user_id = ? AND tags = 'api-usage'", [tenant, user]
+        if starting_after is not None:
+            found = await self._read(f"SELECT seq FROM ledger WHERE {where} AND id = ?", (tenant, user, starting_after))
+            if not found:
+                raise NotFound("transaction not found", param="startingAfter")
+            where += " AND seq < ?"
+            params.append(found[0][0])
+        if currency is not None:
+            where += " AND currency = ?"
+            params.append(currency)
+        rows = await self._read(f"SELECT {_ROW} FROM ledger WHERE {where} ORDER BY seq DESC LIMIT ?", (*params, limit + 1))
+        return [_row(r) for r in rows[:limit]], len(rows) > limit
+
+    async def append_ledger_row(self, tenant: int, entry: NewEntry, idempotency: Idempotency | None = None) -> LedgerRow:
+        return await self._write(tenant, idempotency, entry.now, _append, tenant, entry)
+
+    async def forfeit_expired(self, now: int, limit: int = 500) -> int:
+        return await self._run(_sweep_expired, now, limit)
+
+
+def _append(conn: sqlite3.Connection, tenant: int, e: NewEntry) -> LedgerRow:
+    if e.refund_of is not None:
+        _claim_refund(conn, tenant, e)
+    tx_id = new_id("tx")
+    remaining = e.amount if e.type == "deposit" and e.expires_at is not None else None
+    inserted = conn.execute(
+        f"INSERT INTO ledger (id, tenant, user_id, currency, type, amount, tags, notes, metadata, created_at,"
+        f" expires_at, remaining, refund_of, dedupe_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        f" ON CONFLICT (tenant, user_id, dedupe_key) WHERE dedupe_key IS NOT NULL DO NOTHING RETURNING {_ROW}",
+        (tx_id, tenant, e.user, e.currency, e.type, e.amount, e.tags, e.notes,
+         json.dumps(e.metadata) if e.metadata is not None else None, e.now, e.expires_at, remaining, e.refund_of, e.dedupe_key),
+    ).fetchone()
+    if inserted is None:  # the dedupe key was seen: the original row is the answer
+        return _row(conn.execute(
+            f"SELECT {_ROW} FROM ledger WHERE tenant = ? AND user_id = ? AND dedupe_key = ?", (tenant, e.user, e.dedupe_key)
+        ).fetchone())
+    delta = -_forfeit_account(conn, tenant, e.user, e.currency, e.now)
+    if e.type == "withdraw":
+        _spend_expiring(conn, tenant, e.user, e.currency, e.amount, e.now)
+        delta -= e.amount
+    elif e.type == "deposit":
+        delta += e.amount
+    _add_to_balance(conn, tenant, e.user, e.currency, delta)
+    _record_usage_meter_event(conn, tenant, e)
+    return _row(inserted)
+
+
+def _record_usage_meter_event(conn: sqlite3.Connection, tenant: int, e: NewEntry) -> None:
+    """A usage withdrawal's meter event, in the withdrawal's own transaction, when the tenant
+    has a meter for it. Its idempotency key makes a retried requestId record it only once."""
+    if e.usage_event is None:
+        return
+    meter = conn.execute(
+        "SELECT id FROM meters WHERE tenant = ? AND event_name = ?", (tenant, e.usage_event.event_name)
+    ).fetchone()
+    if meter is not None:
+        insert_event(conn, tenant, MeterEventDraft(
+            meter[0], e.user, e.amount, e.now, e.usage_event.idempotency, e.usage_event.dimensions,
+        ), e.now)
+
+
+def _claim_refund(conn: sqlite3.Connection, tenant: int, e: NewEntry) -> None:
+    original = conn.execute(
+        "SELECT amount, refunded FROM ledger WHERE id = ? AND tenant = ? AND user_id = ? AND currency = ?"
+        " AND type IN ('deposit', 'withdraw')",
+        (e.refund_of, tenant, e.user, e.currency),
+    ).fetchone()
+    if original is None:
+        raise NotFound("original transaction not found", param="originalTransactionId")
+    amount, refunded = original
+    if e.amount > amount - refunded:
+        raise InvalidParams(
+            f"refund exceeds original: {amount - refunded} of {amount} cents left to refund", param="amount"
+        )
+    conn.execute("UPDATE ledger SET refunded = refunded + ? WHERE id = ?", (e.amount, e.refund_of))
+
+
+def _forfeit_account(conn: sqlite3.Connection, tenant: int, user: str, currency: str, now: int) -> int:
+    """Write off what is left of this account's expired deposits: only the unspent remainder,
+    one `credit-expired` withdraw per deposit. Returns the total forfeited."""
+    lots = conn.execute(
+        "SELECT seq, id, remaining, expires_at FROM ledger WHERE tenant = ? AND user_id = ? AND currency = ?"
+        " AND remaining > 0 AND expires_at <= ? ORDER BY expires_at, seq",
+        (tenant, user, currency, now),
+    ).fetchall()
+    total = 0
+    for seq, lot_id, remaining, expires_at in lots:
+        conn.execute("UPDATE ledger SET remaining = 0 WHERE seq = ?", (seq,))
+        conn.execute(
+            "INSERT INTO ledger (id, tenant, user_id, currency, type, amount, tags, notes, metadata, created_at)"
+            " VALUES (?, ?, ?, ?, 'withdraw', ?, 'credit-expired', ?, ?, ?)",
+            (new_id("tx"), tenant, user, currency, remaining,
+             f"Expired credit: {remaining} cents {currency} (deposit {lot_id})",
+             json.dumps({"expiredTransactionId": lot_id, "expiredAt": format_ts(expires_at)}), now),
+        )
+        total += remaining
+    return total
+
+
+def _spend_expiring(conn: sqlite3.Connection, tenant: int, user: str, currency: str, amount: int, now: int) -> None:
+    """Usage consumes expiring money first, earliest expiry first; the rest comes from money
+    that never expires (which may go negative: usage is recorded whatever the balance)."""
+    left = amount
+    while left > 0:
+        lots = conn.execute(
+            "SELECT seq, remaining FROM ledger WHERE tenant = ? AND user_id = ? AND currency = ?"
+            " AND remaining > 0 AND expires_at > ? ORDER BY expires_at, seq LIMIT 64",
+            (tenant, user, currency, now),
+        ).fetchall()
+        if not lots:
+            return
+        for seq, remaining in lots:
+            take = min(remaining, left)
+            conn.execute("UPDATE ledger SET remaining = remaining - ? WHERE seq = ?", (take, seq))
+            left -= take
+            if left == 0:
+                return
+
+
+def _add_to_balance(conn: sqlite3.Connection, tenant: int, user: str, currency: str, delta: int) -> None:
+    row = conn.execute(
+        "SELECT balance FROM balances WHERE tenant = ? AND user_id = ? AND currency = ?", (tenant, user, currency)
+    ).fetchone()
+    new = (row[0] if row else 0) + delta
+    if not INT64_MIN <= new <= INT64_MAX:
+        raise InvalidParams("amount would take the balance outside the signed 64-bit range", param="amount")
+    conn.execute(
+        "INSERT INTO balances (tenant, user_id, currency, balance) VALUES (?, ?, ?, ?)"
+        " ON CONFLICT (tenant, user_id, currency) DO UPDATE SET balance = excluded.balance",
+        (tenant, user, currency, new),
+    )
+
+
+def _sweep_expired(conn: sqlite3.Connection, now: int, limit: int) -> int:
+    accounts = conn.execute(
+        "SELECT DISTINCT tenant, user_id, currency FROM ledger WHERE remaining > 0 AND expires_at <= ? LIMIT ?",
+        (now, limit),
+    ).fetchall()
+    for tenant, user, currency in accounts:
+        forfeited = _forfeit_account(conn, tenant, user, currency, now)
+        _add_to_balance(conn, tenant, user, currency, -forfeited)
+    return len(accounts)

@@ -1,0 +1,122 @@
+"""Meters and meter events. Aggregation happens in SQL over the (tenant, meter, user, ts)
+index; events are never loaded into Python to be summed."""
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import Any
+
+from ..errors import Conflict, InvalidParams, NotFound
+from .base import Idempotency, MeterEventDraft
+from .connection import SqliteBase, new_id
+
+_METER = "id, name, event_name, aggregation, currency, dimensions, created_at"
+
+AGGREGATES = {
+    "sum": "COALESCE(SUM(value), 0)",
+    "count": "COUNT(*)",
+    "max": "COALESCE(MAX(value), 0)",
+    "min": "COALESCE(MIN(value), 0)",
+    "unique_count": "COUNT(DISTINCT value)",
+    # the value of the latest event; equal timestamps: the one inserted last
+    "last": "COALESCE((SELECT value FROM meter_events WHERE {where} ORDER BY ts DESC, seq DESC LIMIT 1), 0)",
+}
+
+
+def meter_row(r: tuple[Any, ...]) -> dict[str, Any]:
+    return {
+        "id": r[0], "name": r[1], "eventName": r[2], "aggregationType": r[3], "currency": r[4],
+        "dimensions": json.loads(r[5]), "createdAt": r[6],
+    }
+
+
+class MeteringQueries(SqliteBase):
+    async def create_meter(
+        self, tenant: int, name: str, event_name: str, aggregation: str, currency: str, dimensions: list[str], now: int,
+        idempotency: Idempotency | None = None,
+    ) -> dict[str, Any]:
+        return await self._write(
+            tenant, idempotency, now, _create_meter, tenant, new_id("mtr"), name, event_name, aggregation, currency, dimensions, now
+        )
+
+    async def list_meters(self, tenant: int) -> list[dict[str, Any]]:
+        rows = await self._read(f"SELECT {_METER} FROM meters WHERE tenant = ? ORDER BY seq", (tenant,))
+        return [meter_row(r) for r in rows]
+
+    async def get_meter(self, tenant: int, meter_id: str) -> dict[str, Any] | None:
+        rows = await self._read(f"SELECT {_METER} FROM meters WHERE tenant = ? AND id = ?", (tenant, meter_id))
+        return meter_row(rows[0]) if rows else None
+
+    async def record_meter_events(
+        self, tenant: int, events: list[MeterEventDraft], now: int, idempotency: Idempotency | None = None
+    ) -> list[tuple[str, str]]:
+        return await self._write(tenant, idempotency, now, _record_events, tenant, events, now)
+
+    async def aggregate_events(
+        self, tenant: int, meter_id: str, aggregation: str, user: str | None, start: int | None, end: int | None
+    ) -> tuple[int, int]:
+        """(value by the meter's aggregation, number of events) over [start, end)."""
+        where = "tenant = :tenant AND meter_id = :meter"
+        params: dict[str, Any] = {"tenant": tenant, "meter": meter_id}
+        if user is not None:
+            where += " AND user_id = :user"
+            params["user"] = user
+        if start is not None:
+            where += " AND ts >= :start"
+            params["start"] = start
+        if end is not None:
+            where += " AND ts < :end"
+            params["end"] = end
+        aggregate = AGGREGATES[aggregation].format(where=where)
+        try:
+            (value, count), = await self._read(f"SELECT {aggregate}, COUNT(*) FROM meter_events WHERE {where}", params)
+        except sqlite3.OperationalError as exc:
+            if "overflow" not in str(exc):
+                raise
+            raise InvalidParams("the sum of this meter's values is beyond the signed 64-bit range") from None
+        return value, count
+
+
+def _create_meter(
+    conn: sqlite3.Connection, tenant: int, meter_id: str, name: str, event_name: str, aggregation: str,
+    currency: str, dimensions: list[str], now: int,
+) -> dict[str, Any]:
+    row = conn.execute(
+        f"INSERT INTO meters (id, tenant, name, event_name, aggregation, currency, dimensions, created_at)"
+        f" VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (tenant, event_name) DO NOTHING RETURNING {_METER}",
+        (meter_id, tenant, name, event_name, aggregation, currency, json.dumps(dimensions), now),
+    ).fetchone()
+    if row is None:
+        raise Conflict(f"a meter with eventName {event_name!r} already exists", param="eventName")
+    return meter_row(row)
+
+
+def _record_events(conn: sqlite3.Connection, tenant: int, events: list[MeterEventDraft], now: int) -> list[tuple[str, str]]:
+    """All or nothing: every meter id is checked before the first insert, and the caller's
+    savepoint undoes everything if anything fails. A seen idempotency key (also earlier in this
+    batch) is a duplicate that reports the original event's id; the unique index decides."""
+    wanted = sorted({e.meter_id for e in events})
+    known = {r[0] for r in conn.execute(
+        f"SELECT id FROM meters WHERE tenant = ? AND id IN ({', '.join('?' * len(wanted))})", (tenant, *wanted)
+    )}
+    for i, e in enumerate(events):
+        if e.meter_id not in known:
+            raise NotFound("meter not found", param=f"events[{i}].meterId")
+    return [insert_event(conn, tenant, e, now) for e in events]
+
+
+def insert_event(conn: sqlite3.Connection, tenant: int, e: MeterEventDraft, now: int) -> tuple[str, str]:
+    event_id = new_id("evt")
+    inserted = conn.execute(
+        "INSERT INTO meter_events (id, tenant, meter_id, user_id, value, ts, idempotency_key, dimensions, created_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        " ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING RETURNING id",
+        (event_id, tenant, e.meter_id, e.user, e.value, e.timestamp, e.idempotency,
+         json.dumps(e.dimensions) if e.dimensions is not None else None, now),
+    ).fetchone()
+    if inserted is not None:
+        return event_id, "created"
+    (original,), = conn.execute(
+        "SELECT id FROM meter_events WHERE tenant = ? AND idempotency_key = ?", (tenant, e.idempotency)
+    ).fetchall()
+    return original, "duplicate"
