@@ -117,6 +117,191 @@ struct RefundResult
   tags Text
   originalTransactionId Text
 
+# How a meter turns its events into one quantity.
+enum AggregationType
+  sum
+  count
+  last                            # the value of the latest-timestamped event
+  max
+  min
+  unique_count                    # the number of distinct values
+
+# A usage meter: events named eventName are aggregated per user and period.
+struct Meter
+  id Text
+  name Text
+  eventName Text                  # unique within an org and mode
+  aggregationType AggregationType
+  currency Text
+  dimensions List(Text)
+  createdAt Text
+
+struct CreateMeterRequest
+  name Text
+  eventName Text
+  aggregationType AggregationType = "sum"
+  currency Text = "usd"
+  dimensions List(Text) = []
+
+struct MeterList
+  meters List(Meter)              # creation order
+  count Int64
+
+# One usage event for a meter. Values may be zero or negative.
+struct MeterEventInput
+  meterId Text
+  userId Text
+  value Int64 = 0
+  timestamp Text?                 # RFC 3339 (or a bare date); default now
+  idempotency Text?               # a key seen before in this org and mode makes the event a duplicate
+  dimensions Map(Text, Text)?
+
+enum MeterEventStatus
+  created
+  duplicate
+
+struct MeterEventResult
+  id Text                         # for a duplicate, the original event's id
+  status MeterEventStatus
+
+struct MeterEventsResult
+  events List(MeterEventResult)   # input order
+  count Int64
+
+struct MeterEventsSummary
+  meterId Text
+  meterName Text
+  userId Text                     # "" for every user of the org and mode
+  aggregationType AggregationType
+  value Int64
+  eventCount Int64                # events in the period, whatever the aggregation
+  periodStart Text                # as given; "" for unbounded
+  periodEnd Text
+
+# A separate pot of credit, burned before the balance is charged.
+struct CreditGrant
+  id Text
+  userId Text
+  name Text
+  amountCents Int64
+  remainingCents Int64
+  currency Text
+  priority Int64                  # lower burns first
+  effectiveAt Text
+  expiresAt Text?
+  eligibility List(Text)          # meter ids; empty: usage of any meter
+  tags Text
+  voided Bool
+  active Bool                     # not voided, something left, effective and not expired
+  createdAt Text
+
+struct CreateCreditGrantRequest
+  userId Text
+  name Text = ""
+  amountCents Int64
+  currency Text = "usd"
+  expiresIn Text?                 # a Go-style duration: 720h, 1h30m, 90m
+  priority Int64 = 0
+  eligibility List(Text) = []
+  tags Text = ""
+
+struct CreditGrantList
+  grants List(CreditGrant)        # creation order
+  count Int64
+
+struct CreditAvailable
+  currency Text
+  available Int64
+
+struct CreditBalance
+  userId Text
+  balances List(CreditAvailable)  # remaining of active grants, by currency
+
+struct VoidResult
+  id Text
+  voided Bool
+
+struct BurnRequest
+  userId Text
+  amount Int64
+  meterId Text?                   # only grants eligible for this meter burn
+  currency Text = "usd"           # only grants of this currency burn
+
+struct GrantBurn
+  id Text
+  burned Int64
+  remainingCents Int64
+
+struct BurnResult
+  userId Text
+  currency Text
+  requested Int64
+  burned Int64
+  overage Int64                   # requested - burned
+  grants List(GrantBurn)          # burn order
+
+enum PricingModel
+  per_unit
+  tiered                          # graduated: each unit priced by the tier it falls in
+  volume                          # the tier the whole quantity falls in prices every unit
+
+# upTo is the cumulative last unit of the tier; 0 (no bound) on the last tier and only there.
+struct PriceTier
+  upTo Int64 = 0
+  price Int64 = 0                 # cents per unit
+  flat Int64 = 0                  # cents, once when the tier is used
+
+struct PricingRule
+  id Text
+  meterId Text
+  planId Text                     # "" for a rule of no particular plan
+  model PricingModel
+  currency Text
+  unitPrice Int64
+  tiers List(PriceTier)
+  createdAt Text
+
+struct CreatePricingRuleRequest
+  meterId Text
+  planId Text = ""
+  model PricingModel = "per_unit"
+  currency Text = "usd"
+  unitPrice Int64 = 0
+  tiers List(PriceTier) = []
+
+struct PricingRuleList
+  rules List(PricingRule)         # creation order
+  count Int64
+
+struct DeleteResult
+  id Text
+  deleted Bool
+
+struct InvoicePreviewRequest
+  userId Text
+  periodStart Text?               # absent: unbounded; a bare date starts at 00:00
+  periodEnd Text?                 # absent: unbounded; a bare date includes that day
+  currency Text = "usd"
+  planId Text?
+
+struct InvoiceLineItem
+  meterId Text
+  meterName Text
+  quantity Int64
+  unitCost Int64                  # the price every unit pays; 0 for graduated pricing
+  totalCost Int64
+  model Text                      # "" when the meter has no pricing rule
+
+struct InvoicePreview
+  userId Text
+  periodStart Text
+  periodEnd Text
+  lineItems List(InvoiceLineItem) # meter creation order
+  subtotal Int64
+  creditApplied Int64
+  amountDue Int64                 # subtotal - creditApplied
+  currency Text
+
 interface BillingService
   # The user's balance in one currency. A user never seen has zeros.
   getBalance (user Text, currency Text = "usd") -> (balance Balance)
@@ -139,3 +324,46 @@ interface BillingService
   # Give back money against an earlier deposit or withdraw, never more than its amount.
   refund (request RefundRequest) -> (result RefundResult)
     @http POST /api/v1/billing/refund 201
+  # Define a usage meter.
+  createMeter (request CreateMeterRequest) -> (meter Meter)
+    @http POST /api/v1/billing/meters 201
+  # Every meter of the org and mode, in creation order.
+  listMeters () -> (meters MeterList)
+    @http GET /api/v1/billing/meters
+  # One meter by id.
+  getMeter (id Text) -> (meter Meter)
+    @http GET /api/v1/billing/meters/{id}
+  # Record 1..100 events, all or nothing.
+  recordMeterEvents (events List(MeterEventInput) = []) -> (result MeterEventsResult)
+    @http POST /api/v1/billing/meter-events 201
+  # A meter's aggregate over a period, for one user or all.
+  getMeterEventsSummary (meterId Text, userId Text?, periodStart Text?, periodEnd Text?) -> (summary MeterEventsSummary)
+    @http GET /api/v1/billing/meter-events/summary
+  # Give a user a pot of credit, optionally expiring and limited to some meters.
+  createCreditGrant (request CreateCreditGrantRequest) -> (grant CreditGrant)
+    @http POST /api/v1/billing/credit-grants 201
+  # A user's grants in creation order, with whether each is voided and active.
+  listCreditGrants (userId Text) -> (grants CreditGrantList)
+    @http GET /api/v1/billing/credit-grants
+  # What a user's active grants hold, per currency.
+  getCreditBalance (userId Text) -> (balance CreditBalance)
+    @http GET /api/v1/billing/credit-balance
+  # Make a grant unusable from now on.
+  voidCreditGrant (id Text) -> (result VoidResult)
+    @http POST /api/v1/billing/credit-grants/{id}/void
+  # Spend active grants: priority ascending, then earliest expiry, never-expiring last.
+  burnCredits (request BurnRequest) -> (result BurnResult)
+    @http POST /api/v1/billing/credit-grants/burn
+  # Price a meter's quantity: per unit, graduated tiers or volume tiers.
+  createPricingRule (request CreatePricingRuleRequest) -> (rule PricingRule)
+    @http POST /api/v1/billing/pricing-rules 201
+  # Pricing rules in creation order, optionally of one meter and/or one plan.
+  listPricingRules (meterId Text?, planId Text?) -> (rules PricingRuleList)
+    @http GET /api/v1/billing/pricing-rules
+  # Remove a pricing rule.
+  deletePricingRule (id Text) -> (result DeleteResult)
+    @http DELETE /api/v1/billing/pricing-rules/{id}
+  # Usage x pricing - credits for a period. Changes nothing, not even the grants it applies.
+  invoicePreview (request InvoicePreviewRequest) -> (preview InvoicePreview)
+    @http POST /api/v1/billing/invoice-preview
+    @readonly

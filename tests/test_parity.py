@@ -79,6 +79,30 @@ async def a_deposit(api: Api) -> dict[str, str]:
 
 LEDGER_STATE = [("getBalanceAll", {"user": USER}), ("getUsage", {"user": USER, "limit": 1000})]
 
+
+async def a_meter(api: Api) -> dict[str, str]:
+    r = await _ok(api, "createMeter", {"name": "API calls", "eventName": "api-calls", "aggregationType": "sum"})
+    return {"meter": r["id"]}
+
+
+async def metered(api: Api) -> dict[str, str]:
+    """A month of one customer: a meter with events, a graduated rule, two grants."""
+    refs = await a_meter(api)
+    await _ok(api, "recordMeterEvents", {"events": [
+        {"meterId": refs["meter"], "userId": USER, "value": v, "timestamp": f"2026-01-{d:02d}T12:00:00Z", "idempotency": f"e{d}"}
+        for d, v in ((3, 120), (9, 300), (20, 180))
+    ]})
+    r = await _ok(api, "createPricingRule", {"meterId": refs["meter"], "model": "tiered", "tiers": [
+        {"upTo": 100, "price": 10}, {"upTo": 500, "price": 5}, {"upTo": 0, "price": 1, "flat": 100}]})
+    refs["rule"] = r["id"]
+    r = await _ok(api, "createCreditGrant", {"userId": USER, "name": "promo", "amountCents": 1500, "priority": 1, "expiresIn": "720h"})
+    refs["grant"] = r["id"]
+    await _ok(api, "createCreditGrant", {"userId": USER, "name": "meter-only", "amountCents": 400, "eligibility": [refs["meter"]]})
+    return refs
+
+
+GRANT_STATE = [("listCreditGrants", {"userId": USER}), ("getCreditBalance", {"userId": USER})]
+
 EXAMPLES: dict[str, Example] = {
     "billing.getBalance": Example({"user": USER, "currency": "EUR"}, funded),
     "billing.getBalanceAll": Example({"user": USER}, funded),
@@ -96,6 +120,37 @@ EXAMPLES: dict[str, Example] = {
     "billing.refund": Example({
         "user": USER, "currency": "eur", "amount": 300, "originalTransactionId": Ref("deposit"), "notes": "sorry",
     }, a_deposit, LEDGER_STATE),
+    "billing.createMeter": Example({
+        "name": "Tokens", "eventName": "tokens", "aggregationType": "max", "currency": "EUR", "dimensions": ["model"],
+    }, a_meter, [("listMeters", {})]),
+    "billing.listMeters": Example({}, metered),
+    "billing.getMeter": Example({"id": Ref("meter")}, metered),
+    "billing.recordMeterEvents": Example({"events": [
+        {"meterId": Ref("meter"), "userId": USER, "value": 7, "timestamp": "2026-01-20T00:00:00Z", "idempotency": "p-1",
+         "dimensions": {"model": "m"}},
+        {"meterId": Ref("meter"), "userId": USER, "value": 9, "timestamp": "2026-01-21", "idempotency": "p-1", "dimensions": None},
+        {"meterId": Ref("meter"), "userId": "hanzo/bob", "value": -2, "timestamp": None, "idempotency": None, "dimensions": {}},
+    ]}, metered, [("getMeterEventsSummary", {"meterId": Ref("meter"), "userId": USER})]),
+    "billing.getMeterEventsSummary": Example(
+        {"meterId": Ref("meter"), "userId": USER, "periodStart": "2026-01-05", "periodEnd": "2026-01-20"}, metered
+    ),
+    "billing.createCreditGrant": Example({
+        "userId": USER, "name": "welcome", "amountCents": 250, "currency": "EUR", "expiresIn": "1h30m", "priority": 2,
+        "eligibility": [Ref("meter")], "tags": "promo,q1",
+    }, metered, GRANT_STATE),
+    "billing.listCreditGrants": Example({"userId": USER}, metered),
+    "billing.getCreditBalance": Example({"userId": USER}, metered),
+    "billing.voidCreditGrant": Example({"id": Ref("grant")}, metered, GRANT_STATE),
+    "billing.burnCredits": Example({"userId": USER, "amount": 1700, "meterId": Ref("meter"), "currency": "usd"}, metered, GRANT_STATE),
+    "billing.createPricingRule": Example({
+        "meterId": Ref("meter"), "planId": "pro", "model": "volume", "currency": "usd", "unitPrice": 0,
+        "tiers": [{"upTo": 1000, "price": 3, "flat": 0}, {"upTo": 0, "price": 2, "flat": 50}],
+    }, metered, [("listPricingRules", {"meterId": Ref("meter"), "planId": None})]),
+    "billing.listPricingRules": Example({"meterId": Ref("meter"), "planId": None}, metered),
+    "billing.deletePricingRule": Example({"id": Ref("rule")}, metered, [("listPricingRules", {"meterId": None, "planId": None})]),
+    "billing.invoicePreview": Example(
+        {"userId": USER, "periodStart": "2026-01-01", "periodEnd": "2026-01-31", "currency": "usd", "planId": None}, metered
+    ),
 }
 
 METHODS = sorted(REGISTRY.commands)
@@ -108,8 +163,15 @@ def example(wire: str) -> Example:
     return EXAMPLES[wire]
 
 
-def resolve(params: dict[str, Any], refs: dict[str, str]) -> dict[str, Any]:
-    return {k: refs[v.name] if isinstance(v, Ref) else v for k, v in params.items()}
+def resolve(value: Any, refs: dict[str, str]) -> Any:
+    """Fill in Refs, also inside lists and objects; drop None (an absent optional parameter)."""
+    if isinstance(value, Ref):
+        return refs[value.name]
+    if isinstance(value, dict):
+        return {k: resolve(v, refs) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [resolve(v, refs) for v in value]
+    return value
 
 
 async def prepare(api: Api, ex: Example) -> tuple[dict[str, Any], dict[str, str]]:
@@ -189,7 +251,7 @@ async def test_mutating_method_gives_identical_results_and_effects_on_rest_and_z
         assert r.ok, (t, r)
         assert r.status == expected_status(wire, t), (t, r)
         results[t] = normalise(r.result, refs)
-        states[t] = [normalise(await _ok(admin, m, p), refs) for m, p in ex.state]
+        states[t] = [normalise(await _ok(admin, m, resolve(p, refs)), refs) for m, p in ex.state]
     first = next(iter(results))
     for t in results:
         assert results[t] == results[first], f"{t} answered differently from {first}"
@@ -202,8 +264,8 @@ async def test_mutating_method_gives_identical_results_and_effects_on_rest_and_z
 async def test_read_key_is_refused_a_mutating_method_on_rest_and_zap(api, make_key, wire):
     command = REGISTRY.commands[wire]
     ex = example(wire)
-    params, _ = await prepare(api, ex)
-    before = [await _ok(api, m, p) for m, p in ex.state]
+    params, refs = await prepare(api, ex)
+    before = [await _ok(api, m, resolve(p, refs)) for m, p in ex.state]
     reader = api.with_key(await make_key("acme", "live", "read"))
     for t in TRANSPORTS:
         if t == "rest" and command.http is None:
@@ -213,7 +275,7 @@ async def test_read_key_is_refused_a_mutating_method_on_rest_and_zap(api, make_k
         assert r.error is not None and r.error["kind"] == "forbidden", (t, r)
         if t != "rest":
             assert r.error["code"] == -32003, (t, r)
-    assert [await _ok(api, m, p) for m, p in ex.state] == before, "a refused call changed something"
+    assert [await _ok(api, m, resolve(p, refs)) for m, p in ex.state] == before, "a refused call changed something"
 
 
 @pytest.mark.parametrize("wire", READ_ONLY)

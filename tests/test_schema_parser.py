@@ -40,7 +40,7 @@ def billing():
     return load(BILLING_ZAP)
 
 
-LEDGER_METHODS = {
+CONTRACT_METHODS = {
     # name: (verb, path, status, mutates)
     "getBalance": ("GET", "/api/v1/billing/balance", 200, False),
     "getBalanceAll": ("GET", "/api/v1/billing/balance/all", 200, False),
@@ -49,17 +49,31 @@ LEDGER_METHODS = {
     "deposit": ("POST", "/api/v1/billing/deposit", 201, True),
     "grantStarterCredit": ("POST", "/api/v1/billing/credit", 201, True),
     "refund": ("POST", "/api/v1/billing/refund", 201, True),
+    "createMeter": ("POST", "/api/v1/billing/meters", 201, True),
+    "listMeters": ("GET", "/api/v1/billing/meters", 200, False),
+    "getMeter": ("GET", "/api/v1/billing/meters/{id}", 200, False),
+    "recordMeterEvents": ("POST", "/api/v1/billing/meter-events", 201, True),
+    "getMeterEventsSummary": ("GET", "/api/v1/billing/meter-events/summary", 200, False),
+    "createCreditGrant": ("POST", "/api/v1/billing/credit-grants", 201, True),
+    "listCreditGrants": ("GET", "/api/v1/billing/credit-grants", 200, False),
+    "getCreditBalance": ("GET", "/api/v1/billing/credit-balance", 200, False),
+    "voidCreditGrant": ("POST", "/api/v1/billing/credit-grants/{id}/void", 200, True),
+    "burnCredits": ("POST", "/api/v1/billing/credit-grants/burn", 200, True),
+    "createPricingRule": ("POST", "/api/v1/billing/pricing-rules", 201, True),
+    "listPricingRules": ("GET", "/api/v1/billing/pricing-rules", 200, False),
+    "deletePricingRule": ("DELETE", "/api/v1/billing/pricing-rules/{id}", 200, True),
+    "invoicePreview": ("POST", "/api/v1/billing/invoice-preview", 200, False),
 }
 
 
-def test_billing_zap_declares_every_ledger_method_in_order(billing):
+def test_billing_zap_declares_every_contract_method_in_order(billing):
     assert list(billing.interfaces) == ["BillingService"]
-    assert [m.name for m in billing.interfaces["BillingService"].methods] == list(LEDGER_METHODS)
+    assert [m.name for m in billing.interfaces["BillingService"].methods] == list(CONTRACT_METHODS)
 
 
-@pytest.mark.parametrize("name", list(LEDGER_METHODS))
+@pytest.mark.parametrize("name", list(CONTRACT_METHODS))
 def test_billing_zap_method_has_its_http_route_status_and_mutates_flag(billing, name):
-    verb, path, status, mutates = LEDGER_METHODS[name]
+    verb, path, status, mutates = CONTRACT_METHODS[name]
     method = {m.name: m for _, m in billing.methods()}[name]
     assert method.http == Http(verb, path, status)
     assert method.mutates is mutates

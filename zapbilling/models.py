@@ -213,6 +213,10 @@ def params_error(exc: ValidationError, *, query: bool = False) -> InvalidParams:
     kind = err["type"]
     if kind == "missing":
         message = f"{name} query parameter is required" if query else f"{name} is required"
+        items = [i for i, part in enumerate(err["loc"]) if isinstance(part, int)]
+        if items and isinstance(err["loc"][-1], str):  # a field of a list item: `meterId is required for each event`
+            parent = str(err["loc"][items[-1] - 1])
+            message = f"{err['loc'][-1]} is required for each {parent[:-1] if parent.endswith('s') else parent}"
     elif kind == "zap":
         message = err["msg"]
     elif kind == "literal_error":

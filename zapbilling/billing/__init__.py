@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any, Awaitable, Callable
 
 from ..context import Context
-from . import ledger
+from . import grants, invoice, ledger, metering, pricing_rules
 from .validation import FIELD_RULES, METHOD_RULES
 
 Handler = Callable[[Context, Any], Awaitable[dict[str, Any]]]
@@ -21,6 +21,20 @@ HANDLERS: dict[str, Handler] = {
     "deposit": ledger.deposit,
     "grantStarterCredit": ledger.grant_starter_credit,
     "refund": ledger.refund,
+    "createMeter": metering.create_meter,
+    "listMeters": metering.list_meters,
+    "getMeter": metering.get_meter,
+    "recordMeterEvents": metering.record_meter_events,
+    "getMeterEventsSummary": metering.get_meter_events_summary,
+    "createCreditGrant": grants.create_credit_grant,
+    "listCreditGrants": grants.list_credit_grants,
+    "getCreditBalance": grants.get_credit_balance,
+    "voidCreditGrant": grants.void_credit_grant,
+    "burnCredits": grants.burn_credits,
+    "createPricingRule": pricing_rules.create_pricing_rule,
+    "listPricingRules": pricing_rules.list_pricing_rules,
+    "deletePricingRule": pricing_rules.delete_pricing_rule,
+    "invoicePreview": invoice.invoice_preview,
 }
 
 __all__ = ["FIELD_RULES", "HANDLERS", "METHOD_RULES", "Handler"]

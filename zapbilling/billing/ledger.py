@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..context import Context, Unchanged
-from ..store import LedgerRow, NewEntry
+from ..store import LedgerRow, NewEntry, UsageEvent
 from ..times import DAY, format_ts
 
 STARTER_CREDIT_CENTS = 500
@@ -60,6 +60,7 @@ async def record_usage(ctx: Context, p: Any) -> dict[str, Any]:
         type="withdraw", user=p.user, currency=p.currency, amount=p.amount, now=ctx.now, tags=USAGE_TAG,
         notes=f"API usage: {p.model} ({p.totalTokens} tokens)", metadata=metadata,
         dedupe_key=f"usage:{p.requestId}" if p.requestId else None,
+        usage_event=UsageEvent(USAGE_TAG, {"model": p.model, "provider": p.provider}, f"usage:{p.user}:{p.requestId}" if p.requestId else None),
     ), ctx.idempotency)
     return {"user": row["user"], "amount": row["amount"], "transactionId": row["id"], "currency": row["currency"], "type": row["type"]}
 

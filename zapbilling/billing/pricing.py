@@ -16,6 +16,10 @@ MODELS = ("per_unit", "tiered", "volume")
 class PricingError(ValueError):
     """A rule that cannot price anything, or a total beyond the int64 range."""
 
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(message)
+        self.param = param
+
 
 class Price(NamedTuple):
     total: int
@@ -30,28 +34,30 @@ def _get(tier: Any, name: str) -> int:
 def check_rule(model: str, unit_price: int, tiers: list[Any]) -> None:
     """Raise PricingError with a caller-facing message if the rule is not well formed."""
     if model not in MODELS:
-        raise PricingError(f"unknown pricing model: {model}")
+        raise PricingError(f"unknown pricing model: {model}", "model")
     if unit_price < 0:
-        raise PricingError("unitPrice must not be negative")
+        raise PricingError("unitPrice must not be negative", "unitPrice")
     if model == "per_unit":
         if tiers:
-            raise PricingError("tiers are only for the tiered and volume models")
+            raise PricingError("tiers are only for the tiered and volume models", "tiers")
         return
     if not tiers:
-        raise PricingError(f"tiers are required for the {model} model")
+        raise PricingError(f"tiers are required for the {model} model", "tiers")
     previous = 0
     for i, tier in enumerate(tiers):
         up_to, price, flat = _get(tier, "upTo"), _get(tier, "price"), _get(tier, "flat")
-        if price < 0 or flat < 0:
-            raise PricingError(f"tiers[{i}]: price and flat must not be negative")
+        if up_to < 0 or price < 0 or flat < 0:
+            raise PricingError(f"tiers[{i}]: upTo, price and flat must not be negative", f"tiers[{i}]")
         last = i == len(tiers) - 1
         if up_to == 0:
             if not last:
-                raise PricingError(f"tiers[{i}]: only the last tier may be unbounded (upTo 0)")
+                raise PricingError(f"tiers[{i}]: only the last tier may be unbounded (upTo 0)", f"tiers[{i}].upTo")
         elif last:
-            raise PricingError("the last tier must be unbounded (upTo 0)")
+            raise PricingError("the last tier must be unbounded (upTo 0)", f"tiers[{i}].upTo")
         elif up_to <= previous:
-            raise PricingError(f"tiers[{i}]: upTo must be greater than the previous tier's ({previous}): tiers out of order")
+            raise PricingError(
+                f"tiers[{i}]: upTo must be greater than the previous tier's ({previous}): tiers out of order", f"tiers[{i}].upTo"
+            )
         previous = up_to
 
 

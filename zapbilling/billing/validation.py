@@ -9,7 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 from ..models import Rule, invalid
+from ..times import parse_ts
 from .currencies import CODES
+from .durations import parse_duration
 
 MAX_PAGE = 1000
 MAX_EXPIRY_DAYS = 36_500
@@ -40,14 +42,55 @@ def expiry_days(value: int, name: str) -> Any:
     return value
 
 
+def timestamp(value: str, name: str) -> str:
+    try:
+        parse_ts(value)
+    except ValueError:
+        raise invalid(f"invalid {name}: expected RFC 3339 or YYYY-MM-DD, got {value!r}") from None
+    return value
+
+
+def period_bound(value: str, name: str) -> str:
+    try:
+        parse_ts(value)
+    except ValueError:
+        raise invalid(f"invalid {name} format: expected RFC 3339 or YYYY-MM-DD, got {value!r}") from None
+    return value
+
+
+def go_duration(value: str, name: str) -> str:
+    try:
+        parse_duration(value)
+    except ValueError:
+        raise invalid(f"invalid {name}: expected a positive duration such as 720h, 1h30m or 90m, got {value!r}") from None
+    return value
+
+
+MAX_EVENTS = 100
+
+
+def event_batch(value: list[Any], name: str) -> list[Any]:
+    if not value:
+        raise invalid("at least one event is required")
+    if len(value) > MAX_EVENTS:
+        raise invalid(f"maximum {MAX_EVENTS} events per batch")
+    return value
+
+
 FIELD_RULES: dict[str, Rule] = {
     "currency": currency,
     "limit": page_limit,
+    "timestamp": timestamp,
+    "periodStart": period_bound,
+    "periodEnd": period_bound,
 }
 """Rules for every parameter with this name, in every method and nested struct."""
 
 METHOD_RULES: dict[str, dict[str, Rule]] = {
     "deposit": {"amount": positive, "expiresIn": expiry_days},
     "refund": {"amount": positive},
+    "recordMeterEvents": {"events": event_batch},
+    "createCreditGrant": {"amountCents": positive, "expiresIn": go_duration},
+    "burnCredits": {"amount": positive},
 }
 """Rules for one method's own parameters."""

@@ -1,0 +1,61 @@
+"""Invoice preview: usage x pricing - credits for one user and period. A preview reads and
+computes; it writes nothing, so calling it twice gives the same answer and every grant stays
+as it was (the reference spent the user's grants while previewing)."""
+from __future__ import annotations
+
+from typing import Any
+
+from ..context import Context
+from ..errors import InvalidParams
+from ..store import Row
+from ..times import parse_ts
+from .grants import plan_burn
+from .pricing import Price, PricingError, checked_sum, price
+
+
+def choose_rules(rules: list[Row], plan_id: str | None) -> dict[str, Row]:
+    """Per meter: a rule for `plan_id` wins over a plan-less one; among equals, the newest.
+    `rules` come in creation order, so a later one overwrites an earlier one."""
+    plan_less: dict[str, Row] = {}
+    for_plan: dict[str, Row] = {}
+    for r in rules:
+        if r["planId"] == "":
+            plan_less[r["meterId"]] = r
+        elif plan_id and r["planId"] == plan_id:
+            for_plan[r["meterId"]] = r
+    return plan_less | for_plan
+
+
+async def invoice_preview(ctx: Context, p: Any) -> dict[str, Any]:
+    start = parse_ts(p.periodStart) if p.periodStart else None
+    end = parse_ts(p.periodEnd, period_end=True) if p.periodEnd else None
+    store, tenant = ctx.store, ctx.tenant
+    rules = choose_rules(await store.list_rules(tenant, currency=p.currency), p.planId)
+    grants = await store.active_grants(tenant, p.userId, p.currency, ctx.now)
+    line_items = []
+    try:
+        for meter in await store.list_meters(tenant):
+            quantity, count = await store.aggregate_events(tenant, meter["id"], meter["aggregationType"], p.userId, start, end)
+            if count == 0:
+                continue
+            rule = rules.get(meter["id"])
+            cost = price(rule["model"], rule["unitPrice"], rule["tiers"], quantity) if rule else Price(0, 0)
+            line_items.append({
+                "meterId": meter["id"], "meterName": meter["name"], "quantity": quantity,
+                "unitCost": cost.unit_cost, "totalCost": cost.total, "model": rule["model"] if rule else "",
+            })
+        subtotal = checked_sum(item["totalCost"] for item in line_items)
+    except PricingError as exc:
+        raise InvalidParams(str(exc), param=exc.param) from None
+    # Credits go to line items in order, each honouring eligibility, on copies of the grants.
+    left = [g | {} for g in grants]
+    applied = 0
+    for item in line_items:
+        for grant, take in plan_burn(left, item["totalCost"], item["meterId"]):
+            grant["remainingCents"] -= take
+            applied += take
+    return {
+        "userId": p.userId, "periodStart": p.periodStart or "", "periodEnd": p.periodEnd or "",
+        "lineItems": line_items, "subtotal": subtotal, "creditApplied": applied, "amountDue": subtotal - applied,
+        "currency": p.currency,
+    }

@@ -1,0 +1,34 @@
+"""Pricing rules: create, list, delete. The maths lives in pricing.py."""
+from __future__ import annotations
+
+from typing import Any
+
+from ..context import Context
+from ..errors import InvalidParams
+from ..store import Row
+from ..times import format_ts
+from .pricing import PricingError, check_rule
+
+
+def rule_result(r: Row) -> dict[str, Any]:
+    return r | {"createdAt": format_ts(r["createdAt"])}
+
+
+async def create_pricing_rule(ctx: Context, p: Any) -> dict[str, Any]:
+    tiers = [t.model_dump() for t in p.tiers]
+    try:
+        check_rule(p.model, p.unitPrice, tiers)
+    except PricingError as exc:
+        raise InvalidParams(str(exc), param=exc.param) from None
+    rule = await ctx.store.create_rule(ctx.tenant, p.meterId, p.planId, p.model, p.currency, p.unitPrice, tiers, ctx.now, ctx.idempotency)
+    return rule_result(rule)
+
+
+async def list_pricing_rules(ctx: Context, p: Any) -> dict[str, Any]:
+    rules = [rule_result(r) for r in await ctx.store.list_rules(ctx.tenant, meter_id=p.meterId, plan_id=p.planId)]
+    return {"rules": rules, "count": len(rules)}
+
+
+async def delete_pricing_rule(ctx: Context, p: Any) -> dict[str, Any]:
+    await ctx.store.delete_rule(ctx.tenant, p.id, ctx.now, ctx.idempotency)
+    return {"id": p.id, "deleted": True}
