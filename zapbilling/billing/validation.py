@@ -6,7 +6,7 @@ the first failure reported is the first in the contract's parameter order.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from ..models import Rule, invalid
 from ..times import parse_ts
@@ -42,28 +42,22 @@ def expiry_days(value: int, name: str) -> Any:
     return value
 
 
-def timestamp(value: str, name: str) -> str:
-    try:
-        parse_ts(value)
-    except ValueError:
-        raise invalid(f"invalid {name}: expected RFC 3339 or YYYY-MM-DD, got {value!r}") from None
-    return value
+def _parsed_by(parse: Callable[[str], Any], expected: str, suffix: str = "") -> Rule:
+    """A rule for text that must parse (a time, a duration); the value stays text."""
+
+    def rule(value: str, name: str) -> str:
+        try:
+            parse(value)
+        except ValueError:
+            raise invalid(f"invalid {name}{suffix}: expected {expected}, got {value!r}") from None
+        return value
+
+    return rule
 
 
-def period_bound(value: str, name: str) -> str:
-    try:
-        parse_ts(value)
-    except ValueError:
-        raise invalid(f"invalid {name} format: expected RFC 3339 or YYYY-MM-DD, got {value!r}") from None
-    return value
-
-
-def go_duration(value: str, name: str) -> str:
-    try:
-        parse_duration(value)
-    except ValueError:
-        raise invalid(f"invalid {name}: expected a positive duration such as 720h, 1h30m or 90m, got {value!r}") from None
-    return value
+timestamp = _parsed_by(parse_ts, "RFC 3339 or YYYY-MM-DD")
+period_bound = _parsed_by(parse_ts, "RFC 3339 or YYYY-MM-DD", " format")  # the reference's wording
+go_duration = _parsed_by(parse_duration, "a positive duration such as 720h, 1h30m or 90m")
 
 
 MAX_EVENTS = 100
