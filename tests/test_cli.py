@@ -249,6 +249,9 @@ BAD_INVOCATIONS = {
     "bad-port-env": (["serve"], {"ZAPBILLING_PORT": "http"}),
     "missing-org": (["keys", "create", "--mode", "test"], {}),
     "empty-org": (["keys", "create", "--org", "", "--mode", "test"], {}),
+    "bad-durability-env": (["serve"], {"ZAPBILLING_DURABILITY": "sometimes"}),
+    "db-folder-missing-keys": (["keys", "list", "--db", "/nonexistent-zb/dir/x.db"], {}),
+    "db-folder-missing-serve": (["serve", "--port", "0", "--db", "/nonexistent-zb/dir/x.db"], {}),
 }
 
 
@@ -256,7 +259,7 @@ BAD_INVOCATIONS = {
 def test_bad_invocation_exits_nonzero_with_one_line_on_stderr(case, tmp_path):
     args, env = BAD_INVOCATIONS[case]
     db = str(tmp_path / "bad.db")
-    if args[0] == "keys" and args[1] in ("create", "list"):
+    if args[0] == "keys" and args[1] in ("create", "list") and "--db" not in args:
         args = [*args, "--db", db]
     elif args[0] == "serve":
         env = {"ZAPBILLING_DB": db, **env}

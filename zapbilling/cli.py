@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import sqlite3
 import sys
 from typing import Any, NoReturn, Sequence
 
@@ -72,7 +73,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.durability not in DURABILITY:
             _fail(f"invalid durability {args.durability!r}: expected full or normal")
         return serve(Config(db=args.db, host=args.host, port=int(args.port), durability=args.durability))
-    return asyncio.run(_keys(args))
+    try:
+        return asyncio.run(_keys(args))
+    except (OSError, sqlite3.Error) as exc:
+        _fail(f"cannot use database {args.db}: {exc}")
 
 
 def _fail(message: str) -> NoReturn:
@@ -89,11 +93,17 @@ def serve(config: Config) -> int:
     loop = _event_loop()
     asyncio.set_event_loop(loop)
     app = create_app(config)
-    logging.getLogger("zapbilling").info("serving %s on http://%s:%d (durability %s)", config.db, config.host, config.port, config.durability)
+    log = logging.getLogger("zapbilling")
     # run_app turns SIGINT and SIGTERM into a graceful stop: it stops accepting, lets running
     # requests finish, then the app's cleanup drains the writer, so no acknowledged write is lost.
-    web.run_app(app, host=config.host, port=config.port, access_log_format=ACCESS_LOG, print=None,
-                shutdown_timeout=10, loop=loop)
+    try:
+        web.run_app(app, host=config.host, port=config.port, access_log_format=ACCESS_LOG,
+                    print=lambda _: log.info("serving %s on http://%s:%d (durability %s)", config.db, config.host, config.port, config.durability),
+                    shutdown_timeout=10, loop=loop)
+    except OSError as exc:  # the port is taken, or the database's folder does not exist
+        _fail(f"cannot serve on {config.host}:{config.port} with database {config.db}: {exc}")
+    except sqlite3.Error as exc:
+        _fail(f"cannot use database {config.db}: {exc}")
     return 0
 
 

@@ -7,6 +7,7 @@ from typing import Any, Awaitable, Callable, Mapping
 
 from aiohttp import web
 
+from ..context import Unchanged
 from ..errors import ApiError, InvalidRequest, NotFound, UnsupportedMediaType
 from ..registry import Command
 from ..schema import Field, TypeRef
@@ -14,7 +15,6 @@ from .auth import authenticate
 from .calls import Caller, authorize
 from .codec import JSON, codec_for, negotiate
 from .http import read_body, respond
-from ..context import Unchanged
 
 View = Callable[[web.Request], Awaitable[web.Response]]
 _INT = re.compile(r"[+-]?[0-9]+\Z")
@@ -64,6 +64,7 @@ def make_view(caller: Caller, command: Command) -> View:
     assert command.http is not None
     from_query = command.http.verb in ("GET", "DELETE")
     success = command.http.status
+    path_fields = [f for f in command.fields if f.name in command.http.path_params]
 
     async def view(request: web.Request) -> web.Response:
         codec = negotiate(JSON, request.headers.get("Accept"))
@@ -72,9 +73,8 @@ def make_view(caller: Caller, command: Command) -> View:
             authorize(command, principal)
             if from_query:
                 raw = text_params(command.fields, request.query, request.match_info)
-            else:
-                raw = await _body_params(request)
-                raw.update(text_params([f for f in command.fields if f.name in request.match_info], {}, request.match_info))
+            else:  # body params, and the path's on top
+                raw = await _body_params(request) | text_params(path_fields, {}, request.match_info)
             result = await caller.call(
                 command, principal, raw, query=from_query, idempotency_key=request.headers.get("Idempotency-Key") or None
             )
