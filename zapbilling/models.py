@@ -162,7 +162,10 @@ class ModelBuilder:
         default = f.default
         factory = (list if default == [] else dict) if isinstance(default, (list, dict)) else None
         before = _null_means(factory or default, empty_text_too=f.type.name == "Text" and default != "")
-        return _annotated(ann, [before] + validators), (PydanticField(default_factory=factory) if factory else default)
+        # A rule also judges the default (an absent `events` is `at least one event is required`).
+        judge = bool(validators)
+        spec = PydanticField(default_factory=factory, validate_default=judge) if factory else PydanticField(default, validate_default=judge)
+        return _annotated(ann, [before] + validators), spec
 
     def input_model(self, name: str) -> type[BaseModel]:
         if name not in self._inputs:
