@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..context import Context
-from ..errors import InvalidParams
+from ..errors import InvalidParams, NotFound
 from ..store import Row
 from ..times import format_ts
 from .pricing import PricingError, check_rule
@@ -25,6 +25,8 @@ async def create_pricing_rule(ctx: Context, p: Any) -> dict[str, Any]:
 
 
 async def list_pricing_rules(ctx: Context, p: Any) -> dict[str, Any]:
+    if p.meterId is not None and await ctx.store.get_meter(ctx.tenant, p.meterId) is None:
+        raise NotFound("meter not found", param="meterId")  # an unknown id is 404, even as a filter
     rules = [rule_result(r) for r in await ctx.store.list_rules(ctx.tenant, meter_id=p.meterId, plan_id=p.planId)]
     return {"rules": rules, "count": len(rules)}
 
