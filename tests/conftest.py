@@ -4,6 +4,7 @@ or ZAP/msgpack and normalises the answer, so one test can run on all three trans
 from __future__ import annotations
 
 import json
+import sqlite3
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -119,6 +120,66 @@ def _rest_reply(status: int, body: Any) -> Reply:
         e = body["error"]
         return Reply(status, error={"kind": e["code"], "message": e["message"], "param": e.get("param")})
     return Reply(status, result=body)
+
+
+# The contract's error table (billing-api.md, Errors), written out here on its own rather than
+# read from zapbilling/errors.py, so that a wrong row there fails the tests.
+ERROR_TABLE = {  # kind: (REST status, ZAP code, HTTP status of a ZAP answer)
+    "parse_error": (400, -32700, 400),
+    "invalid_request": (400, -32600, 400),
+    "method_not_found": (404, -32601, 200),
+    "invalid_params": (400, -32602, 200),
+    "unauthorized": (401, -32001, 401),
+    "forbidden": (403, -32003, 403),
+    "not_found": (404, -32004, 200),
+    "conflict": (409, -32009, 200),
+    "insufficient_funds": (402, -32002, 200),
+    "payload_too_large": (413, -32013, 413),
+    "unsupported_media_type": (415, -32015, 415),
+    "internal_error": (500, -32000, 200),
+}
+
+
+def assert_error(api: Api, r: Reply, kind: str, message: str, param: str | None = None) -> None:
+    """The error the contract prescribes, with its status and code on `api`'s transport."""
+    assert r.error is not None, f"expected a {kind} error, got {r.status} {r.result!r}"
+    assert r.error["kind"] == kind, r.error
+    assert message in r.error["message"], r.error
+    if param is not None:
+        assert r.error["param"] == param, r.error
+    rest_status, zap_code, zap_status = ERROR_TABLE[kind]
+    if api.transport == "rest":
+        assert r.status == rest_status, (r.status, r.error)
+    else:
+        assert r.status == zap_status, (r.status, r.error)
+        assert r.error["code"] == zap_code, r.error
+
+
+def created_status(api: Api) -> int:
+    """What a creating call answers with: 201 on REST, 200 on ZAP."""
+    return 201 if api.transport == "rest" else 200
+
+
+async def ok(api: Api, method: str, params: dict[str, Any], **kw: Any) -> Any:
+    """The result of a call that must succeed."""
+    r = await api.call(method, params, **kw)
+    assert r.ok, (method, params, r.status, r.error)
+    return r.result
+
+
+async def balance(api: Api, user: str = "hanzo/alice", currency: str = "usd") -> int:
+    return (await ok(api, "getBalance", {"user": user, "currency": currency}))["balance"]
+
+
+def ledger_rows(db_path: str, user: str, **where: Any) -> list[dict[str, Any]]:
+    """Ledger rows of one user, read-only from the server's SQLite file, in insertion order."""
+    clauses = "".join(f" AND {k} = ?" for k in where)
+    con = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    con.row_factory = sqlite3.Row
+    try:
+        return [dict(r) for r in con.execute(f"SELECT * FROM ledger WHERE user_id = ?{clauses} ORDER BY seq", (user, *where.values()))]
+    finally:
+        con.close()
 
 
 @pytest.fixture

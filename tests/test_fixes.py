@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
 from typing import Any
+from conftest import assert_error, balance, ledger_rows, ok
 
 ALICE = "hanzo/alice"
 BOB = "hanzo/bob"
@@ -14,39 +14,6 @@ TRANSPORTS = ("rest", "zap-json", "zap-msgpack")
 
 
 # -- helpers --------------------------------------------------------------------------------
-
-def ledger_rows(db_path: str, user: str, **where: Any) -> list[dict[str, Any]]:
-    """Ledger rows of one user, read-only from the server's SQLite file, in insertion order."""
-    clauses = "".join(f" AND {k} = ?" for k in where)
-    con = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
-    con.row_factory = sqlite3.Row
-    try:
-        return [dict(r) for r in con.execute(
-            f"SELECT * FROM ledger WHERE user_id = ?{clauses} ORDER BY seq", (user, *where.values()))]
-    finally:
-        con.close()
-
-
-async def balance(api, user: str = ALICE, currency: str = "usd") -> int:
-    r = await api.call("getBalance", {"user": user, "currency": currency})
-    assert r.ok, r.error
-    return r.result["balance"]
-
-
-async def ok(api, method: str, params: dict[str, Any], **kw: Any) -> dict[str, Any]:
-    r = await api.call(method, params, **kw)
-    assert r.ok, (method, params, r.status, r.error)
-    return r.result
-
-
-def assert_not_found(api, r, message: str) -> None:
-    assert r.error is not None, f"expected not_found, got {r.status} {r.result!r}"
-    assert r.error["kind"] == "not_found" and message in r.error["message"], r.error
-    if api.transport == "rest":
-        assert r.status == 404
-    else:
-        assert r.status == 200 and r.error["code"] == -32004
-
 
 def assert_invalid(api, r, message: str) -> None:
     assert r.error is not None, f"expected invalid_params, got {r.status} {r.result!r}"
@@ -88,10 +55,10 @@ async def test_fix_rows_are_scoped_to_org_and_mode(any_api, make_key):
         assert await balance(api) == 0
         assert (await ok(api, "getBalanceAll", {"user": ALICE}))["balances"] == []
         assert (await ok(api, "getUsage", {"user": ALICE}))["usage"] == []
-        assert_not_found(api, await api.call("getUsage", {"user": ALICE, "startingAfter": use["transactionId"]}), "not found")
+        assert_error(api, await api.call("getUsage", {"user": ALICE, "startingAfter": use["transactionId"]}), "not_found", "not found")
         # ... nor changeable
         r = await api.call("refund", {"user": ALICE, "amount": 1, "originalTransactionId": dep["transactionId"]})
-        assert_not_found(api, r, "original transaction not found")
+        assert_error(api, r, "not_found", "original transaction not found")
         # deduplication and idempotency keys are per org and mode: these are new writes here
         u = await ok(api, "recordUsage", {"user": ALICE, "amount": 100, "model": "m", "requestId": "req-1"})
         assert u["transactionId"] != use["transactionId"]
@@ -208,7 +175,7 @@ async def test_fix_refund_must_match_an_original(any_api, make_key):
         other_mode["transactionId"],     # the same org's other mode
     ):
         r = await any_api.call("refund", {"user": ALICE, "amount": 10, "originalTransactionId": original})
-        assert_not_found(any_api, r, "original transaction not found")
+        assert_error(any_api, r, "not_found", "original transaction not found")
     assert await balance(any_api) == 1000
     assert await balance(any_api, currency="eur") == 1000
     # the matching original is accepted

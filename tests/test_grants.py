@@ -7,13 +7,12 @@ from __future__ import annotations
 import asyncio
 from datetime import datetime, timezone
 from typing import Any
+from conftest import assert_error, created_status, ok
 
 ALICE = "hanzo/alice"
 BOB = "hanzo/bob"
 TRANSPORTS = ("rest", "zap-json", "zap-msgpack")
 
-REST_STATUS = {"invalid_params": 400, "not_found": 404}
-ZAP_CODE = {"invalid_params": -32602, "not_found": -32004}
 
 HOUR_US = 3_600_000_000
 MINUTE_US = 60_000_000
@@ -24,36 +23,12 @@ STATE_KEYS = {"voided", "active"}  # a CreditGrant of the schema also says wheth
 
 # -- helpers --------------------------------------------------------------------------------
 
-def assert_error(api, r, kind: str, message: str, param: str | None = None) -> None:
-    """The error the contract prescribes, on whichever transport `api` uses."""
-    assert r.error is not None, f"expected a {kind} error, got {r.status} {r.result!r}"
-    assert r.error["kind"] == kind, r.error
-    assert message in r.error["message"], r.error
-    if param is not None:
-        assert r.error["param"] == param, r.error
-    if api.transport == "rest":
-        assert r.status == REST_STATUS[kind], (r.status, r.error)
-    else:
-        assert r.status == 200, (r.status, r.error)
-        assert r.error["code"] == ZAP_CODE[kind], r.error
-
-
-def created_status(api) -> int:
-    return 201 if api.transport == "rest" else 200
-
-
 def to_us(text: str) -> int:
     """An RFC 3339 UTC timestamp of the server as integer microseconds since the epoch."""
     assert isinstance(text, str) and text.endswith("Z"), f"timestamps are UTC RFC 3339: {text!r}"
     dt = datetime.fromisoformat(text[:-1] + "+00:00")
     delta = dt - datetime(1970, 1, 1, tzinfo=timezone.utc)
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
-
-
-async def ok(api, method: str, params: dict[str, Any]) -> dict[str, Any]:
-    r = await api.call(method, params)
-    assert r.ok, (method, params, r.status, r.error)
-    return r.result
 
 
 async def grant(api, amount: int = 1000, user: str = ALICE, **params: Any) -> dict[str, Any]:

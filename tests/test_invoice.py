@@ -8,6 +8,7 @@ import re
 from typing import Any
 
 import pytest
+from conftest import ok
 
 ALICE = "hanzo/alice"
 BOB = "hanzo/bob"
@@ -20,12 +21,6 @@ MARCH = {"periodStart": "2026-03-01", "periodEnd": "2026-03-31"}
 
 
 # -- helpers --------------------------------------------------------------------------------
-
-async def ok(api, method: str, params: dict[str, Any], **kw: Any) -> dict[str, Any]:
-    r = await api.call(method, params, **kw)
-    assert r.ok, (method, params, r.status, r.error)
-    return r.result
-
 
 def assert_error(api, r, kind: str, rest_status: int, zap_code: int, zap_status: int, message: str) -> None:
     assert r.error is not None, f"expected {kind}, got {r.status} {r.result!r}"

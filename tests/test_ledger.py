@@ -4,45 +4,25 @@ contract lists for these operations."""
 from __future__ import annotations
 
 import json
-import sqlite3
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+from conftest import assert_error, balance, created_status, ledger_rows
 
 INT64_MAX = 2**63 - 1
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
-REST_STATUS = {"invalid_params": 400, "not_found": 404}
-ZAP_CODE = {"invalid_params": -32602, "not_found": -32004}
 
 ALICE = "hanzo/alice"
 
 
 # -- helpers --------------------------------------------------------------------------------
 
-def assert_error(api, r, kind: str, message: str, param: str | None = None) -> None:
-    """The error the contract prescribes, on whichever transport `api` uses."""
-    assert r.error is not None, f"expected a {kind} error, got {r.status} {r.result!r}"
-    assert r.error["kind"] == kind, r.error
-    assert message in r.error["message"], r.error
-    if param is not None:
-        assert r.error["param"] == param, r.error
-    if api.transport == "rest":
-        assert r.status == REST_STATUS[kind], (r.status, r.error)
-    else:
-        assert r.status == 200, (r.status, r.error)
-        assert r.error["code"] == ZAP_CODE[kind], r.error
-
-
 def missing_user_message(api, method: str) -> str:
     """`user query parameter is required` on REST GET routes, `user is required` elsewhere."""
     get_routes = {"getBalance", "getBalanceAll", "getUsage"}
     return "user query parameter is required" if api.transport == "rest" and method in get_routes else "user is required"
-
-
-def created_status(api) -> int:
-    return 201 if api.transport == "rest" else 200
 
 
 def at(us: int) -> datetime:
@@ -52,21 +32,6 @@ def at(us: int) -> datetime:
 def parse_ts(text: str) -> datetime:
     assert text.endswith("Z"), f"timestamps are UTC: {text}"
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
-
-
-def ledger_rows(db_path: str, user: str) -> list[dict[str, Any]]:
-    con = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
-    con.row_factory = sqlite3.Row
-    try:
-        return [dict(r) for r in con.execute("SELECT * FROM ledger WHERE user_id = ? ORDER BY seq", (user,))]
-    finally:
-        con.close()
-
-
-async def balance(api, user: str = ALICE, currency: str = "usd") -> int:
-    r = await api.call("getBalance", {"user": user, "currency": currency})
-    assert r.ok, r.error
-    return r.result["balance"]
 
 
 # -- getBalance / getBalanceAll ---------------------------------------------------------------

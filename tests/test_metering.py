@@ -12,44 +12,19 @@ from typing import Any
 import pytest
 
 from zapbilling.app import STORE
+from conftest import assert_error, created_status, ok
 
 INT64_MAX = 2**63 - 1
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 TRANSPORTS = ("rest", "zap-json", "zap-msgpack")
 AGGREGATIONS = ("sum", "count", "last", "max", "min", "unique_count")
 
-REST_STATUS = {"invalid_params": 400, "not_found": 404, "conflict": 409, "internal_error": 500}
-ZAP_CODE = {"invalid_params": -32602, "not_found": -32004, "conflict": -32009, "internal_error": -32000}
 
 ALICE = "hanzo/alice"
 BOB = "hanzo/bob"
 
 
 # -- helpers --------------------------------------------------------------------------------
-
-def assert_error(api, r, kind: str, message: str, param: str | None = None) -> None:
-    """The error the contract prescribes, on whichever transport `api` uses."""
-    assert r.error is not None, f"expected a {kind} error, got {r.status} {r.result!r}"
-    assert r.error["kind"] == kind, r.error
-    assert message in r.error["message"], r.error
-    if param is not None:
-        assert r.error["param"] == param, r.error
-    if api.transport == "rest":
-        assert r.status == REST_STATUS[kind], (r.status, r.error)
-    else:
-        assert r.status == 200, (r.status, r.error)
-        assert r.error["code"] == ZAP_CODE[kind], r.error
-
-
-def created_status(api) -> int:
-    return 201 if api.transport == "rest" else 200
-
-
-async def ok(api, method: str, params: dict[str, Any], **kw: Any) -> Any:
-    r = await api.call(method, params, **kw)
-    assert r.ok, (method, params, r.status, r.error)
-    return r.result
-
 
 async def meter(api, event_name: str = "tokens", aggregation: str | None = None, **extra: Any) -> dict[str, Any]:
     params = {"name": f"{event_name} meter", "eventName": event_name, **extra}

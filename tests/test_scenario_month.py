@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 from typing import Any
+from conftest import ok
 
 CAROL = "acme/carol"
 DAVE = "acme/dave"
@@ -17,12 +18,6 @@ def at(text: str) -> int:
     """Microseconds since the epoch of a UTC 'YYYY-MM-DDTHH:MM' (computed here, not by the service)."""
     dt = datetime.strptime(text, "%Y-%m-%dT%H:%M").replace(tzinfo=timezone.utc)
     return int(dt.timestamp()) * 1_000_000
-
-
-async def ok(api, method: str, params: dict[str, Any]) -> dict[str, Any]:
-    r = await api.call(method, params)
-    assert r.ok, (method, params, r.status, r.error)
-    return r.result
 
 
 async def test_one_customer_through_march(api, clock):
