@@ -43,6 +43,9 @@ def new_id(prefix: str) -> str:
 
 
 class SqliteBase:
+    """The connections and the two ways to write: `_run` for a plain atomic job, `_write` for a
+    tenant's write that honours an idempotency key in the same transaction."""
+
     def __init__(self, path: str | Path, durability: str = "full"):
         if durability not in DURABILITY:
             raise ValueError(f"durability must be one of {', '.join(DURABILITY)}")
@@ -90,7 +93,6 @@ class SqliteBase:
 
     async def purge_idempotency(self, older_than: int) -> int:
         return await self._run(lambda conn: conn.execute("DELETE FROM idempotency WHERE created_at < ?", (older_than,)).rowcount)
-
 
 
 def _idempotent(conn: sqlite3.Connection, tenant: int, idem: Idempotency | None, now: int, job: Callable[..., Any], *args: Any) -> Any:
