@@ -5,6 +5,8 @@ transaction and the invoice preview runs it on copies without touching a grant.
 """
 from __future__ import annotations
 
+from itertools import groupby
+from operator import itemgetter
 from typing import Any, Iterable
 
 from ..context import Context
@@ -73,8 +75,12 @@ async def list_credit_grants(ctx: Context, p: Any) -> dict[str, Any]:
 
 
 async def get_credit_balance(ctx: Context, p: Any) -> dict[str, Any]:
-    totals = await ctx.store.grant_balances(ctx.tenant, p.userId, ctx.now)
-    return {"userId": p.userId, "balances": [{"currency": c, "available": checked_sum([a])} for c, a in totals]}
+    grants = sorted(await ctx.store.active_grants(ctx.tenant, p.userId, ctx.now), key=itemgetter("currency"))
+    balances = [
+        {"currency": currency, "available": checked_sum(g["remainingCents"] for g in group)}
+        for currency, group in groupby(grants, key=itemgetter("currency"))
+    ]
+    return {"userId": p.userId, "balances": balances}
 
 
 async def void_credit_grant(ctx: Context, p: Any) -> dict[str, Any]:

@@ -31,7 +31,7 @@ async def invoice_preview(ctx: Context, p: Any) -> dict[str, Any]:
     end = parse_ts(p.periodEnd, period_end=True) if p.periodEnd else None
     store, tenant = ctx.store, ctx.tenant
     rules = choose_rules(await store.list_rules(tenant, currency=p.currency), p.planId)
-    grants = await store.active_grants(tenant, p.userId, p.currency, ctx.now)
+    grants = await store.active_grants(tenant, p.userId, ctx.now, p.currency)
     line_items = []
     try:
         for meter in await store.list_meters(tenant):

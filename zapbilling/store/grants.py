@@ -37,24 +37,14 @@ class GrantQueries(SqliteBase):
         rows = await self._read(f"SELECT {_GRANT} FROM credit_grants WHERE tenant = ? AND user_id = ? ORDER BY seq", (tenant, user))
         return [grant_row(r) for r in rows]
 
-    async def active_grants(self, tenant: int, user: str, currency: str, now: int) -> list[dict[str, Any]]:
-        """Active grants of one currency, in creation order."""
+    async def active_grants(self, tenant: int, user: str, now: int, currency: str | None = None) -> list[dict[str, Any]]:
+        """Active grants (of one currency, if given) in creation order."""
+        where = "tenant = :tenant AND user_id = :user" + (" AND currency = :currency" if currency is not None else "")
         rows = await self._read(
-            f"SELECT {_GRANT} FROM credit_grants WHERE tenant = :tenant AND user_id = :user AND currency = :currency"
-            f" AND {_ACTIVE} ORDER BY seq",
+            f"SELECT {_GRANT} FROM credit_grants WHERE {where} AND {_ACTIVE} ORDER BY seq",
             {"tenant": tenant, "user": user, "currency": currency, "now": now},
         )
         return [grant_row(r) for r in rows]
-
-    async def grant_balances(self, tenant: int, user: str, now: int) -> list[tuple[str, int]]:
-        rows = await self._read(
-            f"SELECT currency, remaining FROM credit_grants WHERE tenant = :tenant AND user_id = :user AND {_ACTIVE}",
-            {"tenant": tenant, "user": user, "now": now},
-        )
-        totals: dict[str, int] = {}
-        for currency, remaining in rows:  # summed in Python: SQLite's SUM stops at int64
-            totals[currency] = totals.get(currency, 0) + remaining
-        return sorted(totals.items())
 
     async def void_grant(self, tenant: int, grant_id: str, now: int, idempotency: Idempotency | None = None) -> dict[str, Any]:
         return await self._write(tenant, idempotency, now, _void_grant, tenant, grant_id, now)

@@ -45,10 +45,6 @@ class Writer:
         self._wake.set()
         return await future
 
-    async def call(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
-        """Run `fn(conn)` on the writer thread outside any batch (start-up work, migrations)."""
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, self._conn)
-
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
