@@ -15,7 +15,8 @@ from .store import SqliteStore, Store
 from .times import DAY, SECOND
 from .transport.calls import Caller
 from .transport.codec import MAX_BODY
-from .transport.rest import add_routes, unknown_route
+from .codegen.openapi import openapi
+from .transport.rest import add_routes, document_route, unknown_route
 from .transport.zap import ZapEndpoint
 
 log = logging.getLogger("zapbilling")
@@ -38,6 +39,7 @@ def create_app(config: Config, registry: Registry | None = None) -> web.Applicat
     app.router.add_post("/api/v1/zap", zap.handle)
     app.router.add_post("/api/v1/billing/zap", zap.handle)
     add_routes(app, caller)
+    app.router.add_get("/api/v1/openapi.json", document_route(caller, openapi(registry.schema)))
     app.router.add_get("/healthz", _health)
     unknown = unknown_route(caller)
     app.router.add_route("*", "/api/v1", unknown)

@@ -4,6 +4,8 @@
     zapbilling keys create [--db PATH] --org NAME --mode test|live [--scope admin|read]
     zapbilling keys list [--db PATH]
     zapbilling keys revoke KEY_ID [--db PATH]
+    zapbilling gen client [--out DIR] [--schema FILE] [--check]
+    zapbilling gen openapi [--out FILE] [--schema FILE] [--check]
 
 Every flag of `serve` (and --db everywhere) defaults to its ZAPBILLING_* environment variable.
 Errors are one line on stderr and a non-zero exit status.
@@ -43,7 +45,7 @@ def _name(text: str) -> str:
 
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="zapbilling", description="Usage-based billing service.")
-    sub = p.add_subparsers(dest="command", required=True, metavar="{serve,keys}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{serve,keys,gen}")
     db = {"default": env_default("db"), "help": "SQLite database file (env ZAPBILLING_DB)"}
 
     serve = sub.add_parser("serve", help="run the HTTP server")
@@ -64,6 +66,14 @@ def _parser() -> argparse.ArgumentParser:
     revoke = keys.add_parser("revoke", help="refuse a key from the next request on")
     revoke.add_argument("key_id")
     revoke.add_argument("--db", **db)
+
+    gen = sub.add_parser("gen", help="write what the schema generates").add_subparsers(dest="target", required=True, metavar="{client,openapi}")
+    for target, out, what in (("client", "clients/python", "the Python client package into DIR"),
+                              ("openapi", "openapi.json", "the OpenAPI 3.1 document to FILE (- for stdout)")):
+        g = gen.add_parser(target, help=f"write {what}")
+        g.add_argument("--out", default=out, help=f"default {out}")
+        g.add_argument("--schema", help="the .zap file (default: the packaged schemas/billing.zap)")
+        g.add_argument("--check", action="store_true", help="write nothing; exit 1 if what is there is stale")
     return p
 
 
@@ -73,6 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.durability not in DURABILITY:
             _fail(f"invalid durability {args.durability!r}: expected full or normal")
         return serve(Config(db=args.db, host=args.host, port=int(args.port), durability=args.durability))
+    if args.command == "gen":
+        return generate(args)
     try:
         return asyncio.run(_keys(args))
     except (OSError, sqlite3.Error) as exc:
@@ -104,6 +116,37 @@ def serve(config: Config) -> int:
         _fail(f"cannot serve on {config.host}:{config.port} with database {config.db}: {exc}")
     except sqlite3.Error as exc:
         _fail(f"cannot use database {config.db}: {exc}")
+    return 0
+
+
+def generate(args: Any) -> int:
+    from pathlib import Path
+
+    from .codegen import generated_files
+    from .schema import SchemaError
+
+    try:
+        files = generated_files(args.target, Path(args.schema) if args.schema else None)
+    except (OSError, SchemaError) as exc:
+        _fail(f"cannot read the schema: {exc}")
+    out = Path(args.out)
+    if args.target == "openapi":
+        if args.out == "-":
+            sys.stdout.write(files["openapi.json"])
+            return 0
+        out, files = out.parent, {out.name: files["openapi.json"]}
+    if args.check:
+        if stale := [rel for rel, text in files.items() if not (out / rel).is_file() or (out / rel).read_text() != text]:
+            sys.stderr.write(f"zapbilling: {out} is stale ({', '.join(stale)}): run `zapbilling gen {args.target} --out {args.out}`\n")
+            return 1
+        sys.stderr.write(f"{args.out} is up to date\n")
+        return 0
+    for rel, text in files.items():
+        path = out / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.is_file() or path.read_text() != text:
+            path.write_text(text)
+    sys.stderr.write(f"wrote {args.out}\n")
     return 0
 
 

@@ -111,6 +111,21 @@ def unknown_route(caller: Caller) -> View:
     return view
 
 
+def document_route(caller: Caller, document: Any) -> View:
+    """A fixed JSON document (the OpenAPI description), encoded once, behind an API key like
+    every /api/v1 route: any scope may read it."""
+    body = JSON.encode(document)
+
+    async def view(request: web.Request) -> web.Response:
+        try:
+            await authenticate(caller.store, request.headers.get("Authorization"), request.query)
+        except ApiError as exc:
+            return respond(JSON, error_body(exc), exc.info.rest_status)
+        return web.Response(body=body, content_type="application/json")
+
+    return view
+
+
 def add_routes(app: web.Application, caller: Caller) -> None:
     for command in caller.registry.commands.values():
         if command.http is not None:

@@ -1,0 +1,28 @@
+"""Generators that turn the schema into artefacts other programs consume: the Python client
+package and the OpenAPI document. Both are pure functions of the schema text."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..schema import load
+
+
+def generated_files(target: str, schema_path: Path | None = None) -> dict[str, str]:
+    """Relative path -> content for `target` ("client" or "openapi")."""
+    from ..registry import default_schema_path
+
+    path = schema_path or default_schema_path()
+    schema = load(path)
+    text = "".join(Path(f).read_text() for f in schema.files)  # imports included, for the digest
+    name = f"schemas/{path.name}"
+    if target == "client":
+        from .python_client import generate
+
+        return generate(schema, name, text)
+    from .openapi import openapi
+
+    return {"openapi.json": json.dumps(openapi(schema), indent=2) + "\n"}
+
+
+__all__ = ["generated_files"]

@@ -1,0 +1,206 @@
+"""The OpenAPI 3.1 document of the REST routes and the ZAP endpoint, derived from the schema
+and the error table, so it cannot describe an operation the server does not have."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..errors import KINDS
+from ..schema import MISSING, Field, Method, Schema, TypeRef
+
+INT64 = {"type": "integer", "format": "int64", "minimum": -(2**63), "maximum": 2**63 - 1}
+INT32 = {"type": "integer", "format": "int32", "minimum": -(2**31), "maximum": 2**31 - 1}
+_SCALARS: dict[str, dict[str, Any]] = {
+    "Bool": {"type": "boolean"}, "Int32": INT32, "Int64": INT64, "Float64": {"type": "number"},
+    "Text": {"type": "string"}, "Data": {},
+}
+ZAP_PATHS = ("/api/v1/zap", "/api/v1/billing/zap")
+MAX_BATCH = 100
+
+
+def type_schema(t: TypeRef, schema: Schema) -> dict[str, Any]:
+    if t.name in _SCALARS:
+        return dict(_SCALARS[t.name])
+    if t.name == "List":
+        return {"type": "array", "items": type_schema(t.args[0], schema)}
+    if t.name == "Map":
+        return {"type": "object", "additionalProperties": type_schema(t.args[1], schema)}
+    return {"$ref": f"#/components/schemas/{t.name}"}
+
+
+def field_schema(f: Field, schema: Schema) -> dict[str, Any]:
+    s = type_schema(f.type, schema)
+    if f.doc:
+        s = {**s, "description": f.doc} if "$ref" not in s else {"allOf": [s], "description": f.doc}
+    if f.default is not MISSING:
+        s["default"] = f.default
+    if f.deprecated:
+        s["deprecated"] = True
+    return s
+
+
+def object_schema(fields: list[Field], schema: Schema, doc: str = "", closed: bool = True) -> dict[str, Any]:
+    out: dict[str, Any] = {"type": "object", "properties": {f.name: field_schema(f, schema) for f in fields}}
+    required = [f.name for f in fields if f.required]
+    if required:
+        out["required"] = required
+    if closed:
+        out["additionalProperties"] = False
+    if doc:
+        out["description"] = doc
+    return out
+
+
+def _components(schema: Schema) -> dict[str, Any]:
+    schemas: dict[str, Any] = {}
+    for name in sorted(schema.order, key=schema.order.__getitem__):
+        if name in schema.enums:
+            e = schema.enums[name]
+            schemas[name] = {"type": "string", "enum": list(e.values), **({"description": e.doc} if e.doc else {})}
+        elif name in schema.structs:
+            s = schema.structs[name]
+            schemas[name] = object_schema(s.fields, schema, s.doc)
+    schemas["Error"] = {
+        "type": "object", "required": ["error"],
+        "properties": {"error": {
+            "type": "object", "required": ["type", "code", "message"],
+            "properties": {
+                "type": {"const": "api-error"},
+                "code": {"type": "string", "enum": list(KINDS)},
+                "message": {"type": "string"},
+                "param": {"type": "string", "description": "the offending field"},
+            },
+        }},
+    }
+    schemas["ZapError"] = {
+        "type": "object", "required": ["id", "error"],
+        "properties": {
+            "jsonrpc": {"const": "2.0"},
+            "id": {"type": ["string", "integer", "null"]},
+            "error": {
+                "type": "object", "required": ["code", "message"],
+                "properties": {
+                    "code": {"type": "integer", "enum": sorted({k.zap_code for k in KINDS.values()}, reverse=True)},
+                    "message": {"type": "string"},
+                    "data": {"type": "object", "properties": {"kind": {"type": "string", "enum": list(KINDS)}, "param": {"type": "string"}}},
+                },
+            },
+        },
+    }
+    return schemas
+
+
+def _result_schema(m: Method, schema: Schema) -> dict[str, Any]:
+    return type_schema(m.result.type, schema) if m.result else {"type": "null"}
+
+
+def _error_responses(statuses: set[int]) -> dict[str, Any]:
+    return {str(s): {"description": ", ".join(k for k, v in KINDS.items() if v.rest_status == s),
+                     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+            for s in sorted(statuses)}
+
+
+def _rest_operation(wire: str, m: Method, schema: Schema) -> dict[str, Any]:
+    assert m.http is not None
+    fields = schema.flat_params(m)
+    in_path = set(m.http.path_params)
+    op: dict[str, Any] = {
+        "operationId": m.name, "summary": m.doc.splitlines()[0] if m.doc else m.name, "description": m.doc,
+        "tags": [wire.split(".")[0]], "x-zap-method": wire,
+    }
+    if m.deprecated:
+        op["deprecated"] = True
+    params = [{"name": f.name, "in": "path", "required": True, "schema": type_schema(f.type, schema)} for f in fields if f.name in in_path]
+    rest = [f for f in fields if f.name not in in_path]
+    if m.http.verb in ("GET", "DELETE"):
+        for f in rest:
+            p: dict[str, Any] = {"name": f.name, "in": "query", "required": f.required, "schema": field_schema(f, schema)}
+            if f.type.name == "List":
+                p["explode"] = True
+            params.append(p)
+    elif rest:
+        op["requestBody"] = {"required": False, "content": {
+            t: {"schema": object_schema(rest, schema)} for t in ("application/json", "application/msgpack")
+        }}
+    if params:
+        op["parameters"] = params
+    success = {"description": "the result", "content": {"application/json": {"schema": _result_schema(m, schema)}}}
+    op["responses"] = {str(m.http.status): success}
+    if m.name == "recordUsage" and m.http.status != 200:  # the one route whose status depends on the outcome
+        op["responses"]["200"] = {"description": "nothing recorded (amount <= 0)", "content": success["content"]}
+    errors = {400, 401, 404, 409, 413, 415, 500} | ({403} if m.mutates else set()) | ({402} if m.mutates else set())
+    op["responses"].update(_error_responses(errors))
+    if m.mutates:
+        op["parameters"] = op.get("parameters", []) + [{
+            "name": "Idempotency-Key", "in": "header", "required": False, "schema": {"type": "string"},
+            "description": "a retry with the same key and params returns the stored answer; other params: 409",
+        }]
+    return op
+
+
+def _envelope(wire: str, m: Method, schema: Schema) -> dict[str, Any]:
+    return {
+        "type": "object", "required": ["method"], "title": wire, "description": m.doc,
+        "properties": {
+            "method": {"const": wire},
+            "id": {"type": ["string", "integer", "null"]},
+            "jsonrpc": {"const": "2.0"},
+            "idempotencyKey": {"type": "string"},
+            "params": object_schema(schema.flat_params(m), schema),
+        },
+    }
+
+
+def _zap_components(schema: Schema) -> dict[str, Any]:
+    envelopes = [_envelope(f"{i.service}.{m.name}", m, schema) for i, m in schema.methods()]
+    envelopes.append({"type": "object", "required": ["method"], "title": "zap.discover",
+                      "properties": {"method": {"const": "zap.discover"}, "id": {"type": ["string", "integer", "null"]}}})
+    call = {"$ref": "#/components/schemas/ZapCall"}
+    answer = {"$ref": "#/components/schemas/ZapAnswer"}
+    return {
+        "ZapCall": {"oneOf": envelopes},
+        "ZapRequest": {"oneOf": [call, {"type": "array", "minItems": 1, "maxItems": MAX_BATCH, "items": call}]},
+        "ZapAnswer": {"type": "object", "required": ["id"], "properties": {
+            "id": {}, "jsonrpc": {"const": "2.0"}, "result": {}, "error": {"$ref": "#/components/schemas/ZapError/properties/error"}}},
+        "ZapResponse": {"oneOf": [answer, {"type": "array", "items": answer}]},
+    }
+
+
+def _zap_operation(suffix: str) -> dict[str, Any]:
+    body = {"$ref": "#/components/schemas/ZapRequest"}
+    content = {t: {"schema": {"$ref": "#/components/schemas/ZapResponse"}} for t in ("application/json", "application/msgpack")}
+    errors = {str(s): {"description": ", ".join(k for k, v in KINDS.items() if v.zap_http_status == s),
+                       "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ZapError"}}}}
+              for s in sorted({k.zap_http_status for k in KINDS.values()} - {200})}
+    return {
+        "operationId": f"zap{suffix}", "tags": ["zap"],
+        "summary": "One ZAP envelope {method, id, params} or a batch of 1..100",
+        "description": "Every operation of the REST routes, by wire name (billing.<method>), plus zap.discover. "
+                       "Errors of a call are answered in-band with HTTP 200, except the ones listed below.",
+        "requestBody": {"required": True, "content": {t: {"schema": body} for t in ("application/json", "application/msgpack")}},
+        "responses": {"200": {"description": "the answer, or a list of answers in request order", "content": content}, **errors},
+    }
+
+
+def openapi(schema: Schema, version: str = "0.1.0") -> dict[str, Any]:
+    paths: dict[str, Any] = {}
+    for iface, m in schema.methods():
+        if m.http:
+            paths.setdefault(m.http.path, {})[m.http.verb.lower()] = _rest_operation(f"{iface.service}.{m.name}", m, schema)
+    for i, path in enumerate(ZAP_PATHS):
+        paths[path] = {"post": _zap_operation("" if i == 0 else "Billing")}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "zapbilling", "version": version,
+                 "description": f"Generated from {', '.join(Path(f).name for f in schema.files) or 'the schema'}; do not edit."},
+        "servers": [{"url": "/"}],
+        "security": [{"bearer": []}],
+        "paths": paths,
+        "components": {
+            "schemas": _components(schema) | _zap_components(schema),
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "description": "an API key made by `zapbilling keys create`"}},
+        },
+    }
+
+
+__all__ = ["openapi"]
