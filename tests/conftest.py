@@ -14,7 +14,7 @@ import pytest
 from aiohttp import ClientSession
 
 from zapbilling.app import STORE, create_app
-from zapbilling.config import Config
+from zapbilling.config import Config, server_options
 from zapbilling.registry import load_registry
 from zapbilling.times import system_clock
 
@@ -194,8 +194,8 @@ def db_path(tmp_path) -> str:
 
 @pytest.fixture
 async def server(aiohttp_server, db_path, clock):
-    app = create_app(Config(db=db_path, clock=clock, sweep_seconds=3600))
-    return await aiohttp_server(app)
+    config = Config(db=db_path, clock=clock, sweep_seconds=3600)
+    return await aiohttp_server(create_app(config), **server_options(config))
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ from .store import SqliteStore, Store
 from .times import DAY, SECOND
 from .transport.calls import Caller
 from .transport.codec import MAX_BODY
+from .transport.http import BODY_TIMEOUT
 from .codegen.openapi import openapi
 from .transport.rest import add_routes, document_route, unknown_route
 from .transport.zap import ZapEndpoint
@@ -30,7 +31,8 @@ def create_app(config: Config, registry: Registry | None = None) -> web.Applicat
     registry = registry or load_registry()
     store = SqliteStore(config.db, config.durability)
     caller = Caller(registry, store, config.clock)
-    app = web.Application(client_max_size=MAX_BODY)
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[_bounded(config.max_inflight)])
+    app[BODY_TIMEOUT] = config.body_timeout
     app[STORE] = store
     app[CALLER] = caller
     app.cleanup_ctx.append(_lifecycle(store, config))
@@ -45,6 +47,19 @@ def create_app(config: Config, registry: Registry | None = None) -> web.Applicat
     app.router.add_route("*", "/api/v1", unknown)
     app.router.add_route("*", "/api/v1/{tail:.*}", unknown)
     return app
+
+
+def _bounded(limit: int):  # type: ignore[no-untyped-def]
+    """At most `limit` requests are handled at once; the rest wait (their bodies unread, so
+    aiohttp stops reading their sockets) instead of all being buffered together."""
+    slots = asyncio.Semaphore(limit)
+
+    @web.middleware
+    async def bounded(request: web.Request, handler):  # type: ignore[no-untyped-def]
+        async with slots:
+            return await handler(request)
+
+    return bounded
 
 
 async def _health(request: web.Request) -> web.Response:

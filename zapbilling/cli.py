@@ -19,7 +19,7 @@ import sqlite3
 import sys
 from typing import Any, NoReturn, Sequence
 
-from .config import DURABILITY, Config, env_default
+from .config import DURABILITY, Config, env_default, server_options
 from .store import SqliteStore
 from .times import format_ts, system_clock
 
@@ -111,7 +111,7 @@ def serve(config: Config) -> int:
     try:
         web.run_app(app, host=config.host, port=config.port, access_log_format=ACCESS_LOG,
                     print=lambda _: log.info("serving %s on http://%s:%d (durability %s)", config.db, config.host, config.port, config.durability),
-                    shutdown_timeout=10, loop=loop)
+                    shutdown_timeout=10, loop=loop, **server_options(config))
     except OSError as exc:  # the port is taken, or the database's folder does not exist
         _fail(f"cannot serve on {config.host}:{config.port} with database {config.db}: {exc}")
     except sqlite3.Error as exc:

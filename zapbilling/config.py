@@ -25,8 +25,23 @@ class Config:
     the process but not of the machine (synchronous=NORMAL), for more writes per second."""
     sweep_seconds: float = 60.0
     """How often expired credit is forfeited and idempotency keys older than a day are dropped."""
+    body_timeout: float = 10.0
+    """Seconds a request body may take to arrive: a client trickling its body cannot hold a
+    request slot (and its buffer) for longer."""
+    idle_timeout: float = 15.0
+    """Seconds a connection may sit without a complete request (idle keep-alive, or headers
+    sent slowly) before it is closed; aiohttp's own default is an hour."""
+    max_inflight: int = 256
+    """Requests handled at once; more wait their turn, so many clients cannot make the server
+    hold many bodies in memory at the same time."""
     clock: Clock = field(default=system_clock, repr=False)
     """Microseconds since the epoch; tests pass a clock they can move."""
+
+
+def server_options(config: Config) -> dict[str, float]:
+    """aiohttp server settings that come from the config (for run_app and test servers alike).
+    lingering_time bounds how long the unread rest of a refused body is drained before close."""
+    return {"keepalive_timeout": config.idle_timeout, "lingering_time": config.body_timeout}
 
 
 def env_default(name: str) -> str:

@@ -1,14 +1,16 @@
 """aiohttp plumbing shared by the ZAP endpoint and the REST routes."""
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from aiohttp import web
 
-from ..errors import PayloadTooLarge
+from ..errors import InvalidRequest, PayloadTooLarge
 from .codec import MAX_BODY, Codec
 
 _TOO_LARGE = f"body is larger than the {MAX_BODY // 1024} KiB limit"
+BODY_TIMEOUT = web.AppKey("body_timeout", float)
 
 
 async def read_body(request: web.Request) -> bytes:
@@ -16,10 +18,14 @@ async def read_body(request: web.Request) -> bytes:
     client_max_size is the same limit, so a body without a Content-Length is capped too."""
     if request.content_length is not None and request.content_length > MAX_BODY:
         raise PayloadTooLarge(_TOO_LARGE)
+    timeout = request.app[BODY_TIMEOUT]
     try:
-        return await request.read()
+        async with asyncio.timeout(timeout):
+            return await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise PayloadTooLarge(_TOO_LARGE) from None
+    except TimeoutError:
+        raise InvalidRequest(f"the request body did not arrive within {timeout:g} s") from None
 
 
 def respond(codec: Codec, value: Any, status: int = 200) -> web.Response:
