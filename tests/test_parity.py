@@ -103,6 +103,20 @@ async def metered(api: Api) -> dict[str, str]:
 
 GRANT_STATE = [("listCreditGrants", {"userId": USER}), ("getCreditBalance", {"userId": USER})]
 
+
+# -- holds: setup for the holds block at the end of EXAMPLES ------------------------------------
+
+async def held(api: Api) -> dict[str, str]:
+    """Two pending holds on the funded account, the newer one in eur."""
+    await funded(api)
+    r = await _ok(api, "createHold", {"user": USER, "amount": 300, "requestId": "hold-1", "metadata": {"route": "/chat"}})
+    older = r["holdId"]
+    r = await _ok(api, "createHold", {"user": USER, "amount": 100, "currency": "eur", "expiresIn": 60})
+    return {"hold": older, "newestHold": r["holdId"]}
+
+
+HOLD_STATE = [("getBalanceAll", {"user": USER}), ("getUsage", {"user": USER, "limit": 1000}), ("listHolds", {"user": USER})]
+
 EXAMPLES: dict[str, Example] = {
     "billing.getBalance": Example({"user": USER, "currency": "EUR"}, funded),
     "billing.getBalanceAll": Example({"user": USER}, funded),
@@ -151,6 +165,17 @@ EXAMPLES: dict[str, Example] = {
     "billing.invoicePreview": Example(
         {"userId": USER, "periodStart": "2026-01-01", "periodEnd": "2026-01-31", "currency": "usd", "planId": None}, metered
     ),
+    # -- holds -----------------------------------------------------------------------------------
+    "billing.createHold": Example({
+        "user": USER, "currency": "EUR", "amount": 350, "expiresIn": 3600, "requestId": "req-parity", "allowOverdraft": False,
+        "metadata": {"k": [1, "two", {"three": None}], "n": -5},
+    }, held, HOLD_STATE),
+    "billing.captureHold": Example({
+        "id": Ref("hold"), "amount": 120, "model": "gpt-x", "notes": "parity capture", "metadata": {"chunks": 3},
+    }, held, HOLD_STATE),
+    "billing.releaseHold": Example({"id": Ref("hold")}, held, HOLD_STATE),
+    "billing.getHold": Example({"id": Ref("hold")}, held),
+    "billing.listHolds": Example({"user": USER, "status": "pending", "limit": 1, "startingAfter": Ref("newestHold")}, held),
 }
 
 METHODS = sorted(REGISTRY.commands)
