@@ -302,6 +302,51 @@ struct InvoicePreview
   amountDue Int64                 # subtotal - creditApplied
   currency Text
 
+# Where a hold stands. A pending hold past expiresAt reports expired from that instant.
+enum HoldStatus
+  pending                         # reserving money: counted in holds, taken off available
+  captured                        # charged (all of it or less) by one usage withdrawal
+  released                        # given back without a charge
+  expired                         # not settled before expiresAt: released by time
+
+# Money reserved for a request whose real cost is known only afterwards (a card authorisation).
+# It lowers available while pending; the balance changes only when it is captured.
+struct Hold
+  holdId Text
+  user Text
+  currency Text
+  amount Int64                    # cents reserved
+  status HoldStatus
+  expiresAt Text                  # createdAt + expiresIn
+  createdAt Text
+  capturedAmount Int64?           # captured only: what was charged; the rest was released
+  transactionId Text?             # captured only: the withdraw that charged it
+  requestId Text?                 # a repeat for the same user returns this hold
+  metadata Data?
+  settledAt Text?                 # when it was captured or released (an expired hold: expiresAt)
+
+struct CreateHoldRequest
+  user Text
+  currency Text = "usd"
+  amount Int64                    # cents, positive
+  expiresIn Int64 = 900           # seconds, 1 to 604800 (7 days)
+  requestId Text?                 # a repeat for the same user returns the original hold
+  allowOverdraft Bool = false     # hold even beyond what is available
+  metadata Data?
+
+struct CaptureHoldRequest
+  id Text                         # the hold
+  amount Int64?                   # cents, positive, at most the hold; absent: the whole hold
+  model Text = ""
+  notes Text?                     # default "API usage: <model> (hold <holdId>)"
+  metadata Data?                  # kept on the withdraw, with the holdId
+
+# A page of holds, newest first.
+struct HoldList
+  holds List(Hold)
+  count Int64                     # rows in this page
+  hasMore Bool
+
 interface BillingService
   # The user's balance in one currency. A user never seen has zeros.
   getBalance (user Text, currency Text = "usd") -> (balance Balance)
@@ -367,3 +412,18 @@ interface BillingService
   invoicePreview (request InvoicePreviewRequest) -> (preview InvoicePreview)
     @http POST /api/v1/billing/invoice-preview
     @readonly
+  # Reserve money for a request whose cost is known later; refused beyond what is available.
+  createHold (request CreateHoldRequest) -> (hold Hold)
+    @http POST /api/v1/billing/holds 201
+  # Charge a pending hold, all of it or less, as one usage withdrawal; the rest is released.
+  captureHold (request CaptureHoldRequest) -> (hold Hold)
+    @http POST /api/v1/billing/holds/{id}/capture
+  # Give a pending hold back to available without charging anything.
+  releaseHold (id Text) -> (hold Hold)
+    @http POST /api/v1/billing/holds/{id}/release
+  # One hold, with its status as of now.
+  getHold (id Text) -> (hold Hold)
+    @http GET /api/v1/billing/holds/{id}
+  # Holds newest first, paged: one user's, or without user every user's of the org and mode.
+  listHolds (user Text?, status HoldStatus?, limit Int64 = 100, startingAfter Text?) -> (holds HoldList)
+    @http GET /api/v1/billing/holds

@@ -51,6 +51,13 @@ EXPECTED = {
     "billing.deletePricingRule": ("deletePricingRule", "DELETE", "/api/v1/billing/pricing-rules/{id}", 200, True, ["id"], "DeleteResult"),
     "billing.invoicePreview": ("invoicePreview", "POST", "/api/v1/billing/invoice-preview", 200, False,
                                ["userId", "periodStart", "periodEnd", "currency", "planId"], "InvoicePreview"),
+    "billing.createHold": ("createHold", "POST", "/api/v1/billing/holds", 201, True,
+                           ["user", "currency", "amount", "expiresIn", "requestId", "allowOverdraft", "metadata"], "Hold"),
+    "billing.captureHold": ("captureHold", "POST", "/api/v1/billing/holds/{id}/capture", 200, True,
+                            ["id", "amount", "model", "notes", "metadata"], "Hold"),
+    "billing.releaseHold": ("releaseHold", "POST", "/api/v1/billing/holds/{id}/release", 200, True, ["id"], "Hold"),
+    "billing.getHold": ("getHold", "GET", "/api/v1/billing/holds/{id}", 200, False, ["id"], "Hold"),
+    "billing.listHolds": ("listHolds", "GET", "/api/v1/billing/holds", 200, False, ["user", "status", "limit", "startingAfter"], "HoldList"),
 }
 
 
@@ -100,8 +107,8 @@ def test_new_schema_method_without_handler_fails_at_start_up():
 
 
 def test_handler_without_schema_method_fails_at_start_up(schema):
-    handlers = dict(HANDLERS, createHold=_handler)
-    with pytest.raises(RegistryError, match="does not declare: createHold"):
+    handlers = dict(HANDLERS, transferFunds=_handler)
+    with pytest.raises(RegistryError, match="does not declare: transferFunds"):
         build_registry(schema, handlers, FIELD_RULES, METHOD_RULES)
 
 

@@ -63,6 +63,11 @@ CONTRACT_METHODS = {
     "listPricingRules": ("GET", "/api/v1/billing/pricing-rules", 200, False),
     "deletePricingRule": ("DELETE", "/api/v1/billing/pricing-rules/{id}", 200, True),
     "invoicePreview": ("POST", "/api/v1/billing/invoice-preview", 200, False),
+    "createHold": ("POST", "/api/v1/billing/holds", 201, True),
+    "captureHold": ("POST", "/api/v1/billing/holds/{id}/capture", 200, True),
+    "releaseHold": ("POST", "/api/v1/billing/holds/{id}/release", 200, True),
+    "getHold": ("GET", "/api/v1/billing/holds/{id}", 200, False),
+    "listHolds": ("GET", "/api/v1/billing/holds", 200, False),
 }
 
 

@@ -82,14 +82,21 @@ def _lifecycle(store: Store, config: Config):  # type: ignore[no-untyped-def]
 
 
 async def _sweep(store: Store, config: Config) -> None:
-    """Forfeit expired credit even for users who never come back (reads are exact without
-    this: they subtract unforfeited expired credit themselves) and drop old idempotency keys."""
     while True:
         await asyncio.sleep(config.sweep_seconds)
         try:
-            now = config.clock()
-            while await store.forfeit_expired(now) > 0:
-                pass
-            await store.purge_idempotency(now - IDEMPOTENCY_KEEP - 60 * SECOND)
+            await sweep_once(store, config.clock())
         except Exception:
             log.exception("expiry sweep failed; retrying at the next interval")
+
+
+async def sweep_once(store: Store, now: int) -> None:
+    """Forfeit expired credit even for users who never come back, mark lapsed holds expired
+    and drop old idempotency keys. Reads are exact without this (they subtract unforfeited
+    expired credit and ignore lapsed holds themselves); it keeps the stored rows honest. Each
+    step goes through the writer, so it never races a capture or a release."""
+    while await store.forfeit_expired(now) > 0:
+        pass
+    while await store.expire_holds(now) > 0:
+        pass
+    await store.purge_idempotency(now - IDEMPOTENCY_KEEP - 60 * SECOND)

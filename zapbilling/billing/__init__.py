@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any, Awaitable, Callable
 
 from ..context import Context
-from . import grants, invoice, ledger, metering, pricing_rules
+from . import grants, holds, invoice, ledger, metering, pricing_rules
 from .validation import FIELD_RULES, METHOD_RULES
 
 Handler = Callable[[Context, Any], Awaitable[dict[str, Any]]]
@@ -35,6 +35,11 @@ HANDLERS: dict[str, Handler] = {
     "listPricingRules": pricing_rules.list_pricing_rules,
     "deletePricingRule": pricing_rules.delete_pricing_rule,
     "invoicePreview": invoice.invoice_preview,
+    "createHold": holds.create_hold,
+    "captureHold": holds.capture_hold,
+    "releaseHold": holds.release_hold,
+    "getHold": holds.get_hold,
+    "listHolds": holds.list_holds,
 }
 
 __all__ = ["FIELD_RULES", "HANDLERS", "METHOD_RULES", "Handler"]

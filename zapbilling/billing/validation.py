@@ -42,6 +42,17 @@ def expiry_days(value: int, name: str) -> Any:
     return value
 
 
+MAX_HOLD_SECONDS = 7 * 86_400
+
+
+def hold_expiry(value: int, name: str) -> int:
+    if value <= 0:
+        raise invalid(f"{name} must be a positive number of seconds")
+    if value > MAX_HOLD_SECONDS:
+        raise invalid(f"{name} must be at most {MAX_HOLD_SECONDS} seconds (7 days)")
+    return value
+
+
 def _parsed_by(parse: Callable[[str], Any], expected: str, suffix: str = "") -> Rule:
     """A rule for text that must parse (a time, a duration); the value stays text."""
 
@@ -86,5 +97,7 @@ METHOD_RULES: dict[str, dict[str, Rule]] = {
     "recordMeterEvents": {"events": event_batch},
     "createCreditGrant": {"amountCents": positive, "expiresIn": go_duration},
     "burnCredits": {"amount": positive},
+    "createHold": {"amount": positive, "expiresIn": hold_expiry},
+    "captureHold": {"amount": positive},
 }
 """Rules for one method's own parameters."""

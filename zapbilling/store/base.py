@@ -78,6 +78,22 @@ class NewEntry:
     usage_event: UsageEvent | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class NewHold:
+    """A hold to place. The store refuses it (InsufficientFunds) when `amount` exceeds what is
+    available at `now`, unless `allow_overdraft`; a `request_id` seen before for the same user
+    returns that hold instead, writing nothing."""
+
+    user: str
+    currency: str
+    amount: int
+    now: int
+    expires_at: int
+    request_id: str | None = None
+    metadata: Any = None
+    allow_overdraft: bool = False
+
+
 Row = dict[str, Any]
 BurnPlan = Callable[[list[Row], int, "str | None"], list[tuple[Row, int]]]
 """The domain's burn order: (active grants in creation order, amount, meter id) -> (grant, cents)."""
@@ -85,6 +101,14 @@ BurnPlan = Callable[[list[Row], int, "str | None"], list[tuple[Row, int]]]
 LedgerRow = Row
 """{id, user, currency, type, amount, tags, notes, metadata, createdAt, expiresAt, refundOf}
 with times in microseconds."""
+
+HoldRow = Row
+"""{holdId, user, currency, amount, status, expiresAt, createdAt, capturedAmount, transactionId,
+requestId, metadata, settledAt} with times in microseconds. `status` is the status at the `now`
+of the call: a pending hold with expiresAt <= now is `expired` (and settledAt = expiresAt)."""
+
+HoldCharge = Callable[[HoldRow, int], NewEntry]
+"""The domain's capture withdrawal: (the hold, cents captured) -> the ledger row to append."""
 
 
 class Store(Protocol):
@@ -146,3 +170,16 @@ class Store(Protocol):
         self, tenant: int, meter_id: str | None = None, plan_id: str | None = None, currency: str | None = None
     ) -> list[Row]: ...
     async def delete_rule(self, tenant: int, rule_id: str, now: int, idempotency: Idempotency | None = None) -> None: ...
+
+    # holds
+    async def create_hold(self, tenant: int, hold: NewHold, idempotency: Idempotency | None = None) -> HoldRow: ...
+    async def capture_hold(
+        self, tenant: int, hold_id: str, amount: int | None, now: int, charge: HoldCharge,
+        idempotency: Idempotency | None = None,
+    ) -> HoldRow: ...
+    async def release_hold(self, tenant: int, hold_id: str, now: int, idempotency: Idempotency | None = None) -> HoldRow: ...
+    async def get_hold(self, tenant: int, hold_id: str, now: int) -> HoldRow | None: ...
+    async def list_holds(
+        self, tenant: int, user: str | None, status: str | None, limit: int, starting_after: str | None, now: int
+    ) -> tuple[list[HoldRow], bool]: ...
+    async def expire_holds(self, now: int, limit: int = 500) -> int: ...

@@ -15,6 +15,29 @@ from .metering import insert_event
 _ROW = "id, user_id, currency, type, amount, tags, notes, metadata, created_at, expires_at, refund_of"
 
 
+# One account's balance row, its expired unforfeited credit (reads subtract it themselves until a
+# write or the sweep forfeits it) and its holds pending at :now (a hold counts until expires_at,
+# whether or not the sweep has marked it). The subtraction is left to Python: SQLite would turn
+# an overflowing integer result into a float.
+_EXPIRED = (
+    "SELECT COALESCE(SUM(remaining), 0) FROM ledger WHERE tenant = :tenant AND user_id = :user"
+    " AND currency = {currency} AND remaining > 0 AND expires_at <= :now"
+)
+_HELD = (
+    "SELECT COALESCE(SUM(amount), 0) FROM holds WHERE tenant = :tenant AND user_id = :user"
+    " AND currency = {currency} AND status = 'pending' AND expires_at > :now"
+)
+ACCOUNT = (
+    "SELECT COALESCE((SELECT balance FROM balances WHERE tenant = :tenant AND user_id = :user AND currency = :currency), 0),"
+    f" ({_EXPIRED.format(currency=':currency')}), ({_HELD.format(currency=':currency')})"
+)
+"""(balance row, expired unforfeited credit, pending holds) of one account at :now."""
+
+
+def account_params(tenant: int, user: str, currency: str, now: int) -> dict[str, Any]:
+    return {"tenant": tenant, "user": user, "currency": currency, "now": now}
+
+
 def _row(r: tuple[Any, ...]) -> LedgerRow:
     return {
         "id": r[0], "user": r[1], "currency": r[2], "type": r[3], "amount": r[4], "tags": r[5], "notes": r[6],
@@ -25,24 +48,21 @@ def _row(r: tuple[Any, ...]) -> LedgerRow:
 
 class LedgerQueries(SqliteBase):
     async def balance(self, tenant: int, user: str, currency: str, now: int) -> tuple[int, int]:
-        (b, h, expired), = await self._read(
-            "SELECT COALESCE((SELECT balance FROM balances WHERE tenant = ?1 AND user_id = ?2 AND currency = ?3), 0),"
-            " COALESCE((SELECT holds FROM balances WHERE tenant = ?1 AND user_id = ?2 AND currency = ?3), 0),"
-            " (SELECT COALESCE(SUM(remaining), 0) FROM ledger WHERE tenant = ?1 AND user_id = ?2 AND currency = ?3"
-            "  AND remaining > 0 AND expires_at <= ?4)",
-            (tenant, user, currency, now),
-        )
-        return b - expired, h
+        (b, expired, held), = await self._read(ACCOUNT, account_params(tenant, user, currency, now))
+        return b - expired, held
 
     async def balances(self, tenant: int, user: str, now: int) -> list[tuple[str, int, int]]:
+        """Every currency with a ledger row, or with a hold pending now, by currency."""
         rows = await self._read(
-            "SELECT b.currency, b.balance, b.holds, (SELECT COALESCE(SUM(l.remaining), 0) FROM ledger l"
-            "  WHERE l.tenant = b.tenant AND l.user_id = b.user_id AND l.currency = b.currency"
-            "  AND l.remaining > 0 AND l.expires_at <= ?3)"
-            " FROM balances b WHERE b.tenant = ?1 AND b.user_id = ?2 ORDER BY b.currency",
-            (tenant, user, now),
+            "SELECT c.currency,"
+            " COALESCE((SELECT balance FROM balances WHERE tenant = :tenant AND user_id = :user AND currency = c.currency), 0),"
+            f" ({_EXPIRED.format(currency='c.currency')}), ({_HELD.format(currency='c.currency')})"
+            " FROM (SELECT currency FROM balances WHERE tenant = :tenant AND user_id = :user"
+            "  UNION SELECT currency FROM holds WHERE tenant = :tenant AND user_id = :user"
+            "  AND status = 'pending' AND expires_at > :now) c ORDER BY c.currency",
+            {"tenant": tenant, "user": user, "now": now},
         )
-        return [(c, b - expired, h) for c, b, h, expired in rows]
+        return [(c, b - expired, held) for c, b, expired, held in rows]
 
     async def usage_page(
         self, tenant: int, user: str, currency: str | None, limit: int, starting_after: str | None
@@ -61,13 +81,14 @@ class LedgerQueries(SqliteBase):
         return [_row(r) for r in rows[:limit]], len(rows) > limit
 
     async def append_ledger_row(self, tenant: int, entry: NewEntry, idempotency: Idempotency | None = None) -> LedgerRow:
-        return await self._write(tenant, idempotency, entry.now, _append, tenant, entry)
+        return await self._write(tenant, idempotency, entry.now, append_entry, tenant, entry)
 
     async def forfeit_expired(self, now: int, limit: int = 500) -> int:
         return await self._run(_sweep_expired, now, limit)
 
 
-def _append(conn: sqlite3.Connection, tenant: int, e: NewEntry) -> LedgerRow:
+def append_entry(conn: sqlite3.Connection, tenant: int, e: NewEntry) -> LedgerRow:
+    """Append one row inside the caller's job (a capture appends its withdrawal this way)."""
     if e.refund_of is not None:
         _claim_refund(conn, tenant, e)
     tx_id = new_id("tx")

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from .grants import GrantQueries
+from .holds import HoldQueries
 from .keys import KeyQueries
 from .ledger import LedgerQueries
 from .metering import MeteringQueries
 from .pricing import PricingQueries
 
 
-class SqliteStore(KeyQueries, LedgerQueries, MeteringQueries, GrantQueries, PricingQueries):
+class SqliteStore(KeyQueries, LedgerQueries, MeteringQueries, GrantQueries, PricingQueries, HoldQueries):
     """The Store (base.py) on SQLite."""

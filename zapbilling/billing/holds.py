@@ -1,0 +1,78 @@
+"""Holds: reserve money before a request whose cost is known only afterwards (a long or
+streaming call), then capture the real cost as one usage withdrawal or release it.
+
+As in the ledger, a mutating handler makes exactly one store write and builds its answer only
+from what that write returned, so an idempotent replay answers byte for byte the same.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from ..context import Context
+from ..errors import NotFound
+from ..store import HoldRow, NewEntry, NewHold, UsageEvent
+from ..times import SECOND, format_ts
+from .ledger import USAGE_TAG
+
+_OPTIONAL = ("capturedAmount", "transactionId", "requestId", "metadata")
+
+
+def hold_result(h: HoldRow) -> dict[str, Any]:
+    out = {
+        "holdId": h["holdId"], "user": h["user"], "currency": h["currency"], "amount": h["amount"], "status": h["status"],
+        "expiresAt": format_ts(h["expiresAt"]), "createdAt": format_ts(h["createdAt"]),
+    }
+    out.update((k, h[k]) for k in _OPTIONAL if h[k] is not None)
+    if h["settledAt"] is not None:
+        out["settledAt"] = format_ts(h["settledAt"])
+    return out
+
+
+async def create_hold(ctx: Context, p: Any) -> dict[str, Any]:
+    row = await ctx.store.create_hold(ctx.tenant, NewHold(
+        user=p.user, currency=p.currency, amount=p.amount, now=ctx.now, expires_at=ctx.now + p.expiresIn * SECOND,
+        request_id=p.requestId, metadata=p.metadata, allow_overdraft=p.allowOverdraft,
+    ), ctx.idempotency)
+    return hold_result(row)
+
+
+def _usage_metadata(hold: HoldRow, model: str, given: Any) -> dict[str, Any]:
+    """The caller's metadata object (anything else goes under `metadata`), with the hold's
+    identity on top so that a withdrawal always leads back to its hold."""
+    meta = dict(given) if isinstance(given, dict) else ({} if given is None else {"metadata": given})
+    meta.update(holdId=hold["holdId"], model=model)
+    if hold["requestId"] is not None:
+        meta["requestId"] = hold["requestId"]
+    return meta
+
+
+async def capture_hold(ctx: Context, p: Any) -> dict[str, Any]:
+    def charge(hold: HoldRow, amount: int) -> NewEntry:
+        """Charged like recordUsage (a withdraw tagged api-usage, its meter event in the same
+        transaction), keyed by the hold so that it can exist only once."""
+        return NewEntry(
+            type="withdraw", user=hold["user"], currency=hold["currency"], amount=amount, now=ctx.now, tags=USAGE_TAG,
+            notes=p.notes or f"API usage: {p.model} (hold {hold['holdId']})",
+            metadata=_usage_metadata(hold, p.model, p.metadata), dedupe_key=f"hold:{hold['holdId']}",
+            usage_event=UsageEvent(USAGE_TAG, {"model": p.model}, f"hold:{hold['holdId']}"),
+        )
+
+    row = await ctx.store.capture_hold(ctx.tenant, p.id, p.amount, ctx.now, charge, ctx.idempotency)
+    return hold_result(row)
+
+
+async def release_hold(ctx: Context, p: Any) -> dict[str, Any]:
+    return hold_result(await ctx.store.release_hold(ctx.tenant, p.id, ctx.now, ctx.idempotency))
+
+
+async def get_hold(ctx: Context, p: Any) -> dict[str, Any]:
+    row = await ctx.store.get_hold(ctx.tenant, p.id, ctx.now)
+    if row is None:
+        raise NotFound("hold not found", param="id")
+    return hold_result(row)
+
+
+async def list_holds(ctx: Context, p: Any) -> dict[str, Any]:
+    rows, has_more = await ctx.store.list_holds(ctx.tenant, p.user, p.status, p.limit, p.startingAfter, ctx.now)
+    holds = [hold_result(r) for r in rows]
+    return {"holds": holds, "count": len(holds), "hasMore": has_more}

@@ -1,0 +1,162 @@
+"""Holds: money reserved in a table of its own. Placing a hold (funds check and insert) and
+settling one (pending check, status change and the capture's withdrawal) are each one job on
+the single writer, so no other write can slip between the check and the change; the settling
+UPDATE is conditional on the hold still being pending all the same, so that a hold is settled
+exactly once even if writes ever stop being serialised."""
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import Any
+
+from ..errors import Conflict, InsufficientFunds, InvalidParams, NotFound
+from .base import HoldCharge, HoldRow, Idempotency, NewHold
+from .connection import INT64_MAX, SqliteBase, new_id
+from .ledger import ACCOUNT, account_params, append_entry
+
+# The column says 'pending' until a settlement or the sweep; from the instant expires_at is
+# reached a pending hold is expired for every reader, so status is always computed at :now.
+_PENDING = "status = 'pending' AND expires_at > :now"
+_LAPSED = "status = 'pending' AND expires_at <= :now"
+_HOLD = (
+    f"id, user_id, currency, amount, CASE WHEN {_LAPSED} THEN 'expired' ELSE status END, expires_at, created_at,"
+    f" captured_amount, transaction_id, request_id, metadata, CASE WHEN {_LAPSED} THEN expires_at ELSE settled_at END"
+)
+_STATUS_IS = {
+    "pending": _PENDING,
+    "expired": f"(status = 'expired' OR ({_LAPSED}))",
+    "captured": "status = 'captured'",
+    "released": "status = 'released'",
+}
+
+
+def hold_row(r: tuple[Any, ...]) -> HoldRow:
+    return {
+        "holdId": r[0], "user": r[1], "currency": r[2], "amount": r[3], "status": r[4], "expiresAt": r[5],
+        "createdAt": r[6], "capturedAmount": r[7], "transactionId": r[8], "requestId": r[9],
+        "metadata": json.loads(r[10]) if r[10] is not None else None, "settledAt": r[11],
+    }
+
+
+class HoldQueries(SqliteBase):
+    async def create_hold(self, tenant: int, hold: NewHold, idempotency: Idempotency | None = None) -> HoldRow:
+        return await self._write(tenant, idempotency, hold.now, _create_hold, tenant, new_id("hold"), hold)
+
+    async def capture_hold(
+        self, tenant: int, hold_id: str, amount: int | None, now: int, charge: HoldCharge,
+        idempotency: Idempotency | None = None,
+    ) -> HoldRow:
+        """Settle the hold as captured for `amount` (None: all of it) and append the ledger row
+        `charge` makes, in one transaction."""
+        return await self._write(tenant, idempotency, now, _capture_hold, tenant, hold_id, amount, now, charge)
+
+    async def release_hold(self, tenant: int, hold_id: str, now: int, idempotency: Idempotency | None = None) -> HoldRow:
+        return await self._write(tenant, idempotency, now, _release_hold, tenant, hold_id, now)
+
+    async def get_hold(self, tenant: int, hold_id: str, now: int) -> HoldRow | None:
+        rows = await self._read(f"SELECT {_HOLD} FROM holds WHERE tenant = :tenant AND id = :id", {"tenant": tenant, "id": hold_id, "now": now})
+        return hold_row(rows[0]) if rows else None
+
+    async def list_holds(
+        self, tenant: int, user: str | None, status: str | None, limit: int, starting_after: str | None, now: int
+    ) -> tuple[list[HoldRow], bool]:
+        """Newest first; `status` filters on the status at `now`. `starting_after` must be a
+        hold of the same listing (this tenant, this user if given), whatever its status."""
+        where = "tenant = :tenant"
+        params: dict[str, Any] = {"tenant": tenant, "user": user, "now": now, "after": starting_after, "limit": limit + 1}
+        if user is not None:
+            where += " AND user_id = :user"
+        if starting_after is not None:
+            found = await self._read(f"SELECT seq FROM holds WHERE {where} AND id = :after", params)
+            if not found:
+                raise NotFound("hold not found", param="startingAfter")
+            where += " AND seq < :seq"
+            params["seq"] = found[0][0]
+        if status is not None:
+            where += f" AND {_STATUS_IS[status]}"
+        rows = await self._read(f"SELECT {_HOLD} FROM holds WHERE {where} ORDER BY seq DESC LIMIT :limit", params)
+        return [hold_row(r) for r in rows[:limit]], len(rows) > limit
+
+    async def expire_holds(self, now: int, limit: int = 500) -> int:
+        """Mark up to `limit` lapsed pending holds expired; returns how many. Reads never need
+        this (they compute the status at their own instant); it keeps the column honest."""
+        return await self._run(_expire_holds, now, limit)
+
+
+def _create_hold(conn: sqlite3.Connection, tenant: int, hold_id: str, h: NewHold) -> HoldRow:
+    balance, expired, held = conn.execute(ACCOUNT, account_params(tenant, h.user, h.currency, h.now)).fetchone()
+    params = {
+        "id": hold_id, "tenant": tenant, "user": h.user, "currency": h.currency, "amount": h.amount,
+        "expires": h.expires_at, "now": h.now, "request": h.request_id,
+        "metadata": json.dumps(h.metadata) if h.metadata is not None else None,
+    }
+    row = conn.execute(
+        f"INSERT INTO holds (id, tenant, user_id, currency, amount, expires_at, created_at, request_id, metadata)"
+        f" VALUES (:id, :tenant, :user, :currency, :amount, :expires, :now, :request, :metadata)"
+        f" ON CONFLICT (tenant, user_id, request_id) DO NOTHING RETURNING {_HOLD}",
+        params,
+    ).fetchone()
+    if row is None:  # the requestId was seen for this user: the original hold is the answer
+        return hold_row(conn.execute(
+            f"SELECT {_HOLD} FROM holds WHERE tenant = :tenant AND user_id = :user AND request_id = :request", params
+        ).fetchone())
+    if held + h.amount > INT64_MAX:
+        raise InvalidParams("amount would take the user's holds outside the signed 64-bit range", param="amount")
+    available = max(balance - expired - held, 0)
+    if h.amount > available and not h.allow_overdraft:
+        raise InsufficientFunds(
+            f"insufficient funds: {available} cents {h.currency} available, {h.amount} requested", param="amount"
+        )
+    return hold_row(row)
+
+
+def _capture_hold(
+    conn: sqlite3.Connection, tenant: int, hold_id: str, amount: int | None, now: int, charge: HoldCharge
+) -> HoldRow:
+    row = conn.execute(
+        f"UPDATE holds SET status = 'captured', captured_amount = COALESCE(:amount, amount), settled_at = :now"
+        f" WHERE tenant = :tenant AND id = :id AND {_PENDING} AND COALESCE(:amount, amount) <= amount RETURNING {_HOLD}",
+        {"tenant": tenant, "id": hold_id, "now": now, "amount": amount},
+    ).fetchone()
+    if row is None:
+        held = _refuse_settlement(conn, tenant, hold_id, now)
+        raise InvalidParams(f"capture exceeds hold: {amount} cents asked, {held} held", param="amount")
+    hold = hold_row(row)
+    tx = append_entry(conn, tenant, charge(hold, hold["capturedAmount"]))
+    conn.execute("UPDATE holds SET transaction_id = ? WHERE tenant = ? AND id = ?", (tx["id"], tenant, hold_id))
+    return hold | {"transactionId": tx["id"]}
+
+
+def _release_hold(conn: sqlite3.Connection, tenant: int, hold_id: str, now: int) -> HoldRow:
+    row = conn.execute(
+        f"UPDATE holds SET status = 'released', settled_at = :now WHERE tenant = :tenant AND id = :id AND {_PENDING}"
+        f" RETURNING {_HOLD}",
+        {"tenant": tenant, "id": hold_id, "now": now},
+    ).fetchone()
+    if row is None:
+        _refuse_settlement(conn, tenant, hold_id, now)
+        raise AssertionError("a pending, unexpired hold did not match the release")
+    return hold_row(row)
+
+
+def _refuse_settlement(conn: sqlite3.Connection, tenant: int, hold_id: str, now: int) -> int:
+    """Why a settling UPDATE matched nothing: no such hold here (404) or not pending (409).
+    Returns (the hold's amount) only when it is pending, for the caller to name its reason."""
+    found = conn.execute(
+        "SELECT CASE WHEN status = 'pending' AND expires_at <= ? THEN 'expired' ELSE status END, amount FROM holds"
+        " WHERE tenant = ? AND id = ?",
+        (now, tenant, hold_id),
+    ).fetchone()
+    if found is None:
+        raise NotFound("hold not found", param="id")
+    if found[0] != "pending":
+        raise Conflict(f"hold is not pending: it is {found[0]}", param="id")
+    return int(found[1])
+
+
+def _expire_holds(conn: sqlite3.Connection, now: int, limit: int) -> int:
+    return conn.execute(
+        "UPDATE holds SET status = 'expired', settled_at = expires_at"
+        " WHERE seq IN (SELECT seq FROM holds WHERE status = 'pending' AND expires_at <= ? LIMIT ?)",
+        (now, limit),
+    ).rowcount
