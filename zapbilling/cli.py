@@ -1,6 +1,6 @@
 """The `zapbilling` command: serve, and manage API keys.
 
-    zapbilling serve [--db PATH] [--host HOST] [--port PORT] [--durability full|normal]
+    zapbilling serve [--db PATH] [--host HOST] [--port PORT] [--durability full|normal] [--workers N]
     zapbilling keys create [--db PATH] --org NAME --mode test|live [--scope admin|read]
     zapbilling keys list [--db PATH]
     zapbilling keys revoke KEY_ID [--db PATH]
@@ -14,17 +14,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sqlite3
 import sys
 from typing import Any, NoReturn, Sequence
 
-from .config import DURABILITY, Config, env_default, server_options
+from .config import DURABILITY, Config, env_default
 from .store import SqliteStore
 from .times import format_ts, system_clock
-
-ACCESS_LOG = '%a "%r" %s %b %Tfs'
-
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
@@ -34,6 +30,12 @@ class _Parser(argparse.ArgumentParser):
 def _port(text: str) -> int:
     if not text.isdigit() or not 0 <= int(text) <= 65535:
         raise argparse.ArgumentTypeError(f"invalid port {text!r}: expected 0-65535")
+    return int(text)
+
+
+def _workers(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 64:
+        raise argparse.ArgumentTypeError(f"invalid worker count {text!r}: expected 1-64")
     return int(text)
 
 
@@ -54,6 +56,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=_port, default=env_default("port"), help="TCP port (env ZAPBILLING_PORT)")
     serve.add_argument("--durability", choices=DURABILITY, default=env_default("durability"),
                        help="full: commits survive a power cut; normal: a process crash only (env ZAPBILLING_DURABILITY)")
+    serve.add_argument("--workers", type=_workers, default=env_default("workers"),
+                       help="server processes sharing the port and the database (env ZAPBILLING_WORKERS)")
 
     keys = sub.add_parser("keys", help="manage API keys").add_subparsers(dest="action", required=True, metavar="{create,list,revoke}")
     create = keys.add_parser("create", help="make a key and print it alone on stdout")
@@ -82,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "serve":
         if args.durability not in DURABILITY:
             _fail(f"invalid durability {args.durability!r}: expected full or normal")
-        return serve(Config(db=args.db, host=args.host, port=int(args.port), durability=args.durability))
+        return serve(Config(db=args.db, host=args.host, port=int(args.port), durability=args.durability, workers=int(args.workers)))
     if args.command == "gen":
         return generate(args)
     try:
@@ -97,26 +101,14 @@ def _fail(message: str) -> NoReturn:
 
 
 def serve(config: Config) -> int:
-    from aiohttp import web
+    from . import server
 
-    from .app import create_app
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    loop = _event_loop()
-    asyncio.set_event_loop(loop)
-    app = create_app(config)
-    log = logging.getLogger("zapbilling")
-    # run_app turns SIGINT and SIGTERM into a graceful stop: it stops accepting, lets running
-    # requests finish, then the app's cleanup drains the writer, so no acknowledged write is lost.
     try:
-        web.run_app(app, host=config.host, port=config.port, access_log_format=ACCESS_LOG,
-                    print=lambda _: log.info("serving %s on http://%s:%d (durability %s)", config.db, config.host, config.port, config.durability),
-                    shutdown_timeout=10, loop=loop, **server_options(config))
+        return server.serve(config)
     except OSError as exc:  # the port is taken, or the database's folder does not exist
         _fail(f"cannot serve on {config.host}:{config.port} with database {config.db}: {exc}")
     except sqlite3.Error as exc:
         _fail(f"cannot use database {config.db}: {exc}")
-    return 0
 
 
 def generate(args: Any) -> int:
@@ -148,14 +140,6 @@ def generate(args: Any) -> int:
             path.write_text(text)
     sys.stderr.write(f"wrote {args.out}\n")
     return 0
-
-
-def _event_loop() -> asyncio.AbstractEventLoop:
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
 
 
 async def _keys(args: Any) -> int:

@@ -11,6 +11,7 @@ ENV = {
     "host": "ZAPBILLING_HOST",
     "port": "ZAPBILLING_PORT",
     "durability": "ZAPBILLING_DURABILITY",
+    "workers": "ZAPBILLING_WORKERS",
 }
 DURABILITY = ("full", "normal")
 
@@ -23,6 +24,8 @@ class Config:
     durability: str = "full"
     """full: a commit survives a power cut (synchronous=FULL); normal: it survives a crash of
     the process but not of the machine (synchronous=NORMAL), for more writes per second."""
+    workers: int = 1
+    """Server processes sharing the port (SO_REUSEPORT) and the database file."""
     sweep_seconds: float = 60.0
     """How often expired credit is forfeited and idempotency keys older than a day are dropped."""
     body_timeout: float = 10.0
