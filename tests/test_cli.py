@@ -239,7 +239,9 @@ def test_keys_revoke_unknown_id_exits_nonzero_with_one_line(db):
 BAD_INVOCATIONS = {
     "unknown-flag-keys-create": (["keys", "create", "--org", "acme", "--mode", "test", "--colour", "red"], {}),
     "unknown-flag-keys-list": (["keys", "list", "--verbose"], {}),
-    "unknown-flag-serve": (["serve", "--port", "0", "--workers", "4"], {}),
+    "unknown-flag-serve": (["serve", "--port", "0", "--threads", "4"], {}),
+    "zero-workers": (["serve", "--port", "0", "--workers", "0"], {}),
+    "bad-workers-env": (["serve", "--port", "0"], {"ZAPBILLING_WORKERS": "many"}),
     "unknown-command": (["keys", "rotate"], {}),
     "bad-mode": (["keys", "create", "--org", "acme", "--mode", "production"], {}),
     "bad-scope": (["keys", "create", "--org", "acme", "--mode", "test", "--scope", "owner"], {}),

@@ -1,0 +1,282 @@
+"""What must hold in the database after any sequence of acknowledged calls, checked straight on
+the server's SQLite file (a read-only connection, plain SQL, no service code):
+
+    check_invariants(db_path)   -> None, or AssertionError listing every violation found
+
+- ledger: no amount <= 0; `type` is a known transaction type;
+- running balances (store/ledger.py): for every (tenant, user, currency) the `balances` row equals
+  the sum of its ledger rows, deposits + and withdrawals - (refunds are deposits, credit-expired
+  forfeits are withdrawals; `hold` / `hold-removed` rows move no money). The store writes no
+  `transfer` rows and nothing defines their sign, so one found is reported rather than guessed;
+- expiring deposits: `remaining` is set only on a deposit with `expires_at`, and lies in
+  0..amount; a `credit-expired` forfeit names an expiring deposit of the same account, which it
+  left at remaining 0, at most one forfeit per deposit and never more than the deposit;
+- refunds: each refund row names an original deposit/withdraw of the same tenant, user and
+  currency; per original, the refunds sum to its `refunded` column and never exceed its amount;
+- credit grants: 0 <= remaining <= amount. The store keeps no record of burns (a burn is an
+  UPDATE of `remaining`: store/grants.py), so `remaining = amount - burned` is checked by the
+  tests from the burns the server acknowledged, not here; if a table of burns appears (a table
+  with `burn` in its name and `grant_id`, `amount` columns), remaining = amount - its sum;
+- meter events: no idempotency key twice within a tenant;
+- holds (only if a `holds` table exists): amount > 0, status known, captured_amount set exactly
+  when captured and within 1..amount, a capture's transaction a withdraw of that amount;
+- every row's tenant exists; PRAGMA integrity_check is 'ok'; PRAGMA foreign_key_check is empty.
+
+The queries deliberately do not rely on the schema's CHECK constraints or unique indexes: a
+corruption that slipped past them (or a migration that dropped one) is still reported.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+LEDGER_TYPES = {"deposit", "withdraw", "hold", "hold-removed", "transfer"}
+BALANCE_SIGN = {"deposit": 1, "withdraw": -1, "hold": 0, "hold-removed": 0}
+HOLD_STATUSES = {"pending", "captured", "released", "expired"}
+EXPIRED_TAG = "credit-expired"
+
+
+def connect_ro(db_path: str | Path) -> sqlite3.Connection:
+    con = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    con.row_factory = sqlite3.Row
+    return con
+
+
+def find_violations(db_path: str | Path) -> list[str]:
+    """Every violation, one line each; empty when the database is sound."""
+    if not Path(db_path).is_file():
+        return [f"{db_path}: no database file"]
+    try:
+        con = connect_ro(db_path)
+    except sqlite3.Error as exc:
+        return [f"{db_path}: cannot open read-only: {exc}"]
+    try:
+        return _Checker(con).run()
+    except sqlite3.DatabaseError as exc:  # a malformed file can fail any query
+        return [f"{db_path}: the database cannot be read: {exc}"]
+    finally:
+        con.close()
+
+
+def check_invariants(db_path: str | Path) -> None:
+    violations = find_violations(db_path)
+    if violations:
+        raise AssertionError(
+            f"{len(violations)} invariant violation(s) in {db_path}:\n" + "\n".join(f"  - {v}" for v in violations)
+        )
+
+
+class _Checker:
+    def __init__(self, con: sqlite3.Connection):
+        self.con = con
+        self.out: list[str] = []
+        self.tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+    def q(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        return self.con.execute(sql, params).fetchall()
+
+    def bad(self, message: str) -> None:
+        self.out.append(message)
+
+    def columns(self, table: str) -> set[str]:
+        return {r[1] for r in self.q(f"PRAGMA table_info({table})")}
+
+    def run(self) -> list[str]:
+        self.integrity()
+        if "ledger" in self.tables:
+            self.ledger_rows()
+            self.balances()
+            self.expiring_deposits()
+            self.forfeits()
+            self.refunds()
+        if "credit_grants" in self.tables:
+            self.grants()
+        if "meter_events" in self.tables:
+            self.meter_events()
+        if "holds" in self.tables:
+            self.holds()
+        self.tenants_exist()
+        return self.out
+
+    # -- file level -------------------------------------------------------------------------
+    def integrity(self) -> None:
+        result = [r[0] for r in self.q("PRAGMA integrity_check")]
+        if result != ["ok"]:
+            for line in result[:20]:
+                self.bad(f"PRAGMA integrity_check: {line}")
+        for table, rowid, parent, fkid in self.q("PRAGMA foreign_key_check"):
+            self.bad(f"PRAGMA foreign_key_check: {table} rowid {rowid} refers to a missing row of {parent} (constraint {fkid})")
+
+    def tenants_exist(self) -> None:
+        if "tenants" not in self.tables:
+            return
+        for table in sorted(self.tables):
+            if table == "tenants" or table.startswith("sqlite_") or "tenant" not in self.columns(table):
+                continue
+            for tenant, n in self.q(
+                f"SELECT tenant, COUNT(*) FROM {table} WHERE tenant NOT IN (SELECT id FROM tenants) GROUP BY tenant"
+            ):
+                self.bad(f"{table}: {n} row(s) of tenant {tenant}, which is not in tenants")
+
+    # -- ledger ----------------------------------------------------------------------------
+    def ledger_rows(self) -> None:
+        for r in self.q("SELECT id, tenant, user_id, currency, type, amount FROM ledger WHERE amount IS NULL OR amount <= 0 ORDER BY seq"):
+            self.bad(f"ledger row {r['id']} (tenant {r['tenant']}, {r['user_id']}, {r['currency']}, {r['type']}): amount {r['amount']} <= 0")
+        for r in self.q("SELECT id, type FROM ledger ORDER BY seq"):
+            if r["type"] not in LEDGER_TYPES:
+                self.bad(f"ledger row {r['id']}: unknown type {r['type']!r}")
+            elif r["type"] == "transfer":
+                self.bad(f"ledger row {r['id']}: a transfer row, but the store defines no sign for transfers"
+                         f" (update tests/invariants.py when transfers are implemented)")
+        for r in self.q(
+            "SELECT tenant, user_id, dedupe_key, COUNT(*) n FROM ledger WHERE dedupe_key IS NOT NULL"
+            " GROUP BY tenant, user_id, dedupe_key HAVING n > 1"
+        ):
+            self.bad(f"ledger: dedupe key {r['dedupe_key']!r} appears {r['n']} times for tenant {r['tenant']} user {r['user_id']!r}")
+
+    def balances(self) -> None:
+        sums: dict[tuple[int, str, str], int] = defaultdict(int)
+        for r in self.q("SELECT tenant, user_id, currency, type, SUM(amount) total FROM ledger GROUP BY tenant, user_id, currency, type"):
+            sums[(r["tenant"], r["user_id"], r["currency"])] += BALANCE_SIGN.get(r["type"], 0) * r["total"]
+        stored = {(r["tenant"], r["user_id"], r["currency"]): r["balance"] for r in self.q("SELECT tenant, user_id, currency, balance FROM balances")}
+        for account in sorted(set(sums) | set(stored), key=repr):
+            tenant, user, currency = account
+            want, have = sums.get(account, 0), stored.get(account)
+            if have is None:
+                self.bad(f"balance of tenant {tenant} user {user!r} {currency}: no balances row, ledger rows sum to {want}")
+            elif have != want:
+                self.bad(f"balance of tenant {tenant} user {user!r} {currency}: stored {have} != ledger sum {want} (off by {have - want:+d})")
+
+    def expiring_deposits(self) -> None:
+        for r in self.q("SELECT id, type, amount, expires_at, remaining FROM ledger WHERE remaining IS NOT NULL ORDER BY seq"):
+            if r["type"] != "deposit" or r["expires_at"] is None:
+                self.bad(f"ledger row {r['id']}: remaining {r['remaining']} on a {r['type']} without expiry"
+                         f" (only expiring deposits have a remainder)")
+            if not 0 <= r["remaining"] <= r["amount"]:
+                self.bad(f"expiring deposit {r['id']}: remaining {r['remaining']} outside 0..{r['amount']}")
+        for r in self.q("SELECT id FROM ledger WHERE type = 'deposit' AND expires_at IS NOT NULL AND remaining IS NULL ORDER BY seq"):
+            self.bad(f"expiring deposit {r['id']}: remaining is NULL")
+
+    def forfeits(self) -> None:
+        per_deposit: dict[str, list[sqlite3.Row]] = defaultdict(list)
+        for r in self.q(f"SELECT id, tenant, user_id, currency, type, amount, metadata FROM ledger WHERE tags = '{EXPIRED_TAG}' ORDER BY seq"):
+            if r["type"] != "withdraw":
+                self.bad(f"forfeit {r['id']}: a {r['type']}, not a withdraw")
+            try:
+                lot = json.loads(r["metadata"] or "{}").get("expiredTransactionId")
+            except (ValueError, AttributeError):
+                lot = None
+            if not lot:
+                self.bad(f"forfeit {r['id']}: metadata names no expiredTransactionId")
+                continue
+            per_deposit[lot].append(r)
+        for lot_id, forfeits in per_deposit.items():
+            found = self.q("SELECT tenant, user_id, currency, type, amount, expires_at, remaining FROM ledger WHERE id = ?", (lot_id,))
+            ids = ", ".join(f["id"] for f in forfeits)
+            if not found:
+                self.bad(f"forfeit(s) {ids}: expired deposit {lot_id} does not exist")
+                continue
+            d = found[0]
+            if len(forfeits) > 1:
+                self.bad(f"expired deposit {lot_id} forfeited {len(forfeits)} times ({ids})")
+            for f in forfeits:
+                if (f["tenant"], f["user_id"], f["currency"]) != (d["tenant"], d["user_id"], d["currency"]):
+                    self.bad(f"forfeit {f['id']} (tenant {f['tenant']}, {f['user_id']!r}, {f['currency']}) names deposit {lot_id}"
+                             f" of another account (tenant {d['tenant']}, {d['user_id']!r}, {d['currency']})")
+            if d["type"] != "deposit" or d["expires_at"] is None:
+                self.bad(f"forfeit(s) {ids}: {lot_id} is not an expiring deposit")
+            if d["remaining"] not in (0, None):
+                self.bad(f"expired deposit {lot_id}: forfeited but remaining is still {d['remaining']}")
+            total = sum(f["amount"] for f in forfeits)
+            if total > d["amount"]:
+                self.bad(f"expired deposit {lot_id}: forfeits sum to {total}, more than its amount {d['amount']}")
+
+    def refunds(self) -> None:
+        per_original: dict[str, int] = defaultdict(int)
+        for r in self.q("SELECT id, tenant, user_id, currency, type, amount, refund_of FROM ledger WHERE refund_of IS NOT NULL ORDER BY seq"):
+            found = self.q("SELECT tenant, user_id, currency, type FROM ledger WHERE id = ?", (r["refund_of"],))
+            if not found:
+                self.bad(f"refund {r['id']}: original {r['refund_of']} does not exist")
+                continue
+            o = found[0]
+            if (o["tenant"], o["user_id"], o["currency"]) != (r["tenant"], r["user_id"], r["currency"]):
+                self.bad(f"refund {r['id']} (tenant {r['tenant']}, {r['user_id']!r}, {r['currency']}) refunds {r['refund_of']}"
+                         f" of another account (tenant {o['tenant']}, {o['user_id']!r}, {o['currency']})")
+            if o["type"] not in ("deposit", "withdraw"):
+                self.bad(f"refund {r['id']}: original {r['refund_of']} is a {o['type']}, not a deposit or withdraw")
+            if r["type"] != "deposit":
+                self.bad(f"refund {r['id']}: a {r['type']}, not a deposit")
+            per_original[r["refund_of"]] += r["amount"]
+        for r in self.q("SELECT id, amount, refunded FROM ledger WHERE refunded != 0 OR refunded IS NULL ORDER BY seq"):
+            if r["id"] not in per_original:
+                self.bad(f"original {r['id']}: refunded column {r['refunded']} but no refund rows refer to it")
+        for original, total in per_original.items():
+            found = self.q("SELECT amount, refunded FROM ledger WHERE id = ?", (original,))
+            if not found:
+                continue
+            amount, refunded = found[0]
+            if total > amount:
+                self.bad(f"original {original}: refunds sum to {total}, more than its amount {amount}")
+            if total != refunded:
+                self.bad(f"original {original}: refunds sum to {total} but its refunded column is {refunded}")
+
+    # -- grants, events, holds ---------------------------------------------------------------
+    def grants(self) -> None:
+        for r in self.q("SELECT id, tenant, user_id, amount, remaining FROM credit_grants ORDER BY seq"):
+            if r["amount"] is None or r["amount"] <= 0:
+                self.bad(f"credit grant {r['id']}: amount {r['amount']} <= 0")
+            if r["remaining"] is None or r["remaining"] < 0:
+                self.bad(f"credit grant {r['id']} (tenant {r['tenant']}, {r['user_id']!r}): remaining {r['remaining']} is negative")
+            elif r["amount"] is not None and r["remaining"] > r["amount"]:
+                self.bad(f"credit grant {r['id']} (tenant {r['tenant']}, {r['user_id']!r}): remaining {r['remaining']} > amount {r['amount']}")
+        for table in sorted(t for t in self.tables if "burn" in t):
+            if {"grant_id", "amount"} <= self.columns(table):
+                for r in self.q(
+                    f"SELECT g.id, g.amount, g.remaining, COALESCE(SUM(b.amount), 0) burned FROM credit_grants g"
+                    f" LEFT JOIN {table} b ON b.grant_id = g.id GROUP BY g.id"
+                ):
+                    if r["remaining"] != r["amount"] - r["burned"]:
+                        self.bad(f"credit grant {r['id']}: remaining {r['remaining']} != amount {r['amount']} - burned {r['burned']} ({table})")
+
+    def meter_events(self) -> None:
+        for r in self.q(
+            "SELECT tenant, idempotency_key, COUNT(*) n, GROUP_CONCAT(id, ', ') ids FROM meter_events"
+            " WHERE idempotency_key IS NOT NULL GROUP BY tenant, idempotency_key HAVING n > 1"
+        ):
+            self.bad(f"meter events: idempotency key {r['idempotency_key']!r} appears {r['n']} times in tenant {r['tenant']} ({r['ids']})")
+
+    def holds(self) -> None:
+        cols = self.columns("holds")
+        label = "id" if "id" in cols else "rowid"
+        for r in self.q(f"SELECT *, {label} AS label FROM holds"):
+            r = dict(r)
+            hid = r["label"]
+            amount = r.get("amount")
+            if amount is None or amount <= 0:
+                self.bad(f"hold {hid}: amount {amount} <= 0")
+            status = r.get("status")
+            if "status" in cols and status not in HOLD_STATUSES:
+                self.bad(f"hold {hid}: unknown status {status!r}")
+            if "captured_amount" not in cols:
+                continue
+            captured = r["captured_amount"]
+            if captured is not None and (captured <= 0 or (amount is not None and captured > amount)):
+                self.bad(f"hold {hid}: captured amount {captured} outside 1..{amount}")
+            if status == "captured" and captured is None:
+                self.bad(f"hold {hid}: captured but no captured amount")
+            if status is not None and status != "captured" and captured is not None:
+                self.bad(f"hold {hid}: {status} but captured amount {captured}")
+            tx = r.get("transaction_id")
+            if status == "captured" and "transaction_id" in cols:
+                found = self.q("SELECT tenant, user_id, currency, type, amount FROM ledger WHERE id = ?", (tx,)) if tx else []
+                if not found:
+                    self.bad(f"hold {hid}: captured, but its transaction {tx} is not in the ledger")
+                else:
+                    t = found[0]
+                    if t["type"] != "withdraw" or t["amount"] != captured:
+                        self.bad(f"hold {hid}: captured {captured}, but its transaction {tx} is a {t['type']} of {t['amount']}")
+                    if {"tenant", "user_id", "currency"} <= cols and (t["tenant"], t["user_id"], t["currency"]) != (r["tenant"], r["user_id"], r["currency"]):
+                        self.bad(f"hold {hid}: its transaction {tx} belongs to another account")
