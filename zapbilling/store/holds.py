@@ -54,7 +54,7 @@ class HoldQueries(SqliteBase):
         return await self._write(tenant, idempotency, now, _release_hold, tenant, hold_id, now)
 
     async def get_hold(self, tenant: int, hold_id: str, now: int) -> HoldRow | None:
-        rows = await self._read(f"SELECT {_HOLD} FROM holds WHERE tenant = :tenant AND id = :id", {"tenant": tenant, "id": hold_id, "now": now})
+        rows = self._read_point(f"SELECT {_HOLD} FROM holds WHERE tenant = :tenant AND id = :id", {"tenant": tenant, "id": hold_id, "now": now})
         return hold_row(rows[0]) if rows else None
 
     async def list_holds(

@@ -33,7 +33,7 @@ class KeyQueries(SqliteBase):
 
     async def authenticate(self, secret: str) -> Principal | None:
         digest = key_hash(secret)
-        rows = await self._read(
+        rows = self._read_point(
             "SELECT k.hash, t.id, t.org, t.mode, k.scope, k.id FROM api_keys k JOIN tenants t ON t.id = k.tenant"
             " WHERE k.hash = ? AND k.revoked_at IS NULL",
             (digest,),

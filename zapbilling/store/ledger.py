@@ -48,7 +48,7 @@ def _row(r: tuple[Any, ...]) -> LedgerRow:
 
 class LedgerQueries(SqliteBase):
     async def balance(self, tenant: int, user: str, currency: str, now: int) -> tuple[int, int]:
-        (b, expired, held), = await self._read(ACCOUNT, account_params(tenant, user, currency, now))
+        (b, expired, held), = self._read_point(ACCOUNT, account_params(tenant, user, currency, now))
         return b - expired, held
 
     async def balances(self, tenant: int, user: str, now: int) -> list[tuple[str, int, int]]:

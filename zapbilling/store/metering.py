@@ -44,7 +44,7 @@ class MeteringQueries(SqliteBase):
         return [meter_row(r) for r in rows]
 
     async def get_meter(self, tenant: int, meter_id: str) -> dict[str, Any] | None:
-        rows = await self._read(f"SELECT {_METER} FROM meters WHERE tenant = ? AND id = ?", (tenant, meter_id))
+        rows = self._read_point(f"SELECT {_METER} FROM meters WHERE tenant = ? AND id = ?", (tenant, meter_id))
         return meter_row(rows[0]) if rows else None
 
     async def record_meter_events(
