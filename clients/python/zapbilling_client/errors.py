@@ -9,6 +9,9 @@ from typing import Any
 class ZapBillingError(Exception):
     kind: str = "error"
     code: int | None = None
+    idempotency_key: str | None = None
+    """Set when the outcome of a mutating call is unknown (no usable answer): retry with
+    idempotency_key= this key and the service returns the first outcome, never a second charge."""
 
     def __init__(self, message: str, *, code: int | None = None, data: dict[str, Any] | None = None,
                  request_id: Any = None, status: int | None = None):

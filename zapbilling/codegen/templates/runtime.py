@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 import msgpack
-from pydantic import BaseModel, TypeAdapter
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from .errors import ApiConnectionError, ZapBillingError, error_from_envelope
 
@@ -124,7 +124,6 @@ class Exchange:
         self.envelopes = [c.envelope() for c in calls]
         self.body = settings.encode(self.envelopes if batch else self.envelopes[0])
         self.attempt = 0
-        self.refused: ZapBillingError | None = None
 
     def retry_after_exception(self, exc: Exception) -> float | None:
         """Seconds to wait before retrying, or None to give up."""
@@ -134,10 +133,15 @@ class Exchange:
             return self._next()
         return None
 
-    def retry_after_response(self, status: int, answers: list[Any] | None) -> float | None:
+    def retry_after_response(self, response: httpx.Response) -> float | None:
+        """A mutating call is retried after a 5xx or an in-band internal error (its key makes
+        the retry safe); anything else is the answer."""
         if not self.mutates or self.attempt >= self.settings.max_retries:
             return None
-        if status >= 500 or any(isinstance(a, ZapBillingError) and a.code == INTERNAL_ERROR for a in answers or ()):
+        if response.status_code >= 500:
+            return self._next()
+        entries = self._entries(self._body(response))
+        if entries and any(_error_code(e) == INTERNAL_ERROR for e in entries):
             return self._next()
         return None
 
@@ -145,37 +149,61 @@ class Exchange:
         self.attempt += 1
         return self.settings.delay(self.attempt - 1)
 
-    def decode(self, response: httpx.Response) -> list[Any] | None:
-        """Per-call results or error instances, in call order; None when the answer is not ours."""
+    def answers(self, response: httpx.Response) -> list[Any]:
+        """Per-call results or error instances, in call order. Raises when the whole request
+        was refused, or when the body is not a ZAP answer (a proxy's error page, say)."""
+        body = self._body(response)
+        if self.batch and isinstance(body, dict) and isinstance(body.get("error"), dict):
+            raise error_from_envelope(body["error"], None, response.status_code)  # the whole batch was refused
+        entries = self._entries(body)
+        if entries is None:
+            raise self._tagged(ZapBillingError(
+                f"HTTP {response.status_code} with a body that is not a ZAP answer",
+                request_id=self.envelopes[0]["id"], status=response.status_code,
+            ))
+        return [self._one(call, env, entry, response.status_code) for call, env, entry in zip(self.calls, self.envelopes, entries)]
+
+    @staticmethod
+    def _body(response: httpx.Response) -> Any:
         ctype = response.headers.get("Content-Type", "")
         try:
-            body = msgpack.unpackb(response.content, raw=False) if "msgpack" in ctype else json.loads(response.content)
+            return msgpack.unpackb(response.content, raw=False) if "msgpack" in ctype else json.loads(response.content)
         except ValueError:
             return None
-        if self.batch and isinstance(body, dict) and isinstance(body.get("error"), dict):
-            self.refused = error_from_envelope(body["error"], None, response.status_code)
-            return [self.refused] * len(self.calls)  # the whole batch was refused
-        answers = body if self.batch else [body]
-        if not isinstance(answers, list) or len(answers) != len(self.calls):
-            return None
-        return [self._one(call, env, answer, response.status_code) for call, env, answer in zip(self.calls, self.envelopes, answers)]
 
-    def _one(self, call: Call, envelope: dict[str, Any], answer: Any, status: int) -> Any:
-        if not isinstance(answer, dict):
-            return ZapBillingError(f"unexpected answer to {call.method}", request_id=envelope["id"], status=status)
+    def _entries(self, body: Any) -> list[dict[str, Any]] | None:
+        """The per-call answers, or None when `body` is not shaped like a ZAP answer."""
+        entries = body if self.batch else [body]
+        if not isinstance(entries, list) or len(entries) != len(self.calls):
+            return None
+        if not all(isinstance(e, dict) and ("result" in e or isinstance(e.get("error"), dict)) for e in entries):
+            return None
+        return entries
+
+    def _one(self, call: Call, envelope: dict[str, Any], answer: dict[str, Any], status: int) -> Any:
         if "error" in answer:
             return error_from_envelope(answer["error"], envelope["id"], status)
-        return parse_result(call.result, answer.get("result"))
+        try:
+            return parse_result(call.result, answer.get("result"))
+        except ValidationError as exc:
+            return ZapBillingError(f"the answer to {call.method} does not match the schema: {exc}", request_id=envelope["id"], status=status)
 
-    def unusable(self, response: httpx.Response) -> ZapBillingError:
-        return ZapBillingError(
-            f"HTTP {response.status_code} with a body that is not a ZAP answer",
-            request_id=self.envelopes[0]["id"], status=response.status_code,
-        )
+    def _tagged(self, err: ZapBillingError) -> ZapBillingError:
+        """Give the caller the key of a single mutating call whose outcome is unknown, so that
+        it can retry the same logical call later without risking a second charge."""
+        if not self.batch:
+            err.idempotency_key = self.calls[0].idempotency_key
+        return err
 
     def gave_up(self, exc: Exception) -> ApiConnectionError:
         tries = self.attempt + 1
-        return ApiConnectionError(f"no answer after {tries} attempt{'s' * (tries > 1)}: {exc!r}", request_id=self.envelopes[0]["id"])
+        err = ApiConnectionError(f"no answer after {tries} attempt{'s' * (tries > 1)}: {exc!r}", request_id=self.envelopes[0]["id"])
+        return self._tagged(err)  # type: ignore[return-value]
+
+
+def _error_code(entry: dict[str, Any]) -> Any:
+    error = entry.get("error")
+    return error.get("code") if isinstance(error, dict) else None
 
 
 def first_or_raise(answers: list[Any]) -> Any:
@@ -203,16 +231,11 @@ class SyncTransport:
                     raise ex.gave_up(exc) from exc
                 time.sleep(wait)
                 continue
-            answers = ex.decode(response)
-            wait = ex.retry_after_response(response.status_code, answers)
+            wait = ex.retry_after_response(response)
             if wait is not None:
                 time.sleep(wait)
                 continue
-            if answers is None:
-                raise ex.unusable(response)
-            if ex.refused:
-                raise ex.refused
-            return answers
+            return ex.answers(response)
 
     def close(self) -> None:
         self.http.close()
@@ -237,16 +260,11 @@ class AsyncTransport:
                     raise ex.gave_up(exc) from exc
                 await asyncio.sleep(wait)
                 continue
-            answers = ex.decode(response)
-            wait = ex.retry_after_response(response.status_code, answers)
+            wait = ex.retry_after_response(response)
             if wait is not None:
                 await asyncio.sleep(wait)
                 continue
-            if answers is None:
-                raise ex.unusable(response)
-            if ex.refused:
-                raise ex.refused
-            return answers
+            return ex.answers(response)
 
     async def aclose(self) -> None:
         await self.http.aclose()
