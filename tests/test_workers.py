@@ -22,6 +22,10 @@ async def two_workers(tmp_path):
     key = create_key(db, "acme", "live")
     server = ServerProcess(db, tmp_path, workers=2)
     await server.start_ready()
+    for _ in range(600):  # /healthz answered by one worker; wait for both to listen
+        if len(listening_pids(server.port)) == 2:
+            break
+        await asyncio.sleep(0.05)
     try:
         yield server, key
     finally:
