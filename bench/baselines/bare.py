@@ -1,0 +1,106 @@
+"""The ceiling: a bare aiohttp handler on uvloop, no registry, no validation, the key looked up
+in a dict, one aiosqlite trip (execute_fetchall) per request, no access log.
+
+    python -m bench.baselines.bare --db PATH --port N --key KEY [--loop uvloop|asyncio]
+
+GET  /api/v1/billing/balance?user=U[&currency=usd]   scenario 1: the indexed balance read,
+                                                     answered with getBalance's JSON
+POST /api/v1/zap (a ZAP recordUsage envelope, msgpack or JSON)
+                                                     scenario 2: one INSERT of the usage row
+                                                     and its COMMIT per request (autocommit:
+                                                     one aiosqlite trip), synchronous=NORMAL
+GET  /healthz
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import secrets
+import time
+
+import aiosqlite
+import msgpack
+from aiohttp import web
+
+from .common import BALANCE_SQL, balance_answer, bearer, key_table
+
+INSERT_SQL = (
+    "INSERT INTO ledger (id, tenant, user_id, currency, type, amount, tags, notes, metadata, created_at, dedupe_key)"
+    " VALUES (?, ?, ?, ?, 'withdraw', ?, 'api-usage', ?, ?, ?, ?)"
+)
+DB = web.AppKey("db", aiosqlite.Connection)
+
+
+def make_app(db_path: str, keys: dict[str, int], synchronous: str) -> web.Application:
+    app = web.Application()
+
+    async def lifecycle(app: web.Application):  # type: ignore[no-untyped-def]
+        db = await aiosqlite.connect(db_path, isolation_level=None)
+        await db.execute("PRAGMA journal_mode = WAL")
+        await db.execute(f"PRAGMA synchronous = {synchronous}")
+        await db.execute("PRAGMA busy_timeout = 10000")
+        app[DB] = db
+        yield
+        await db.close()
+
+    async def balance(request: web.Request) -> web.Response:
+        tenant = keys.get(bearer(request.headers.get("Authorization")))  # type: ignore[arg-type]
+        if tenant is None:
+            return web.json_response({"error": "unauthorized"}, status=401)
+        user = request.query.get("user", "")
+        currency = request.query.get("currency", "usd")
+        rows = await request.app[DB].execute_fetchall(BALANCE_SQL, (tenant, user, currency))
+        return web.json_response(balance_answer(user, currency, rows))
+
+    async def record_usage(request: web.Request) -> web.Response:
+        tenant = keys.get(bearer(request.headers.get("Authorization")))  # type: ignore[arg-type]
+        if tenant is None:
+            return web.json_response({"error": "unauthorized"}, status=401)
+        body = await request.read()
+        envelope = msgpack.unpackb(body) if request.content_type == "application/msgpack" else json.loads(body)
+        p = envelope["params"]
+        tx_id = f"tx_{secrets.token_hex(12)}"
+        model, tokens, request_id = p.get("model", ""), p.get("totalTokens", 0), p.get("requestId")
+        metadata = json.dumps({  # the same row recordUsage writes
+            "model": model, "provider": "", "promptTokens": 0, "completionTokens": 0, "totalTokens": tokens,
+            "requestId": request_id, "premium": False, "stream": False, "status": "", "clientIp": "",
+        })
+        await request.app[DB].execute(INSERT_SQL, (
+            tx_id, tenant, p["user"], "usd", p["amount"], f"API usage: {model} ({tokens} tokens)", metadata,
+            time.time_ns() // 1000, f"usage:{request_id}",
+        ))
+        return web.json_response({"id": envelope.get("id"), "result": {
+            "user": p["user"], "amount": p["amount"], "transactionId": tx_id, "currency": "usd", "type": "withdraw"}})
+
+    async def health(request: web.Request) -> web.Response:
+        return web.json_response({"ok": True})
+
+    app.cleanup_ctx.append(lifecycle)
+    app.router.add_get("/api/v1/billing/balance", balance)
+    app.router.add_post("/api/v1/zap", record_usage)
+    app.router.add_get("/healthz", health)
+    return app
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--db", required=True)
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--key", required=True)
+    ap.add_argument("--synchronous", default="NORMAL", choices=("NORMAL", "FULL"))
+    ap.add_argument("--loop", default="uvloop", choices=("uvloop", "asyncio"))
+    args = ap.parse_args()
+    if args.loop == "uvloop":
+        import uvloop
+
+        loop = uvloop.new_event_loop()
+    else:
+        loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    web.run_app(make_app(args.db, key_table(args.db, args.key), args.synchronous), host="127.0.0.1", port=args.port,
+                access_log=None, print=None, loop=loop)
+
+
+if __name__ == "__main__":
+    main()

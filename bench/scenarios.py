@@ -1,0 +1,542 @@
+"""The five scenarios of issue 8, their baselines and their targets, and how one run of each is
+measured. bench/__main__.py picks, repeats and reports them.
+
+A run: copy a prepared database (made by zapbilling itself, see `Bench.template`) to a fresh
+file, start the server on it as its own process, warm up with wrk while checking every answer
+in Lua, measure with wrk (without the check), stop the server, then check what it wrote.
+In-process baselines (bench/baselines/raw_sql.py) run as their own process on the same kind of
+file. Every process's tree RSS is sampled the whole time (peak reported), and CPU time is read
+around the measured window for the server, for wrk and for the whole machine, so that a busy
+machine or a saturated load generator shows in the figures.
+"""
+from __future__ import annotations
+
+import json
+import secrets
+import sqlite3
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import msgpack
+
+from . import populate
+from .load import (CPUS, MB, Proc, Server, busy_cpu_seconds, child_env, copy_db, free_port, wrk, zap,
+                   zap_batch, zapbilling_cmd)
+
+USERS = 100
+"""Scenario 1 and 5 spread reads over this many users (each with a deposit and usage rows)."""
+SMALL_ROWS = 1_000
+
+
+# -- settings and prepared databases ----------------------------------------------------------
+
+@dataclass
+class Settings:
+    seconds: float
+    warmup: float
+    rounds: int
+    big_rows: int
+    connections: int = 64
+    threads: int = 2
+    pin: bool = False
+    workdir: Path = Path("/tmp")
+    log: Callable[[str], None] = print
+
+
+@dataclass
+class Template:
+    """A prepared database: the file, the admin key made by `zapbilling keys create`, the
+    tenant that key belongs to, and what the preparation made (meter ids, expected sums)."""
+
+    path: Path
+    key: str
+    tenant: int
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def _create_key(db: Path) -> str:
+    r = subprocess.run([*zapbilling_cmd(), "keys", "create", "--db", str(db), "--org", "bench", "--mode", "test"],
+                       capture_output=True, text=True, env=child_env(), timeout=60)
+    if r.returncode != 0 or len(r.stdout.split()) != 1:
+        raise RuntimeError(f"zapbilling keys create failed ({r.returncode}): {r.stderr} {r.stdout}")
+    return r.stdout.strip()
+
+
+def _tenant(db: Path) -> int:
+    conn = sqlite3.connect(db)
+    try:
+        (tenant,), = conn.execute("SELECT tenant FROM api_keys").fetchall()
+    finally:
+        conn.close()
+    return tenant
+
+
+def _count(db: Path, sql: str, *params: Any) -> int:
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return conn.execute(sql, params).fetchone()[0]
+    finally:
+        conn.close()
+
+
+def period() -> tuple[str, str, int, int]:
+    """Scenario 4's period: the 30 days before today as bare dates (periodEnd inclusive), and
+    the same bounds in microseconds as zapbilling reads them: [start 00:00, day after end 00:00)."""
+    today = datetime.now(timezone.utc).date()
+    start, end = today - timedelta(days=30), today - timedelta(days=1)
+    epoch = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+    def us(d: Any) -> int:
+        return int((datetime(d.year, d.month, d.day, tzinfo=timezone.utc) - epoch).total_seconds()) * 1_000_000
+
+    return start.isoformat(), end.isoformat(), us(start), us(end + timedelta(days=1))
+
+
+class Bench:
+    def __init__(self, settings: Settings):
+        self.s = settings
+        self.templates: dict[str, Template] = {}
+        self.logs = settings.workdir / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self._n = 0
+
+    def _name(self, tag: str) -> str:
+        self._n += 1
+        return f"{self._n:03d}-{tag}"
+
+    # -- processes ----------------------------------------------------------------------------
+    def server_cpus(self, processes: int = 1) -> set[int] | None:
+        """--pin on a machine of 2+ CPUs: one-process servers on the last CPU, wrk on the others;
+        multi-process servers (and their wrk) are left to the scheduler."""
+        if not self.s.pin or CPUS < 2 or processes > 1:
+            return None
+        return {CPUS - 1}
+
+    def load_cpus(self, processes: int = 1) -> set[int] | None:
+        if not self.s.pin or CPUS < 2 or processes > 1:
+            return None
+        return set(range(CPUS - 1))
+
+    def zapbilling(self, db: Path, tag: str, durability: str = "full", workers: int | None = None) -> Server:
+        port = free_port()
+        argv = [*zapbilling_cmd(), "serve", "--db", str(db), "--port", str(port), "--durability", durability]
+        if workers is not None:
+            argv += ["--workers", str(workers)]
+        name = self._name(tag)
+        return Server(name, argv, port, log=self.logs / f"{name}.log", cpus=self.server_cpus(workers or 1))
+
+    def baseline(self, module: str, db: Path | None, tag: str, *extra: str, key: str = "") -> Server:
+        port = free_port()
+        argv = [sys.executable, "-m", f"bench.baselines.{module}", "--port", str(port)]
+        if db is not None:
+            argv += ["--db", str(db), "--key", key]
+        name = self._name(tag)
+        return Server(name, [*argv, *extra], port, log=self.logs / f"{name}.log", cpus=self.server_cpus())
+
+    def fresh(self, template: str, tag: str) -> tuple[Path, Template]:
+        tpl = self.template(template)
+        return copy_db(tpl.path, self.s.workdir / f"{self._name(tag)}.db"), tpl
+
+    # -- prepared databases -------------------------------------------------------------------
+    def template(self, name: str) -> Template:
+        if name not in self.templates:
+            started = time.perf_counter()
+            self.templates[name] = getattr(self, f"_make_{name}")()
+            self.s.log(f"  prepared database {name!r} in {time.perf_counter() - started:.1f}s")
+        return self.templates[name]
+
+    def _new(self, name: str) -> tuple[Path, str]:
+        db = self.s.workdir / f"template-{name}.db"
+        return db, _create_key(db)
+
+    def _make_empty(self) -> Template:
+        """A database with its tenant and admin key only."""
+        db, key = self._new("empty")
+        return Template(db, key, _tenant(db))
+
+    def _make_balance(self) -> Template:
+        """USERS users bench/u0.. with a deposit and 10 usage rows each, all through the API."""
+        db, key = self._new("balance")
+        with self.zapbilling(db, "prepare-balance", durability="normal") as srv:
+            zap_batch(srv.url, key, [("billing.deposit", {"user": f"bench/u{i}", "amount": 1_000_000}) for i in range(USERS)])
+            for r in range(10):
+                zap_batch(srv.url, key, [("billing.recordUsage", {
+                    "user": f"bench/u{i}", "amount": 1 + (i + r) % 5, "model": "gpt-bench", "totalTokens": 42,
+                    "requestId": f"prep-{r}-{i}"}) for i in range(USERS)])
+            expected = zap(srv.url, key, "billing.getBalance", {"user": "bench/u0"})
+        populate.checkpoint(str(db))
+        return Template(db, key, _tenant(db), {"u0": expected})
+
+    def _make_s4small(self) -> Template:
+        return self._scenario4("s4small", "bench/small", SMALL_ROWS, events=0)
+
+    def _make_s4big(self) -> Template:
+        return self._scenario4("s4big", "bench/big", self.s.big_rows, events=self.s.big_rows)
+
+    def _scenario4(self, name: str, user: str, ledger_rows: int, events: int) -> Template:
+        """A meter (sum), a per-unit pricing rule, a credit grant and a deposit through the API;
+        then ledger_rows - 1 usage withdrawals and `events` meter events in the period written
+        with SQL (bench/populate.py); then read back through the API and compared."""
+        db, key = self._new(name)
+        with self.zapbilling(db, f"prepare-{name}", durability="normal") as srv:
+            meter = zap(srv.url, key, "billing.createMeter", {"name": "Tokens", "eventName": "tokens", "aggregationType": "sum"})
+            zap(srv.url, key, "billing.createPricingRule", {"meterId": meter["id"], "model": "per_unit", "unitPrice": 2})
+            zap(srv.url, key, "billing.createCreditGrant", {"userId": user, "name": "bench", "amountCents": 5000})
+            deposit = 1_000_000_000
+            zap(srv.url, key, "billing.deposit", {"user": user, "amount": deposit})
+        tenant = _tenant(db)
+        start, end, start_us, end_us = period()
+        spent = populate.usage_rows(str(db), tenant, user, ledger_rows - 1, start_us=time.time_ns() // 1000 + 1, step_us=1)
+        value = populate.meter_events(str(db), tenant, meter["id"], user, events, start_us=start_us, end_us=end_us) if events else 0
+        with self.zapbilling(db, f"check-{name}", durability="normal") as srv:
+            balance = zap(srv.url, key, "billing.getBalance", {"user": user})
+            if balance["balance"] != deposit - spent:
+                raise RuntimeError(f"populated balance {balance} != {deposit - spent}")
+            last = ledger_rows - 2
+            usage = zap(srv.url, key, "billing.getUsage", {"user": user, "limit": 1})
+            want = populate.usage_metadata("gpt-bench", usage["usage"][0]["amount"] * 10, f"bulk-{last:09d}")
+            if usage["usage"][0]["metadata"] != want or not usage["hasMore"]:
+                raise RuntimeError(f"populated usage reads back as {usage}, expected metadata {want}")
+            summary = zap(srv.url, key, "billing.getMeterEventsSummary",
+                          {"meterId": meter["id"], "userId": user, "periodStart": start, "periodEnd": end})
+            if (summary["value"], summary["eventCount"]) != (value, events):
+                raise RuntimeError(f"populated events read back as {summary}, expected {value} over {events}")
+        populate.checkpoint(str(db))
+        rows = _count(db, "SELECT COUNT(*) FROM ledger WHERE user_id = ?", user)
+        if rows != ledger_rows:
+            raise RuntimeError(f"{user} has {rows} ledger rows, expected {ledger_rows}")
+        return Template(db, key, tenant, {"user": user, "meter": meter["id"], "ledger_rows": rows, "events": events,
+                                           "period": [start, end, start_us, end_us], "balance": balance})
+
+
+# -- runs -------------------------------------------------------------------------------------
+
+@dataclass
+class Run:
+    key: str
+    label: str
+    scenario: int
+    unit: str = "req/s"
+    """req/s, events/s (rate x per_request), or ms: a latency run reported by its p50."""
+    per_request: int = 1
+
+    def measure(self, bench: Bench, rnd: int) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+@dataclass
+class HttpRun(Run):
+    server: str = "zapbilling"
+    """zapbilling, or a module of bench/baselines."""
+    server_args: tuple[str, ...] = ()
+    durability: str = "full"
+    workers: int | None = None
+    template: str = "balance"
+    copy: bool = True
+    """False: serve the prepared file itself (scenario 4: read-only runs, a file too big to copy)."""
+    script: str = "balance.lua"
+    path: str = "/api/v1/zap"
+    env: dict[str, str] = field(default_factory=dict)
+    expect: str = ""
+    connections: int | None = None
+    threads: int | None = None
+    setup: Callable[[Bench, Server, Template], dict[str, str]] | None = None
+    """Called with the server up, before the warm-up; returns more BENCH_* variables."""
+    body: Callable[[Bench, Template], tuple[str, str, bytes]] | None = None
+    """(content type, path, body) of the one request static.lua sends."""
+    verify: Callable[[Path, Template, int], str | None] | None = None
+    """After the server stopped: (file, template, answers that were 2xx) -> a problem or None."""
+
+    def measure(self, bench: Bench, rnd: int) -> dict[str, Any]:
+        s = bench.s
+        if self.copy:
+            db, tpl = bench.fresh(self.template, self.key)
+        else:
+            tpl = bench.template(self.template)
+            db = tpl.path
+        if self.server == "zapbilling":
+            srv = bench.zapbilling(db, self.key, self.durability, self.workers)
+        else:
+            srv = bench.baseline(self.server, db, self.key, *self.server_args, key=tpl.key)
+        processes = self.workers or 1
+        conns = self.connections or s.connections
+        threads = self.threads or s.threads
+        env = dict(self.env, BENCH_PATH=self.path)
+        problems: list[str] = []
+        srv.start()
+        try:
+            if self.setup:
+                env.update(self.setup(bench, srv, tpl))
+            if self.body:
+                ctype, path, body = self.body(bench, tpl)
+                body_file = s.workdir / f"{self.key}.body"
+                body_file.write_bytes(body)
+                env.update(BENCH_METHOD="POST", BENCH_PATH=path, BENCH_BODY_FILE=str(body_file), BENCH_CONTENT_TYPE=ctype)
+            common = dict(connections=conns, threads=threads, key=tpl.key, cpus=bench.load_cpus(processes),
+                          expect=self.expect)
+            url = srv.url + (self.path if not self.body else "/")
+            warm = wrk(url, self.script, env | {"BENCH_NONCE": f"{self.key}-{rnd}-w-{secrets.token_hex(3)}"},
+                       seconds=s.warmup, check=True, **common)
+            if warm.failed:
+                problems.append(f"warm-up: {warm.bad} wrong answers, errors {warm.errors}; first: {warm.first_bad[:200]}")
+            if warm.checked == 0:
+                problems.append("warm-up checked no answer")
+            busy0, cpu0, t0 = busy_cpu_seconds(), srv.cpu_seconds(), time.monotonic()
+            res = wrk(url, self.script, env | {"BENCH_NONCE": f"{self.key}-{rnd}-m-{secrets.token_hex(3)}"},
+                      seconds=s.seconds, **common)
+            busy1, cpu1, t1 = busy_cpu_seconds(), srv.cpu_seconds(), time.monotonic()
+            if res.failed:
+                problems.append(f"measured run: errors {res.errors}")
+            processes = srv.processes()
+        finally:
+            rc = srv.stop()
+        if rc != 0 and not (rc == -15 and self.server == "fastapi_app"):  # uvicorn re-raises SIGTERM once stopped
+            problems.append(f"server exited {rc}: {srv.log_tail(5)}")
+        if srv.log_has_traceback():
+            problems.append(f"traceback in the server log {srv.log}")
+        if self.verify:
+            problem = self.verify(db, tpl, warm.ok + res.ok)
+            if problem:
+                problems.append(problem)
+        if self.copy:
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{db}{suffix}").unlink(missing_ok=True)
+        window = t1 - t0
+        server_cpu = (cpu1 - cpu0) / window * 100
+        load_cpu = res.cpu_seconds / window * 100
+        return {
+            "rate": res.rate * self.per_request, "requests": res.requests, "p50_ms": res.p50_ms, "p90_ms": res.p90_ms,
+            "p99_ms": res.p99_ms, "max_ms": res.max_ms, "rss_mb": srv.peak_rss / MB,
+            "pss_mb": srv.peak_pss / MB, "rss_by_process": srv.peak_breakdown, "cpu_us_per_unit": (cpu1 - cpu0) * 1e6 / max(res.requests * self.per_request, 1), "server_cpu_pct": server_cpu,
+            "load_cpu_pct": load_cpu, "other_cpu_pct": max(0.0, (busy1 - busy0) / window * 100 - server_cpu - load_cpu),
+            "server_processes": processes, "connections": conns, "wrk_threads": threads, "problems": problems,
+            "wrk": " ".join(Path(a).name if a.startswith("/") else a for a in res.argv),
+        }
+
+
+@dataclass
+class InprocRun(Run):
+    """bench/baselines/raw_sql.py as its own process; `args` builds its command line."""
+
+    template: str = "empty"
+    copy: bool = True
+    args: Callable[[Bench, Template], list[str]] | None = None
+
+    def measure(self, bench: Bench, rnd: int) -> dict[str, Any]:
+        if self.copy:
+            db, tpl = bench.fresh(self.template, self.key)
+        else:
+            tpl = bench.template(self.template)
+            db = tpl.path
+        assert self.args is not None
+        name = bench._name(self.key)
+        argv = [sys.executable, "-m", "bench.baselines.raw_sql", *self.args(bench, tpl), "--db", str(db),
+                "--warmup", f"{bench.s.warmup:g}", "--seconds", f"{bench.s.seconds:g}"]
+        proc = Proc(name, argv, log=bench.logs / f"{name}.log", cpus=bench.server_cpus(), capture=True).start()
+        busy0, t0 = busy_cpu_seconds(), time.monotonic()
+        out = json.loads(proc.communicate(timeout=bench.s.warmup + bench.s.seconds + 120))
+        busy1, t1 = busy_cpu_seconds(), time.monotonic()
+        # this process's own CPU during its measured loop, and the rest of the machine's meanwhile
+        other = max(0.0, (busy1 - busy0) / (t1 - t0) * 100 - out["cpu_s"] / out["seconds"] * 100)
+        if self.copy:
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{db}{suffix}").unlink(missing_ok=True)
+        return {
+            "rate": out["rate"], "requests": out["ops"], "p50_ms": out["p50_ms"], "p99_ms": out["p99_ms"],
+            "cpu_us_per_unit": out["cpu_s"] * 1e6 / max(out["ops"] * self.per_request, 1), "server_cpu_pct": out["cpu_s"] / out["seconds"] * 100,
+            "rss_mb": proc.peak_rss / MB, "pss_mb": proc.peak_pss / MB, "other_cpu_pct": other, "result": out["result"],
+            "problems": [],
+        }
+
+
+# -- checks after a run -----------------------------------------------------------------------
+
+def usage_rows_at_least(db: Path, tpl: Template, answered: int) -> str | None:
+    """Every 2xx recordUsage answer is a committed ledger row (more may have been in flight)."""
+    rows = _count(db, "SELECT COUNT(*) FROM ledger WHERE tags = 'api-usage'")
+    if rows < answered:
+        return f"{answered} usage writes answered but only {rows} ledger rows in the file"
+    return None
+
+
+def events_at_least(db: Path, tpl: Template, answered: int) -> str | None:
+    rows = _count(db, "SELECT COUNT(*) FROM meter_events")
+    if rows < 100 * answered:
+        return f"{answered} batches of 100 answered but only {rows} meter events in the file"
+    return None
+
+
+def create_meter(bench: Bench, srv: Server, tpl: Template) -> dict[str, str]:
+    meter = zap(srv.url, tpl.key, "billing.createMeter", {"name": "Requests", "eventName": "requests"})
+    return {"BENCH_METER": meter["id"]}
+
+
+def msgpack_call(method: str, params: Callable[[Template], dict[str, Any]]):  # type: ignore[no-untyped-def]
+    def body(bench: Bench, tpl: Template) -> tuple[str, str, bytes]:
+        return "application/msgpack", "/api/v1/zap", msgpack.packb({"method": method, "id": 1, "params": params(tpl)})
+    return body
+
+
+def _summary_params(tpl: Template) -> dict[str, Any]:
+    start, end, _, _ = tpl.info["period"]
+    return {"meterId": tpl.info["meter"], "userId": tpl.info["user"], "periodStart": start, "periodEnd": end}
+
+
+def _preview_params(tpl: Template) -> dict[str, Any]:
+    start, end, _, _ = tpl.info["period"]
+    return {"userId": tpl.info["user"], "periodStart": start, "periodEnd": end}
+
+
+def _aggregate_args(bench: Bench, tpl: Template) -> list[str]:
+    _, _, start_us, end_us = tpl.info["period"]
+    return ["aggregate", "--tenant", str(tpl.tenant), "--meter", tpl.info["meter"], "--user", tpl.info["user"],
+            "--start", str(start_us), "--end", str(end_us)]
+
+
+def _executemany_args(bench: Bench, tpl: Template) -> list[str]:
+    return ["insert", "--tenant", str(tpl.tenant), "--meter", f"mtr_{secrets.token_hex(12)}", "--batch", "100",
+            "--synchronous", "FULL"]
+
+
+# -- the scenarios ----------------------------------------------------------------------------
+
+@dataclass
+class Target:
+    label: str
+    subject: str
+    baseline: str
+    op: str | None = None
+    """">=" (a rate ratio) or "<=" (a latency ratio); None: shown for information, no target."""
+    threshold: float = 0.0
+    metric: str = "rate"
+
+
+@dataclass
+class Scenario:
+    number: int
+    title: str
+    runs: list[Run]
+    targets: list[Target]
+    skipped: str | None = None
+
+
+def serve_has_workers() -> bool:
+    r = subprocess.run([*zapbilling_cmd(), "serve", "--help"], capture_output=True, text=True, env=child_env(), timeout=60)
+    return "--workers" in r.stdout
+
+
+def scenarios(settings: Settings) -> list[Scenario]:
+    big = f"{settings.big_rows:,}"
+    zap_read = dict(script="balance.lua", env={"BENCH_STYLE": "zap", "BENCH_CODEC": "msgpack"}, expect="available")
+    rest_read = dict(script="balance.lua", path="/api/v1/billing/balance", env={"BENCH_STYLE": "rest"}, expect="available")
+    usage = dict(template="empty", script="usage.lua", expect="transactionId", verify=usage_rows_at_least)
+    one_conn = dict(connections=1, threads=1, copy=False)
+    s5: list[Run] = [
+        HttpRun("s5.workers1", "getBalance ZAP/msgpack, serve --workers 1", 5, workers=1, **zap_read),  # type: ignore[arg-type]
+        HttpRun("s5.workers2", "getBalance ZAP/msgpack, serve --workers 2", 5, workers=2, **zap_read),  # type: ignore[arg-type]
+    ]
+    return [
+        Scenario(1, f"getBalance, {settings.connections} connections", [
+            HttpRun("s1.zap_msgpack", "zapbilling ZAP/msgpack", 1, **zap_read),  # type: ignore[arg-type]
+            HttpRun("s1.zap_json", "zapbilling ZAP/JSON", 1, script="balance.lua",
+                    env={"BENCH_STYLE": "zap", "BENCH_CODEC": "json"}, expect="available"),
+            HttpRun("s1.rest", "zapbilling REST GET", 1, **rest_read),  # type: ignore[arg-type]
+            HttpRun("s1.bare", "bare aiohttp+uvloop (ceiling)", 1, server="bare", **rest_read),  # type: ignore[arg-type]
+            HttpRun("s1.fastapi", "FastAPI on uvicorn (uvloop, httptools)", 1, server="fastapi_app", **rest_read),  # type: ignore[arg-type]
+            HttpRun("s1.jsonrpc", "jsonrpcserver in aiohttp+uvloop", 1, server="jsonrpc", script="balance.lua",
+                    path="/api/v1/jsonrpc", env={"BENCH_STYLE": "jsonrpc"}, expect="available"),
+        ], [
+            Target("getBalance ZAP/msgpack vs bare aiohttp+uvloop", "s1.zap_msgpack", "s1.bare", ">=", 0.8),
+            Target("getBalance ZAP/msgpack vs FastAPI", "s1.zap_msgpack", "s1.fastapi", ">=", 2.0),
+            Target("getBalance ZAP/msgpack vs jsonrpcserver", "s1.zap_msgpack", "s1.jsonrpc", ">=", 2.5),
+            Target("getBalance ZAP/JSON vs bare aiohttp+uvloop", "s1.zap_json", "s1.bare"),
+            Target("getBalance REST vs bare aiohttp+uvloop", "s1.rest", "s1.bare"),
+        ]),
+        Scenario(2, f"recordUsage over ZAP/msgpack, {settings.connections} connections", [
+            HttpRun("s2.full", "zapbilling --durability full", 2, durability="full", **usage),  # type: ignore[arg-type]
+            HttpRun("s2.normal", "zapbilling --durability normal", 2, durability="normal", **usage),  # type: ignore[arg-type]
+            HttpRun("s2.bare_insert", "bare aiohttp+uvloop, INSERT+COMMIT, sync=NORMAL", 2, server="bare",
+                    server_args=("--synchronous", "NORMAL"), **usage),  # type: ignore[arg-type]
+        ], [
+            Target("recordUsage full vs bare INSERT+COMMIT", "s2.full", "s2.bare_insert", ">=", 0.8),
+            Target("recordUsage normal vs bare INSERT+COMMIT", "s2.normal", "s2.bare_insert", ">=", 1.0),
+        ]),
+        Scenario(3, "recordMeterEvents, batches of 100 over msgpack", [
+            HttpRun("s3.zap_events", "zapbilling, durability full", 3, unit="events/s", per_request=100,
+                    template="empty", script="meter_events.lua", expect="created", setup=create_meter, verify=events_at_least),
+            InprocRun("s3.raw_executemany", "raw executemany, 100/transaction, sync=FULL", 3, unit="events/s",
+                      per_request=100, args=_executemany_args),
+        ], [
+            Target("recordMeterEvents vs raw executemany", "s3.zap_events", "s3.raw_executemany", ">=", 0.25),
+        ]),
+        Scenario(4, "cost as work grows (1 connection: p50 latency)", [
+            HttpRun("s4.balance_small", f"getBalance, user with {SMALL_ROWS:,} ledger rows", 4, unit="ms",
+                    template="s4small", env={"BENCH_STYLE": "zap", "BENCH_CODEC": "msgpack", "BENCH_USER": "bench/small"},
+                    expect="available", **one_conn),  # type: ignore[arg-type]
+            HttpRun("s4.balance_big", f"getBalance, user with {big} ledger rows", 4, unit="ms", template="s4big",
+                    env={"BENCH_STYLE": "zap", "BENCH_CODEC": "msgpack", "BENCH_USER": "bench/big"},
+                    expect="available", **one_conn),  # type: ignore[arg-type]
+            HttpRun("s4.summary", f"getMeterEventsSummary over {big} events", 4, unit="ms", template="s4big",
+                    script="static.lua", body=msgpack_call("billing.getMeterEventsSummary", _summary_params),
+                    expect="eventCount", **one_conn),  # type: ignore[arg-type]
+            HttpRun("s4.invoice", f"invoicePreview over {big} events", 4, unit="ms", template="s4big",
+                    script="static.lua", body=msgpack_call("billing.invoicePreview", _preview_params),
+                    expect="amountDue", **one_conn),  # type: ignore[arg-type]
+            InprocRun("s4.raw_aggregate", f"raw SQL aggregate over the same {big} events", 4, unit="ms",
+                      template="s4big", copy=False, args=_aggregate_args),
+        ], [
+            Target(f"getBalance p50: {big} vs {SMALL_ROWS:,} ledger rows", "s4.balance_big", "s4.balance_small", "<=", 1.2, "p50_ms"),
+            Target(f"getMeterEventsSummary p50 vs raw SQL, {big} events", "s4.summary", "s4.raw_aggregate", "<=", 1.5, "p50_ms"),
+            Target(f"invoicePreview p50 vs raw SQL, {big} events", "s4.invoice", "s4.raw_aggregate", "<=", 1.5, "p50_ms"),
+        ]),
+        Scenario(5, "serve --workers 2 vs one worker (scenario 1's ZAP/msgpack read)", s5, [
+            Target("getBalance ZAP/msgpack, 2 workers vs 1", "s5.workers2", "s5.workers1", ">=", 1.6),
+        ], skipped=None if serve_has_workers() else "skipped: serve has no --workers"),
+    ]
+
+
+# -- the load generator's own ceiling ---------------------------------------------------------
+
+CALIBRATION = {
+    "balance.lua (ZAP/msgpack)": ("balance.lua", {"BENCH_STYLE": "zap", "BENCH_CODEC": "msgpack"}),
+    "balance.lua (REST GET)": ("balance.lua", {"BENCH_STYLE": "rest", "BENCH_PATH": "/api/v1/billing/balance"}),
+    "usage.lua": ("usage.lua", {}),
+    "meter_events.lua": ("meter_events.lua", {"BENCH_METER": "mtr_calibration"}),
+}
+"""Which runs each calibration covers: by Lua script."""
+
+
+def calibrate(bench: Bench) -> dict[str, dict[str, float]]:
+    """wrk with each script against bench/baselines/static.py (no framework, no database): the
+    request rate wrk reaches with that script on this machine, and its CPU use doing so."""
+    out = {}
+    srv = bench.baseline("static", None, "calibration")
+    srv.start()
+    try:
+        for name, (script, env) in CALIBRATION.items():
+            busy0, t0 = busy_cpu_seconds(), time.monotonic()
+            cpu0 = srv.cpu_seconds()
+            res = wrk(srv.url + "/", script, env, seconds=max(1, round(bench.s.seconds / 2)), connections=bench.s.connections,
+                      threads=bench.s.threads, key="calibration", cpus=bench.load_cpus())
+            window = time.monotonic() - t0
+            out[name] = {"rate": res.rate, "p50_ms": res.p50_ms, "load_cpu_pct": res.cpu_seconds / window * 100,
+                         "server_cpu_pct": (srv.cpu_seconds() - cpu0) / window * 100,
+                         "machine_cpu_pct": (busy_cpu_seconds() - busy0) / window * 100, "errors": res.failed}
+    finally:
+        srv.stop()
+    return out
+
+
+def median_of(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    keys = ("rate", "p50_ms", "p99_ms", "server_cpu_pct", "load_cpu_pct", "other_cpu_pct", "machine_cpu_pct", "cpu_us_per_unit")
+    med: dict[str, Any] = {k: statistics.median(r[k] for r in rounds) for k in keys if all(k in r for r in rounds)}
+    med["rss_mb"] = max(r["rss_mb"] for r in rounds)
+    med["pss_mb"] = max(r.get("pss_mb", 0.0) for r in rounds)
+    med["server_processes"] = max(r.get("server_processes", 1) for r in rounds)
+    return med
