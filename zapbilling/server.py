@@ -15,13 +15,38 @@ import multiprocessing
 import os
 import signal
 import socket
+import sys
+import time
 from multiprocessing.connection import wait
 from typing import Any
 
+from aiohttp.abc import AbstractAccessLogger
+from aiohttp.web import BaseRequest, StreamResponse
+
 from .config import Config, server_options
 
-ACCESS_LOG = '%a "%r" %s %b %Tfs'
 log = logging.getLogger("zapbilling")
+
+
+class AccessLog(AbstractAccessLogger):
+    """One line per request on stderr, in the same shape as the other log lines. aiohttp's own
+    access logger builds a logging record, formats its time and takes the handler's lock for
+    every request: a fifth of a small request's CPU here. This writes a preformatted line."""
+
+    def __init__(self, logger: logging.Logger, log_format: str) -> None:
+        super().__init__(logger, log_format)
+        self._second = -1
+        self._stamp = ""
+
+    def log(self, request: BaseRequest, response: StreamResponse, elapsed: float) -> None:
+        second = int(time.time())
+        if second != self._second:
+            self._second, self._stamp = second, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
+        v = request.version
+        sys.stderr.write(
+            f'{self._stamp} INFO aiohttp.access: {request.remote} "{request.method} {request.path_qs} HTTP/{v.major}.{v.minor}"'
+            f" {response.status} {response.body_length} {elapsed:.6f}s\n"
+        )
 
 
 def serve(config: Config) -> int:
@@ -51,7 +76,7 @@ def _run(config: Config, sock: socket.socket | None, label: str) -> None:
 
     # run_app turns SIGINT and SIGTERM into a graceful stop: it stops accepting, lets running
     # requests finish, then the app's cleanup drains the writer, so no acknowledged write is lost.
-    web.run_app(app, access_log_format=ACCESS_LOG, print=started, shutdown_timeout=10, loop=loop,
+    web.run_app(app, access_log_class=AccessLog, print=started, shutdown_timeout=10, loop=loop,
                 **where, **server_options(config))
 
 
