@@ -45,7 +45,7 @@ def create_app(config: Config, registry: Registry | None = None) -> web.Applicat
     app.router.add_get("/healthz", _health)
     unknown = unknown_route(caller)
     app.router.add_route("*", "/api/v1", unknown)
-    app.router.add_route("*", "/api/v1/{tail:.*}", unknown)
+    app.router.add_route("*", r"/api/v1/{tail:[\s\S]*}", unknown)  # [\s\S]: a %0A in the path too
     return app
 
 

@@ -30,8 +30,8 @@ def parse_ts(text: str, *, period_end: bool = False) -> int:
     means 00:00 of the next day (an exclusive bound). Raises ValueError on anything else."""
     if _BARE_DATE.match(text):
         d = date.fromisoformat(text)
-        start = datetime(d.year, d.month, d.day, tzinfo=timezone.utc)
-        return to_us(start + timedelta(days=1) if period_end else start)
+        start = to_us(datetime(d.year, d.month, d.day, tzinfo=timezone.utc))
+        return start + DAY if period_end else start  # in integers: 9999-12-31 has no next day in datetime
     if not _RFC3339.match(text):
         raise ValueError(text)
     return to_us(datetime.fromisoformat(text.upper().replace("Z", "+00:00")))

@@ -15,6 +15,12 @@ _SCALARS: dict[str, dict[str, Any]] = {
     "Text": {"type": "string"}, "Data": {},
 }
 ZAP_PATHS = ("/api/v1/zap", "/api/v1/billing/zap")
+MEDIA = ("application/json", "application/msgpack")
+"""Bodies and answers in either codec: an answer uses the request's, or the one Accept names."""
+
+
+def content(schema: dict[str, Any]) -> dict[str, Any]:
+    return {t: {"schema": schema} for t in MEDIA}
 MAX_BATCH = 100
 
 
@@ -96,7 +102,7 @@ def _result_schema(m: Method, schema: Schema) -> dict[str, Any]:
 
 def _error_responses(statuses: set[int]) -> dict[str, Any]:
     return {str(s): {"description": ", ".join(k for k, v in KINDS.items() if v.rest_status == s),
-                     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+                     "content": content({"$ref": "#/components/schemas/Error"})}
             for s in sorted(statuses)}
 
 
@@ -119,12 +125,11 @@ def _rest_operation(wire: str, m: Method, schema: Schema) -> dict[str, Any]:
                 p["explode"] = True
             params.append(p)
     elif rest:
-        op["requestBody"] = {"required": False, "content": {
-            t: {"schema": object_schema(rest, schema)} for t in ("application/json", "application/msgpack")
-        }}
+        # open: the server ignores fields it does not know (a newer caller's), as the envelope does
+        op["requestBody"] = {"required": False, "content": content(object_schema(rest, schema, closed=False))}
     if params:
         op["parameters"] = params
-    success = {"description": "the result", "content": {"application/json": {"schema": _result_schema(m, schema)}}}
+    success = {"description": "the result", "content": content(_result_schema(m, schema))}
     op["responses"] = {str(m.http.status): success}
     if m.name == "recordUsage" and m.http.status != 200:  # the one route whose status depends on the outcome
         op["responses"]["200"] = {"description": "nothing recorded (amount <= 0)", "content": success["content"]}
@@ -146,7 +151,7 @@ def _envelope(wire: str, m: Method, schema: Schema) -> dict[str, Any]:
             "id": {"type": ["string", "integer", "null"]},
             "jsonrpc": {"const": "2.0"},
             "idempotencyKey": {"type": "string"},
-            "params": object_schema(schema.flat_params(m), schema),
+            "params": object_schema(schema.flat_params(m), schema, closed=False),
         },
     }
 
@@ -168,17 +173,17 @@ def _zap_components(schema: Schema) -> dict[str, Any]:
 
 def _zap_operation(suffix: str) -> dict[str, Any]:
     body = {"$ref": "#/components/schemas/ZapRequest"}
-    content = {t: {"schema": {"$ref": "#/components/schemas/ZapResponse"}} for t in ("application/json", "application/msgpack")}
     errors = {str(s): {"description": ", ".join(k for k, v in KINDS.items() if v.zap_http_status == s),
-                       "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ZapError"}}}}
+                       "content": content({"$ref": "#/components/schemas/ZapError"})}
               for s in sorted({k.zap_http_status for k in KINDS.values()} - {200})}
     return {
         "operationId": f"zap{suffix}", "tags": ["zap"],
         "summary": "One ZAP envelope {method, id, params} or a batch of 1..100",
         "description": "Every operation of the REST routes, by wire name (billing.<method>), plus zap.discover. "
                        "Errors of a call are answered in-band with HTTP 200, except the ones listed below.",
-        "requestBody": {"required": True, "content": {t: {"schema": body} for t in ("application/json", "application/msgpack")}},
-        "responses": {"200": {"description": "the answer, or a list of answers in request order", "content": content}, **errors},
+        "requestBody": {"required": True, "content": content(body)},
+        "responses": {"200": {"description": "the answer, or a list of answers in request order",
+                              "content": content({"$ref": "#/components/schemas/ZapResponse"})}, **errors},
     }
 
 

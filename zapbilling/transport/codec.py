@@ -32,7 +32,25 @@ def _reject_constant(name: str) -> Any:
 
 
 def _decode_json(body: bytes) -> Any:
-    return json.loads(body, parse_constant=_reject_constant)
+    value = json.loads(body, parse_constant=_reject_constant)
+    if b"\\u" in body and _has_lone_surrogate(value):  # only an escape can make one
+        raise ValueError("a \\u escape encodes a lone surrogate, which is not Unicode text")
+    return value
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    """JSON lets `\\ud800` through; such a string cannot be stored, echoed or encoded as UTF-8."""
+    if isinstance(value, str):
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            return True
+        return False
+    if isinstance(value, dict):
+        return any(_has_lone_surrogate(k) or _has_lone_surrogate(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_lone_surrogate(v) for v in value)
+    return False
 
 
 def _decode_msgpack(body: bytes) -> Any:

@@ -15,6 +15,8 @@ from .codec import JSON, codec_for, negotiate
 from .http import read_body, respond
 
 MAX_BATCH = 100
+ID_MIN, ID_MAX = -(2**63), 2**64 - 1
+"""Integer ids both codecs can echo (msgpack stops at int64 and uint64)."""
 DISCOVER = "zap.discover"
 
 
@@ -62,9 +64,9 @@ class ZapEndpoint:
             if not isinstance(envelope, dict):
                 raise InvalidRequest("an envelope must be a map {method, id, params}")
             id = envelope.get("id")
-            if id is not None and (isinstance(id, bool) or not isinstance(id, (str, int))):
+            if id is not None and (isinstance(id, bool) or not isinstance(id, (str, int)) or isinstance(id, int) and not ID_MIN <= id <= ID_MAX):
                 id = None
-                raise InvalidRequest("id must be a string, an integer or null")
+                raise InvalidRequest("id must be a string, a 64-bit integer or null")
             method = envelope.get("method")
             if not isinstance(method, str) or not method:
                 raise InvalidRequest("method is required")
