@@ -4,11 +4,9 @@ stop on SIGTERM/SIGINT that keeps every acknowledged write)."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -16,24 +14,11 @@ from pathlib import Path
 import pytest
 from aiohttp import ClientError, ClientSession
 
+from procs import child_env, zapbilling_cmd
 from zapbilling.store import SqliteStore
 
 TIMEOUT = 30  # generous: how long a CLI call or a server start may take before the test gives up
 EXIT_WAIT = 10  # "within a few seconds", generously
-
-
-def zapbilling_cmd() -> list[str]:
-    script = Path(sys.executable).with_name("zapbilling")
-    if script.exists():
-        return [str(script)]
-    return [sys.executable, "-m", "zapbilling"]
-
-
-def child_env(**extra: str) -> dict[str, str]:
-    """The test's environment without any ZAPBILLING_* setting leaking in, plus `extra`."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ZAPBILLING_")}
-    env.update(extra)
-    return env
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, cwd: str | Path | None = None) -> subprocess.CompletedProcess[str]:
