@@ -48,6 +48,7 @@ from hypothesis import HealthCheck, Phase, assume, given, note, settings
 from hypothesis import strategies as st
 
 import fuzz_strategies as fs
+from invariants import check_invariants
 from conftest import ERROR_TABLE
 
 SCALE = float(os.environ.get("FUZZ_SCALE", "1"))
@@ -1148,6 +1149,7 @@ def test_zz_server_is_healthy_after_fuzzing(fz, request):
     log = fz.log()
     assert "Traceback" not in log, f"the server logged a traceback:\n{log[log.index('Traceback') - 300:][:4000]}"
     assert '" 500 ' not in log, "the access log shows a 500"
+    check_invariants(fz.db)  # whatever the fuzzing wrote, the ledger still adds up
     total = sum(COUNTS.values())
     print(f"\n{total} fuzzed requests ({sum(ENVELOPES.values())} envelopes inside batches)")
     if SCALE >= 1 and request.session.testsfailed == 0 and {"bytes", "truncated", "deep", "int64", "wrong types", "unknown", "methods", "ids", "batches",
