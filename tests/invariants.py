@@ -139,8 +139,10 @@ class _Checker:
 
     def balances(self) -> None:
         sums: dict[tuple[int, str, str], int] = defaultdict(int)
-        for r in self.q("SELECT tenant, user_id, currency, type, SUM(amount) total FROM ledger GROUP BY tenant, user_id, currency, type"):
-            sums[(r["tenant"], r["user_id"], r["currency"])] += BALANCE_SIGN.get(r["type"], 0) * r["total"]
+        # summed here, not with SQL's SUM: a user's deposits alone may pass the int64 range while
+        # the balance (deposits - withdrawals) stays inside it, and SQLite's SUM would overflow
+        for r in self.q("SELECT tenant, user_id, currency, type, amount FROM ledger"):
+            sums[(r["tenant"], r["user_id"], r["currency"])] += BALANCE_SIGN.get(r["type"], 0) * r["amount"]
         stored = {(r["tenant"], r["user_id"], r["currency"]): r["balance"] for r in self.q("SELECT tenant, user_id, currency, balance FROM balances")}
         for account in sorted(set(sums) | set(stored), key=repr):
             tenant, user, currency = account
