@@ -1228,3 +1228,11 @@ async def test_bug_path_with_a_newline_gets_a_plain_text_404_or_405(api, verb, p
     assert family(ctype) == "json", f"{status} {ctype}: {raw[:80]!r}"
     err = json.loads(raw)["error"]
     assert err["type"] == "api-error" and (status, err["code"]) == ((404, "not_found") if key else (401, "unauthorized")), (status, err)
+
+
+@pytest.mark.parametrize("verb, path", [("GET", "/api/v1/billing/holds/%7B"), ("GET", "/api/v1/billing/meters/a%7Db"),
+                                        ("POST", "/api/v1/billing/holds/%7D/release"), ("DELETE", "/api/v1/billing/pricing-rules/%7B%7D")])
+async def test_bug_an_id_with_braces_is_the_entitys_404_not_no_such_route(api, verb, path):
+    async with api.session.request(verb, api.base + path, headers=api.headers) as r:
+        status, body = r.status, await r.json()
+    assert status == 404 and body["error"]["message"].endswith("not found") and "route" not in body["error"]["message"], body

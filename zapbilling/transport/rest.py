@@ -129,4 +129,10 @@ def document_route(caller: Caller, document: Any) -> View:
 def add_routes(app: web.Application, caller: Caller) -> None:
     for command in caller.registry.commands.values():
         if command.http is not None:
-            app.router.add_route(command.http.verb, command.http.path, make_view(caller, command))
+            app.router.add_route(command.http.verb, _any_segment(command.http.path), make_view(caller, command))
+
+
+def _any_segment(path: str) -> str:
+    """`{id}` as any one path segment: aiohttp's default pattern leaves out `{` and `}`, and an
+    unknown id of any shape must be the entity's 404, not "no such route"."""
+    return re.sub(r"\{(\w+)\}", r"{\1:[^/]+}", path)
