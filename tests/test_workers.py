@@ -22,8 +22,8 @@ async def two_workers(tmp_path):
     key = create_key(db, "acme", "live")
     server = ServerProcess(db, tmp_path, workers=2)
     await server.start_ready()
-    for _ in range(600):  # /healthz answered by one worker; wait for both to listen
-        if len(listening_pids(server.port)) == 2:
+    for _ in range(600):  # /healthz answered by one worker; wait for both to listen and serve
+        if len(listening_pids(server.port)) == 2 and server.log().count("serving ") == 2:
             break
         await asyncio.sleep(0.05)
     try:

@@ -151,7 +151,10 @@ def _supervise(config: Config) -> int:
             w = next(w for w in running if w.sentinel == sentinel)
             w.join()
             running.remove(w)
-            if w.exitcode != 0:
+            # a worker stopped by our SIGTERM before its app installed the graceful handler dies of
+            # the signal: it had served nothing yet, so that is a clean stop too
+            clean = w.exitcode == 0 or (stopping and w.exitcode == -signal.SIGTERM)
+            if not clean:
                 status = status or (w.exitcode if w.exitcode and w.exitcode > 0 else 1)
             if not stopping:
                 log.error("%s exited with %s; stopping the other workers", w.name, w.exitcode)

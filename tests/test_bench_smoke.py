@@ -1,0 +1,35 @@
+"""Smoke test of the benchmark (issue 8): `python -m bench --quick` runs every scenario end to
+end against real servers. No thresholds: figures on a shared machine are not pass/fail. Skips
+itself where wrk or the `bench` extra (`pip install -e '.[bench]'`) is missing."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+MISSING = [m for m in ("fastapi", "uvicorn", "httptools", "jsonrpcserver", "psutil") if importlib.util.find_spec(m) is None]
+pytestmark = [
+    pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed (apt-get install -y wrk)"),
+    pytest.mark.skipif(bool(MISSING), reason=f"the bench extra is not installed: {', '.join(MISSING)}"),
+]
+
+
+def test_bench_quick_runs_every_scenario(tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    r = subprocess.run([sys.executable, "-m", "bench", "--quick", "--json", str(out)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, f"{r.stdout[-4000:]}\n{r.stderr[-4000:]}"
+    data = json.loads(out.read_text())
+    assert data["runs"]
+    for key, run in data["runs"].items():
+        assert not run["problems"], (key, run["problems"])
+        m = run["median"]
+        assert m["rate"] > 0 and 0 < m["p50_ms"] <= m["p99_ms"] and m["rss_mb"] > 0, (key, m)
+    assert all(t["result"] in ("PASS", "FAIL", "info", "SKIP") for t in data["targets"])
+    assert {t["scenario"] for t in data["targets"]} == {1, 2, 3, 4, 5}
