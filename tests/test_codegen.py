@@ -13,7 +13,7 @@ import pytest
 from openapi_spec_validator import validate
 
 from conftest import REGISTRY
-from zapbilling.codegen import generated_files
+from zapbilling.codegen import generated_files, stale_files
 from zapbilling.codegen.openapi import openapi
 from zapbilling.errors import KINDS
 from zapbilling.registry import default_schema_path
@@ -31,7 +31,7 @@ def cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
 
 def test_committed_client_is_what_the_schema_generates():
     files = generated_files("client", SCHEMA)
-    stale = [rel for rel, text in files.items() if not (CLIENT / rel).is_file() or (CLIENT / rel).read_text() != text]
+    stale = stale_files(files, CLIENT)
     assert not stale, f"clients/python is stale ({stale}): run `zapbilling gen client --out clients/python`"
 
 

@@ -114,7 +114,7 @@ def serve(config: Config) -> int:
 def generate(args: Any) -> int:
     from pathlib import Path
 
-    from .codegen import generated_files
+    from .codegen import generated_files, stale_files, write_files
     from .schema import SchemaError
 
     try:
@@ -128,16 +128,12 @@ def generate(args: Any) -> int:
             return 0
         out, files = out.parent, {out.name: files["openapi.json"]}
     if args.check:
-        if stale := [rel for rel, text in files.items() if not (out / rel).is_file() or (out / rel).read_text() != text]:
+        if stale := stale_files(files, out):
             sys.stderr.write(f"zapbilling: {out} is stale ({', '.join(stale)}): run `zapbilling gen {args.target} --out {args.out}`\n")
             return 1
         sys.stderr.write(f"{args.out} is up to date\n")
         return 0
-    for rel, text in files.items():
-        path = out / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if not path.is_file() or path.read_text() != text:
-            path.write_text(text)
+    write_files(files, out)
     sys.stderr.write(f"wrote {args.out}\n")
     return 0
 

@@ -56,7 +56,7 @@ def serve(config: Config) -> int:
         _run(config, None, "")
         return 0
     _prepare_database(config)
-    with _reserve(config) as reserved:  # learn the port when 0 was asked, keep it ours meanwhile
+    with _listener(config) as reserved:  # bound, not listening: learns the port when 0 was asked and holds it
         config = dataclasses.replace(config, port=reserved.getsockname()[1])
         return _supervise(config)
 
@@ -111,11 +111,6 @@ def _listener(config: Config) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((config.host, config.port))
     return sock
-
-
-def _reserve(config: Config) -> socket.socket:
-    """A bound, not listening, socket: it holds the port but takes no connections."""
-    return _listener(config)
 
 
 def _worker(config: Config, number: int) -> None:

@@ -25,4 +25,17 @@ def generated_files(target: str, schema_path: Path | None = None) -> dict[str, s
     return {"openapi.json": json.dumps(openapi(schema), indent=2) + "\n"}
 
 
-__all__ = ["generated_files"]
+def stale_files(files: dict[str, str], out: Path) -> list[str]:
+    """Those of `files` that are missing under `out` or differ from a fresh generation."""
+    return [rel for rel, text in files.items() if not (out / rel).is_file() or (out / rel).read_text() != text]
+
+
+def write_files(files: dict[str, str], out: Path) -> None:
+    """Write what changed (untouched files keep their times, so tools see no change)."""
+    for rel in stale_files(files, out):
+        path = out / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(files[rel])
+
+
+__all__ = ["generated_files", "stale_files", "write_files"]

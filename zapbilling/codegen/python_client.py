@@ -11,7 +11,6 @@ import hashlib
 import keyword
 import re
 from importlib import resources
-from pathlib import Path
 from typing import Any, Iterable
 
 from pydantic import BaseModel
@@ -48,19 +47,6 @@ def generate(schema: Schema, schema_name: str, schema_text: str) -> dict[str, st
         f"{pkg}/client.py": head + _client(schema),
         f"{pkg}/_runtime.py": head + runtime,
     }
-
-
-def write(files: dict[str, str], out: Path) -> None:
-    for rel, text in files.items():
-        path = out / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if not path.exists() or path.read_text() != text:
-            path.write_text(text)
-
-
-def stale(files: dict[str, str], out: Path) -> list[str]:
-    """Files that differ from a fresh generation, or are missing."""
-    return [rel for rel, text in files.items() if not (out / rel).is_file() or (out / rel).read_text() != text]
 
 
 # -- names and types ----------------------------------------------------------------------------
@@ -489,4 +475,4 @@ with BillingClient("http://127.0.0.1:8080", api_key="...") as billing:
 """
 
 
-__all__ = ["DISTRIBUTION", "PACKAGE", "generate", "stale", "write"]
+__all__ = ["DISTRIBUTION", "PACKAGE", "generate"]
