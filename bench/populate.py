@@ -25,6 +25,8 @@ import random
 import secrets
 import sqlite3
 import time
+from contextlib import contextmanager
+from typing import Iterator
 
 CHUNK = 50_000
 
@@ -35,6 +37,23 @@ def usage_metadata(model: str, total_tokens: int, request_id: str) -> dict[str, 
         "model": model, "provider": "", "promptTokens": 0, "completionTokens": 0, "totalTokens": total_tokens,
         "requestId": request_id, "premium": False, "stream": False, "status": "", "clientIp": "",
     }
+
+
+@contextmanager
+def _loading(path: str) -> Iterator[sqlite3.Connection]:
+    """One write transaction on a loading connection: committed if the block ends normally,
+    rolled back if it raises, and the connection closed either way."""
+    conn = _connect(path)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        yield conn
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    finally:
+        _close(conn)
 
 
 def _connect(path: str) -> sqlite3.Connection:
@@ -76,10 +95,8 @@ def usage_rows(path: str, tenant: int, user: str, count: int, *, start_us: int, 
     rng = random.Random(seed)
     model = "gpt-bench"
     template = _metadata_template(model)
-    conn = _connect(path)
     total = 0
-    try:
-        conn.execute("BEGIN IMMEDIATE")
+    with _loading(path) as conn:
         for base in range(0, count, CHUNK):
             n = min(count, base + CHUNK) - base
             amounts = rng.choices(range(1, 101), k=n)
@@ -104,13 +121,6 @@ def usage_rows(path: str, tenant: int, user: str, count: int, *, start_us: int, 
         ).rowcount
         if changed != 1:
             raise RuntimeError(f"{user} has no usd balance row: deposit through the API first")
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-    finally:
-        _close(conn)
     return total
 
 
@@ -120,13 +130,11 @@ def meter_events(
     """`count` events of `meter_id` for `user`, timestamps spread evenly over [start_us, end_us)
     in order, as recordMeterEvents batches with explicit timestamps write them. Returns their sum."""
     rng = random.Random(seed)
-    conn = _connect(path)
     total = 0
     recorded = time.time_ns() // 1000
     step = max((end_us - start_us) // count, 1)
     dimensions = json.dumps({"model": "gpt-bench"})
-    try:
-        conn.execute("BEGIN IMMEDIATE")
+    with _loading(path) as conn:
         for base in range(0, count, CHUNK):
             n = min(count, base + CHUNK) - base
             values = rng.choices(range(1, 101), k=n)
@@ -137,13 +145,6 @@ def meter_events(
                  for i, event_id, value in zip(range(base, base + n), _ids("evt", n), values)],
             )
             total += sum(values)
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-    finally:
-        _close(conn)
     return total
 
 
