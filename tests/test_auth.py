@@ -16,6 +16,8 @@ import pytest
 
 from conftest import REGISTRY, TRANSPORTS
 from zapbilling.app import STORE
+from zapbilling.store import SqliteStore
+from zapbilling.store.keys import KeyEpoch
 from zapbilling.times import system_clock
 
 USER = "hanzo/alice"
@@ -319,3 +321,41 @@ async def test_other_tenants_see_nothing_of_a_live_keys_data(api, make_key, tran
     assert r.result["balance"] == 700, "a refused refund changed the live balance"
     r = await them.call("getBalanceAll", {"user": USER})
     assert r.result["balances"] == [], "a refused refund wrote into the other tenant"
+
+
+# -- the per-process key cache and its epoch -----------------------------------------------------------
+
+@pytest.mark.parametrize("transport", ["rest", "zap"])
+async def test_key_revoked_through_another_store_is_refused_from_the_next_request(api, server, transport):
+    """Another store on the same file stands for another process (the CLI, another worker):
+    it shares nothing with the server's cache but the key epoch beside the database."""
+    store = server.app[STORE]
+    key_id, secret = await store.create_key("acme", "live", "admin", system_clock())
+    call = rest_balance if transport == "rest" else zap_balance
+    for _ in range(3):  # the key is now in the server's cache
+        assert (await call(api, f"Bearer {secret}"))[0] == 200
+    other = SqliteStore(store.path)
+    await other.open()
+    try:
+        assert await other.revoke_key(key_id, system_clock())
+        status, body = await call(api, f"Bearer {secret}")
+        (assert_rest_401 if transport == "rest" else assert_zap_401)(status, body)
+        _, fresh = await other.create_key("acme", "live", "read", system_clock())
+    finally:
+        await other.close()
+    assert (await call(api, f"Bearer {fresh}"))[0] == 200
+    assert (await call(api, f"Bearer {api.key}"))[0] == 200
+
+
+def test_key_epoch_changes_on_every_bump_and_is_none_where_it_cannot_live(tmp_path):
+    epoch = KeyEpoch(str(tmp_path / "x.db"))
+    epoch.open()
+    seen = {epoch.read()}
+    for _ in range(20):
+        epoch.bump()
+        seen.add(epoch.read())
+    epoch.close()
+    assert len(seen) == 21 and None not in seen
+    nowhere = KeyEpoch(str(tmp_path / "missing-folder" / "x.db"))
+    nowhere.open()
+    assert nowhere.read() is None

@@ -322,6 +322,20 @@ async def test_serve_logs_one_line_per_request(db, start_server):
     assert len(new) == len(markers), f"expected {len(markers)} new log lines, got {new}"
 
 
+async def test_serve_writes_every_buffered_access_line_before_it_exits(db, start_server):
+    """Access lines are written in batches; a graceful stop right after the requests must still
+    leave one line per request in the log."""
+    key = create_key(db, "acme", "test")
+    server = await start_server(db)
+    markers = [f"last{uuid.uuid4().hex}" for _ in range(5)]
+    async with ClientSession() as s:
+        for m in markers:
+            assert (await get_balance(s, server, key, m))[0] == 200
+    assert server.stop(signal.SIGTERM) == 0
+    log = server.log()
+    assert all(log.count(m) == 1 for m in markers), log
+
+
 async def test_serve_exits_zero_on_sigterm(db, start_server):
     server = await start_server(db)
     assert server.stop(signal.SIGTERM) == 0

@@ -28,10 +28,46 @@ from .config import Config, server_options
 log = logging.getLogger("zapbilling")
 
 
+ACCESS_FLUSH_SECONDS = 0.1
+
+
+class _AccessLines:
+    """Access-log lines waiting to be written: one write per tenth of a second instead of one
+    per request (a write to stderr costs a system call, more than the rest of the line). Other
+    log records flush these first, so the log stays in order; `serve` flushes them on the way
+    out. A process killed outright loses at most the last tenth of a second of access lines,
+    never anything else (they record requests, they are not the ledger)."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.scheduled = False
+
+    def add(self, line: str) -> None:
+        self.lines.append(line)
+        if not self.scheduled:
+            self.scheduled = True
+            asyncio.get_running_loop().call_later(ACCESS_FLUSH_SECONDS, self._timer)
+
+    def _timer(self) -> None:
+        self.scheduled = False
+        self.flush()
+
+    def flush(self) -> None:
+        lines, self.lines = self.lines, []  # safe against an append from the loop thread meanwhile
+        if lines:
+            sys.stderr.write("".join(lines))
+            sys.stderr.flush()
+
+
+_ACCESS = _AccessLines()
+
+
 class AccessLog(AbstractAccessLogger):
     """One line per request on stderr, in the same shape as the other log lines. aiohttp's own
     access logger builds a logging record, formats its time and takes the handler's lock for
-    every request: a fifth of a small request's CPU here. This writes a preformatted line."""
+    every request, and writes each line on its own: together most of a small request's CPU.
+    This preformats the line and buffers it. The path is the request target as sent (still
+    percent-encoded), so a line can never be split by an encoded newline."""
 
     def __init__(self, logger: logging.Logger, log_format: str) -> None:
         super().__init__(logger, log_format)
@@ -43,10 +79,16 @@ class AccessLog(AbstractAccessLogger):
         if second != self._second:
             self._second, self._stamp = second, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
         v = request.version
-        sys.stderr.write(
-            f'{self._stamp} INFO aiohttp.access: {request.remote} "{request.method} {request.path_qs} HTTP/{v.major}.{v.minor}"'
+        _ACCESS.add(
+            f'{self._stamp} INFO aiohttp.access: {request.remote} "{request.method} {request.raw_path} HTTP/{v.major}.{v.minor}"'
             f" {response.status} {response.body_length} {elapsed:.6f}s\n"
         )
+
+
+class _LogHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    def emit(self, record: logging.LogRecord) -> None:
+        _ACCESS.flush()
+        super().emit(record)
 
 
 def serve(config: Config) -> int:
@@ -76,12 +118,15 @@ def _run(config: Config, sock: socket.socket | None, label: str) -> None:
 
     # run_app turns SIGINT and SIGTERM into a graceful stop: it stops accepting, lets running
     # requests finish, then the app's cleanup drains the writer, so no acknowledged write is lost.
-    web.run_app(app, access_log_class=AccessLog, print=started, shutdown_timeout=10, loop=loop,
-                **where, **server_options(config))
+    try:
+        web.run_app(app, access_log_class=AccessLog, print=started, shutdown_timeout=10, loop=loop,
+                    **where, **server_options(config))
+    finally:
+        _ACCESS.flush()
 
 
 def _logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", handlers=[_LogHandler()])
 
 
 def _event_loop() -> asyncio.AbstractEventLoop:

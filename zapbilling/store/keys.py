@@ -1,24 +1,93 @@
-"""API keys: stored as SHA-256 digests, never as the key itself."""
+"""API keys: stored as SHA-256 digests, never as the key itself, and cached per process.
+
+The cache must notice a key created or revoked by the CLI, another process, from the next
+request on. Every key change therefore rewrites a key epoch: 8 random bytes in a file beside
+the database (`<db>-keyepoch`). Each process maps that file and compares it with the epoch its
+cache was filled under on every lookup: a read of shared memory, no system call, where a
+lookup in SQLite costs a read transaction (about a third of a small request's storage time).
+The change is committed before the epoch is rewritten, so a lookup that sees the new epoch
+also sees the change. Random bytes, not a counter, so two concurrent changes need no lock to
+be noticed. Only keys that were found are cached, in a bounded dict.
+"""
 from __future__ import annotations
 
 import hashlib
 import hmac
+import mmap
+import os
 import secrets
 import sqlite3
+from pathlib import Path
 
 from .base import KeyInfo, Principal
 from .connection import SqliteBase, new_id
+
+MAX_CACHED_KEYS = 10_000
+EPOCH_BYTES = 8
 
 
 def key_hash(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
+class KeyEpoch:
+    """The shared key epoch of one database file. When the file cannot be created or mapped
+    (a read-only folder), `read` answers None and callers go without a cache."""
+
+    def __init__(self, db_path: str):
+        self.path = f"{db_path}-keyepoch"
+        self._map: mmap.mmap | None = None
+
+    def open(self) -> None:
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError:
+            return
+        try:
+            if os.fstat(fd).st_size < EPOCH_BYTES:
+                os.pwrite(fd, secrets.token_bytes(EPOCH_BYTES), 0)
+            self._map = mmap.mmap(fd, EPOCH_BYTES, access=mmap.ACCESS_READ)
+        except (OSError, ValueError):
+            self._map = None
+        finally:
+            os.close(fd)
+
+    def close(self) -> None:
+        if self._map is not None:
+            self._map.close()
+            self._map = None
+
+    def read(self) -> bytes | None:
+        return self._map[:EPOCH_BYTES] if self._map is not None else None
+
+    def bump(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            os.pwrite(fd, secrets.token_bytes(EPOCH_BYTES), 0)
+        finally:
+            os.close(fd)
+
+
 class KeyQueries(SqliteBase):
+    def __init__(self, path: str | Path, durability: str = "full"):
+        super().__init__(path, durability)
+        self._key_epoch = KeyEpoch(self.path)
+        self._keys: dict[str, Principal] = {}
+        self._keys_epoch: bytes | None = None
+
+    async def open(self) -> None:
+        await super().open()
+        self._key_epoch.open()
+
+    async def close(self) -> None:
+        await super().close()
+        self._key_epoch.close()
+
     async def create_key(self, org: str, mode: str, scope: str, now: int) -> tuple[str, str]:
         secret = f"zb_{mode}_{secrets.token_urlsafe(24)}"
         key_id = new_id("key")
         await self._run(_create_key, key_id, org, mode, scope, key_hash(secret), secret[:12], now)
+        self._key_epoch.bump()
         return key_id, secret
 
     async def list_keys(self) -> list[KeyInfo]:
@@ -29,10 +98,22 @@ class KeyQueries(SqliteBase):
         return [KeyInfo(*r) for r in rows]
 
     async def revoke_key(self, key_id: str, now: int) -> bool:
-        return await self._run(_revoke_key, key_id, now)
+        found = await self._run(_revoke_key, key_id, now)
+        self._key_epoch.bump()
+        return found
 
     async def authenticate(self, secret: str) -> Principal | None:
         digest = key_hash(secret)
+        epoch = self._key_epoch.read()
+        if epoch is not None:
+            if epoch != self._keys_epoch:
+                self._keys.clear()
+                self._keys_epoch = epoch
+            cached = self._keys.get(digest)
+            if cached is not None:
+                return cached
+        # No await from reading the epoch to filling the cache: nothing in this process can
+        # interleave, and a change by another process bumps the epoch after this read.
         rows = self._read_point(
             "SELECT k.hash, t.id, t.org, t.mode, k.scope, k.id FROM api_keys k JOIN tenants t ON t.id = k.tenant"
             " WHERE k.hash = ? AND k.revoked_at IS NULL",
@@ -40,7 +121,12 @@ class KeyQueries(SqliteBase):
         )
         if not rows or not hmac.compare_digest(rows[0][0], digest):
             return None
-        return Principal(*rows[0][1:])
+        principal = Principal(*rows[0][1:])
+        if epoch is not None:
+            if len(self._keys) >= MAX_CACHED_KEYS:
+                self._keys.clear()
+            self._keys[digest] = principal
+        return principal
 
 
 def _create_key(conn: sqlite3.Connection, key_id: str, org: str, mode: str, scope: str, digest: str, hint: str, now: int) -> None:

@@ -18,8 +18,11 @@ async def read_body(request: web.Request) -> bytes:
     client_max_size is the same limit, so a body without a Content-Length is capped too."""
     if request.content_length is not None and request.content_length > MAX_BODY:
         raise PayloadTooLarge(_TOO_LARGE)
-    if request.content.is_eof():  # already all here (the usual small body): nothing to wait for
-        return await request.read()
+    if request.content.is_eof():  # already all here (the usual small body): take it as it is
+        body = request.content.read_nowait()
+        if len(body) > MAX_BODY:  # chunked, so no Content-Length was checked
+            raise PayloadTooLarge(_TOO_LARGE)
+        return body
     timeout = request.app[BODY_TIMEOUT]
     try:
         async with asyncio.timeout(timeout):

@@ -126,10 +126,10 @@ def document_route(caller: Caller, document: Any) -> View:
     return view
 
 
-def add_routes(app: web.Application, caller: Caller) -> None:
+def add_routes(app: web.Application, caller: Caller, wrap: Callable[[View], View] = lambda view: view) -> None:
     for command in caller.registry.commands.values():
         if command.http is not None:
-            app.router.add_route(command.http.verb, _any_segment(command.http.path), make_view(caller, command))
+            app.router.add_route(command.http.verb, _any_segment(command.http.path), wrap(make_view(caller, command)))
 
 
 def _any_segment(path: str) -> str:
