@@ -4,6 +4,7 @@
 isolation between orgs and between an org's live and test modes."""
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import re
@@ -13,6 +14,7 @@ from typing import Any
 
 import msgpack
 import pytest
+import yarl
 
 from conftest import REGISTRY, TRANSPORTS
 from zapbilling.app import STORE
@@ -186,6 +188,19 @@ async def test_valid_key_in_query_string_is_refused_on_zap(api, funded, name, pa
     assert_zap_401(status, body)
 
 
+@pytest.mark.parametrize("query", ["ke%79={key}", "user=x&apiKey={key}", "a=1;b=2&token", "api%5Fkey={key}&x=%26"])
+@pytest.mark.parametrize("path", ["/api/v1/zap", "/api/v1/billing/balance"])
+async def test_key_names_in_the_raw_query_string_are_refused_however_encoded(api, funded, query, path):
+    """The query string is read as sent: an escaped name is still a key parameter."""
+    url = yarl.URL(f"{api.base}{path}?{query.format(key=funded)}", encoded=True)
+    verb = "POST" if path.endswith("/zap") else "GET"
+    body = json.dumps({"method": "billing.getBalance", "id": 1, "params": {"user": USER}}).encode() if verb == "POST" else None
+    headers = {"Authorization": f"Bearer {funded}", "Content-Type": "application/json"}
+    async with api.session.request(verb, url, data=body, headers=headers) as r:
+        status, answer = r.status, decode(r.headers.get("Content-Type", ""), await r.read())
+    (assert_zap_401 if verb == "POST" else assert_rest_401)(status, answer)
+
+
 # -- every /api/v1 route ----------------------------------------------------------------------------
 
 def _route_path(path: str) -> str:
@@ -345,6 +360,27 @@ async def test_key_revoked_through_another_store_is_refused_from_the_next_reques
         await other.close()
     assert (await call(api, f"Bearer {fresh}"))[0] == 200
     assert (await call(api, f"Bearer {api.key}"))[0] == 200
+
+
+async def test_point_reads_of_one_loop_turn_share_a_snapshot_but_a_key_lookup_does_not(server, db_path):
+    """A revocation committed (and its epoch bumped) by another process in the middle of a loop
+    turn: the balance read of that turn may still see the old snapshot, but the key lookup that
+    follows must not, or the revoked key would be cached under the new epoch for good."""
+    store = server.app[STORE]
+    key_id, secret = await store.create_key("acme", "live", "admin", system_clock())
+    assert await store.authenticate(secret) is not None  # cached
+    principal = await store.authenticate(secret)
+    await asyncio.sleep(0)
+    before = await store.balance(principal.tenant, "snap", "usd", system_clock())  # opens this turn's snapshot
+    conn = sqlite3.connect(db_path)
+    conn.execute("UPDATE api_keys SET revoked_at = 1 WHERE id = ?", (key_id,))
+    conn.commit()
+    conn.close()
+    KeyEpoch(db_path).bump()
+    assert await store.authenticate(secret) is None
+    await asyncio.sleep(0)
+    assert await store.authenticate(secret) is None
+    assert await store.balance(principal.tenant, "snap", "usd", system_clock()) == before
 
 
 def test_key_epoch_changes_on_every_bump_and_is_none_where_it_cannot_live(tmp_path):

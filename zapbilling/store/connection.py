@@ -6,6 +6,7 @@ sees one snapshot; a write is one job on the writer, which is one transaction.
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import sqlite3
@@ -54,6 +55,7 @@ class SqliteBase:
         self._writer = Writer(self._connect_writer)
         self._reader: aiosqlite.Connection | None = None
         self._point: sqlite3.Connection | None = None
+        self._snapshot = False
 
     # -- lifecycle ---------------------------------------------------------------------------
     def _connect_writer(self) -> sqlite3.Connection:
@@ -80,6 +82,7 @@ class SqliteBase:
             await self._reader.close()
             self._reader = None
         if self._point is not None:
+            self._end_snapshot()
             self._point.close()
             self._point = None
 
@@ -87,12 +90,32 @@ class SqliteBase:
         assert self._reader is not None, "store is not open"
         return list(await self._reader.execute_fetchall(sql, params))
 
-    def _read_point(self, sql: str, params: tuple[Any, ...] | dict[str, Any] = ()) -> list[tuple[Any, ...]]:
+    def _read_point(self, sql: str, params: tuple[Any, ...] | dict[str, Any] = (), *, fresh: bool = False) -> list[tuple[Any, ...]]:
         """An indexed point read, run right here on the event loop's thread: it takes a few
         microseconds, less than one trip to aiosqlite's thread. In WAL mode a reader never
-        waits for the writer. Scans and aggregates of unbounded size use `_read` instead."""
-        assert self._point is not None, "store is not open"
-        return self._point.execute(sql, params).fetchall()
+        waits for the writer. Scans and aggregates of unbounded size use `_read` instead.
+
+        The point reads of one turn of the event loop share one read transaction, ended by a
+        callback queued behind them: starting and ending a transaction (file locks, a look at
+        the WAL index) costs more than the lookup itself. That is still read-your-writes:
+        a coroutine woken by its write's commit is queued after that callback (or the
+        transaction began after the commit), and a request that arrives later finds it ended.
+        `fresh`: this read must see every commit made before it (see KeyQueries.authenticate),
+        so it starts a new transaction."""
+        conn = self._point
+        assert conn is not None, "store is not open"
+        if fresh:
+            self._end_snapshot()
+        if not self._snapshot:
+            conn.execute("BEGIN")
+            self._snapshot = True
+            asyncio.get_running_loop().call_soon(self._end_snapshot)
+        return conn.execute(sql, params).fetchall()
+
+    def _end_snapshot(self) -> None:
+        if self._snapshot and self._point is not None:
+            self._snapshot = False
+            self._point.execute("COMMIT")
 
     async def _run(self, job: Callable[..., Any], *args: Any) -> Any:
         """Run `job(conn, *args)` as one atomic write; returns once it is committed."""

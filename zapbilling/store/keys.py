@@ -73,6 +73,7 @@ class KeyQueries(SqliteBase):
         super().__init__(path, durability)
         self._key_epoch = KeyEpoch(self.path)
         self._keys: dict[str, Principal] = {}
+        """Found keys by their text: a process holds the keys of the requests it serves anyway."""
         self._keys_epoch: bytes | None = None
 
     async def open(self) -> None:
@@ -103,21 +104,23 @@ class KeyQueries(SqliteBase):
         return found
 
     async def authenticate(self, secret: str) -> Principal | None:
-        digest = key_hash(secret)
         epoch = self._key_epoch.read()
         if epoch is not None:
             if epoch != self._keys_epoch:
                 self._keys.clear()
                 self._keys_epoch = epoch
-            cached = self._keys.get(digest)
+            cached = self._keys.get(secret)
             if cached is not None:
                 return cached
-        # No await from reading the epoch to filling the cache: nothing in this process can
-        # interleave, and a change by another process bumps the epoch after this read.
+        digest = key_hash(secret)
+        # No await from reading the epoch to filling the cache, so nothing in this process can
+        # interleave; a change by another process is committed before its epoch is rewritten,
+        # so a fresh read after reading the epoch sees every change that epoch stands for.
         rows = self._read_point(
             "SELECT k.hash, t.id, t.org, t.mode, k.scope, k.id FROM api_keys k JOIN tenants t ON t.id = k.tenant"
             " WHERE k.hash = ? AND k.revoked_at IS NULL",
             (digest,),
+            fresh=True,
         )
         if not rows or not hmac.compare_digest(rows[0][0], digest):
             return None
@@ -125,7 +128,7 @@ class KeyQueries(SqliteBase):
         if epoch is not None:
             if len(self._keys) >= MAX_CACHED_KEYS:
                 self._keys.clear()
-            self._keys[digest] = principal
+            self._keys[secret] = principal
         return principal
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import binascii
 from base64 import b64decode
-from typing import Mapping
+from urllib.parse import parse_qsl
 
 from ..errors import Unauthorized
 from ..store import Principal, Store
@@ -30,8 +30,8 @@ def key_from_header(value: str | None) -> str | None:
     return None if rest else scheme  # a bare key has no spaces
 
 
-async def authenticate(store: Store, authorization: str | None, query: Mapping[str, str]) -> Principal:
-    if any(name in query for name in QUERY_KEY_PARAMS):
+async def authenticate(store: Store, authorization: str | None, query_string: str) -> Principal:
+    if query_string and any(name in QUERY_KEY_PARAMS for name, _ in parse_qsl(query_string, keep_blank_values=True)):
         raise Unauthorized("API keys in the query string are refused: send Authorization: Bearer <key>")
     secret = key_from_header(authorization)
     principal = await store.authenticate(secret) if secret else None

@@ -69,7 +69,7 @@ def make_view(caller: Caller, command: Command) -> View:
     async def view(request: web.Request) -> web.Response:
         codec = negotiate(JSON, request.headers.get("Accept"))
         try:
-            principal = await authenticate(caller.store, request.headers.get("Authorization"), request.query)
+            principal = await authenticate(caller.store, request.headers.get("Authorization"), request.rel_url.raw_query_string)
             authorize(command, principal)
             if from_query:
                 raw = text_params(command.fields, request.query, request.match_info)
@@ -103,7 +103,7 @@ def unknown_route(caller: Caller) -> View:
     async def view(request: web.Request) -> web.Response:
         codec = negotiate(JSON, request.headers.get("Accept"))
         try:
-            await authenticate(caller.store, request.headers.get("Authorization"), request.query)
+            await authenticate(caller.store, request.headers.get("Authorization"), request.rel_url.raw_query_string)
             raise NotFound(f"no such route: {request.method} {request.path}")
         except ApiError as exc:
             return respond(codec, error_body(exc), exc.info.rest_status)
@@ -118,7 +118,7 @@ def document_route(caller: Caller, document: Any) -> View:
 
     async def view(request: web.Request) -> web.Response:
         try:
-            await authenticate(caller.store, request.headers.get("Authorization"), request.query)
+            await authenticate(caller.store, request.headers.get("Authorization"), request.rel_url.raw_query_string)
         except ApiError as exc:
             return respond(JSON, error_body(exc), exc.info.rest_status)
         return web.Response(body=body, content_type="application/json")

@@ -11,13 +11,14 @@ from ..errors import ApiError, InvalidRequest, MethodNotFound, UnsupportedMediaT
 from ..store import Principal
 from .auth import authenticate
 from .calls import Caller
-from .codec import JSON, codec_for, negotiate
+from .codec import JSON, Codec, codec_for, negotiate
 from .http import read_body, respond
 
 MAX_BATCH = 100
 ID_MIN, ID_MAX = -(2**63), 2**64 - 1
 """Integer ids both codecs can echo (msgpack stops at int64 and uint64)."""
 DISCOVER = "zap.discover"
+MAX_REMEMBERED_CODECS = 64
 
 
 def error_envelope(exc: ApiError, id: Any = None, jsonrpc: bool = False) -> dict[str, Any]:
@@ -35,12 +36,25 @@ class ZapEndpoint:
         self.caller = caller
         self.commands = caller.registry.commands
         self.catalogue = caller.registry.catalogue
+        self._codecs: dict[tuple[str | None, str | None], tuple[Codec | None, Codec]] = {}
+
+    def codecs(self, request: web.Request) -> tuple[Codec | None, Codec]:
+        """(request codec or None if unsupported, answer codec), remembered by the raw header
+        values: callers send the same few pairs over and over. Bounded: other pairs are
+        worked out each time."""
+        key = (request.headers.get("Content-Type"), request.headers.get("Accept"))
+        pair = self._codecs.get(key)
+        if pair is None:
+            request_codec = codec_for(request.content_type)
+            pair = request_codec, negotiate(request_codec or JSON, key[1])
+            if len(self._codecs) < MAX_REMEMBERED_CODECS:
+                self._codecs[key] = pair
+        return pair
 
     async def handle(self, request: web.Request) -> web.Response:
-        request_codec = codec_for(request.content_type)
-        codec = negotiate(request_codec or JSON, request.headers.get("Accept"))
+        request_codec, codec = self.codecs(request)
         try:
-            principal = await authenticate(self.caller.store, request.headers.get("Authorization"), request.query)
+            principal = await authenticate(self.caller.store, request.headers.get("Authorization"), request.rel_url.raw_query_string)
             if request_codec is None:
                 raise UnsupportedMediaType(f"unsupported Content-Type {request.content_type!r}: send application/json or application/msgpack")
             body = request_codec.decode(await read_body(request))
