@@ -55,17 +55,25 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def _bounded(limit: int) -> Callable[[Handler], Handler]:
-    """At most `limit` requests are handled at once; the rest wait (their bodies unread, so
-    aiohttp stops reading their sockets) instead of all being buffered together. A wrapper on
-    each route rather than a middleware: aiohttp's middleware chain costs more per request
-    than the semaphore itself."""
+    """Every route's wrapper (cheaper than aiohttp's middleware chain), for two things.
+
+    At most `limit` requests are handled at once; the rest wait (their bodies unread, so
+    aiohttp stops reading their sockets) instead of all being buffered together.
+
+    An answer is written one loop turn after it is ready, so that the answers worked out in
+    one turn go out back to back in the next: the CPU then runs the request code for many
+    requests, then the socket writes for many, instead of alternating, and a client that is
+    reading already is not woken once per answer. Measured on getBalance under 64
+    connections: about a third less CPU per request, for one turn of latency."""
     slots = asyncio.Semaphore(limit)
 
     def bound(handler: Handler) -> Handler:
         @functools.wraps(handler)
         async def bounded(request: web.Request) -> web.StreamResponse:
             async with slots:
-                return await handler(request)
+                response = await handler(request)
+            await asyncio.sleep(0)
+            return response
 
         return bounded
 
