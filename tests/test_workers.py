@@ -29,10 +29,11 @@ async def two_workers(tmp_path):
     try:
         yield server, key
     finally:
+        workers = workers_of(server) if server.proc.poll() is None else []
         server.stop()
-        for child in psutil.Process().children(recursive=True):  # a worker left behind by a failed test
-            if "spawn" in " ".join(child.cmdline()):
-                child.kill()
+        for w in workers:  # a worker left behind by a failed test
+            if w.is_running():
+                w.kill()
 
 
 async def call(session: ClientSession, server: ServerProcess, key: str, method: str, params: dict) -> dict:
@@ -42,8 +43,8 @@ async def call(session: ClientSession, server: ServerProcess, key: str, method: 
 
 
 def workers_of(server: ServerProcess) -> list[psutil.Process]:
-    """The worker processes (not multiprocessing's resource tracker)."""
-    return [c for c in psutil.Process(server.pid).children() if "spawn_main" in " ".join(c.cmdline())]
+    """The worker processes."""
+    return [c for c in psutil.Process(server.pid).children() if "worker_main" in " ".join(c.cmdline())]
 
 
 def listening_pids(port: int) -> set[int]:
@@ -102,3 +103,22 @@ async def test_a_worker_that_dies_stops_the_others_and_the_server_fails(two_work
     assert server.proc.wait(timeout=30) != 0
     assert not second.is_running() or second.status() == psutil.STATUS_ZOMBIE
     assert "exited with" in server.log()
+
+
+async def test_workers_stop_on_their_own_when_the_supervisor_is_killed(two_workers):
+    """A SIGKILL gives the supervisor no chance to stop its workers; they notice on their own
+    (the lifeline pipe) and stop gracefully instead of serving on unsupervised."""
+    server, key = two_workers
+    workers = workers_of(server)
+    assert len(workers) == 2
+    server.kill9()
+    gone, alive = psutil.wait_procs(workers, timeout=20)
+    assert not alive, [w.pid for w in alive]
+    assert server.log().count("the supervisor is gone") == 2
+    check_invariants(server.db)
+
+
+async def test_a_two_worker_server_is_three_processes(two_workers):
+    """The supervisor and its workers, nothing else (no multiprocessing resource tracker)."""
+    server, _ = two_workers
+    assert len(psutil.Process(server.pid).children(recursive=True)) == 2

@@ -5,109 +5,51 @@ batch is one `BEGIN IMMEDIATE` transaction: SQLite's write lock serialises batch
 processes exactly as the writer thread serialises jobs within one, so checks and writes made
 in one job (funds for a hold, refund caps, dedupe) stay atomic. Each worker binds its own
 listening socket with SO_REUSEPORT and the kernel spreads connections between them.
+
+The supervisor stays small (no aiohttp, no models: it only prepares the file and watches):
+workers are plain `python -c` processes, not multiprocessing ones, which would add a resource
+tracker process. Each worker holds the read end of a pipe whose write end only the
+supervisor holds; if the supervisor dies, even by SIGKILL, the pipe reports end-of-file and
+the worker stops gracefully instead of serving on unsupervised.
 """
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
-import multiprocessing
 import os
 import signal
 import socket
+import subprocess
 import sys
-import time
-from multiprocessing.connection import wait
 from typing import Any
-
-from aiohttp.abc import AbstractAccessLogger
-from aiohttp.web import BaseRequest, StreamResponse
 
 from .config import Config, server_options
 
 log = logging.getLogger("zapbilling")
-
-
-ACCESS_FLUSH_SECONDS = 0.1
-
-
-class _AccessLines:
-    """Access-log lines waiting to be written: one write per tenth of a second instead of one
-    per request (a write to stderr costs a system call, more than the rest of the line). Other
-    log records flush these first, so the log stays in order; `serve` flushes them on the way
-    out. A process killed outright loses at most the last tenth of a second of access lines,
-    never anything else (they record requests, they are not the ledger)."""
-
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-        self.scheduled = False
-
-    def add(self, line: str) -> None:
-        self.lines.append(line)
-        if not self.scheduled:
-            self.scheduled = True
-            asyncio.get_running_loop().call_later(ACCESS_FLUSH_SECONDS, self._timer)
-
-    def _timer(self) -> None:
-        self.scheduled = False
-        self.flush()
-
-    def flush(self) -> None:
-        lines, self.lines = self.lines, []  # safe against an append from the loop thread meanwhile
-        if lines:
-            sys.stderr.write("".join(lines))
-            sys.stderr.flush()
-
-
-_ACCESS = _AccessLines()
-
-
-class AccessLog(AbstractAccessLogger):
-    """One line per request on stderr, in the same shape as the other log lines. aiohttp's own
-    access logger builds a logging record, formats its time and takes the handler's lock for
-    every request, and writes each line on its own: together most of a small request's CPU.
-    This preformats the line and buffers it. The path is the request target as sent (still
-    percent-encoded), so a line can never be split by an encoded newline."""
-
-    def __init__(self, logger: logging.Logger, log_format: str) -> None:
-        super().__init__(logger, log_format)
-        self._second = -1
-        self._stamp = ""
-
-    def log(self, request: BaseRequest, response: StreamResponse, elapsed: float) -> None:
-        second = int(time.time())
-        if second != self._second:
-            self._second, self._stamp = second, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
-        v = request.version
-        _ACCESS.add(
-            f'{self._stamp} INFO aiohttp.access: {request.remote} "{request.method} {request.raw_path} HTTP/{v.major}.{v.minor}"'
-            f" {response.status} {response.body_length} {elapsed:.6f}s\n"
-        )
-
-
-class _LogHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    def emit(self, record: logging.LogRecord) -> None:
-        _ACCESS.flush()
-        super().emit(record)
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def serve(config: Config) -> int:
     """Serve until SIGTERM or SIGINT. Raises OSError or sqlite3.Error when it cannot start."""
-    _logging()
     if config.workers <= 1:
         _run(config, None, "")
         return 0
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     _prepare_database(config)
     with _listener(config) as reserved:  # bound, not listening: learns the port when 0 was asked and holds it
         config = dataclasses.replace(config, port=reserved.getsockname()[1])
         return _supervise(config)
 
 
-def _run(config: Config, sock: socket.socket | None, label: str) -> None:
+def _run(config: Config, sock: socket.socket | None, label: str, lifeline: int | None = None) -> None:
     from aiohttp import web
 
+    from . import access_log
     from .app import create_app
 
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, handlers=[access_log.LogHandler()])
     loop = _event_loop()
     asyncio.set_event_loop(loop)
     app = create_app(config)
@@ -116,17 +58,20 @@ def _run(config: Config, sock: socket.socket | None, label: str) -> None:
     def started(_: str) -> None:
         log.info("serving %s on http://%s:%d (durability %s)%s", config.db, config.host, config.port, config.durability, label)
 
+    if lifeline is not None:
+        def supervisor_gone() -> None:
+            loop.remove_reader(lifeline)
+            log.error("the supervisor is gone; stopping%s", label)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        loop.add_reader(lifeline, supervisor_gone)
     # run_app turns SIGINT and SIGTERM into a graceful stop: it stops accepting, lets running
     # requests finish, then the app's cleanup drains the writer, so no acknowledged write is lost.
     try:
-        web.run_app(app, access_log_class=AccessLog, print=started, shutdown_timeout=10, loop=loop,
+        web.run_app(app, access_log_class=access_log.AccessLog, print=started, shutdown_timeout=10, loop=loop,
                     **where, **server_options(config))
     finally:
-        _ACCESS.flush()
-
-
-def _logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", handlers=[_LogHandler()])
+        access_log.flush()
 
 
 def _event_loop() -> asyncio.AbstractEventLoop:
@@ -158,46 +103,67 @@ def _listener(config: Config) -> socket.socket:
     return sock
 
 
-def _worker(config: Config, number: int) -> None:
-    _logging()
+def worker_main() -> None:
+    """A worker process: `python -c "from zapbilling.server import worker_main; worker_main()" SPEC`."""
+    spec = json.loads(sys.argv[1])
+    config = Config(**spec["config"])
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides; it sends SIGTERM
     sock = _listener(config)
     sock.listen(1024)
-    _run(config, sock, f" (worker {number} of {config.workers}, pid {os.getpid()})")
+    label = f" (worker {spec['number']} of {config.workers}, pid {os.getpid()})"
+    _run(config, sock, label, lifeline=spec["lifeline"])
+
+
+def _spawn(config: Config, number: int, lifeline: int) -> subprocess.Popen[bytes]:
+    settings = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name != "clock"}
+    spec = json.dumps({"config": settings, "number": number, "lifeline": lifeline})
+    argv = [sys.executable, "-c", "from zapbilling.server import worker_main; worker_main()", spec]
+    return subprocess.Popen(argv, pass_fds=(lifeline,), stdin=subprocess.DEVNULL)
 
 
 def _supervise(config: Config) -> int:
     """Start the workers; on SIGTERM or SIGINT stop them all gracefully. If one dies on its
     own, stop the rest and fail, rather than serve on with less capacity unnoticed."""
-    spawn = multiprocessing.get_context("spawn")
-    workers = [spawn.Process(target=_worker, args=(config, n + 1), name=f"zapbilling-worker-{n + 1}") for n in range(config.workers)]
+    lifeline, keep = os.pipe()  # `keep` stays open here only: its end is the workers' signal
+    workers: dict[int, subprocess.Popen[bytes]] = {}
     stopping = False
 
     def stop(signum: int, _: Any) -> None:
         nonlocal stopping
         stopping = True
-        for w in workers:
-            if w.is_alive() and w.pid:
-                os.kill(w.pid, signal.SIGTERM)
+        for w in workers.values():
+            if w.returncode is None:
+                w.send_signal(signal.SIGTERM)
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    for w in workers:
-        w.start()
-    status = 0
-    running = list(workers)
-    while running:
-        for sentinel in wait([w.sentinel for w in running]):
-            w = next(w for w in running if w.sentinel == sentinel)
-            w.join()
-            running.remove(w)
-            # a worker stopped by our SIGTERM before its app installed the graceful handler dies of
-            # the signal: it had served nothing yet, so that is a clean stop too
-            clean = w.exitcode == 0 or (stopping and w.exitcode == -signal.SIGTERM)
-            if not clean:
-                status = status or (w.exitcode if w.exitcode and w.exitcode > 0 else 1)
+    try:
+        for n in range(config.workers):
             if not stopping:
-                log.error("%s exited with %s; stopping the other workers", w.name, w.exitcode)
-                status = status or 1
-                stop(signal.SIGTERM, None)
+                w = _spawn(config, n + 1, lifeline)
+                workers[w.pid] = w
+    finally:
+        os.close(lifeline)
+    status = 0
+    running = dict(workers)
+    while running:
+        pid, wait_status = os.wait()
+        w = running.pop(pid, None)
+        if w is None:
+            continue
+        w.returncode = code = os.waitstatus_to_exitcode(wait_status)
+        # a worker stopped by our SIGTERM before its app installed the graceful handler dies of
+        # the signal: it had served nothing yet, so that is a clean stop too
+        clean = code == 0 or (stopping and code == -signal.SIGTERM)
+        if not clean:
+            status = status or (code if code > 0 else 1)
+        if not stopping:
+            log.error("worker %d (pid %d) exited with %s; stopping the other workers", _number(workers, pid), pid, code)
+            status = status or 1
+            stop(signal.SIGTERM, None)
+    os.close(keep)
     return status
+
+
+def _number(workers: dict[int, subprocess.Popen[bytes]], pid: int) -> int:
+    return list(workers).index(pid) + 1
