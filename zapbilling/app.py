@@ -70,8 +70,11 @@ def _bounded(limit: int) -> Callable[[Handler], Handler]:
     def bound(handler: Handler) -> Handler:
         @functools.wraps(handler)
         async def bounded(request: web.Request) -> web.StreamResponse:
-            async with slots:
+            await slots.acquire()
+            try:
                 response = await handler(request)
+            finally:
+                slots.release()
             await asyncio.sleep(0)
             return response
 
