@@ -158,12 +158,8 @@ def _supervise(config: Config) -> int:
         if not clean:
             status = status or (code if code > 0 else 1)
         if not stopping:
-            log.error("worker %d (pid %d) exited with %s; stopping the other workers", _number(workers, pid), pid, code)
+            log.error("worker pid %d exited with %s; stopping the other workers", pid, code)
             status = status or 1
             stop(signal.SIGTERM, None)
     os.close(keep)
     return status
-
-
-def _number(workers: dict[int, subprocess.Popen[bytes]], pid: int) -> int:
-    return list(workers).index(pid) + 1

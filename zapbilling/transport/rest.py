@@ -126,7 +126,7 @@ def document_route(caller: Caller, document: Any) -> View:
     return view
 
 
-def add_routes(app: web.Application, caller: Caller, wrap: Callable[[View], View] = lambda view: view) -> None:
+def add_routes(app: web.Application, caller: Caller, wrap: Callable[[View], View]) -> None:
     for command in caller.registry.commands.values():
         if command.http is not None:
             app.router.add_route(command.http.verb, _any_segment(command.http.path), wrap(make_view(caller, command)))
