@@ -326,6 +326,40 @@ async def test_balance_read_uses_the_running_balance_not_the_ledger(store, path)
     assert await store.balances(tenant, "alice", now) == [("usd", 12345, 0)]
 
 
+async def test_one_write_forfeits_and_spends_lots_beyond_the_first_page(store, path):
+    """A write settles the account's lots in pages of LOT_PAGE; expired lots sort first. With
+    more expired lots than a page, and more expiring lots to spend than the next, every expired
+    lot is still forfeited (its remainder only) and the usage is taken earliest expiry first."""
+    from zapbilling.store.ledger import LOT_PAGE
+
+    tenant = await tenant_of(store)
+    now = system_clock()
+    n = LOT_PAGE + 6
+    for i in range(n):  # expire at now + 1..n seconds; the first one is partly spent below
+        await store.append_ledger_row(tenant, deposit("amy", 10, now=now, expires_at=now + (i + 1) * SECOND))
+    for i in range(n):  # expire in a day and later, 3 cents each
+        await store.append_ledger_row(tenant, deposit("amy", 3, now=now, expires_at=now + DAY + i * SECOND))
+    await store.append_ledger_row(tenant, deposit("amy", 1000, now=now))  # never expires
+    await store.append_ledger_row(tenant, withdraw("amy", 4, now=now))  # from the earliest lot: 6 of 10 left
+    later = now + (n + 1) * SECOND  # every 10-cent lot has expired, no 3-cent lot has
+    spend = 3 * (LOT_PAGE + 2) + 1  # all of LOT_PAGE + 2 lots, and 1 cent of the next
+    await store.append_ledger_row(tenant, withdraw("amy", spend, now=later))
+
+    with connect(path) as conn:
+        expired = conn.execute(
+            "SELECT amount FROM ledger WHERE tenant = ? AND tags = 'credit-expired' ORDER BY seq", (tenant,)
+        ).fetchall()
+        lots = [r for r, in conn.execute(
+            "SELECT remaining FROM ledger WHERE tenant = ? AND expires_at IS NOT NULL ORDER BY expires_at, seq", (tenant,)
+        )]
+    assert [a for a, in expired] == [6] + [10] * (n - 1)
+    assert lots[:n] == [0] * n
+    assert lots[n:] == [0] * (LOT_PAGE + 2) + [2] + [3] * (n - LOT_PAGE - 3)
+    total = 10 * n + 3 * n + 1000 - 4 - (6 + 10 * (n - 1)) - spend
+    assert balance_rows(path)[(tenant, "amy", "usd")] == total
+    assert_balances_match_ledger(path)
+
+
 async def test_failing_refund_leaves_no_ledger_row_and_no_balance_change(store, path):
     tenant = await tenant_of(store)
     now = system_clock()
@@ -448,3 +482,17 @@ async def test_usage_page_lists_usage_newest_first_and_pages(store):
     assert [r["id"] for r in page] == [u["id"] for u in reversed(usage)][:3] and more
     page2, more2 = await store.usage_page(tenant, "alice", None, 3, page[-1]["id"])
     assert [r["id"] for r in page2] == [u["id"] for u in reversed(usage)][3:] and not more2
+
+
+def test_ids_made_later_sort_later_and_stay_distinct():
+    """Time-ordered ids keep the `id` indexes growing at their right edge (see new_id)."""
+    import re
+
+    from zapbilling.store.connection import new_id
+
+    first = [new_id("tx") for _ in range(2000)]
+    time.sleep(0.002)
+    second = new_id("tx")
+    assert all(re.fullmatch(r"tx_[0-9a-f]{24}", i) for i in first)
+    assert len(set(first)) == len(first)
+    assert max(first) < second

@@ -60,7 +60,7 @@ def make_app(db_path: str, keys: dict[str, int], synchronous: str) -> web.Applic
         body = await request.read()
         envelope = msgpack.unpackb(body) if request.content_type == "application/msgpack" else json.loads(body)
         p = envelope["params"]
-        tx_id = f"tx_{secrets.token_hex(12)}"
+        tx_id = f"tx_{time.time_ns() // 1_000_000:011x}{secrets.randbits(52):013x}"  # zapbilling's id shape
         model, tokens, request_id = p.get("model", ""), p.get("totalTokens", 0), p.get("requestId")
         metadata = json.dumps({  # the same row recordUsage writes
             "model": model, "provider": "", "promptTokens": 0, "completionTokens": 0, "totalTokens": tokens,

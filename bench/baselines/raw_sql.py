@@ -69,10 +69,10 @@ def insert(args: argparse.Namespace) -> dict[str, object]:
     def op() -> int:
         nonlocal counter
         now = time.time_ns() // 1000
-        rows = []
+        rows = []  # ids of zapbilling's shape: the creation millisecond, then random bits
         for _ in range(args.batch):
             counter += 1
-            rows.append((f"evt_{secrets.token_hex(12)}", args.tenant, args.meter, f"bench/u{counter % 100}", counter % 10 + 1, now, now))
+            rows.append((f"evt_{now // 1000:011x}{secrets.randbits(52):013x}", args.tenant, args.meter, f"bench/u{counter % 100}", counter % 10 + 1, now, now))
         conn.execute("BEGIN IMMEDIATE")
         conn.executemany(INSERT_SQL, rows)
         conn.execute("COMMIT")

@@ -38,10 +38,11 @@ def account_params(tenant: int, user: str, currency: str, now: int) -> dict[str,
     return {"tenant": tenant, "user": user, "currency": currency, "now": now}
 
 
-def _row(r: tuple[Any, ...]) -> LedgerRow:
+def _row(r: tuple[Any, ...], metadata: dict[str, Any] | None = None) -> LedgerRow:
+    """`metadata`: the row was just inserted with it, so its stored JSON need not be decoded."""
     return {
         "id": r[0], "user": r[1], "currency": r[2], "type": r[3], "amount": r[4], "tags": r[5], "notes": r[6],
-        "metadata": json.loads(r[7]) if r[7] is not None else None,
+        "metadata": metadata if metadata is not None else json.loads(r[7]) if r[7] is not None else None,
         "createdAt": r[8], "expiresAt": r[9], "refundOf": r[10],
     }
 
@@ -104,15 +105,12 @@ def append_entry(conn: sqlite3.Connection, tenant: int, e: NewEntry) -> LedgerRo
         return _row(conn.execute(
             f"SELECT {_ROW} FROM ledger WHERE tenant = ? AND user_id = ? AND dedupe_key = ?", (tenant, e.user, e.dedupe_key)
         ).fetchone())
-    delta = -_forfeit_account(conn, tenant, e.user, e.currency, e.now)
-    if e.type == "withdraw":
-        _spend_expiring(conn, tenant, e.user, e.currency, e.amount, e.now)
-        delta -= e.amount
-    elif e.type == "deposit":
-        delta += e.amount
+    spend = e.amount if e.type == "withdraw" else 0
+    delta = -_settle_lots(conn, tenant, e.user, e.currency, e.now, spend)
+    delta += -spend if e.type == "withdraw" else e.amount if e.type == "deposit" else 0
     _add_to_balance(conn, tenant, e.user, e.currency, delta)
     _record_usage_meter_event(conn, tenant, e)
-    return _row(inserted)
+    return _row(inserted, e.metadata)
 
 
 def _record_usage_meter_event(conn: sqlite3.Connection, tenant: int, e: NewEntry) -> None:
@@ -146,45 +144,57 @@ def _claim_refund(conn: sqlite3.Connection, tenant: int, e: NewEntry) -> None:
 
 
 def _forfeit_account(conn: sqlite3.Connection, tenant: int, user: str, currency: str, now: int) -> int:
-    """Write off what is left of this account's expired deposits: only the unspent remainder,
-    one `credit-expired` withdraw per deposit. Returns the total forfeited."""
+    """Write off what is left of this account's expired deposits (the sweep's job)."""
     lots = conn.execute(
         "SELECT seq, id, remaining, expires_at FROM ledger WHERE tenant = ? AND user_id = ? AND currency = ?"
         " AND remaining > 0 AND expires_at <= ? ORDER BY expires_at, seq",
         (tenant, user, currency, now),
     ).fetchall()
-    total = 0
-    for seq, lot_id, remaining, expires_at in lots:
-        conn.execute("UPDATE ledger SET remaining = 0 WHERE seq = ?", (seq,))
-        conn.execute(
-            "INSERT INTO ledger (id, tenant, user_id, currency, type, amount, tags, notes, metadata, created_at)"
-            " VALUES (?, ?, ?, ?, 'withdraw', ?, 'credit-expired', ?, ?, ?)",
-            (new_id("tx"), tenant, user, currency, remaining,
-             f"Expired credit: {remaining} cents {currency} (deposit {lot_id})",
-             json.dumps({"expiredTransactionId": lot_id, "expiredAt": format_ts(expires_at)}), now),
-        )
-        total += remaining
-    return total
+    return sum(_forfeit_lot(conn, tenant, user, currency, now, *lot) for lot in lots)
 
 
-def _spend_expiring(conn: sqlite3.Connection, tenant: int, user: str, currency: str, amount: int, now: int) -> None:
-    """Usage consumes expiring money first, earliest expiry first; the rest comes from money
-    that never expires (which may go negative: usage is recorded whatever the balance)."""
-    left = amount
-    while left > 0:
+def _forfeit_lot(conn: sqlite3.Connection, tenant: int, user: str, currency: str, now: int,
+                 seq: int, lot_id: str, remaining: int, expires_at: int) -> int:
+    """Only the unspent remainder is forfeited, as one `credit-expired` withdraw per deposit."""
+    conn.execute("UPDATE ledger SET remaining = 0 WHERE seq = ?", (seq,))
+    conn.execute(
+        "INSERT INTO ledger (id, tenant, user_id, currency, type, amount, tags, notes, metadata, created_at)"
+        " VALUES (?, ?, ?, ?, 'withdraw', ?, 'credit-expired', ?, ?, ?)",
+        (new_id("tx"), tenant, user, currency, remaining,
+         f"Expired credit: {remaining} cents {currency} (deposit {lot_id})",
+         json.dumps({"expiredTransactionId": lot_id, "expiredAt": format_ts(expires_at)}), now),
+    )
+    return remaining
+
+
+LOT_PAGE = 64
+
+
+def _settle_lots(conn: sqlite3.Connection, tenant: int, user: str, currency: str, now: int, spend: int) -> int:
+    """Forfeit the account's expired deposits, then take `spend` cents from the expiring ones,
+    earliest expiry first; the rest of a withdrawal comes from money that never expires (which
+    may go negative: usage is recorded whatever the balance). Returns the total forfeited.
+
+    One walk of the lots index serves both rules, because expired lots sort before the rest:
+    for the usual account, with no expiring money, a write costs one lookup that finds nothing."""
+    forfeited, left = 0, spend
+    while True:
         lots = conn.execute(
-            "SELECT seq, remaining FROM ledger WHERE tenant = ? AND user_id = ? AND currency = ?"
-            " AND remaining > 0 AND expires_at > ? ORDER BY expires_at, seq LIMIT 64",
-            (tenant, user, currency, now),
+            "SELECT seq, id, remaining, expires_at FROM ledger WHERE tenant = ? AND user_id = ? AND currency = ?"
+            " AND remaining > 0 ORDER BY expires_at, seq LIMIT ?",
+            (tenant, user, currency, LOT_PAGE),
         ).fetchall()
-        if not lots:
-            return
-        for seq, remaining in lots:
-            take = min(remaining, left)
-            conn.execute("UPDATE ledger SET remaining = remaining - ? WHERE seq = ?", (take, seq))
-            left -= take
-            if left == 0:
-                return
+        for seq, lot_id, remaining, expires_at in lots:
+            if expires_at <= now:
+                forfeited += _forfeit_lot(conn, tenant, user, currency, now, seq, lot_id, remaining, expires_at)
+            elif left == 0:
+                return forfeited
+            else:
+                take = min(remaining, left)
+                conn.execute("UPDATE ledger SET remaining = remaining - ? WHERE seq = ?", (take, seq))
+                left -= take
+        if len(lots) < LOT_PAGE:  # every lot was seen; a full page is followed by the next one
+            return forfeited
 
 
 def _add_to_balance(conn: sqlite3.Connection, tenant: int, user: str, currency: str, delta: int) -> None:
