@@ -144,10 +144,10 @@ def _idempotent(conn: sqlite3.Connection, tenant: int, idem: Idempotency | None,
         return job(conn, *args)
     claimed = conn.execute(
         "INSERT INTO idempotency (tenant, key, fingerprint, response, created_at) VALUES (?, ?, ?, '', ?)"
-        " ON CONFLICT (tenant, key) DO NOTHING RETURNING 1",
+        " ON CONFLICT (tenant, key) DO NOTHING",
         (tenant, idem.key, idem.fingerprint, now),
-    ).fetchone()
-    if claimed is None:
+    ).rowcount
+    if not claimed:
         fingerprint, response = conn.execute(
             "SELECT fingerprint, response FROM idempotency WHERE tenant = ? AND key = ?", (tenant, idem.key)
         ).fetchone()

@@ -107,14 +107,14 @@ def _record_events(conn: sqlite3.Connection, tenant: int, events: list[MeterEven
 
 def insert_event(conn: sqlite3.Connection, tenant: int, e: MeterEventDraft, now: int) -> tuple[str, str]:
     event_id = new_id("evt")
-    inserted = conn.execute(
+    inserted = conn.execute(  # rowcount, not RETURNING: see append_entry
         "INSERT INTO meter_events (id, tenant, meter_id, user_id, value, ts, idempotency_key, dimensions, created_at)"
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-        " ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING RETURNING id",
+        " ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING",
         (event_id, tenant, e.meter_id, e.user, e.value, e.timestamp, e.idempotency,
          json.dumps(e.dimensions) if e.dimensions is not None else None, now),
-    ).fetchone()
-    if inserted is not None:
+    ).rowcount
+    if inserted:
         return event_id, "created"
     (original,), = conn.execute(
         "SELECT id FROM meter_events WHERE tenant = ? AND idempotency_key = ?", (tenant, e.idempotency)
