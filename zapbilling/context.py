@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from .store import Idempotency, Principal, Store
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs twice as much, once per call
 class Context:
     principal: Principal
     store: Store

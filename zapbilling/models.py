@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, Callable, Literal, Mapping, Optional
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field as PydanticField, ValidationError, ValidationInfo, create_model
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field as PydanticField, ValidationError, create_model
 from pydantic_core import PydanticCustomError
 
 from .errors import InvalidParams
@@ -55,13 +55,17 @@ def _missing(name: str) -> PydanticCustomError:
 
 # -- generic input checks ------------------------------------------------------------------
 
-def _int_range(kind: str) -> AfterValidator:
+# Every check is made for one field and knows its name: pydantic calls a validator without a
+# ValidationInfo argument markedly faster (it builds that object per call), and these run on
+# every request.
+
+def _int_range(kind: str, name: str) -> AfterValidator:
     lo, hi = INT_RANGES[kind]
     bits = 32 if kind == "Int32" else 64
 
-    def check(v: int, info: ValidationInfo) -> int:
+    def check(v: int) -> int:
         if not lo <= v <= hi:
-            raise invalid(f"{info.field_name} is out of range (signed {bits}-bit integer)")
+            raise invalid(f"{name} is out of range (signed {bits}-bit integer)")
         return v
 
     return AfterValidator(check)
@@ -81,16 +85,22 @@ def _json_value(v: Any, depth: int = 0) -> bool:
     return False
 
 
-def _check_data(v: Any, info: ValidationInfo) -> Any:
-    if not _json_value(v):
-        raise invalid(f"{info.field_name} must be a JSON value (objects with text keys, lists, text, numbers, booleans, null) nested at most {MAX_DEPTH} deep")
-    return v
+def _check_data(name: str) -> AfterValidator:
+    def check(v: Any) -> Any:
+        if not _json_value(v):
+            raise invalid(f"{name} must be a JSON value (objects with text keys, lists, text, numbers, booleans, null) nested at most {MAX_DEPTH} deep")
+        return v
+
+    return AfterValidator(check)
 
 
-def _non_empty(v: Any, info: ValidationInfo) -> Any:
-    if v == "":
-        raise _missing(info.field_name or "value")
-    return v
+def _non_empty(name: str) -> AfterValidator:
+    def check(v: Any) -> Any:
+        if v == "":
+            raise _missing(name)
+        return v
+
+    return AfterValidator(check)
 
 
 def _null_means(default: Any, *, empty_text_too: bool) -> BeforeValidator:
@@ -102,10 +112,20 @@ def _null_means(default: Any, *, empty_text_too: bool) -> BeforeValidator:
     return BeforeValidator(absent_to_default)
 
 
-def _null_is_missing(v: Any, info: ValidationInfo) -> Any:
-    if v is None:
-        raise _missing(info.field_name or "value")
-    return v
+def _null_is_missing(name: str) -> BeforeValidator:
+    def check(v: Any) -> Any:
+        if v is None:
+            raise _missing(name)
+        return v
+
+    return BeforeValidator(check)
+
+
+def _rule(rule: Rule, name: str) -> AfterValidator:
+    def check(v: Any) -> Any:
+        return v if v is None else rule(v, name)
+
+    return AfterValidator(check)
 
 
 def _annotated(ann: Any, metadata: list[Any]) -> Any:
@@ -123,28 +143,29 @@ class ModelBuilder:
         self._inputs: dict[str, type[BaseModel]] = {}
         self._outputs: dict[str, type[BaseModel]] = {}
 
-    def annotation(self, t: TypeRef, *, output: bool) -> Any:
+    def annotation(self, t: TypeRef, *, output: bool, name: str = "value") -> Any:
+        """`name`: the field this type belongs to (a list's items too), for error messages."""
         n = t.name
         if n == "Bool":
             return bool
         if n in INT_RANGES:
-            return int if output else Annotated[int, _int_range(n)]
+            return int if output else Annotated[int, _int_range(n, name)]
         if n == "Float64":
             return float
         if n == "Text":
             return str if output else Annotated[str, PydanticField(max_length=MAX_TEXT)]
         if n == "Data":
-            return Any if output else Annotated[Any, AfterValidator(_check_data)]
+            return Any if output else Annotated[Any, _check_data(name)]
         if n == "List":
-            return list[self.annotation(t.args[0], output=output)]  # type: ignore[misc]
+            return list[self.annotation(t.args[0], output=output, name=name)]  # type: ignore[misc]
         if n == "Map":
-            return dict[str, self.annotation(t.args[1], output=output)]  # type: ignore[misc]
+            return dict[str, self.annotation(t.args[1], output=output, name=name)]  # type: ignore[misc]
         if n in self.schema.enums:
             return Literal[tuple(self.schema.enums[n].values)]
         return self.output_model(n) if output else self.input_model(n)
 
     def _field(self, f: Field, *, output: bool, rules: Mapping[str, Rule]) -> tuple[Any, Any]:
-        ann = self.annotation(f.type, output=output)
+        ann = self.annotation(f.type, output=output, name=f.name)
         if output:
             if f.optional:
                 return Optional[ann], None
@@ -152,12 +173,12 @@ class ModelBuilder:
         validators: list[Any] = []
         rule = rules.get(f.name) or self.field_rules.get(f.name)
         if rule is not None:
-            validators.append(AfterValidator(lambda v, info, _r=rule: v if v is None else _r(v, info.field_name)))
+            validators.append(_rule(rule, f.name))
         if f.optional:
             absent = [_null_means(None, empty_text_too=True)] if f.type.name == "Text" else []
             return _annotated(Optional[ann], absent + validators), None
         if f.default is MISSING:
-            checks = [BeforeValidator(_null_is_missing)] + ([AfterValidator(_non_empty)] if f.type.name == "Text" else [])
+            checks = [_null_is_missing(f.name)] + ([_non_empty(f.name)] if f.type.name == "Text" else [])
             return _annotated(ann, checks + validators), ...
         default = f.default
         factory = (list if default == [] else dict) if isinstance(default, (list, dict)) else None

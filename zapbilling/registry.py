@@ -2,7 +2,7 @@
 tests read the same commands, so the REST and ZAP paths cannot disagree about an operation."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Mapping
@@ -34,10 +34,11 @@ class Command:
     result_model: type[BaseModel] | None
     handler: Handler
     http: Http | None
+    mutates: bool = field(init=False)
+    """The method's, copied here: read on every call."""
 
-    @property
-    def mutates(self) -> bool:
-        return self.method.mutates
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mutates", self.method.mutates)
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,9 @@
 """The storage interface, in domain terms. Handlers see only this; the SQLite implementation
 (and a PostgreSQL one later) sit behind it. Rows come back as plain dicts that are JSON values,
-so a write's result can be stored for an idempotent replay exactly as it was returned."""
+so a write's result can be stored for an idempotent replay exactly as it was returned.
+
+The value objects made per request (NewEntry, NewHold, ...) are plain slotted dataclasses, not
+frozen ones: a frozen dataclass's __init__ costs about twice as much, and nothing writes to them."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -29,7 +32,7 @@ class KeyInfo:
     revoked_at: int | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Idempotency:
     """An idempotency key and the fingerprint of the call it was first used with."""
 
@@ -37,7 +40,7 @@ class Idempotency:
     fingerprint: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class MeterEventDraft:
     meter_id: str
     user: str
@@ -48,7 +51,7 @@ class MeterEventDraft:
     dimensions: dict[str, Any] | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class UsageEvent:
     """The meter event a usage withdrawal records in its own transaction, if the tenant has a
     meter for `event_name`: value = the withdrawal's amount, at the withdrawal's time."""
@@ -58,7 +61,7 @@ class UsageEvent:
     idempotency: str | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class NewEntry:
     """A ledger row to append. The store adds the id, maintains the running balance, forfeits
     expired credit of the same user and currency, and spends expiring deposits first."""
@@ -78,7 +81,7 @@ class NewEntry:
     usage_event: UsageEvent | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class NewHold:
     """A hold to place. The store refuses it (InsufficientFunds) when `amount` exceeds what is
     available at `now`, unless `allow_overdraft`; a `request_id` seen before for the same user

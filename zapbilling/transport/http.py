@@ -5,6 +5,7 @@ import asyncio
 from typing import Any
 
 from aiohttp import web
+from multidict import CIMultiDict
 
 from ..errors import InvalidRequest, PayloadTooLarge
 from .codec import MAX_BODY, Codec
@@ -33,5 +34,13 @@ async def read_body(request: web.Request) -> bytes:
         raise InvalidRequest(f"the request body did not arrive within {timeout:g} s") from None
 
 
+_HEADERS: dict[str, CIMultiDict[str]] = {}
+"""The answer headers of each codec, built once: aiohttp copies a CIMultiDict at half the cost
+of building one from a dict, and this runs for every answer."""
+
+
 def respond(codec: Codec, value: Any, status: int = 200) -> web.Response:
-    return web.Response(body=codec.encode(value), status=status, headers={"Content-Type": codec.content_type})
+    headers = _HEADERS.get(codec.content_type)
+    if headers is None:
+        headers = _HEADERS[codec.content_type] = CIMultiDict({"Content-Type": codec.content_type})
+    return web.Response(body=codec.encode(value), status=status, headers=headers)
