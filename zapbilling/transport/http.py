@@ -17,13 +17,13 @@ BODY_TIMEOUT = web.AppKey("body_timeout", float)
 async def read_body(request: web.Request) -> bytes:
     """The raw body, refused (413) before decoding when over the limit. The application's
     client_max_size is the same limit, so a body without a Content-Length is capped too."""
-    if request.content_length is not None and request.content_length > MAX_BODY:
-        raise PayloadTooLarge(_TOO_LARGE)
     if request.content.is_eof():  # already all here (the usual small body): take it as it is
         body = request.content.read_nowait()
-        if len(body) > MAX_BODY:  # chunked, so no Content-Length was checked
+        if len(body) > MAX_BODY:
             raise PayloadTooLarge(_TOO_LARGE)
         return body
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        raise PayloadTooLarge(_TOO_LARGE)
     timeout = request.app[BODY_TIMEOUT]
     try:
         async with asyncio.timeout(timeout):
