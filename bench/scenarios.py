@@ -111,25 +111,26 @@ class Bench:
         return f"{self._n:03d}-{tag}"
 
     # -- processes ----------------------------------------------------------------------------
-    def server_cpus(self, processes: int = 1) -> set[int] | None:
+    def server_cpus(self, processes: int = 1, pin: bool = True) -> set[int] | None:
         """--pin on a machine of 2+ CPUs: one-process servers on the last CPU, wrk on the others;
-        multi-process servers (and their wrk) are left to the scheduler."""
-        if not self.s.pin or CPUS < 2 or processes > 1:
+        multi-process servers (and their wrk), and runs that ask not to be pinned, are left to
+        the scheduler."""
+        if not (self.s.pin and pin) or CPUS < 2 or processes > 1:
             return None
         return {CPUS - 1}
 
-    def load_cpus(self, processes: int = 1) -> set[int] | None:
-        if not self.s.pin or CPUS < 2 or processes > 1:
+    def load_cpus(self, processes: int = 1, pin: bool = True) -> set[int] | None:
+        if not (self.s.pin and pin) or CPUS < 2 or processes > 1:
             return None
         return set(range(CPUS - 1))
 
-    def zapbilling(self, db: Path, tag: str, durability: str = "full", workers: int | None = None) -> Server:
+    def zapbilling(self, db: Path, tag: str, durability: str = "full", workers: int | None = None, pin: bool = True) -> Server:
         port = free_port()
         argv = [*zapbilling_cmd(), "serve", "--db", str(db), "--port", str(port), "--durability", durability]
         if workers is not None:
             argv += ["--workers", str(workers)]
         name = self._name(tag)
-        return Server(name, argv, port, log=self.logs / f"{name}.log", cpus=self.server_cpus(workers or 1))
+        return Server(name, argv, port, log=self.logs / f"{name}.log", cpus=self.server_cpus(workers or 1, pin))
 
     def baseline(self, module: str, db: Path | None, tag: str, *extra: str, key: str = "") -> Server:
         port = free_port()
@@ -237,6 +238,8 @@ class HttpRun(Run):
     server_args: tuple[str, ...] = ()
     durability: str = "full"
     workers: int | None = None
+    pin: bool = True
+    """False: never pinned, even with --pin (scenario 5 runs both worker counts the same way)."""
     template: str = "balance"
     copy: bool = True
     """False: serve the prepared file itself (scenario 4: read-only runs, a file too big to copy)."""
@@ -261,7 +264,7 @@ class HttpRun(Run):
             tpl = bench.template(self.template)
             db = tpl.path
         if self.server == "zapbilling":
-            srv = bench.zapbilling(db, self.key, self.durability, self.workers)
+            srv = bench.zapbilling(db, self.key, self.durability, self.workers, self.pin)
         else:
             srv = bench.baseline(self.server, db, self.key, *self.server_args, key=tpl.key)
         processes = self.workers or 1
@@ -278,7 +281,7 @@ class HttpRun(Run):
                 body_file = s.workdir / f"{self.key}.body"
                 body_file.write_bytes(body)
                 env.update(BENCH_METHOD="POST", BENCH_PATH=path, BENCH_BODY_FILE=str(body_file), BENCH_CONTENT_TYPE=ctype)
-            common = dict(connections=conns, threads=threads, key=tpl.key, cpus=bench.load_cpus(processes),
+            common = dict(connections=conns, threads=threads, key=tpl.key, cpus=bench.load_cpus(processes, self.pin),
                           expect=self.expect)
             url = srv.url + (self.path if not self.body else "/")
             warm = wrk(url, self.script, env | {"BENCH_NONCE": f"{self.key}-{rnd}-w-{secrets.token_hex(3)}"},
@@ -437,9 +440,11 @@ def scenarios(settings: Settings) -> list[Scenario]:
     rest_read = dict(script="balance.lua", path="/api/v1/billing/balance", env={"BENCH_STYLE": "rest"}, expect="available")
     usage = dict(template="empty", script="usage.lua", expect="transactionId", verify=usage_rows_at_least)
     one_conn = dict(connections=1, threads=1, copy=False)
+    # Both worker counts unpinned: one worker pinned alone to a CPU, with wrk on the other, would
+    # be compared with two that share both CPUs with wrk. Scenario 1's pinned worker is shown too.
     s5: list[Run] = [
-        HttpRun("s5.workers1", "getBalance ZAP/msgpack, serve --workers 1", 5, workers=1, **zap_read),  # type: ignore[arg-type]
-        HttpRun("s5.workers2", "getBalance ZAP/msgpack, serve --workers 2", 5, workers=2, **zap_read),  # type: ignore[arg-type]
+        HttpRun("s5.workers1", "getBalance ZAP/msgpack, serve --workers 1 (unpinned)", 5, workers=1, pin=False, **zap_read),  # type: ignore[arg-type]
+        HttpRun("s5.workers2", "getBalance ZAP/msgpack, serve --workers 2", 5, workers=2, pin=False, **zap_read),  # type: ignore[arg-type]
     ]
     return [
         Scenario(1, f"getBalance, {settings.connections} connections", [
@@ -497,6 +502,7 @@ def scenarios(settings: Settings) -> list[Scenario]:
         ]),
         Scenario(5, "serve --workers 2 vs one worker (scenario 1's ZAP/msgpack read)", s5, [
             Target("getBalance ZAP/msgpack, 2 workers vs 1", "s5.workers2", "s5.workers1", ">=", 1.6),
+            Target("2 workers vs scenario 1's worker pinned to its own CPU", "s5.workers2", "s1.zap_msgpack"),
         ], skipped=None if serve_has_workers() else "skipped: serve has no --workers"),
     ]
 

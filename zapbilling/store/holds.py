@@ -12,7 +12,7 @@ from typing import Any
 from ..errors import Conflict, InsufficientFunds, InvalidParams, NotFound
 from .base import HoldCharge, HoldRow, Idempotency, NewHold
 from .connection import INT64_MAX, SqliteBase, new_id
-from .ledger import ACCOUNT, account_params, append_entry
+from .ledger import ACCOUNT, append_entry
 
 # The column says 'pending' until a settlement or the sweep; from the instant expires_at is
 # reached a pending hold is expired for every reader, so status is always computed at :now.
@@ -84,7 +84,7 @@ class HoldQueries(SqliteBase):
 
 
 def _create_hold(conn: sqlite3.Connection, tenant: int, hold_id: str, h: NewHold) -> HoldRow:
-    balance, expired, held = conn.execute(ACCOUNT, account_params(tenant, h.user, h.currency, h.now)).fetchone()
+    balance, expired, held = conn.execute(ACCOUNT, (tenant, h.user, h.currency, h.now)).fetchone()
     params = {
         "id": hold_id, "tenant": tenant, "user": h.user, "currency": h.currency, "amount": h.amount,
         "expires": h.expires_at, "now": h.now, "request": h.request_id,

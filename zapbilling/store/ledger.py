@@ -16,26 +16,27 @@ _ROW = "id, user_id, currency, type, amount, tags, notes, metadata, created_at, 
 
 
 # One account's balance row, its expired unforfeited credit (reads subtract it themselves until a
-# write or the sweep forfeits it) and its holds pending at :now (a hold counts until expires_at,
+# write or the sweep forfeits it) and its holds pending at `now` (a hold counts until expires_at,
 # whether or not the sweep has marked it). The subtraction is left to Python: SQLite would turn
 # an overflowing integer result into a float.
 _EXPIRED = (
-    "SELECT COALESCE(SUM(remaining), 0) FROM ledger WHERE tenant = :tenant AND user_id = :user"
-    " AND currency = {currency} AND remaining > 0 AND expires_at <= :now"
+    "SELECT COALESCE(SUM(remaining), 0) FROM ledger WHERE tenant = {tenant} AND user_id = {user}"
+    " AND currency = {currency} AND remaining > 0 AND expires_at <= {now}"
 )
 _HELD = (
-    "SELECT COALESCE(SUM(amount), 0) FROM holds WHERE tenant = :tenant AND user_id = :user"
-    " AND currency = {currency} AND status = 'pending' AND expires_at > :now"
+    "SELECT COALESCE(SUM(amount), 0) FROM holds WHERE tenant = {tenant} AND user_id = {user}"
+    " AND currency = {currency} AND status = 'pending' AND expires_at > {now}"
 )
+# Numbered parameters bound from a tuple: ~20% cheaper than named ones bound from a dict, and
+# getBalance runs this on every call.
+_ONE = dict(tenant="?1", user="?2", currency="?3", now="?4")
 ACCOUNT = (
-    "SELECT COALESCE((SELECT balance FROM balances WHERE tenant = :tenant AND user_id = :user AND currency = :currency), 0),"
-    f" ({_EXPIRED.format(currency=':currency')}), ({_HELD.format(currency=':currency')})"
+    "SELECT COALESCE((SELECT balance FROM balances WHERE tenant = ?1 AND user_id = ?2 AND currency = ?3), 0),"
+    f" ({_EXPIRED.format(**_ONE)}), ({_HELD.format(**_ONE)})"
 )
-"""(balance row, expired unforfeited credit, pending holds) of one account at :now."""
-
-
-def account_params(tenant: int, user: str, currency: str, now: int) -> dict[str, Any]:
-    return {"tenant": tenant, "user": user, "currency": currency, "now": now}
+"""(balance row, expired unforfeited credit, pending holds) of one account at now; parameters
+(tenant, user, currency, now)."""
+_EACH = dict(tenant=":tenant", user=":user", currency="c.currency", now=":now")
 
 
 def _row(r: tuple[Any, ...]) -> LedgerRow:
@@ -48,7 +49,7 @@ def _row(r: tuple[Any, ...]) -> LedgerRow:
 
 class LedgerQueries(SqliteBase):
     async def balance(self, tenant: int, user: str, currency: str, now: int) -> tuple[int, int]:
-        (b, expired, held), = self._read_point(ACCOUNT, account_params(tenant, user, currency, now))
+        (b, expired, held), = self._read_point(ACCOUNT, (tenant, user, currency, now))
         return b - expired, held
 
     async def balances(self, tenant: int, user: str, now: int) -> list[tuple[str, int, int]]:
@@ -56,7 +57,7 @@ class LedgerQueries(SqliteBase):
         rows = await self._read(
             "SELECT c.currency,"
             " COALESCE((SELECT balance FROM balances WHERE tenant = :tenant AND user_id = :user AND currency = c.currency), 0),"
-            f" ({_EXPIRED.format(currency='c.currency')}), ({_HELD.format(currency='c.currency')})"
+            f" ({_EXPIRED.format(**_EACH)}), ({_HELD.format(**_EACH)})"
             " FROM (SELECT currency FROM balances WHERE tenant = :tenant AND user_id = :user"
             "  UNION SELECT currency FROM holds WHERE tenant = :tenant AND user_id = :user"
             "  AND status = 'pending' AND expires_at > :now) c ORDER BY c.currency",
