@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         "mode": "quick" if args.quick else "full", "rounds": args.rounds, "seconds": args.seconds, "warmup": args.warmup,
         "rows": args.rows, "connections": args.connections, "cpus": CPUS, "cpu_model": cpu_model,
         "pinning": (f"one-process servers pinned to CPU {CPUS - 1}, wrk to CPU {'0' if CPUS == 2 else f'0-{CPUS - 2}'}; "
-                    "multi-worker runs unpinned"
+                    "scenario 5 (both worker counts) unpinned"
                     if pin else "no pinning: servers and wrk share every CPU"),
         "loadavg_start": " ".join(f"{x:.2f}" for x in os.getloadavg()), "python": sys.version.split()[0],
         "wrk": subprocess.run([wrk_path() or "wrk", "-v"], capture_output=True, text=True).stdout.splitlines()[0:1],
