@@ -107,9 +107,12 @@ def append_entry(conn: sqlite3.Connection, tenant: int, e: NewEntry) -> LedgerRo
         return _row(conn.execute(
             f"SELECT {_ROW} FROM ledger WHERE tenant = ? AND user_id = ? AND dedupe_key = ?", (tenant, e.user, e.dedupe_key)
         ).fetchone())
-    spend = e.amount if e.type == "withdraw" else 0
-    delta = -_settle_lots(conn, tenant, e.user, e.currency, e.now, spend)
-    delta += -spend if e.type == "withdraw" else e.amount if e.type == "deposit" else 0
+    if e.type == "withdraw":
+        delta = -_settle_lots(conn, tenant, e.user, e.currency, e.now, e.amount) - e.amount
+    elif e.type == "deposit":  # only forfeits: it need not look at the lots that have not expired
+        delta = -_forfeit_account(conn, tenant, e.user, e.currency, e.now) + e.amount
+    else:
+        raise ValueError(f"unknown ledger entry type {e.type!r}")
     _add_to_balance(conn, tenant, e.user, e.currency, delta)
     _record_usage_meter_event(conn, tenant, e)
     return {
@@ -176,9 +179,9 @@ LOT_PAGE = 64
 
 
 def _settle_lots(conn: sqlite3.Connection, tenant: int, user: str, currency: str, now: int, spend: int) -> int:
-    """Forfeit the account's expired deposits, then take `spend` cents from the expiring ones,
-    earliest expiry first; the rest of a withdrawal comes from money that never expires (which
-    may go negative: usage is recorded whatever the balance). Returns the total forfeited.
+    """For a withdrawal: forfeit the account's expired deposits, then take `spend` cents from
+    the expiring ones, earliest expiry first; the rest comes from money that never expires
+    (which may go negative: usage is recorded whatever the balance). Returns the total forfeited.
 
     One walk of the lots index serves both rules, because expired lots sort before the rest:
     for the usual account, with no expiring money, a write costs one lookup that finds nothing."""
