@@ -152,7 +152,8 @@ def _claim_refund(conn: sqlite3.Connection, tenant: int, e: NewEntry) -> None:
 
 
 def _forfeit_account(conn: sqlite3.Connection, tenant: int, user: str, currency: str, now: int) -> int:
-    """Write off what is left of this account's expired deposits (the sweep's job)."""
+    """Write off what is left of this account's expired deposits (a deposit, and the sweep);
+    a withdrawal does this in `_settle_lots`. Returns the total forfeited."""
     lots = conn.execute(
         "SELECT seq, id, remaining, expires_at FROM ledger WHERE tenant = ? AND user_id = ? AND currency = ?"
         " AND remaining > 0 AND expires_at <= ? ORDER BY expires_at, seq",
