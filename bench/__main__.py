@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         "rows": args.rows, "connections": args.connections, "cpus": CPUS, "cpu_model": cpu_model,
         "pinning": (f"one-process servers pinned to CPU {CPUS - 1}, wrk to CPU {'0' if CPUS == 2 else f'0-{CPUS - 2}'}; "
                     "scenario 5 (both worker counts) unpinned"
-                    if pin else "no pinning: servers and wrk share every CPU"),
+                    if pin else "no pinning: servers and wrk share every CPU") + "; wrk as SCHED_BATCH",
         "loadavg_start": " ".join(f"{x:.2f}" for x in os.getloadavg()), "python": sys.version.split()[0],
         "wrk": subprocess.run([wrk_path() or "wrk", "-v"], capture_output=True, text=True).stdout.splitlines()[0:1],
         "memory_gb": round(psutil.virtual_memory().total / 1024**3, 1),
