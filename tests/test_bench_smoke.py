@@ -1,6 +1,7 @@
 """Smoke test of the benchmark (issue 8): `python -m bench --quick` runs every scenario end to
-end against real servers. No thresholds: figures on a shared machine are not pass/fail. Skips
-itself where wrk or the `bench` extra (`pip install -e '.[bench]'`) is missing."""
+end against real servers. No thresholds: figures on a shared machine are not pass/fail. The
+test command (README, `.ci/run`) installs wrk and the `bench` extra, so CI runs it; it skips
+itself where either is missing (a bare `pytest` in an environment without them)."""
 from __future__ import annotations
 
 import importlib.util
