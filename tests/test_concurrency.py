@@ -219,6 +219,47 @@ async def test_concurrent_burns_honour_eligibility_and_account_every_cent(api, d
     check_invariants(db_path)
 
 
+# -- invoice preview ------------------------------------------------------------------------------------
+
+async def test_invoice_preview_reads_one_snapshot_while_usage_and_burns_land(api, db_path):
+    """Writers each burn 1 cent of a grant, then record 1 unit of usage priced at 2 cents: at
+    every moment the grant has been burned at least as often as usage was recorded. A preview
+    shows both (creditApplied is all that is left of the grant, subtotal twice the usage), so
+    one that read the grant before a burn and the usage after that burn's event breaks the
+    rule. The metered meter comes after 30 empty ones, so a preview that reads each piece in
+    its own transaction has time between the grant and the usage for writes to land."""
+    for n in range(30):
+        await ok(api, "createMeter", {"name": f"idle{n}", "eventName": f"idle{n}"})
+    meter = (await ok(api, "createMeter", {"name": "calls", "eventName": "calls"}))["id"]
+    await ok(api, "createPricingRule", {"meterId": meter, "unitPrice": 2})
+    grant_cents = 10_000
+    await ok(api, "createCreditGrant", {"userId": ALICE, "amountCents": grant_cents})
+    # start with 4,000 burned and 4,000 used: the grant then never covers the whole subtotal,
+    # so creditApplied is exactly what is left of it
+    await ok(api, "burnCredits", {"userId": ALICE, "amount": 4_000})
+    await ok(api, "recordMeterEvents", {"events": [{"meterId": meter, "userId": ALICE, "value": 4_000}]})
+
+    async def writer(w: int) -> None:
+        for _ in range(25):
+            burn = await client(api, w).call("burnCredits", {"userId": ALICE, "amount": 1})
+            assert burn.ok and burn.result["burned"] == 1, burn
+            event = await client(api, w).call("recordMeterEvents", {"events": [{"meterId": meter, "userId": ALICE, "value": 1}]})
+            assert event.ok, event
+
+    previews: list[dict[str, Any]] = []
+
+    async def previewer(p: int) -> None:
+        for _ in range(15):
+            previews.append(await ok(client(api, p), "invoicePreview", {"userId": ALICE}))
+
+    await asyncio.gather(*(writer(w) for w in range(6)), *(previewer(p) for p in range(4)))
+    for preview in previews:
+        used, burned = preview["subtotal"] // 2, grant_cents - preview["creditApplied"]
+        assert burned >= used, f"a preview saw {used} units used but only {burned} cents burned: not one snapshot"
+    final = await ok(api, "invoicePreview", {"userId": ALICE})
+    assert (final["subtotal"], final["creditApplied"]) == (2 * (4_000 + 150), grant_cents - 4_000 - 150)
+
+
 # -- duplicate meter events ------------------------------------------------------------------------------
 
 async def test_concurrent_duplicate_meter_events_create_exactly_one(api, db_path):

@@ -30,12 +30,16 @@ async def invoice_preview(ctx: Context, p: Any) -> dict[str, Any]:
     start = parse_ts(p.periodStart) if p.periodStart else None
     end = parse_ts(p.periodEnd, period_end=True) if p.periodEnd else None
     store, tenant = ctx.store, ctx.tenant
-    rules = choose_rules(await store.list_rules(tenant, currency=p.currency), p.planId)
-    grants = await store.active_grants(tenant, p.userId, ctx.now, p.currency)
+    # One snapshot: usage, rules and grants as of one moment, never usage recorded after a grant
+    # was read beside the grant as it was before being burned for that usage.
+    async with store.snapshot():
+        rules = choose_rules(await store.list_rules(tenant, currency=p.currency), p.planId)
+        grants = await store.active_grants(tenant, p.userId, ctx.now, p.currency)
+        usage = [(meter, await store.aggregate_events(tenant, meter["id"], meter["aggregationType"], p.userId, start, end))
+                 for meter in await store.list_meters(tenant)]
     line_items = []
     try:
-        for meter in await store.list_meters(tenant):
-            quantity, count = await store.aggregate_events(tenant, meter["id"], meter["aggregationType"], p.userId, start, end)
+        for meter, (quantity, count) in usage:
             if count == 0:
                 continue
             rule = rules.get(meter["id"])

@@ -6,6 +6,7 @@ The value objects made per request (NewEntry, NewHold, ...) are plain slotted da
 frozen ones: a frozen dataclass's __init__ costs about twice as much, and nothing writes to them."""
 from __future__ import annotations
 
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
@@ -117,6 +118,9 @@ HoldCharge = Callable[[HoldRow, int], NewEntry]
 class Store(Protocol):
     async def open(self) -> None: ...
     async def close(self) -> None: ...
+    def snapshot(self) -> AbstractAsyncContextManager[None]:
+        """`async with store.snapshot():` the reads made inside see one moment of the data."""
+        ...
 
     # keys
     async def create_key(self, org: str, mode: str, scope: str, now: int) -> tuple[str, str]: ...

@@ -2,17 +2,20 @@
 write, and an aiosqlite connection for reads, which WAL lets run beside the writer.
 
 Reads are single statements wherever the answer must be consistent, because a single SELECT
-sees one snapshot; a write is one job on the writer, which is one transaction.
+sees one snapshot; where one answer takes several (invoicePreview), they run inside
+`snapshot()`, one read transaction. A write is one job on the writer, which is one transaction.
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import secrets
 import sqlite3
 import time
+from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, AsyncIterator, Callable
 
 import aiosqlite
 
@@ -24,6 +27,16 @@ from .writer import Writer
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 DURABILITY = {"full": "FULL", "normal": "NORMAL"}
 WAL_AUTOCHECKPOINT_PAGES = 4000
+
+
+_SNAPSHOT: ContextVar[aiosqlite.Connection | None] = ContextVar("zapbilling_snapshot", default=None)
+"""The snapshot connection while the current task is inside `snapshot()`: a context variable,
+so a concurrent request's reads never land in another request's read transaction."""
+
+
+async def _end_read(conn: aiosqlite.Connection) -> None:
+    with contextlib.suppress(sqlite3.OperationalError):  # no transaction: its BEGIN failed
+        await conn.execute("COMMIT")
 
 
 def _enable_wal(conn: sqlite3.Connection, patience: float = 10.0) -> None:
@@ -60,6 +73,8 @@ class SqliteBase:
         self.durability = durability
         self._writer = Writer(self._connect_writer)
         self._reader: aiosqlite.Connection | None = None
+        self._snapshots: aiosqlite.Connection | None = None
+        self._snapshot_lock = asyncio.Lock()
         self._point: sqlite3.Connection | None = None
         self._snapshot = False
 
@@ -84,23 +99,47 @@ class SqliteBase:
         self._reader = await aiosqlite.connect(self.path, isolation_level=None)
         await self._reader.execute("PRAGMA busy_timeout = 10000")
         await self._reader.execute("PRAGMA query_only = ON")
+        self._snapshots = await aiosqlite.connect(self.path, isolation_level=None)
+        await self._snapshots.execute("PRAGMA busy_timeout = 10000")
+        await self._snapshots.execute("PRAGMA query_only = ON")
         self._point = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._point.execute("PRAGMA busy_timeout = 1000")
         self._point.execute("PRAGMA query_only = ON")
 
     async def close(self) -> None:
         await self._writer.close()
-        if self._reader is not None:
-            await self._reader.close()
-            self._reader = None
+        for conn in (self._reader, self._snapshots):
+            if conn is not None:
+                await conn.close()
+        self._reader = self._snapshots = None
         if self._point is not None:
             self._end_snapshot()
             self._point.close()
             self._point = None
 
     async def _read(self, sql: str, params: tuple[Any, ...] | dict[str, Any] = ()) -> list[tuple[Any, ...]]:
-        assert self._reader is not None, "store is not open"
-        return list(await self._reader.execute_fetchall(sql, params))
+        conn = _SNAPSHOT.get() or self._reader
+        assert conn is not None, "store is not open"
+        return list(await conn.execute_fetchall(sql, params))
+
+    @contextlib.asynccontextmanager
+    async def snapshot(self) -> AsyncIterator[None]:
+        """Inside this block, this task's `_read` queries all see the database as of one moment:
+        an answer computed from several (an invoice preview: rules, grants, then each meter's
+        events) must not mix the states before and after a write that lands between them.
+        Snapshots take turns on a connection of their own, so they hold up no other read; in
+        WAL mode they hold up no write either. Point reads (`_read_point`) are not part of it."""
+        conn = self._snapshots
+        assert conn is not None, "store is not open"
+        async with self._snapshot_lock:
+            token = _SNAPSHOT.set(conn)
+            try:
+                await conn.execute("BEGIN")
+                yield
+            finally:
+                _SNAPSHOT.reset(token)
+                # Shielded: a cancelled request must not leave the transaction open for the next.
+                await asyncio.shield(_end_read(conn))
 
     def _read_point(self, sql: str, params: tuple[Any, ...] | dict[str, Any] = (), *, fresh: bool = False) -> list[tuple[Any, ...]]:
         """An indexed point read, run right here on the event loop's thread: it takes a few
