@@ -76,7 +76,7 @@ class SqliteBase:
         self._snapshots: aiosqlite.Connection | None = None
         self._snapshot_lock = asyncio.Lock()
         self._point: sqlite3.Connection | None = None
-        self._snapshot = False
+        self._point_txn = False
 
     # -- lifecycle ---------------------------------------------------------------------------
     def _connect_writer(self) -> sqlite3.Connection:
@@ -113,7 +113,7 @@ class SqliteBase:
                 await conn.close()
         self._reader = self._snapshots = None
         if self._point is not None:
-            self._end_snapshot()
+            self._end_point_txn()
             self._point.close()
             self._point = None
 
@@ -156,16 +156,16 @@ class SqliteBase:
         conn = self._point
         assert conn is not None, "store is not open"
         if fresh:
-            self._end_snapshot()
-        if not self._snapshot:
+            self._end_point_txn()
+        if not self._point_txn:
             conn.execute("BEGIN")
-            self._snapshot = True
-            asyncio.get_running_loop().call_soon(self._end_snapshot)
+            self._point_txn = True
+            asyncio.get_running_loop().call_soon(self._end_point_txn)
         return conn.execute(sql, params).fetchall()
 
-    def _end_snapshot(self) -> None:
-        if self._snapshot and self._point is not None:
-            self._snapshot = False
+    def _end_point_txn(self) -> None:
+        if self._point_txn and self._point is not None:
+            self._point_txn = False
             self._point.execute("COMMIT")
 
     async def _run(self, job: Callable[..., Any], *args: Any) -> Any:
