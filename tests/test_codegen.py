@@ -158,7 +158,7 @@ def test_client_package_depends_on_no_server_code():
 
 # -- OpenAPI ---------------------------------------------------------------------------------------
 
-DOC = openapi(REGISTRY.schema)
+DOC = openapi(REGISTRY.schema, REGISTRY.field_rules, REGISTRY.method_rules)
 
 
 def test_openapi_document_is_valid_openapi_3_1():
@@ -215,3 +215,19 @@ async def test_openapi_json_is_served_to_any_key_and_refused_without_one(api, ma
     assert status == 200 and body["openapi"] == "3.1.0"
     status, body = await api.with_key(None).rest("GET", "/api/v1/openapi.json")
     assert status == 401 and body["error"]["code"] == "unauthorized"
+
+
+def test_openapi_states_the_rules_the_server_enforces_where_json_schema_can():
+    def body(path: str) -> dict:
+        return DOC["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]
+
+    deposit = body("/api/v1/billing/deposit")["properties"]
+    assert deposit["amount"]["minimum"] == 1 and deposit["expiresIn"]["maximum"] == 36_500
+    assert deposit["currency"]["pattern"] == "^[A-Za-z]{3}$" and deposit["currency"]["default"] == "usd"
+    assert body("/api/v1/billing/usage")["properties"]["amount"]["minimum"] == -(2**63), "recordUsage takes amount <= 0 (skipped)"
+    # an absent `events` is refused (`at least one event is required`): required, and no default shown
+    events = body("/api/v1/billing/meter-events")
+    assert "events" in events["required"] and "default" not in events["properties"]["events"]
+    assert (events["properties"]["events"]["minItems"], events["properties"]["events"]["maxItems"]) == (1, 100)
+    limit = next(p for p in DOC["paths"]["/api/v1/billing/holds"]["get"]["parameters"] if p["name"] == "limit")
+    assert (limit["schema"]["minimum"], limit["schema"]["maximum"], limit["schema"]["default"]) == (1, 1000, 100)

@@ -294,3 +294,58 @@ async def test_wrongly_typed_parameter_gives_invalid_params(api, path, schema, w
         checked += 1
     if not checked:
         pytest.skip(f"{wire}: no parameter can be sent with a wrong type on {transport}")
+
+
+# -- the value rules the OpenAPI document states ---------------------------------------------------
+
+def beyond_and_at(prop: dict[str, Any], value: Any) -> list[tuple[str, Any, bool]]:
+    """(keyword, a value, whether the server must refuse it) for each bound `prop` states, built
+    around the example's `value`: just outside the bound, and on it."""
+    cases: list[tuple[str, Any, bool]] = []
+    for kw, step in (("minimum", -1), ("maximum", 1)):
+        if kw in prop and prop[kw] not in (*INT64, *INT32):  # a type's own range is tested above
+            cases += [(kw, prop[kw] + step, True), (kw, prop[kw], False)]
+    item = value[0] if isinstance(value, list) and value else None
+    if "minItems" in prop:
+        cases += [("minItems", [item] * (prop["minItems"] - 1), True), ("minItems", [item] * prop["minItems"], False)]
+    if "maxItems" in prop:
+        cases += [("maxItems", [item] * (prop["maxItems"] + 1), True), ("maxItems", [item] * prop["maxItems"], False)]
+    if "pattern" in prop:
+        cases += [("pattern", "u5d", True)]
+    return cases
+
+
+@pytest.fixture
+async def served_openapi(api):
+    status, doc = await api.rest("GET", "/api/v1/openapi.json")
+    assert status == 200
+    return doc
+
+
+@pytest.mark.parametrize("transport", ("zap-msgpack", "rest"))
+@pytest.mark.parametrize("path, schema, wire, method", [c for c in CASES if c.values[0].name == "billing.zap"])
+async def test_every_bound_the_openapi_document_states_is_the_one_the_server_enforces(
+        api, served_openapi, path, schema, wire, method, transport):
+    """Each minimum/maximum/minItems/maxItems/pattern a rule adds to a method's params in the
+    served document: a value just beyond it is refused naming the parameter, a value on it is
+    not (business rules aside: every bound stated so far lies well inside them)."""
+    envelope = next(e for e in served_openapi["components"]["schemas"]["ZapCall"]["oneOf"]
+                    if e["properties"]["method"]["const"] == wire)
+    props = envelope["properties"]["params"]["properties"]
+    params, _ = await prepare(api, example_for(path, schema, wire))
+    as_text = transport == "rest" and method.http is not None and method.http.verb in ("GET", "DELETE")
+    checked = 0
+    for name, prop in props.items():
+        for kw, value, refused in beyond_and_at(prop, params.get(name)):
+            if as_text and isinstance(value, list):
+                continue
+            if kw in ("minItems", "maxItems") and params.get(name) in (None, []):
+                raise AssertionError(f"{wire}: the example gives no {name} item to repeat")
+            r = await Caller(api, transport).call(method, {**params, name: value})
+            if refused:
+                assert_invalid_params(transport, r, None, name)
+            else:
+                assert r.error is None or r.error.get("param") != name, (name, kw, value, r.error)
+            checked += 1
+    if not checked:
+        pytest.skip(f"{wire}: the document states no bound for its parameters")

@@ -1057,9 +1057,10 @@ def _msgpack_deserializer(ctx: Any, response: Any) -> Any:
 # - not_a_server_error: the point of the exercise.
 # - status_code_conformance, content_type_conformance, response_schema_conformance: the document
 #   must describe what the server really answers.
-# - positive_data_acceptance (off): the document gives types, not every rule (a known ISO
-#   currency, positive amounts, `limit` 1..1000, RFC 3339 times, Go durations, non-empty required
-#   text, 1..100 events), so schema-valid data is rightly refused with 400 invalid_params.
+# - positive_data_acceptance (off): the document states the bounds JSON Schema can say (positive
+#   amounts, `limit` 1..1000, 1..100 events, a three-letter currency) but not every rule (a known
+#   ISO currency, RFC 3339 times, Go durations, non-empty required text, ids that exist), so
+#   schema-valid data is rightly refused with 400 invalid_params or 404.
 # - negative_data_rejection (off): the ZAP endpoint answers a call's errors in-band with HTTP 200,
 #   as the contract requires; and an empty query value means "absent", which a schema cannot say.
 # - unsupported_method (off): the contract's table has no 405; an undeclared verb gets the 404

@@ -22,7 +22,9 @@ from .schema import MISSING, Field, Method, Schema, TypeRef
 
 Rule = Callable[[Any, str], Any]
 """A domain check for one field: gets the value and the field's name, returns the (possibly
-normalised) value or raises `invalid(message)`."""
+normalised) value or raises `invalid(message)`. A rule may carry `json_schema`, the JSON Schema
+keywords that state what it enforces (see billing/validation.py `documented`), which the
+OpenAPI document adds to the field."""
 
 INT_RANGES = {"Int32": (-(2**31), 2**31 - 1), "Int64": (-(2**63), 2**63 - 1)}
 MAX_TEXT = 65_536

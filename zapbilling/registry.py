@@ -48,6 +48,9 @@ class Registry:
     """By wire name (`billing.getBalance`)."""
     catalogue: dict[str, Any]
     """What zap.discover answers."""
+    field_rules: Mapping[str, Rule] = field(default_factory=dict)
+    method_rules: Mapping[str, Mapping[str, Rule]] = field(default_factory=dict)
+    """The rules the params models apply, kept for the OpenAPI document."""
 
 
 def build_registry(
@@ -85,7 +88,7 @@ def build_registry(
             params_model=builder.params_model(m, method_rules.get(name, {})),
             result_model=builder.result_model(m), handler=handlers[name], http=m.http,
         )
-    return Registry(schema, commands, catalogue(schema))
+    return Registry(schema, commands, catalogue(schema), dict(field_rules or {}), dict(method_rules))
 
 
 def load_registry(path: str | Path | None = None) -> Registry:

@@ -1,5 +1,6 @@
 """Generators that turn the schema into artefacts other programs consume: the Python client
-package and the OpenAPI document. Both are pure functions of the schema text."""
+package (a pure function of the schema text) and the OpenAPI document (the schema plus the
+parameter rules the server enforces)."""
 from __future__ import annotations
 
 import json
@@ -20,9 +21,11 @@ def generated_files(target: str, schema_path: Path | None = None) -> dict[str, s
         from .python_client import generate
 
         return generate(schema, name, text)
+    from ..registry import load_registry
     from .openapi import openapi
 
-    return {"openapi.json": json.dumps(openapi(schema), indent=2) + "\n"}
+    registry = load_registry(path)
+    return {"openapi.json": json.dumps(openapi(schema, registry.field_rules, registry.method_rules), indent=2) + "\n"}
 
 
 def stale_files(files: dict[str, str], out: Path) -> list[str]:

@@ -1,9 +1,12 @@
-"""The OpenAPI 3.1 document of the REST routes and the ZAP endpoint, derived from the schema
-and the error table, so it cannot describe an operation the server does not have."""
+"""The OpenAPI 3.1 document of the REST routes and the ZAP endpoint, derived from the schema,
+the parameter rules the server enforces (those that say what they enforce in JSON Schema) and
+the error table, so it cannot describe an operation the server does not have."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Mapping
+
+Rule = Callable[..., Any]
 
 from ..errors import KINDS
 from ..schema import MISSING, Field, Method, Schema, TypeRef
@@ -34,20 +37,37 @@ def type_schema(t: TypeRef, schema: Schema) -> dict[str, Any]:
     return {"$ref": f"#/components/schemas/{t.name}"}
 
 
-def field_schema(f: Field, schema: Schema) -> dict[str, Any]:
+def refused_default(f: Field, rule: Rule | None) -> bool:
+    """The server judges a default with the field's rule too (an absent `events` is `at least one
+    event is required`): such a field is in effect required, and its default no value to show."""
+    if rule is None or f.default is MISSING:
+        return False
+    try:
+        rule(f.default, f.name)
+    except Exception:  # noqa: BLE001 - a rule refuses with its own error type
+        return True
+    return False
+
+
+def field_schema(f: Field, schema: Schema, rule: Rule | None = None) -> dict[str, Any]:
     s = type_schema(f.type, schema)
+    stated = getattr(rule, "json_schema", None)
+    if stated:
+        s = {**s, **stated} if "$ref" not in s else {"allOf": [s, stated]}
     if f.doc:
         s = {**s, "description": f.doc} if "$ref" not in s else {"allOf": [s], "description": f.doc}
-    if f.default is not MISSING:
+    if f.default is not MISSING and not refused_default(f, rule):
         s["default"] = f.default
     if f.deprecated:
         s["deprecated"] = True
     return s
 
 
-def object_schema(fields: list[Field], schema: Schema, doc: str = "", closed: bool = True) -> dict[str, Any]:
-    out: dict[str, Any] = {"type": "object", "properties": {f.name: field_schema(f, schema) for f in fields}}
-    required = [f.name for f in fields if f.required]
+def object_schema(fields: list[Field], schema: Schema, doc: str = "", closed: bool = True,
+                  rules: Mapping[str, Rule] | None = None) -> dict[str, Any]:
+    rules = rules or {}
+    out: dict[str, Any] = {"type": "object", "properties": {f.name: field_schema(f, schema, rules.get(f.name)) for f in fields}}
+    required = [f.name for f in fields if f.required or refused_default(f, rules.get(f.name))]
     if required:
         out["required"] = required
     if closed:
@@ -57,7 +77,7 @@ def object_schema(fields: list[Field], schema: Schema, doc: str = "", closed: bo
     return out
 
 
-def _components(schema: Schema) -> dict[str, Any]:
+def _components(schema: Schema, field_rules: Mapping[str, Rule]) -> dict[str, Any]:
     schemas: dict[str, Any] = {}
     for name in sorted(schema.order, key=schema.order.__getitem__):
         if name in schema.enums:
@@ -65,7 +85,7 @@ def _components(schema: Schema) -> dict[str, Any]:
             schemas[name] = {"type": "string", "enum": list(e.values), **({"description": e.doc} if e.doc else {})}
         elif name in schema.structs:
             s = schema.structs[name]
-            schemas[name] = object_schema(s.fields, schema, s.doc)
+            schemas[name] = object_schema(s.fields, schema, s.doc, rules=field_rules)
     schemas["Error"] = {
         "type": "object", "required": ["error"],
         "properties": {"error": {
@@ -106,7 +126,7 @@ def _error_responses(statuses: set[int]) -> dict[str, Any]:
             for s in sorted(statuses)}
 
 
-def _rest_operation(wire: str, m: Method, schema: Schema) -> dict[str, Any]:
+def _rest_operation(wire: str, m: Method, schema: Schema, rules: Mapping[str, Rule]) -> dict[str, Any]:
     assert m.http is not None
     fields = schema.flat_params(m)
     in_path = set(m.http.path_params)
@@ -120,13 +140,14 @@ def _rest_operation(wire: str, m: Method, schema: Schema) -> dict[str, Any]:
     rest = [f for f in fields if f.name not in in_path]
     if m.http.verb in ("GET", "DELETE"):
         for f in rest:
-            p: dict[str, Any] = {"name": f.name, "in": "query", "required": f.required, "schema": field_schema(f, schema)}
+            p: dict[str, Any] = {"name": f.name, "in": "query", "required": f.required or refused_default(f, rules.get(f.name)),
+                                 "schema": field_schema(f, schema, rules.get(f.name))}
             if f.type.name == "List":
                 p["explode"] = True
             params.append(p)
     elif rest:
         # open: the server ignores fields it does not know (a newer caller's), as the envelope does
-        op["requestBody"] = {"required": False, "content": content(object_schema(rest, schema, closed=False))}
+        op["requestBody"] = {"required": False, "content": content(object_schema(rest, schema, closed=False, rules=rules))}
     if params:
         op["parameters"] = params
     success = {"description": "the result", "content": content(_result_schema(m, schema))}
@@ -143,7 +164,7 @@ def _rest_operation(wire: str, m: Method, schema: Schema) -> dict[str, Any]:
     return op
 
 
-def _envelope(wire: str, m: Method, schema: Schema) -> dict[str, Any]:
+def _envelope(wire: str, m: Method, schema: Schema, rules: Mapping[str, Rule]) -> dict[str, Any]:
     return {
         "type": "object", "required": ["method"], "title": wire, "description": m.doc,
         "properties": {
@@ -151,13 +172,13 @@ def _envelope(wire: str, m: Method, schema: Schema) -> dict[str, Any]:
             "id": {"type": ["string", "integer", "null"]},
             "jsonrpc": {"const": "2.0"},
             "idempotencyKey": {"type": "string"},
-            "params": object_schema(schema.flat_params(m), schema, closed=False),
+            "params": object_schema(schema.flat_params(m), schema, closed=False, rules=rules),
         },
     }
 
 
-def _zap_components(schema: Schema) -> dict[str, Any]:
-    envelopes = [_envelope(f"{i.service}.{m.name}", m, schema) for i, m in schema.methods()]
+def _zap_components(schema: Schema, rules: Callable[[Method], Mapping[str, Rule]]) -> dict[str, Any]:
+    envelopes = [_envelope(f"{i.service}.{m.name}", m, schema, rules(m)) for i, m in schema.methods()]
     envelopes.append({"type": "object", "required": ["method"], "title": "zap.discover",
                       "properties": {"method": {"const": "zap.discover"}, "id": {"type": ["string", "integer", "null"]}}})
     call = {"$ref": "#/components/schemas/ZapCall"}
@@ -187,11 +208,19 @@ def _zap_operation(suffix: str) -> dict[str, Any]:
     }
 
 
-def openapi(schema: Schema, version: str = "0.1.0") -> dict[str, Any]:
+def openapi(schema: Schema, field_rules: Mapping[str, Rule] | None = None,
+            method_rules: Mapping[str, Mapping[str, Rule]] | None = None, version: str = "0.1.0") -> dict[str, Any]:
+    """`field_rules` and `method_rules` as the registry applies them: a method's own rule for a
+    parameter replaces the rule for every field of that name."""
+    field_rules, method_rules = field_rules or {}, method_rules or {}
+
+    def rules(m: Method) -> Mapping[str, Rule]:
+        return {**field_rules, **method_rules.get(m.name, {})}
+
     paths: dict[str, Any] = {}
     for iface, m in schema.methods():
         if m.http:
-            paths.setdefault(m.http.path, {})[m.http.verb.lower()] = _rest_operation(f"{iface.service}.{m.name}", m, schema)
+            paths.setdefault(m.http.path, {})[m.http.verb.lower()] = _rest_operation(f"{iface.service}.{m.name}", m, schema, rules(m))
     for i, path in enumerate(ZAP_PATHS):
         paths[path] = {"post": _zap_operation("" if i == 0 else "Billing")}
     return {
@@ -202,7 +231,7 @@ def openapi(schema: Schema, version: str = "0.1.0") -> dict[str, Any]:
         "security": [{"bearer": []}],
         "paths": paths,
         "components": {
-            "schemas": _components(schema) | _zap_components(schema),
+            "schemas": _components(schema, field_rules) | _zap_components(schema, rules),
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "description": "an API key made by `zapbilling keys create`"}},
         },
     }
