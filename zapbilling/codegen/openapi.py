@@ -6,10 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-Rule = Callable[..., Any]
-
 from ..errors import KINDS
 from ..schema import MISSING, Field, Method, Schema, TypeRef
+
+Rule = Callable[..., Any]
+"""A parameter rule as models.py takes it; its `json_schema`, if any, joins the field's schema."""
 
 INT64 = {"type": "integer", "format": "int64", "minimum": -(2**63), "maximum": 2**63 - 1}
 INT32 = {"type": "integer", "format": "int32", "minimum": -(2**31), "maximum": 2**31 - 1}

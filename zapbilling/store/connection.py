@@ -96,15 +96,17 @@ class SqliteBase:
 
     async def open(self) -> None:
         await self._writer.start()
-        self._reader = await aiosqlite.connect(self.path, isolation_level=None)
-        await self._reader.execute("PRAGMA busy_timeout = 10000")
-        await self._reader.execute("PRAGMA query_only = ON")
-        self._snapshots = await aiosqlite.connect(self.path, isolation_level=None)
-        await self._snapshots.execute("PRAGMA busy_timeout = 10000")
-        await self._snapshots.execute("PRAGMA query_only = ON")
+        self._reader = await self._open_reader()
+        self._snapshots = await self._open_reader()
         self._point = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._point.execute("PRAGMA busy_timeout = 1000")
         self._point.execute("PRAGMA query_only = ON")
+
+    async def _open_reader(self) -> aiosqlite.Connection:
+        conn = await aiosqlite.connect(self.path, isolation_level=None)
+        await conn.execute("PRAGMA busy_timeout = 10000")
+        await conn.execute("PRAGMA query_only = ON")
+        return conn
 
     async def close(self) -> None:
         await self._writer.close()
