@@ -158,7 +158,7 @@ def test_client_package_depends_on_no_server_code():
 
 # -- OpenAPI ---------------------------------------------------------------------------------------
 
-DOC = openapi(REGISTRY.schema, REGISTRY.field_rules, REGISTRY.method_rules)
+DOC = openapi(REGISTRY)
 
 
 def test_openapi_document_is_valid_openapi_3_1():

@@ -43,7 +43,7 @@ def create_app(config: Config, registry: Registry | None = None) -> web.Applicat
     app.router.add_post("/api/v1/zap", zap)
     app.router.add_post("/api/v1/billing/zap", zap)
     add_routes(app, caller, bounded)
-    app.router.add_get("/api/v1/openapi.json", bounded(document_route(caller, openapi(registry.schema, registry.field_rules, registry.method_rules))))
+    app.router.add_get("/api/v1/openapi.json", bounded(document_route(caller, openapi(registry))))
     app.router.add_get("/healthz", _health)
     unknown = bounded(unknown_route(caller))
     app.router.add_route("*", "/api/v1", unknown)

@@ -52,6 +52,11 @@ class Registry:
     method_rules: Mapping[str, Mapping[str, Rule]] = field(default_factory=dict)
     """The rules the params models apply, kept for the OpenAPI document."""
 
+    def rules(self, method: str) -> Mapping[str, Rule]:
+        """A method's parameter rules as its params model applies them: its own rule for a
+        parameter replaces the rule for every field of that name."""
+        return {**self.field_rules, **self.method_rules.get(method, {})}
+
 
 def build_registry(
     schema: Schema,

@@ -11,7 +11,7 @@ from ..schema import load
 
 def generated_files(target: str, schema_path: Path | None = None) -> dict[str, str]:
     """Relative path -> content for `target` ("client" or "openapi")."""
-    from ..registry import default_schema_path
+    from ..registry import default_schema_path, load_registry
 
     path = schema_path or default_schema_path()
     schema = load(path)
@@ -21,11 +21,9 @@ def generated_files(target: str, schema_path: Path | None = None) -> dict[str, s
         from .python_client import generate
 
         return generate(schema, name, text)
-    from ..registry import load_registry
     from .openapi import openapi
 
-    registry = load_registry(path)
-    return {"openapi.json": json.dumps(openapi(schema, registry.field_rules, registry.method_rules), indent=2) + "\n"}
+    return {"openapi.json": json.dumps(openapi(load_registry(path)), indent=2) + "\n"}
 
 
 def stale_files(files: dict[str, str], out: Path) -> list[str]:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from ..errors import KINDS
+from ..registry import Registry
 from ..schema import MISSING, Field, Method, Schema, TypeRef
 
 Rule = Callable[..., Any]
@@ -209,14 +210,11 @@ def _zap_operation(suffix: str) -> dict[str, Any]:
     }
 
 
-def openapi(schema: Schema, field_rules: Mapping[str, Rule] | None = None,
-            method_rules: Mapping[str, Mapping[str, Rule]] | None = None, version: str = "0.1.0") -> dict[str, Any]:
-    """`field_rules` and `method_rules` as the registry applies them: a method's own rule for a
-    parameter replaces the rule for every field of that name."""
-    field_rules, method_rules = field_rules or {}, method_rules or {}
+def openapi(registry: Registry, version: str = "0.1.0") -> dict[str, Any]:
+    schema = registry.schema
 
     def rules(m: Method) -> Mapping[str, Rule]:
-        return {**field_rules, **method_rules.get(m.name, {})}
+        return registry.rules(m.name)
 
     paths: dict[str, Any] = {}
     for iface, m in schema.methods():
@@ -232,7 +230,7 @@ def openapi(schema: Schema, field_rules: Mapping[str, Rule] | None = None,
         "security": [{"bearer": []}],
         "paths": paths,
         "components": {
-            "schemas": _components(schema, field_rules) | _zap_components(schema, rules),
+            "schemas": _components(schema, registry.field_rules) | _zap_components(schema, rules),
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "description": "an API key made by `zapbilling keys create`"}},
         },
     }
