@@ -2,8 +2,9 @@
 #
 # This file is the single source of truth. The server's command registry, its params and
 # result models, the REST routes, zap.discover and the contract tests are all derived from it.
-# The language is described in ../shared/spec/zap-schema.md; the behaviour of each operation
-# in ../shared/spec/billing-api.md. Methods and fields are append-only.
+# The language is described in docs/zap-schema.md; the behaviour of each operation in
+# docs/api.md, which `zapbilling gen docs` generates from this file. Methods and fields are
+# append-only.
 
 # The direction of a ledger row. Amounts are always positive.
 enum TransactionType
@@ -52,7 +53,7 @@ struct UsagePage
 struct UsageRequest
   user Text
   currency Text = "usd"
-  amount Int64 = 0                # cents; 0 or less records nothing
+  amount Int64                    # cents; 0 or less records nothing (status "skipped")
   model Text = ""
   provider Text = ""
   promptTokens Int64 = 0

@@ -258,14 +258,25 @@ async def test_record_usage_notes_and_metadata(any_api):
         assert row["metadata"].get(field) == request[field], (field, row["metadata"])
 
 
-@pytest.mark.parametrize("amount", [0, -1, -500, None])
+@pytest.mark.parametrize("amount", [0, -1, -500])
 async def test_record_usage_non_positive_amount_is_skipped(any_api, amount):
-    params = {"user": ALICE, "model": "m", "totalTokens": 10, "requestId": "req-skip"}
-    if amount is not None:
-        params["amount"] = amount
+    params = {"user": ALICE, "model": "m", "totalTokens": 10, "requestId": "req-skip", "amount": amount}
     r = await any_api.call("recordUsage", params)
     assert r.status == 200  # not 201: nothing was created
     assert r.result == {"user": ALICE, "amount": 0, "status": "skipped"}
+    assert await balance(any_api) == 0
+    assert (await any_api.call("getUsage", {"user": ALICE})).result["usage"] == []
+
+
+@pytest.mark.parametrize("amount", [None, "absent"])
+async def test_record_usage_without_amount_is_refused_and_charges_nothing(any_api, amount):
+    """A missing amount used to default to 0 and answer `skipped`: lost revenue with a success
+    answer. It is now `amount is required`, and nothing is written."""
+    params = {"user": ALICE, "model": "m", "requestId": "req-no-amount"}
+    if amount is None:
+        params["amount"] = None
+    r = await any_api.call("recordUsage", params)
+    assert_error(any_api, r, "invalid_params", "amount is required", "amount")
     assert await balance(any_api) == 0
     assert (await any_api.call("getUsage", {"user": ALICE})).result["usage"] == []
     assert (await any_api.call("getBalanceAll", {"user": ALICE})).result["balances"] == []
