@@ -1,5 +1,7 @@
 """The SQLite connections: WAL mode, one writer thread with group commit (writer.py) for every
-write, and an aiosqlite connection for reads, which WAL lets run beside the writer.
+write, and the read path (reads.py: the reader, `snapshot()` and point reads on the loop's
+thread), which WAL lets run beside the writer. This module keeps the writer's side: opening
+the file, the two ways to write, and idempotency.
 
 Reads are single statements wherever the answer must be consistent, because a single SELECT
 sees one snapshot; where one answer takes several (invoicePreview), they run inside
@@ -7,36 +9,23 @@ sees one snapshot; where one answer takes several (invoicePreview), they run ins
 """
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import secrets
 import sqlite3
 import time
-from contextvars import ContextVar
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable
-
-import aiosqlite
+from typing import Any, Awaitable, Callable
 
 from ..errors import Conflict
 from .base import Idempotency
 from .migrations import migrate
+from .reads import Reads
 from .writer import Writer
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 DURABILITY = {"full": "FULL", "normal": "NORMAL"}
 WAL_AUTOCHECKPOINT_PAGES = 4000
-
-
-_SNAPSHOT: ContextVar[aiosqlite.Connection | None] = ContextVar("zapbilling_snapshot", default=None)
-"""The snapshot connection while the current task is inside `snapshot()`: a context variable,
-so a concurrent request's reads never land in another request's read transaction."""
-
-
-async def _end_read(conn: aiosqlite.Connection) -> None:
-    with contextlib.suppress(sqlite3.OperationalError):  # no transaction: its BEGIN failed
-        await conn.execute("COMMIT")
 
 
 def _enable_wal(conn: sqlite3.Connection, patience: float = 10.0) -> None:
@@ -63,8 +52,20 @@ def new_id(prefix: str) -> str:
 
 
 class SqliteBase:
-    """The connections and the two ways to write: `_run` for a plain atomic job, `_write` for a
-    tenant's write that honours an idempotency key in the same transaction."""
+    """The writer, the read path and the two ways to write: `_run` for a plain atomic job,
+    `_write` for a tenant's write that honours an idempotency key in the same transaction.
+
+    The three ways to read are reads.py's, bound here under the names the query modules use
+    (bound once per store rather than wrapped in a method: a point read is on the hot path of
+    getBalance, and a method that only forwards would add a call frame to each)."""
+
+    _read: Callable[..., Awaitable[list[tuple[Any, ...]]]]
+    """Reads.read: any query, off the loop's thread; inside `snapshot()`, on the snapshot."""
+    _read_point: Callable[..., list[tuple[Any, ...]]]
+    """Reads.point(sql, params=(), *, fresh=False): an indexed read on the loop's thread,
+    sharing the loop turn's read transaction; raises inside `snapshot()`."""
+    snapshot: Callable[[], AbstractAsyncContextManager[None]]
+    """Reads.snapshot: `async with store.snapshot():` this task's reads see one moment."""
 
     def __init__(self, path: str | Path, durability: str = "full"):
         if durability not in DURABILITY:
@@ -72,11 +73,10 @@ class SqliteBase:
         self.path = str(path)
         self.durability = durability
         self._writer = Writer(self._connect_writer)
-        self._reader: aiosqlite.Connection | None = None
-        self._snapshots: aiosqlite.Connection | None = None
-        self._snapshot_lock = asyncio.Lock()
-        self._point: sqlite3.Connection | None = None
-        self._point_txn = False
+        self._reads = Reads(self.path)
+        self._read = self._reads.read
+        self._read_point = self._reads.point
+        self.snapshot = self._reads.snapshot
 
     # -- lifecycle ---------------------------------------------------------------------------
     def _connect_writer(self) -> sqlite3.Connection:
@@ -95,80 +95,12 @@ class SqliteBase:
         return conn
 
     async def open(self) -> None:
-        await self._writer.start()
-        self._reader = await self._open_reader()
-        self._snapshots = await self._open_reader()
-        self._point = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self._point.execute("PRAGMA busy_timeout = 1000")
-        self._point.execute("PRAGMA query_only = ON")
-
-    async def _open_reader(self) -> aiosqlite.Connection:
-        conn = await aiosqlite.connect(self.path, isolation_level=None)
-        await conn.execute("PRAGMA busy_timeout = 10000")
-        await conn.execute("PRAGMA query_only = ON")
-        return conn
+        await self._writer.start()  # first: it creates the file and migrates it
+        await self._reads.open()
 
     async def close(self) -> None:
         await self._writer.close()
-        for conn in (self._reader, self._snapshots):
-            if conn is not None:
-                await conn.close()
-        self._reader = self._snapshots = None
-        if self._point is not None:
-            self._end_point_txn()
-            self._point.close()
-            self._point = None
-
-    async def _read(self, sql: str, params: tuple[Any, ...] | dict[str, Any] = ()) -> list[tuple[Any, ...]]:
-        conn = _SNAPSHOT.get() or self._reader
-        assert conn is not None, "store is not open"
-        return list(await conn.execute_fetchall(sql, params))
-
-    @contextlib.asynccontextmanager
-    async def snapshot(self) -> AsyncIterator[None]:
-        """Inside this block, this task's `_read` queries all see the database as of one moment:
-        an answer computed from several (an invoice preview: rules, grants, then each meter's
-        events) must not mix the states before and after a write that lands between them.
-        Snapshots take turns on a connection of their own, so they hold up no other read; in
-        WAL mode they hold up no write either. Point reads (`_read_point`) are not part of it."""
-        conn = self._snapshots
-        assert conn is not None, "store is not open"
-        async with self._snapshot_lock:
-            token = _SNAPSHOT.set(conn)
-            try:
-                await conn.execute("BEGIN")
-                yield
-            finally:
-                _SNAPSHOT.reset(token)
-                # Shielded: a cancelled request must not leave the transaction open for the next.
-                await asyncio.shield(_end_read(conn))
-
-    def _read_point(self, sql: str, params: tuple[Any, ...] | dict[str, Any] = (), *, fresh: bool = False) -> list[tuple[Any, ...]]:
-        """An indexed point read, run right here on the event loop's thread: it takes a few
-        microseconds, less than one trip to aiosqlite's thread. In WAL mode a reader never
-        waits for the writer. Scans and aggregates of unbounded size use `_read` instead.
-
-        The point reads of one turn of the event loop share one read transaction, ended by a
-        callback queued behind them: starting and ending a transaction (file locks, a look at
-        the WAL index) costs more than the lookup itself. That is still read-your-writes:
-        a coroutine woken by its write's commit is queued after that callback (or the
-        transaction began after the commit), and a request that arrives later finds it ended.
-        `fresh`: this read must see every commit made before it (see KeyQueries.authenticate),
-        so it starts a new transaction."""
-        conn = self._point
-        assert conn is not None, "store is not open"
-        if fresh:
-            self._end_point_txn()
-        if not self._point_txn:
-            conn.execute("BEGIN")
-            self._point_txn = True
-            asyncio.get_running_loop().call_soon(self._end_point_txn)
-        return conn.execute(sql, params).fetchall()
-
-    def _end_point_txn(self) -> None:
-        if self._point_txn and self._point is not None:
-            self._point_txn = False
-            self._point.execute("COMMIT")
+        await self._reads.close()
 
     async def _run(self, job: Callable[..., Any], *args: Any) -> Any:
         """Run `job(conn, *args)` as one atomic write; returns once it is committed."""
