@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from openapi_spec_validator import validate
@@ -184,9 +185,34 @@ def test_openapi_has_exactly_the_rest_routes_of_the_registry_and_the_zap_endpoin
         assert ("403" in op["responses"]) is c.mutates
 
 
+def component(ref: dict[str, str]) -> dict[str, Any]:
+    return DOC["components"]["schemas"][ref["$ref"].removeprefix("#/components/schemas/")]
+
+
 def test_openapi_zap_envelopes_cover_every_method():
-    calls = DOC["components"]["schemas"]["ZapCall"]["oneOf"]
+    calls = [component(r) for r in DOC["components"]["schemas"]["ZapCall"]["oneOf"]]
     assert {e["properties"]["method"]["const"] for e in calls} == set(REGISTRY.commands) | {"zap.discover"}
+
+
+def test_openapi_names_each_zap_model_and_refers_only_to_whole_components():
+    """Generators name a model after its component and resolve references to components only:
+    each envelope and its params are components of their own (`<Method>Envelope`, `<Method>Params`),
+    and no $ref points into a component (as one into ZapError's `error` property once did)."""
+    schemas = DOC["components"]["schemas"]
+    for c in REGISTRY.commands.values():
+        envelope = schemas[f"{c.name[0].upper()}{c.name[1:]}Envelope"]
+        assert envelope["properties"]["method"]["const"] == c.wire
+        params = component(envelope["properties"]["params"])
+        assert set(params["properties"]) == {f.name for f in c.fields}, c.wire
+
+    def refs(node: Any) -> list[str]:
+        if isinstance(node, dict):
+            return ([node["$ref"]] if "$ref" in node else []) + [r for v in node.values() for r in refs(v)]
+        return [r for v in node for r in refs(v)] if isinstance(node, list) else []
+
+    for r in refs(DOC):
+        name = r.removeprefix("#/components/schemas/")
+        assert "/" not in name and name in schemas, r
 
 
 def test_openapi_components_have_every_struct_and_enum():

@@ -22,11 +22,19 @@ _SCALARS: dict[str, dict[str, Any]] = {
 ZAP_PATHS = ("/api/v1/zap", "/api/v1/billing/zap")
 MEDIA = ("application/json", "application/msgpack")
 """Bodies and answers in either codec: an answer uses the request's, or the one Accept names."""
+MAX_BATCH = 100
 
 
 def content(schema: dict[str, Any]) -> dict[str, Any]:
     return {t: {"schema": schema} for t in MEDIA}
-MAX_BATCH = 100
+
+
+def ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def pascal(name: str) -> str:
+    return name[:1].upper() + name[1:]
 
 
 def type_schema(t: TypeRef, schema: Schema) -> dict[str, Any]:
@@ -36,7 +44,7 @@ def type_schema(t: TypeRef, schema: Schema) -> dict[str, Any]:
         return {"type": "array", "items": type_schema(t.args[0], schema)}
     if t.name == "Map":
         return {"type": "object", "additionalProperties": type_schema(t.args[1], schema)}
-    return {"$ref": f"#/components/schemas/{t.name}"}
+    return ref(t.name)
 
 
 def refused_default(f: Field, rule: Rule | None) -> bool:
@@ -79,7 +87,8 @@ def object_schema(fields: list[Field], schema: Schema, doc: str = "", closed: bo
     return out
 
 
-def _components(schema: Schema, field_rules: Mapping[str, Rule]) -> dict[str, Any]:
+def _type_components(schema: Schema, field_rules: Mapping[str, Rule]) -> dict[str, Any]:
+    """The schema's enums and structs, under their own names, in declaration order."""
     schemas: dict[str, Any] = {}
     for name in sorted(schema.order, key=schema.order.__getitem__):
         if name in schema.enums:
@@ -88,34 +97,38 @@ def _components(schema: Schema, field_rules: Mapping[str, Rule]) -> dict[str, An
         elif name in schema.structs:
             s = schema.structs[name]
             schemas[name] = object_schema(s.fields, schema, s.doc, rules=field_rules)
-    schemas["Error"] = {
-        "type": "object", "required": ["error"],
-        "properties": {"error": {
-            "type": "object", "required": ["type", "code", "message"],
-            "properties": {
-                "type": {"const": "api-error"},
-                "code": {"type": "string", "enum": list(KINDS)},
-                "message": {"type": "string"},
-                "param": {"type": "string", "description": "the offending field"},
-            },
-        }},
-    }
-    schemas["ZapError"] = {
-        "type": "object", "required": ["id", "error"],
-        "properties": {
-            "jsonrpc": {"const": "2.0"},
-            "id": {"type": ["string", "integer", "null"]},
-            "error": {
-                "type": "object", "required": ["code", "message"],
+    return schemas
+
+
+def _error_components() -> dict[str, Any]:
+    """REST's error body, and ZAP's error object on its own (referenced, never reached by a
+    property path: generators resolve only references to whole components)."""
+    return {
+        "Error": {
+            "type": "object", "required": ["error"],
+            "properties": {"error": {
+                "type": "object", "required": ["type", "code", "message"],
                 "properties": {
-                    "code": {"type": "integer", "enum": sorted({k.zap_code for k in KINDS.values()}, reverse=True)},
+                    "type": {"const": "api-error"},
+                    "code": {"type": "string", "enum": list(KINDS)},
                     "message": {"type": "string"},
-                    "data": {"type": "object", "properties": {"kind": {"type": "string", "enum": list(KINDS)}, "param": {"type": "string"}}},
+                    "param": {"type": "string", "description": "the offending field"},
                 },
+            }},
+        },
+        "ZapErrorObject": {
+            "type": "object", "required": ["code", "message"],
+            "properties": {
+                "code": {"type": "integer", "enum": sorted({k.zap_code for k in KINDS.values()}, reverse=True)},
+                "message": {"type": "string"},
+                "data": {"type": "object", "properties": {"kind": {"type": "string", "enum": list(KINDS)}, "param": {"type": "string"}}},
             },
         },
+        "ZapError": {
+            "type": "object", "required": ["id", "error"],
+            "properties": {"jsonrpc": {"const": "2.0"}, "id": {"type": ["string", "integer", "null"]}, "error": ref("ZapErrorObject")},
+        },
     }
-    return schemas
 
 
 def _result_schema(m: Method, schema: Schema) -> dict[str, Any]:
@@ -124,7 +137,7 @@ def _result_schema(m: Method, schema: Schema) -> dict[str, Any]:
 
 def _error_responses(statuses: set[int]) -> dict[str, Any]:
     return {str(s): {"description": ", ".join(k for k, v in KINDS.items() if v.rest_status == s),
-                     "content": content({"$ref": "#/components/schemas/Error"})}
+                     "content": content(ref("Error"))}
             for s in sorted(statuses)}
 
 
@@ -166,47 +179,88 @@ def _rest_operation(wire: str, m: Method, schema: Schema, rules: Mapping[str, Ru
     return op
 
 
-def _envelope(wire: str, m: Method, schema: Schema, rules: Mapping[str, Rule]) -> dict[str, Any]:
+def _envelope(wire: str, m: Method, params: str) -> dict[str, Any]:
+    """One method's call; its params are a component of their own (`params`), so generators name
+    each model after the component instead of inventing names that collide."""
     return {
-        "type": "object", "required": ["method"], "title": wire, "description": m.doc,
+        "type": "object", "required": ["method"], "description": m.doc or wire,
         "properties": {
             "method": {"const": wire},
             "id": {"type": ["string", "integer", "null"]},
             "jsonrpc": {"const": "2.0"},
             "idempotencyKey": {"type": "string"},
-            "params": object_schema(schema.flat_params(m), schema, closed=False, rules=rules),
+            "params": ref(params),
         },
     }
 
 
-def _zap_components(schema: Schema, rules: Callable[[Method], Mapping[str, Rule]]) -> dict[str, Any]:
-    envelopes = [_envelope(f"{i.service}.{m.name}", m, schema, rules(m)) for i, m in schema.methods()]
-    envelopes.append({"type": "object", "required": ["method"], "title": "zap.discover",
-                      "properties": {"method": {"const": "zap.discover"}, "id": {"type": ["string", "integer", "null"]}}})
-    call = {"$ref": "#/components/schemas/ZapCall"}
-    answer = {"$ref": "#/components/schemas/ZapAnswer"}
+def params_name(m: Method) -> str:
+    """`<Method>Params`: one component name per model, made from the method's name (unique, as
+    REST's operationId is), so no generator has to invent one (and two invent the same)."""
+    return f"{pascal(m.name)}Params"
+
+
+def envelope_name(m: Method) -> str:
+    return f"{pascal(m.name)}Envelope"
+
+
+def _method_components(wire: str, m: Method, schema: Schema, rules: Mapping[str, Rule]) -> dict[str, Any]:
+    return {params_name(m): object_schema(schema.flat_params(m), schema, closed=False, rules=rules),
+            envelope_name(m): _envelope(wire, m, params_name(m))}
+
+
+DISCOVER = {"ZapDiscoverEnvelope": {
+    "type": "object", "required": ["method"], "description": "zap.discover: the methods this server has",
+    "properties": {"method": {"const": "zap.discover"}, "id": {"type": ["string", "integer", "null"]}},
+}}
+
+
+def _zap_components(envelopes: list[str]) -> dict[str, Any]:
+    """The endpoint's body and answer; ZapCall is one of the `envelopes`, in the schema's order."""
+    call, answer = ref("ZapCall"), ref("ZapAnswer")
     return {
-        "ZapCall": {"oneOf": envelopes},
+        "ZapCall": {"oneOf": [ref(name) for name in envelopes]},
         "ZapRequest": {"oneOf": [call, {"type": "array", "minItems": 1, "maxItems": MAX_BATCH, "items": call}]},
         "ZapAnswer": {"type": "object", "required": ["id"], "properties": {
-            "id": {}, "jsonrpc": {"const": "2.0"}, "result": {}, "error": {"$ref": "#/components/schemas/ZapError/properties/error"}}},
+            "id": {}, "jsonrpc": {"const": "2.0"}, "result": {}, "error": ref("ZapErrorObject")}},
         "ZapResponse": {"oneOf": [answer, {"type": "array", "items": answer}]},
     }
 
 
+def merge_unique(*parts: Mapping[str, Any]) -> dict[str, Any]:
+    """Component names must not repeat: a schema type named like a generated component (say a
+    struct `GetBalanceParams`) would otherwise be overwritten silently."""
+    out: dict[str, Any] = {}
+    for part in parts:
+        clash = sorted(out.keys() & part.keys())
+        if clash:
+            raise ValueError(f"OpenAPI component names used twice: {', '.join(clash)}")
+        out.update(part)
+    return out
+
+
+def components(registry: Registry) -> dict[str, Any]:
+    """Every component schema, each under a name of its own; ZAP's models are referenced by name
+    (never inlined in a oneOf), which is what lets generators give them stable class names."""
+    schema = registry.schema
+    methods = [_method_components(f"{i.service}.{m.name}", m, schema, registry.rules(m.name)) for i, m in schema.methods()]
+    envelopes = [envelope_name(m) for _, m in schema.methods()] + list(DISCOVER)
+    return merge_unique(_type_components(schema, registry.field_rules), _error_components(),
+                        *methods, DISCOVER, _zap_components(envelopes))
+
+
 def _zap_operation(suffix: str) -> dict[str, Any]:
-    body = {"$ref": "#/components/schemas/ZapRequest"}
     errors = {str(s): {"description": ", ".join(k for k, v in KINDS.items() if v.zap_http_status == s),
-                       "content": content({"$ref": "#/components/schemas/ZapError"})}
+                       "content": content(ref("ZapError"))}
               for s in sorted({k.zap_http_status for k in KINDS.values()} - {200})}
     return {
         "operationId": f"zap{suffix}", "tags": ["zap"],
         "summary": "One ZAP envelope {method, id, params} or a batch of 1..100",
         "description": "Every operation of the REST routes, by wire name (billing.<method>), plus zap.discover. "
                        "Errors of a call are answered in-band with HTTP 200, except the ones listed below.",
-        "requestBody": {"required": True, "content": content(body)},
+        "requestBody": {"required": True, "content": content(ref("ZapRequest"))},
         "responses": {"200": {"description": "the answer, or a list of answers in request order",
-                              "content": content({"$ref": "#/components/schemas/ZapResponse"})}, **errors},
+                              "content": content(ref("ZapResponse"))}, **errors},
     }
 
 
@@ -230,7 +284,7 @@ def openapi(registry: Registry, version: str = "0.1.0") -> dict[str, Any]:
         "security": [{"bearer": []}],
         "paths": paths,
         "components": {
-            "schemas": _components(schema, registry.field_rules) | _zap_components(schema, rules),
+            "schemas": components(registry),
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "description": "an API key made by `zapbilling keys create`"}},
         },
     }
