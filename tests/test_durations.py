@@ -1,5 +1,6 @@
-"""zapbilling.billing.durations.parse_duration: Go-style durations (as the reference's callers
-send a credit grant's `expiresIn`) parsed exactly into integer microseconds. Only positive
+"""zapbilling.billing.durations.parse_duration: Go-style durations (as the callers of the Go
+billing package zapbilling's contract was first written against send a credit grant's
+`expiresIn`) parsed exactly into integer microseconds. Only positive
 durations are accepted; anything else raises ValueError (the API turns it into `invalid expiresIn`)."""
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 """One test per **Fix** of the contract's Conventions and "Balance and ledger" sections: the places
-where the reference service behaves badly and zapbilling must do better. Each runs on the real
+where the Go billing package zapbilling's contract was first written against behaves badly and
+zapbilling must do better (docs/conventions.md, docs/api.md). Each runs on the real
 server (real HTTP, real SQLite file), over every transport where the transport matters."""
 from __future__ import annotations
 

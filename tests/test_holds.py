@@ -1,5 +1,6 @@
-"""Holds end to end: every operation of the contract's "Holds (beyond the reference)" section
-(createHold, captureHold, releaseHold, getHold, listHolds) over REST, ZAP/JSON and ZAP/msgpack
+"""Holds end to end: every hold operation (createHold, captureHold, releaseHold, getHold,
+listHolds: the Go billing package zapbilling's contract was first written against has none of
+them) over REST, ZAP/JSON and ZAP/msgpack
 (`any_api`) on the real server and a real SQLite file: the result shapes, every error with its
 status and code, what a hold does to getBalance/getBalanceAll, expiry exact to the microsecond
 without a sweep, the sweep, requestId and Idempotency-Key replays, org/mode isolation, paging,

@@ -1,7 +1,7 @@
 """Unit tests of the .zap schema parser (zapbilling/schema) on good and bad input.
 
-The language is ../shared/spec/zap-schema.md: every line is understood or is an error naming the
-file, the line and what was expected.
+The language is described in docs/zap-schema.md: every line is understood or is an error naming
+the file, the line and what was expected.
 """
 from __future__ import annotations
 

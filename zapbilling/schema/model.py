@@ -121,7 +121,8 @@ class Schema:
 
     def flat_params(self, method: Method) -> list[Field]:
         """The fields a caller sends: a method whose only parameter is a struct takes that
-        struct's fields directly (as the reference's callers send them)."""
+        struct's fields directly (as the callers of the Go billing package zapbilling's contract was
+        first written against send them)."""
         if len(method.params) == 1 and method.params[0].type.name in self.structs:
             return self.structs[method.params[0].type.name].fields
         return method.params

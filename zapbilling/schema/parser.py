@@ -1,8 +1,9 @@
-"""A strict parser for the ZAP schema language (see ../shared/spec/zap-schema.md).
+"""A strict parser for the ZAP schema language (described in docs/zap-schema.md).
 
-Strict on purpose: the reference service's schema drifted from its dispatcher because its parser
-skipped what it did not understand. Every line here is either understood or an error that names
-the file, the line and what was expected.
+Strict on purpose: the schema of the Go billing package zapbilling's contract was first written
+against drifted from its dispatcher, because its parser skipped what it did not understand.
+Every line here is either understood or an error that names the file, the line and what was
+expected.
 """
 from __future__ import annotations
 
