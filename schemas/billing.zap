@@ -240,6 +240,7 @@ struct BurnResult
   burned Int64
   overage Int64                   # requested - burned
   grants List(GrantBurn)          # burn order
+  burnId Text?                    # the credit journal rows of this burn share it; absent when nothing burned
 
 enum PricingModel
   per_unit
@@ -348,6 +349,71 @@ struct HoldList
   count Int64                     # rows in this page
   hasMore Bool
 
+# One row of the ledger: every movement of a user's money. Amounts are always positive.
+struct Transaction
+  transactionId Text
+  user Text
+  currency Text
+  type TransactionType
+  amount Int64
+  tags Text                       # comma-separated: api-usage, refund, starter-credit, credit-expired, ...
+  notes Text
+  metadata Data
+  createdAt Text
+  expiresAt Text?                 # an expiring deposit
+  originalTransactionId Text?     # a refund: the charge it refunds
+  holdId Text?                    # a hold's capture: the hold it charged
+  keyId Text                      # the API key whose call wrote it; "system" for the server's own sweep
+
+# A page of ledger rows, newest first.
+struct TransactionPage
+  user Text
+  count Int64                     # rows in this page
+  hasMore Bool
+  transactions List(Transaction)
+
+# One user's money in the currency of the listing, as getBalance reports it.
+struct Account
+  user Text
+  balance Int64
+  holds Int64
+  available Int64
+
+# A page of accounts, in byte order of user.
+struct AccountPage
+  currency Text
+  count Int64                     # rows in this page
+  hasMore Bool
+  accounts List(Account)
+
+# What changed a credit grant's remainingCents.
+enum CreditTransactionType
+  grant                           # created: + amountCents
+  burn                            # spent by one burnCredits call
+  void                            # voided: what was left
+  expire                          # reached expiresAt: what was left
+
+# One immutable row of the credit grants' journal. For every grant, its rows sum to remainingCents.
+struct CreditTransaction
+  id Text
+  grantId Text
+  userId Text
+  currency Text
+  type CreditTransactionType
+  amount Int64                    # signed: + for grant, - (or 0 for a void of nothing) otherwise
+  remainingAfter Int64            # the grant's remainingCents after this row
+  burnId Text?                    # burn rows: shared by the rows of one burnCredits call
+  meterId Text?                   # burn rows: the meter the burn was for
+  createdAt Text
+  keyId Text                      # the API key whose call wrote it; "system" for the server's own sweep
+
+# A page of credit journal rows, newest first.
+struct CreditTransactionPage
+  userId Text
+  count Int64                     # rows in this page
+  hasMore Bool
+  transactions List(CreditTransaction)
+
 interface BillingService
   # The user's balance in one currency. A user never seen has zeros.
   getBalance (user Text, currency Text = "usd") -> (balance Balance)
@@ -428,3 +494,12 @@ interface BillingService
   # Holds newest first, paged: one user's, or without user every user's of the org and mode.
   listHolds (user Text?, status HoldStatus?, limit Int64 = 100, startingAfter Text?) -> (holds HoldList)
     @http GET /api/v1/billing/holds
+  # Every ledger row of a user, newest first, paged: deposits, refunds, usage, captures, forfeits.
+  listTransactions (user Text, currency Text?, type TransactionType?, tag Text?, createdAfter Text?, createdBefore Text?, limit Int64 = 100, startingAfter Text?) -> (page TransactionPage)
+    @http GET /api/v1/billing/transactions
+  # Every user of the org and mode with money or a pending hold in one currency, by user, paged.
+  listAccounts (currency Text = "usd", maxAvailable Int64?, limit Int64 = 100, startingAfter Text?) -> (page AccountPage)
+    @http GET /api/v1/billing/accounts
+  # The credit grants' journal of a user (or of one grant), newest first, paged.
+  listCreditTransactions (userId Text, grantId Text?, limit Int64 = 100, startingAfter Text?) -> (page CreditTransactionPage)
+    @http GET /api/v1/billing/credit-transactions

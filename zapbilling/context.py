@@ -19,6 +19,11 @@ class Context:
     def tenant(self) -> int:
         return self.principal.tenant
 
+    @property
+    def key_id(self) -> str:
+        """The calling key, recorded on every ledger and credit journal row the call writes."""
+        return self.principal.key_id
+
 
 class Unchanged(dict):  # type: ignore[type-arg]
     """The result of a mutating call that wrote nothing (recordUsage with amount <= 0): REST

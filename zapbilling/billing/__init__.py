@@ -40,6 +40,9 @@ HANDLERS: dict[str, Handler] = {
     "releaseHold": holds.release_hold,
     "getHold": holds.get_hold,
     "listHolds": holds.list_holds,
+    "listTransactions": ledger.list_transactions,
+    "listAccounts": ledger.list_accounts,
+    "listCreditTransactions": grants.list_credit_transactions,
 }
 
 __all__ = ["FIELD_RULES", "HANDLERS", "METHOD_RULES", "Handler"]

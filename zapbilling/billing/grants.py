@@ -10,24 +10,25 @@ from operator import itemgetter
 from typing import Any, Iterable
 
 from ..context import Context
-from ..store import Row
+from ..errors import InvalidParams, NotFound
+from ..store import AlreadyVoided, GrantChange, GrantRow, Missing, NewGrant
 from ..times import format_ts
 from .durations import parse_duration
 from .pricing import checked_sum
 
 
-def eligible(grant: dict[str, Any], meter_id: str | None) -> bool:
+def eligible(grant: GrantRow, meter_id: str | None) -> bool:
     """A grant without eligibility pays for anything; one restricted to meters pays only for
     usage of those meters (so never for usage that names no meter)."""
     return not grant["eligibility"] or (meter_id is not None and meter_id in grant["eligibility"])
 
 
-def _order(grant: dict[str, Any]) -> tuple[int, bool, int]:
+def _order(grant: GrantRow) -> tuple[int, bool, int]:
     expires = grant["expiresAt"]
     return grant["priority"], expires is None, expires or 0
 
 
-def plan_burn(grants: Iterable[dict[str, Any]], amount: int, meter_id: str | None) -> list[tuple[dict[str, Any], int]]:
+def plan_burn(grants: Iterable[GrantRow], amount: int, meter_id: str | None) -> list[tuple[GrantRow, int]]:
     """(grant, cents taken) in burn order: priority ascending, then earliest expiry, grants
     that never expire last, then creation order. `grants` must be active, of one currency and
     in creation order; grants with nothing left are skipped."""
@@ -45,11 +46,11 @@ def plan_burn(grants: Iterable[dict[str, Any]], amount: int, meter_id: str | Non
 
 # -- handlers ------------------------------------------------------------------------------
 
-def is_active(g: Row, now: int) -> bool:
+def is_active(g: GrantRow, now: int) -> bool:
     return g["voidedAt"] is None and g["remainingCents"] > 0 and g["effectiveAt"] <= now and (g["expiresAt"] is None or g["expiresAt"] > now)
 
 
-def grant_result(g: Row, now: int) -> dict[str, Any]:
+def grant_result(g: GrantRow, now: int) -> dict[str, Any]:
     out = {k: v for k, v in g.items() if k not in ("voidedAt", "expiresAt")}
     out["effectiveAt"] = format_ts(g["effectiveAt"])
     out["createdAt"] = format_ts(g["createdAt"])
@@ -60,12 +61,20 @@ def grant_result(g: Row, now: int) -> dict[str, Any]:
     return out
 
 
+def _meter_missing(exc: Missing, param: str) -> NotFound:
+    return NotFound("meter not found", param=f"{param}[{exc.index}]" if param == "eligibility" else param)
+
+
 async def create_credit_grant(ctx: Context, p: Any) -> dict[str, Any]:
     expires_at = ctx.now + parse_duration(p.expiresIn) if p.expiresIn else None
-    grant = await ctx.store.create_grant(
-        ctx.tenant, p.userId, p.name, p.amountCents, p.currency, p.priority, ctx.now, expires_at,
-        p.eligibility, p.tags, ctx.now, ctx.idempotency,
-    )
+    try:
+        grant = await ctx.store.create_grant(ctx.tenant, NewGrant(
+            user=p.userId, name=p.name, amount=p.amountCents, currency=p.currency, priority=p.priority,
+            effective_at=ctx.now, expires_at=expires_at, eligibility=p.eligibility, tags=p.tags, now=ctx.now,
+            key_id=ctx.key_id,
+        ), ctx.idempotency)
+    except Missing as exc:
+        raise _meter_missing(exc, "eligibility") from None
     return grant_result(grant, grant["createdAt"])
 
 
@@ -84,11 +93,47 @@ async def get_credit_balance(ctx: Context, p: Any) -> dict[str, Any]:
 
 
 async def void_credit_grant(ctx: Context, p: Any) -> dict[str, Any]:
-    grant = await ctx.store.void_grant(ctx.tenant, p.id, ctx.now, ctx.idempotency)
+    try:
+        grant = await ctx.store.void_grant(ctx.tenant, p.id, ctx.now, ctx.key_id, ctx.idempotency)
+    except Missing:
+        raise NotFound("credit grant not found", param="id") from None
+    except AlreadyVoided:
+        raise InvalidParams("grant is already voided", param="id") from None
     return {"id": grant["id"], "voided": True}
 
 
 async def burn_credits(ctx: Context, p: Any) -> dict[str, Any]:
-    burned = await ctx.store.burn_grants(ctx.tenant, p.userId, p.currency, p.amount, p.meterId, ctx.now, plan_burn, ctx.idempotency)
-    total = sum(b["burned"] for b in burned)
-    return {"userId": p.userId, "currency": p.currency, "requested": p.amount, "burned": total, "overage": p.amount - total, "grants": burned}
+    try:
+        burn = await ctx.store.burn_grants(
+            ctx.tenant, p.userId, p.currency, p.amount, p.meterId, ctx.now, ctx.key_id, plan_burn, ctx.idempotency
+        )
+    except Missing as exc:
+        raise _meter_missing(exc, "meterId") from None
+    total = sum(b["burned"] for b in burn["grants"])
+    result = {"userId": p.userId, "currency": p.currency, "requested": p.amount, "burned": total,
+              "overage": p.amount - total, "grants": burn["grants"]}
+    if burn["burnId"] is not None:
+        result["burnId"] = burn["burnId"]
+    return result
+
+
+def credit_transaction_result(c: GrantChange) -> dict[str, Any]:
+    out: dict[str, Any] = {k: v for k, v in c.items() if k not in ("burnId", "meterId", "createdAt", "keyId")}
+    if c["burnId"] is not None:
+        out["burnId"] = c["burnId"]
+    if c["meterId"] is not None:
+        out["meterId"] = c["meterId"]
+    out["createdAt"] = format_ts(c["createdAt"])
+    out["keyId"] = c["keyId"]
+    return out
+
+
+async def list_credit_transactions(ctx: Context, p: Any) -> dict[str, Any]:
+    try:
+        rows, has_more = await ctx.store.grant_changes_page(ctx.tenant, p.userId, p.grantId, p.limit, p.startingAfter)
+    except Missing as exc:
+        if exc.entity == "grant":
+            raise NotFound("credit grant not found", param="grantId") from None
+        raise NotFound("credit transaction not found", param="startingAfter") from None
+    transactions = [credit_transaction_result(r) for r in rows]
+    return {"userId": p.userId, "count": len(transactions), "hasMore": has_more, "transactions": transactions}

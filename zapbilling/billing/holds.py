@@ -51,7 +51,8 @@ async def capture_hold(ctx: Context, p: Any) -> dict[str, Any]:
         """Charged like recordUsage (a withdraw tagged api-usage, its meter event in the same
         transaction), keyed by the hold so that it can exist only once."""
         return NewEntry(
-            type="withdraw", user=hold["user"], currency=hold["currency"], amount=amount, now=ctx.now, tags=USAGE_TAG,
+            type="withdraw", user=hold["user"], currency=hold["currency"], amount=amount, now=ctx.now, key_id=ctx.key_id,
+            tags=USAGE_TAG, hold_id=hold["holdId"],
             notes=p.notes or f"API usage: {p.model} (hold {hold['holdId']})",
             metadata=_usage_metadata(hold, p.model, p.metadata), dedupe_key=f"hold:{hold['holdId']}",
             usage_event=UsageEvent(USAGE_TAG, {"model": p.model}, f"hold:{hold['holdId']}"),

@@ -9,8 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 from ..context import Context, Unchanged
-from ..store import LedgerRow, NewEntry, UsageEvent
-from ..times import DAY, format_ts
+from ..errors import InvalidParams, NotFound
+from ..store import LedgerFilter, LedgerRow, Missing, NewEntry, NotRefundable, OutOfRange, RefundLeft, UsageEvent
+from ..times import DAY, format_ts, parse_ts
 
 STARTER_CREDIT_CENTS = 500
 STARTER_CREDIT_DAYS = 30
@@ -39,7 +40,10 @@ async def get_balance_all(ctx: Context, p: Any) -> dict[str, Any]:
 
 
 async def get_usage(ctx: Context, p: Any) -> dict[str, Any]:
-    rows, has_more = await ctx.store.usage_page(ctx.tenant, p.user, p.currency, p.limit, p.startingAfter)
+    try:
+        rows, has_more = await ctx.store.usage_page(ctx.tenant, p.user, p.currency, p.limit, p.startingAfter)
+    except Missing:
+        raise NotFound("transaction not found", param="startingAfter") from None
     usage = [
         {"transactionId": r["id"], "amount": r["amount"], "currency": r["currency"], "notes": r["notes"],
          "metadata": r["metadata"] or {}, "createdAt": format_ts(r["createdAt"])}
@@ -56,12 +60,12 @@ async def record_usage(ctx: Context, p: Any) -> dict[str, Any]:
         "completionTokens": p.completionTokens, "totalTokens": p.totalTokens, "requestId": p.requestId,
         "premium": p.premium, "stream": p.stream, "status": p.status, "clientIp": p.clientIp,
     }
-    row = await ctx.store.append_ledger_row(ctx.tenant, NewEntry(
-        type="withdraw", user=p.user, currency=p.currency, amount=p.amount, now=ctx.now, tags=USAGE_TAG,
+    row = await append(ctx, NewEntry(
+        type="withdraw", user=p.user, currency=p.currency, amount=p.amount, now=ctx.now, key_id=ctx.key_id, tags=USAGE_TAG,
         notes=f"API usage: {p.model} ({p.totalTokens} tokens)", metadata=metadata,
         dedupe_key=f"usage:{p.requestId}" if p.requestId else None,
         usage_event=UsageEvent(USAGE_TAG, {"model": p.model, "provider": p.provider}, f"usage:{p.user}:{p.requestId}" if p.requestId else None),
-    ), ctx.idempotency)
+    ))
     return {"user": row["user"], "amount": row["amount"], "transactionId": row["id"], "currency": row["currency"], "type": row["type"]}
 
 
@@ -70,11 +74,11 @@ def _transaction(row: LedgerRow) -> dict[str, Any]:
 
 
 async def deposit(ctx: Context, p: Any) -> dict[str, Any]:
-    row = await ctx.store.append_ledger_row(ctx.tenant, NewEntry(
-        type="deposit", user=p.user, currency=p.currency, amount=p.amount, now=ctx.now, tags=p.tags,
+    row = await append(ctx, NewEntry(
+        type="deposit", user=p.user, currency=p.currency, amount=p.amount, now=ctx.now, key_id=ctx.key_id, tags=p.tags,
         notes=p.notes or f"Deposit: {p.amount} cents {p.currency}", metadata=p.metadata,
         expires_at=ctx.now + p.expiresIn * DAY if p.expiresIn > 0 else None,
-    ), ctx.idempotency)
+    ))
     result = _transaction(row) | {"metadata": row["metadata"] or {}}
     if row["expiresAt"] is not None:
         result["expiresAt"] = format_ts(row["expiresAt"])
@@ -82,20 +86,84 @@ async def deposit(ctx: Context, p: Any) -> dict[str, Any]:
 
 
 async def grant_starter_credit(ctx: Context, p: Any) -> dict[str, Any]:
-    row = await ctx.store.append_ledger_row(ctx.tenant, NewEntry(
-        type="deposit", user=p.user, currency="usd", amount=STARTER_CREDIT_CENTS, now=ctx.now, tags=STARTER_CREDIT_TAG,
+    row = await append(ctx, NewEntry(
+        type="deposit", user=p.user, currency="usd", amount=STARTER_CREDIT_CENTS, now=ctx.now, key_id=ctx.key_id,
+        tags=STARTER_CREDIT_TAG,
         notes=f"Welcome credit: ${STARTER_CREDIT_CENTS // 100}.{STARTER_CREDIT_CENTS % 100:02d} USD (expires in {STARTER_CREDIT_DAYS} days)",
         metadata={"creditType": "starter", "expiryDays": STARTER_CREDIT_DAYS},
         expires_at=ctx.now + STARTER_CREDIT_DAYS * DAY, dedupe_key=STARTER_CREDIT_TAG,
-    ), ctx.idempotency)
+    ))
     return _transaction(row) | {"expiresAt": format_ts(row["expiresAt"])}
 
 
+def is_charge(row: LedgerRow) -> bool:
+    """Only a charge can be refunded: a refund of a refund, a deposit or a starter credit would
+    add money that was never taken (a chain of refunds of refunds minted it without bound)."""
+    return row["type"] == "withdraw"
+
+
 async def refund(ctx: Context, p: Any) -> dict[str, Any]:
-    row = await ctx.store.append_ledger_row(ctx.tenant, NewEntry(
-        type="deposit", user=p.user, currency=p.currency, amount=p.amount, now=ctx.now, tags=REFUND_TAG,
-        notes=p.notes or f"Refund: {p.amount} cents {p.currency} (original tx: {p.originalTransactionId})",
-        metadata={"refundType": "billing-correction", "originalTransactionId": p.originalTransactionId},
-        refund_of=p.originalTransactionId,
-    ), ctx.idempotency)
+    try:
+        row = await append(ctx, NewEntry(
+            type="deposit", user=p.user, currency=p.currency, amount=p.amount, now=ctx.now, key_id=ctx.key_id,
+            tags=REFUND_TAG,
+            notes=p.notes or f"Refund: {p.amount} cents {p.currency} (original tx: {p.originalTransactionId})",
+            metadata={"refundType": "billing-correction", "originalTransactionId": p.originalTransactionId},
+            refund_of=p.originalTransactionId,
+        ), is_charge)
+    except Missing:
+        raise NotFound("original transaction not found", param="originalTransactionId") from None
+    except NotRefundable as exc:
+        raise InvalidParams(f"only a charge can be refunded: {p.originalTransactionId} is a {exc.type}",
+                            param="originalTransactionId") from None
+    except RefundLeft as exc:
+        raise InvalidParams(f"refund exceeds original: {exc.left} of {exc.amount} cents left to refund", param="amount") from None
     return _transaction(row) | {"originalTransactionId": row["refundOf"]}
+
+
+async def append(ctx: Context, entry: NewEntry, refundable: Any = None) -> LedgerRow:
+    """Every ledger write of a handler: one store write, under the call's idempotency key."""
+    try:
+        return await ctx.store.append_ledger_row(ctx.tenant, entry, ctx.idempotency, refundable)
+    except OutOfRange:
+        raise InvalidParams("amount would take the balance outside the signed 64-bit range", param="amount") from None
+
+
+# -- the money history ----------------------------------------------------------------------
+
+def transaction_result(row: LedgerRow) -> dict[str, Any]:
+    out = {
+        "transactionId": row["id"], "user": row["user"], "currency": row["currency"], "type": row["type"],
+        "amount": row["amount"], "tags": row["tags"], "notes": row["notes"], "metadata": row["metadata"] or {},
+        "createdAt": format_ts(row["createdAt"]),
+    }
+    if row["expiresAt"] is not None:
+        out["expiresAt"] = format_ts(row["expiresAt"])
+    if row["refundOf"] is not None:
+        out["originalTransactionId"] = row["refundOf"]
+    if row["holdId"] is not None:
+        out["holdId"] = row["holdId"]
+    out["keyId"] = row["keyId"]
+    return out
+
+
+async def list_transactions(ctx: Context, p: Any) -> dict[str, Any]:
+    where = LedgerFilter(
+        currency=p.currency, type=p.type, tag=p.tag,
+        created_from=parse_ts(p.createdAfter) if p.createdAfter else None,
+        created_before=parse_ts(p.createdBefore, period_end=True) if p.createdBefore else None,
+    )
+    try:
+        rows, has_more = await ctx.store.ledger_page(ctx.tenant, p.user, where, p.limit, p.startingAfter)
+    except Missing:
+        raise NotFound("transaction not found", param="startingAfter") from None
+    transactions = [transaction_result(r) for r in rows]
+    return {"user": p.user, "count": len(transactions), "hasMore": has_more, "transactions": transactions}
+
+
+async def list_accounts(ctx: Context, p: Any) -> dict[str, Any]:
+    rows, has_more = await ctx.store.accounts_page(ctx.tenant, p.currency, p.maxAvailable, p.limit, p.startingAfter, ctx.now)
+    accounts = [_balance(r["user"], p.currency, r["balance"], r["holds"]) for r in rows]
+    for a in accounts:
+        del a["currency"]
+    return {"currency": p.currency, "count": len(accounts), "hasMore": has_more, "accounts": accounts}

@@ -107,6 +107,8 @@ FIELD_RULES: dict[str, Rule] = {
     "timestamp": timestamp,
     "periodStart": period_bound,
     "periodEnd": period_bound,
+    "createdAfter": timestamp,
+    "createdBefore": timestamp,
 }
 """Rules for every parameter with this name, in every method and nested struct."""
 

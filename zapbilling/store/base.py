@@ -1,6 +1,7 @@
-"""The storage interface, in domain terms. Handlers see only this; the SQLite implementation
-(and a PostgreSQL one later) sit behind it. Rows come back as plain dicts that are JSON values,
-so a write's result can be stored for an idempotent replay exactly as it was returned.
+"""The storage interface. Handlers see only this; the SQLite implementation (and a PostgreSQL
+one later) sit behind it. Rows come back as typed dicts whose values are JSON values, so a
+write's result can be stored for an idempotent replay exactly as it was returned. A refused
+write raises one of refusals.py's exceptions, which carry facts, never the contract's words.
 
 The value objects made per request (NewEntry, NewHold, ...) are plain slotted dataclasses, not
 frozen ones: a frozen dataclass's __init__ costs about twice as much, and nothing writes to them."""
@@ -8,7 +9,10 @@ from __future__ import annotations
 
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Protocol, TypedDict
+
+SYSTEM_KEY = "system"
+"""The key id of rows the server writes by itself (the expiry sweep)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,11 +76,15 @@ class NewEntry:
     currency: str
     amount: int
     now: int
+    key_id: str
+    """The API key whose call writes the row."""
     tags: str = ""
     notes: str = ""
     metadata: dict[str, Any] | None = None
     expires_at: int | None = None
     refund_of: str | None = None
+    """Refunds: the original row, which must be a charge with this much left to refund."""
+    hold_id: str | None = None
     dedupe_key: str | None = None
     """At most one row per (tenant, user, dedupe_key); a repeat returns the first row."""
     usage_event: UsageEvent | None = None
@@ -99,17 +107,133 @@ class NewHold:
 
 
 Row = dict[str, Any]
-BurnPlan = Callable[[list[Row], int, "str | None"], list[tuple[Row, int]]]
+BurnPlan = Callable[[list["GrantRow"], int, "str | None"], list[tuple["GrantRow", int]]]
 """The domain's burn order: (active grants in creation order, amount, meter id) -> (grant, cents)."""
+Refundable = Callable[["LedgerRow"], bool]
+"""The domain's rule for which ledger rows a refund may name."""
 
-LedgerRow = Row
-"""{id, user, currency, type, amount, tags, notes, metadata, createdAt, expiresAt, refundOf}
-with times in microseconds."""
 
-HoldRow = Row
-"""{holdId, user, currency, amount, status, expiresAt, createdAt, capturedAmount, transactionId,
-requestId, metadata, settledAt} with times in microseconds. `status` is the status at the `now`
-of the call: a pending hold with expiresAt <= now is `expired` (and settledAt = expiresAt)."""
+class LedgerRow(TypedDict):
+    """Times in microseconds."""
+
+    id: str
+    user: str
+    currency: str
+    type: str
+    amount: int
+    tags: str
+    notes: str
+    metadata: Any
+    createdAt: int
+    expiresAt: int | None
+    refundOf: str | None
+    holdId: str | None
+    keyId: str
+
+
+class HoldRow(TypedDict):
+    """Times in microseconds. `status` is the status at the `now` of the call: a pending hold
+    with expiresAt <= now is `expired` (and settledAt = expiresAt)."""
+
+    holdId: str
+    user: str
+    currency: str
+    amount: int
+    status: str
+    expiresAt: int
+    createdAt: int
+    capturedAmount: int | None
+    transactionId: str | None
+    requestId: str | None
+    metadata: Any
+    settledAt: int | None
+
+
+class GrantRow(TypedDict):
+    """Times in microseconds; `eligibility` is a list of meter ids (empty: every meter)."""
+
+    id: str
+    userId: str
+    name: str
+    amountCents: int
+    remainingCents: int
+    currency: str
+    priority: int
+    effectiveAt: int
+    expiresAt: int | None
+    eligibility: list[str]
+    tags: str
+    voidedAt: int | None
+    createdAt: int
+
+
+class GrantChange(TypedDict):
+    """One row of the credit journal: a signed change of one grant's remaining cents."""
+
+    id: str
+    grantId: str
+    userId: str
+    currency: str
+    type: str
+    amount: int
+    remainingAfter: int
+    burnId: str | None
+    meterId: str | None
+    createdAt: int
+    keyId: str
+
+
+class BurnedGrant(TypedDict):
+    id: str
+    burned: int
+    remainingCents: int
+
+
+class Burn(TypedDict):
+    """What one burn took; `burnId` names its journal rows (None when it took nothing)."""
+
+    burnId: str | None
+    grants: list[BurnedGrant]
+
+
+class Account(TypedDict):
+    user: str
+    balance: int
+    """Expired, unforfeited credit already taken off."""
+    holds: int
+
+
+@dataclass(slots=True)
+class NewGrant:
+    """A credit grant to create, with its first journal row. Every meter of `eligibility` must
+    exist (Missing("meter", index) otherwise)."""
+
+    user: str
+    name: str
+    amount: int
+    currency: str
+    priority: int
+    effective_at: int
+    expires_at: int | None
+    eligibility: list[str]
+    tags: str
+    now: int
+    key_id: str
+
+
+@dataclass(slots=True)
+class LedgerFilter:
+    """Which of a user's ledger rows to list; None: any."""
+
+    currency: str | None = None
+    type: str | None = None
+    tag: str | None = None
+    """One of the row's comma-separated tags, exactly."""
+    created_from: int | None = None
+    """Inclusive."""
+    created_before: int | None = None
+    """Exclusive."""
+
 
 HoldCharge = Callable[[HoldRow, int], NewEntry]
 """The domain's capture withdrawal: (the hold, cents captured) -> the ledger row to append."""
@@ -138,7 +262,20 @@ class Store(Protocol):
     async def usage_page(
         self, tenant: int, user: str, currency: str | None, limit: int, starting_after: str | None
     ) -> tuple[list[LedgerRow], bool]: ...
-    async def append_ledger_row(self, tenant: int, entry: NewEntry, idempotency: Idempotency | None = None) -> LedgerRow: ...
+    async def ledger_page(
+        self, tenant: int, user: str, where: LedgerFilter, limit: int, starting_after: str | None
+    ) -> tuple[list[LedgerRow], bool]:
+        """Newest first (equal times: last written first); Missing("ledger row") when
+        `starting_after` is not a row of this user."""
+        ...
+    async def accounts_page(
+        self, tenant: int, currency: str, max_available: int | None, limit: int, starting_after: str | None, now: int
+    ) -> tuple[list[Account], bool]:
+        """Every user with a ledger row or a hold pending at `now` in `currency`, in byte order."""
+        ...
+    async def append_ledger_row(
+        self, tenant: int, entry: NewEntry, idempotency: Idempotency | None = None, refundable: Refundable | None = None
+    ) -> LedgerRow: ...
     async def forfeit_expired(self, now: int, limit: int = 500) -> int: ...
 
     # meters and events
@@ -155,18 +292,24 @@ class Store(Protocol):
         self, tenant: int, meter_id: str, aggregation: str, user: str | None, start: int | None, end: int | None
     ) -> tuple[int, int]: ...
 
-    # credit grants
-    async def create_grant(
-        self, tenant: int, user: str, name: str, amount: int, currency: str, priority: int, effective_at: int,
-        expires_at: int | None, eligibility: list[str], tags: str, now: int, idempotency: Idempotency | None = None,
-    ) -> Row: ...
-    async def list_grants(self, tenant: int, user: str) -> list[Row]: ...
-    async def active_grants(self, tenant: int, user: str, now: int, currency: str | None = None) -> list[Row]: ...
-    async def void_grant(self, tenant: int, grant_id: str, now: int, idempotency: Idempotency | None = None) -> Row: ...
+    # credit grants and their journal
+    async def create_grant(self, tenant: int, grant: NewGrant, idempotency: Idempotency | None = None) -> GrantRow: ...
+    async def list_grants(self, tenant: int, user: str) -> list[GrantRow]: ...
+    async def active_grants(self, tenant: int, user: str, now: int, currency: str | None = None) -> list[GrantRow]: ...
+    async def void_grant(
+        self, tenant: int, grant_id: str, now: int, key_id: str, idempotency: Idempotency | None = None
+    ) -> GrantRow: ...
     async def burn_grants(
-        self, tenant: int, user: str, currency: str, amount: int, meter_id: str | None, now: int, plan: BurnPlan,
-        idempotency: Idempotency | None = None,
-    ) -> list[Row]: ...
+        self, tenant: int, user: str, currency: str, amount: int, meter_id: str | None, now: int, key_id: str,
+        plan: BurnPlan, idempotency: Idempotency | None = None,
+    ) -> Burn: ...
+    async def grant_changes_page(
+        self, tenant: int, user: str, grant_id: str | None, limit: int, starting_after: str | None
+    ) -> tuple[list[GrantChange], bool]:
+        """Newest first; Missing("grant") for a grant not of this user, Missing("grant change")
+        for a `starting_after` not in this listing."""
+        ...
+    async def expire_grants(self, now: int, limit: int = 500) -> int: ...
 
     # pricing rules
     async def create_rule(

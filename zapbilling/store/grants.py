@@ -1,21 +1,24 @@
-"""Credit grants: separate pots of credit, burned down in one transaction so that two
-concurrent burns can never spend the same cents."""
+"""Credit grants and their journal. A grant's `remaining` is a cache of its journal: every
+change to it (creation, a burn, a void, expiry) writes an immutable `credit_transactions` row
+in the same transaction, so the rows of a grant always sum to its remaining cents. A burn is
+one transaction, so two concurrent burns can never spend the same cents."""
 from __future__ import annotations
 
 import json
 import sqlite3
 from typing import Any
 
-from ..errors import InvalidParams, NotFound
-from .base import BurnPlan, Idempotency
+from .base import SYSTEM_KEY, Burn, BurnedGrant, BurnPlan, GrantChange, GrantRow, Idempotency, NewGrant
 from .connection import SqliteBase, new_id
+from .refusals import AlreadyVoided, Missing
 
 _GRANT = ("id, user_id, name, amount, remaining, currency, priority, effective_at, expires_at, eligibility, tags,"
           " voided_at, created_at")
 _ACTIVE = ("voided_at IS NULL AND remaining > 0 AND effective_at <= :now AND (expires_at IS NULL OR expires_at > :now)")
+_CHANGE = "id, grant_id, user_id, currency, type, amount, remaining_after, burn_id, meter_id, created_at, key_id"
 
 
-def grant_row(r: tuple[Any, ...]) -> dict[str, Any]:
+def grant_row(r: tuple[Any, ...]) -> GrantRow:
     return {
         "id": r[0], "userId": r[1], "name": r[2], "amountCents": r[3], "remainingCents": r[4], "currency": r[5],
         "priority": r[6], "effectiveAt": r[7], "expiresAt": r[8], "eligibility": json.loads(r[9]), "tags": r[10],
@@ -23,21 +26,22 @@ def grant_row(r: tuple[Any, ...]) -> dict[str, Any]:
     }
 
 
-class GrantQueries(SqliteBase):
-    async def create_grant(
-        self, tenant: int, user: str, name: str, amount: int, currency: str, priority: int,
-        effective_at: int, expires_at: int | None, eligibility: list[str], tags: str, now: int,
-        idempotency: Idempotency | None = None,
-    ) -> dict[str, Any]:
-        return await self._write(
-            tenant, idempotency, now, _create_grant, tenant, new_id("cg"), user, name, amount, currency, priority, effective_at, expires_at, eligibility, tags, now
-        )
+def change_row(r: tuple[Any, ...]) -> GrantChange:
+    return {
+        "id": r[0], "grantId": r[1], "userId": r[2], "currency": r[3], "type": r[4], "amount": r[5],
+        "remainingAfter": r[6], "burnId": r[7], "meterId": r[8], "createdAt": r[9], "keyId": r[10],
+    }
 
-    async def list_grants(self, tenant: int, user: str) -> list[dict[str, Any]]:
+
+class GrantQueries(SqliteBase):
+    async def create_grant(self, tenant: int, grant: NewGrant, idempotency: Idempotency | None = None) -> GrantRow:
+        return await self._write(tenant, idempotency, grant.now, _create_grant, tenant, new_id("cg"), grant)
+
+    async def list_grants(self, tenant: int, user: str) -> list[GrantRow]:
         rows = await self._read(f"SELECT {_GRANT} FROM credit_grants WHERE tenant = ? AND user_id = ? ORDER BY seq", (tenant, user))
         return [grant_row(r) for r in rows]
 
-    async def active_grants(self, tenant: int, user: str, now: int, currency: str | None = None) -> list[dict[str, Any]]:
+    async def active_grants(self, tenant: int, user: str, now: int, currency: str | None = None) -> list[GrantRow]:
         """Active grants (of one currency, if given) in creation order."""
         where = "tenant = :tenant AND user_id = :user" + (" AND currency = :currency" if currency is not None else "")
         rows = await self._read(
@@ -46,65 +50,145 @@ class GrantQueries(SqliteBase):
         )
         return [grant_row(r) for r in rows]
 
-    async def void_grant(self, tenant: int, grant_id: str, now: int, idempotency: Idempotency | None = None) -> dict[str, Any]:
-        return await self._write(tenant, idempotency, now, _void_grant, tenant, grant_id, now)
+    async def void_grant(
+        self, tenant: int, grant_id: str, now: int, key_id: str, idempotency: Idempotency | None = None
+    ) -> GrantRow:
+        return await self._write(tenant, idempotency, now, _void_grant, tenant, grant_id, now, key_id)
 
     async def burn_grants(
-        self, tenant: int, user: str, currency: str, amount: int, meter_id: str | None, now: int, plan: BurnPlan,
-        idempotency: Idempotency | None = None,
-    ) -> list[dict[str, Any]]:
+        self, tenant: int, user: str, currency: str, amount: int, meter_id: str | None, now: int, key_id: str,
+        plan: BurnPlan, idempotency: Idempotency | None = None,
+    ) -> Burn:
         """Burn `amount` from the active grants as `plan` (the domain's burn order) decides,
-        inside one transaction. Returns [{id, burned, remainingCents}] in burn order."""
-        return await self._write(tenant, idempotency, now, _burn, tenant, user, currency, amount, meter_id, now, plan)
+        inside one transaction, one journal row per grant touched."""
+        return await self._write(tenant, idempotency, now, _burn, tenant, user, currency, amount, meter_id, now, key_id, plan)
+
+    async def grant_changes_page(
+        self, tenant: int, user: str, grant_id: str | None, limit: int, starting_after: str | None
+    ) -> tuple[list[GrantChange], bool]:
+        """Newest first (equal times: last written first), walking the user's (or the grant's)
+        end of a (.., created_at, seq) index: a page costs the same however long the journal."""
+        if grant_id is None:
+            where, params = "tenant = ? AND user_id = ?", [tenant, user]
+        else:
+            if not await self._read("SELECT 1 FROM credit_grants WHERE tenant = ? AND user_id = ? AND id = ?", (tenant, user, grant_id)):
+                raise Missing("grant")
+            where, params = "grant_id = ?", [grant_id]
+        if starting_after is not None:
+            found = await self._read(f"SELECT created_at, seq FROM credit_transactions WHERE {where} AND id = ?", (*params, starting_after))
+            if not found:
+                raise Missing("grant change")
+            where += " AND (created_at, seq) < (?, ?)"
+            params += found[0]
+        rows = await self._read(
+            f"SELECT {_CHANGE} FROM credit_transactions WHERE {where} ORDER BY created_at DESC, seq DESC LIMIT ?",
+            (*params, limit + 1),
+        )
+        return [change_row(r) for r in rows[:limit]], len(rows) > limit
+
+    async def expire_grants(self, now: int, limit: int = 500) -> int:
+        """Journal the expiry of up to `limit` users' grants that expired with cents left;
+        returns how many users. Reads never need this (an expired grant is inactive from its
+        expiresAt on); it brings `remaining` and the journal up to date for users who never
+        come back."""
+        return await self._run(_sweep_expired, now, limit)
 
 
-def _check_meters(conn: sqlite3.Connection, tenant: int, meter_ids: list[str], param: str) -> None:
+def _journal(conn: sqlite3.Connection, tenant: int, grant: GrantRow, type: str, amount: int, remaining_after: int,
+             now: int, key_id: str, burn_id: str | None = None, meter_id: str | None = None) -> None:
+    conn.execute(
+        "INSERT INTO credit_transactions (id, tenant, grant_id, user_id, currency, type, amount, remaining_after,"
+        " burn_id, meter_id, created_at, key_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (new_id("ct"), tenant, grant["id"], grant["userId"], grant["currency"], type, amount, remaining_after,
+         burn_id, meter_id, now, key_id),
+    )
+
+
+def _expire_user(conn: sqlite3.Connection, tenant: int, user: str, now: int, key_id: str) -> None:
+    """Journal what was left of the user's grants that expired by `now`: the first write that
+    touches the user's grants does this before anything else, so every grant change it makes
+    starts from a journal that is up to date."""
+    rows = conn.execute(
+        f"SELECT {_GRANT} FROM credit_grants WHERE tenant = ? AND user_id = ? AND remaining > 0 AND expires_at <= ?"
+        " ORDER BY expires_at, seq",
+        (tenant, user, now),
+    ).fetchall()
+    for r in rows:
+        grant = grant_row(r)
+        conn.execute("UPDATE credit_grants SET remaining = 0 WHERE id = ?", (grant["id"],))
+        # dated when written, like the ledger's forfeits (a row dated in the past would slip in
+        # behind a page a caller has already read)
+        _journal(conn, tenant, grant, "expire", -grant["remainingCents"], 0, now, key_id)
+
+
+def _sweep_expired(conn: sqlite3.Connection, now: int, limit: int) -> int:
+    users = conn.execute(
+        "SELECT DISTINCT tenant, user_id FROM credit_grants WHERE remaining > 0 AND expires_at IS NOT NULL AND expires_at <= ?"
+        " LIMIT ?",
+        (now, limit),
+    ).fetchall()
+    for tenant, user in users:
+        _expire_user(conn, tenant, user, now, SYSTEM_KEY)
+    return len(users)
+
+
+def _check_meters(conn: sqlite3.Connection, tenant: int, meter_ids: list[str]) -> None:
     for i, meter_id in enumerate(meter_ids):
         if conn.execute("SELECT 1 FROM meters WHERE tenant = ? AND id = ?", (tenant, meter_id)).fetchone() is None:
-            raise NotFound("meter not found", param=f"{param}[{i}]" if param == "eligibility" else param)
+            raise Missing("meter", i)
 
 
-def _create_grant(
-    conn: sqlite3.Connection, tenant: int, grant_id: str, user: str, name: str, amount: int, currency: str,
-    priority: int, effective_at: int, expires_at: int | None, eligibility: list[str], tags: str, now: int,
-) -> dict[str, Any]:
-    _check_meters(conn, tenant, eligibility, "eligibility")
+def _create_grant(conn: sqlite3.Connection, tenant: int, grant_id: str, g: NewGrant) -> GrantRow:
+    _check_meters(conn, tenant, g.eligibility)
+    _expire_user(conn, tenant, g.user, g.now, g.key_id)
     row = conn.execute(
         f"INSERT INTO credit_grants (id, tenant, user_id, name, amount, remaining, currency, priority, effective_at,"
         f" expires_at, eligibility, tags, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING {_GRANT}",
-        (grant_id, tenant, user, name, amount, amount, currency, priority, effective_at, expires_at,
-         json.dumps(eligibility), tags, now),
+        (grant_id, tenant, g.user, g.name, g.amount, g.amount, g.currency, g.priority, g.effective_at, g.expires_at,
+         json.dumps(g.eligibility), g.tags, g.now),
     ).fetchone()
-    return grant_row(row)
+    grant = grant_row(row)
+    _journal(conn, tenant, grant, "grant", g.amount, g.amount, g.now, g.key_id)
+    return grant
 
 
-def _void_grant(conn: sqlite3.Connection, tenant: int, grant_id: str, now: int) -> dict[str, Any]:
+def _void_grant(conn: sqlite3.Connection, tenant: int, grant_id: str, now: int, key_id: str) -> GrantRow:
+    found = conn.execute("SELECT user_id FROM credit_grants WHERE tenant = ? AND id = ?", (tenant, grant_id)).fetchone()
+    if found is None:
+        raise Missing("grant")
+    _expire_user(conn, tenant, found[0], now, key_id)
     row = conn.execute(
-        f"UPDATE credit_grants SET voided_at = ? WHERE tenant = ? AND id = ? AND voided_at IS NULL RETURNING {_GRANT}",
-        (now, tenant, grant_id),
+        f"SELECT {_GRANT} FROM credit_grants WHERE tenant = ? AND id = ? AND voided_at IS NULL", (tenant, grant_id)
     ).fetchone()
-    if row is not None:
-        return grant_row(row)
-    if conn.execute("SELECT 1 FROM credit_grants WHERE tenant = ? AND id = ?", (tenant, grant_id)).fetchone():
-        raise InvalidParams("grant is already voided", param="id")
-    raise NotFound("credit grant not found", param="id")
+    if row is None:
+        raise AlreadyVoided()
+    grant = grant_row(row)
+    voided = conn.execute(
+        f"UPDATE credit_grants SET voided_at = ?, remaining = 0 WHERE id = ? RETURNING {_GRANT}", (now, grant_id)
+    ).fetchone()
+    _journal(conn, tenant, grant, "void", -grant["remainingCents"], 0, now, key_id)
+    return grant_row(voided)
 
 
 def _burn(
-    conn: sqlite3.Connection, tenant: int, user: str, currency: str, amount: int, meter_id: str | None, now: int, plan: BurnPlan
-) -> list[dict[str, Any]]:
+    conn: sqlite3.Connection, tenant: int, user: str, currency: str, amount: int, meter_id: str | None, now: int,
+    key_id: str, plan: BurnPlan,
+) -> Burn:
     if meter_id is not None:
-        _check_meters(conn, tenant, [meter_id], "meterId")
+        _check_meters(conn, tenant, [meter_id])
+    _expire_user(conn, tenant, user, now, key_id)
     rows = conn.execute(
         f"SELECT {_GRANT} FROM credit_grants WHERE tenant = :tenant AND user_id = :user AND currency = :currency"
         f" AND {_ACTIVE} ORDER BY seq",
         {"tenant": tenant, "user": user, "currency": currency, "now": now},
     ).fetchall()
-    burned = []
+    burn_id = new_id("burn")
+    burned: list[BurnedGrant] = []
     for grant, take in plan([grant_row(r) for r in rows], amount, meter_id):
         (left,), = conn.execute(
             "UPDATE credit_grants SET remaining = remaining - ? WHERE id = ? AND remaining >= ? RETURNING remaining",
             (take, grant["id"], take),
         ).fetchall()
+        _journal(conn, tenant, grant, "burn", -take, left, now, key_id, burn_id, meter_id)
         burned.append({"id": grant["id"], "burned": take, "remainingCents": left})
-    return burned
+    return {"burnId": burn_id if burned else None, "grants": burned}

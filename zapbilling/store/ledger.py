@@ -6,24 +6,24 @@ import json
 import sqlite3
 from typing import Any
 
-from ..errors import InvalidParams, NotFound
 from ..times import format_ts
-from .base import Idempotency, LedgerRow, MeterEventDraft, NewEntry
+from .base import SYSTEM_KEY, Idempotency, LedgerFilter, LedgerRow, MeterEventDraft, NewEntry, Refundable
 from .connection import INT64_MAX, INT64_MIN, SqliteBase, new_id
 from .metering import insert_event
+from .refusals import Missing, NotRefundable, OutOfRange, RefundLeft
 
-_ROW = "id, user_id, currency, type, amount, tags, notes, metadata, created_at, expires_at, refund_of"
+_ROW = "id, user_id, currency, type, amount, tags, notes, metadata, created_at, expires_at, refund_of, hold_id, key_id"
 
 
 # One account's balance row, its expired unforfeited credit (reads subtract it themselves until a
 # write or the sweep forfeits it) and its holds pending at `now` (a hold counts until expires_at,
 # whether or not the sweep has marked it). The subtraction is left to Python: SQLite would turn
 # an overflowing integer result into a float.
-_EXPIRED = (
+EXPIRED = (
     "SELECT COALESCE(SUM(remaining), 0) FROM ledger WHERE tenant = {tenant} AND user_id = {user}"
     " AND currency = {currency} AND remaining > 0 AND expires_at <= {now}"
 )
-_HELD = (
+HELD = (
     "SELECT COALESCE(SUM(amount), 0) FROM holds WHERE tenant = {tenant} AND user_id = {user}"
     " AND currency = {currency} AND status = 'pending' AND expires_at > {now}"
 )
@@ -32,7 +32,7 @@ _HELD = (
 _ONE = dict(tenant="?1", user="?2", currency="?3", now="?4")
 ACCOUNT = (
     "SELECT COALESCE((SELECT balance FROM balances WHERE tenant = ?1 AND user_id = ?2 AND currency = ?3), 0),"
-    f" ({_EXPIRED.format(**_ONE)}), ({_HELD.format(**_ONE)})"
+    f" ({EXPIRED.format(**_ONE)}), ({HELD.format(**_ONE)})"
 )
 """(balance row, expired unforfeited credit, pending holds) of one account at now; parameters
 (tenant, user, currency, now)."""
@@ -43,8 +43,18 @@ def _row(r: tuple[Any, ...]) -> LedgerRow:
     return {
         "id": r[0], "user": r[1], "currency": r[2], "type": r[3], "amount": r[4], "tags": r[5], "notes": r[6],
         "metadata": json.loads(r[7]) if r[7] is not None else None,
-        "createdAt": r[8], "expiresAt": r[9], "refundOf": r[10],
+        "createdAt": r[8], "expiresAt": r[9], "refundOf": r[10], "holdId": r[11], "keyId": r[12],
     }
+
+
+# The listing's filters, each a condition on the ledger_history index's rows of one user.
+_FILTERS = (
+    ("currency", "currency = ?"),
+    ("type", "type = ?"),
+    ("tag", "instr(',' || tags || ',', ',' || ? || ',') > 0"),
+    ("created_from", "created_at >= ?"),
+    ("created_before", "created_at < ?"),
+)
 
 
 class LedgerQueries(SqliteBase):
@@ -57,7 +67,7 @@ class LedgerQueries(SqliteBase):
         rows = await self._read(
             "SELECT c.currency,"
             " COALESCE((SELECT balance FROM balances WHERE tenant = :tenant AND user_id = :user AND currency = c.currency), 0),"
-            f" ({_EXPIRED.format(**_EACH)}), ({_HELD.format(**_EACH)})"
+            f" ({EXPIRED.format(**_EACH)}), ({HELD.format(**_EACH)})"
             " FROM (SELECT currency FROM balances WHERE tenant = :tenant AND user_id = :user"
             "  UNION SELECT currency FROM holds WHERE tenant = :tenant AND user_id = :user"
             "  AND status = 'pending' AND expires_at > :now) c ORDER BY c.currency",
@@ -72,7 +82,7 @@ class LedgerQueries(SqliteBase):
         if starting_after is not None:
             found = await self._read(f"SELECT seq FROM ledger WHERE {where} AND id = ?", (tenant, user, starting_after))
             if not found:
-                raise NotFound("transaction not found", param="startingAfter")
+                raise Missing("ledger row")
             where += " AND seq < ?"
             params.append(found[0][0])
         if currency is not None:
@@ -81,36 +91,65 @@ class LedgerQueries(SqliteBase):
         rows = await self._read(f"SELECT {_ROW} FROM ledger WHERE {where} ORDER BY seq DESC LIMIT ?", (*params, limit + 1))
         return [_row(r) for r in rows[:limit]], len(rows) > limit
 
-    async def append_ledger_row(self, tenant: int, entry: NewEntry, idempotency: Idempotency | None = None) -> LedgerRow:
-        return await self._write(tenant, idempotency, entry.now, append_entry, tenant, entry)
+    async def ledger_page(
+        self, tenant: int, user: str, where: LedgerFilter, limit: int, starting_after: str | None
+    ) -> tuple[list[LedgerRow], bool]:
+        """A walk down the user's end of the ledger_history index, so an unfiltered page costs
+        the same at a million rows as at a thousand; filters are conditions on that walk (a time
+        range narrows it)."""
+        sql, params = "tenant = ? AND user_id = ?", [tenant, user]
+        if starting_after is not None:
+            found = await self._read("SELECT created_at, seq FROM ledger WHERE tenant = ? AND user_id = ? AND id = ?",
+                                     (tenant, user, starting_after))
+            if not found:
+                raise Missing("ledger row")
+            sql += " AND (created_at, seq) < (?, ?)"
+            params += found[0]
+        for name, condition in _FILTERS:
+            value = getattr(where, name)
+            if value is not None:
+                sql += " AND " + condition
+                params.append(value)
+        rows = await self._read(
+            f"SELECT {_ROW} FROM ledger WHERE {sql} ORDER BY created_at DESC, seq DESC LIMIT ?", (*params, limit + 1)
+        )
+        return [_row(r) for r in rows[:limit]], len(rows) > limit
+
+    async def append_ledger_row(
+        self, tenant: int, entry: NewEntry, idempotency: Idempotency | None = None, refundable: Refundable | None = None
+    ) -> LedgerRow:
+        """`refundable`: for a refund (`entry.refund_of`), whether the original may be refunded."""
+        return await self._write(tenant, idempotency, entry.now, append_entry, tenant, entry, refundable)
 
     async def forfeit_expired(self, now: int, limit: int = 500) -> int:
         return await self._run(_sweep_expired, now, limit)
 
 
-def append_entry(conn: sqlite3.Connection, tenant: int, e: NewEntry) -> LedgerRow:
+def append_entry(conn: sqlite3.Connection, tenant: int, e: NewEntry, refundable: Refundable | None = None) -> LedgerRow:
     """Append one row inside the caller's job (a capture appends its withdrawal this way)."""
     if e.refund_of is not None:
-        _claim_refund(conn, tenant, e)
+        assert refundable is not None, "a refund needs the domain's rule for what may be refunded"
+        _claim_refund(conn, tenant, e, refundable)
     tx_id = new_id("tx")
     remaining = e.amount if e.type == "deposit" and e.expires_at is not None else None
     # No RETURNING: SQLite buffers RETURNING rows in a temporary table, which made this insert
     # cost ~75% more; the row's values are all known here, and rowcount tells a dedupe repeat.
     inserted = conn.execute(
         "INSERT INTO ledger (id, tenant, user_id, currency, type, amount, tags, notes, metadata, created_at,"
-        " expires_at, remaining, refund_of, dedupe_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        " expires_at, remaining, refund_of, dedupe_key, key_id, hold_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         " ON CONFLICT (tenant, user_id, dedupe_key) WHERE dedupe_key IS NOT NULL DO NOTHING",
         (tx_id, tenant, e.user, e.currency, e.type, e.amount, e.tags, e.notes,
-         json.dumps(e.metadata) if e.metadata is not None else None, e.now, e.expires_at, remaining, e.refund_of, e.dedupe_key),
+         json.dumps(e.metadata) if e.metadata is not None else None, e.now, e.expires_at, remaining, e.refund_of,
+         e.dedupe_key, e.key_id, e.hold_id),
     ).rowcount
     if not inserted:  # the dedupe key was seen: the original row is the answer
         return _row(conn.execute(
             f"SELECT {_ROW} FROM ledger WHERE tenant = ? AND user_id = ? AND dedupe_key = ?", (tenant, e.user, e.dedupe_key)
         ).fetchone())
     if e.type == "withdraw":
-        delta = -_settle_lots(conn, tenant, e.user, e.currency, e.now, e.amount) - e.amount
+        delta = -_settle_lots(conn, tenant, e.user, e.currency, e.now, e.amount, e.key_id) - e.amount
     elif e.type == "deposit":  # only forfeits: it need not look at the lots that have not expired
-        delta = -_forfeit_account(conn, tenant, e.user, e.currency, e.now) + e.amount
+        delta = -_forfeit_account(conn, tenant, e.user, e.currency, e.now, e.key_id) + e.amount
     else:
         raise ValueError(f"unknown ledger entry type {e.type!r}")
     _add_to_balance(conn, tenant, e.user, e.currency, delta)
@@ -118,6 +157,7 @@ def append_entry(conn: sqlite3.Connection, tenant: int, e: NewEntry) -> LedgerRo
     return {
         "id": tx_id, "user": e.user, "currency": e.currency, "type": e.type, "amount": e.amount, "tags": e.tags,
         "notes": e.notes, "metadata": e.metadata, "createdAt": e.now, "expiresAt": e.expires_at, "refundOf": e.refund_of,
+        "holdId": e.hold_id, "keyId": e.key_id,
     }
 
 
@@ -135,23 +175,24 @@ def _record_usage_meter_event(conn: sqlite3.Connection, tenant: int, e: NewEntry
         ), e.now)
 
 
-def _claim_refund(conn: sqlite3.Connection, tenant: int, e: NewEntry) -> None:
-    original = conn.execute(
-        "SELECT amount, refunded FROM ledger WHERE id = ? AND tenant = ? AND user_id = ? AND currency = ?"
-        " AND type IN ('deposit', 'withdraw')",
+def _claim_refund(conn: sqlite3.Connection, tenant: int, e: NewEntry, refundable: Refundable) -> None:
+    """The refund's claim on its original, in the refund's transaction: concurrent refunds of
+    one original are serialised by the writer and bounded by the `refunded` CHECK all the same."""
+    found = conn.execute(
+        f"SELECT {_ROW}, refunded FROM ledger WHERE id = ? AND tenant = ? AND user_id = ? AND currency = ?",
         (e.refund_of, tenant, e.user, e.currency),
     ).fetchone()
-    if original is None:
-        raise NotFound("original transaction not found", param="originalTransactionId")
-    amount, refunded = original
-    if e.amount > amount - refunded:
-        raise InvalidParams(
-            f"refund exceeds original: {amount - refunded} of {amount} cents left to refund", param="amount"
-        )
+    if found is None:
+        raise Missing("ledger row")
+    original, refunded = _row(found[:-1]), found[-1]
+    if not refundable(original):
+        raise NotRefundable(original["type"], original["tags"])
+    if e.amount > original["amount"] - refunded:
+        raise RefundLeft(original["amount"] - refunded, original["amount"])
     conn.execute("UPDATE ledger SET refunded = refunded + ? WHERE id = ?", (e.amount, e.refund_of))
 
 
-def _forfeit_account(conn: sqlite3.Connection, tenant: int, user: str, currency: str, now: int) -> int:
+def _forfeit_account(conn: sqlite3.Connection, tenant: int, user: str, currency: str, now: int, key_id: str) -> int:
     """Write off what is left of this account's expired deposits (a deposit, and the sweep);
     a withdrawal does this in `_settle_lots`. Returns the total forfeited."""
     lots = conn.execute(
@@ -159,19 +200,19 @@ def _forfeit_account(conn: sqlite3.Connection, tenant: int, user: str, currency:
         " AND remaining > 0 AND expires_at <= ? ORDER BY expires_at, seq",
         (tenant, user, currency, now),
     ).fetchall()
-    return sum(_forfeit_lot(conn, tenant, user, currency, now, *lot) for lot in lots)
+    return sum(_forfeit_lot(conn, tenant, user, currency, now, key_id, *lot) for lot in lots)
 
 
-def _forfeit_lot(conn: sqlite3.Connection, tenant: int, user: str, currency: str, now: int,
+def _forfeit_lot(conn: sqlite3.Connection, tenant: int, user: str, currency: str, now: int, key_id: str,
                  seq: int, lot_id: str, remaining: int, expires_at: int) -> int:
     """Only the unspent remainder is forfeited, as one `credit-expired` withdraw per deposit."""
     conn.execute("UPDATE ledger SET remaining = 0 WHERE seq = ?", (seq,))
     conn.execute(
-        "INSERT INTO ledger (id, tenant, user_id, currency, type, amount, tags, notes, metadata, created_at)"
-        " VALUES (?, ?, ?, ?, 'withdraw', ?, 'credit-expired', ?, ?, ?)",
+        "INSERT INTO ledger (id, tenant, user_id, currency, type, amount, tags, notes, metadata, created_at, key_id)"
+        " VALUES (?, ?, ?, ?, 'withdraw', ?, 'credit-expired', ?, ?, ?, ?)",
         (new_id("tx"), tenant, user, currency, remaining,
          f"Expired credit: {remaining} cents {currency} (deposit {lot_id})",
-         json.dumps({"expiredTransactionId": lot_id, "expiredAt": format_ts(expires_at)}), now),
+         json.dumps({"expiredTransactionId": lot_id, "expiredAt": format_ts(expires_at)}), now, key_id),
     )
     return remaining
 
@@ -179,7 +220,7 @@ def _forfeit_lot(conn: sqlite3.Connection, tenant: int, user: str, currency: str
 LOT_PAGE = 64
 
 
-def _settle_lots(conn: sqlite3.Connection, tenant: int, user: str, currency: str, now: int, spend: int) -> int:
+def _settle_lots(conn: sqlite3.Connection, tenant: int, user: str, currency: str, now: int, spend: int, key_id: str) -> int:
     """For a withdrawal: forfeit the account's expired deposits, then take `spend` cents from
     the expiring ones, earliest expiry first; the rest comes from money that never expires
     (which may go negative: usage is recorded whatever the balance). Returns the total forfeited.
@@ -195,7 +236,7 @@ def _settle_lots(conn: sqlite3.Connection, tenant: int, user: str, currency: str
         ).fetchall()
         for seq, lot_id, remaining, expires_at in lots:
             if expires_at <= now:
-                forfeited += _forfeit_lot(conn, tenant, user, currency, now, seq, lot_id, remaining, expires_at)
+                forfeited += _forfeit_lot(conn, tenant, user, currency, now, key_id, seq, lot_id, remaining, expires_at)
             elif left == 0:
                 return forfeited
             else:
@@ -212,7 +253,7 @@ def _add_to_balance(conn: sqlite3.Connection, tenant: int, user: str, currency: 
     ).fetchone()
     new = (row[0] if row else 0) + delta
     if not INT64_MIN <= new <= INT64_MAX:
-        raise InvalidParams("amount would take the balance outside the signed 64-bit range", param="amount")
+        raise OutOfRange("balance")
     conn.execute(
         "INSERT INTO balances (tenant, user_id, currency, balance) VALUES (?, ?, ?, ?)"
         " ON CONFLICT (tenant, user_id, currency) DO UPDATE SET balance = excluded.balance",
@@ -226,6 +267,6 @@ def _sweep_expired(conn: sqlite3.Connection, now: int, limit: int) -> int:
         (now, limit),
     ).fetchall()
     for tenant, user, currency in accounts:
-        forfeited = _forfeit_account(conn, tenant, user, currency, now)
+        forfeited = _forfeit_account(conn, tenant, user, currency, now, SYSTEM_KEY)
         _add_to_balance(conn, tenant, user, currency, -forfeited)
     return len(accounts)

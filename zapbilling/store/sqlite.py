@@ -2,6 +2,7 @@
 (see connection.py). Only the store modules hold SQL."""
 from __future__ import annotations
 
+from .accounts import AccountQueries
 from .grants import GrantQueries
 from .holds import HoldQueries
 from .keys import KeyQueries
@@ -10,5 +11,5 @@ from .metering import MeteringQueries
 from .pricing import PricingQueries
 
 
-class SqliteStore(KeyQueries, LedgerQueries, MeteringQueries, GrantQueries, PricingQueries, HoldQueries):
+class SqliteStore(KeyQueries, LedgerQueries, AccountQueries, MeteringQueries, GrantQueries, PricingQueries, HoldQueries):
     """The Store (base.py) on SQLite."""
