@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from zapbilling.store import SqliteStore
+from zapbilling.store import NewMeter, SqliteStore
 from zapbilling.store.reads import PointReadInSnapshot
 from zapbilling.times import system_clock
 
@@ -28,7 +28,8 @@ async def tenant_of(store: SqliteStore) -> int:
 
 
 async def new_meter(store: SqliteStore, tenant: int, name: str) -> str:
-    return (await store.create_meter(tenant, name, f"ev-{name}", "sum", "usd", [], system_clock()))["id"]
+    meter = NewMeter(name=name, event_name=f"ev-{name}", aggregation="sum", currency="usd", dimensions=[], now=system_clock())
+    return (await store.create_meter(tenant, meter))["id"]
 
 
 async def test_a_point_read_inside_a_snapshot_fails_loudly_while_reads_see_the_snapshot(store):

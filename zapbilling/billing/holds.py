@@ -9,10 +9,10 @@ from __future__ import annotations
 from typing import Any
 
 from ..context import Context
-from ..errors import NotFound
-from ..store import HoldRow, NewEntry, NewHold, UsageEvent
+from ..errors import Conflict, InsufficientFunds, InvalidParams, NotFound
+from ..store import HoldRow, Missing, NewEntry, NewHold, NotPending, OutOfRange, OverCapture, ShortOfFunds, UsageEvent
 from ..times import SECOND, format_ts
-from .ledger import USAGE_TAG
+from .ledger import USAGE_TAG, available
 
 _OPTIONAL = ("capturedAmount", "transactionId", "requestId", "metadata")
 
@@ -29,11 +29,30 @@ def hold_result(h: HoldRow) -> dict[str, Any]:
 
 
 async def create_hold(ctx: Context, p: Any) -> dict[str, Any]:
-    row = await ctx.store.create_hold(ctx.tenant, NewHold(
-        user=p.user, currency=p.currency, amount=p.amount, now=ctx.now, expires_at=ctx.now + p.expiresIn * SECOND,
-        request_id=p.requestId, metadata=p.metadata, allow_overdraft=p.allowOverdraft,
-    ), ctx.idempotency)
+    def covered(balance: int, holds: int) -> bool:
+        """The funds check: a hold takes at most what is available, unless the caller allows
+        an overdraft. Run by the store inside the hold's own transaction."""
+        return p.allowOverdraft or p.amount <= available(balance, holds)
+
+    try:
+        row = await ctx.store.create_hold(ctx.tenant, NewHold(
+            user=p.user, currency=p.currency, amount=p.amount, now=ctx.now, expires_at=ctx.now + p.expiresIn * SECOND,
+            covered=covered, request_id=p.requestId, metadata=p.metadata,
+        ), ctx.idempotency)
+    except ShortOfFunds as exc:
+        raise InsufficientFunds(
+            f"insufficient funds: {available(exc.balance, exc.holds)} cents {p.currency} available, {p.amount} requested",
+            param="amount",
+        ) from None
+    except OutOfRange:
+        raise InvalidParams("amount would take the user's holds outside the signed 64-bit range", param="amount") from None
     return hold_result(row)
+
+
+def _settle_refused(exc: Missing | NotPending) -> NotFound | Conflict:
+    if isinstance(exc, Missing):
+        return NotFound("hold not found", param="id")
+    return Conflict(f"hold is not pending: it is {exc.status}", param="id")
 
 
 def _usage_metadata(hold: HoldRow, model: str, given: Any) -> dict[str, Any]:
@@ -58,12 +77,22 @@ async def capture_hold(ctx: Context, p: Any) -> dict[str, Any]:
             usage_event=UsageEvent(USAGE_TAG, {"model": p.model}, f"hold:{hold['holdId']}"),
         )
 
-    row = await ctx.store.capture_hold(ctx.tenant, p.id, p.amount, ctx.now, charge, ctx.idempotency)
+    try:
+        row = await ctx.store.capture_hold(ctx.tenant, p.id, p.amount, ctx.now, charge, ctx.idempotency)
+    except (Missing, NotPending) as exc:
+        raise _settle_refused(exc) from None
+    except OverCapture as exc:
+        raise InvalidParams(f"capture exceeds hold: {exc.asked} cents asked, {exc.held} held", param="amount") from None
+    except OutOfRange:
+        raise InvalidParams("amount would take the balance outside the signed 64-bit range", param="amount") from None
     return hold_result(row)
 
 
 async def release_hold(ctx: Context, p: Any) -> dict[str, Any]:
-    return hold_result(await ctx.store.release_hold(ctx.tenant, p.id, ctx.now, ctx.idempotency))
+    try:
+        return hold_result(await ctx.store.release_hold(ctx.tenant, p.id, ctx.now, ctx.idempotency))
+    except (Missing, NotPending) as exc:
+        raise _settle_refused(exc) from None
 
 
 async def get_hold(ctx: Context, p: Any) -> dict[str, Any]:
@@ -74,6 +103,9 @@ async def get_hold(ctx: Context, p: Any) -> dict[str, Any]:
 
 
 async def list_holds(ctx: Context, p: Any) -> dict[str, Any]:
-    rows, has_more = await ctx.store.list_holds(ctx.tenant, p.user, p.status, p.limit, p.startingAfter, ctx.now)
+    try:
+        rows, has_more = await ctx.store.list_holds(ctx.tenant, p.user, p.status, p.limit, p.startingAfter, ctx.now)
+    except Missing:
+        raise NotFound("hold not found", param="startingAfter") from None
     holds = [hold_result(r) for r in rows]
     return {"holds": holds, "count": len(holds), "hasMore": has_more}

@@ -7,17 +7,18 @@ from typing import Any
 
 from ..context import Context
 from ..errors import InvalidParams
-from ..store import Row
+from ..store import RuleRow, SumOutOfRange
 from ..times import parse_ts
 from .grants import plan_burn
+from .metering import SUM_OUT_OF_RANGE
 from .pricing import Price, PricingError, checked_sum, price
 
 
-def choose_rules(rules: list[Row], plan_id: str | None) -> dict[str, Row]:
+def choose_rules(rules: list[RuleRow], plan_id: str | None) -> dict[str, RuleRow]:
     """Per meter: a rule for `plan_id` wins over a plan-less one; among equals, the newest.
     `rules` come in creation order, so a later one overwrites an earlier one."""
-    plan_less: dict[str, Row] = {}
-    for_plan: dict[str, Row] = {}
+    plan_less: dict[str, RuleRow] = {}
+    for_plan: dict[str, RuleRow] = {}
     for r in rules:
         if r["planId"] == "":
             plan_less[r["meterId"]] = r
@@ -32,11 +33,14 @@ async def invoice_preview(ctx: Context, p: Any) -> dict[str, Any]:
     store, tenant = ctx.store, ctx.tenant
     # One snapshot: usage, rules and grants as of one moment, never usage recorded after a grant
     # was read beside the grant as it was before being burned for that usage.
-    async with store.snapshot():
-        rules = choose_rules(await store.list_rules(tenant, currency=p.currency), p.planId)
-        grants = await store.active_grants(tenant, p.userId, ctx.now, p.currency)
-        usage = [(meter, await store.aggregate_events(tenant, meter["id"], meter["aggregationType"], p.userId, start, end))
-                 for meter in await store.list_meters(tenant)]
+    try:
+        async with store.snapshot():
+            rules = choose_rules(await store.list_rules(tenant, currency=p.currency), p.planId)
+            grants = await store.active_grants(tenant, p.userId, ctx.now, p.currency)
+            usage = [(meter, await store.aggregate_events(tenant, meter["id"], meter["aggregationType"], p.userId, start, end))
+                     for meter in await store.list_meters(tenant)]
+    except SumOutOfRange:
+        raise InvalidParams(SUM_OUT_OF_RANGE) from None
     line_items = []
     try:
         for meter, (quantity, count) in usage:

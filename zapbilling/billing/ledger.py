@@ -20,8 +20,14 @@ USAGE_TAG = "api-usage"
 REFUND_TAG = "refund"
 
 
+def available(balance: int, holds: int) -> int:
+    """What a user may still spend or hold: never below zero, even when usage (recorded
+    whatever the balance) has taken the balance negative."""
+    return max(balance - holds, 0)
+
+
 def _balance(user: str, currency: str, balance: int, holds: int) -> dict[str, Any]:
-    return {"user": user, "currency": currency, "balance": balance, "holds": holds, "available": max(balance - holds, 0)}
+    return {"user": user, "currency": currency, "balance": balance, "holds": holds, "available": available(balance, holds)}
 
 
 async def get_balance(ctx: Context, p: Any) -> dict[str, Any]:

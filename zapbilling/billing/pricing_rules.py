@@ -5,12 +5,12 @@ from typing import Any
 
 from ..context import Context
 from ..errors import InvalidParams, NotFound
-from ..store import Row
+from ..store import Missing, NewRule, RuleRow
 from ..times import format_ts
 from .pricing import PricingError, check_rule
 
 
-def rule_result(r: Row) -> dict[str, Any]:
+def rule_result(r: RuleRow) -> dict[str, Any]:
     return r | {"createdAt": format_ts(r["createdAt"])}
 
 
@@ -20,7 +20,13 @@ async def create_pricing_rule(ctx: Context, p: Any) -> dict[str, Any]:
         check_rule(p.model, p.unitPrice, tiers)
     except PricingError as exc:
         raise InvalidParams(str(exc), param=exc.param) from None
-    rule = await ctx.store.create_rule(ctx.tenant, p.meterId, p.planId, p.model, p.currency, p.unitPrice, tiers, ctx.now, ctx.idempotency)
+    try:
+        rule = await ctx.store.create_rule(ctx.tenant, NewRule(
+            meter_id=p.meterId, plan_id=p.planId, model=p.model, currency=p.currency, unit_price=p.unitPrice,
+            tiers=tiers, now=ctx.now,
+        ), ctx.idempotency)
+    except Missing:
+        raise NotFound("meter not found", param="meterId") from None
     return rule_result(rule)
 
 
@@ -32,5 +38,8 @@ async def list_pricing_rules(ctx: Context, p: Any) -> dict[str, Any]:
 
 
 async def delete_pricing_rule(ctx: Context, p: Any) -> dict[str, Any]:
-    await ctx.store.delete_rule(ctx.tenant, p.id, ctx.now, ctx.idempotency)
+    try:
+        await ctx.store.delete_rule(ctx.tenant, p.id, ctx.now, ctx.idempotency)
+    except Missing:
+        raise NotFound("pricing rule not found", param="id") from None
     return {"id": p.id, "deleted": True}

@@ -4,7 +4,8 @@ from typing import Any
 
 from .base import (
     SYSTEM_KEY, Account, Burn, BurnedGrant, BurnPlan, GrantChange, GrantRow, HoldCharge, HoldRow, Idempotency, KeyInfo,
-    LedgerFilter, LedgerRow, MeterEventDraft, NewEntry, NewGrant, NewHold, Principal, Refundable, Row, Store, UsageEvent,
+    LedgerFilter, LedgerRow, MeterEventDraft, MeterRow, NewEntry, NewGrant, NewHold, NewMeter, NewRule, Principal,
+    Refundable, Row, RuleRow, Store, UsageEvent,
 )
 from .refusals import (
     AlreadyExists, AlreadyVoided, KeyReused, Missing, NotPending, NotRefundable, OutOfRange, OverCapture, Refused,
@@ -23,7 +24,7 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "SYSTEM_KEY", "Account", "AlreadyExists", "AlreadyVoided", "Burn", "BurnPlan", "BurnedGrant", "GrantChange",
     "GrantRow", "HoldCharge", "HoldRow", "Idempotency", "KeyInfo", "KeyReused", "LedgerFilter", "LedgerRow",
-    "MeterEventDraft", "Missing", "NewEntry", "NewGrant", "NewHold", "NotPending", "NotRefundable", "OutOfRange",
+    "MeterEventDraft", "MeterRow", "Missing", "NewMeter", "NewRule", "RuleRow", "NewEntry", "NewGrant", "NewHold", "NotPending", "NotRefundable", "OutOfRange",
     "OverCapture", "Principal", "Refundable", "RefundLeft", "Refused", "Row", "ShortOfFunds", "SqliteStore", "Store",
     "SumOutOfRange", "UsageEvent",
 ]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol, TypedDict
+from typing import Any, AsyncIterator, Callable, Protocol, TypedDict
 
 SYSTEM_KEY = "system"
 """The key id of rows the server writes by itself (the expiry sweep)."""
@@ -92,18 +92,19 @@ class NewEntry:
 
 @dataclass(slots=True)
 class NewHold:
-    """A hold to place. The store refuses it (InsufficientFunds) when `amount` exceeds what is
-    available at `now`, unless `allow_overdraft`; a `request_id` seen before for the same user
-    returns that hold instead, writing nothing."""
+    """A hold to place. The store refuses it (ShortOfFunds) unless `covered(balance, holds)`,
+    the domain's funds check, says the account at `now` can take it, in the same transaction
+    as the insert; a `request_id` seen before for the same user returns that hold instead,
+    writing nothing (and checking nothing)."""
 
     user: str
     currency: str
     amount: int
     now: int
     expires_at: int
+    covered: "Callable[[int, int], bool]"
     request_id: str | None = None
     metadata: Any = None
-    allow_overdraft: bool = False
 
 
 Row = dict[str, Any]
@@ -183,6 +184,20 @@ class GrantChange(TypedDict):
     keyId: str
 
 
+class MeterEventRow(TypedDict):
+    """Times in microseconds: `timestamp` is the event's own time, `createdAt` when it was
+    recorded."""
+
+    id: str
+    meterId: str
+    userId: str
+    value: int
+    timestamp: int
+    idempotency: str | None
+    dimensions: Any
+    createdAt: int
+
+
 class BurnedGrant(TypedDict):
     id: str
     burned: int
@@ -194,6 +209,29 @@ class Burn(TypedDict):
 
     burnId: str | None
     grants: list[BurnedGrant]
+
+
+class MeterRow(TypedDict):
+    id: str
+    name: str
+    eventName: str
+    aggregationType: str
+    currency: str
+    dimensions: list[str]
+    createdAt: int
+
+
+class RuleRow(TypedDict):
+    """`tiers`: [{upTo, price, flat}] as given."""
+
+    id: str
+    meterId: str
+    planId: str
+    model: str
+    currency: str
+    unitPrice: int
+    tiers: list[dict[str, int]]
+    createdAt: int
 
 
 class Account(TypedDict):
@@ -219,6 +257,32 @@ class NewGrant:
     tags: str
     now: int
     key_id: str
+
+
+@dataclass(slots=True)
+class NewMeter:
+    """A meter to create; its event name is unique in the tenant (AlreadyExists otherwise)."""
+
+    name: str
+    event_name: str
+    aggregation: str
+    """One of the store's AGGREGATIONS."""
+    currency: str
+    dimensions: list[str]
+    now: int
+
+
+@dataclass(slots=True)
+class NewRule:
+    """A pricing rule to create for an existing meter (Missing("meter") otherwise)."""
+
+    meter_id: str
+    plan_id: str
+    model: str
+    currency: str
+    unit_price: int
+    tiers: list[dict[str, int]]
+    now: int
 
 
 @dataclass(slots=True)
@@ -279,18 +343,19 @@ class Store(Protocol):
     async def forfeit_expired(self, now: int, limit: int = 500) -> int: ...
 
     # meters and events
-    async def create_meter(
-        self, tenant: int, name: str, event_name: str, aggregation: str, currency: str, dimensions: list[str], now: int,
-        idempotency: Idempotency | None = None,
-    ) -> Row: ...
-    async def list_meters(self, tenant: int) -> list[Row]: ...
-    async def get_meter(self, tenant: int, meter_id: str) -> Row | None: ...
+    AGGREGATIONS: frozenset[str]
+    """The aggregations the backend computes; start-up checks them against the schema's enum."""
+    async def create_meter(self, tenant: int, meter: NewMeter, idempotency: Idempotency | None = None) -> MeterRow: ...
+    async def list_meters(self, tenant: int) -> list[MeterRow]: ...
+    async def get_meter(self, tenant: int, meter_id: str) -> MeterRow | None: ...
     async def record_meter_events(
         self, tenant: int, events: list[MeterEventDraft], now: int, idempotency: Idempotency | None = None
     ) -> list[tuple[str, str]]: ...
     async def aggregate_events(
         self, tenant: int, meter_id: str, aggregation: str, user: str | None, start: int | None, end: int | None
-    ) -> tuple[int, int]: ...
+    ) -> tuple[int, int]:
+        """(value, number of events) over [start, end); SumOutOfRange past int64."""
+        ...
 
     # credit grants and their journal
     async def create_grant(self, tenant: int, grant: NewGrant, idempotency: Idempotency | None = None) -> GrantRow: ...
@@ -312,16 +377,15 @@ class Store(Protocol):
     async def expire_grants(self, now: int, limit: int = 500) -> int: ...
 
     # pricing rules
-    async def create_rule(
-        self, tenant: int, meter_id: str, plan_id: str, model: str, currency: str, unit_price: int,
-        tiers: list[dict[str, int]], now: int, idempotency: Idempotency | None = None,
-    ) -> Row: ...
+    async def create_rule(self, tenant: int, rule: NewRule, idempotency: Idempotency | None = None) -> RuleRow: ...
     async def list_rules(
         self, tenant: int, meter_id: str | None = None, plan_id: str | None = None, currency: str | None = None
-    ) -> list[Row]: ...
+    ) -> list[RuleRow]: ...
     async def delete_rule(self, tenant: int, rule_id: str, now: int, idempotency: Idempotency | None = None) -> None: ...
 
     # holds
+    HOLD_STATUSES: frozenset[str]
+    """The statuses the backend filters on; start-up checks them against the schema's enum."""
     async def create_hold(self, tenant: int, hold: NewHold, idempotency: Idempotency | None = None) -> HoldRow: ...
     async def capture_hold(
         self, tenant: int, hold_id: str, amount: int | None, now: int, charge: HoldCharge,
@@ -333,3 +397,16 @@ class Store(Protocol):
         self, tenant: int, user: str | None, status: str | None, limit: int, starting_after: str | None, now: int
     ) -> tuple[list[HoldRow], bool]: ...
     async def expire_holds(self, now: int, limit: int = 500) -> int: ...
+
+    # export (zapbilling export)
+    async def tenant_id(self, org: str, mode: str) -> int | None:
+        """None when no key was ever made for this org and mode."""
+        ...
+    def export_rows(
+        self, tenant: int, table: str, since: int | None, now: int, batch: int = 1000
+    ) -> AsyncIterator[list[Row]]:
+        """Every row of `table` (ledger, credit_transactions, meter_events or holds) of the
+        tenant with createdAt >= `since`, in creation order, in lists of at most `batch` rows
+        shaped as LedgerRow, GrantChange, MeterEventRow or HoldRow (status at `now`); one
+        snapshot throughout, never more than a batch in memory."""
+        ...

@@ -9,10 +9,10 @@ import json
 import sqlite3
 from typing import Any
 
-from ..errors import Conflict, InsufficientFunds, InvalidParams, NotFound
 from .base import HoldCharge, HoldRow, Idempotency, NewHold
 from .connection import INT64_MAX, SqliteBase, new_id
 from .ledger import ACCOUNT, append_entry
+from .refusals import Missing, NotPending, OutOfRange, OverCapture, ShortOfFunds
 
 # The column says 'pending' until a settlement or the sweep; from the instant expires_at is
 # reached a pending hold is expired for every reader, so status is always computed at :now.
@@ -39,6 +39,8 @@ def hold_row(r: tuple[Any, ...]) -> HoldRow:
 
 
 class HoldQueries(SqliteBase):
+    HOLD_STATUSES = frozenset(_STATUS_IS)
+
     async def create_hold(self, tenant: int, hold: NewHold, idempotency: Idempotency | None = None) -> HoldRow:
         return await self._write(tenant, idempotency, hold.now, _create_hold, tenant, new_id("hold"), hold)
 
@@ -69,7 +71,7 @@ class HoldQueries(SqliteBase):
         if starting_after is not None:
             found = await self._read(f"SELECT seq FROM holds WHERE {where} AND id = :after", params)
             if not found:
-                raise NotFound("hold not found", param="startingAfter")
+                raise Missing("hold")
             where += " AND seq < :seq"
             params["seq"] = found[0][0]
         if status is not None:
@@ -101,12 +103,9 @@ def _create_hold(conn: sqlite3.Connection, tenant: int, hold_id: str, h: NewHold
             f"SELECT {_HOLD} FROM holds WHERE tenant = :tenant AND user_id = :user AND request_id = :request", params
         ).fetchone())
     if held + h.amount > INT64_MAX:
-        raise InvalidParams("amount would take the user's holds outside the signed 64-bit range", param="amount")
-    available = max(balance - expired - held, 0)
-    if h.amount > available and not h.allow_overdraft:
-        raise InsufficientFunds(
-            f"insufficient funds: {available} cents {h.currency} available, {h.amount} requested", param="amount"
-        )
+        raise OutOfRange("holds")
+    if not h.covered(balance - expired, held):
+        raise ShortOfFunds(balance - expired, held)
     return hold_row(row)
 
 
@@ -120,7 +119,7 @@ def _capture_hold(
     ).fetchone()
     if row is None:
         held = _refuse_settlement(conn, tenant, hold_id, now)
-        raise InvalidParams(f"capture exceeds hold: {amount} cents asked, {held} held", param="amount")
+        raise OverCapture(amount or held, held)
     hold = hold_row(row)
     tx = append_entry(conn, tenant, charge(hold, hold["capturedAmount"]))
     conn.execute("UPDATE holds SET transaction_id = ? WHERE tenant = ? AND id = ?", (tx["id"], tenant, hold_id))
@@ -140,17 +139,17 @@ def _release_hold(conn: sqlite3.Connection, tenant: int, hold_id: str, now: int)
 
 
 def _refuse_settlement(conn: sqlite3.Connection, tenant: int, hold_id: str, now: int) -> int:
-    """Why a settling UPDATE matched nothing: no such hold here (404) or not pending (409).
-    Returns (the hold's amount) only when it is pending, for the caller to name its reason."""
+    """Why a settling UPDATE matched nothing: no such hold here, or not pending. Returns the
+    hold's amount only when it is pending, for the caller to name its reason."""
     found = conn.execute(
         "SELECT CASE WHEN status = 'pending' AND expires_at <= ? THEN 'expired' ELSE status END, amount FROM holds"
         " WHERE tenant = ? AND id = ?",
         (now, tenant, hold_id),
     ).fetchone()
     if found is None:
-        raise NotFound("hold not found", param="id")
+        raise Missing("hold")
     if found[0] != "pending":
-        raise Conflict(f"hold is not pending: it is {found[0]}", param="id")
+        raise NotPending(found[0])
     return int(found[1])
 
 

@@ -6,9 +6,9 @@ import json
 import sqlite3
 from typing import Any
 
-from ..errors import Conflict, InvalidParams, NotFound
-from .base import Idempotency, MeterEventDraft
+from .base import Idempotency, MeterEventDraft, MeterRow, NewMeter
 from .connection import SqliteBase, new_id
+from .refusals import AlreadyExists, Missing, SumOutOfRange
 
 _METER = "id, name, event_name, aggregation, currency, dimensions, created_at"
 
@@ -23,7 +23,7 @@ AGGREGATES = {
 }
 
 
-def meter_row(r: tuple[Any, ...]) -> dict[str, Any]:
+def meter_row(r: tuple[Any, ...]) -> MeterRow:
     return {
         "id": r[0], "name": r[1], "eventName": r[2], "aggregationType": r[3], "currency": r[4],
         "dimensions": json.loads(r[5]), "createdAt": r[6],
@@ -31,19 +31,16 @@ def meter_row(r: tuple[Any, ...]) -> dict[str, Any]:
 
 
 class MeteringQueries(SqliteBase):
-    async def create_meter(
-        self, tenant: int, name: str, event_name: str, aggregation: str, currency: str, dimensions: list[str], now: int,
-        idempotency: Idempotency | None = None,
-    ) -> dict[str, Any]:
-        return await self._write(
-            tenant, idempotency, now, _create_meter, tenant, new_id("mtr"), name, event_name, aggregation, currency, dimensions, now
-        )
+    AGGREGATIONS = frozenset(AGGREGATES)
 
-    async def list_meters(self, tenant: int) -> list[dict[str, Any]]:
+    async def create_meter(self, tenant: int, meter: NewMeter, idempotency: Idempotency | None = None) -> MeterRow:
+        return await self._write(tenant, idempotency, meter.now, _create_meter, tenant, new_id("mtr"), meter)
+
+    async def list_meters(self, tenant: int) -> list[MeterRow]:
         rows = await self._read(f"SELECT {_METER} FROM meters WHERE tenant = ? ORDER BY seq", (tenant,))
         return [meter_row(r) for r in rows]
 
-    async def get_meter(self, tenant: int, meter_id: str) -> dict[str, Any] | None:
+    async def get_meter(self, tenant: int, meter_id: str) -> MeterRow | None:
         rows = self._read_point(f"SELECT {_METER} FROM meters WHERE tenant = ? AND id = ?", (tenant, meter_id))
         return meter_row(rows[0]) if rows else None
 
@@ -73,21 +70,18 @@ class MeteringQueries(SqliteBase):
         except sqlite3.OperationalError as exc:
             if "overflow" not in str(exc):
                 raise
-            raise InvalidParams("the sum of this meter's values is beyond the signed 64-bit range") from None
+            raise SumOutOfRange() from None
         return value, count
 
 
-def _create_meter(
-    conn: sqlite3.Connection, tenant: int, meter_id: str, name: str, event_name: str, aggregation: str,
-    currency: str, dimensions: list[str], now: int,
-) -> dict[str, Any]:
+def _create_meter(conn: sqlite3.Connection, tenant: int, meter_id: str, m: NewMeter) -> MeterRow:
     row = conn.execute(
         f"INSERT INTO meters (id, tenant, name, event_name, aggregation, currency, dimensions, created_at)"
         f" VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (tenant, event_name) DO NOTHING RETURNING {_METER}",
-        (meter_id, tenant, name, event_name, aggregation, currency, json.dumps(dimensions), now),
+        (meter_id, tenant, m.name, m.event_name, m.aggregation, m.currency, json.dumps(m.dimensions), m.now),
     ).fetchone()
     if row is None:
-        raise Conflict(f"a meter with eventName {event_name!r} already exists", param="eventName")
+        raise AlreadyExists("meter", m.event_name)
     return meter_row(row)
 
 
@@ -101,7 +95,7 @@ def _record_events(conn: sqlite3.Connection, tenant: int, events: list[MeterEven
     )}
     for i, e in enumerate(events):
         if e.meter_id not in known:
-            raise NotFound("meter not found", param=f"events[{i}].meterId")
+            raise Missing("meter", i)
     return [insert_event(conn, tenant, e, now) for e in events]
 
 

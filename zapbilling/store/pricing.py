@@ -5,14 +5,14 @@ import json
 import sqlite3
 from typing import Any
 
-from ..errors import NotFound
-from .base import Idempotency
+from .base import Idempotency, NewRule, RuleRow
 from .connection import SqliteBase, new_id
+from .refusals import Missing
 
 _RULE = "id, meter_id, plan_id, model, currency, unit_price, tiers, created_at"
 
 
-def rule_row(r: tuple[Any, ...]) -> dict[str, Any]:
+def rule_row(r: tuple[Any, ...]) -> RuleRow:
     return {
         "id": r[0], "meterId": r[1], "planId": r[2], "model": r[3], "currency": r[4], "unitPrice": r[5],
         "tiers": json.loads(r[6]), "createdAt": r[7],
@@ -20,15 +20,12 @@ def rule_row(r: tuple[Any, ...]) -> dict[str, Any]:
 
 
 class PricingQueries(SqliteBase):
-    async def create_rule(
-        self, tenant: int, meter_id: str, plan_id: str, model: str, currency: str, unit_price: int,
-        tiers: list[dict[str, int]], now: int, idempotency: Idempotency | None = None,
-    ) -> dict[str, Any]:
-        return await self._write(tenant, idempotency, now, _create_rule, tenant, new_id("pr"), meter_id, plan_id, model, currency, unit_price, tiers, now)
+    async def create_rule(self, tenant: int, rule: NewRule, idempotency: Idempotency | None = None) -> RuleRow:
+        return await self._write(tenant, idempotency, rule.now, _create_rule, tenant, new_id("pr"), rule)
 
     async def list_rules(
         self, tenant: int, meter_id: str | None = None, plan_id: str | None = None, currency: str | None = None
-    ) -> list[dict[str, Any]]:
+    ) -> list[RuleRow]:
         """In creation order, optionally only one meter's, one plan's or one currency's."""
         where, params = "tenant = ?", [tenant]
         for column, value in (("meter_id", meter_id), ("plan_id", plan_id), ("currency", currency)):
@@ -42,20 +39,17 @@ class PricingQueries(SqliteBase):
         await self._write(tenant, idempotency, now, _delete_rule, tenant, rule_id)
 
 
-def _create_rule(
-    conn: sqlite3.Connection, tenant: int, rule_id: str, meter_id: str, plan_id: str, model: str, currency: str,
-    unit_price: int, tiers: list[dict[str, int]], now: int,
-) -> dict[str, Any]:
-    if conn.execute("SELECT 1 FROM meters WHERE tenant = ? AND id = ?", (tenant, meter_id)).fetchone() is None:
-        raise NotFound("meter not found", param="meterId")
+def _create_rule(conn: sqlite3.Connection, tenant: int, rule_id: str, r: NewRule) -> RuleRow:
+    if conn.execute("SELECT 1 FROM meters WHERE tenant = ? AND id = ?", (tenant, r.meter_id)).fetchone() is None:
+        raise Missing("meter")
     row = conn.execute(
         f"INSERT INTO pricing_rules (id, tenant, meter_id, plan_id, model, currency, unit_price, tiers, created_at)"
         f" VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING {_RULE}",
-        (rule_id, tenant, meter_id, plan_id, model, currency, unit_price, json.dumps(tiers), now),
+        (rule_id, tenant, r.meter_id, r.plan_id, r.model, r.currency, r.unit_price, json.dumps(r.tiers), r.now),
     ).fetchone()
     return rule_row(row)
 
 
 def _delete_rule(conn: sqlite3.Connection, tenant: int, rule_id: str) -> None:
     if conn.execute("DELETE FROM pricing_rules WHERE tenant = ? AND id = ? RETURNING id", (tenant, rule_id)).fetchone() is None:
-        raise NotFound("pricing rule not found", param="id")
+        raise Missing("pricing rule")

@@ -56,12 +56,12 @@ class OutOfRange(Refused):
 
 
 class ShortOfFunds(Refused):
-    """A hold larger than what is available: the cents available."""
+    """A hold the account cannot take: its balance and the holds already pending."""
 
-    def __init__(self, available: int, requested: int):
-        super().__init__(f"{available} available, {requested} requested")
-        self.available = available
-        self.requested = requested
+    def __init__(self, balance: int, holds: int):
+        super().__init__(f"balance {balance}, holds {holds}")
+        self.balance = balance
+        self.holds = holds
 
 
 class NotPending(Refused):
