@@ -17,8 +17,8 @@ from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
-from ..errors import Conflict
 from .base import Idempotency
+from .refusals import KeyReused
 from .migrations import migrate
 from .reads import Reads
 from .writer import Writer
@@ -132,7 +132,7 @@ def _idempotent(conn: sqlite3.Connection, tenant: int, idem: Idempotency | None,
             "SELECT fingerprint, response FROM idempotency WHERE tenant = ? AND key = ?", (tenant, idem.key)
         ).fetchone()
         if fingerprint != idem.fingerprint:
-            raise Conflict("idempotency key was already used with different parameters", param="idempotencyKey")
+            raise KeyReused()
         return json.loads(response)
     result = job(conn, *args)
     conn.execute("UPDATE idempotency SET response = ? WHERE tenant = ? AND key = ?", (json.dumps(result), tenant, idem.key))

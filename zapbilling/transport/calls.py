@@ -17,12 +17,13 @@ from ..context import Context
 from ..errors import ApiError, Conflict, Forbidden, InternalError, InvalidRequest
 from ..models import params_error
 from ..registry import Command, Registry
-from ..store import Idempotency, Principal, Store
+from ..store import Idempotency, KeyReused, Principal, Store
 from ..times import Clock
 
 log = logging.getLogger("zapbilling")
 
 MAX_IDEMPOTENCY_KEY = 255
+KEY_REUSED = "idempotency key was already used with different parameters"
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,8 @@ class Caller:
             return await command.handler(ctx, params)
         except ApiError:
             raise
+        except KeyReused:  # a concurrent first use of the key, with other params, claimed it first
+            raise Conflict(KEY_REUSED, param="idempotencyKey") from None
         except Exception:
             log.exception("%s failed (request id %r)", command.wire, request_id)
             raise InternalError("internal error") from None
@@ -69,7 +72,7 @@ class Caller:
         # call that ends up writing nothing, which must still not reuse a key with other params.
         seen = await self.store.idempotency_fingerprint(principal.tenant, key)
         if seen is not None and seen != idempotency.fingerprint:
-            raise Conflict("idempotency key was already used with different parameters", param="idempotencyKey")
+            raise Conflict(KEY_REUSED, param="idempotencyKey")
         return idempotency
 
 
