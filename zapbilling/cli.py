@@ -6,6 +6,8 @@
     zapbilling keys revoke KEY_ID [--db PATH]
     zapbilling gen client [--out DIR] [--schema FILE] [--check]
     zapbilling gen openapi [--out FILE] [--schema FILE] [--check]
+    zapbilling gen docs [--out FILE] [--schema FILE] [--check]
+    zapbilling export KIND [--db URL] --org NAME --mode test|live [--since TIME] [--format jsonl|csv]
 
 Every flag of `serve` (and --db everywhere) defaults to its ZAPBILLING_* environment variable.
 Errors are one line on stderr and a non-zero exit status.
@@ -18,6 +20,7 @@ import sqlite3
 import sys
 from typing import Any, NoReturn, Sequence
 
+from . import export
 from .config import DURABILITY, Config, env_default
 from .store import SqliteStore
 from .times import format_ts, system_clock
@@ -47,7 +50,7 @@ def _name(text: str) -> str:
 
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="zapbilling", description="Usage-based billing service.")
-    sub = p.add_subparsers(dest="command", required=True, metavar="{serve,keys,gen}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{serve,keys,gen,export}")
     db = {"default": env_default("db"), "help": "SQLite database file (env ZAPBILLING_DB)"}
 
     serve = sub.add_parser("serve", help="run the HTTP server")
@@ -71,13 +74,15 @@ def _parser() -> argparse.ArgumentParser:
     revoke.add_argument("key_id")
     revoke.add_argument("--db", **db)
 
-    gen = sub.add_parser("gen", help="write what the schema generates").add_subparsers(dest="target", required=True, metavar="{client,openapi}")
+    gen = sub.add_parser("gen", help="write what the schema generates").add_subparsers(dest="target", required=True, metavar="{client,openapi,docs}")
     for target, out, what in (("client", "clients/python", "the Python client package into DIR"),
-                              ("openapi", "openapi.json", "the OpenAPI 3.1 document to FILE (- for stdout)")):
+                              ("openapi", "openapi.json", "the OpenAPI 3.1 document to FILE (- for stdout)"),
+                              ("docs", "docs/api.md", "the API reference to FILE (- for stdout), running each example on a scratch database")):
         g = gen.add_parser(target, help=f"write {what}")
         g.add_argument("--out", default=out, help=f"default {out}")
         g.add_argument("--schema", help="the .zap file (default: the packaged schemas/billing.zap)")
         g.add_argument("--check", action="store_true", help="write nothing; exit 1 if what is there is stale")
+    export.add_parser(sub, env_default("db"))
     return p
 
 
@@ -89,6 +94,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return serve(Config(db=args.db, host=args.host, port=int(args.port), durability=args.durability, workers=int(args.workers)))
     if args.command == "gen":
         return generate(args)
+    if args.command == "export":
+        return export.run(args)
     try:
         return asyncio.run(_keys(args))
     except (OSError, sqlite3.Error) as exc:
@@ -118,15 +125,19 @@ def generate(args: Any) -> int:
     from .schema import SchemaError
 
     try:
-        files = generated_files(args.target, Path(args.schema) if args.schema else None)
+        if args.target == "docs":
+            files = {"api.md": _docs(Path(args.schema) if args.schema else None)}
+        else:
+            files = generated_files(args.target, Path(args.schema) if args.schema else None)
     except (OSError, SchemaError) as exc:
         _fail(f"cannot read the schema: {exc}")
     out = Path(args.out)
-    if args.target == "openapi":
+    if args.target in ("openapi", "docs"):
+        (only,) = files.values()
         if args.out == "-":
-            sys.stdout.write(files["openapi.json"])
+            sys.stdout.write(only)
             return 0
-        out, files = out.parent, {out.name: files["openapi.json"]}
+        out, files = out.parent, {out.name: only}
     if args.check:
         if stale := stale_files(files, out):
             sys.stderr.write(f"zapbilling: {out} is stale ({', '.join(stale)}): run `zapbilling gen {args.target} --out {args.out}`\n")
@@ -136,6 +147,19 @@ def generate(args: Any) -> int:
     write_files(files, out)
     sys.stderr.write(f"wrote {args.out}\n")
     return 0
+
+
+def _docs(schema_path: Any) -> str:
+    """docs/api.md's text; an example that does not run is a one-line error, not a traceback."""
+    from .codegen.docs import generate
+    from .codegen.docs_examples import ExampleError
+    from .registry import RegistryError, default_schema_path, load_registry
+
+    path = schema_path or default_schema_path()
+    try:
+        return generate(load_registry(path), path, f"schemas/{path.name}")
+    except (ExampleError, RegistryError) as exc:
+        _fail(f"cannot generate the API reference: {exc}")
 
 
 async def _keys(args: Any) -> int:

@@ -9,10 +9,13 @@ from typing import Any, Awaitable, Callable, Mapping
 
 from pydantic import BaseModel
 
+from .errors import KINDS
 from .models import ModelBuilder, Rule
 from .schema import MISSING, Field, Http, Method, Schema, load
 
 Handler = Callable[[Any, Any], Awaitable[dict[str, Any]]]
+MethodErrors = Mapping[str, tuple[tuple[str, str], ...]]
+"""Method name -> the (kind, message) errors only its handler knows (billing/errors_by_method.py)."""
 
 
 def default_schema_path() -> Path:
@@ -51,6 +54,10 @@ class Registry:
     field_rules: Mapping[str, Rule] = field(default_factory=dict)
     method_rules: Mapping[str, Mapping[str, Rule]] = field(default_factory=dict)
     """The rules the params models apply, kept for the OpenAPI document."""
+    errors: MethodErrors = field(default_factory=dict)
+    """Each method's own errors, for the API reference (docs/api.md)."""
+    rule_errors: Mapping[Rule, tuple[str, ...]] = field(default_factory=dict)
+    """The messages each rule answers, for the API reference."""
 
     def rules(self, method: str) -> Mapping[str, Rule]:
         """A method's parameter rules as its params model applies them: its own rule for a
@@ -63,6 +70,8 @@ def build_registry(
     handlers: Mapping[str, Handler],
     field_rules: Mapping[str, Rule] | None = None,
     method_rules: Mapping[str, Mapping[str, Rule]] | None = None,
+    errors: MethodErrors | None = None,
+    rule_errors: Mapping[Rule, tuple[str, ...]] | None = None,
 ) -> Registry:
     method_rules = method_rules or {}
     methods = {m.name: (i, m) for i, m in schema.methods()}
@@ -83,6 +92,8 @@ def build_registry(
         params = {f.name for f in schema.flat_params(methods[name][1])}
         if unknown := sorted(set(rules) - params):
             raise RegistryError(f"rules for parameters `{name}` does not take: {', '.join(unknown)}")
+    if errors is not None:
+        _check_errors(errors, set(methods))
 
     builder = ModelBuilder(schema, field_rules)
     commands = {}
@@ -93,14 +104,30 @@ def build_registry(
             params_model=builder.params_model(m, method_rules.get(name, {})),
             result_model=builder.result_model(m), handler=handlers[name], http=m.http,
         )
-    return Registry(schema, commands, catalogue(schema), dict(field_rules or {}), dict(method_rules))
+    return Registry(
+        schema, commands, catalogue(schema), dict(field_rules or {}), dict(method_rules), dict(errors or {}), dict(rule_errors or {})
+    )
+
+
+def _check_errors(errors: MethodErrors, methods: set[str]) -> None:
+    """The errors table names exactly the schema's methods, as the handlers do: a method added
+    to the schema without its errors would be documented as answering none."""
+    if missing := sorted(methods - set(errors)):
+        raise RegistryError(f"schema methods without an entry in the errors table: {', '.join(missing)}")
+    if extra := sorted(set(errors) - methods):
+        raise RegistryError(f"errors table entries for methods the schema does not declare: {', '.join(extra)}")
+    for name, entries in errors.items():
+        if unknown := sorted({kind for kind, _ in entries} - set(KINDS)):
+            raise RegistryError(f"errors table entry `{name}` names unknown error kinds: {', '.join(unknown)}")
 
 
 def load_registry(path: str | Path | None = None) -> Registry:
-    """The service's registry: billing.zap with the billing handlers and rules."""
-    from .billing import FIELD_RULES, HANDLERS, METHOD_RULES
+    """The service's registry: billing.zap with the billing handlers, rules and errors table."""
+    from .billing import ERRORS_BY_METHOD, ERRORS_BY_RULE, FIELD_RULES, HANDLERS, METHOD_RULES
 
-    return build_registry(load(path or default_schema_path()), HANDLERS, FIELD_RULES, METHOD_RULES)
+    return build_registry(
+        load(path or default_schema_path()), HANDLERS, FIELD_RULES, METHOD_RULES, ERRORS_BY_METHOD, ERRORS_BY_RULE
+    )
 
 
 # -- zap.discover --------------------------------------------------------------------------

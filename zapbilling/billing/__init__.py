@@ -9,6 +9,7 @@ from typing import Any, Awaitable, Callable
 
 from ..context import Context
 from . import grants, holds, invoice, ledger, metering, pricing_rules
+from .errors_by_method import ERRORS_BY_METHOD, ERRORS_BY_RULE  # noqa: F401 (the registry reads them)
 from .validation import FIELD_RULES, METHOD_RULES
 
 Handler = Callable[[Context, Any], Awaitable[dict[str, Any]]]
