@@ -5,9 +5,12 @@ section (test_fix_...)."""
 from __future__ import annotations
 
 import asyncio
+import re
 from datetime import datetime, timezone
 from typing import Any
 from conftest import assert_error, created_status, ok
+
+from zapbilling.app import STORE, sweep_once
 
 ALICE = "hanzo/alice"
 BOB = "hanzo/bob"
@@ -18,6 +21,7 @@ HOUR_US = 3_600_000_000
 MINUTE_US = 60_000_000
 GRANT_KEYS = {"id", "userId", "name", "amountCents", "remainingCents", "currency", "priority", "effectiveAt",
               "tags", "createdAt", "expiresAt", "eligibility"}
+BURN_ID = re.compile(r"burn_[0-9a-f]{24}")
 STATE_KEYS = {"voided", "active"}  # a CreditGrant of the schema also says whether it is voided and active
 
 
@@ -57,13 +61,21 @@ async def credit_balance(api, user: str = ALICE) -> list[dict[str, Any]]:
 
 def assert_burn(result: dict[str, Any], user: str, currency: str, requested: int,
                 expected: list[tuple[str, int, int]]) -> None:
-    """A burn result: `expected` is [(grant id, burned, remainingCents)] in burn order."""
+    """A burn result: `expected` is [(grant id, burned, remainingCents)] in burn order. A burn
+    that took something names its journal rows with a `burnId` (`burn_` and 24 hex digits); one
+    that took nothing has none."""
     burned = sum(b for _, b, _ in expected)
-    assert result == {
+    want: dict[str, Any] = {
         "userId": user, "currency": currency, "requested": requested, "burned": burned,
         "overage": requested - burned,
         "grants": [{"id": i, "burned": b, "remainingCents": left} for i, b, left in expected],
     }
+    if expected:
+        assert BURN_ID.fullmatch(result.get("burnId") or ""), result
+        want["burnId"] = result["burnId"]
+    else:
+        assert "burnId" not in result, result
+    assert result == want
     assert result["burned"] + result["overage"] == result["requested"]
 
 
@@ -206,10 +218,21 @@ async def test_list_grants_voided_and_active_flags(any_api, clock):
     r = await ok(any_api, "listCreditGrants", {"userId": ALICE})
     assert r["count"] == 4
     state = {g["id"]: (g["voided"], g["active"], g["remainingCents"]) for g in r["grants"]}
+    # a void takes what was left (the journal's void row); an expired grant keeps its cents
+    # until a write on the user's grants (or the sweep) journals the expiry: a read does not
     assert state == {
         live["id"]: (False, True, 100),
-        voided["id"]: (True, False, 100),
+        voided["id"]: (True, False, 0),
         expiring["id"]: (False, False, 100),
+        spent["id"]: (False, False, 0),
+    }
+    # the first write touching the user's grants after expiry journals it: remainingCents 0
+    assert_burn(await burn(any_api, 10), ALICE, "usd", 10, [(live["id"], 10, 90)])
+    state = {g["id"]: (g["voided"], g["active"], g["remainingCents"]) for g in (await ok(any_api, "listCreditGrants", {"userId": ALICE}))["grants"]}
+    assert state == {
+        live["id"]: (False, True, 90),
+        voided["id"]: (True, False, 0),
+        expiring["id"]: (False, False, 0),
         spent["id"]: (False, False, 0),
     }
 
@@ -220,7 +243,41 @@ async def test_list_grants_expired_grant_turns_inactive_when_its_time_passes(any
     assert (await grants_by_id(any_api))[g["id"]]["active"] is True
     clock.advance(seconds=2 * 60)
     listed = (await grants_by_id(any_api))[g["id"]]
+    # a read leaves the expired grant's cents as they were (no write has journalled the expiry)
     assert (listed["active"], listed["voided"], listed["remainingCents"]) == (False, False, 100)
+    assert await credit_balance(any_api) == []
+
+
+async def test_expired_grant_remaining_drops_to_zero_on_the_first_write_of_each_kind(any_api, clock):
+    """Creating, voiding or burning a grant of the user after another grant expired journals
+    that expiry first: the expired grant's remainingCents becomes 0 and it stays inactive."""
+    for write in ("create", "void", "burn"):
+        user = f"hanzo/expiry-{write}"
+        expiring = await grant(any_api, 100, user=user, expiresIn="1h")
+        other = await grant(any_api, 50, user=user)
+        bystander = f"hanzo/bystander-{write}"
+        await grant(any_api, 70, user=bystander, expiresIn="1h")  # another user's: untouched by the write
+        clock.advance(seconds=3601)
+        assert (await remaining(any_api, user))[expiring["id"]] == 100
+        if write == "create":
+            await grant(any_api, 10, user=user)
+        elif write == "void":
+            await ok(any_api, "voidCreditGrant", {"id": other["id"]})
+        else:
+            assert_burn(await burn(any_api, 5, user=user), user, "usd", 5, [(other["id"], 5, 45)])
+        listed = (await grants_by_id(any_api, user))[expiring["id"]]
+        assert (listed["active"], listed["voided"], listed["remainingCents"]) == (False, False, 0), write
+        assert list((await remaining(any_api, bystander)).values()) == [70]
+
+
+async def test_the_sweep_drops_expired_grants_remaining_to_zero(any_api, server, clock):
+    expiring = await grant(any_api, 100, expiresIn="1h")
+    lasting = await grant(any_api, 100, expiresIn="3h")
+    never = await grant(any_api, 100)
+    clock.advance(seconds=2 * 3600)
+    await sweep_once(server.app[STORE], clock())
+    assert await remaining(any_api) == {expiring["id"]: 0, lasting["id"]: 100, never["id"]: 100}
+    assert await credit_balance(any_api) == [{"currency": "usd", "available": 200}]
 
 
 # -- getCreditBalance -----------------------------------------------------------------------
@@ -279,7 +336,7 @@ async def test_void_grant_result(any_api):
     assert r.status == 200, (r.status, r.error)
     assert r.result == {"id": g["id"], "voided": True}
     listed = (await grants_by_id(any_api))[g["id"]]
-    assert (listed["voided"], listed["active"]) == (True, False)
+    assert (listed["voided"], listed["active"], listed["remainingCents"]) == (True, False, 0)
     assert await credit_balance(any_api) == []
 
 
@@ -403,9 +460,11 @@ async def test_burn_ties_break_by_creation_order(any_api):
 async def test_burn_spans_calls_in_order(any_api):
     first = await grant(any_api, 100, priority=0)
     second = await grant(any_api, 100, priority=1)
-    assert_burn(await burn(any_api, 60), ALICE, "usd", 60, [(first["id"], 60, 40)])
-    assert_burn(await burn(any_api, 60), ALICE, "usd", 60, [(first["id"], 40, 0), (second["id"], 20, 80)])
-    assert_burn(await burn(any_api, 60), ALICE, "usd", 60, [(second["id"], 60, 20)])
+    burns = [await burn(any_api, 60) for _ in range(3)]
+    assert_burn(burns[0], ALICE, "usd", 60, [(first["id"], 60, 40)])
+    assert_burn(burns[1], ALICE, "usd", 60, [(first["id"], 40, 0), (second["id"], 20, 80)])
+    assert_burn(burns[2], ALICE, "usd", 60, [(second["id"], 60, 20)])
+    assert len({b["burnId"] for b in burns}) == 3  # each call's burn has an id of its own
     assert await remaining(any_api) == {first["id"]: 0, second["id"]: 20}
 
 
@@ -461,15 +520,18 @@ async def test_burn_skips_expired_grants(any_api, clock):
     never = await grant(any_api, 100)
     clock.advance(seconds=3601)
     assert_burn(await burn(any_api, 150), ALICE, "usd", 150, [(never["id"], 100, 0)])
-    assert await remaining(any_api) == {expiring["id"]: 100, never["id"]: 0}
+    # the burn journalled the expiry first: the expired grant's cents went, not to the burn
+    assert await remaining(any_api) == {expiring["id"]: 0, never["id"]: 0}
 
 
 async def test_burn_skips_voided_grants(any_api):
     voided = await grant(any_api, 100, priority=-1)
     live = await grant(any_api, 100)
     await ok(any_api, "voidCreditGrant", {"id": voided["id"]})
+    # the void took what was left of the grant (remainingCents 0) and the burn skips it
+    assert await remaining(any_api) == {voided["id"]: 0, live["id"]: 100}
     assert_burn(await burn(any_api, 150), ALICE, "usd", 150, [(live["id"], 100, 0)])
-    assert await remaining(any_api) == {voided["id"]: 100, live["id"]: 0}
+    assert await remaining(any_api) == {voided["id"]: 0, live["id"]: 0}
 
 
 async def test_burn_overage_when_credit_runs_out(any_api):
@@ -507,6 +569,9 @@ async def test_fix_concurrent_burns_never_spend_the_same_credit_twice(api):
         assert r.result["burned"] + r.result["overage"] == r.result["requested"] == 37, r.result
         assert r.result["burned"] == sum(g["burned"] for g in r.result["grants"]), r.result
         assert all(g["burned"] > 0 and g["remainingCents"] >= 0 for g in r.result["grants"]), r.result
+        assert ("burnId" in r.result) == bool(r.result["grants"]), r.result
+    burn_ids = [r.result["burnId"] for r in replies if "burnId" in r.result]
+    assert len(burn_ids) == len(set(burn_ids))
     burned = sum(r.result["burned"] for r in replies)
     left = await remaining(api)
     assert all(v >= 0 for v in left.values()), left
