@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from .store.base import DURABILITY
 from .times import Clock, system_clock
 
 ENV = {
@@ -13,7 +14,6 @@ ENV = {
     "durability": "ZAPBILLING_DURABILITY",
     "workers": "ZAPBILLING_WORKERS",
 }
-DURABILITY = ("full", "normal")
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from typing import Any, Callable, Mapping
 from ..errors import KINDS
 from ..registry import Registry
 from ..schema import MISSING, Field, Method, Schema, TypeRef
+from ..transport.zap import MAX_BATCH, PATHS as ZAP_PATHS
 
 Rule = Callable[..., Any]
 """A parameter rule as models.py takes it; its `json_schema`, if any, joins the field's schema."""
@@ -19,10 +20,8 @@ _SCALARS: dict[str, dict[str, Any]] = {
     "Bool": {"type": "boolean"}, "Int32": INT32, "Int64": INT64, "Float64": {"type": "number"},
     "Text": {"type": "string"}, "Data": {},
 }
-ZAP_PATHS = ("/api/v1/zap", "/api/v1/billing/zap")
 MEDIA = ("application/json", "application/msgpack")
 """Bodies and answers in either codec: an answer uses the request's, or the one Accept names."""
-MAX_BATCH = 100
 
 
 def content(schema: dict[str, Any]) -> dict[str, Any]:
@@ -255,7 +254,7 @@ def _zap_operation(suffix: str) -> dict[str, Any]:
               for s in sorted({k.zap_http_status for k in KINDS.values()} - {200})}
     return {
         "operationId": f"zap{suffix}", "tags": ["zap"],
-        "summary": "One ZAP envelope {method, id, params} or a batch of 1..100",
+        "summary": f"One ZAP envelope {{method, id, params}} or a batch of 1..{MAX_BATCH}",
         "description": "Every operation of the REST routes, by wire name (billing.<method>), plus zap.discover. "
                        "Errors of a call are answered in-band with HTTP 200, except the ones listed below.",
         "requestBody": {"required": True, "content": content(ref("ZapRequest"))},

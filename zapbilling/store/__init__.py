@@ -3,7 +3,7 @@ package loads no backend (no database driver): `SqliteStore` is imported when fi
 from typing import Any
 
 from .base import (
-    SYSTEM_KEY, Account, Burn, BurnedGrant, BurnPlan, GrantChange, GrantRow, HoldCharge, HoldRow, Idempotency, KeyInfo,
+    DURABILITY, SYSTEM_KEY, Account, Burn, BurnedGrant, BurnPlan, GrantChange, GrantRow, HoldCharge, HoldRow, Idempotency, KeyInfo,
     LedgerFilter, LedgerRow, MeterEventDraft, MeterRow, NewEntry, NewGrant, NewHold, NewMeter, NewRule, Principal,
     Refundable, Row, RuleRow, Store, UsageEvent,
 )
@@ -22,7 +22,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "SYSTEM_KEY", "Account", "AlreadyExists", "AlreadyVoided", "Burn", "BurnPlan", "BurnedGrant", "GrantChange",
+    "DURABILITY", "SYSTEM_KEY", "Account", "AlreadyExists", "AlreadyVoided", "Burn", "BurnPlan", "BurnedGrant", "GrantChange",
     "GrantRow", "HoldCharge", "HoldRow", "Idempotency", "KeyInfo", "KeyReused", "LedgerFilter", "LedgerRow",
     "MeterEventDraft", "MeterRow", "Missing", "NewMeter", "NewRule", "RuleRow", "NewEntry", "NewGrant", "NewHold", "NotPending", "NotRefundable", "OutOfRange",
     "OverCapture", "Principal", "Refundable", "RefundLeft", "Refused", "Row", "ShortOfFunds", "SqliteStore", "Store",

@@ -11,6 +11,10 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable, Protocol, TypedDict
 
+DURABILITY = ("full", "normal")
+"""What an acknowledged write survives, every backend: full, a power cut; normal, a crash of
+the process but not of the machine."""
+
 SYSTEM_KEY = "system"
 """The key id of rows the server writes by itself (the expiry sweep)."""
 

@@ -17,14 +17,13 @@ from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
-from .base import Idempotency
+from .base import DURABILITY, Idempotency
 from .refusals import KeyReused
 from .migrations import migrate
 from .reads import Reads
 from .writer import Writer
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
-DURABILITY = {"full": "FULL", "normal": "NORMAL"}
 WAL_AUTOCHECKPOINT_PAGES = 4000
 
 
@@ -83,7 +82,7 @@ class SqliteBase:
         conn = sqlite3.connect(self.path, isolation_level=None)
         conn.execute("PRAGMA busy_timeout = 10000")
         _enable_wal(conn)
-        conn.execute(f"PRAGMA synchronous = {DURABILITY[self.durability]}")
+        conn.execute(f"PRAGMA synchronous = {self.durability.upper()}")  # SQLite's names for the two levels
         # Checkpoint every 4000 WAL pages (16 MB) instead of SQLite's 1000: a page that many
         # commits touch (an account's balance, its usage and dedupe index entries) is copied
         # back to the database once per checkpoint, so a quarter as many checkpoints copy it a

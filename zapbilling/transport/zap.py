@@ -14,6 +14,8 @@ from .calls import Caller
 from .codec import JSON, Codec, codec_for, negotiate
 from .http import read_body, respond
 
+PATHS = ("/api/v1/zap", "/api/v1/billing/zap")
+"""Where the endpoint is served: the second sits beside the REST routes, under /billing."""
 MAX_BATCH = 100
 ID_MIN, ID_MAX = -(2**63), 2**64 - 1
 """Integer ids both codecs can echo (msgpack stops at int64 and uint64)."""
