@@ -315,7 +315,7 @@ class _Writer:
         self("## Operations", "", "| operation | REST route | changes data | what it does |", "|---|---|---|---|")
         for c in self.registry.commands.values():
             route = f"`{c.http.verb} {c.http.path}`" if c.http else "ZAP only"
-            self(f"| [{c.name}](#{slug(c.name)}) | {route} | {'yes' if c.mutates else 'no'} | {_cell(_first_line(c.method.doc))} |")
+            self(f"| [{c.name}](#{slug(c.name)}) | {route} | {'yes' if c.mutates else 'no'} | {_cell(_prose(_first_line(c.method.doc)))} |")
         self("")
 
     # -- one operation ---------------------------------------------------------------------------
@@ -325,8 +325,8 @@ class _Writer:
         self(f"- ZAP method: `{c.wire}`")
         if c.http:
             where = "the query string" if c.http.verb in ("GET", "DELETE") else "a JSON body"
-            path = f"`{'`, `'.join(c.http.path_params)}` in the path, the rest in {where}" if c.http.path_params else where
-            self(f"- REST: `{c.http.verb} {c.http.path}` (parameters in {path}); success `{c.http.status}`")
+            path = f"`{'`, `'.join(c.http.path_params)}` in the path, the other parameters in {where}" if c.http.path_params else f"parameters in {where}"
+            self(f"- REST: `{c.http.verb} {c.http.path}` ({path}); success `{c.http.status}`")
         else:
             self("- REST: none (ZAP only)")
         if c.mutates:
@@ -363,7 +363,7 @@ class _Writer:
             self("Nothing (`null`).", "")
             return
         t = m.result.type
-        self(f"{type_md(self.schema, t)}" + (f": {m.result.doc}" if m.result.doc else ""), "")
+        self(f"{type_md(self.schema, t)}" + (f": {_prose(m.result.doc)}" if m.result.doc else ""), "")
         if t.name in self.schema.structs:
             self.fields_table(self.schema.structs[t.name].fields, rules=None)
 
@@ -443,7 +443,7 @@ class _Writer:
 
     def _doc(self, doc: str, deprecated: str | None) -> None:
         if doc:
-            self(doc.replace("\n", " "), "")
+            self(_prose(doc), "")
         if deprecated:
             self(f"**Deprecated:** {deprecated}", "")
 
@@ -467,8 +467,14 @@ def _first_line(doc: str) -> str:
     return doc.split("\n")[0]
 
 
+def _prose(doc: str) -> str:
+    """Schema doc text as markdown: one line, and `<` escaped so that `<model>` is not taken
+    for an HTML tag."""
+    return doc.replace("\n", " ").replace("<", "&lt;")
+
+
 def _field_doc(f: Field) -> str:
-    doc = f.doc.replace("\n", " ")
+    doc = _prose(f.doc)
     return f"**Deprecated:** {f.deprecated}. {doc}".strip() if f.deprecated else doc
 
 
