@@ -57,8 +57,8 @@ async def test_fix_rows_are_scoped_to_org_and_mode(any_api, make_key):
         assert (await ok(api, "getBalanceAll", {"user": ALICE}))["balances"] == []
         assert (await ok(api, "getUsage", {"user": ALICE}))["usage"] == []
         assert_error(api, await api.call("getUsage", {"user": ALICE, "startingAfter": use["transactionId"]}), "not_found", "not found")
-        # ... nor changeable
-        r = await api.call("refund", {"user": ALICE, "amount": 1, "originalTransactionId": dep["transactionId"]})
+        # ... nor changeable: acme/live's charge, refundable there, is not found here
+        r = await api.call("refund", {"user": ALICE, "amount": 1, "originalTransactionId": use["transactionId"]})
         assert_error(api, r, "not_found", "original transaction not found")
         # deduplication and idempotency keys are per org and mode: these are new writes here
         u = await ok(api, "recordUsage", {"user": ALICE, "amount": 100, "model": "m", "requestId": "req-1"})
@@ -158,14 +158,21 @@ async def test_fix_starter_credit_concurrent_calls_grant_once(api):
     assert await balance(api) == 500
 
 
+async def charge(api, amount: int, user: str = ALICE, **params: Any) -> dict[str, Any]:
+    """A charge (a usage withdrawal): what a refund may name."""
+    return await ok(api, "recordUsage", {"user": user, "amount": amount, "model": "m", **params})
+
+
 async def test_fix_refund_must_match_an_original(any_api, make_key):
-    alice_usd = await ok(any_api, "deposit", {"user": ALICE, "amount": 1000})
-    alice_eur = await ok(any_api, "deposit", {"user": ALICE, "amount": 1000, "currency": "eur"})
-    bob_usd = await ok(any_api, "deposit", {"user": BOB, "amount": 1000})
+    await ok(any_api, "deposit", {"user": ALICE, "amount": 1100})
+    await ok(any_api, "deposit", {"user": ALICE, "amount": 1100, "currency": "eur"})
+    alice_usd = await charge(any_api, 100)
+    alice_eur = await charge(any_api, 100, currency="eur")
+    bob_usd = await charge(any_api, 100, user=BOB)
     other_org = any_api.with_key(await make_key("globex", "live"))
-    foreign = await ok(other_org, "deposit", {"user": ALICE, "amount": 1000})
+    foreign = await charge(other_org, 100)
     test_mode = any_api.with_key(await make_key("acme", "test"))
-    other_mode = await ok(test_mode, "deposit", {"user": ALICE, "amount": 1000})
+    other_mode = await charge(test_mode, 100)
 
     for original in (
         "tx_000000000000000000000000",  # unknown, of the server's own shape
@@ -186,20 +193,70 @@ async def test_fix_refund_must_match_an_original(any_api, make_key):
 
 
 async def test_fix_refunds_may_not_exceed_the_original(any_api):
-    dep = await ok(any_api, "deposit", {"user": ALICE, "amount": 1000})
-    use = await ok(any_api, "recordUsage", {"user": ALICE, "amount": 300, "model": "m"})
-    refund = {"user": ALICE, "originalTransactionId": dep["transactionId"]}
+    await ok(any_api, "deposit", {"user": ALICE, "amount": 2000})
+    big = await charge(any_api, 1000)
+    use = await charge(any_api, 300)
+    refund = {"user": ALICE, "originalTransactionId": big["transactionId"]}
     await ok(any_api, "refund", {**refund, "amount": 400})
     await ok(any_api, "refund", {**refund, "amount": 400})
-    assert_invalid(any_api, await any_api.call("refund", {**refund, "amount": 201}), "refund exceeds original")
+    r = await any_api.call("refund", {**refund, "amount": 201})
+    assert_invalid(any_api, r, "refund exceeds original: 200 of 1000 cents left to refund")
+    assert r.error["param"] == "amount"
     await ok(any_api, "refund", {**refund, "amount": 200})
     assert_invalid(any_api, await any_api.call("refund", {**refund, "amount": 1}), "refund exceeds original")
-    # the same cap holds for a usage withdrawal, independently of the deposit's
+    # the same cap holds for another charge, independently of the first one's
     refund = {"user": ALICE, "originalTransactionId": use["transactionId"]}
     assert_invalid(any_api, await any_api.call("refund", {**refund, "amount": 301}), "refund exceeds original")
     await ok(any_api, "refund", {**refund, "amount": 300})
     assert_invalid(any_api, await any_api.call("refund", {**refund, "amount": 1}), "refund exceeds original")
-    assert await balance(any_api) == 1000 - 300 + 1000 + 300
+    assert await balance(any_api) == 2000 - 1000 - 300 + 1000 + 300
+
+
+def assert_not_a_charge(api, r, original: str, type: str = "deposit") -> None:
+    assert_invalid(api, r, f"only a charge can be refunded: {original} is a {type}")
+    assert r.error["param"] == "originalTransactionId", r.error
+
+
+async def test_fix_only_a_charge_can_be_refunded(any_api, db_path):
+    """A deposit, a starter credit and a refund are not charges: refunding them would add money
+    that was never taken. Each is refused and writes nothing; a charge still refunds."""
+    dep = await ok(any_api, "deposit", {"user": ALICE, "amount": 1000})
+    starter = await ok(any_api, "grantStarterCredit", {"user": ALICE})
+    use = await charge(any_api, 300)
+    first = await ok(any_api, "refund", {"user": ALICE, "amount": 100, "originalTransactionId": use["transactionId"]})
+    rows = ledger_rows(db_path, ALICE)
+    for original in (dep["transactionId"], starter["transactionId"], first["transactionId"]):
+        r = await any_api.call("refund", {"user": ALICE, "amount": 1, "originalTransactionId": original})
+        assert_not_a_charge(any_api, r, original)
+    assert ledger_rows(db_path, ALICE) == rows
+    assert await balance(any_api) == 1000 + 500 - 300 + 100
+    # the charge keeps what is left of it to refund
+    await ok(any_api, "refund", {"user": ALICE, "amount": 200, "originalTransactionId": use["transactionId"]})
+    assert await balance(any_api) == 1000 + 500
+
+
+async def test_fix_refund_chains_mint_no_money(any_api, db_path):
+    """Regression (the refund-chain money hole): a refund is a deposit, so when anything could
+    be refunded, refunding the refund of a charge, then that refund, and so on added the charge's
+    amount again at every step. One 100-cent charge, one full refund of it: every refund of a
+    refund is refused and the balance ends where that first refund leaves it."""
+    use = await charge(any_api, 100)
+    assert await balance(any_api) == -100
+    first = await ok(any_api, "refund", {"user": ALICE, "amount": 100, "originalTransactionId": use["transactionId"]})
+    assert await balance(any_api) == 0
+    original = first["transactionId"]
+    for _ in range(5):
+        r = await any_api.call("refund", {"user": ALICE, "amount": 100, "originalTransactionId": original})
+        if r.ok:  # the hole: follow the chain, as an attacker would
+            original = r.result["transactionId"]
+            continue
+        assert_not_a_charge(any_api, r, original)
+    # nor can the charge itself be refunded again
+    r = await any_api.call("refund", {"user": ALICE, "amount": 1, "originalTransactionId": use["transactionId"]})
+    assert_invalid(any_api, r, "refund exceeds original: 0 of 100 cents left to refund")
+    assert await balance(any_api) == 0
+    assert [(row["type"], row["amount"], row["tags"]) for row in ledger_rows(db_path, ALICE)] == [
+        ("withdraw", 100, "api-usage"), ("deposit", 100, "refund")]
 
 
 async def test_fix_deposit_keeps_metadata(any_api, db_path):
@@ -250,15 +307,16 @@ async def test_fix_usage_spends_earliest_expiring_money_first(any_api, clock):
 
 
 async def test_fix_concurrent_refunds_may_not_exceed_the_original(api):
-    """20 concurrent refunds of 100 against a deposit of 1000: exactly 10 succeed."""
-    dep = await ok(api, "deposit", {"user": ALICE, "amount": 1000})
-    refund = {"user": ALICE, "amount": 100, "originalTransactionId": dep["transactionId"]}
+    """20 concurrent refunds of 100 against a charge of 1000: exactly 10 succeed."""
+    await ok(api, "deposit", {"user": ALICE, "amount": 1000})
+    use = await charge(api, 1000)
+    refund = {"user": ALICE, "amount": 100, "originalTransactionId": use["transactionId"]}
     replies = await asyncio.gather(*(api.using(TRANSPORTS[i % 3]).call("refund", refund) for i in range(20)))
     assert sum(r.ok for r in replies) == 10
     for r in replies:
         if not r.ok:
             assert r.error["kind"] == "invalid_params" and "refund exceeds original" in r.error["message"], r.error
-    assert await balance(api) == 2000
+    assert await balance(api) == 1000
 
 
 async def test_fix_expiry_forfeit_is_written_once_under_concurrent_writes(api, clock, db_path):
