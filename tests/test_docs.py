@@ -115,7 +115,7 @@ def test_every_error_kind_has_a_meaning():
 
 
 def test_every_message_listed_appears_in_the_source():
-    """The table, and the messages the reference derives, cannot drift from the code: every run
+    """The table, and the messages the API reference derives, cannot drift from the code: every run
     of text of a message between its `<...>` placeholders and its numbers (which the code fills
     in) appears verbatim in the code of zapbilling/ (not in the table, nor in the generators,
     which hold the messages to check)."""

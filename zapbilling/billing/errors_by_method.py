@@ -1,7 +1,7 @@
 """The errors each operation answers beyond those every call shares, kept by hand in one place
 for the API reference (`zapbilling gen docs`, docs/api.md).
 
-What the reference derives by itself is not here: a missing required parameter, a wrong type,
+What the API reference derives by itself is not here: a missing required parameter, a wrong type,
 an unknown parameter or enum value, a bad API key, a read key calling a mutating method, an
 idempotency key reused with other params. What is here is what only the handlers know: the
 entities an id must name (404), the states an operation refuses (409, 402) and the checks a
@@ -109,7 +109,7 @@ ERRORS_BY_RULE: Mapping[Rule, tuple[str, ...]] = {
     validation.event_batch: ("at least one event is required", f"maximum {validation.MAX_EVENTS} events per batch"),
 }
 """The invalid-params messages of each parameter rule (billing/validation.py); `<name>` is the
-parameter the rule checks. The reference lists them under every parameter the rule applies to."""
+parameter the rule checks. The API reference lists them with every parameter the rule checks."""
 
 
 __all__ = ["ERRORS_BY_METHOD", "ERRORS_BY_RULE", "Error"]

@@ -1,6 +1,6 @@
 """docs/api.md, the API reference, generated from the registry (`zapbilling gen docs`).
 
-Everything in it comes from what the server itself runs, so the reference cannot describe an
+Everything in it comes from what the server itself runs, so the API reference cannot describe an
 operation the server does not have or parameters it does not take: the schema (docs, types,
 defaults, routes, read-only or mutating), the parameter rules (registry.rules, with the bounds
 they declare in `json_schema`), the error kinds (errors.py KINDS), the hand-kept errors of each
@@ -42,7 +42,7 @@ KIND_MEANINGS = {
     "unsupported_media_type": "a Content-Type other than JSON or msgpack",
     "internal_error": "a fault of the server: nothing is half-written and no detail leaks",
 }
-"""What each kind of zapbilling/errors.py means, for the reference's table of kinds."""
+"""What each kind of zapbilling/errors.py means, for the API reference's table of kinds."""
 
 UNKNOWN_PARAMETER = "unknown parameter: <name>"
 REQUIRED = "<name> is required"
@@ -68,7 +68,7 @@ _TYPE_ERRORS = {
 
 DERIVED_MESSAGES = (UNKNOWN_PARAMETER, REQUIRED, ITEM_REQUIRED, NOT_ONE_OF, UNAUTHORIZED, READ_ONLY, KEY_REUSED,
                     KEY_TOO_LONG, *dict.fromkeys(m for ms in _TYPE_ERRORS.values() for m in ms))
-"""Every message the reference derives rather than reads from the errors table, as templates
+"""Every message the API reference derives rather than reads from the errors table, as templates
 (`<...>` is filled in per operation): tests/test_docs.py finds each in the source."""
 
 

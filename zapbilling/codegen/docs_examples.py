@@ -1,7 +1,7 @@
 """The API reference's examples, run for real: each schema method's example call
 (schemas/examples/<stem>.json, the file the contract tests read) is sent to a server running in
 this process on a temporary SQLite database, once over REST and once over ZAP, and the answers
-are what the reference shows. An answer in the reference is therefore one the server gave, not
+are what the API reference shows. An answer there is therefore one the server gave, not
 one somebody typed.
 
 The output must be byte-identical from run to run (`zapbilling gen docs --check` compares it
