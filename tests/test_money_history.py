@@ -368,3 +368,328 @@ async def test_key_id_is_the_key_that_made_the_call(any_api, server):
     assert [(r["transactionId"], r["keyId"]) for r in rows] == [
         (c["transactionId"], second), (b["transactionId"], second), (a["transactionId"], first)
     ], "the writer's key, whoever reads"
+
+
+# -- listAccounts ------------------------------------------------------------------------------
+
+async def test_list_accounts_in_byte_order_with_getbalance_figures(any_api, clock, server):
+    api = any_api
+    # "ab": money that never expires and an expiring deposit partly spent, expiring unforfeited below
+    await ok(api, "deposit", {"user": "ab", "amount": 700})
+    await ok(api, "deposit", {"user": "ab", "amount": 500, "expiresIn": 1})
+    await ok(api, "recordUsage", {"user": "ab", "amount": 100, "model": "m"})
+    # "Z": only a hold, which lapses below without a sweep
+    await ok(api, "createHold", {"user": "Z", "amount": 100, "expiresIn": 60, "allowOverdraft": True})
+    clock.advance(days=2)
+    await ok(api, "deposit", {"user": "a", "amount": 1000})
+    await ok(api, "deposit", {"user": "B", "amount": 300})
+    await ok(api, "createHold", {"user": "B", "amount": 100})
+    await ok(api, "createHold", {"user": "b", "amount": 250, "allowOverdraft": True})  # only a pending hold
+    await ok(api, "recordUsage", {"user": "~", "amount": 80, "model": "m"})  # overdrawn
+    await ok(api, "deposit", {"user": "é", "amount": 50, "currency": "eur"})
+    released = await ok(api, "createHold", {"user": "a/b", "amount": 10, "allowOverdraft": True})
+    await ok(api, "releaseHold", {"id": released["holdId"]})
+
+    listed_usd = await accounts(api)
+    assert listed_usd == await accounts(api, currency="usd"), "usd is the default"
+    assert [a["user"] for a in listed_usd] == ["B", "a", "ab", "b", "~"], "byte order; no lapsed or released hold alone"
+    assert listed_usd == [
+        {"user": "B", "balance": 300, "holds": 100, "available": 200},
+        {"user": "a", "balance": 1000, "holds": 0, "available": 1000},
+        {"user": "ab", "balance": 700, "holds": 0, "available": 700},  # 1200 - 100 spent - 400 expired, not yet forfeited
+        {"user": "b", "balance": 0, "holds": 250, "available": 0},
+        {"user": "~", "balance": -80, "holds": 0, "available": 0},
+    ]
+    for a in listed_usd:
+        assert a == await account_of(api, a["user"]), "as getBalance at the same instant"
+    page = await listed(api, "listAccounts", currency="eur")
+    assert page == {"currency": "eur", "count": 1, "hasMore": False,
+                    "accounts": [{"user": "é", "balance": 50, "holds": 0, "available": 50}]}
+    assert await accounts(api, currency="EUR") == page["accounts"]
+    assert await accounts(api, currency="jpy") == []
+    # the sweep changes rows, not figures
+    await sweep_once(server.app[STORE], clock())
+    assert await accounts(api) == listed_usd
+
+
+async def test_list_accounts_byte_order_is_not_case_or_locale_order(api):
+    users = ["b", "B", "a", "A", "á", "ä", "z", "Ω", "a/b", "a0", "ab", "\U0001F600", "~x", "_", " a"]
+    for i, user in enumerate(users):
+        await ok(api, "deposit", {"user": user, "amount": i + 1})
+    want = sorted(users, key=lambda u: u.encode())
+    assert [a["user"] for a in await accounts(api)] == want
+    for limit in (1, 4):
+        pages = await every_page(api, "listAccounts", "accounts", "user", limit)
+        assert [a["user"] for p in pages for a in p] == want, limit
+
+
+async def test_list_accounts_max_available_and_paging(any_api):
+    api = any_api
+    figures = {"u0": 0, "u1": 50, "u2": 100, "u3": 101, "u4": 500, "u5": 100, "u6": 1000, "u7": 99, "u8": 0, "u9": 7}
+    for user, available in figures.items():
+        if available:
+            await ok(api, "deposit", {"user": user, "amount": available + 40})
+            await ok(api, "createHold", {"user": user, "amount": 40})
+    await ok(api, "recordUsage", {"user": "u0", "amount": 5, "model": "m"})  # overdrawn: available 0
+    await ok(api, "createHold", {"user": "u8", "amount": 9, "allowOverdraft": True})  # a hold, no money
+
+    everyone = await accounts(api)
+    assert [(a["user"], a["available"]) for a in everyone] == sorted(figures.items())
+    assert [a["user"] for a in await accounts(api, maxAvailable=100)] == ["u0", "u1", "u2", "u5", "u7", "u8", "u9"]
+    assert [a["user"] for a in await accounts(api, maxAvailable=0)] == ["u0", "u8"]
+    assert await accounts(api, maxAvailable=-1) == []
+    assert [a["user"] for a in await accounts(api, maxAvailable=2**63 - 1)] == sorted(figures)
+    assert [a for a in everyone if a["available"] <= 100] == await accounts(api, maxAvailable=100), "the same figures"
+    # paged, with the filter: the accounts it drops never show up and never end a page early
+    for limit, sizes in ((2, [2, 2, 2, 1]), (3, [3, 3, 1]), (7, [7])):
+        pages = await every_page(api, "listAccounts", "accounts", "user", limit, maxAvailable=100)
+        assert [len(p) for p in pages] == sizes
+        assert [a["user"] for p in pages for a in p] == ["u0", "u1", "u2", "u5", "u7", "u8", "u9"], limit
+    pages = await every_page(api, "listAccounts", "accounts", "user", 2, maxAvailable=99)
+    assert [[a["user"] for a in p] for p in pages] == [["u0", "u1"], ["u7", "u8"], ["u9"]]
+    page = await listed(api, "listAccounts", maxAvailable=7, limit=3)
+    assert ([a["user"] for a in page["accounts"]], page["hasMore"]) == (["u0", "u8", "u9"], False), "nothing after u9 qualifies"
+    # without the filter
+    pages = await every_page(api, "listAccounts", "accounts", "user", 4)
+    assert [len(p) for p in pages] == [4, 4, 2] and [a for p in pages for a in p] == everyone
+    # startingAfter is a position, not a row: any string, never 404
+    assert [a["user"] for a in await accounts(api, startingAfter="u35")] == ["u4", "u5", "u6", "u7", "u8", "u9"]
+    assert [a["user"] for a in await accounts(api, startingAfter="u35", maxAvailable=100)] == ["u5", "u7", "u8", "u9"]
+    assert await accounts(api, startingAfter="zzz") == []
+    assert [a["user"] for a in await accounts(api, startingAfter="A")] == sorted(figures)
+
+
+async def test_accounts_and_transactions_of_another_org_or_mode_are_invisible(any_api, make_key, clock):
+    api = any_api
+    await ok(api, "deposit", {"user": ALICE, "amount": 100})
+    await ok(api, "createHold", {"user": BOB, "amount": 10, "allowOverdraft": True})
+    grant = (await ok(api, "createCreditGrant", {"userId": ALICE, "amountCents": 50}))["id"]
+    await ok(api, "burnCredits", {"userId": ALICE, "amount": 5})
+    mine = await transactions(api)
+    mine_credit = await credit_rows(api)
+    for org, mode in (("globex", "live"), ("acme", "test")):
+        other = api.with_key(await make_key(org, mode))
+        assert await transactions(other) == []
+        assert await accounts(other) == []
+        assert await credit_rows(other) == []
+        assert_error(other, await other.call("listCreditTransactions", {"userId": ALICE, "grantId": grant}),
+                     "not_found", "credit grant not found", "grantId")
+        assert_error(other, await other.call("listTransactions", {"user": ALICE, "startingAfter": mine[0]["transactionId"]}),
+                     "not_found", "transaction not found", "startingAfter")
+        r = await other.call("listCreditTransactions", {"userId": ALICE, "startingAfter": mine_credit[0]["id"]})
+        assert_error(other, r, "not_found", "not found", "startingAfter")
+        # their own rows, which the first tenant does not see in turn
+        await ok(other, "deposit", {"user": CAROL, "amount": 7})
+        await ok(other, "createCreditGrant", {"userId": ALICE, "amountCents": 9})
+        assert [a["user"] for a in await accounts(other)] == [CAROL]
+    assert [a["user"] for a in await accounts(api)] == [ALICE, BOB]
+    assert await transactions(api) == mine and await transactions(api, user=CAROL) == []
+    assert await credit_rows(api) == mine_credit
+
+
+async def test_a_read_only_key_may_list_all_three(any_api, server):
+    api = any_api
+    await ok(api, "deposit", {"user": ALICE, "amount": 100})
+    await ok(api, "createCreditGrant", {"userId": ALICE, "amountCents": 50})
+    reader = api.with_key((await new_key(server, scope="read"))[1])
+    assert [r["amount"] for r in await transactions(reader)] == [100]
+    assert await accounts(reader) == [{"user": ALICE, "balance": 100, "holds": 0, "available": 100}]
+    assert [(r["type"], r["amount"]) for r in await credit_rows(reader)] == [("grant", 50)]
+    assert_error(reader, await reader.call("deposit", {"user": ALICE, "amount": 1}), "forbidden", "")
+
+
+# -- listCreditTransactions --------------------------------------------------------------------
+
+async def test_credit_journal_rows_of_grants_burns_and_voids(any_api, clock, server):
+    api, key = any_api, await key_id_of(server, any_api.key)
+    meter = (await ok(api, "createMeter", {"name": "calls", "eventName": "calls"}))["id"]
+    at: list[int] = []
+
+    async def step(method: str, params: dict[str, Any]) -> dict[str, Any]:
+        clock.advance(seconds=1)
+        at.append(clock())
+        return await ok(api, method, params)
+
+    g1 = (await step("createCreditGrant", {"userId": ALICE, "amountCents": 1000, "name": "one"}))["id"]
+    g2 = (await step("createCreditGrant", {"userId": ALICE, "amountCents": 500, "priority": 1}))["id"]
+    g3 = (await step("createCreditGrant", {"userId": ALICE, "amountCents": 400, "eligibility": [meter]}))["id"]
+    b1 = await step("burnCredits", {"userId": ALICE, "amount": 1200})  # g1 to 0, then 200 of g2; g3 pays only for its meter
+    b2 = await step("burnCredits", {"userId": ALICE, "amount": 100, "meterId": meter})  # g3 (priority 0) first
+    await step("voidCreditGrant", {"id": g2})  # 300 left
+    await step("voidCreditGrant", {"id": g1})  # nothing left: a void of 0
+
+    assert [(g["id"], g["burned"], g["remainingCents"]) for g in b1["grants"]] == [(g1, 1000, 0), (g2, 200, 300)]
+    assert [(g["id"], g["burned"], g["remainingCents"]) for g in b2["grants"]] == [(g3, 100, 300)]
+    assert b1["burnId"] != b2["burnId"] and all(isinstance(b["burnId"], str) and b["burnId"] for b in (b1, b2))
+    rows = await credit_rows(api)
+    assert without_ids(rows) == [
+        ct(g1, "void", 0, 0, at[6], key),
+        ct(g2, "void", -300, 0, at[5], key),
+        ct(g3, "burn", -100, 300, at[4], key, burnId=b2["burnId"], meterId=meter),
+        ct(g2, "burn", -200, 300, at[3], key, burnId=b1["burnId"]),  # one row per grant touched; last written first
+        ct(g1, "burn", -1000, 0, at[3], key, burnId=b1["burnId"]),
+        ct(g3, "grant", 400, 400, at[2], key),
+        ct(g2, "grant", 500, 500, at[1], key),
+        ct(g1, "grant", 1000, 1000, at[0], key),
+    ]
+    grants = await grants_of(api)
+    assert {g: (grants[g]["remainingCents"], grants[g]["voided"]) for g in grants} == {g1: (0, True), g2: (0, True), g3: (300, False)}
+    await assert_journal_sums(api)
+
+    # a burn that burns nothing writes nothing and names no burn
+    nothing = await ok(api, "burnCredits", {"userId": ALICE, "amount": 50})  # only g3 is left, and only for its meter
+    assert (nothing["burned"], nothing["grants"]) == (0, []) and "burnId" not in nothing
+    assert "burnId" not in await ok(api, "burnCredits", {"userId": BOB, "amount": 50})
+    assert await credit_rows(api) == rows and await credit_rows(api, user=BOB) == []
+
+
+async def test_the_journal_is_per_currency_and_per_user(api, server):
+    key = await key_id_of(server, api.key)
+    usd = (await ok(api, "createCreditGrant", {"userId": ALICE, "amountCents": 100}))["id"]
+    eur = (await ok(api, "createCreditGrant", {"userId": ALICE, "amountCents": 200, "currency": "eur"}))["id"]
+    bobs = (await ok(api, "createCreditGrant", {"userId": BOB, "amountCents": 300}))["id"]
+    burn = await ok(api, "burnCredits", {"userId": ALICE, "amount": 150, "currency": "eur"})
+    assert without_ids(await credit_rows(api)) == [
+        ct(eur, "burn", -150, 50, T0, key, currency="eur", burnId=burn["burnId"]),
+        ct(eur, "grant", 200, 200, T0, key, currency="eur"),
+        ct(usd, "grant", 100, 100, T0, key),
+    ]
+    assert without_ids(await credit_rows(api, user=BOB)) == [ct(bobs, "grant", 300, 300, T0, key, user=BOB)]
+    await assert_journal_sums(api)
+
+
+@pytest.mark.parametrize("write", ["burn", "create", "void"])
+async def test_the_expire_row_is_written_by_the_next_write_on_the_users_grants(api, clock, server, write):
+    key = await key_id_of(server, api.key)
+    expiring = (await ok(api, "createCreditGrant", {"userId": ALICE, "amountCents": 700, "expiresIn": "1h", "priority": -1}))["id"]
+    spent = (await ok(api, "createCreditGrant", {"userId": ALICE, "amountCents": 20, "expiresIn": "1h", "priority": -2}))["id"]
+    lasting = (await ok(api, "createCreditGrant", {"userId": ALICE, "amountCents": 100}))["id"]
+    burn = await ok(api, "burnCredits", {"userId": ALICE, "amount": 70})  # all of `spent`, then 50 of `expiring`
+    assert [(g["id"], g["burned"]) for g in burn["grants"]] == [(spent, 20), (expiring, 50)]
+    before = await credit_rows(api)
+    assert len(before) == 5
+
+    clock.advance(seconds=3600)  # expiresAt exactly: inactive from this instant
+    grants = await grants_of(api)
+    assert (grants[expiring]["active"], grants[expiring]["remainingCents"]) == (False, 650), "inactive, not yet journalled"
+    assert (await ok(api, "getCreditBalance", {"userId": ALICE}))["balances"] == [{"currency": "usd", "available": 100}]
+    assert await credit_rows(api) == before, "no expire row before a write"
+    await assert_journal_sums(api)
+    # reads and writes that do not touch alice's grants write none either
+    await ok(api, "invoicePreview", {"userId": ALICE})
+    await ok(api, "createCreditGrant", {"userId": BOB, "amountCents": 5})
+    await ok(api, "burnCredits", {"userId": BOB, "amount": 1})
+    await ok(api, "deposit", {"user": ALICE, "amount": 5})
+    assert await credit_rows(api) == before
+
+    clock.advance(seconds=10)
+    written_at = clock()
+    writer_id, secret = await new_key(server)
+    writer = api.with_key(secret)
+    if write == "burn":
+        burned = await ok(writer, "burnCredits", {"userId": ALICE, "amount": 10})
+        assert [(g["id"], g["burned"]) for g in burned["grants"]] == [(lasting, 10)]
+        then = [ct(lasting, "burn", -10, 90, written_at, writer_id, burnId=burned["burnId"])]
+    elif write == "create":
+        made = (await ok(writer, "createCreditGrant", {"userId": ALICE, "amountCents": 10}))["id"]
+        then = [ct(made, "grant", 10, 10, written_at, writer_id)]
+    else:
+        await ok(writer, "voidCreditGrant", {"id": lasting})
+        then = [ct(lasting, "void", -100, 0, written_at, writer_id)]
+    rows = await credit_rows(api)
+    assert rows[len(then) + 1:] == before
+    assert without_ids(rows[:len(then) + 1]) == then + [
+        # dated when written, by the key of the call that wrote it; only a grant with cents left
+        ct(expiring, "expire", -650, 0, written_at, writer_id),
+    ]
+    grants = await grants_of(api)
+    assert (grants[expiring]["remainingCents"], grants[spent]["remainingCents"]) == (0, 0)
+    await assert_journal_sums(api)
+    await ok(api, "burnCredits", {"userId": ALICE, "amount": 1})
+    assert [r["type"] for r in await credit_rows(api, grantId=expiring)] == ["expire", "burn", "grant"], "expired once"
+
+
+async def test_the_expire_row_is_written_by_the_sweep(api, clock, server):
+    key = await key_id_of(server, api.key)
+    a = (await ok(api, "createCreditGrant", {"userId": ALICE, "amountCents": 300, "expiresIn": "30m"}))["id"]
+    b = (await ok(api, "createCreditGrant", {"userId": BOB, "amountCents": 200, "expiresIn": "30m"}))["id"]
+    await ok(api, "burnCredits", {"userId": BOB, "amount": 50})
+    clock.advance(seconds=3600)
+    assert [r["type"] for r in await credit_rows(api)] == ["grant"]
+    assert (await grants_of(api))[a]["active"] is False
+    swept_at = clock()
+    await sweep_once(server.app[STORE], swept_at)
+    assert without_ids(await credit_rows(api)) == [ct(a, "expire", -300, 0, swept_at, "system"), ct(a, "grant", 300, 300, T0, key)]
+    assert without_ids((await credit_rows(api, user=BOB))[:1]) == [ct(b, "expire", -150, 0, swept_at, "system", user=BOB)]
+    for user in (ALICE, BOB):
+        await assert_journal_sums(api, user)
+    clock.advance(seconds=1)
+    await sweep_once(server.app[STORE], clock())
+    await ok(api, "burnCredits", {"userId": ALICE, "amount": 10})
+    assert [r["type"] for r in await credit_rows(api)] == ["expire", "grant"], "nothing journalled twice"
+
+
+async def test_grant_id_narrows_and_unknown_or_foreign_grants_are_404(any_api, make_key):
+    api = any_api
+    g1 = (await ok(api, "createCreditGrant", {"userId": ALICE, "amountCents": 100}))["id"]
+    g2 = (await ok(api, "createCreditGrant", {"userId": ALICE, "amountCents": 100}))["id"]
+    await ok(api, "burnCredits", {"userId": ALICE, "amount": 150})
+    bobs = (await ok(api, "createCreditGrant", {"userId": BOB, "amountCents": 100}))["id"]
+    everything = await credit_rows(api)
+    assert await credit_rows(api, grantId=g1) == [r for r in everything if r["grantId"] == g1]
+    assert [(r["type"], r["amount"]) for r in await credit_rows(api, grantId=g2)] == [("burn", -50), ("grant", 100)]
+    foreign = (await ok(api.with_key(await make_key("acme", "test")), "createCreditGrant", {"userId": ALICE, "amountCents": 1}))["id"]
+    for grant in ("cg_nope", bobs, foreign):
+        r = await api.call("listCreditTransactions", {"userId": ALICE, "grantId": grant})
+        assert_error(api, r, "not_found", "credit grant not found", "grantId")
+    r = await api.call("listCreditTransactions", {"userId": ALICE, "startingAfter": "ct_nope"})
+    assert_error(api, r, "not_found", "not found", "startingAfter")
+    bob_row = (await credit_rows(api, user=BOB))[0]["id"]
+    r = await api.call("listCreditTransactions", {"userId": ALICE, "startingAfter": bob_row})
+    assert_error(api, r, "not_found", "not found", "startingAfter")
+    r = await api.call("listCreditTransactions", {"userId": ALICE, "grantId": g2, "startingAfter": everything[-1]["id"]})
+    assert_error(api, r, "not_found", "not found", "startingAfter")  # a row of g1, not of g2
+
+
+async def test_credit_journal_paging(any_api, clock):
+    api = any_api
+    g1 = (await ok(api, "createCreditGrant", {"userId": ALICE, "amountCents": 1000}))["id"]
+    await ok(api, "createCreditGrant", {"userId": ALICE, "amountCents": 1000})
+    for i in range(5):
+        if i % 2:
+            clock.advance(seconds=1)
+        await ok(api, "burnCredits", {"userId": ALICE, "amount": 300})  # 300, 300, 300, 100+200, 300
+    everything = await credit_rows(api)
+    assert len(everything) == 8
+    for limit, sizes in ((3, [3, 3, 2]), (1, [1] * 8), (8, [8])):
+        pages = await every_page(api, "listCreditTransactions", "transactions", "id", limit, userId=ALICE)
+        assert [len(p) for p in pages] == sizes and [r for p in pages for r in p] == everything, limit
+    mine = [r for r in everything if r["grantId"] == g1]
+    assert [r["type"] for r in mine] == ["burn"] * 4 + ["grant"]
+    for limit in (1, 2):
+        pages = await every_page(api, "listCreditTransactions", "transactions", "id", limit, userId=ALICE, grantId=g1)
+        assert [r for p in pages for r in p] == mine, limit
+    page = await listed(api, "listCreditTransactions", userId=ALICE, limit=7)
+    assert (page["count"], page["hasMore"]) == (7, True)
+    page = await listed(api, "listCreditTransactions", userId=ALICE, startingAfter=everything[-1]["id"])
+    assert (page["count"], page["hasMore"], page["transactions"]) == (0, False, [])
+    await assert_journal_sums(api)
+
+
+async def test_invoice_preview_writes_no_journal_row(any_api, clock):
+    api = any_api
+    meter = (await ok(api, "createMeter", {"name": "calls", "eventName": "calls"}))["id"]
+    await ok(api, "createPricingRule", {"meterId": meter, "unitPrice": 10})
+    await ok(api, "recordMeterEvents", {"events": [{"meterId": meter, "userId": ALICE, "value": 5}]})
+    await ok(api, "createCreditGrant", {"userId": ALICE, "amountCents": 30})
+    await ok(api, "createCreditGrant", {"userId": ALICE, "amountCents": 100, "expiresIn": "1h"})
+    before = await credit_rows(api)
+    grants = await grants_of(api)
+    preview = await ok(api, "invoicePreview", {"userId": ALICE})
+    assert (preview["subtotal"], preview["creditApplied"], preview["amountDue"]) == (50, 50, 0)
+    clock.advance(seconds=7200)  # one grant expires: a preview does not journal it either
+    preview = await ok(api, "invoicePreview", {"userId": ALICE})
+    assert (preview["subtotal"], preview["creditApplied"], preview["amountDue"]) == (50, 30, 20)
+    assert await credit_rows(api) == before
+    assert {g: r["remainingCents"] for g, r in (await grants_of(api)).items()} == {g: r["remainingCents"] for g, r in grants.items()}
+    await assert_journal_sums(api)
