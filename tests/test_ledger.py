@@ -365,9 +365,16 @@ async def test_grant_starter_credit_expires_after_30_days(any_api, clock):
 
 # -- refund ---------------------------------------------------------------------------------
 
+async def charge(api, amount: int, **params: Any) -> str:
+    """A usage withdrawal (a charge: what a refund may name); its transaction id."""
+    r = await api.call("recordUsage", {"user": ALICE, "amount": amount, "model": "m", **params})
+    assert r.ok, r.error
+    return r.result["transactionId"]
+
+
 async def test_refund_result_shape(any_api):
-    d = await any_api.call("deposit", {"user": ALICE, "amount": 1000})
-    original = d.result["transactionId"]
+    await any_api.call("deposit", {"user": ALICE, "amount": 1000})
+    original = await charge(any_api, 400)
     r = await any_api.call("refund", {"user": ALICE, "amount": 300, "originalTransactionId": original})
     assert r.status == created_status(any_api)
     assert set(r.result) == {"transactionId", "user", "amount", "currency", "type", "tags", "originalTransactionId"}
@@ -375,7 +382,7 @@ async def test_refund_result_shape(any_api):
     assert {k: v for k, v in r.result.items() if k != "transactionId"} == {
         "user": ALICE, "amount": 300, "currency": "usd", "type": "deposit", "tags": "refund",
         "originalTransactionId": original}
-    assert await balance(any_api) == 1300
+    assert await balance(any_api) == 1000 - 400 + 300
 
 
 async def test_refund_of_usage_withdrawal(any_api):
@@ -388,8 +395,7 @@ async def test_refund_of_usage_withdrawal(any_api):
 
 
 async def test_refund_default_notes_and_metadata(any_api, db_path):
-    d = await any_api.call("deposit", {"user": ALICE, "amount": 1000})
-    original = d.result["transactionId"]
+    original = await charge(any_api, 1000)
     await any_api.call("refund", {"user": ALICE, "amount": 300, "originalTransactionId": original})
     await any_api.call("refund", {"user": ALICE, "amount": 1, "originalTransactionId": original, "notes": "goodwill"})
     rows = [r for r in ledger_rows(db_path, ALICE) if r["tags"] == "refund"]
@@ -470,17 +476,38 @@ async def test_refund_unknown_original_is_not_found(any_api):
 
 
 async def test_refund_exceeding_original_is_invalid(any_api):
-    d = await any_api.call("deposit", {"user": ALICE, "amount": 100})
-    r = await any_api.call("refund", {"user": ALICE, "amount": 101, "originalTransactionId": d.result["transactionId"]})
-    assert_error(any_api, r, "invalid_params", "refund exceeds original", "amount")
-    assert await balance(any_api) == 100
+    await any_api.call("deposit", {"user": ALICE, "amount": 1000})
+    original = await charge(any_api, 100)
+    r = await any_api.call("refund", {"user": ALICE, "amount": 101, "originalTransactionId": original})
+    assert_error(any_api, r, "invalid_params", "refund exceeds original: 100 of 100 cents left to refund", "amount")
+    assert await balance(any_api) == 900
+
+
+@pytest.mark.parametrize("kind", ["deposit", "starter credit", "refund"])
+async def test_refund_of_anything_but_a_charge_is_invalid(any_api, db_path, kind):
+    """Only a charge (a withdraw) can be refunded; the refusal names the original's type."""
+    await any_api.call("deposit", {"user": ALICE, "amount": 1000})
+    if kind == "deposit":
+        original = (await any_api.call("deposit", {"user": ALICE, "amount": 100})).result["transactionId"]
+    elif kind == "starter credit":
+        original = (await any_api.call("grantStarterCredit", {"user": ALICE})).result["transactionId"]
+    else:
+        r = await any_api.call("refund", {"user": ALICE, "amount": 100, "originalTransactionId": await charge(any_api, 100)})
+        original = r.result["transactionId"]
+    before, rows = await balance(any_api), ledger_rows(db_path, ALICE)
+    r = await any_api.call("refund", {"user": ALICE, "amount": 1, "originalTransactionId": original})
+    assert_error(any_api, r, "invalid_params", f"only a charge can be refunded: {original} is a deposit",
+                 "originalTransactionId")
+    assert await balance(any_api) == before
+    assert ledger_rows(db_path, ALICE) == rows
 
 
 @pytest.mark.parametrize("method", ["recordUsage", "deposit", "refund"])
 @pytest.mark.parametrize("amount", ["5", 5.5, 5.0])
 async def test_amount_is_strictly_an_integer(any_api, method, amount):
-    d = await any_api.call("deposit", {"user": ALICE, "amount": 100})
-    r = await any_api.call(method, amount_params(method, amount, d.result["transactionId"]))
+    await any_api.call("deposit", {"user": ALICE, "amount": 110})
+    original = await charge(any_api, 10)  # a refundable original: only the amount is wrong
+    r = await any_api.call(method, amount_params(method, amount, original))
     assert_error(any_api, r, "invalid_params", "amount", "amount")
     assert await balance(any_api) == 100  # nothing was coerced and written
 
@@ -506,8 +533,9 @@ async def test_deposit_expires_in_is_at_most_36500_days(any_api):
 
 @pytest.mark.parametrize("method", ["recordUsage", "deposit", "refund"])
 async def test_amount_outside_int64_is_invalid(any_api, method):
-    d = await any_api.call("deposit", {"user": ALICE, "amount": 100})
-    r = await any_api.call(method, amount_params(method, 2**63, d.result["transactionId"]))
+    await any_api.call("deposit", {"user": ALICE, "amount": 110})
+    original = await charge(any_api, 10)  # a refundable original: only the amount is wrong
+    r = await any_api.call(method, amount_params(method, 2**63, original))
     assert_error(any_api, r, "invalid_params", "amount", "amount")
     assert await balance(any_api) == 100
 
