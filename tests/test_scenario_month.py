@@ -127,13 +127,16 @@ async def test_one_customer_through_march(api, clock):
     old = {g["id"]: g for g in before}
     assert {gid: (g["remainingCents"], g["active"]) for gid, g in after.items()} == {
         welcome: (0, False),          # 500 - 500
-        promo: (1000, False),         # expired, untouched
+        promo: (0, False),            # expired: the burn, the first write after, journaled the 1000 left
         main: (0, False),             # 2000 - 2000
         storage_only: (3000, True),   # not eligible, untouched
         euros: (5000, True),          # another currency, untouched
     }
-    for gid in (promo, storage_only, euros):
+    for gid in (storage_only, euros):
         assert after[gid] == old[gid]
+    assert after[promo] == old[promo] | {"remainingCents": 0}
+    journal = (await ok(api, "listCreditTransactions", {"userId": CAROL, "grantId": promo}))["transactions"]
+    assert [(t["type"], t["amount"], t["remainingAfter"]) for t in journal] == [("expire", -1000, 0), ("grant", 1000, 1000)]
     assert await ok(api, "getCreditBalance", {"userId": CAROL}) == {
         "userId": CAROL, "balances": [{"currency": "eur", "available": 5000}, {"currency": "usd", "available": 3000}]}
 

@@ -12,7 +12,7 @@ from ..context import Context
 from ..errors import Conflict, InsufficientFunds, InvalidParams, NotFound
 from ..store import HoldRow, Missing, NewEntry, NewHold, NotPending, OutOfRange, OverCapture, ShortOfFunds, UsageEvent
 from ..times import SECOND, format_ts
-from .ledger import USAGE_TAG, available
+from .ledger import LOTS, USAGE_TAG, available
 
 _OPTIONAL = ("capturedAmount", "transactionId", "requestId", "metadata")
 
@@ -70,7 +70,7 @@ async def capture_hold(ctx: Context, p: Any) -> dict[str, Any]:
         """Charged like recordUsage (a withdraw tagged api-usage, its meter event in the same
         transaction), keyed by the hold so that it can exist only once."""
         return NewEntry(
-            type="withdraw", user=hold["user"], currency=hold["currency"], amount=amount, now=ctx.now, key_id=ctx.key_id,
+            type="withdraw", user=hold["user"], currency=hold["currency"], amount=amount, now=ctx.now, key_id=ctx.key_id, lots=LOTS,
             tags=USAGE_TAG, hold_id=hold["holdId"],
             notes=p.notes or f"API usage: {p.model} (hold {hold['holdId']})",
             metadata=_usage_metadata(hold, p.model, p.metadata), dedupe_key=f"hold:{hold['holdId']}",

@@ -6,11 +6,13 @@ formatting then yields the same answer byte for byte.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterable, Iterator
 
 from ..context import Context, Unchanged
 from ..errors import InvalidParams, NotFound
-from ..store import LedgerFilter, LedgerRow, Missing, NewEntry, NotRefundable, OutOfRange, RefundLeft, UsageEvent
+from ..store import (
+    LedgerFilter, LedgerRow, Lot, LotRules, Missing, NewEntry, NotRefundable, OutOfRange, RefundLeft, UsageEvent,
+)
 from ..times import DAY, format_ts, parse_ts
 
 STARTER_CREDIT_CENTS = 500
@@ -18,6 +20,37 @@ STARTER_CREDIT_DAYS = 30
 STARTER_CREDIT_TAG = "starter-credit"
 USAGE_TAG = "api-usage"
 REFUND_TAG = "refund"
+EXPIRED_TAG = "credit-expired"
+
+
+def lot_takes(lots: Iterable[Lot], spend: int, now: int) -> Iterator[tuple[Lot, int, bool]]:
+    """Expiring money: what is left of a deposit at its expiry is forfeited, by the first write
+    to the account after it (or the sweep); a withdrawal spends expiring money before money that
+    never expires, the earliest expiry first (ties: the oldest deposit), so a user loses as
+    little as possible to expiry. A deposit that arrives while the balance is negative does not
+    pay off the debt first: if it expires unspent, all of it is forfeited.
+
+    `lots` come in expiry order, so expired ones first; once nothing is left to spend, the
+    first lot that has not expired ends the walk (for most writes: at once)."""
+    left = spend
+    for lot in lots:
+        if lot.expires_at <= now:
+            yield lot, lot.remaining, True
+        elif left == 0:
+            return
+        else:
+            take = min(lot.remaining, left)
+            yield lot, take, False
+            left -= take
+
+
+def forfeiture(lot: Lot, currency: str, cents: int) -> tuple[str, str, dict[str, Any]]:
+    """A forfeit is a withdraw of its own, tagged and noted so that it leads back to its deposit."""
+    return (EXPIRED_TAG, f"Expired credit: {cents} cents {currency} (deposit {lot.id})",
+            {"expiredTransactionId": lot.id, "expiredAt": format_ts(lot.expires_at)})
+
+
+LOTS = LotRules(lot_takes, forfeiture)
 
 
 def available(balance: int, holds: int) -> int:
@@ -67,7 +100,7 @@ async def record_usage(ctx: Context, p: Any) -> dict[str, Any]:
         "premium": p.premium, "stream": p.stream, "status": p.status, "clientIp": p.clientIp,
     }
     row = await append(ctx, NewEntry(
-        type="withdraw", user=p.user, currency=p.currency, amount=p.amount, now=ctx.now, key_id=ctx.key_id, tags=USAGE_TAG,
+        type="withdraw", user=p.user, currency=p.currency, amount=p.amount, now=ctx.now, key_id=ctx.key_id, lots=LOTS, tags=USAGE_TAG,
         notes=f"API usage: {p.model} ({p.totalTokens} tokens)", metadata=metadata,
         dedupe_key=f"usage:{p.requestId}" if p.requestId else None,
         usage_event=UsageEvent(USAGE_TAG, {"model": p.model, "provider": p.provider}, f"usage:{p.user}:{p.requestId}" if p.requestId else None),
@@ -81,7 +114,7 @@ def _transaction(row: LedgerRow) -> dict[str, Any]:
 
 async def deposit(ctx: Context, p: Any) -> dict[str, Any]:
     row = await append(ctx, NewEntry(
-        type="deposit", user=p.user, currency=p.currency, amount=p.amount, now=ctx.now, key_id=ctx.key_id, tags=p.tags,
+        type="deposit", user=p.user, currency=p.currency, amount=p.amount, now=ctx.now, key_id=ctx.key_id, lots=LOTS, tags=p.tags,
         notes=p.notes or f"Deposit: {p.amount} cents {p.currency}", metadata=p.metadata,
         expires_at=ctx.now + p.expiresIn * DAY if p.expiresIn > 0 else None,
     ))
@@ -93,7 +126,7 @@ async def deposit(ctx: Context, p: Any) -> dict[str, Any]:
 
 async def grant_starter_credit(ctx: Context, p: Any) -> dict[str, Any]:
     row = await append(ctx, NewEntry(
-        type="deposit", user=p.user, currency="usd", amount=STARTER_CREDIT_CENTS, now=ctx.now, key_id=ctx.key_id,
+        type="deposit", user=p.user, currency="usd", amount=STARTER_CREDIT_CENTS, now=ctx.now, key_id=ctx.key_id, lots=LOTS,
         tags=STARTER_CREDIT_TAG,
         notes=f"Welcome credit: ${STARTER_CREDIT_CENTS // 100}.{STARTER_CREDIT_CENTS % 100:02d} USD (expires in {STARTER_CREDIT_DAYS} days)",
         metadata={"creditType": "starter", "expiryDays": STARTER_CREDIT_DAYS},
@@ -111,7 +144,7 @@ def is_charge(row: LedgerRow) -> bool:
 async def refund(ctx: Context, p: Any) -> dict[str, Any]:
     try:
         row = await append(ctx, NewEntry(
-            type="deposit", user=p.user, currency=p.currency, amount=p.amount, now=ctx.now, key_id=ctx.key_id,
+            type="deposit", user=p.user, currency=p.currency, amount=p.amount, now=ctx.now, key_id=ctx.key_id, lots=LOTS,
             tags=REFUND_TAG,
             notes=p.notes or f"Refund: {p.amount} cents {p.currency} (original tx: {p.originalTransactionId})",
             metadata={"refundType": "billing-correction", "originalTransactionId": p.originalTransactionId},

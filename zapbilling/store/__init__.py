@@ -4,7 +4,7 @@ from typing import Any
 
 from .base import (
     DURABILITY, SYSTEM_KEY, Account, Burn, BurnedGrant, BurnPlan, GrantChange, GrantRow, HoldCharge, HoldRow, Idempotency, KeyInfo,
-    LedgerFilter, LedgerRow, MeterEventDraft, MeterRow, NewEntry, NewGrant, NewHold, NewMeter, NewRule, Principal,
+    LedgerFilter, LedgerRow, Lot, LotRules, MeterEventDraft, MeterRow, NewEntry, NewGrant, NewHold, NewMeter, NewRule, Principal,
     Refundable, Row, RuleRow, Store, UsageEvent,
 )
 from .refusals import (
@@ -23,7 +23,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "DURABILITY", "SYSTEM_KEY", "Account", "AlreadyExists", "AlreadyVoided", "Burn", "BurnPlan", "BurnedGrant", "GrantChange",
-    "GrantRow", "HoldCharge", "HoldRow", "Idempotency", "KeyInfo", "KeyReused", "LedgerFilter", "LedgerRow",
+    "GrantRow", "HoldCharge", "HoldRow", "Idempotency", "KeyInfo", "KeyReused", "LedgerFilter", "LedgerRow", "Lot", "LotRules",
     "MeterEventDraft", "MeterRow", "Missing", "NewMeter", "NewRule", "RuleRow", "NewEntry", "NewGrant", "NewHold", "NotPending", "NotRefundable", "OutOfRange",
     "OverCapture", "Principal", "Refundable", "RefundLeft", "Refused", "Row", "ShortOfFunds", "SqliteStore", "Store",
     "SumOutOfRange", "UsageEvent",

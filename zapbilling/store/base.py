@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Callable, Protocol, TypedDict
+from typing import Any, AsyncIterator, Callable, Iterable, Iterator, Protocol, TypedDict
 
 DURABILITY = ("full", "normal")
 """What an acknowledged write survives, every backend: full, a power cut; normal, a crash of
@@ -71,9 +71,35 @@ class UsageEvent:
 
 
 @dataclass(slots=True)
+class Lot:
+    """An expiring deposit with money left: the only money that can run out by time."""
+
+    id: str
+    remaining: int
+    expires_at: int
+
+
+LotTakes = Callable[[Iterable[Lot], int, int], Iterator[tuple[Lot, int, bool]]]
+"""The domain's rule for a ledger write's expiring money: (the account's lots, in expiry order
+then oldest first; cents the write spends; now) -> (lot, cents taken, whether forfeited) for
+each lot the write changes. The store walks its lots index lazily as the rule asks for more,
+so a rule that stops early stops the walk."""
+Forfeiture = Callable[[Lot, str, int], "tuple[str, str, dict[str, Any]]"]
+"""The domain's words for a forfeit row: (lot, currency, cents) -> (tags, notes, metadata)."""
+
+
+@dataclass(slots=True)
+class LotRules:
+    """What a ledger write does to expiring money: the domain's, passed in like a burn plan."""
+
+    takes: LotTakes
+    forfeiture: Forfeiture
+
+
+@dataclass(slots=True)
 class NewEntry:
-    """A ledger row to append. The store adds the id, maintains the running balance, forfeits
-    expired credit of the same user and currency, and spends expiring deposits first."""
+    """A ledger row to append. The store adds the id, maintains the running balance and
+    settles the account's expiring money as `lots` decides, in the same transaction."""
 
     type: str
     user: str
@@ -81,6 +107,7 @@ class NewEntry:
     amount: int
     now: int
     key_id: str
+    lots: LotRules
     """The API key whose call writes the row."""
     tags: str = ""
     notes: str = ""
@@ -344,7 +371,10 @@ class Store(Protocol):
     async def append_ledger_row(
         self, tenant: int, entry: NewEntry, idempotency: Idempotency | None = None, refundable: Refundable | None = None
     ) -> LedgerRow: ...
-    async def forfeit_expired(self, now: int, limit: int = 500) -> int: ...
+    async def forfeit_expired(self, now: int, lots: LotRules, limit: int = 500) -> int:
+        """Settle up to `limit` accounts holding expired lots (with nothing to spend); returns
+        how many."""
+        ...
 
     # meters and events
     AGGREGATIONS: frozenset[str]

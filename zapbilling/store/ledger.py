@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from typing import Any
+from typing import Any, Iterator
 
-from ..times import format_ts
-from .base import SYSTEM_KEY, Idempotency, LedgerFilter, LedgerRow, MeterEventDraft, NewEntry, Refundable
+from .base import SYSTEM_KEY, Idempotency, LedgerFilter, LedgerRow, Lot, LotRules, MeterEventDraft, NewEntry, Refundable
 from .connection import INT64_MAX, INT64_MIN, SqliteBase, new_id
 from .metering import insert_event
 from .refusals import Missing, NotRefundable, OutOfRange, RefundLeft
@@ -121,8 +120,8 @@ class LedgerQueries(SqliteBase):
         """`refundable`: for a refund (`entry.refund_of`), whether the original may be refunded."""
         return await self._write(tenant, idempotency, entry.now, append_entry, tenant, entry, refundable)
 
-    async def forfeit_expired(self, now: int, limit: int = 500) -> int:
-        return await self._run(_sweep_expired, now, limit)
+    async def forfeit_expired(self, now: int, lots: LotRules, limit: int = 500) -> int:
+        return await self._run(_sweep_expired, now, lots, limit)
 
 
 def append_entry(conn: sqlite3.Connection, tenant: int, e: NewEntry, refundable: Refundable | None = None) -> LedgerRow:
@@ -147,9 +146,9 @@ def append_entry(conn: sqlite3.Connection, tenant: int, e: NewEntry, refundable:
             f"SELECT {_ROW} FROM ledger WHERE tenant = ? AND user_id = ? AND dedupe_key = ?", (tenant, e.user, e.dedupe_key)
         ).fetchone())
     if e.type == "withdraw":
-        delta = -_settle_lots(conn, tenant, e.user, e.currency, e.now, e.amount, e.key_id) - e.amount
-    elif e.type == "deposit":  # only forfeits: it need not look at the lots that have not expired
-        delta = -_forfeit_account(conn, tenant, e.user, e.currency, e.now, e.key_id) + e.amount
+        delta = -_settle_lots(conn, tenant, e.user, e.currency, e.now, e.amount, e.key_id, e.lots) - e.amount
+    elif e.type == "deposit":  # spends nothing: only forfeits
+        delta = -_settle_lots(conn, tenant, e.user, e.currency, e.now, 0, e.key_id, e.lots) + e.amount
     else:
         raise ValueError(f"unknown ledger entry type {e.type!r}")
     _add_to_balance(conn, tenant, e.user, e.currency, delta)
@@ -192,59 +191,51 @@ def _claim_refund(conn: sqlite3.Connection, tenant: int, e: NewEntry, refundable
     conn.execute("UPDATE ledger SET refunded = refunded + ? WHERE id = ?", (e.amount, e.refund_of))
 
 
-def _forfeit_account(conn: sqlite3.Connection, tenant: int, user: str, currency: str, now: int, key_id: str) -> int:
-    """Write off what is left of this account's expired deposits (a deposit, and the sweep);
-    a withdrawal does this in `_settle_lots`. Returns the total forfeited."""
-    lots = conn.execute(
-        "SELECT seq, id, remaining, expires_at FROM ledger WHERE tenant = ? AND user_id = ? AND currency = ?"
-        " AND remaining > 0 AND expires_at <= ? ORDER BY expires_at, seq",
-        (tenant, user, currency, now),
-    ).fetchall()
-    return sum(_forfeit_lot(conn, tenant, user, currency, now, key_id, *lot) for lot in lots)
-
-
-def _forfeit_lot(conn: sqlite3.Connection, tenant: int, user: str, currency: str, now: int, key_id: str,
-                 seq: int, lot_id: str, remaining: int, expires_at: int) -> int:
-    """Only the unspent remainder is forfeited, as one `credit-expired` withdraw per deposit."""
-    conn.execute("UPDATE ledger SET remaining = 0 WHERE seq = ?", (seq,))
-    conn.execute(
-        "INSERT INTO ledger (id, tenant, user_id, currency, type, amount, tags, notes, metadata, created_at, key_id)"
-        " VALUES (?, ?, ?, ?, 'withdraw', ?, 'credit-expired', ?, ?, ?, ?)",
-        (new_id("tx"), tenant, user, currency, remaining,
-         f"Expired credit: {remaining} cents {currency} (deposit {lot_id})",
-         json.dumps({"expiredTransactionId": lot_id, "expiredAt": format_ts(expires_at)}), now, key_id),
-    )
-    return remaining
-
-
 LOT_PAGE = 64
 
 
-def _settle_lots(conn: sqlite3.Connection, tenant: int, user: str, currency: str, now: int, spend: int, key_id: str) -> int:
-    """For a withdrawal: forfeit the account's expired deposits, then take `spend` cents from
-    the expiring ones, earliest expiry first; the rest comes from money that never expires
-    (which may go negative: usage is recorded whatever the balance). Returns the total forfeited.
-
-    One walk of the lots index serves both rules, because expired lots sort before the rest:
-    for the usual account, with no expiring money, a write costs one lookup that finds nothing."""
-    forfeited, left = 0, spend
+def _lots(conn: sqlite3.Connection, tenant: int, user: str, currency: str) -> Iterator[tuple[int, Lot]]:
+    """The account's lots with money left, in expiry order then oldest first (the ledger_lots
+    index's order: expired lots come first), read a page at a time as the caller asks."""
+    after: tuple[int, int] = (INT64_MIN, 0)
     while True:
-        lots = conn.execute(
+        page = conn.execute(
             "SELECT seq, id, remaining, expires_at FROM ledger WHERE tenant = ? AND user_id = ? AND currency = ?"
-            " AND remaining > 0 ORDER BY expires_at, seq LIMIT ?",
-            (tenant, user, currency, LOT_PAGE),
+            " AND remaining > 0 AND (expires_at, seq) > (?, ?) ORDER BY expires_at, seq LIMIT ?",
+            (tenant, user, currency, *after, LOT_PAGE),
         ).fetchall()
-        for seq, lot_id, remaining, expires_at in lots:
-            if expires_at <= now:
-                forfeited += _forfeit_lot(conn, tenant, user, currency, now, key_id, seq, lot_id, remaining, expires_at)
-            elif left == 0:
-                return forfeited
-            else:
-                take = min(remaining, left)
-                conn.execute("UPDATE ledger SET remaining = remaining - ? WHERE seq = ?", (take, seq))
-                left -= take
-        if len(lots) < LOT_PAGE:  # every lot was seen; a full page is followed by the next one
-            return forfeited
+        for seq, lot_id, remaining, expires_at in page:
+            yield seq, Lot(lot_id, remaining, expires_at)
+        if len(page) < LOT_PAGE:
+            return
+        after = (page[-1][3], page[-1][0])
+
+
+def _settle_lots(conn: sqlite3.Connection, tenant: int, user: str, currency: str, now: int, spend: int, key_id: str,
+                 rules: LotRules) -> int:
+    """Take from the account's lots what `rules.takes` decides: a forfeit writes the lot off as
+    a withdraw of its own; spending only lowers the lot's remainder (the write's own row moves
+    the balance). Returns the total forfeited. For the usual account, with no expiring money,
+    this is one index lookup that finds nothing."""
+    seqs: dict[str, int] = {}
+
+    def walk() -> Iterator[Lot]:
+        for seq, lot in _lots(conn, tenant, user, currency):
+            seqs[lot.id] = seq
+            yield lot
+
+    forfeited = 0
+    for lot, cents, forfeit in rules.takes(walk(), spend, now):
+        conn.execute("UPDATE ledger SET remaining = remaining - ? WHERE seq = ?", (cents, seqs[lot.id]))
+        if forfeit:
+            tags, notes, metadata = rules.forfeiture(lot, currency, cents)
+            conn.execute(
+                "INSERT INTO ledger (id, tenant, user_id, currency, type, amount, tags, notes, metadata, created_at, key_id)"
+                " VALUES (?, ?, ?, ?, 'withdraw', ?, ?, ?, ?, ?, ?)",
+                (new_id("tx"), tenant, user, currency, cents, tags, notes, json.dumps(metadata), now, key_id),
+            )
+            forfeited += cents
+    return forfeited
 
 
 def _add_to_balance(conn: sqlite3.Connection, tenant: int, user: str, currency: str, delta: int) -> None:
@@ -261,12 +252,12 @@ def _add_to_balance(conn: sqlite3.Connection, tenant: int, user: str, currency: 
     )
 
 
-def _sweep_expired(conn: sqlite3.Connection, now: int, limit: int) -> int:
+def _sweep_expired(conn: sqlite3.Connection, now: int, rules: LotRules, limit: int) -> int:
     accounts = conn.execute(
         "SELECT DISTINCT tenant, user_id, currency FROM ledger WHERE remaining > 0 AND expires_at <= ? LIMIT ?",
         (now, limit),
     ).fetchall()
     for tenant, user, currency in accounts:
-        forfeited = _forfeit_account(conn, tenant, user, currency, now, SYSTEM_KEY)
+        forfeited = _settle_lots(conn, tenant, user, currency, now, 0, SYSTEM_KEY, rules)
         _add_to_balance(conn, tenant, user, currency, -forfeited)
     return len(accounts)
