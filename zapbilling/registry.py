@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Mapping
+from typing import Any, Awaitable, Callable, Iterable, Mapping
 
 from pydantic import BaseModel
 
@@ -121,13 +121,28 @@ def _check_errors(errors: MethodErrors, methods: set[str]) -> None:
             raise RegistryError(f"errors table entry `{name}` names unknown error kinds: {', '.join(unknown)}")
 
 
+def check_enum_tables(schema: Schema, tables: Mapping[str, Iterable[str]], owner: str) -> None:
+    """Tables keyed by a schema enum's values (a pricing model's maths, an aggregation's SQL,
+    a hold status's filter) must cover exactly its values: a value added to the enum would
+    otherwise pass validation and fail at request time. Checked at start-up, as handlers are."""
+    for enum, keys in tables.items():
+        if enum not in schema.enums:
+            raise RegistryError(f"{owner} keys a table by enum {enum}, which the schema does not declare")
+        want, have = set(schema.enums[enum].values), set(keys)
+        if want != have:
+            raise RegistryError(
+                f"{owner}'s table of {enum} does not match the schema: missing {sorted(want - have) or 'nothing'},"
+                f" unknown {sorted(have - want) or 'nothing'}"
+            )
+
+
 def load_registry(path: str | Path | None = None) -> Registry:
     """The service's registry: billing.zap with the billing handlers, rules and errors table."""
-    from .billing import ERRORS_BY_METHOD, ERRORS_BY_RULE, FIELD_RULES, HANDLERS, METHOD_RULES
+    from .billing import ENUM_TABLES, ERRORS_BY_METHOD, ERRORS_BY_RULE, FIELD_RULES, HANDLERS, METHOD_RULES
 
-    return build_registry(
-        load(path or default_schema_path()), HANDLERS, FIELD_RULES, METHOD_RULES, ERRORS_BY_METHOD, ERRORS_BY_RULE
-    )
+    schema = load(path or default_schema_path())
+    check_enum_tables(schema, ENUM_TABLES, "billing/")
+    return build_registry(schema, HANDLERS, FIELD_RULES, METHOD_RULES, ERRORS_BY_METHOD, ERRORS_BY_RULE)
 
 
 # -- zap.discover --------------------------------------------------------------------------
@@ -169,4 +184,4 @@ def catalogue(schema: Schema) -> dict[str, Any]:
     return {"methods": methods, "types": types}
 
 
-__all__ = ["Command", "Registry", "RegistryError", "build_registry", "catalogue", "load_registry"]
+__all__ = ["Command", "Registry", "RegistryError", "build_registry", "catalogue", "check_enum_tables", "load_registry"]

@@ -8,11 +8,14 @@ from __future__ import annotations
 from typing import Any, Awaitable, Callable
 
 from ..context import Context
-from . import grants, holds, invoice, ledger, metering, pricing_rules
-from .errors_by_method import ERRORS_BY_METHOD, ERRORS_BY_RULE  # noqa: F401 (the registry reads them)
+from . import grants, holds, invoice, ledger, metering, pricing, pricing_rules
+from .errors_by_method import ERRORS_BY_METHOD, ERRORS_BY_RULE
 from .validation import FIELD_RULES, METHOD_RULES
 
 Handler = Callable[[Context, Any], Awaitable[dict[str, Any]]]
+
+ENUM_TABLES = {"PricingModel": pricing.MODELS}
+"""billing/'s tables keyed by a schema enum, checked against it at start-up."""
 
 HANDLERS: dict[str, Handler] = {
     "getBalance": ledger.get_balance,
@@ -46,4 +49,4 @@ HANDLERS: dict[str, Handler] = {
     "listCreditTransactions": grants.list_credit_transactions,
 }
 
-__all__ = ["FIELD_RULES", "HANDLERS", "METHOD_RULES", "Handler"]
+__all__ = ["ENUM_TABLES", "ERRORS_BY_METHOD", "ERRORS_BY_RULE", "FIELD_RULES", "HANDLERS", "METHOD_RULES", "Handler"]
