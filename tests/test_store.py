@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from zapbilling.errors import InvalidParams, NotFound
-from zapbilling.store import NewEntry, SqliteStore
+from zapbilling.billing.ledger import LOTS, is_charge
+from zapbilling.store import Missing, NewEntry, NotRefundable, OutOfRange, Refused, RefundLeft, SqliteStore
 from zapbilling.store.migrations import migrate, scripts
 from zapbilling.times import DAY, SECOND, system_clock
 
@@ -42,17 +42,23 @@ async def tenant_of(store: SqliteStore, org: str = "acme", mode: str = "test") -
 
 
 def deposit(user: str, amount: int, *, currency: str = "usd", now: int | None = None, **kw) -> NewEntry:
-    return NewEntry(type="deposit", user=user, currency=currency, amount=amount, now=now or system_clock(), **kw)
+    return NewEntry(type="deposit", user=user, currency=currency, amount=amount, now=now or system_clock(), key_id="key_test", lots=LOTS, **kw)
 
 
 def withdraw(user: str, amount: int, *, currency: str = "usd", now: int | None = None, **kw) -> NewEntry:
-    return NewEntry(type="withdraw", user=user, currency=currency, amount=amount, now=now or system_clock(),
+    return NewEntry(type="withdraw", user=user, currency=currency, amount=amount, now=now or system_clock(), key_id="key_test", lots=LOTS,
                     tags=kw.pop("tags", "api-usage"), **kw)
 
 
 def refund(user: str, amount: int, original: str, *, currency: str = "usd", now: int | None = None) -> NewEntry:
-    return NewEntry(type="deposit", user=user, currency=currency, amount=amount, now=now or system_clock(),
+    return NewEntry(type="deposit", user=user, currency=currency, amount=amount, now=now or system_clock(), key_id="key_test", lots=LOTS,
                     tags="refund", refund_of=original)
+
+
+def append(store: SqliteStore, tenant: int, entry: NewEntry):
+    """A ledger write as the handlers make it: a refund may name only what the domain's rule
+    (billing.ledger.is_charge) calls refundable."""
+    return store.append_ledger_row(tenant, entry, None, is_charge)
 
 
 def connect(path: str) -> sqlite3.Connection:
@@ -257,24 +263,29 @@ async def test_balances_table_equals_ledger_sum_after_mixed_writes_with_failures
     now = system_clock()
     failures = 0
 
-    async def must_fail(tenant: int, entry: NewEntry) -> None:
+    async def must_fail(tenant: int, entry: NewEntry, refusal: Refused) -> None:
+        """The write raises `refusal` (the same exception type with the same facts)."""
         nonlocal failures
-        with pytest.raises((InvalidParams, NotFound)):
-            await store.append_ledger_row(tenant, entry)
+        with pytest.raises(type(refusal)) as raised:
+            await append(store, tenant, entry)
+        assert vars(raised.value) == vars(refusal), (raised.value, refusal)
         failures += 1
 
-    d1 = await store.append_ledger_row(acme, deposit("alice", 1000, now=now))
-    await store.append_ledger_row(acme, deposit("alice", 300, currency="eur", now=now))
-    await store.append_ledger_row(acme_live, deposit("alice", 50, now=now))
-    w1 = await store.append_ledger_row(acme, withdraw("alice", 1200, now=now))  # goes negative
-    await store.append_ledger_row(acme, refund("alice", 400, d1["id"], now=now))
-    await must_fail(acme, refund("alice", 601, d1["id"], now=now))  # 400 of 1000 already refunded
-    await must_fail(acme, refund("alice", 10, d1["id"], currency="eur", now=now))  # other currency
-    await must_fail(acme_live, refund("alice", 10, d1["id"], now=now))  # other tenant
-    await must_fail(acme, refund("bob", 10, d1["id"], now=now))  # other user
-    await must_fail(acme, refund("alice", 10, "tx_nosuchtransaction", now=now))
-    await store.append_ledger_row(acme, refund("alice", 1200, w1["id"], now=now))
-    await must_fail(acme, refund("alice", 1, w1["id"], now=now))
+    d1 = await append(store, acme, deposit("alice", 1000, now=now))
+    await append(store, acme, deposit("alice", 300, currency="eur", now=now))
+    await append(store, acme_live, deposit("alice", 50, now=now))
+    w1 = await append(store, acme, withdraw("alice", 1200, now=now))  # goes negative
+    c1 = await append(store, acme, withdraw("alice", 1000, now=now))
+    r1 = await append(store, acme, refund("alice", 400, c1["id"], now=now))
+    await must_fail(acme, refund("alice", 601, c1["id"], now=now), RefundLeft(600, 1000))  # 400 of 1000 already refunded
+    await must_fail(acme, refund("alice", 10, c1["id"], currency="eur", now=now), Missing("ledger row"))  # other currency
+    await must_fail(acme_live, refund("alice", 10, c1["id"], now=now), Missing("ledger row"))  # other tenant
+    await must_fail(acme, refund("bob", 10, c1["id"], now=now), Missing("ledger row"))  # other user
+    await must_fail(acme, refund("alice", 10, "tx_nosuchtransaction", now=now), Missing("ledger row"))
+    await must_fail(acme, refund("alice", 10, d1["id"], now=now), NotRefundable("deposit", ""))  # only a charge
+    await must_fail(acme, refund("alice", 10, r1["id"], now=now), NotRefundable("deposit", "refund"))
+    await append(store, acme, refund("alice", 1200, w1["id"], now=now))
+    await must_fail(acme, refund("alice", 1, w1["id"], now=now), RefundLeft(0, 1200))
     # expiring money: partly spent, then expired and forfeited (by a later write and by the sweep)
     await store.append_ledger_row(acme, deposit("bob", 500, now=now, expires_at=now + 10 * SECOND))
     await store.append_ledger_row(acme, deposit("bob", 200, now=now))
@@ -282,22 +293,22 @@ async def test_balances_table_equals_ledger_sum_after_mixed_writes_with_failures
     await store.append_ledger_row(acme, withdraw("bob", 30, now=now + 20 * SECOND))  # forfeits bob's 380 first
     await store.append_ledger_row(globex, deposit("carol", 700, now=now, expires_at=now + DAY))
     await store.append_ledger_row(globex, deposit("dave", 90, currency="jpy", now=now, expires_at=now + DAY))
-    assert await store.forfeit_expired(now + 2 * DAY) >= 2
+    assert await store.forfeit_expired(now + 2 * DAY, LOTS) >= 2
     # writes that fail after inserting their ledger row: the balance would leave int64
     await store.append_ledger_row(globex, deposit("whale", INT64_MAX - 5, now=now))
-    await must_fail(globex, deposit("whale", 6, now=now))
-    await must_fail(globex, deposit("whale", INT64_MAX, now=now))
+    await must_fail(globex, deposit("whale", 6, now=now), OutOfRange("balance"))
+    await must_fail(globex, deposit("whale", INT64_MAX, now=now), OutOfRange("balance"))
     await store.append_ledger_row(globex, deposit("whale", 5, now=now))
     await store.append_ledger_row(globex, withdraw("whale", 10, now=now))
     # a dedupe repeat adds nothing
     u1 = await store.append_ledger_row(globex, withdraw("erin", 40, now=now, dedupe_key="usage:r1"))
     u2 = await store.append_ledger_row(globex, withdraw("erin", 999, now=now, dedupe_key="usage:r1"))
     assert u2["id"] == u1["id"]
-    assert failures == 8
+    assert failures == 10
 
     assert_balances_match_ledger(path)
     expected = {
-        (acme, "alice", "usd"): 1000 - 1200 + 400 + 1200,
+        (acme, "alice", "usd"): 1000 - 1200 - 1000 + 400 + 1200,
         (acme, "alice", "eur"): 300,
         (acme_live, "alice", "usd"): 50,
         (acme, "bob", "usd"): 500 + 200 - 120 - 380 - 30,
@@ -363,19 +374,30 @@ async def test_one_write_forfeits_and_spends_lots_beyond_the_first_page(store, p
 async def test_failing_refund_leaves_no_ledger_row_and_no_balance_change(store, path):
     tenant = await tenant_of(store)
     now = system_clock()
-    original = await store.append_ledger_row(tenant, deposit("alice", 100, now=now))
+    dep = await append(store, tenant, deposit("alice", 100, now=now))
+    original = await append(store, tenant, withdraw("alice", 100, now=now))  # a charge
     count, balance = ledger_count(path), await store.balance(tenant, "alice", "usd", now)
-    with pytest.raises(InvalidParams):
-        await store.append_ledger_row(tenant, refund("alice", 150, original["id"], now=now))
-    with pytest.raises(NotFound):
-        await store.append_ledger_row(tenant, refund("alice", 10, "tx_missing", now=now))
+    with pytest.raises(RefundLeft) as left:
+        await append(store, tenant, refund("alice", 150, original["id"], now=now))
+    assert (left.value.left, left.value.amount) == (100, 100)
+    with pytest.raises(Missing) as missing:
+        await append(store, tenant, refund("alice", 10, "tx_missing", now=now))
+    assert missing.value.entity == "ledger row"
+    with pytest.raises(NotRefundable) as not_a_charge:
+        await append(store, tenant, refund("alice", 10, dep["id"], now=now))
+    assert (not_a_charge.value.type, not_a_charge.value.tags) == ("deposit", "")
     assert ledger_count(path) == count
     assert await store.balance(tenant, "alice", "usd", now) == balance
     assert_balances_match_ledger(path)
-    # the failed refund claimed nothing of the original: all of it can still be refunded
-    r = await store.append_ledger_row(tenant, refund("alice", 100, original["id"], now=now))
+    # the failed refunds claimed nothing of the original: all of it can still be refunded
+    r = await append(store, tenant, refund("alice", 100, original["id"], now=now))
     assert r["refundOf"] == original["id"]
-    assert await store.balance(tenant, "alice", "usd", now) == (200, 0)
+    assert (r["keyId"], r["holdId"]) == ("key_test", None)
+    assert await store.balance(tenant, "alice", "usd", now) == (100, 0)
+    # and a refund is no charge: it cannot be refunded in turn
+    with pytest.raises(NotRefundable):
+        await append(store, tenant, refund("alice", 1, r["id"], now=now))
+    assert await store.balance(tenant, "alice", "usd", now) == (100, 0)
 
 
 async def test_write_failing_after_its_insert_leaves_no_ledger_row_and_no_balance_change(store, path):
@@ -383,8 +405,9 @@ async def test_write_failing_after_its_insert_leaves_no_ledger_row_and_no_balanc
     now = system_clock()
     await store.append_ledger_row(tenant, deposit("whale", INT64_MAX - 1, now=now))
     count, ids = ledger_count(path), ledger_ids(path)
-    with pytest.raises(InvalidParams):
+    with pytest.raises(OutOfRange) as raised:
         await store.append_ledger_row(tenant, deposit("whale", 2, now=now))
+    assert raised.value.total == "balance"
     assert ledger_count(path) == count and ledger_ids(path) == ids
     assert await store.balance(tenant, "whale", "usd", now) == (INT64_MAX - 1, 0)
     assert_balances_match_ledger(path)
@@ -395,7 +418,8 @@ async def test_write_failing_after_its_insert_leaves_no_ledger_row_and_no_balanc
 async def test_failing_job_in_a_batch_rolls_back_only_its_own_writes(store, path):
     tenant = await tenant_of(store)
     now = system_clock()
-    originals = [await store.append_ledger_row(tenant, deposit(f"u{i}", 100, now=now)) for i in range(20)]
+    deposits = [await append(store, tenant, deposit(f"u{i}", 100, now=now)) for i in range(20)]
+    originals = [await append(store, tenant, withdraw(f"u{i}", 100, now=now)) for i in range(20)]  # charges
     await store.append_ledger_row(tenant, deposit("whale", INT64_MAX - 5, now=now))
     count_before = ledger_count(path)
     sizes = record_batches(store)
@@ -406,25 +430,26 @@ async def test_failing_job_in_a_batch_rolls_back_only_its_own_writes(store, path
         entries.append((refund(user, 60, o["id"], now=now), True))
         entries.append((refund(user, 60, o["id"], now=now), False))  # together 120 > 100
         entries.append((refund(user, 101, o["id"], now=now), False))
+        entries.append((refund(user, 1, deposits[i]["id"], now=now), False))  # not a charge
         entries.append((deposit(user, 7, now=now), True))
         entries.append((withdraw(user, 3, now=now), True))
     entries.append((deposit("whale", 6, now=now), False))  # inserts its row, then overflows
     entries.append((deposit("whale", 5, now=now), True))
     entries.append((deposit("whale", 1, now=now), False))
 
-    results = await asyncio.gather(*(store.append_ledger_row(tenant, e) for e, _ in entries), return_exceptions=True)
+    results = await asyncio.gather(*(append(store, tenant, e) for e, _ in entries), return_exceptions=True)
 
     assert len(entries) <= 256 and sizes == [len(entries)], f"expected one batch of {len(entries)}, got {sizes}"
     for (entry, ok), result in zip(entries, results):
         if ok:
             assert isinstance(result, dict), f"{entry} should have committed, got {result!r}"
         else:
-            assert isinstance(result, (InvalidParams, NotFound)), f"{entry} should have failed, got {result!r}"
+            assert isinstance(result, (RefundLeft, NotRefundable, OutOfRange)), f"{entry} should have failed, got {result!r}"
     committed = [r for r in results if isinstance(r, dict)]
     assert ledger_count(path) == count_before + len(committed)
     assert {r["id"] for r in committed} <= ledger_ids(path)
     for i in range(len(originals)):
-        assert await store.balance(tenant, f"u{i}", "usd", now) == (100 + 60 + 7 - 3, 0)
+        assert await store.balance(tenant, f"u{i}", "usd", now) == (100 - 100 + 60 + 7 - 3, 0)
     assert await store.balance(tenant, "whale", "usd", now) == (INT64_MAX, 0)
     assert_balances_match_ledger(path)
 
