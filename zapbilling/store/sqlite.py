@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .accounts import AccountQueries
+from .export import ExportQueries
 from .grants import GrantQueries
 from .holds import HoldQueries
 from .keys import KeyQueries
@@ -11,5 +12,5 @@ from .metering import MeteringQueries
 from .pricing import PricingQueries
 
 
-class SqliteStore(KeyQueries, LedgerQueries, AccountQueries, MeteringQueries, GrantQueries, PricingQueries, HoldQueries):
+class SqliteStore(KeyQueries, LedgerQueries, AccountQueries, MeteringQueries, GrantQueries, PricingQueries, HoldQueries, ExportQueries):
     """The Store (base.py) on SQLite."""
