@@ -196,7 +196,7 @@ async def test_concurrent_burns_honour_eligibility_and_account_every_cent(api, d
         client(api, i).call("burnCredits", {"userId": ALICE, "amount": a, **({"meterId": meter} if m else {})})
         for i, (a, m) in enumerate(zip(requested, with_meter))
     ]
-    calls.append(api.call("voidCreditGrant", {"id": voided}))  # racing the burns: whatever it burned first stays burned
+    calls.append(api.call("voidCreditGrant", {"id": voided}))  # racing the burns: whatever they burned first stays burned
     replies = await together(calls)
     assert replies[-1].ok, replies[-1]
     burns = replies[:-1]
@@ -206,9 +206,15 @@ async def test_concurrent_burns_honour_eligibility_and_account_every_cent(api, d
         if not with_meter[i]:
             assert only_meter not in {g["id"] for g in r.result["grants"]}, "a burn without meterId used a meter-only grant"
     grants = await _grants(api, ALICE)
-    for gid in (only_meter, anything, voided):
+    for gid in (only_meter, anything):
         assert grants[gid]["remainingCents"] == grants[gid]["amountCents"] - per_grant[gid], gid
-    assert grants[voided]["voided"] is True and grants[voided]["active"] is False
+    # the void took whatever the burns had left of its grant: nothing remains, and its journal's
+    # void row holds exactly that remainder (burns and void account for all 900 cents)
+    assert (grants[voided]["voided"], grants[voided]["active"], grants[voided]["remainingCents"]) == (True, False, 0)
+    journal = (await ok(api, "listCreditTransactions", {"userId": ALICE, "grantId": voided, "limit": 1000}))["transactions"]
+    (void_row,) = [t for t in journal if t["type"] == "void"]
+    assert void_row["amount"] == -(900 - per_grant[voided]) and void_row["remainingAfter"] == 0, void_row
+    assert sum(t["amount"] for t in journal) == 0, journal
     # a burn left with overage found every grant it may use empty (or voided) at that moment, and
     # a grant only shrinks: so the grants it may use are empty at the end, the voided one aside
     if any(r.result["overage"] for r, m in zip(burns, with_meter) if not m):
@@ -299,10 +305,13 @@ async def test_concurrent_duplicate_meter_events_create_exactly_one(api, db_path
 # -- refunds against one original --------------------------------------------------------------------------
 
 async def test_concurrent_refunds_never_exceed_the_original(api, db_path):
-    deposit = (await ok(api, "deposit", {"user": ALICE, "amount": 1000}))["transactionId"]
+    """Two charges refunded by many clients at once, with refunds of a deposit (not a charge)
+    among them: every one of those is refused, whatever the interleaving."""
+    deposit = (await ok(api, "deposit", {"user": ALICE, "amount": 2000}))["transactionId"]
+    big = (await ok(api, "recordUsage", {"user": ALICE, "amount": 1000, "model": "m"}))["transactionId"]
     usage = (await ok(api, "recordUsage", {"user": ALICE, "amount": 600, "model": "m"}))["transactionId"]
     rng = random.Random(5)
-    plan = [(deposit, 30) for _ in range(40)] + [(usage, rng.randint(20, 60)) for _ in range(20)]
+    plan = [(big, 30) for _ in range(40)] + [(usage, rng.randint(20, 60)) for _ in range(20)] + [(deposit, 10) for _ in range(6)]
     plan = shuffled(plan, 6)
     replies = await together(
         client(api, i).call("refund", {"user": ALICE, "amount": a, "originalTransactionId": o}) for i, (o, a) in enumerate(plan)
@@ -316,17 +325,21 @@ async def test_concurrent_refunds_never_exceed_the_original(api, db_path):
             res = assert_created(c, r, "refund")
             assert (res["amount"], res["originalTransactionId"], res["tags"], res["type"]) == (amount, original, "refund", "deposit")
             accepted[original] += amount
+        elif original == deposit:
+            assert_error(c, r, "invalid_params", f"only a charge can be refunded: {deposit} is a deposit", param="originalTransactionId")
+            rejected[original].append(amount)
         else:
             assert_error(c, r, "invalid_params", "refund exceeds original", param="amount")
             rejected[original].append(amount)
-    assert accepted[deposit] == 990 and len(rejected[deposit]) == 7, "33 refunds of 30 fit in 1000, no more and no fewer"
+    assert accepted[big] == 990 and len(rejected[big]) == 7, "33 refunds of 30 fit in 1000, no more and no fewer"
     assert accepted[usage] <= 600 and rejected[usage], "the usage refunds ask for more than 600 in all"
     assert min(rejected[usage]) > 600 - accepted[usage], "a refund that still fitted was refused"
-    for original, amount in ((deposit, 1000), (usage, 600)):
+    assert accepted[deposit] == 0 and len(rejected[deposit]) == 6, "a deposit is no charge"
+    for original, amount in ((big, 1000), (usage, 600), (deposit, 2000)):
         (row,) = [r for r in ledger_rows(db_path, ALICE) if r["id"] == original]
         assert row["refunded"] == accepted[original] <= amount
         assert sum(r["amount"] for r in ledger_rows(db_path, ALICE, refund_of=original)) == accepted[original]
-    assert await balance(api, ALICE) == 1000 - 600 + accepted[deposit] + accepted[usage]
+    assert await balance(api, ALICE) == 2000 - 1000 - 600 + accepted[big] + accepted[usage]
     check_invariants(db_path)
 
 
@@ -438,7 +451,7 @@ async def test_big_mixed_scenario_totals_equal_what_was_acknowledged(api, clock,
     meter = (await ok(api, "createMeter", {"name": "usage", "eventName": "api-usage"}))["id"]
     grant_ids = [(await ok(api, "createCreditGrant", {"userId": u, "amountCents": 400, "priority": n}))["id"]
                  for n, u in enumerate([ALICE, ALICE, BOB])]
-    original = await ok(api, "deposit", {"user": BOB, "amount": 500, "currency": "eur"})
+    original = await ok(api, "recordUsage", {"user": BOB, "amount": 500, "currency": "eur", "model": "m"})  # a charge to refund
     # carol's expiring credit: 100 of 300 spent, then it expires; the first write forfeits 200, once
     await ok(api, "deposit", {"user": CAROL, "amount": 300, "expiresIn": 1})
     await ok(api, "recordUsage", {"user": CAROL, "amount": 100, "model": "m"})
@@ -471,7 +484,7 @@ async def test_big_mixed_scenario_totals_equal_what_was_acknowledged(api, clock,
     assert len(ops) >= 90
     replies = await together(client(api, i).call(m, p, idempotency_key=k) for i, (_, m, p, k) in enumerate(ops))
 
-    expected: Counter[tuple[str, str]] = Counter({(BOB, "eur"): 500, (CAROL, "usd"): 0})
+    expected: Counter[tuple[str, str]] = Counter({(BOB, "eur"): -500, (CAROL, "usd"): 0})
     seen_tx: set[str] = set()
     burned: Counter[str] = Counter()
     events: dict[str, list[tuple[str, str]]] = defaultdict(list)
@@ -494,6 +507,7 @@ async def test_big_mixed_scenario_totals_equal_what_was_acknowledged(api, clock,
             expected[(res["user"], res["currency"])] += sign * res["amount"]
             refunded += res["amount"] if kind == "refund" else 0
         elif kind == "burn":
+            assert ("burnId" in res) == bool(res["grants"]), res
             for g in res["grants"]:
                 burned[g["id"]] += g["burned"]
         elif kind == "events":
@@ -558,7 +572,8 @@ async def traffic(api, make_key, clock, db_path) -> dict[str, str]:
     clock.advance(days=2)
     await ok(api, "recordUsage", {"user": ALICE, "amount": 5, "currency": "eur", "model": "m"})  # forfeits 180 eur
     await ok(api, "deposit", {"user": BOB, "amount": 400, "expiresIn": 30})
-    ids["refund"] = (await ok(api, "refund", {"user": ALICE, "amount": 250, "originalTransactionId": ids["deposit"]}))["transactionId"]
+    ids["charge"] = (await ok(api, "recordUsage", {"user": ALICE, "amount": 1000, "model": "m"}))["transactionId"]
+    ids["refund"] = (await ok(api, "refund", {"user": ALICE, "amount": 250, "originalTransactionId": ids["charge"]}))["transactionId"]
     await ok(api, "grantStarterCredit", {"user": BOB})
     ids["grant"] = (await ok(api, "createCreditGrant", {"userId": ALICE, "amountCents": 800}))["id"]
     await ok(api, "burnCredits", {"userId": ALICE, "amount": 300})
@@ -601,8 +616,8 @@ def violations_of(path: str) -> str:
 
 INSERT_COPY = (
     "INSERT INTO ledger (id, tenant, user_id, currency, type, amount, tags, notes, metadata, created_at, expires_at, remaining,"
-    " refund_of, refunded, dedupe_key) SELECT id || '-copy', tenant, user_id, currency, type, amount, tags, notes, metadata,"
-    " created_at, expires_at, remaining, refund_of, refunded, NULL FROM ledger WHERE {where}"
+    " refund_of, refunded, dedupe_key, key_id, hold_id) SELECT id || '-copy', tenant, user_id, currency, type, amount, tags, notes,"
+    " metadata, created_at, expires_at, remaining, refund_of, refunded, NULL, key_id, hold_id FROM ledger WHERE {where}"
 )
 
 
@@ -616,7 +631,7 @@ async def test_checker_catches_a_balance_off_by_one(traffic, db_path, tmp_path):
     corrupt(path, "UPDATE balances SET balance = balance + 1 WHERE tenant = 1 AND user_id = 'hanzo/alice' AND currency = 'usd'")
     message = violations_of(path)
     assert "1 invariant violation(s)" in message
-    assert "balance of tenant 1 user 'hanzo/alice' usd: stored 1251 != ledger sum 1250 (off by +1)" in message, message
+    assert "balance of tenant 1 user 'hanzo/alice' usd: stored 251 != ledger sum 250 (off by +1)" in message, message
 
 
 async def test_checker_lists_every_violation_not_just_the_first(traffic, db_path, tmp_path):
@@ -640,7 +655,7 @@ async def test_checker_catches_a_duplicate_refund(traffic, db_path, tmp_path):
     path = copy_db(db_path, tmp_path / "copy.db")
     corrupt(path, INSERT_COPY.format(where="id = ?"), params=(traffic["refund"],))
     message = violations_of(path)
-    assert f"original {traffic['deposit']}: refunds sum to 500 but its refunded column is 250" in message, message
+    assert f"original {traffic['charge']}: refunds sum to 500 but its refunded column is 250" in message, message
     assert "'hanzo/alice' usd: stored" in message, "the extra refund row is also missing from the balance"
 
 
@@ -648,7 +663,7 @@ async def test_checker_catches_a_refund_beyond_its_original(traffic, db_path, tm
     path = copy_db(db_path, tmp_path / "copy.db")
     corrupt(path, "UPDATE ledger SET amount = 1001 WHERE id = ?", params=(traffic["refund"],))
     message = violations_of(path)
-    assert f"original {traffic['deposit']}: refunds sum to 1001, more than its amount 1000" in message, message
+    assert f"original {traffic['charge']}: refunds sum to 1001, more than its amount 1000" in message, message
 
 
 async def test_checker_catches_a_non_positive_ledger_amount(traffic, db_path, tmp_path):
