@@ -13,10 +13,19 @@ the server's SQLite file (a read-only connection, plain SQL, no service code):
   left at remaining 0, at most one forfeit per deposit and never more than the deposit;
 - refunds: each refund row names an original deposit/withdraw of the same tenant, user and
   currency; per original, the refunds sum to its `refunded` column and never exceed its amount;
-- credit grants: 0 <= remaining <= amount. The store keeps no record of burns (a burn is an
-  UPDATE of `remaining`: store/grants.py), so `remaining = amount - burned` is checked by the
-  tests from the burns the server acknowledged, not here; if a table of burns appears (a table
-  with `burn` in its name and `grant_id`, `amount` columns), remaining = amount - its sum;
+- who wrote it (`key_id`, if the column exists): a ledger or credit journal row names a key of its
+  own tenant, or `system` (only on what the sweep writes by itself: forfeits and expire rows), or
+  nothing ('': rows written before keys were recorded);
+- credit grants: amount > 0 and 0 <= remaining <= amount (the table's CHECKs, re-checked). Every
+  change of `remaining` is a row of the grants' journal, `credit_transactions` (store/grants.py),
+  written in the change's transaction, so when that table exists, per grant:
+  its rows (in insertion order) start with one `grant` row of +amount; each row's
+  `remaining_after` is the running sum of the amounts so far; the sum equals the grant's
+  `remaining`; signs follow the type (grant > 0, burn and expire < 0, void <= 0); a voided grant
+  keeps nothing and its journal ends with its one void row; an expire row is dated at or after the
+  grant's expiry; every row has the grant's tenant, user and currency. A `burn_id` is set on burn
+  rows only, and the rows of one burn (one burnCredits call) share its tenant, user, currency,
+  time, key and meter, touching each grant at most once; `meter_id` appears on burn rows only;
 - meter events: no idempotency key twice within a tenant;
 - holds (only if a `holds` table exists): amount > 0, status known, captured_amount set exactly
   when captured and within 1..amount, a capture's transaction a withdraw of that amount;
@@ -37,6 +46,13 @@ LEDGER_TYPES = {"deposit", "withdraw", "hold", "hold-removed", "transfer"}
 BALANCE_SIGN = {"deposit": 1, "withdraw": -1, "hold": 0, "hold-removed": 0}
 HOLD_STATUSES = {"pending", "captured", "released", "expired"}
 EXPIRED_TAG = "credit-expired"
+SYSTEM_KEY = "system"
+JOURNAL_SIGN = {  # a credit journal row's type: (its amount's sign in words, the test)
+    "grant": ("> 0", lambda a: a > 0),
+    "burn": ("< 0", lambda a: a < 0),
+    "expire": ("< 0", lambda a: a < 0),
+    "void": ("<= 0", lambda a: a <= 0),  # a void of a grant with nothing left takes nothing
+}
 
 
 def connect_ro(db_path: str | Path) -> sqlite3.Connection:
@@ -94,6 +110,10 @@ class _Checker:
             self.refunds()
         if "credit_grants" in self.tables:
             self.grants()
+            if "credit_transactions" in self.tables:
+                self.credit_journal()
+                self.burns()
+        self.writers()
         if "meter_events" in self.tables:
             self.meter_events()
         if "holds" in self.tables:
@@ -234,14 +254,107 @@ class _Checker:
                 self.bad(f"credit grant {r['id']} (tenant {r['tenant']}, {r['user_id']!r}): remaining {r['remaining']} is negative")
             elif r["amount"] is not None and r["remaining"] > r["amount"]:
                 self.bad(f"credit grant {r['id']} (tenant {r['tenant']}, {r['user_id']!r}): remaining {r['remaining']} > amount {r['amount']}")
-        for table in sorted(t for t in self.tables if "burn" in t):
-            if {"grant_id", "amount"} <= self.columns(table):
-                for r in self.q(
-                    f"SELECT g.id, g.amount, g.remaining, COALESCE(SUM(b.amount), 0) burned FROM credit_grants g"
-                    f" LEFT JOIN {table} b ON b.grant_id = g.id GROUP BY g.id"
-                ):
-                    if r["remaining"] != r["amount"] - r["burned"]:
-                        self.bad(f"credit grant {r['id']}: remaining {r['remaining']} != amount {r['amount']} - burned {r['burned']} ({table})")
+
+    def credit_journal(self) -> None:
+        grants = {r["id"]: r for r in self.q(
+            "SELECT id, tenant, user_id, currency, amount, remaining, expires_at, voided_at FROM credit_grants ORDER BY seq"
+        )}
+        rows: dict[str, list[sqlite3.Row]] = defaultdict(list)
+        for r in self.q(
+            "SELECT seq, id, tenant, grant_id, user_id, currency, type, amount, remaining_after, burn_id, meter_id,"
+            " created_at FROM credit_transactions ORDER BY seq"
+        ):
+            what = f"credit transaction {r['id']} ({r['type']} of grant {r['grant_id']})"
+            if r["type"] not in JOURNAL_SIGN:
+                self.bad(f"{what}: unknown type {r['type']!r}")
+            elif not isinstance(r["amount"], int) or not JOURNAL_SIGN[r["type"]][1](r["amount"]):
+                self.bad(f"{what}: amount {r['amount']}, but the amount of a {r['type']} row is {JOURNAL_SIGN[r['type']][0]}")
+            if not isinstance(r["remaining_after"], int) or r["remaining_after"] < 0:
+                self.bad(f"{what}: remaining_after {r['remaining_after']} is negative")
+            if (r["burn_id"] is not None) != (r["type"] == "burn"):
+                self.bad(f"{what}: burn_id {r['burn_id']!r} (a burn row has one, no other row does)")
+            if r["meter_id"] is not None and r["type"] != "burn":
+                self.bad(f"{what}: meter_id {r['meter_id']!r} on a row that is not a burn")
+            g = grants.get(r["grant_id"])
+            if g is None:
+                self.bad(f"{what}: grant {r['grant_id']} does not exist")
+                continue
+            if (r["tenant"], r["user_id"], r["currency"]) != (g["tenant"], g["user_id"], g["currency"]):
+                self.bad(f"{what} (tenant {r['tenant']}, {r['user_id']!r}, {r['currency']}) is not of its grant's"
+                         f" tenant, user and currency (tenant {g['tenant']}, {g['user_id']!r}, {g['currency']})")
+            rows[r["grant_id"]].append(r)
+        for grant_id, g in grants.items():
+            self._grant_history(g, rows.get(grant_id, []))
+        for r in self.q("SELECT id, COUNT(*) n FROM credit_transactions GROUP BY id HAVING n > 1"):
+            self.bad(f"credit transaction id {r['id']} appears {r['n']} times")
+
+    def _grant_history(self, g: sqlite3.Row, rows: list[sqlite3.Row]) -> None:
+        name = f"credit grant {g['id']} (tenant {g['tenant']}, {g['user_id']!r})"
+        if not rows:
+            self.bad(f"{name}: no journal rows, but remaining {g['remaining']}")
+            return
+        first, creations = rows[0], [r for r in rows if r["type"] == "grant"]
+        if first["type"] != "grant" or first["amount"] != g["amount"] or len(creations) != 1:
+            self.bad(f"{name}: the journal does not open with one grant row of +{g['amount']}"
+                     f" (first: {first['type']} {first['amount']}; {len(creations)} grant row(s))")
+        running = 0
+        for r in rows:
+            running += r["amount"] if isinstance(r["amount"], int) else 0
+            if r["remaining_after"] != running:
+                self.bad(f"{name}: credit transaction {r['id']} ({r['type']}) says remaining_after {r['remaining_after']},"
+                         f" but the rows up to it sum to {running}")
+                break  # one break in the chain makes every later row disagree too
+        total = sum(r["amount"] for r in rows if isinstance(r["amount"], int))
+        if total != g["remaining"]:
+            self.bad(f"{name}: journal sums to {total} but remaining is {g['remaining']} (off by {g['remaining'] - total:+d})")
+        voids = [r for r in rows if r["type"] == "void"]
+        if g["voided_at"] is None and voids:
+            self.bad(f"{name}: not voided, but its journal has a void row ({voids[0]['id']})")
+        if g["voided_at"] is not None:
+            if g["remaining"] != 0:
+                self.bad(f"{name}: voided but remaining is still {g['remaining']}")
+            if len(voids) != 1 or rows[-1]["type"] != "void":
+                self.bad(f"{name}: voided, but its journal does not end with its one void row"
+                         f" ({len(voids)} void row(s); last: {rows[-1]['type']})")
+        expires = [r for r in rows if r["type"] == "expire"]
+        if len(expires) > 1:
+            self.bad(f"{name}: expired {len(expires)} times")
+        for r in expires:
+            if g["expires_at"] is None or r["created_at"] < g["expires_at"]:
+                self.bad(f"{name}: expire row {r['id']} at {r['created_at']}, but the grant expires at {g['expires_at']}")
+
+    def burns(self) -> None:
+        per_burn: dict[str, list[sqlite3.Row]] = defaultdict(list)
+        for r in self.q("SELECT id, burn_id, tenant, user_id, currency, created_at, key_id, meter_id, grant_id"
+                        " FROM credit_transactions WHERE burn_id IS NOT NULL AND type = 'burn' ORDER BY seq"):
+            per_burn[r["burn_id"]].append(r)
+        for burn_id, rows in per_burn.items():
+            call = {(r["tenant"], r["user_id"], r["currency"], r["created_at"], r["key_id"], r["meter_id"]) for r in rows}
+            if len(call) > 1:
+                self.bad(f"burn {burn_id}: its rows ({', '.join(r['id'] for r in rows)}) are not of one call:"
+                         f" (tenant, user, currency, time, key, meter) differ: {sorted(call, key=repr)}")
+            grants = [r["grant_id"] for r in rows]
+            for grant_id in sorted({g for g in grants if grants.count(g) > 1}):
+                self.bad(f"burn {burn_id}: burns grant {grant_id} {grants.count(grant_id)} times")
+
+    def writers(self) -> None:
+        if "api_keys" not in self.tables:
+            return
+        keys = {r["id"]: r["tenant"] for r in self.q("SELECT id, tenant FROM api_keys")}
+        for table, what, by_system in (("ledger", "ledger row", f"tags = '{EXPIRED_TAG}'"),
+                                       ("credit_transactions", "credit transaction", "type = 'expire'")):
+            if table not in self.tables or "key_id" not in self.columns(table):
+                continue
+            for r in self.q(f"SELECT id, tenant, key_id, {by_system} AS by_system FROM {table} ORDER BY seq"):
+                key = r["key_id"]
+                if key is None:
+                    self.bad(f"{what} {r['id']}: key_id is NULL")
+                elif key == SYSTEM_KEY:
+                    if not r["by_system"]:
+                        self.bad(f"{what} {r['id']}: written by {SYSTEM_KEY!r}, but the server writes only forfeits"
+                                 f" and expire rows by itself")
+                elif key != "" and keys.get(key) != r["tenant"]:
+                    self.bad(f"{what} {r['id']} (tenant {r['tenant']}): key_id {key!r} is not a key of its tenant")
 
     def meter_events(self) -> None:
         for r in self.q(
