@@ -6,7 +6,7 @@ from what that write returned, so an idempotent replay answers byte for byte the
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from ..context import Context
 from ..errors import Conflict, InsufficientFunds, InvalidParams, NotFound
@@ -14,7 +14,9 @@ from ..store import HoldRow, Missing, NewEntry, NewHold, NotPending, OutOfRange,
 from ..times import SECOND, format_ts
 from .ledger import LOTS, USAGE_TAG, available
 
-_OPTIONAL = ("capturedAmount", "transactionId", "requestId", "metadata")
+_OPTIONAL: tuple[Literal["capturedAmount", "transactionId", "requestId", "metadata"], ...] = (
+    "capturedAmount", "transactionId", "requestId", "metadata",
+)
 
 
 def hold_result(h: HoldRow) -> dict[str, Any]:
@@ -22,7 +24,9 @@ def hold_result(h: HoldRow) -> dict[str, Any]:
         "holdId": h["holdId"], "user": h["user"], "currency": h["currency"], "amount": h["amount"], "status": h["status"],
         "expiresAt": format_ts(h["expiresAt"]), "createdAt": format_ts(h["createdAt"]),
     }
-    out.update((k, h[k]) for k in _OPTIONAL if h[k] is not None)
+    for key in _OPTIONAL:
+        if h[key] is not None:
+            out[key] = h[key]
     if h["settledAt"] is not None:
         out["settledAt"] = format_ts(h["settledAt"])
     return out
@@ -32,7 +36,7 @@ async def create_hold(ctx: Context, p: Any) -> dict[str, Any]:
     def covered(balance: int, holds: int) -> bool:
         """The funds check: a hold takes at most what is available, unless the caller allows
         an overdraft. Run by the store inside the hold's own transaction."""
-        return p.allowOverdraft or p.amount <= available(balance, holds)
+        return bool(p.allowOverdraft) or p.amount <= available(balance, holds)
 
     try:
         row = await ctx.store.create_hold(ctx.tenant, NewHold(

@@ -41,7 +41,7 @@ async def invoice_preview(ctx: Context, p: Any) -> dict[str, Any]:
                      for meter in await store.list_meters(tenant)]
     except SumOutOfRange:
         raise InvalidParams(SUM_OUT_OF_RANGE) from None
-    line_items = []
+    line_items: list[dict[str, Any]] = []
     try:
         for meter, (quantity, count) in usage:
             if count == 0:

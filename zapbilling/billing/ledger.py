@@ -132,7 +132,9 @@ async def grant_starter_credit(ctx: Context, p: Any) -> dict[str, Any]:
         metadata={"creditType": "starter", "expiryDays": STARTER_CREDIT_DAYS},
         expires_at=ctx.now + STARTER_CREDIT_DAYS * DAY, dedupe_key=STARTER_CREDIT_TAG,
     ))
-    return _transaction(row) | {"expiresAt": format_ts(row["expiresAt"])}
+    expires_at = row["expiresAt"]
+    assert expires_at is not None, "a starter credit always expires"
+    return _transaction(row) | {"expiresAt": format_ts(expires_at)}
 
 
 def is_charge(row: LedgerRow) -> bool:

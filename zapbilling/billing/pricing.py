@@ -28,7 +28,8 @@ class Price(NamedTuple):
 
 
 def _get(tier: Any, name: str) -> int:
-    return tier[name] if isinstance(tier, dict) else getattr(tier, name)
+    value: int = tier[name] if isinstance(tier, dict) else getattr(tier, name)
+    return value
 
 
 def check_rule(model: str, unit_price: int, tiers: list[Any]) -> None:

@@ -121,7 +121,9 @@ def _capture_hold(
         held = _refuse_settlement(conn, tenant, hold_id, now)
         raise OverCapture(amount or held, held)
     hold = hold_row(row)
-    tx = append_entry(conn, tenant, charge(hold, hold["capturedAmount"]))
+    captured = hold["capturedAmount"]
+    assert captured is not None, "the capture's UPDATE set it"
+    tx = append_entry(conn, tenant, charge(hold, captured))
     conn.execute("UPDATE holds SET transaction_id = ? WHERE tenant = ? AND id = ?", (tx["id"], tenant, hold_id))
     return hold | {"transactionId": tx["id"]}
 

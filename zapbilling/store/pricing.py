@@ -27,7 +27,7 @@ class PricingQueries(SqliteBase):
         self, tenant: int, meter_id: str | None = None, plan_id: str | None = None, currency: str | None = None
     ) -> list[RuleRow]:
         """In creation order, optionally only one meter's, one plan's or one currency's."""
-        where, params = "tenant = ?", [tenant]
+        where, params = "tenant = ?", list[Any]([tenant])
         for column, value in (("meter_id", meter_id), ("plan_id", plan_id), ("currency", currency)):
             if value is not None:
                 where += f" AND {column} = ?"

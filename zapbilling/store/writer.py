@@ -13,11 +13,12 @@ import asyncio
 import logging
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 log = logging.getLogger("zapbilling.store")
 
 Job = Callable[..., Any]
+T = TypeVar("T")
 MAX_BATCH = 256
 
 
@@ -36,11 +37,11 @@ class Writer:
         self._conn = await loop.run_in_executor(self._pool, self._connect)
         self._task = asyncio.create_task(self._loop(), name="zapbilling-writer")
 
-    async def run(self, job: Job, *args: Any) -> Any:
+    async def run(self, job: Callable[..., T], *args: Any) -> T:
         """Run `job(conn, *args)` atomically in the writer; return its result once committed."""
         if self._closing or self._task is None:
             raise RuntimeError("the store is closed")
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._pending.append((job, args, future))
         self._wake.set()
         return await future
