@@ -17,11 +17,12 @@ check_invariants holds after every test (autouse fixture).
 """
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
-from conftest import REGISTRY, Api, assert_error, ok
+from conftest import REGISTRY, TRANSPORTS, Api, assert_error, ok
 from invariants import check_invariants
 
 from zapbilling.app import STORE, sweep_once
@@ -558,7 +559,7 @@ async def test_the_journal_is_per_currency_and_per_user(api, server):
     await assert_journal_sums(api)
 
 
-@pytest.mark.parametrize("write", ["burn", "create", "void"])
+@pytest.mark.parametrize("write", ["burn", "create", "void", "void the expired grant"])
 async def test_the_expire_row_is_written_by_the_next_write_on_the_users_grants(api, clock, server, write):
     key = await key_id_of(server, api.key)
     expiring = (await ok(api, "createCreditGrant", {"userId": ALICE, "amountCents": 700, "expiresIn": "1h", "priority": -1}))["id"]
@@ -593,9 +594,12 @@ async def test_the_expire_row_is_written_by_the_next_write_on_the_users_grants(a
     elif write == "create":
         made = (await ok(writer, "createCreditGrant", {"userId": ALICE, "amountCents": 10}))["id"]
         then = [ct(made, "grant", 10, 10, written_at, writer_id)]
-    else:
+    elif write == "void":
         await ok(writer, "voidCreditGrant", {"id": lasting})
         then = [ct(lasting, "void", -100, 0, written_at, writer_id)]
+    else:  # expired first, then voided with nothing left
+        await ok(writer, "voidCreditGrant", {"id": expiring})
+        then = [ct(expiring, "void", 0, 0, written_at, writer_id)]
     rows = await credit_rows(api)
     assert rows[len(then) + 1:] == before
     assert without_ids(rows[:len(then) + 1]) == then + [
@@ -606,7 +610,9 @@ async def test_the_expire_row_is_written_by_the_next_write_on_the_users_grants(a
     assert (grants[expiring]["remainingCents"], grants[spent]["remainingCents"]) == (0, 0)
     await assert_journal_sums(api)
     await ok(api, "burnCredits", {"userId": ALICE, "amount": 1})
-    assert [r["type"] for r in await credit_rows(api, grantId=expiring)] == ["expire", "burn", "grant"], "expired once"
+    assert [r["type"] for r in await credit_rows(api, grantId=expiring)] in (
+        ["expire", "burn", "grant"], ["void", "expire", "burn", "grant"]), "expired once"
+    assert [r["type"] for r in await credit_rows(api, grantId=spent)] == ["burn", "grant"], "nothing left to expire"
 
 
 async def test_the_expire_row_is_written_by_the_sweep(api, clock, server):
@@ -693,3 +699,34 @@ async def test_invoice_preview_writes_no_journal_row(any_api, clock):
     assert await credit_rows(api) == before
     assert {g: r["remainingCents"] for g, r in (await grants_of(api)).items()} == {g: r["remainingCents"] for g, r in grants.items()}
     await assert_journal_sums(api)
+
+
+async def test_each_burn_id_names_exactly_the_rows_of_its_call_even_concurrently(api):
+    for i in range(4):
+        await ok(api, "createCreditGrant", {"userId": ALICE, "amountCents": 250, "priority": i % 2})
+    calls = [api.using(TRANSPORTS[i % 3]).call("burnCredits", {"userId": ALICE, "amount": 7 + i % 5 * 20}) for i in range(30)]
+    burns = [r.result for r in await asyncio.gather(*calls)]
+    assert all(burns) and sum(b["burned"] for b in burns) == 1000, "the grants run out: some burns get nothing"
+    rows = [r for p in await every_page(api, "listCreditTransactions", "transactions", "id", 1000, userId=ALICE) for r in p]
+    by_burn: dict[str, list[tuple[str, int, int]]] = {}
+    for r in reversed(rows):  # oldest first: the order each burn wrote its rows
+        if r["type"] == "burn":
+            by_burn.setdefault(r["burnId"], []).append((r["grantId"], -r["amount"], r["remainingAfter"]))
+    burned = [b for b in burns if b["burned"]]
+    assert len(by_burn) == len(burned), "one burnId per call that burned"
+    for b in burns:
+        if b["burned"]:
+            assert by_burn[b["burnId"]] == [(g["id"], g["burned"], g["remainingCents"]) for g in b["grants"]], b
+        else:
+            assert "burnId" not in b and b["grants"] == []
+    await assert_journal_sums(api)
+
+
+async def test_a_replayed_burn_answers_its_burn_id_and_writes_nothing(any_api):
+    api = any_api
+    await ok(api, "createCreditGrant", {"userId": ALICE, "amountCents": 100})
+    first = await ok(api, "burnCredits", {"userId": ALICE, "amount": 30}, idempotency_key="burn-1")
+    rows = await credit_rows(api)
+    again = await ok(api, "burnCredits", {"userId": ALICE, "amount": 30}, idempotency_key="burn-1")
+    assert again == first and await credit_rows(api) == rows
+    assert [r.get("burnId") for r in rows] == [first["burnId"], None]
