@@ -379,6 +379,7 @@ def test_a_database_from_before_the_journal_migrates_into_one_the_checker_accept
                  ('cg_expired', 1, 'u', '', 100, 70, 'usd', 0, 5, 6, '[]', '', NULL, 5);
     """)
     con.close()
+    assert find_violations(path) == [], "no journal and no key_id yet: nothing of theirs to check"
     con = sqlite3.connect(path)
     assert migrate(con) == [v for v, _, _ in scripts()[3:]]
     journal = con.execute("SELECT grant_id, type, amount, remaining_after, key_id FROM credit_transactions ORDER BY seq").fetchall()
