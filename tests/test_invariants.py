@@ -6,7 +6,8 @@ As in test_concurrency's checker tests: a copy of a database after real traffic 
 a refund, a capture, forfeits by a call and by the sweep) passes, and each corruption, made
 with one or two direct statements on the copy, must be reported by name. Then: the database
 itself refuses what its CHECK constraints forbid (plain sqlite3 on a migrated file), and a
-database written before the journal existed is migrated into one the checker accepts.
+database written before the journal existed is migrated into one the checker accepts, whose
+history the API then shows (keyId "" for the rows written before keys were recorded).
 """
 from __future__ import annotations
 
@@ -16,11 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ok
+from conftest import Api, FakeClock, ok
 from invariants import check_invariants, find_violations
 
-from zapbilling.app import STORE, sweep_once
+from zapbilling.app import STORE, create_app, sweep_once
+from zapbilling.config import Config, server_options
 from zapbilling.store.migrations import migrate, scripts
+from zapbilling.times import system_clock
 
 ALICE, BOB, CAROL = "hanzo/alice", "hanzo/bob", "hanzo/carol"
 
@@ -356,8 +359,8 @@ async def test_the_schema_refuses_what_its_checks_forbid(traffic, copy):
 
 # -- a database from before the journal, migrated ------------------------------------------------
 
-def test_a_database_from_before_the_journal_migrates_into_one_the_checker_accepts(tmp_path):
-    path = str(tmp_path / "old.db")
+def old_database(path: str) -> str:
+    """A database at migration 0003 (before the journal and key_id), with a little of everything."""
     con = sqlite3.connect(path, isolation_level=None)
     con.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)")
     for version, name, sql in scripts()[:3]:
@@ -379,6 +382,11 @@ def test_a_database_from_before_the_journal_migrates_into_one_the_checker_accept
                  ('cg_expired', 1, 'u', '', 100, 70, 'usd', 0, 5, 6, '[]', '', NULL, 5);
     """)
     con.close()
+    return path
+
+
+def test_a_database_from_before_the_journal_migrates_into_one_the_checker_accepts(tmp_path):
+    path = old_database(str(tmp_path / "old.db"))
     assert find_violations(path) == [], "no journal and no key_id yet: nothing of theirs to check"
     con = sqlite3.connect(path)
     assert migrate(con) == [v for v, _, _ in scripts()[3:]]
@@ -397,3 +405,26 @@ def test_a_database_from_before_the_journal_migrates_into_one_the_checker_accept
     ])
     # the expired grant keeps its 70 until a write or the sweep journals its expiry
     assert grants == {"cg_new": 100, "cg_burned": 40, "cg_voided": 0, "cg_spent": 0, "cg_expired": 70}
+
+
+async def test_a_migrated_database_shows_its_history_through_the_api(tmp_path, aiohttp_server, session):
+    path = old_database(str(tmp_path / "old.db"))
+    clock = FakeClock()
+    config = Config(db=path, clock=clock, sweep_seconds=3600)
+    server = await aiohttp_server(create_app(config), **server_options(config))
+    key_id, secret = await server.app[STORE].create_key("acme", "live", "admin", system_clock())
+    api = Api(session, str(server.make_url("")).rstrip("/"), secret)
+    rows = (await ok(api, "listTransactions", {"user": "u"}))["transactions"]
+    assert [(r["transactionId"], r["keyId"], r.get("holdId")) for r in rows] == [("tx_2", "", "hold_1"), ("tx_1", "", None)]
+    journal = (await ok(api, "listCreditTransactions", {"userId": "u", "grantId": "cg_voided"}))["transactions"]
+    assert [(r["type"], r["amount"], r["remainingAfter"], r["keyId"]) for r in journal] == [
+        ("void", -30, 0, ""), ("burn", -70, 30, ""), ("grant", 100, 100, "")]
+    assert journal[1]["burnId"]
+    burn = await ok(api, "burnCredits", {"userId": "u", "amount": 10})  # journals cg_expired's expiry first
+    journal = (await ok(api, "listCreditTransactions", {"userId": "u", "grantId": "cg_expired"}))["transactions"]
+    assert [(r["type"], r["amount"], r["remainingAfter"], r["keyId"]) for r in journal] == [
+        ("expire", -70, 0, key_id), ("burn", -30, 70, ""), ("grant", 100, 100, "")]
+    assert [(g["id"], g["burned"]) for g in burn["grants"]] == [("cg_new", 10)]
+    accounts = (await ok(api, "listAccounts", {}))["accounts"]
+    assert accounts == [{"user": "u", "balance": 800, "holds": 0, "available": 800}]
+    check_invariants(path)
