@@ -106,7 +106,7 @@ struct RefundRequest
   user Text
   currency Text = "usd"
   amount Int64                    # cents, positive; all refunds of one original <= its amount
-  originalTransactionId Text      # a deposit or withdraw of the same user and currency
+  originalTransactionId Text      # a charge (withdraw) of the same user and currency
   notes Text?                     # default "Refund: <amount> cents <currency> (original tx: <id>)"
 
 struct RefundResult
@@ -433,7 +433,7 @@ interface BillingService
   # The one-time $5.00 welcome credit, expiring after 30 days; a repeat returns the original.
   grantStarterCredit (user Text) -> (result StarterCreditResult)
     @http POST /api/v1/billing/credit 201
-  # Give back money against an earlier deposit or withdraw, never more than its amount.
+  # Give back money against an earlier charge (a withdraw), never more than its amount.
   refund (request RefundRequest) -> (result RefundResult)
     @http POST /api/v1/billing/refund 201
   # Define a usage meter.

@@ -1,5 +1,6 @@
-"""Go-style durations (`720h`, `1h30m`, `90m`, `1.5h`, `300ms`), as the reference's callers
-send `expiresIn` for credit grants, parsed exactly into integer microseconds."""
+"""Go-style durations (`720h`, `1h30m`, `90m`, `1.5h`, `300ms`), as callers of the Go billing
+package that zapbilling's contract was first written against send `expiresIn` for credit
+grants, parsed exactly into integer microseconds."""
 from __future__ import annotations
 
 import re

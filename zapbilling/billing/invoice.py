@@ -1,6 +1,6 @@
 """Invoice preview: usage x pricing - credits for one user and period. A preview reads and
 computes; it writes nothing, so calling it twice gives the same answer and every grant stays
-as it was (the reference spent the user's grants while previewing)."""
+as it was (the Go reference service spent the user's grants while previewing)."""
 from __future__ import annotations
 
 from typing import Any

@@ -1,7 +1,7 @@
 """Pricing maths in integer cents: per unit, graduated (`tiered`) and volume tiers.
 
 A tier is {upTo, price, flat}. `upTo` is the cumulative last unit of the tier for both tiered
-models (the reference read it as a width for graduated pricing: a Fix); 0 means no upper bound
+models (the Go reference service read it as a width for graduated pricing: a Fix); 0 means no upper bound
 and is required on the last tier and allowed only there, as Stripe requires. Python integers do
 not overflow, so every total is checked against the int64 range before it leaves this module.
 """

@@ -85,7 +85,7 @@ def _parsed_by(parse: Callable[[str], Any], expected: str, suffix: str = "") -> 
 
 
 timestamp = _parsed_by(parse_ts, "RFC 3339 or YYYY-MM-DD")
-period_bound = _parsed_by(parse_ts, "RFC 3339 or YYYY-MM-DD", " format")  # the reference's wording
+period_bound = _parsed_by(parse_ts, "RFC 3339 or YYYY-MM-DD", " format")  # the Go reference service's wording, kept for its callers
 go_duration = _parsed_by(parse_duration, "a positive duration such as 720h, 1h30m or 90m")
 
 

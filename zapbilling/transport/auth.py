@@ -1,4 +1,4 @@
-"""API keys from the Authorization header: `Bearer <key>`, a bare key (as the reference's own
+"""API keys from the Authorization header: `Bearer <key>`, a bare key (as the Go reference service's own
 tests send it) or HTTP Basic with the key as user name (as Stripe's callers do). Keys in the
 query string are refused on purpose: URLs end up in logs."""
 from __future__ import annotations
