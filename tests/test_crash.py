@@ -5,7 +5,8 @@ The server runs as a child process (tests/procs.py) on a real port and a real SQ
 `--durability full`. A storm of WORKERS concurrent clients writes to it: deposits over REST,
 recordUsage with a unique requestId over ZAP/msgpack (with an `api-usage` meter, so each one is
 a ledger row *and* a meter event in one transaction), meter-event batches (REST and ZAP/JSON),
-createCreditGrant over REST and burnCredits over ZAP/msgpack, and refunds of earlier deposits.
+createCreditGrant over REST and burnCredits over ZAP/msgpack, and refunds of earlier charges
+(recordUsage withdrawals: only a charge can be refunded).
 Each worker owns one user and writes sequentially, so when the server dies a worker has at most
 one write whose answer it never got ("in flight"), and the exact state of its user follows from
 its acknowledged writes plus, for that one write, "applied" or "not applied".
@@ -111,7 +112,7 @@ class Account:
     user: str
     balance: int = 0
     ledger: dict[str, tuple[str, int]] = field(default_factory=dict)  # tx id -> (type, amount)
-    deposits: dict[str, int] = field(default_factory=dict)  # refundable deposits: id -> amount
+    charges: dict[str, int] = field(default_factory=dict)  # refundable charges (usage): id -> amount
     refunded: dict[str, int] = field(default_factory=dict)  # original id -> refunded total
     usage: dict[str, tuple[str, int]] = field(default_factory=dict)  # requestId -> (tx id, amount)
     events: dict[str, int] = field(default_factory=dict)  # crash-events event id -> value
@@ -123,12 +124,12 @@ class Account:
     # each apply_* takes what the server said (or what the file holds, for a write found present)
     def apply_deposit(self, tx: str, amount: int) -> None:
         self.ledger[tx] = ("deposit", amount)
-        self.deposits[tx] = amount
         self.balance += amount
 
     def apply_usage(self, request_id: str, tx: str, amount: int) -> None:
         self.ledger[tx] = ("withdraw", amount)
         self.usage[request_id] = (tx, amount)
+        self.charges[tx] = amount
         self.balance -= amount
 
     def apply_refund(self, tx: str, original: str, amount: int) -> None:
@@ -173,7 +174,7 @@ class Storm:
         kinds = ["deposit"] * 25 + ["usage"] * 30 + ["events"] * 15 + ["grant"] * 10
         if a.credit() > 0:
             kinds += ["burn"] * 12
-        refundable = [tx for tx, amount in a.deposits.items() if amount > a.refunded.get(tx, 0)]
+        refundable = [tx for tx, amount in a.charges.items() if amount > a.refunded.get(tx, 0)]
         if refundable:
             kinds += ["refund"] * 8
         kind = rng.choice(kinds)
@@ -194,7 +195,7 @@ class Storm:
             params = {"userId": a.user, "amount": rng.randint(1, a.credit() + 500)}
         else:
             original = rng.choice(refundable)
-            left = a.deposits[original] - a.refunded.get(original, 0)
+            left = a.charges[original] - a.refunded.get(original, 0)
             params = {"user": a.user, "amount": rng.randint(1, left), "originalTransactionId": original, "notes": op_id}
         return Op(op_id, kind, a.user, params)
 
@@ -246,6 +247,7 @@ class Storm:
         elif op.kind == "burn":
             expected = min(p["amount"], a.credit())  # the worker is sequential: nothing else burns meanwhile
             assert r["burned"] == expected and r["burned"] + r["overage"] == p["amount"], (r, expected)
+            assert ("burnId" in r) == bool(r["grants"]), r  # a burn that took something names its journal rows
             for g in r["grants"]:
                 a.grants[g["id"]].remaining -= g["burned"]
                 assert a.grants[g["id"]].remaining == g["remainingCents"], (g, a.grants[g["id"]])
@@ -410,10 +412,10 @@ class Checker:
                 stored = {c: (b, h) for c, b, h in rows}
                 if stored.get("usd", (0, 0)) != (a.balance, 0) or set(stored) - {"usd"}:
                     self.problem(f"{a.user}: balances row {stored} != expected usd {a.balance}")
-                for original, amount in a.deposits.items():
+                for original, amount in a.charges.items():
                     (refunded,), = con.execute("SELECT refunded FROM ledger WHERE id = ?", (original,)).fetchall() or [(None,)]
                     if refunded != a.refunded.get(original, 0):
-                        self.problem(f"{a.user}: deposit {original} refunded {refunded} != expected {a.refunded.get(original, 0)}")
+                        self.problem(f"{a.user}: charge {original} refunded {refunded} != expected {a.refunded.get(original, 0)}")
                 for request_id, (tx, _) in a.usage.items():
                     row = con.execute("SELECT id FROM ledger WHERE user_id = ? AND dedupe_key = ?",
                                       (a.user, f"usage:{request_id}")).fetchone()
