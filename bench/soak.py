@@ -15,10 +15,11 @@ warmup + seconds have passed. Each client loops over a weighted mix of calls:
   summaries, credit balances and grants, invoicePreview;
 - writes: deposits (some with an Idempotency-Key sent twice: the replay must give the same
   transaction), recordUsage with unique requestIds, meter-event batches, createCreditGrant then
-  burnCredits, refunds of the client's own earlier deposits;
+  burnCredits, refunds of the client's own earlier charges (its recordUsage withdrawals);
 - calls that must fail the way the contract says: unknown ids (404 / -32004), invalid params
-  (400 / -32602), a read-only key writing (403 / -32003), an unknown key (401 / -32001), an
-  unknown ZAP method (-32601). Those count as expected.
+  (400 / -32602; among them a refund of a deposit: only a charge can be refunded), a read-only
+  key writing (403 / -32003), an unknown key (401 / -32001), an unknown ZAP method (-32601).
+  Those count as expected.
 Each answer is checked against what that call must answer (status, ZAP code, error kind, and a
 few result fields). Unexpected: any 5xx, any -32000, a connection error or timeout, an error kind
 or status the call should not get, or a wrong result.
@@ -185,13 +186,14 @@ class World:
 
 class Client:
     """One simulated caller: its own user (for sequences that must succeed: refunds of its own
-    deposits, burns of its own grants) and a share of a few hot users."""
+    charges, burns of its own grants) and a share of a few hot users."""
 
     def __init__(self, index: int, api: Api, world: World, rng: random.Random):
         self.i, self.api, self.w, self.rng = index, api, world, rng
         self.user = f"{ORG}/c{index}"
         self.n = 0
-        self.deposits: list[list[int | str]] = []  # [transaction id, amount, refunded]
+        self.deposits: list[str] = []  # transaction ids of its own deposits (not refundable)
+        self.charges: list[list[int | str]] = []  # its own usage charges: [transaction id, amount, refunded]
         self.grants = 0
         self.ops: list[tuple[str, Callable[[], Awaitable[None]], int]] = [
             # reads
@@ -212,6 +214,7 @@ class Client:
             # calls that must fail as the contract says
             ("err.getMeter404", self.unknown_meter, 2),
             ("err.refund404", self.unknown_refund, 2),
+            ("err.refundDeposit", self.refund_deposit, 1),
             ("err.burn404", self.burn_unknown_meter, 1),
             ("err.void404", self.void_unknown, 1),
             ("err.invalidParams", self.invalid_params, 2),
@@ -298,7 +301,7 @@ class Client:
         amount = self.rng.randint(1, 10_000)
         d = await self.api.rest("POST", "/api/v1/billing/deposit", body={"user": self.user, "amount": amount}, status=201)
         expect(d["amount"] == amount and d["transactionId"].startswith("tx_"), f"deposit {d}")
-        self.deposits.append([d["transactionId"], amount, 0])
+        self.deposits.append(d["transactionId"])
 
     async def deposit_replay(self) -> None:
         body = {"user": self.some_user(), "amount": self.rng.randint(1, 500), "notes": "replayed"}
@@ -307,12 +310,14 @@ class Client:
         again = await self.api.rest("POST", "/api/v1/billing/deposit", body=body, status=201, headers=headers)
         expect(first == again, f"an idempotent replay answered {again}, the first answer was {first}")
 
-    async def record_usage(self) -> None:
+    async def record_usage(self, user: str | None = None) -> None:
         amount = self.rng.randint(1, 500)
-        params = {"user": self.some_user(), "amount": amount, "model": self.rng.choice(("gpt-x", "claude-y")),
+        params = {"user": user or self.some_user(), "amount": amount, "model": self.rng.choice(("gpt-x", "claude-y")),
                   "provider": "p", "totalTokens": self.rng.randint(1, 4000), "requestId": self.next_id()}
         u = await self.api.zap("recordUsage", params)
         expect(u["amount"] == amount and u["type"] == "withdraw" and u["transactionId"], f"usage {u}")
+        if params["user"] == self.user:
+            self.charges.append([u["transactionId"], amount, 0])
 
     async def meter_events(self) -> None:
         events = [{"meterId": self.rng.choice((self.w.events_meter, self.w.count_meter)), "userId": self.some_user(),
@@ -334,11 +339,12 @@ class Client:
         want = self.rng.randint(1, 3000)
         b = await self.api.zap("burnCredits", {"userId": self.user, "amount": want})
         expect(b["requested"] == want and b["burned"] + b["overage"] == want and b["burned"] >= min(want, amount), f"burn {b}")
+        expect(str(b.get("burnId", "")).startswith("burn_") == bool(b["grants"]), f"burn {b}: a burn_ id when it took something")
 
     async def refund(self) -> None:
-        open_ = [d for d in self.deposits if d[2] < d[1]]
+        open_ = [c for c in self.charges if c[2] < c[1]]
         if not open_:
-            return await self.deposit()
+            return await self.record_usage(self.user)
         d = self.rng.choice(open_)
         amount = self.rng.randint(1, int(d[1]) - int(d[2]))
         r = await self.api.rest("POST", "/api/v1/billing/refund", status=201,
@@ -355,6 +361,12 @@ class Client:
 
     async def unknown_refund(self) -> None:
         await self.api.zap("refund", {"user": self.user, "amount": 5, "originalTransactionId": "tx_nope"}, error="not_found")
+
+    async def refund_deposit(self) -> None:
+        if not self.deposits:
+            await self.deposit()
+        original = self.rng.choice(self.deposits)
+        await self.api.zap("refund", {"user": self.user, "amount": 1, "originalTransactionId": original}, error="invalid_params")
 
     async def burn_unknown_meter(self) -> None:
         await self.api.zap("burnCredits", {"userId": self.user, "amount": 5, "meterId": "mtr_nope"}, error="not_found")
