@@ -4,7 +4,9 @@ schemas/, on ZAP/JSON, ZAP/msgpack, REST and the generated client (sync and asyn
 - a valid call (the method's example in schemas/examples/) answers a result with exactly the
   declared fields, each of the declared type;
 - leaving out each required parameter gives the contract's `<name> is required` error;
-- a wrongly typed value for each parameter gives invalid params naming that parameter.
+- a wrongly typed value for each parameter gives invalid params naming that parameter;
+- a parameter the method does not declare gives `unknown parameter: <name>` (in a struct or a
+  list of structs: `<param>[i].<name>`), ahead of a missing or wrongly typed one.
 
 A method without an example fails here, so a method cannot be added to the schema untested.
 """
@@ -294,6 +296,91 @@ async def test_wrongly_typed_parameter_gives_invalid_params(api, path, schema, w
         checked += 1
     if not checked:
         pytest.skip(f"{wire}: no parameter can be sent with a wrong type on {transport}")
+
+
+# -- strict input: undeclared names ------------------------------------------------------------------
+
+NO_UNDECLARED = "the generated client takes only the declared parameters as keyword arguments: it cannot send an undeclared name"
+
+
+def misspelt(name: str, declared: set[str]) -> str:
+    """A likely typo of `name` that is not itself declared (`upTo` -> `upto`, `value` -> `valeu`)."""
+    for typo in (name.lower(), name[:-2] + name[-1] + name[-2], name + "s", name + "_x"):
+        if typo != name and typo not in declared:
+            return typo
+    raise AssertionError(f"no typo of {name} is free")
+
+
+def unknown_top_level(method: Method, schema: Schema, params: dict[str, Any], skip: set[str]) -> tuple[str, Any]:
+    """(an undeclared name, a value for it): a typo of a parameter the call sends, else `bogus`."""
+    declared = {f.name for f in schema.flat_params(method)}
+    sent = [k for k in params if k not in skip]
+    if not sent:
+        return "bogus", "x"
+    return misspelt(sent[0], declared), params[sent[0]]
+
+
+def nested_unknowns(method: Method, schema: Schema, params: dict[str, Any]) -> list[tuple[dict[str, Any], str]]:
+    """For each struct or list-of-struct parameter (the example must fill it): (params with a
+    typo of a field the struct sends added to it, or to the list's last item; its path)."""
+    cases = []
+    for f in schema.flat_params(method):
+        value = params.get(f.name)
+        item_type = f.type.args[0] if f.type.name == "List" else f.type
+        if item_type.name not in schema.structs:
+            continue
+        assert value, f"{method.name}'s example leaves {f.name} empty: give it a value to check its fields by"
+        fields = [g.name for g in schema.structs[item_type.name].fields]
+        item = value[-1] if f.type.name == "List" else value
+        typo = misspelt(next(iter(item), fields[0]), set(fields))  # tiers[1].upTo -> tiers[1].upto
+        if f.type.name == "List":
+            i = len(value) - 1
+            cases.append(({**params, f.name: [*value[:i], {**item, typo: 1}]}, f"{f.name}[{i}].{typo}"))
+        else:
+            cases.append(({**params, f.name: {**item, typo: 1}}, f"{f.name}.{typo}"))
+    return cases
+
+
+def from_query(transport: str, method: Method) -> bool:
+    return transport == "rest" and method.http is not None and method.http.verb in ("GET", "DELETE")
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize("path, schema, wire, method", CASES)
+async def test_an_undeclared_parameter_is_refused_by_name(api, path, schema, wire, method, transport):
+    """At the top level (on a REST GET or DELETE route: in the query string), and inside each
+    struct or list-of-struct parameter, where the name is the path to it."""
+    if transport.startswith("client"):
+        pytest.skip(NO_UNDECLARED)
+    params, _ = await prepare(api, example_for(path, schema, wire))
+    in_path = set(method.http.path_params) if method.http and transport == "rest" else set()
+    name, value = unknown_top_level(method, schema, params, in_path)
+    r = await Caller(api, transport).call(method, {**params, name: value})
+    assert_invalid_params(transport, r, f"unknown parameter: {name}", name)
+    for nested, where in ([] if from_query(transport, method) else nested_unknowns(method, schema, params)):
+        r = await Caller(api, transport).call(method, nested)
+        assert_invalid_params(transport, r, f"unknown parameter: {where}", where)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize("path, schema, wire, method", CASES)
+async def test_an_undeclared_parameter_is_reported_before_missing_and_mistyped_ones(api, path, schema, wire, method, transport):
+    """Every required parameter left out and one sent with a wrong type, and the undeclared
+    name sent last: the undeclared name is what the caller hears about."""
+    if transport.startswith("client"):
+        pytest.skip(NO_UNDECLARED)
+    params, _ = await prepare(api, example_for(path, schema, wire))
+    in_path = set(method.http.path_params) if method.http and transport == "rest" else set()
+    fields = [f for f in schema.flat_params(method) if f.name not in in_path]
+    broken = {k: v for k, v in params.items() if k in in_path}
+    wrong = next(((f.name, w) for f in fields if not f.required and (w := wrong_value(f, schema, from_query(transport, method))) is not None), None)
+    if wrong is not None:
+        broken[wrong[0]] = wrong[1]
+    if wrong is None and not any(f.required for f in fields):
+        pytest.skip(f"{wire} on {transport}: no parameter can be left out or sent with a wrong type")
+    name, value = unknown_top_level(method, schema, params, in_path)
+    r = await Caller(api, transport).call(method, {**broken, name: value})
+    assert_invalid_params(transport, r, f"unknown parameter: {name}", name)
 
 
 # -- the value rules the OpenAPI document states ---------------------------------------------------

@@ -171,7 +171,7 @@ def test_params_model_required_and_default_fields_follow_the_schema(registry):
 
 
 def test_params_model_applies_defaults(registry):
-    p = params(registry, "recordUsage").model_validate({"user": "hanzo/alice"})
+    p = params(registry, "recordUsage").model_validate({"user": "hanzo/alice", "amount": 0})
     assert p.model_dump() == {
         "user": "hanzo/alice", "currency": "usd", "amount": 0, "model": "", "provider": "", "promptTokens": 0,
         "completionTokens": 0, "totalTokens": 0, "requestId": None, "premium": False, "stream": False,
@@ -179,9 +179,23 @@ def test_params_model_applies_defaults(registry):
     }
 
 
-def test_params_model_ignores_unknown_fields(registry):
-    p = params(registry, "getBalance").model_validate({"user": "u", "nonsense": 1})
-    assert p.model_dump() == {"user": "u", "currency": "usd"}
+def test_params_model_refuses_unknown_fields_ahead_of_other_failures(registry):
+    # contract Part 2, "Strict input": before `user is required`, and the first one as sent
+    err = reject(registry, "getBalance", {"nonsense": 1, "currency": 7, "also": 2})
+    assert (err.kind, err.message, err.param) == ("invalid_params", "unknown parameter: nonsense", "nonsense")
+
+
+def test_params_model_names_an_unknown_field_of_a_list_item_by_its_path(registry):
+    tiers = [{"upTo": 1, "price": 1}, {"upto": 0, "price": 1}]
+    err = reject(registry, "createPricingRule", {"meterId": "m", "tiers": tiers, "zzz": 1})
+    assert (err.message, err.param) == ("unknown parameter: tiers[1].upto", "tiers[1].upto")
+
+
+def test_params_model_takes_any_keys_in_free_form_maps(registry):
+    p = params(registry, "deposit").model_validate({"user": "u", "amount": 1, "metadata": {"nonsense": {"deep": 1}}})
+    assert p.metadata == {"nonsense": {"deep": 1}}
+    err = reject(registry, "deposit", {"user": "u", "amount": 1, "nonsense": {"deep": 1}})
+    assert err.message == "unknown parameter: nonsense"
 
 
 # -- strict params ---------------------------------------------------------------------------
@@ -200,7 +214,7 @@ def test_int64_param_with_default_rejects_non_integers(registry, value):
 
 @pytest.mark.parametrize("value", [1, "true", "yes", 0.0])
 def test_bool_param_rejects_non_booleans(registry, value):
-    err = reject(registry, "recordUsage", {"user": "u", "premium": value})
+    err = reject(registry, "recordUsage", {"user": "u", "amount": 1, "premium": value})
     assert (err.message, err.param) == ("premium must be a boolean", "premium")
 
 
@@ -240,13 +254,14 @@ def test_required_int64_null_is_required(registry):
 @pytest.mark.parametrize("value", ["", None])
 @pytest.mark.parametrize("method", ["getBalance", "deposit", "recordUsage", "refund"])
 def test_text_with_non_empty_default_empty_or_null_gives_the_default(registry, method, value):
-    raw = {"user": "u", "amount": 5, "originalTransactionId": "tx", "currency": value}
-    assert params(registry, method).model_validate(raw).currency == "usd"
+    declared = set(params(registry, method).model_fields)
+    raw = {k: v for k, v in {"user": "u", "amount": 5, "originalTransactionId": "tx"}.items() if k in declared}
+    assert params(registry, method).model_validate({**raw, "currency": value}).currency == "usd"
 
 
 @pytest.mark.parametrize("value", ["", None])
 def test_text_with_empty_default_null_gives_the_default(registry, value):
-    assert params(registry, "recordUsage").model_validate({"user": "u", "model": value}).model == ""
+    assert params(registry, "recordUsage").model_validate({"user": "u", "amount": 1, "model": value}).model == ""
 
 
 def test_int64_with_default_null_gives_the_default(registry):

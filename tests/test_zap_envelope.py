@@ -216,10 +216,11 @@ async def test_read_key_calling_a_mutating_method_is_32003_http_403(api, make_ke
 
 
 def _padded(size: int) -> bytes:
-    """A valid JSON getBalance envelope of exactly `size` bytes (the padding is an ignored param)."""
-    head = b'{"method":"billing.getBalance","id":1,"params":{"user":"hanzo/alice","pad":"'
-    tail = b'"}}'
-    return head + b"x" * (size - len(head) - len(tail)) + tail
+    """A valid JSON getBalance envelope of exactly `size` bytes, padded with JSON whitespace (a
+    padding param would be refused as an unknown parameter)."""
+    head = b'{"method":"billing.getBalance","id":1,"params":{"user":"hanzo/alice"}'
+    tail = b'}'
+    return head + b" " * (size - len(head) - len(tail)) + tail
 
 
 async def test_body_of_exactly_1_mib_is_accepted(api):

@@ -49,7 +49,7 @@ class Caller:
             try:
                 params = command.params_model.model_validate(raw)
             except ValidationError as exc:
-                raise params_error(exc, query=query) from None
+                raise params_error(exc, query=query, raw=raw) from None
             idempotency = None
             if idempotency_key and command.mutates:
                 idempotency = await self._idempotency(command, principal, params, idempotency_key)

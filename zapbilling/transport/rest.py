@@ -8,7 +8,7 @@ from typing import Any, Awaitable, Callable, Mapping
 from aiohttp import web
 
 from ..context import Unchanged
-from ..errors import ApiError, InvalidRequest, NotFound, UnsupportedMediaType
+from ..errors import ApiError, InvalidParams, InvalidRequest, NotFound, UnsupportedMediaType
 from ..registry import Command
 from ..schema import Field, TypeRef
 from .auth import authenticate
@@ -44,7 +44,8 @@ def _from_text(t: TypeRef, text: str) -> Any:
 
 
 def text_params(fields: list[Field], query: Mapping[str, str], path: Mapping[str, str]) -> dict[str, Any]:
-    """Params from a query string and path: an empty value counts as absent."""
+    """Params from a query string and path: an empty value counts as absent. Names the route
+    does not take were refused before (refuse_unknown_query)."""
     raw: dict[str, Any] = {}
     for f in fields:
         if f.name in path:
@@ -60,17 +61,39 @@ def text_params(fields: list[Field], query: Mapping[str, str], path: Mapping[str
     return raw
 
 
+def refuse_unknown_query(query: Mapping[str, str], takes: frozenset[str], elsewhere: Mapping[str, str]) -> None:
+    """Strict input for a query string: the first name, in the order sent, that the route does
+    not read from it (`takes`) is `unknown parameter: <name>`. A name the method takes from the
+    body or the path instead would be dropped as silently: refused too, with `elsewhere`'s hint."""
+    for name in query:
+        if name not in takes:
+            raise InvalidParams(f"unknown parameter: {name}{elsewhere.get(name, '')}", param=name)
+
+
+def query_names(command: Command) -> tuple[frozenset[str], dict[str, str]]:
+    """(the names a route reads from its query string, {other declared name: where it goes})."""
+    assert command.http is not None
+    route = f"{command.http.verb} {command.http.path}"
+    in_path = {n: f" ({route} takes it in the path)" for n in command.http.path_params}
+    if command.http.verb not in ("GET", "DELETE"):
+        return frozenset(), {f.name: f" ({route} takes it in the body)" for f in command.fields} | in_path
+    return frozenset(f.name for f in command.fields if f.name not in in_path), in_path
+
+
 def make_view(caller: Caller, command: Command) -> View:
     assert command.http is not None
     from_query = command.http.verb in ("GET", "DELETE")
     success = command.http.status
     path_fields = [f for f in command.fields if f.name in command.http.path_params]
+    query_takes, elsewhere = query_names(command)
 
     async def view(request: web.Request) -> web.Response:
         codec = negotiate(JSON, request.headers.get("Accept"))
         try:
             principal = await authenticate(caller.store, request.headers.get("Authorization"), request.rel_url.raw_query_string)
             authorize(command, principal)
+            if request.query_string:  # after the key (auth refuses a key sent here) and permission
+                refuse_unknown_query(request.query, query_takes, elsewhere)
             if from_query:
                 raw = text_params(command.fields, request.query, request.match_info)
             else:  # body params, and the path's on top
