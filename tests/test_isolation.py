@@ -260,21 +260,27 @@ async def test_idempotency_and_dedupe_keys_belong_to_one_tenant(api, make_key, t
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_tenant_named_in_params_or_envelope_is_ignored(api, make_key, db_path, transport):
-    """The tenant comes from the key alone: naming A's org, mode or tenant id in the params (or in
-    the ZAP envelope) reads and writes the caller's own tenant."""
+    """The tenant comes from the key alone. Naming A's org, mode or tenant id in the params is
+    refused as an unknown parameter (strict input: never silently ignored) and reads or writes
+    nothing; in the ZAP envelope, outside params, it is ignored: the call reads and writes the
+    caller's own tenant."""
     await ok(api, "deposit", {"user": ALICE, "amount": 100})
     a_tenant = tenant_id(db_path, *A)
     claims = {"tenant": a_tenant, "org": A[0], "mode": A[1], "livemode": True, "tenantId": a_tenant}
     for who, (org, mode) in OTHERS.items():
         o = api.with_key(await make_key(org, mode)).using(transport)
-        r = await o.call("getBalance", {"user": ALICE, **claims})
-        assert r.ok and r.result["balance"] == 0, (who, r)
-        r = await o.call("deposit", {"user": ALICE, "amount": 7, **claims})
-        assert r.ok, (who, r)
-        assert (await ok(o, "getBalance", {"user": ALICE}))["balance"] == 7, who
+        for name, value in claims.items():
+            for method, params in (("getBalance", {"user": ALICE}), ("deposit", {"user": ALICE, "amount": 7})):
+                r = await o.call(method, {**params, name: value})
+                assert_error(o, r, "invalid_params", f"unknown parameter: {name}", name)
+        assert (await ok(o, "getBalance", {"user": ALICE}))["balance"] == 0, who
         if transport != "rest":
+            codec = transport.split("-")[1]
+            status, answer = await o.zap_raw({"method": "billing.deposit", "id": 1, "params": {"user": ALICE, "amount": 7}, **claims},
+                                             codec=codec)
+            assert status == 200 and answer["result"]["amount"] == 7, (who, answer)
             status, answer = await o.zap_raw({"method": "billing.getBalance", "id": 1, "params": {"user": ALICE}, **claims},
-                                             codec=transport.split("-")[1])
+                                             codec=codec)
             assert status == 200 and answer["result"]["balance"] == 7, (who, answer)
     assert (await ok(api, "getBalance", {"user": ALICE}))["balance"] == 100
 
