@@ -41,7 +41,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--rounds", type=int, help="rounds of every run, the median is reported (default 3; --quick: 1)")
     ap.add_argument("--seconds", type=float, help="measured seconds per run (default 10; --quick: 2); whole seconds")
     ap.add_argument("--warmup", type=float, help="warm-up seconds per run, answers checked (default 2; --quick: 1); whole seconds")
-    ap.add_argument("--rows", type=int, help="scenario 4's ledger rows and meter events (default 1,000,000; --quick: 100,000)")
+    ap.add_argument("--rows", type=int, help="scenario 4's ledger rows and meter events, scenario 6's rows of each listing (default 1,000,000; --quick: 100,000)")
     ap.add_argument("--only", help="comma-separated scenario numbers, e.g. 1,4")
     ap.add_argument("--connections", type=int, default=64)
     ap.add_argument("--pin", action=argparse.BooleanOptionalAction, default=True,
@@ -95,7 +95,8 @@ def compare(scn: Scenario, runs: dict[str, Any]) -> list[dict[str, Any]]:
         else:
             a, b = subject["median"][t.metric], baseline["median"][t.metric]
             ratio = a / b if b else float("inf")
-            row.update(figure=a, baseline_figure=b, ratio=ratio, unit=subject["unit"])
+            row.update(figure=a, baseline_figure=b, ratio=ratio,
+                       unit="us CPU" if t.metric == "cpu_us_per_unit" else subject["unit"])
             ca, cb = subject["median"].get("cpu_us_per_unit"), baseline["median"].get("cpu_us_per_unit")
             if t.metric == "rate" and ca and cb:
                 row["cpu_ratio"] = cb / ca  # how many times less server CPU per unit of work than the baseline

@@ -1,6 +1,7 @@
-"""Bulk rows for scenario 4, written straight into zapbilling's tables with SQL, exactly as the
-service writes them: the rows of many `recordUsage` calls (ledger withdrawals, their running
-balance) and of many `recordMeterEvents` calls (meter events).
+"""Bulk rows for scenarios 4 and 6, written straight into zapbilling's tables with SQL, exactly as
+the service writes them: the rows of many `recordUsage` calls (ledger withdrawals, their running
+balance), of many `recordMeterEvents` calls (meter events), of many `burnCredits` calls on one
+grant (its journal) and of many users' first `deposit` (accounts).
 
 The database must already exist, made by zapbilling itself (`zapbilling keys create` runs the
 migrations; the meter, the pricing rule, the grant and each user's first deposit go through the
@@ -9,11 +10,18 @@ API). What is written here mirrors, column by column:
 - ledger: zapbilling/billing/ledger.py `record_usage` -> zapbilling/store/ledger.py `append_entry`
   (id `tx_<24 hex>`, type `withdraw`, tags `api-usage`, notes `API usage: <model> (<n> tokens)`,
   metadata = json.dumps of the same dict, dedupe_key `usage:<requestId>`, remaining and
-  expires_at NULL since no expiring deposit exists, created_at increasing);
+  expires_at NULL since no expiring deposit exists, created_at increasing, key_id the id of
+  the tenant's key, whose calls these stand for, hold_id NULL);
 - balances: the running balance minus every withdrawal, as `_add_to_balance` keeps it;
 - meter_events: zapbilling/store/metering.py `insert_event` (id `evt_<24 hex>`, ts = the
   event's timestamp, created_at = when it was recorded, dimensions as json.dumps, no
-  idempotency key).
+  idempotency key);
+- credit_transactions: zapbilling/store/grants.py `_burn` -> `_journal` (id `ct_<24 hex>`, type
+  `burn`, the amount taken negative, remaining_after the grant's remainder after it, burn_id
+  `burn_<24 hex>`, meter_id NULL), and the grant's `remaining` lowered by their sum;
+- accounts: zapbilling/billing/ledger.py `deposit` (type `deposit`, notes
+  `Deposit: <amount> cents usd`, tags '', metadata NULL, no expiry) and the balance row
+  `_add_to_balance` makes for a user's first row.
 
 `check` reads the result back through the server's API (bench/scenarios.py calls it), so a
 row the service would not have written that way shows up as a wrong balance or usage entry.
@@ -83,6 +91,14 @@ def _metadata_template(model: str) -> str:
     return text
 
 
+def _key_id(conn: sqlite3.Connection, tenant: int) -> str:
+    """The tenant's (first) API key: every bulk row stands for a call made with it."""
+    row = conn.execute("SELECT id FROM api_keys WHERE tenant = ? ORDER BY created_at, id LIMIT 1", (tenant,)).fetchone()
+    if row is None:
+        raise RuntimeError(f"tenant {tenant} has no API key: make one with `zapbilling keys create` first")
+    return row[0]
+
+
 def _ids(prefix: str, n: int) -> list[str]:
     """n ids as new_id(prefix) makes them (24 random hex digits each)."""
     hexes = secrets.token_bytes(12 * n).hex()
@@ -97,6 +113,7 @@ def usage_rows(path: str, tenant: int, user: str, count: int, *, start_us: int, 
     template = _metadata_template(model)
     total = 0
     with _loading(path) as conn:
+        key_id = _key_id(conn, tenant)
         for base in range(0, count, CHUNK):
             n = min(count, base + CHUNK) - base
             amounts = rng.choices(range(1, 101), k=n)
@@ -109,12 +126,12 @@ def usage_rows(path: str, tenant: int, user: str, count: int, *, start_us: int, 
                     assert metadata == json.dumps(usage_metadata(model, tokens, request_id)), metadata
                 rows.append((
                     tx_id, tenant, user, "usd", "withdraw", amount, "api-usage", f"API usage: {model} ({tokens} tokens)",
-                    metadata, start_us + i * step_us, f"usage:{request_id}",
+                    metadata, start_us + i * step_us, f"usage:{request_id}", key_id,
                 ))
             total += sum(amounts)
             conn.executemany(
                 "INSERT INTO ledger (id, tenant, user_id, currency, type, amount, tags, notes, metadata, created_at,"
-                " dedupe_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows,
+                " dedupe_key, key_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows,
             )
         changed = conn.execute(
             "UPDATE balances SET balance = balance - ? WHERE tenant = ? AND user_id = ? AND currency = 'usd'", (total, tenant, user)
@@ -145,6 +162,64 @@ def meter_events(
                  for i, event_id, value in zip(range(base, base + n), _ids("evt", n), values)],
             )
             total += sum(values)
+    return total
+
+
+def credit_burns(path: str, tenant: int, grant_id: str, count: int, *, start_us: int, step_us: int, seed: int = 3) -> int:
+    """`count` burns of 1..100 cents from one grant (made through the API, with enough left),
+    one journal row each, and the grant's remaining lowered by their sum. Returns the sum."""
+    rng = random.Random(seed)
+    total = 0
+    with _loading(path) as conn:
+        key_id = _key_id(conn, tenant)
+        found = conn.execute("SELECT user_id, currency, remaining FROM credit_grants WHERE tenant = ? AND id = ?",
+                             (tenant, grant_id)).fetchone()
+        if found is None:
+            raise RuntimeError(f"no grant {grant_id}: create it through the API first")
+        user, currency, remaining = found
+        for base in range(0, count, CHUNK):
+            n = min(count, base + CHUNK) - base
+            rows = []
+            for i, ct_id, burn_id, take in zip(range(base, base + n), _ids("ct", n), _ids("burn", n), rng.choices(range(1, 101), k=n)):
+                remaining -= take
+                total += take
+                rows.append((ct_id, tenant, grant_id, user, currency, -take, remaining, burn_id, start_us + i * step_us, key_id))
+            if remaining < 0:
+                raise RuntimeError(f"grant {grant_id} is too small for {count} burns")
+            conn.executemany(
+                "INSERT INTO credit_transactions (id, tenant, grant_id, user_id, currency, type, amount, remaining_after,"
+                " burn_id, meter_id, created_at, key_id) VALUES (?, ?, ?, ?, ?, 'burn', ?, ?, ?, NULL, ?, ?)", rows,
+            )
+        conn.execute("UPDATE credit_grants SET remaining = ? WHERE id = ?", (remaining, grant_id))
+    return total
+
+
+def account_name(prefix: str, i: int) -> str:
+    return f"{prefix}{i:07d}"
+
+
+def accounts(path: str, tenant: int, prefix: str, count: int, *, start_us: int, step_us: int, seed: int = 4) -> int:
+    """`count` users `<prefix>0000000`.. (in byte order as numbered), each with one usd deposit
+    of 1..10,000 cents and its balance row. Returns the sum."""
+    rng = random.Random(seed)
+    total = 0
+    with _loading(path) as conn:
+        key_id = _key_id(conn, tenant)
+        for base in range(0, count, CHUNK):
+            n = min(count, base + CHUNK) - base
+            amounts = rng.choices(range(1, 10_001), k=n)
+            users = [account_name(prefix, i) for i in range(base, base + n)]
+            conn.executemany(
+                "INSERT INTO ledger (id, tenant, user_id, currency, type, amount, tags, notes, metadata, created_at, key_id)"
+                " VALUES (?, ?, ?, 'usd', 'deposit', ?, '', ?, NULL, ?, ?)",
+                [(tx_id, tenant, user, amount, f"Deposit: {amount} cents usd", start_us + i * step_us, key_id)
+                 for i, tx_id, user, amount in zip(range(base, base + n), _ids("tx", n), users, amounts)],
+            )
+            conn.executemany(
+                "INSERT INTO balances (tenant, user_id, currency, balance) VALUES (?, ?, 'usd', ?)",
+                [(tenant, user, amount) for user, amount in zip(users, amounts)],
+            )
+            total += sum(amounts)
     return total
 
 

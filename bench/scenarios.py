@@ -1,4 +1,4 @@
-"""The five scenarios of issue 8, their baselines and their targets, and how one run of each is
+"""The scenarios of issue 8 (and scenario 6, the money history's listings), their baselines and their targets, and how one run of each is
 measured. bench/__main__.py picks, repeats and reports them.
 
 A run: copy a prepared database (made by zapbilling itself, see `Bench.template`) to a fresh
@@ -216,6 +216,69 @@ class Bench:
                                            "period": [start, end, start_us, end_us], "balance": balance})
 
 
+    def _make_s6small(self) -> Template:
+        return self._scenario6("s6small", SMALL_ROWS)
+
+    def _make_s6big(self) -> Template:
+        return self._scenario6("s6big", self.s.big_rows)
+
+    def _scenario6(self, name: str, rows: int) -> Template:
+        """The money history at `rows` rows: one user (bench/hist) with `rows` ledger rows (a
+        deposit through the API, then usage withdrawals), one grant of theirs with `rows`
+        journal rows (created through the API, then burns) and `rows` accounts in usd
+        (bench/hist and users bench/acct0000000.., one deposit each), the bulk written with SQL
+        (bench/populate.py); read back through the API and compared. `info` holds the ids
+        of rows in the middle of each listing, for the deep pages."""
+        user, prefix = "bench/hist", "bench/acct"
+        db, key = self._new(name)
+        deposit, grant_cents = 1_000_000_000, 1_000_000_000
+        with self.zapbilling(db, f"prepare-{name}", durability="normal") as srv:
+            grant = zap(srv.url, key, "billing.createCreditGrant", {"userId": user, "name": "bench", "amountCents": grant_cents})
+            zap(srv.url, key, "billing.deposit", {"user": user, "amount": deposit})
+        tenant = _tenant(db)
+        now = time.time_ns() // 1000
+        spent = populate.usage_rows(str(db), tenant, user, rows - 1, start_us=now + 1, step_us=1)
+        burned = populate.credit_burns(str(db), tenant, grant["id"], rows - 1, start_us=now + 1, step_us=1)
+        populate.accounts(str(db), tenant, prefix, rows - 1, start_us=now + rows, step_us=1)
+        middle = rows // 2
+        mid_tx = _one(db, "SELECT id FROM ledger WHERE user_id = ? ORDER BY created_at, seq LIMIT 1 OFFSET ?", user, middle)
+        mid_ct = _one(db, "SELECT id FROM credit_transactions WHERE user_id = ? ORDER BY created_at, seq LIMIT 1 OFFSET ?",
+                      user, middle)
+        mid_acct = populate.account_name(prefix, middle)
+        with self.zapbilling(db, f"check-{name}", durability="normal") as srv:
+            txs = zap(srv.url, key, "billing.listTransactions", {"user": user, "limit": 100})
+            newest = _one(db, "SELECT id FROM ledger WHERE user_id = ? ORDER BY seq DESC LIMIT 1", user)
+            if txs["count"] != 100 or not txs["hasMore"] or txs["transactions"][0]["transactionId"] != newest:
+                raise RuntimeError(f"populated ledger reads back wrong: {str(txs)[:300]}")
+            balance = zap(srv.url, key, "billing.getBalance", {"user": user})
+            if balance["balance"] != deposit - spent:
+                raise RuntimeError(f"populated balance {balance} != {deposit - spent}")
+            cts = zap(srv.url, key, "billing.listCreditTransactions", {"userId": user, "limit": 100, "startingAfter": mid_ct})
+            if cts["count"] != 100 or cts["transactions"][0]["type"] != "burn":
+                raise RuntimeError(f"populated journal reads back wrong: {str(cts)[:300]}")
+            grants = zap(srv.url, key, "billing.listCreditGrants", {"userId": user})
+            if grants["grants"][0]["remainingCents"] != grant_cents - burned:
+                raise RuntimeError(f"populated grant {grants} != {grant_cents - burned} left")
+            accts = zap(srv.url, key, "billing.listAccounts", {"limit": 100, "startingAfter": mid_acct})
+            if accts["count"] != 100 or accts["accounts"][0]["user"] != populate.account_name(prefix, middle + 1):
+                raise RuntimeError(f"populated accounts read back wrong: {str(accts)[:300]}")
+        populate.checkpoint(str(db))
+        counts = (_count(db, "SELECT COUNT(*) FROM ledger WHERE user_id = ?", user),
+                  _count(db, "SELECT COUNT(*) FROM credit_transactions WHERE user_id = ?", user),
+                  _count(db, "SELECT COUNT(*) FROM balances WHERE currency = 'usd'"))
+        if counts != (rows, rows, rows):
+            raise RuntimeError(f"{name}: (ledger, journal, accounts) rows {counts}, expected {rows} each")
+        return Template(db, key, tenant, {"user": user, "mid_tx": mid_tx, "mid_ct": mid_ct, "mid_acct": mid_acct, "rows": rows})
+
+
+def _one(db: Path, sql: str, *params: Any) -> Any:
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return conn.execute(sql, params).fetchone()[0]
+    finally:
+        conn.close()
+
+
 # -- runs -------------------------------------------------------------------------------------
 
 @dataclass
@@ -407,6 +470,45 @@ def _executemany_args(bench: Bench, tpl: Template) -> list[str]:
             "--synchronous", "FULL"]
 
 
+# Scenario 6's listings: (key, label, method, params of the first page, params of a page in the middle).
+HISTORY_PAGES: list[tuple[str, str, str, Callable[[Template], dict[str, Any]], Callable[[Template], dict[str, Any]]]] = [
+    ("tx", "listTransactions", "billing.listTransactions",
+     lambda t: {"user": t.info["user"], "limit": 100},
+     lambda t: {"user": t.info["user"], "limit": 100, "startingAfter": t.info["mid_tx"]}),
+    ("ct", "listCreditTransactions", "billing.listCreditTransactions",
+     lambda t: {"userId": t.info["user"], "limit": 100},
+     lambda t: {"userId": t.info["user"], "limit": 100, "startingAfter": t.info["mid_ct"]}),
+    ("acct", "listAccounts", "billing.listAccounts",
+     lambda t: {"limit": 100},
+     lambda t: {"limit": 100, "startingAfter": t.info["mid_acct"]}),
+]
+HISTORY_ROWS = {"tx": "ledger rows of one user", "ct": "journal rows of one user", "acct": "accounts"}
+
+
+def scenario6(settings: Settings) -> Scenario:
+    """p50 at 1 connection of a page of 100 of each money-history listing at SMALL_ROWS and at
+    big_rows rows: the first page and one from the middle (startingAfter), each <= 1.2x."""
+    big = f"{settings.big_rows:,}"
+    runs: list[Run] = []
+    targets = []
+    for key, name, method, first, deep in HISTORY_PAGES:
+        for page, params in (("first", first), ("deep", deep)):
+            where = "first page" if page == "first" else "a page from the middle"
+            for size, template, count in (("small", "s6small", f"{SMALL_ROWS:,}"), ("big", "s6big", big)):
+                runs.append(HttpRun(f"s6.{key}_{page}_{size}", f"{name} {where}, {count} {HISTORY_ROWS[key]}", 6,
+                                    unit="ms", template=template, copy=False, connections=1, threads=1,
+                                    script="static.lua", body=msgpack_call(method, params), expect="hasMore"))
+            targets.append(Target(f"{name} {where} p50: {big} vs {SMALL_ROWS:,}", f"s6.{key}_{page}_big",
+                                  f"s6.{key}_{page}_small", "<=", 1.2, "p50_ms"))
+    # The server's CPU per request, for information: steadier than a p50 of ~1 ms on a machine
+    # whose other work delays the server by a scheduler tick now and then.
+    for key, name, *_ in HISTORY_PAGES:
+        for page in ("first", "deep"):
+            targets.append(Target(f"{name} {page} page, server CPU: {big} vs {SMALL_ROWS:,}", f"s6.{key}_{page}_big",
+                                  f"s6.{key}_{page}_small", metric="cpu_us_per_unit"))
+    return Scenario(6, "money history: a page of 100 at 1,000 vs many rows (1 connection: p50 latency)", runs, targets)
+
+
 # -- the scenarios ----------------------------------------------------------------------------
 
 @dataclass
@@ -504,6 +606,7 @@ def scenarios(settings: Settings) -> list[Scenario]:
             Target("getBalance ZAP/msgpack, 2 workers vs 1", "s5.workers2", "s5.workers1", ">=", 1.6),
             Target("2 workers vs scenario 1's worker pinned to its own CPU", "s5.workers2", "s1.zap_msgpack"),
         ], skipped=None if serve_has_workers() else "skipped: serve has no --workers"),
+        scenario6(settings),
     ]
 
 

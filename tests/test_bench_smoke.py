@@ -33,4 +33,4 @@ def test_bench_quick_runs_every_scenario(tmp_path: Path) -> None:
         m = run["median"]
         assert m["rate"] > 0 and 0 < m["p50_ms"] <= m["p99_ms"] and m["rss_mb"] > 0, (key, m)
     assert all(t["result"] in ("PASS", "FAIL", "info", "SKIP") for t in data["targets"])
-    assert {t["scenario"] for t in data["targets"]} == {1, 2, 3, 4, 5}
+    assert {t["scenario"] for t in data["targets"]} == {1, 2, 3, 4, 5, 6}

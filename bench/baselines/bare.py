@@ -23,16 +23,17 @@ import aiosqlite
 import msgpack
 from aiohttp import web
 
-from .common import BALANCE_SQL, balance_answer, bearer, key_table
+from .common import BALANCE_SQL, balance_answer, bearer, key_id, key_table
 
 INSERT_SQL = (
-    "INSERT INTO ledger (id, tenant, user_id, currency, type, amount, tags, notes, metadata, created_at, dedupe_key)"
-    " VALUES (?, ?, ?, ?, 'withdraw', ?, 'api-usage', ?, ?, ?, ?)"
+    "INSERT INTO ledger (id, tenant, user_id, currency, type, amount, tags, notes, metadata, created_at, dedupe_key,"
+    " key_id) VALUES (?, ?, ?, ?, 'withdraw', ?, 'api-usage', ?, ?, ?, ?, ?)"
 )
 DB = web.AppKey("db", aiosqlite.Connection)
 
 
-def make_app(db_path: str, keys: dict[str, int], synchronous: str) -> web.Application:
+def make_app(db_path: str, keys: dict[str, int], synchronous: str, key: str = "") -> web.Application:
+    """`key`: the key's id, written on each usage row as zapbilling does."""
     app = web.Application()
 
     async def lifecycle(app: web.Application):  # type: ignore[no-untyped-def]
@@ -68,7 +69,7 @@ def make_app(db_path: str, keys: dict[str, int], synchronous: str) -> web.Applic
         })
         await request.app[DB].execute(INSERT_SQL, (
             tx_id, tenant, p["user"], "usd", p["amount"], f"API usage: {model} ({tokens} tokens)", metadata,
-            time.time_ns() // 1000, f"usage:{request_id}",
+            time.time_ns() // 1000, f"usage:{request_id}", key,
         ))
         return web.json_response({"id": envelope.get("id"), "result": {
             "user": p["user"], "amount": p["amount"], "transactionId": tx_id, "currency": "usd", "type": "withdraw"}})
@@ -98,7 +99,7 @@ def main() -> None:
     else:
         loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    web.run_app(make_app(args.db, key_table(args.db, args.key), args.synchronous), host="127.0.0.1", port=args.port,
+    web.run_app(make_app(args.db, key_table(args.db, args.key), args.synchronous, key_id(args.db, args.key)), host="127.0.0.1", port=args.port,
                 access_log=None, print=None, loop=loop)
 
 

@@ -23,6 +23,19 @@ def key_table(db: str, key: str) -> dict[str, int]:
     return {key: row[0]}
 
 
+def key_id(db: str, key: str) -> str:
+    """The id of that key: every ledger row names the key whose call wrote it (key_id)."""
+    digest = hashlib.sha256(key.encode()).hexdigest()
+    conn = sqlite3.connect(db)
+    try:
+        row = conn.execute("SELECT id FROM api_keys WHERE hash = ?", (digest,)).fetchone()
+    finally:
+        conn.close()
+    if row is None:
+        raise SystemExit(f"key not found in {db}")
+    return str(row[0])
+
+
 def bearer(header: str | None) -> str | None:
     if header and header.startswith("Bearer "):
         return header[7:]
