@@ -235,6 +235,22 @@ async def test_fix_only_a_charge_can_be_refunded(any_api, db_path):
     assert await balance(any_api) == 1000 + 500
 
 
+async def test_fix_a_forfeit_of_expired_credit_cannot_be_refunded(any_api, clock, db_path):
+    """A forfeit is a withdraw but no charge: refunding the forfeit of an expired starter credit
+    would turn 500 cents of free, expired credit into money that never expires."""
+    await ok(any_api, "grantStarterCredit", {"user": ALICE})
+    await charge(any_api, 1)
+    clock.advance(days=31)
+    await ok(any_api, "deposit", {"user": ALICE, "amount": 1})  # the first write after expiry forfeits
+    (forfeit,) = [r for r in ledger_rows(db_path, ALICE) if r["tags"] == "credit-expired"]
+    assert (forfeit["type"], forfeit["amount"]) == ("withdraw", 499)
+    rows = ledger_rows(db_path, ALICE)
+    r = await any_api.call("refund", {"user": ALICE, "amount": 499, "originalTransactionId": forfeit["id"]})
+    assert_invalid(any_api, r, f"only a charge can be refunded: {forfeit['id']} is a forfeit of expired credit")
+    assert ledger_rows(db_path, ALICE) == rows
+    assert await balance(any_api) == 1
+
+
 async def test_fix_refund_chains_mint_no_money(any_api, db_path):
     """Regression (the refund-chain money hole): a refund is a deposit, so when anything could
     be refunded, refunding the refund of a charge, then that refund, and so on added the charge's

@@ -139,8 +139,11 @@ async def grant_starter_credit(ctx: Context, p: Any) -> dict[str, Any]:
 
 def is_charge(row: LedgerRow) -> bool:
     """Only a charge can be refunded: a refund of a refund, a deposit or a starter credit would
-    add money that was never taken (a chain of refunds of refunds minted it without bound)."""
-    return row["type"] == "withdraw"
+    add money that was never taken (a chain of refunds of refunds minted it without bound).
+    A forfeit of expired credit is a withdraw but no charge: refunding it would turn credit
+    that was given away, and has expired, into money that never expires (restore expired
+    credit with a new deposit, which can expire again)."""
+    return row["type"] == "withdraw" and row["tags"] != EXPIRED_TAG
 
 
 async def refund(ctx: Context, p: Any) -> dict[str, Any]:
@@ -155,7 +158,8 @@ async def refund(ctx: Context, p: Any) -> dict[str, Any]:
     except Missing:
         raise NotFound("original transaction not found", param="originalTransactionId") from None
     except NotRefundable as exc:
-        raise InvalidParams(f"only a charge can be refunded: {p.originalTransactionId} is a {exc.type}",
+        what = "a forfeit of expired credit" if exc.tags == EXPIRED_TAG else f"a {exc.type}"
+        raise InvalidParams(f"only a charge can be refunded: {p.originalTransactionId} is {what}",
                             param="originalTransactionId") from None
     except RefundLeft as exc:
         raise InvalidParams(f"refund exceeds original: {exc.left} of {exc.amount} cents left to refund", param="amount") from None
