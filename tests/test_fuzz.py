@@ -619,37 +619,62 @@ def test_wrong_types_are_invalid_params_never_coerced(fz, case):
 ENVELOPE_KEYS = frozenset({"method", "id", "params", "jsonrpc", "idempotencyKey"})
 
 
+def first_sent(extra: dict[str, Any], transport: str, command: Any) -> str | None:
+    """The first of the undeclared names that reaches the server (a query string leaves out a
+    name whose value is an empty list)."""
+    in_query = transport == "rest" and command.http.verb in ("GET", "DELETE")
+    return next((k for k, v in extra.items() if not (in_query and v == [])), None)
+
+
 @fuzz(500)
 @given(data=st.data())
-def test_unknown_fields_are_ignored(fz, data):
+def test_unknown_params_are_refused_by_name(fz, data):
+    """Strict input: valid params plus undeclared names (and, on ZAP, undeclared envelope members
+    beside them) answer `unknown parameter: <the first undeclared name sent>`, mutating or not."""
     command = data.draw(st.sampled_from(list(fs.COMMANDS.values())), label="command")
     params = data.draw(fs.valid_params(command), label="params")
     extra = data.draw(fs.unknown_keys(frozenset(f.name for f in command.fields)), label="extra params")
     env_extra = data.draw(st.one_of(st.just({}), fs.unknown_keys(ENVELOPE_KEYS)), label="extra envelope keys")
     transport = data.draw(st.sampled_from(["zap-json", "zap-msgpack"] + (["rest"] if command.http else [])), label="transport")
     if transport == "rest" and command.http.verb in ("GET", "DELETE"):
-        extra = {k: v for k, v in extra.items() if k not in QUERY_KEY_PARAMS}
-    if command.mutates:  # each call writes: only check that the unknown fields are not what is refused
-        if transport.startswith("zap"):
-            env = {"method": command.wire, "id": 1, "params": params | extra, **env_extra}
-            body, ctype = fs.encode(env, "json" if transport == "zap-json" else fs.MSGPACK_TYPES[0])
-            answer = check_zap(fz.zap("unknown fields", body, ctype), env, body)
-        else:
-            answer, _ = call_any(fz, "unknown fields", command, params | extra, transport)
-        assert error_of(answer)[1] not in extra, answer
+        extra = {k: v for k, v in extra.items() if k not in QUERY_KEY_PARAMS}  # a key in the URL is 401 first
+    first = first_sent(extra, transport, command)
+    assume(first is not None)
+    if transport.startswith("zap"):
+        env = {"method": command.wire, "id": 1, "params": params | extra, **env_extra}
+        body, ctype = fs.encode(env, "json" if transport == "zap-json" else fs.MSGPACK_TYPES[0])
+        answer = check_zap(fz.zap("unknown fields", body, ctype), env, body)
+    else:
+        answer, _ = call_any(fz, "unknown fields", command, params | extra, transport)
+    kind, param, message = error_of(answer)
+    assert (kind, param) == ("invalid_params", first) and message.startswith(f"unknown parameter: {first}"), (first, answer)
+    record("unknown")
+
+
+@fuzz(300)
+@given(data=st.data())
+def test_unknown_envelope_members_are_ignored(fz, data):
+    """Members of the envelope beside method, id, params, jsonrpc and idempotencyKey are not
+    parameters: they change nothing."""
+    command = data.draw(st.sampled_from(list(fs.COMMANDS.values())), label="command")
+    params = data.draw(fs.valid_params(command), label="params")
+    env_extra = data.draw(fs.unknown_keys(ENVELOPE_KEYS), label="extra envelope keys")
+    codec = data.draw(st.sampled_from(["json", fs.MSGPACK_TYPES[0]]), label="codec")
+
+    def send(extra: dict[str, Any]) -> Any:
+        env = {"method": command.wire, "id": 1, "params": params, **extra}
+        body, ctype = fs.encode(env, codec)
+        return check_zap(fz.zap("unknown fields", body, ctype), env, body)
+
+    if command.mutates:  # each call writes: only check that the members are not what is refused
+        answer = send(env_extra)
+        assert error_of(answer)[1] not in env_extra, answer
         record("unknown")
         return
-    # clean, with the unknown fields, clean again: the middle answer is one of the other two (a
-    # hold or grant of a few seconds may expire meanwhile and change the clean answer once)
-    if transport.startswith("zap"):
-        answers = []
-        for p, e in ((params, {}), (params | extra, env_extra), (params, {})):
-            env = {"method": command.wire, "id": 1, "params": p, **e}
-            body, ctype = fs.encode(env, "json" if transport == "zap-json" else fs.MSGPACK_TYPES[0])
-            answers.append(check_zap(fz.zap("unknown fields", body, ctype), env, body))
-    else:
-        answers = [call_any(fz, "unknown fields", command, p, "rest")[0] for p in (params, params | extra, params)]
-    assert answers[1] in (answers[0], answers[2]), f"unknown fields {extra} {env_extra} changed the answer"
+    # clean, with the members, clean again: the middle answer is one of the other two (a hold or
+    # grant of a few seconds may expire meanwhile and change the clean answer once)
+    answers = [send(e) for e in ({}, env_extra, {})]
+    assert answers[1] in (answers[0], answers[2]), f"envelope members {env_extra} changed the answer"
     record("unknown")
 
 
@@ -898,8 +923,10 @@ def test_msgpack_ext_bin_timestamps_and_odd_keys(fz, data):
 # -- REST bodies and query strings, every route -------------------------------------------------------------
 
 @st.composite
-def rest_body_case(draw: Any) -> tuple[Any, str, bytes, str | None, dict[str, str]]:
+def rest_body_case(draw: Any) -> tuple[Any, str, bytes, str | None, dict[str, str], str | None]:
+    """(command, path, body, Content-Type, headers, the first undeclared name in the body)."""
     command = draw(st.sampled_from(fs.BODY_COMMANDS))
+    unknown = None
     params = draw(fs.valid_params(command))
     path = command.http.path
     for name in command.http.path_params:
@@ -922,7 +949,9 @@ def rest_body_case(draw: Any) -> tuple[Any, str, bytes, str | None, dict[str, st
                 s = draw(st.sampled_from(slots))
                 params = fs.put(params, s.path, draw(fs.int_edges()))
         if draw(st.booleans()):
-            params |= draw(fs.unknown_keys(frozenset(f.name for f in command.fields)))
+            extra = draw(fs.unknown_keys(frozenset(f.name for f in command.fields)))
+            params |= extra
+            unknown = next(iter(extra))
         body, ctype = fs.encode(params, "json" if ctype == fs.JSON_TYPE else ctype)
     elif how == "json":
         body, ctype = fs.encode(draw(fs.json_values(max_leaves=8, huge_ints=ctype == fs.JSON_TYPE)), "json" if ctype == fs.JSON_TYPE else ctype)
@@ -935,13 +964,13 @@ def rest_body_case(draw: Any) -> tuple[Any, str, bytes, str | None, dict[str, st
     headers = {}
     if command.mutates and draw(st.integers(0, 3)) == 0:
         headers["Idempotency-Key"] = draw(st.one_of(fs.header_text, st.sampled_from(["x" * 255, "x" * 256, "y" * 1000, "", "k0"])))
-    return command, path, body, ctype, headers
+    return command, path, body, ctype, headers, unknown
 
 
 @fuzz(1300)
 @given(case=rest_body_case(), accept=st.sampled_from([None, None, "application/msgpack", "application/json", "*/*", "text/html"]))
 def test_rest_post_bodies_on_every_route(fz, case, accept):
-    command, path, body, ctype, headers = case
+    command, path, body, ctype, headers, unknown = case
     r = fz.send("REST bodies", command.http.verb, path, content=body, ctype=ctype, headers=headers, accept=accept)
     answer = check_rest(r, command, body, command.http.verb)
     kind, _, message = error_of(answer)
@@ -958,6 +987,11 @@ def test_rest_post_bodies_on_every_route(fz, case, accept):
             assert kind == "parse_error", answer
         elif not isinstance(sent, dict):
             assert kind in ("invalid_request", "parse_error"), answer
+        elif unknown is not None:  # before any wrong, mutated or out-of-range value, and the key's length
+            param = error_of(answer)[1] or ""
+            assert kind == "invalid_params" and message.startswith("unknown parameter: "), (unknown, answer)
+            # a value mutated into a struct's place may hold undeclared names of its own, sent earlier
+            assert param == unknown or param.split("[", 1)[0].split(".", 1)[0] in sent, (unknown, answer)
     if len(headers.get("Idempotency-Key", "")) > 255 and kind is None:
         raise AssertionError(f"an idempotency key of {len(headers['Idempotency-Key'])} characters was accepted")
     record("rest bodies")
@@ -992,7 +1026,12 @@ def rest_query_case(draw: Any) -> tuple[Any, str, str, list[tuple[str, str]]]:
 def test_rest_query_strings_on_every_route(fz, case):
     command, path, verb, query = case
     r = fz.send("REST queries", verb, path, params=query)
-    check_rest(r, route_command(verb, command.http.path), b"", verb)
+    answer = check_rest(r, route_command(verb, command.http.path), b"", verb)
+    kind, param, message = error_of(answer)
+    takes = {f.name for f in command.fields} - set(command.http.path_params)
+    unknown = next((k for k, _ in query if k not in takes), None)
+    if verb == command.http.verb and unknown is not None and not message.startswith("no such route"):
+        assert (kind, param) == ("invalid_params", unknown), (unknown, answer)  # strict input, in the order sent
     record("rest queries")
 
 
