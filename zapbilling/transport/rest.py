@@ -92,7 +92,9 @@ def make_view(caller: Caller, command: Command) -> View:
         try:
             principal = await authenticate(caller.store, request.headers.get("Authorization"), request.rel_url.raw_query_string)
             authorize(command, principal)
-            if request.query_string:  # after the key (auth refuses a key sent here) and permission
+            # After the key (auth refuses a key sent here) and permission, before any param. One
+            # more pass over a query that is parsed anyway: ~175 ns for getBalance's two names (timeit).
+            if request.query_string:
                 refuse_unknown_query(request.query, query_takes, elsewhere)
             if from_query:
                 raw = text_params(command.fields, request.query, request.match_info)
