@@ -13,14 +13,13 @@ import json
 import secrets
 import sqlite3
 import time
-from contextlib import AbstractAsyncContextManager
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any, Callable
 
 from .base import DURABILITY, Idempotency
 from .refusals import KeyReused
 from .migrations import migrate
-from .reads import Reads
+from .reads import ReadPath
 from .writer import Writer
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
@@ -50,32 +49,17 @@ def new_id(prefix: str) -> str:
     return f"{prefix}_{time.time_ns() // 1_000_000:011x}{secrets.randbits(52):013x}"
 
 
-class SqliteBase:
-    """The writer, the read path and the two ways to write: `_run` for a plain atomic job,
-    `_write` for a tenant's write that honours an idempotency key in the same transaction.
-
-    The three ways to read are reads.py's, bound here under the names the query modules use
-    (bound once per store rather than wrapped in a method: a point read is on the hot path of
-    getBalance, and a method that only forwards would add a call frame to each)."""
-
-    _read: Callable[..., Awaitable[list[tuple[Any, ...]]]]
-    """Reads.read: any query, off the loop's thread; inside `snapshot()`, on the snapshot."""
-    _read_point: Callable[..., list[tuple[Any, ...]]]
-    """Reads.point(sql, params=(), *, fresh=False): an indexed read on the loop's thread,
-    sharing the loop turn's read transaction; raises inside `snapshot()`."""
-    snapshot: Callable[[], AbstractAsyncContextManager[None]]
-    """Reads.snapshot: `async with store.snapshot():` this task's reads see one moment."""
+class SqliteBase(ReadPath):
+    """The writer and the two ways to write: `_run` for a plain atomic job, `_write` for a
+    tenant's write that honours an idempotency key in the same transaction. The three ways to
+    read (`_read`, `snapshot()`, `_read_point`) and their rule are ReadPath's (reads.py)."""
 
     def __init__(self, path: str | Path, durability: str = "full"):
         if durability not in DURABILITY:
             raise ValueError(f"durability must be one of {', '.join(DURABILITY)}")
-        self.path = str(path)
+        super().__init__(str(path))
         self.durability = durability
         self._writer = Writer(self._connect_writer)
-        self._reads = Reads(self.path)
-        self._read = self._reads.read
-        self._read_point = self._reads.point
-        self.snapshot = self._reads.snapshot
 
     # -- lifecycle ---------------------------------------------------------------------------
     def _connect_writer(self) -> sqlite3.Connection:
@@ -95,11 +79,11 @@ class SqliteBase:
 
     async def open(self) -> None:
         await self._writer.start()  # first: it creates the file and migrates it
-        await self._reads.open()
+        await self._open_reads()
 
     async def close(self) -> None:
         await self._writer.close()
-        await self._reads.close()
+        await self._close_reads()
 
     async def _run(self, job: Callable[..., Any], *args: Any) -> Any:
         """Run `job(conn, *args)` as one atomic write; returns once it is committed."""
