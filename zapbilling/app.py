@@ -11,8 +11,9 @@ from typing import AsyncIterator, Awaitable, Callable, Generator
 
 from aiohttp import web
 
+from .billing.ledger import LOTS
 from .config import Config
-from .registry import Registry, load_registry
+from .registry import Registry, check_enum_tables, load_registry
 from .store import SqliteStore, Store
 from .times import DAY, SECOND
 from .transport.calls import Caller
@@ -32,6 +33,7 @@ IDEMPOTENCY_KEEP = DAY
 def create_app(config: Config, registry: Registry | None = None) -> web.Application:
     registry = registry or load_registry()
     store = SqliteStore(config.db, config.durability)
+    check_enum_tables(registry.schema, {"AggregationType": store.AGGREGATIONS, "HoldStatus": store.HOLD_STATUSES}, "the store")
     caller = Caller(registry, store, config.clock)
     app = web.Application(client_max_size=MAX_BODY)
     app[BODY_TIMEOUT] = config.body_timeout
@@ -139,12 +141,14 @@ async def _sweep(store: Store, config: Config) -> None:
 
 
 async def sweep_once(store: Store, now: int) -> None:
-    """Forfeit expired credit even for users who never come back, mark lapsed holds expired
-    and drop old idempotency keys. Reads are exact without this (they subtract unforfeited
+    """Forfeit expired credit even for users who never come back, mark lapsed holds expired,
+    journal the expiry of credit grants and drop old idempotency keys. Reads are exact without this (they subtract unforfeited
     expired credit and ignore lapsed holds themselves); it keeps the stored rows honest. Each
     step goes through the writer, so it never races a capture or a release."""
-    while await store.forfeit_expired(now) > 0:
+    while await store.forfeit_expired(now, LOTS) > 0:
         pass
     while await store.expire_holds(now) > 0:
+        pass
+    while await store.expire_grants(now) > 0:
         pass
     await store.purge_idempotency(now - IDEMPOTENCY_KEEP - 60 * SECOND)

@@ -14,13 +14,15 @@ import secrets
 import sqlite3
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 from .base import DURABILITY, Idempotency
 from .refusals import KeyReused
 from .migrations import migrate
 from .reads import ReadPath
 from .writer import Writer
+
+T = TypeVar("T")
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 WAL_AUTOCHECKPOINT_PAGES = 4000
@@ -85,11 +87,11 @@ class SqliteBase(ReadPath):
         await self._writer.close()
         await self._close_reads()
 
-    async def _run(self, job: Callable[..., Any], *args: Any) -> Any:
+    async def _run(self, job: Callable[..., T], *args: Any) -> T:
         """Run `job(conn, *args)` as one atomic write; returns once it is committed."""
         return await self._writer.run(job, *args)
 
-    async def _write(self, tenant: int, idempotency: Idempotency | None, now: int, job: Callable[..., Any], *args: Any) -> Any:
+    async def _write(self, tenant: int, idempotency: Idempotency | None, now: int, job: Callable[..., T], *args: Any) -> T:
         return await self._writer.run(_idempotent, tenant, idempotency, now, job, *args)
 
     async def idempotency_fingerprint(self, tenant: int, key: str) -> str | None:
@@ -97,7 +99,7 @@ class SqliteBase(ReadPath):
         return rows[0][0] if rows else None
 
     async def purge_idempotency(self, older_than: int) -> int:
-        return await self._run(lambda conn: conn.execute("DELETE FROM idempotency WHERE created_at < ?", (older_than,)).rowcount)
+        return await self._run(_purge_idempotency, older_than)
 
 
 def _idempotent(conn: sqlite3.Connection, tenant: int, idem: Idempotency | None, now: int, job: Callable[..., Any], *args: Any) -> Any:
@@ -120,3 +122,7 @@ def _idempotent(conn: sqlite3.Connection, tenant: int, idem: Idempotency | None,
     result = job(conn, *args)
     conn.execute("UPDATE idempotency SET response = ? WHERE tenant = ? AND key = ?", (json.dumps(result), tenant, idem.key))
     return result
+
+
+def _purge_idempotency(conn: sqlite3.Connection, older_than: int) -> int:
+    return conn.execute("DELETE FROM idempotency WHERE created_at < ?", (older_than,)).rowcount

@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import sqlite3
 from contextvars import ContextVar
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Iterable
 
 import aiosqlite
 
@@ -85,7 +85,8 @@ class ReadPath:
         """Any query, off the loop's thread; inside `snapshot()`, on the snapshot."""
         conn = _SNAPSHOT.get() or self._reader
         assert conn is not None, "store is not open"
-        return list(await conn.execute_fetchall(sql, params))
+        rows: Iterable[Any] = await conn.execute_fetchall(sql, params)  # tuples: no row factory is set
+        return list(rows)
 
     @contextlib.asynccontextmanager
     async def snapshot(self) -> AsyncIterator[None]:
