@@ -58,6 +58,13 @@ EXPECTED = {
     "billing.releaseHold": ("releaseHold", "POST", "/api/v1/billing/holds/{id}/release", 200, True, ["id"], "Hold"),
     "billing.getHold": ("getHold", "GET", "/api/v1/billing/holds/{id}", 200, False, ["id"], "Hold"),
     "billing.listHolds": ("listHolds", "GET", "/api/v1/billing/holds", 200, False, ["user", "status", "limit", "startingAfter"], "HoldList"),
+    "billing.listTransactions": ("listTransactions", "GET", "/api/v1/billing/transactions", 200, False,
+                                 ["user", "currency", "type", "tag", "createdAfter", "createdBefore", "limit", "startingAfter"],
+                                 "TransactionPage"),
+    "billing.listAccounts": ("listAccounts", "GET", "/api/v1/billing/accounts", 200, False,
+                             ["currency", "maxAvailable", "limit", "startingAfter"], "AccountPage"),
+    "billing.listCreditTransactions": ("listCreditTransactions", "GET", "/api/v1/billing/credit-transactions", 200, False,
+                                       ["userId", "grantId", "limit", "startingAfter"], "CreditTransactionPage"),
 }
 
 
