@@ -51,7 +51,7 @@ def _name(text: str) -> str:
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="zapbilling", description="Usage-based billing service.")
     sub = p.add_subparsers(dest="command", required=True, metavar="{serve,keys,gen,export}")
-    db = {"default": env_default("db"), "help": "SQLite database file (env ZAPBILLING_DB)"}
+    db: dict[str, Any] = {"default": env_default("db"), "help": "SQLite database file (env ZAPBILLING_DB)"}
 
     serve = sub.add_parser("serve", help="run the HTTP server")
     serve.add_argument("--db", **db)

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import Any
 
-from .store.base import DURABILITY
+from .store.base import DURABILITY as DURABILITY  # re-exported: the CLI offers these
 from .times import Clock, system_clock
 
 ENV = {
@@ -41,7 +42,7 @@ class Config:
     """Microseconds since the epoch; tests pass a clock they can move."""
 
 
-def server_options(config: Config) -> dict[str, float]:
+def server_options(config: Config) -> dict[str, Any]:
     """aiohttp server settings that come from the config (for run_app and test servers alike).
     lingering_time bounds how long the unread rest of a refused body is drained before close."""
     return {"keepalive_timeout": config.idle_timeout, "lingering_time": config.body_timeout}

@@ -194,11 +194,11 @@ class ModelBuilder:
             checks = [_null_is_missing(f.name)] + ([_non_empty(f.name)] if f.type.name == "Text" else [])
             return _annotated(ann, checks + validators), ...
         default = f.default
-        factory = (list if default == [] else dict) if isinstance(default, (list, dict)) else None
+        factory: Callable[[], Any] | None = (list if default == [] else dict) if isinstance(default, (list, dict)) else None
         before = _null_means(factory or default, empty_text_too=f.type.name == "Text" and default != "")
         # A rule also judges the default (an absent `events` is `at least one event is required`).
         judge = bool(validators)
-        spec = PydanticField(default_factory=factory, validate_default=judge) if factory else PydanticField(default, validate_default=judge)
+        spec = PydanticField(default_factory=factory, validate_default=judge) if factory else PydanticField(default, validate_default=judge)  # type: ignore[call-overload]  # pydantic's overloads reject a factory typed loosely
         return _annotated(ann, [before] + validators), spec
 
     def input_model(self, name: str) -> type[BaseModel]:
@@ -220,7 +220,8 @@ class ModelBuilder:
         for deposit but not for recordUsage) never leak into a shared struct."""
         fields = {f.name: self._field(f, output=False, rules=rules) for f in self.schema.flat_params(method)}
         title = method.name[0].upper() + method.name[1:] + "Params"
-        return create_model(title, __config__=_INPUT, __doc__=method.doc or None, **fields)  # type: ignore[call-overload]
+        model: type[BaseModel] = create_model(title, __config__=_INPUT, __doc__=method.doc or None, **fields)  # type: ignore[call-overload]
+        return model
 
     def result_model(self, method: Method) -> type[BaseModel] | None:
         if method.result is None:

@@ -148,9 +148,9 @@ def _supervise(config: Config) -> int:
     running = dict(workers)
     while running:
         pid, wait_status = os.wait()
-        w = running.pop(pid, None)
-        if w is None:
+        if pid not in running:
             continue
+        w = running.pop(pid)
         w.returncode = code = os.waitstatus_to_exitcode(wait_status)
         # a worker stopped by our SIGTERM before its app installed the graceful handler dies of
         # the signal: it had served nothing yet, so that is a clean stop too

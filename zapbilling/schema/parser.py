@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .model import GENERICS, MISSING, SCALARS, Enum, Field, Http, Interface, Method, Schema, Struct, TypeRef
 
@@ -289,7 +289,7 @@ def _parse(text: str, file: str, base: Path, schema: Schema, seen: set[Path]) ->
 
 # -- whole-schema checks -------------------------------------------------------------------
 
-_LITERAL_CHECKS = {
+_LITERAL_CHECKS: dict[str, Callable[[Any], bool]] = {
     "Bool": lambda v: isinstance(v, bool),
     "Int32": lambda v: isinstance(v, int) and not isinstance(v, bool) and -(2**31) <= v < 2**31,
     "Int64": lambda v: isinstance(v, int) and not isinstance(v, bool) and -(2**63) <= v < 2**63,

@@ -16,7 +16,7 @@ from .calls import Caller, authorize
 from .codec import JSON, codec_for, negotiate
 from .http import read_body, respond
 
-View = Callable[[web.Request], Awaitable[web.Response]]
+View = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _INT = re.compile(r"[+-]?[0-9]+\Z")
 _BOOLS = {"true": True, "false": False, "1": True, "0": False}
 
