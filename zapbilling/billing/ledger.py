@@ -93,7 +93,13 @@ async def get_usage(ctx: Context, p: Any) -> dict[str, Any]:
 
 async def record_usage(ctx: Context, p: Any) -> dict[str, Any]:
     if p.amount <= 0:
-        return Unchanged(user=p.user, amount=0, status="skipped")
+        skipped = Unchanged(user=p.user, amount=0, status="skipped")
+        if ctx.idempotency is None:
+            return skipped
+        # A key is claimed by every call that carries it, whatever the call wrote: unclaimed, the
+        # same key with an amount would charge, and a true retry of this call would then be a
+        # conflict.
+        return Unchanged(await ctx.store.claim_idempotency(ctx.tenant, ctx.idempotency, ctx.now, skipped))
     metadata = {
         "model": p.model, "provider": p.provider, "promptTokens": p.promptTokens,
         "completionTokens": p.completionTokens, "totalTokens": p.totalTokens, "requestId": p.requestId,

@@ -98,6 +98,9 @@ class SqliteBase(ReadPath):
         rows = self._read_point("SELECT fingerprint FROM idempotency WHERE tenant = ? AND key = ?", (tenant, key))
         return rows[0][0] if rows else None
 
+    async def claim_idempotency(self, tenant: int, idempotency: Idempotency, now: int, answer: dict[str, Any]) -> dict[str, Any]:
+        return await self._write(tenant, idempotency, now, _answer, answer)
+
     async def purge_idempotency(self, older_than: int) -> int:
         return await self._run(_purge_idempotency, older_than)
 
@@ -126,3 +129,8 @@ def _idempotent(conn: sqlite3.Connection, tenant: int, idem: Idempotency | None,
 
 def _purge_idempotency(conn: sqlite3.Connection, older_than: int) -> int:
     return conn.execute("DELETE FROM idempotency WHERE created_at < ?", (older_than,)).rowcount
+
+
+def _answer(conn: sqlite3.Connection, answer: dict[str, Any]) -> dict[str, Any]:
+    """The whole job of a call that writes nothing but its idempotency key."""
+    return answer
