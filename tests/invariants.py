@@ -395,3 +395,29 @@ class _Checker:
                         self.bad(f"hold {hid}: captured {captured}, but its transaction {tx} is a {t['type']} of {t['amount']}")
                     if {"tenant", "user_id", "currency"} <= cols and (t["tenant"], t["user_id"], t["currency"]) != (r["tenant"], r["user_id"], r["currency"]):
                         self.bad(f"hold {hid}: its transaction {tx} belongs to another account")
+
+
+# -- for the checker's own tests: a copy of a live database to corrupt one way at a time ------
+
+def copy_db(db_path: str, dest: Path) -> str:
+    """A consistent copy of the live database (SQLite's backup API), in rollback-journal mode so
+    the file alone is the whole database."""
+    src = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    dst = sqlite3.connect(dest)
+    try:
+        src.backup(dst)
+        dst.execute("PRAGMA journal_mode = DELETE")
+    finally:
+        src.close()
+        dst.close()
+    return str(dest)
+
+
+def corrupt(path: str, *statements: str, params: tuple[Any, ...] = ()) -> None:
+    con = sqlite3.connect(path, isolation_level=None)
+    try:
+        con.execute("PRAGMA ignore_check_constraints = ON")  # corruption the schema's CHECKs would refuse
+        for sql in statements:
+            con.execute(sql, params if "?" in sql else ())
+    finally:
+        con.close()

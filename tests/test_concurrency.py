@@ -22,7 +22,7 @@ from typing import Any, Awaitable, Iterable
 
 import pytest
 from conftest import REGISTRY, TRANSPORTS, Api, Reply, assert_error, balance, created_status, ledger_rows, ok
-from invariants import check_invariants, find_violations
+from invariants import check_invariants, copy_db, corrupt, find_violations
 from zapbilling.app import STORE
 
 CLIENTS = 60
@@ -582,30 +582,6 @@ async def traffic(api, make_key, clock, db_path) -> dict[str, str]:
     await ok(other, "deposit", {"user": ALICE, "amount": 50})
     assert [r["tags"] for r in ledger_rows(db_path, ALICE, tags="credit-expired")] == ["credit-expired"]
     return ids
-
-
-def copy_db(db_path: str, dest: Path) -> str:
-    """A consistent copy of the live database (SQLite's backup API), in rollback-journal mode so
-    the file alone is the whole database."""
-    src = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
-    dst = sqlite3.connect(dest)
-    try:
-        src.backup(dst)
-        dst.execute("PRAGMA journal_mode = DELETE")
-    finally:
-        src.close()
-        dst.close()
-    return str(dest)
-
-
-def corrupt(path: str, *statements: str, params: tuple[Any, ...] = ()) -> None:
-    con = sqlite3.connect(path, isolation_level=None)
-    try:
-        con.execute("PRAGMA ignore_check_constraints = ON")  # corruption the schema's CHECKs would refuse
-        for sql in statements:
-            con.execute(sql, params if "?" in sql else ())
-    finally:
-        con.close()
 
 
 def violations_of(path: str) -> str:

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 from conftest import Api, FakeClock, ok
-from invariants import check_invariants, find_violations
+from invariants import check_invariants, copy_db, corrupt, find_violations
 
 from zapbilling.app import STORE, create_app, sweep_once
 from zapbilling.config import Config, server_options
@@ -76,30 +76,6 @@ async def traffic(api, make_key, clock, server, db_path) -> dict[str, Any]:
     assert types == {"grant", "burn", "void", "expire"}, types
     assert "system" in keys and len(keys) == 2, keys
     return ids
-
-
-def copy_db(db_path: str, dest: Path) -> str:
-    """A consistent copy of the live database (SQLite's backup API), in rollback-journal mode so
-    the file alone is the whole database."""
-    src = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
-    dst = sqlite3.connect(dest)
-    try:
-        src.backup(dst)
-        dst.execute("PRAGMA journal_mode = DELETE")
-    finally:
-        src.close()
-        dst.close()
-    return str(dest)
-
-
-def corrupt(path: str, *statements: str, params: tuple[Any, ...] = ()) -> None:
-    con = sqlite3.connect(path, isolation_level=None)
-    try:
-        con.execute("PRAGMA ignore_check_constraints = ON")  # corruption the schema's CHECKs would refuse
-        for sql in statements:
-            con.execute(sql, params if "?" in sql else ())
-    finally:
-        con.close()
 
 
 def query(path: str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
