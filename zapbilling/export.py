@@ -57,13 +57,16 @@ COLUMNS = {
 
 def add_parser(sub: Any, db_default: str) -> None:
     """The `export` subcommand, on cli.py's subparsers."""
-    p = sub.add_parser("export", help="write one org and mode's history to stdout (jsonl or csv)",
-                       description=__doc__.split("\n\n")[1] if __doc__ else None)
+    p = sub.add_parser("export", help="write one org and mode's history to stdout (jsonl or csv)", description=(
+        "Write one org and mode's ledger, credit journal, meter events or holds to stdout, oldest first, with the "
+        "fields the API's rows have (csv: a header row, absent fields empty, metadata and dimensions as JSON text). "
+        "Rows are read in batches: memory stays the same whatever the size."))
     p.add_argument("kind", choices=KINDS, help="what to export")
     p.add_argument("--db", default=db_default, help="the database: a path or sqlite:///path (env ZAPBILLING_DB)")
     p.add_argument("--org", required=True)
     p.add_argument("--mode", required=True, choices=("test", "live"))
-    p.add_argument("--since", help="only rows created at or after this RFC 3339 time or date (YYYY-MM-DD)")
+    p.add_argument("--since", help="only rows whose createdAt is at or after this RFC 3339 time or date (YYYY-MM-DD,"
+                                   " from 00:00 UTC); meter events: when recorded, not their timestamp")
     p.add_argument("--format", default="jsonl", choices=FORMATS, help="default jsonl")
 
 
