@@ -1,8 +1,8 @@
 """The API reference's examples, run for real: each schema method's example call
-(schemas/examples/<stem>.json, the file the contract tests read) is sent to a server running in
-this process on a temporary SQLite database, once over REST and once over ZAP, and the answers
-are what the API reference shows. An answer there is therefore one the server gave, not
-one somebody typed.
+(schemas/examples/<stem>.json, loaded by examples.py, as the contract tests load it) is sent to
+a server running in this process on a temporary SQLite database, once over REST and once over
+ZAP, and the answers are what the API reference shows. An answer there is therefore one the
+server gave, not one somebody typed.
 
 The output must be byte-identical from run to run (`zapbilling gen docs --check` compares it
 with the committed file), so the server runs on a clock that moves only when told: every call of
@@ -16,40 +16,29 @@ import asyncio
 import json
 import re
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 from ..config import Config
 from ..registry import Command, Registry
+from ..schema import Schema
 from ..times import SECOND, parse_ts
+from .examples import Example, ExamplesError, examples_path, resolve
+from .examples import load_examples as _load
 
 START = parse_ts("2026-02-02T09:00:00Z")
 """The instant every example starts at; each call of an example (setup steps included) happens
 one second after the one before it."""
 ORG, MODE = "docs", "test"
-REF = "$ref"
 ID = re.compile(r"\b([a-z]+)_([0-9a-f]{24})\b")
 """A server-made id (`tx_`, `hold_`, `mtr_`, ...): the prefix, then 24 hex digits."""
 
 
-class ExampleError(ValueError):
-    """The examples file is missing, malformed, or an example does not run."""
-
-
-@dataclass(frozen=True)
-class Step:
-    method: str
-    params: dict[str, Any]
-    save: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Example:
-    params: dict[str, Any]
-    setup: tuple[Step, ...] = ()
-    setup_name: str | None = None
+ExampleError = ExamplesError
+"""What fails here: the examples file cannot be loaded (raised by .examples) or an example does
+not run."""
 
 
 @dataclass(frozen=True)
@@ -65,48 +54,10 @@ class Exchange:
     zap_body: Any
 
 
-def examples_path(schema_path: Path) -> Path:
-    return schema_path.parent / "examples" / f"{schema_path.stem}.json"
-
-
-def load_examples(schema_path: Path) -> dict[str, Example]:
-    """Method name -> its example, setups expanded. The file is checked strictly by the contract
-    tests (tests/examples.py); this reads it, and fails clearly on what it cannot follow."""
-    path = examples_path(schema_path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ExampleError(f"cannot read the examples {path}: {exc.strerror}") from None
-    except ValueError as exc:
-        raise ExampleError(f"{path}: not valid JSON: {exc}") from None
-    setups: dict[str, Any] = data.get("setups", {})
-
-    def expand(name: str, chain: tuple[str, ...] = ()) -> tuple[Step, ...]:
-        if name not in setups or name in chain:
-            raise ExampleError(f"{path}: unknown or self-using setup {name!r}")
-        steps: list[Step] = []
-        for step in setups[name]:
-            if "use" in step:
-                steps += expand(step["use"], chain + (name,))
-            else:
-                steps.append(Step(step["call"], step.get("params", {}), step.get("save", {})))
-        return tuple(steps)
-
-    return {
-        name: Example(entry["params"], expand(entry["setup"]) if entry.get("setup") else (), entry.get("setup"))
-        for name, entry in data["methods"].items()
-    }
-
-
-def resolve(value: Any, refs: dict[str, str]) -> Any:
-    """{"$ref": name} -> the saved id; null (an absent optional parameter) dropped."""
-    if isinstance(value, dict) and REF in value:
-        return refs[value[REF]]
-    if isinstance(value, dict):
-        return {k: resolve(v, refs) for k, v in value.items() if v is not None}
-    if isinstance(value, list):
-        return [resolve(v, refs) for v in value]
-    return value
+def load_examples(schema_path: Path, schema: Schema | None = None) -> dict[str, Example]:
+    """Method name (without the service prefix, as Command.name) -> its example, setups expanded;
+    loaded and checked strictly by .examples, as the contract tests load them."""
+    return {wire.rpartition(".")[2]: example for wire, example in _load(schema_path, schema).items()}
 
 
 class _Clock:
@@ -121,7 +72,7 @@ class _Clock:
 
 def run_examples(registry: Registry, schema_path: Path) -> dict[str, Exchange]:
     """Wire name -> the example's exchange, for every method of the registry."""
-    examples = load_examples(schema_path)
+    examples = load_examples(schema_path, registry.schema)
     if missing := [c.name for c in registry.commands.values() if c.name not in examples]:
         raise ExampleError(f"{examples_path(schema_path)}: no example for {', '.join(missing)}")
     return asyncio.run(_run_all(registry, examples))
