@@ -6,10 +6,18 @@ idempotency record) that must form one transaction. Here a whole batch of write 
 to the writer thread once: each job runs inside its own SAVEPOINT (so one job's error rolls
 back only that job) and the batch shares one COMMIT. Every caller's future resolves only after
 that COMMIT returned, so nothing is acknowledged before it is durable.
+
+When the disk fills up or the files become read-only, the COMMIT (or a statement that spills
+the page cache into the WAL) fails: SQLite rolls the transaction back, every job of the batch
+is answered with that error (the callers' internal error), and the connection is fit for the
+next batch, which succeeds once the fault is gone; tests/test_faults.py brings both faults on a
+running server and lifts them. Should a batch's ROLLBACK itself fail, the next batch rolls back
+first, or reopens the connection, instead of failing at BEGIN for the rest of the process.
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
@@ -67,9 +75,27 @@ class Writer:
             if self._closing:
                 return
 
-    def _run_batch(self, jobs: list[tuple[Job, tuple[Any, ...]]]) -> list[tuple[bool, Any]]:
+    def _ready(self) -> sqlite3.Connection:
+        """The connection, outside any transaction. A batch whose ROLLBACK failed (after its
+        COMMIT failed: a disk error) may have left its transaction open, and then every later
+        BEGIN would fail, every write until a restart. So roll it back now, or when that fails
+        too, reopen the connection (closing one discards its transaction). One attribute read
+        per batch when nothing is wrong."""
         conn = self._conn
-        assert conn is not None
+        if conn is not None and conn.in_transaction:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                log.exception("the writer's connection cannot roll back its last failed batch: reopening it")
+                with contextlib.suppress(sqlite3.Error):
+                    conn.close()
+                conn = self._conn = None
+        if conn is None:
+            conn = self._conn = self._connect()  # raises while the fault lasts: this batch fails, the next tries again
+        return conn
+
+    def _run_batch(self, jobs: list[tuple[Job, tuple[Any, ...]]]) -> list[tuple[bool, Any]]:
+        conn = self._ready()
         outcomes: list[tuple[bool, Any]] = []
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -85,7 +111,10 @@ class Writer:
             conn.execute("COMMIT")
         except BaseException as exc:
             if conn.in_transaction:
-                conn.execute("ROLLBACK")
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:  # the callers get the first error; the next batch deals with this one
+                    log.exception("write batch of %d jobs failed to roll back", len(jobs))
             log.exception("write batch of %d jobs failed to commit", len(jobs))
             return [(False, exc)] * len(jobs)
         return outcomes
