@@ -23,6 +23,7 @@ import json
 import os
 import random
 import sqlite3
+import struct
 import subprocess
 import sys
 import time
@@ -36,12 +37,14 @@ from aiohttp import ClientSession, ClientTimeout
 
 from invariants import check_invariants
 from procs import ServerProcess
+from zapbilling.store.connection import WAL_AUTOCHECKPOINT_PAGES as WAL_PAGES
 from zapbilling.store.writer import Writer
 from test_crash import REST_ROUTES, Account, Checker, Op, Storm, describe, failed_ops, master_seed, prepare, read_only
 
 FAULT_ANSWER_LIMIT = 2.0  # seconds: a write refused because of the fault must be answered within this
 STORM_BEFORE_FAULT = 0.6  # seconds of storm before the fault begins
 STORM_LIMIT = 30  # seconds: a storm not ended this long after the fault began is a hang
+PAD = 3000  # characters of metadata on each deposit: more WAL pages per write, so checkpoints come sooner
 
 
 # -- mounts ---------------------------------------------------------------------------------
@@ -138,6 +141,16 @@ class FaultStorm(Storm):
     @staticmethod
     def is_rest(op: Op) -> bool:
         return op.kind in REST_ROUTES and not (op.kind == "events" and int(op.id.rsplit("o", 1)[1]) % 2 == 0)
+
+
+class PaddedStorm(Storm):
+    """test_crash's storm with PAD characters of metadata on each deposit (the checker ignores metadata)."""
+
+    def next_op(self, rng: random.Random, a: Account, op_id: str) -> Op:
+        op = super().next_op(rng, a, op_id)
+        if op.kind == "deposit":
+            op.params["metadata"]["pad"] = "x" * PAD
+        return op
 
 
 def refusals(ops: list[Op]) -> list[Op]:
@@ -353,12 +366,96 @@ async def test_read_only_database_mid_storm_refuses_writes_at_once_keeps_reads_a
     print(f"\n[read-only] {report('readonly', figures)}")
 
 
+def wal_index(db: str | Path) -> tuple[int, int, int]:
+    """(mxFrame, nBackfill, nBackfillAttempted) from the -shm: see WATCHER below."""
+    with open(f"{db}-shm", "rb") as f:
+        head = f.read(136)
+    return struct.unpack_from("=I", head, 16)[0], struct.unpack_from("=I", head, 96)[0], struct.unpack_from("=I", head, 128)[0]
+
+
+class StoppableStorm(PaddedStorm):
+    """test_crash's storm (deposits padded as PaddedStorm's) that ends when told: each worker's
+    next write is then not sent (and dropped from `ops`)."""
+
+    stopping = False
+
+    async def send(self, session: ClientSession, op: Op, a: Account) -> None:
+        if self.stopping:
+            op.outcome = "stopped"
+            return
+        await super().send(session, op, a)
+
+    async def until(self, done, limit: float) -> list[Op]:
+        """Runs until done() (polled every 10 ms) or `limit` seconds; returns the ops sent."""
+        task = asyncio.create_task(self.run())
+        deadline = time.monotonic() + limit
+        while not done() and time.monotonic() < deadline and not task.done():
+            await asyncio.sleep(0.01)
+        self.stopping = True
+        await asyncio.wait_for(task, STORM_LIMIT)
+        self.ops = [op for op in self.ops if op.outcome != "stopped"]
+        return self.ops
+
+
+async def test_read_only_database_file_alone_keeps_writes_durable_in_the_wal(tmp_path):
+    """Only the database file becomes immutable (its WAL and folder stay writable): commits only
+    append to the WAL, so writes go on being acknowledged, durably. What cannot happen is the
+    checkpoint: past 4000 WAL pages SQLite tries one after each commit and fails, so the WAL
+    grows. Reads answer throughout. Once the file is writable again the next checkpoint copies
+    the whole WAL into it and the WAL starts over, with no restart; after a kill -9 and a
+    restart every acknowledged write is there."""
+    with ext4(tmp_path / "fs.img", tmp_path / "fs", size_mb=128) as fs:
+        db = fs / "billing.db"
+        key, events_meter, usage_meter, accounts = await prepare(str(db), tmp_path)
+        server = await ServerProcess(str(db), tmp_path).start_ready()
+        checker = Checker(str(db), accounts, events_meter, usage_meter)
+        try:
+            immutable(True, db)
+            try:
+                started = time.monotonic()
+                storm = StoppableStorm(server.base, key, accounts, events_meter, "dbfile", 1)
+                ops = await storm.until(lambda: wal_index(db)[0] > WAL_PAGES + 1000, CHECKPOINT_WAIT)
+                during = time.monotonic() - started
+                mx, backfill, attempted = wal_index(db)
+                assert mx > WAL_PAGES + 1000, f"the WAL reached only {mx} frames in {CHECKPOINT_WAIT}s"
+                assert not others(ops), others(ops)[:10]
+                assert backfill == 0 < attempted, f"checkpoints tried to copy {attempted} frames and copied {backfill}"
+                checker.check_file()
+                await checker.check_api(server.base, key)
+                assert not checker.problems, "while the file is read-only:\n" + "\n".join(checker.problems[:40])
+            finally:
+                immutable(False, db)
+            lifted = time.monotonic()
+            storm2 = StoppableStorm(server.base, key, accounts, events_meter, "dbfile", 2)
+            restarted_wal = lambda: wal_index(db)[0] < mx  # noqa: E731 (a checkpoint copied it all and the WAL began again)
+            ops2 = await storm2.until(restarted_wal, CHECKPOINT_WAIT)
+            caught_up = time.monotonic() - lifted
+            assert restarted_wal(), f"no checkpoint within {CHECKPOINT_WAIT}s of the file becoming writable: {wal_index(db)}"
+            assert not others(ops2), others(ops2)[:10]
+            checker.check_file()
+            await checker.check_api(server.base, key)
+            assert not checker.problems, "\n".join(checker.problems[:40])
+            server.kill9()
+        finally:
+            server.stop()
+        restarted = await ServerProcess(str(db), tmp_path).start_ready()
+        try:
+            checker.check_file()
+            await checker.check_api(restarted.base, key)
+        finally:
+            assert restarted.terminate() == 0, restarted.log()[-3000:]
+        assert not checker.problems, "after a kill -9 and a restart:\n" + "\n".join(checker.problems[:40])
+        check_invariants(str(db))
+    print(f"\n[read-only database file] {len(ops)} writes acknowledged in {during:.1f}s while the file was immutable,"
+          f" none refused; the WAL grew to {mx} frames ({mx * 4120 >> 20} MiB), checkpoints tried {attempted} and copied none; writable again: the"
+          f" first checkpoint copied it all within {caught_up:.2f}s ({len(ops2)} more writes acknowledged meanwhile)")
+
+
 # -- killed during a WAL checkpoint -------------------------------------------------------------
 
 CHECKPOINT_KILLS = 4
 CHECKPOINT_WAIT = 20  # seconds: a storm that brings no checkpoint within this fails the test
 CHECKPOINT_DELAY = 0.01  # seconds: each kill "during" comes a random 0..this after the checkpoint began
-PAD = 3000  # characters of metadata on each deposit: more WAL pages per write, so checkpoints come sooner
 
 # The watcher runs as a process of its own, so that the storm's client (this process) does not
 # delay it: it maps the server's -shm read-only and polls the WAL index's checkpoint record,
@@ -403,16 +500,6 @@ time.sleep(0.05)
 print(json.dumps({"killed": True, "start": start, "at_kill": look(), "after": killed - started,
                   "db_written": written() != db_then}))
 """
-
-
-class PaddedStorm(Storm):
-    """test_crash's storm with PAD characters of metadata on each deposit (the checker ignores metadata)."""
-
-    def next_op(self, rng: random.Random, a: Account, op_id: str) -> Op:
-        op = super().next_op(rng, a, op_id)
-        if op.kind == "deposit":
-            op.params["metadata"]["pad"] = "x" * PAD
-        return op
 
 
 async def test_kill_9_during_wal_checkpoints_loses_no_acknowledged_write(tmp_path):
