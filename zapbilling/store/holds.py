@@ -28,6 +28,11 @@ _STATUS_IS = {
     "captured": "status = 'captured'",
     "released": "status = 'released'",
 }
+# When a hold is captured or released. Never before its creation: after the clock went back
+# behind a hold's created_at (an NTP step, a restored VM), a settlement dated by the clock would
+# answer a negative duration (settledAt < createdAt); it is dated at the creation instant
+# instead, the earliest moment the store has seen for this row (tests/test_clock_jumps.py).
+_SETTLED_AT = "MAX(:now, created_at)"
 
 
 def hold_row(r: tuple[Any, ...]) -> HoldRow:
@@ -113,7 +118,7 @@ def _capture_hold(
     conn: sqlite3.Connection, tenant: int, hold_id: str, amount: int | None, now: int, charge: HoldCharge
 ) -> HoldRow:
     row = conn.execute(
-        f"UPDATE holds SET status = 'captured', captured_amount = COALESCE(:amount, amount), settled_at = :now"
+        f"UPDATE holds SET status = 'captured', captured_amount = COALESCE(:amount, amount), settled_at = {_SETTLED_AT}"
         f" WHERE tenant = :tenant AND id = :id AND {_PENDING} AND COALESCE(:amount, amount) <= amount RETURNING {_HOLD}",
         {"tenant": tenant, "id": hold_id, "now": now, "amount": amount},
     ).fetchone()
@@ -130,7 +135,7 @@ def _capture_hold(
 
 def _release_hold(conn: sqlite3.Connection, tenant: int, hold_id: str, now: int) -> HoldRow:
     row = conn.execute(
-        f"UPDATE holds SET status = 'released', settled_at = :now WHERE tenant = :tenant AND id = :id AND {_PENDING}"
+        f"UPDATE holds SET status = 'released', settled_at = {_SETTLED_AT} WHERE tenant = :tenant AND id = :id AND {_PENDING}"
         f" RETURNING {_HOLD}",
         {"tenant": tenant, "id": hold_id, "now": now},
     ).fetchone()
