@@ -11,7 +11,10 @@ a real SQLite file. What must hold whatever the clock does:
   of expired credit, a hold marked expired) stays so when the clock goes back again;
 - ids stay unique, and lists keep their stated order and page without a gap or a repeat, when
   the clock ids are made from (time.time_ns, the real clock, not the injected one) jumps
-  backwards, so that ids made later sort earlier: nothing orders or pages by id.
+  backwards, so that ids made later sort earlier: nothing orders or pages by id. An id made
+  twice (clock stopped, random part fixed) is refused by the UNIQUE index, never stored twice;
+- idempotency keys are not dropped early by a forward jump: the sweep's horizon advances at
+  most as fast as real time since the process's last purge (store/connection.py).
 
 What a jump does not change: times are the clock's. Rows written after the clock went back carry
 the earlier times (a capture's charge may be dated before its hold). Histories ordered by time
@@ -22,6 +25,7 @@ listCreditGrants) do not move them; createdAfter/createdBefore select by the tim
 from __future__ import annotations
 
 import time
+from types import SimpleNamespace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -234,3 +238,35 @@ async def test_ids_stay_unique_and_lists_keep_their_order_when_the_id_clock_goes
     since = await ok(api, "listTransactions", {"user": ALICE, "createdAfter": text, "limit": 1000})
     assert {t["transactionId"] for t in before["transactions"]} == {t["transactionId"] for t in rows if us(t["createdAt"]) < middle}
     assert {t["transactionId"] for t in since["transactions"]} == {t["transactionId"] for t in rows if us(t["createdAt"]) >= middle}
+
+
+async def test_a_forward_jump_does_not_drop_idempotency_keys_early(api, server, clock):
+    """Keys are kept at least 24 hours. The sweep drops those older than that by the clock;
+    when the clock is stepped two days ahead between two sweeps, the second one may drop no
+    key younger (in real time) than the keep time, so a retry still gets its first answer."""
+    store = server.app[STORE]
+    first = await ok(api, "deposit", {"user": ALICE, "amount": 100}, idempotency_key="k1")
+    await sweep_once(store, clock())
+    clock.advance(days=2)
+    await sweep_once(store, clock())
+    again = await ok(api, "deposit", {"user": ALICE, "amount": 100}, idempotency_key="k1")
+    assert again == first
+    assert (await ok(api, "getBalance", {"user": ALICE}))["balance"] == 100
+
+
+async def test_an_id_made_twice_is_refused_never_stored_twice(api, monkeypatch, db_path):
+    """Uniqueness does not rest on the clock moving on: with the id clock stopped and the random
+    part fixed, the second id made is the first one again, and the UNIQUE index refuses the
+    write (an internal error, nothing written) rather than store two rows under one id."""
+    stopped = JumpingTime()
+    stopped.time_ns = lambda: 1_800_000_000_000_000_000  # type: ignore[method-assign]
+    monkeypatch.setattr(connection, "time", stopped)
+    monkeypatch.setattr(connection, "secrets", SimpleNamespace(randbits=lambda bits: 0))
+    first = await ok(api, "deposit", {"user": ALICE, "amount": 100})
+    r = await api.call("deposit", {"user": ALICE, "amount": 100})
+    assert r.status == 500 and r.error == {"kind": "internal_error", "message": "internal error", "param": None}, r
+    monkeypatch.undo()
+    rows = (await ok(api, "listTransactions", {"user": ALICE}))["transactions"]
+    assert [t["transactionId"] for t in rows] == [first["transactionId"]]
+    assert (await ok(api, "getBalance", {"user": ALICE}))["balance"] == 100
+    check_invariants(db_path)
