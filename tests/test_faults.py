@@ -455,7 +455,9 @@ async def test_read_only_database_file_alone_keeps_writes_durable_in_the_wal(tmp
 
 CHECKPOINT_KILLS = 4
 CHECKPOINT_WAIT = 20  # seconds: a storm that brings no checkpoint within this fails the test
-CHECKPOINT_DELAY = 0.01  # seconds: each kill "during" comes a random 0..this after the checkpoint began
+KILL_MODES = ("at once", "copying", "after", "copying")  # when each cycle's kill comes: as soon as a checkpoint
+# is seen to begin (it syncs the WAL first), once it has written into the database file but not finished, or
+# right after it finished (before the WAL starts over)
 
 # The watcher runs as a process of its own, so that the storm's client (this process) does not
 # delay it: it maps the server's -shm read-only and polls the WAL index's checkpoint record,
@@ -464,10 +466,13 @@ CHECKPOINT_DELAY = 0.01  # seconds: each kill "during" comes a random 0..this af
 # (frames copied into the database) at 96 and nBackfillAttempted at 128. A checkpoint sets
 # nBackfillAttempted to the frame it means to reach before it copies anything, and nBackfill once
 # the copy is synced: between the two, a checkpoint is under way. The first look is ignored (WAL
-# recovery at start-up sets nBackfillAttempted to mxFrame without any checkpoint).
+# recovery at start-up sets nBackfillAttempted to mxFrame without any checkpoint). Whether the
+# checkpoint had written into the database file when the process died: the file's mtime and size
+# after the kill against the last look at them while no checkpoint was under way (only a
+# checkpoint writes that file).
 WATCHER = r"""
 import json, mmap, os, signal, struct, sys, time
-shm, pid, mode, delay, limit = sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4]), float(sys.argv[5])
+shm, pid, mode, limit = sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4])
 db = shm[:-len("-shm")]
 with open(shm, "rb") as f:
     m = mmap.mmap(f.fileno(), 136, access=mmap.ACCESS_READ)
@@ -479,16 +484,22 @@ def written():
 first = look()
 end = time.monotonic() + limit
 start = None
+db_idle = written()
 while time.monotonic() < end:
     mx, backfill, attempted = look()
-    if start is None and attempted != first[2] and attempted > backfill:
-        start, started, db_then = (mx, backfill, attempted), time.monotonic(), written()
-        if mode == "during":
-            stop = started + delay
-            while time.monotonic() < stop:
-                pass
+    busy = attempted > backfill
+    if start is not None and not busy:  # the checkpoint seen to begin has finished (or the WAL started over)
+        if mode == "after":
             break
-    if mode == "after" and start is not None and backfill >= start[2]:
+        start = None  # its moment was missed: wait for the next one
+    if start is None:
+        if busy and attempted != first[2]:
+            start, started, db_then = (mx, backfill, attempted), time.monotonic(), db_idle
+            if mode == "at once":
+                break
+        else:
+            db_idle = written()  # the database file as no checkpoint was under way
+    if start is not None and mode == "copying" and written() != db_then:
         break
     time.sleep(0.0002)
 else:
@@ -504,22 +515,21 @@ print(json.dumps({"killed": True, "start": start, "at_kill": look(), "after": ki
 
 async def test_kill_9_during_wal_checkpoints_loses_no_acknowledged_write(tmp_path):
     """CHECKPOINT_KILLS cycles on one file: a storm until SQLite's automatic checkpoint (past
-    4000 WAL pages) begins, SIGKILL while it copies pages into the database (or, one cycle in
-    three, right after it finished, before the WAL restarts), restart, and test_crash's checks:
-    every acknowledged write present, each unanswered one wholly present or absent, retries
-    answered once, the invariants."""
+    4000 WAL pages) begins, SIGKILL at one of KILL_MODES' moments (as it begins, while it
+    copies pages into the database file, right after it finished), restart, and test_crash's
+    checks: every acknowledged write present, each unanswered one wholly present or absent,
+    retries answered once, the invariants."""
     seed = master_seed()
-    rng = random.Random(seed)
+    rng = random.Random(seed)  # the storm's writes and the retries' sample; the kills' moments are the watcher's
     print(f"\n[checkpoint] seed {seed} (replay: CRASH_SEED={seed} pytest -s tests/test_faults.py -k checkpoint)")
     db = str(tmp_path / "checkpoint.db")
     key, events_meter, usage_meter, accounts = await prepare(db, tmp_path)
     totals: Counter[str] = Counter()
     for cycle in range(1, CHECKPOINT_KILLS + 1):
-        mode = "after" if cycle % 3 == 0 else "during"
-        delay = 0.0 if cycle == 1 else rng.uniform(0, CHECKPOINT_DELAY)  # the first: at once, so one kill surely lands mid-copy
+        mode = KILL_MODES[(cycle - 1) % len(KILL_MODES)]
         server = await ServerProcess(db, tmp_path).start_ready()
         try:
-            watcher = subprocess.Popen([sys.executable, "-c", WATCHER, f"{db}-shm", str(server.pid), mode, str(delay),
+            watcher = subprocess.Popen([sys.executable, "-c", WATCHER, f"{db}-shm", str(server.pid), mode,
                                         str(CHECKPOINT_WAIT)], stdout=subprocess.PIPE, text=True)
             storm = PaddedStorm(server.base, key, accounts, events_meter, seed, cycle)
             task = asyncio.create_task(storm.run())
@@ -552,7 +562,7 @@ async def test_kill_9_during_wal_checkpoints_loses_no_acknowledged_write(tmp_pat
         finally:
             restarted.stop()
         totals.update(kills=1, mid=mid, written=mid and seen["db_written"], acked=acked, present=checker.found["present"], absent=checker.found["absent"])
-        print(f"[checkpoint] cycle {cycle}: kill -9 {seen['after'] * 1000:.1f} ms after a checkpoint of {frames}"
+        print(f"[checkpoint] cycle {cycle}: kill -9 ({mode}) {seen['after'] * 1000:.1f} ms after a checkpoint of {frames}"
               f" WAL frames began ({wal >> 10} KiB of WAL): {'unfinished' if mid else 'finished'},"
               f" database file {'written' if seen['db_written'] else 'not yet written'} before the kill; acknowledged {acked} ({describe(ops)}); in flight: present"
               f" {checker.found['present']}, absent {checker.found['absent']}; {checked} rows checked;"
@@ -566,7 +576,7 @@ async def test_kill_9_during_wal_checkpoints_loses_no_acknowledged_write(tmp_pat
         assert final.terminate() == 0, final.log()
     assert not checker.problems, "\n".join(checker.problems[:40])
     check_invariants(db)
-    assert totals["mid"] >= 1, "no kill landed while a checkpoint was copying pages"
+    assert totals["written"] >= 1, "no kill landed while a checkpoint was copying pages into the database file"
     print(f"[checkpoint] kills survived {totals['kills']} ({totals['mid']} mid-checkpoint, {totals['written']} of them"
           f" after it had begun writing the database file); acknowledged writes"
           f" {totals['acked']} all present ({checked} rows in the final file); in flight present {totals['present']},"
