@@ -68,6 +68,9 @@ CONTRACT_METHODS = {
     "releaseHold": ("POST", "/api/v1/billing/holds/{id}/release", 200, True),
     "getHold": ("GET", "/api/v1/billing/holds/{id}", 200, False),
     "listHolds": ("GET", "/api/v1/billing/holds", 200, False),
+    "listTransactions": ("GET", "/api/v1/billing/transactions", 200, False),
+    "listAccounts": ("GET", "/api/v1/billing/accounts", 200, False),
+    "listCreditTransactions": ("GET", "/api/v1/billing/credit-transactions", 200, False),
 }
 
 
@@ -108,7 +111,7 @@ def test_billing_zap_struct_fields_optional_and_defaults(billing):
     ]
     assert usage["user"].required and usage["user"].type == TypeRef("Text")
     assert (usage["currency"].default, usage["currency"].required) == ("usd", False)
-    assert usage["amount"].default == 0 and usage["amount"].type == TypeRef("Int64")
+    assert usage["amount"].required and usage["amount"].type == TypeRef("Int64")  # strict input: no silent 0
     assert usage["model"].default == ""
     assert usage["premium"].default is False and usage["premium"].type == TypeRef("Bool")
     assert usage["requestId"].optional and usage["requestId"].default is MISSING and not usage["requestId"].required
