@@ -2,13 +2,18 @@
 (tests/procs.py) with test_crash.py's storm and bookkeeping: WORKERS sequential clients, one
 user each, every acknowledged write logged by the ids its answer gave.
 
-- The disk fills up mid storm (a tmpfs of a few MB, mounted by the test): writes answer the
-  contract's internal error at once (REST 500, ZAP -32000 with HTTP 200), nothing refused is in
-  the file and everything acknowledged is, reads keep answering during the fault, and once
-  space is freed writes succeed again without a restart.
-- The database's files become read-only mid storm (an ext4 image mounted by the test, the
-  database and its WAL made immutable): the same checks.
-- The process is killed during a WAL checkpoint: every acknowledged write survives.
+- The disk fills up mid-storm (a tmpfs mounted by the test, a ballast file takes every free
+  byte): writes answer the contract's internal error at once (REST 500, ZAP -32000 with HTTP
+  200), nothing refused is in the file and everything acknowledged is, reads keep answering
+  during the fault, and once space is freed writes succeed again without a restart. Twice on
+  one process, then kill -9 and a restart: the file as WAL recovery reads it is exact.
+- The database, its WAL and folder become immutable mid-storm (chattr +i, an ext4 image the
+  test loop-mounts): the same checks.
+- The database file alone becomes immutable: writes go on, durable in the WAL; checkpoints
+  cannot copy, and catch up once it is writable again.
+- The process is killed during a WAL checkpoint (a watcher process reads the checkpoint's
+  progress in the -shm): every acknowledged write survives.
+- The writer's connection recovers when a failed batch cannot even roll back (injected).
 
 The mounts need root. CI runs as root, and there (CI set) the tests must run: they fail rather
 than skip when they cannot mount. Elsewhere, without root, they are skipped. Figures are
