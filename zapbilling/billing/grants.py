@@ -47,7 +47,11 @@ def plan_burn(grants: Iterable[GrantRow], amount: int, meter_id: str | None) -> 
 # -- handlers ------------------------------------------------------------------------------
 
 def is_active(g: GrantRow, now: int) -> bool:
-    return g["voidedAt"] is None and g["remainingCents"] > 0 and g["effectiveAt"] <= now and (g["expiresAt"] is None or g["expiresAt"] > now)
+    """Not voided, something left, effective and not expired. A grant is effective from its
+    creation: a clock set back behind that instant (a corrected clock) must not hide it, or a
+    burn would charge overage for credit the user has."""
+    effective = g["effectiveAt"] <= max(now, g["createdAt"])
+    return g["voidedAt"] is None and g["remainingCents"] > 0 and effective and (g["expiresAt"] is None or g["expiresAt"] > now)
 
 
 def grant_result(g: GrantRow, now: int) -> dict[str, Any]:

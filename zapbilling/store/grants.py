@@ -14,7 +14,10 @@ from .refusals import AlreadyVoided, Missing
 
 _GRANT = ("id, user_id, name, amount, remaining, currency, priority, effective_at, expires_at, eligibility, tags,"
           " voided_at, created_at")
-_ACTIVE = ("voided_at IS NULL AND remaining > 0 AND effective_at <= :now AND (expires_at IS NULL OR expires_at > :now)")
+# Effective from creation on even when the clock has been set back behind it since (billing/
+# grants.py is_active says the same).
+_ACTIVE = ("voided_at IS NULL AND remaining > 0 AND effective_at <= MAX(:now, created_at)"
+           " AND (expires_at IS NULL OR expires_at > :now)")
 _CHANGE = "id, grant_id, user_id, currency, type, amount, remaining_after, burn_id, meter_id, created_at, key_id"
 
 
