@@ -194,38 +194,39 @@ def _claim_refund(conn: sqlite3.Connection, tenant: int, e: NewEntry, refundable
 LOT_PAGE = 64
 
 
-def _lots(conn: sqlite3.Connection, tenant: int, user: str, currency: str) -> Iterator[tuple[int, Lot]]:
-    """The account's lots with money left, in expiry order then oldest first (the ledger_lots
-    index's order: expired lots come first), read a page at a time as the caller asks."""
-    after: tuple[int, int] = (INT64_MIN, 0)
-    while True:
-        page = conn.execute(
-            "SELECT seq, id, remaining, expires_at FROM ledger WHERE tenant = ? AND user_id = ? AND currency = ?"
-            " AND remaining > 0 AND (expires_at, seq) > (?, ?) ORDER BY expires_at, seq LIMIT ?",
-            (tenant, user, currency, *after, LOT_PAGE),
-        ).fetchall()
-        for seq, lot_id, remaining, expires_at in page:
-            yield seq, Lot(lot_id, remaining, expires_at)
-        if len(page) < LOT_PAGE:
-            return
-        after = (page[-1][3], page[-1][0])
+_LOTS = ("SELECT seq, id, remaining, expires_at FROM ledger WHERE tenant = ? AND user_id = ? AND currency = ?"
+         " AND remaining > 0{after} ORDER BY expires_at, seq LIMIT ?")
+_FIRST_LOTS = _LOTS.format(after="")
+_NEXT_LOTS = _LOTS.format(after=" AND (expires_at, seq) > (?, ?)")
 
 
 def _settle_lots(conn: sqlite3.Connection, tenant: int, user: str, currency: str, now: int, spend: int, key_id: str,
                  rules: LotRules) -> int:
     """Take from the account's lots what `rules.takes` decides: a forfeit writes the lot off as
     a withdraw of its own; spending only lowers the lot's remainder (the write's own row moves
-    the balance). Returns the total forfeited. For the usual account, with no expiring money,
-    this is one index lookup that finds nothing."""
+    the balance). Returns the total forfeited.
+
+    The lots come in the ledger_lots index's order (expiry, then oldest first: expired lots come
+    first), a page at a time as the rule asks for more. The usual account has no expiring money:
+    one index lookup that finds nothing, and the rule is not run at all (running it for nothing
+    cost ~4k instructions per recordUsage: 598k -> 594k under bench.instructions)."""
+    page = conn.execute(_FIRST_LOTS, (tenant, user, currency, LOT_PAGE)).fetchall()
+    if not page:
+        return 0
     seqs: dict[str, int] = {}
 
-    def walk() -> Iterator[Lot]:
-        for seq, lot in _lots(conn, tenant, user, currency):
-            seqs[lot.id] = seq
-            yield lot
+    def walk(page: list[tuple[int, str, int, int]]) -> Iterator[Lot]:
+        while True:
+            for seq, lot_id, remaining, expires_at in page:
+                seqs[lot_id] = seq
+                yield Lot(lot_id, remaining, expires_at)
+            if len(page) < LOT_PAGE:
+                return
+            after = (page[-1][3], page[-1][0])
+            page = conn.execute(_NEXT_LOTS, (tenant, user, currency, *after, LOT_PAGE)).fetchall()
 
     forfeited = 0
-    for lot, cents, forfeit in rules.takes(walk(), spend, now):
+    for lot, cents, forfeit in rules.takes(walk(page), spend, now):
         conn.execute("UPDATE ledger SET remaining = remaining - ? WHERE seq = ?", (cents, seqs[lot.id]))
         if forfeit:
             tags, notes, metadata = rules.forfeiture(lot, currency, cents)
