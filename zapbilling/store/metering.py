@@ -22,6 +22,9 @@ AGGREGATES = {
     "last": "COALESCE((SELECT value FROM meter_events WHERE {where} ORDER BY ts DESC, seq DESC LIMIT 1), 0)",
 }
 
+# A sum that cannot overflow: value >> 32 is arithmetic in SQLite, value & 0xFFFFFFFF the low bits.
+_EXACT_SUM = "COALESCE(SUM(value >> 32), 0), COALESCE(SUM(value & 4294967295), 0)"
+
 
 def meter_row(r: tuple[Any, ...]) -> MeterRow:
     return {
@@ -70,7 +73,13 @@ class MeteringQueries(SqliteBase):
         except sqlite3.OperationalError as exc:
             if "overflow" not in str(exc):
                 raise
-            raise SumOutOfRange() from None
+            # Only a sum overflows. SUM() fails as soon as a running total leaves int64, even when the sum itself fits
+            # (values of both signs near the edges): then sum each value's high and low 32 bits
+            # apart (neither total can overflow) and judge the exact sum.
+            (high, low, count), = await self._read(f"SELECT {_EXACT_SUM}, COUNT(*) FROM meter_events WHERE {where}", params)
+            value = (high << 32) + low
+            if not -(2**63) <= value < 2**63:
+                raise SumOutOfRange() from None
         return value, count
 
 
