@@ -312,6 +312,8 @@ def validate(op: Op, raw: dict[str, Any], query: bool) -> dict[str, Any]:
             continue
         if p.kind in ("text", "enum") and not query and not isinstance(v, str):
             raise Refusal("invalid_params", f"{p.name} must be a string", p.name)
+        if p.kind == "text" and len(v) > 65536:
+            raise Refusal("invalid_params", f"{p.name} is too long (at most 65536 characters)", p.name)
         if p.kind == "int":
             v = _check_int(p.name, v, query)
         elif p.kind == "bool":
@@ -632,6 +634,8 @@ class Model:
             if op.mutates and scope != "admin":
                 raise Refusal("forbidden", f"this API key is read-only and billing.{method} changes data", None)
             params = validate(op, raw, query)
+            if op.mutates and idempotency_key is not None and len(idempotency_key) > 255:   # OPEN: after the params
+                raise Refusal("invalid_request", "idempotency key must be at most 255 characters", "idempotencyKey")
             t = self.tenant(tenant)
             if op.mutates and idempotency_key is not None:
                 fp = fingerprint(method, params)
@@ -696,8 +700,17 @@ class Model:
             if not amount:
                 break
 
+    def _in_range(self, c: Call, user: str, currency: str, delta: int) -> None:
+        """A write may not take the stored balance (the sum of the ledger rows) outside int64."""
+        stored = sum((r.amount if r.type == "deposit" else -r.amount) for r in c.tenant.rows
+                     if (r.user, r.currency) == (user, currency))
+        if not INT64_MIN <= stored + delta <= INT64_MAX:
+            self.hit("balance beyond int64 refused")
+            raise Refusal("invalid_params", "amount would take the balance outside the signed 64-bit range", "amount")
+
     def _withdraw(self, c: Call, user: str, currency: str, amount: int, tags: str, notes: str, metadata: Any,
                   **extra: Any) -> Row:
+        self._in_range(c, user, currency, -amount)
         self._spend(c, user, currency, amount)
         row = self._write_row(c, user, currency, "withdraw", amount, tags, notes, metadata, **extra)
         self._forfeit(c, user, currency)
@@ -705,6 +718,7 @@ class Model:
 
     def _deposit_row(self, c: Call, user: str, currency: str, amount: int, tags: str, notes: str, metadata: Any,
                      expires_at: int | None = None, **extra: Any) -> Row:
+        self._in_range(c, user, currency, amount)
         row = self._write_row(c, user, currency, "deposit", amount, tags, notes, metadata, expires_at=expires_at, **extra)
         if expires_at is not None:
             c.tenant.lots.append(Lot(row, amount))
@@ -831,12 +845,12 @@ class Model:
             self.hit("refund exceeding its original refused")
             raise Refusal("invalid_params", f"refund exceeds original: {orig.amount - done} of {orig.amount} cents left to refund",
                           "amount")
-        c.tenant.refunded[orig.id] = done + p["amount"]
-        if done + p["amount"] == orig.amount:
-            self.hit("charge refunded in full")
         notes = p.get("notes", f"Refund: {p['amount']} cents {p['currency']} (original tx: {orig.id})")
         row = self._deposit_row(c, p["user"], p["currency"], p["amount"], "refund", notes,
                                 {"refundType": "billing-correction", "originalTransactionId": orig.id}, original=orig.id)
+        c.tenant.refunded[orig.id] = done + p["amount"]
+        if done + p["amount"] == orig.amount:
+            self.hit("charge refunded in full")
         self.hit("refund of a capture" if orig.hold_id else "refund of a usage charge")
         return 201, {"transactionId": row.id, "user": p["user"], "amount": p["amount"], "currency": p["currency"],
                      "type": "deposit", "tags": "refund", "originalTransactionId": orig.id}
@@ -885,7 +899,10 @@ class Model:
         if rid is not None and (user, rid) in c.tenant.hold_by_request:
             self.hit("hold requestId repeat")
             return 201, c.tenant.hold_by_request[(user, rid)].result(c.now)
-        _, _, available = self.balance_of(c.tenant, user, cur, c.now)
+        _, held, available = self.balance_of(c.tenant, user, cur, c.now)
+        if held + p["amount"] > INT64_MAX:
+            self.hit("holds beyond int64 refused")
+            raise Refusal("invalid_params", "amount would take the user's holds outside the signed 64-bit range", "amount")
         if p["amount"] > available:
             if not p["allowOverdraft"]:
                 self.hit("hold refused: insufficient funds")
@@ -996,6 +1013,9 @@ class Model:
             return 0
         values = [e.value for e in events]
         if m.aggregation == "sum":
+            if not INT64_MIN <= sum(values) <= INT64_MAX:
+                self.hit("meter sum beyond int64 refused")
+                raise Refusal("invalid_params", "the sum of this meter's values is beyond the signed 64-bit range", None)
             return sum(values)
         if m.aggregation == "count":
             return len(values)
@@ -1198,13 +1218,17 @@ class Model:
     def _invoicePreview(self, c: Call, p: dict[str, Any]) -> tuple[int, Any]:
         user, cur = p["userId"], p["currency"]
         items = []
+        used = []   # usage first (every meter's quantity), then pricing
         for m in c.tenant.meters:
             events = self._events_in(c, m.id, user, p.get("periodStart"), p.get("periodEnd"))
-            if not events:
-                continue
-            q = self.aggregate(m, events)
+            if events:
+                used.append((m, self.aggregate(m, events)))
+        for m, q in used:
             rule = self.rule_for(c.tenant, m.id, cur, p.get("planId"))
             unit, total = (0, 0) if rule is None else self.price(rule, q)
+            if not total <= INT64_MAX:
+                self.hit("price beyond int64 refused")
+                raise Refusal("invalid_params", "the price of this usage is beyond the signed 64-bit range", None)
             if rule is not None:
                 self.hit(f"preview priced {rule.model}")
             items.append({"meterId": m.id, "meterName": m.name, "quantity": q, "unitCost": unit, "totalCost": total,
@@ -1222,6 +1246,9 @@ class Model:
             if need < item["totalCost"] and any(g.eligibility for g in grants):
                 self.hit("preview with meter-restricted credit")
         subtotal = sum(i["totalCost"] for i in items)
+        if subtotal > INT64_MAX:
+            self.hit("price beyond int64 refused")
+            raise Refusal("invalid_params", "the price of this usage is beyond the signed 64-bit range", None)
         if 0 < applied < subtotal:
             self.hit("preview partly paid by credit")
         elif applied and applied == subtotal:

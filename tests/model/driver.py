@@ -25,6 +25,8 @@ from typing import Any
 from .billing import DAY, ERROR_TABLE, HOUR, ID_RE, OPS, SECOND, UNCHECKED, Answer, Model, iso
 
 USERS = ["hanzo/alice", "hanzo/bob", "B", "é/ü"]
+WHALE = "whale"   # the user of amounts near the int64 edge (whale_call)
+FAR = 2_208_988_800 * SECOND   # 2040-01-01: only whale_price's events are dated after it
 PATH_PARAMS = {"getMeter", "voidCreditGrant", "deletePricingRule", "captureHold", "releaseHold", "getHold"}
 EVENT_NAMES = ["api-usage", "calls", "tokens", "images", "seconds", "gb", "runs", "jobs", "frames", "pages", "queries", "minutes"]
 GRANT_DURATIONS = ["30m", "1h", "90m", "1h30m", "2h", "45m", "24h", "1h0m30s", "0.5h", "720h", "72h"]
@@ -70,6 +72,7 @@ class Driver:
         self.key_born: dict[str, int] = {}     # idempotency key -> when first sent
         self.specific = False
         self.faults: list[str] = []
+        self.fault_options: dict[str, list[str]] = {}
         self._n = 0
 
     # ---- bookkeeping
@@ -197,6 +200,7 @@ class Driver:
         self.calls += 1
         self.hit(f"transport {transport}")
         self.compare(exp, Outcome(r.status, r.result, r.error), method, transport, params)
+        self.trace[-1] += f" -> {exp.error.kind}: {exp.error.message}"[:160] if exp.error else f" -> {exp.result!r}"[:160]
         return exp
 
     async def batch(self, t: Tenant, entries: list[tuple[str, dict[str, Any], str | None]], codec: str,
@@ -281,6 +285,9 @@ class Driver:
             self.hit("sweep")
             return
         method, params, transport = self.generate(t)
+        if t is self.main and rnd.random() < 0.02:
+            method, params = self.whale_call(t)
+            self.specific = False
         op = OPS[method]
         scope, idem = "admin", None
         if self.specific:
@@ -293,8 +300,11 @@ class Driver:
             method, params, idem = self.idempotency(t, method, params)
         if idem is not None and scope == "admin" and OPS[method].mutates:
             t.sent_keys.append((idem, method, params))
-        if transport == "rest" and method in PATH_PARAMS and not (isinstance(params.get("id"), str) and params["id"]):
-            transport = "zap-json"   # a replayed call whose id REST could not put in its path
+        if op.mutates and scope == "admin" and idem is None and not self.specific and rnd.random() < 0.006:
+            idem = "k" * 256
+            self.hit("idempotency key too long")
+        if transport == "rest" and method in PATH_PARAMS and not (isinstance(params.get("id"), str) and 0 < len(params["id"]) < 1000):
+            transport = "zap-json"   # a replayed call whose id REST could not put in its path (or in a request line)
         self.commit_faults(scope == "admin" and idem is None)
         await self.send(t, method, params, transport, scope, idem)
 
@@ -342,6 +352,78 @@ class Driver:
 
     def young_keys(self, t: Tenant) -> list[tuple[str, str, dict[str, Any]]]:
         return [k for k in t.sent_keys[-40:] if self.now() - self.key_born[k[0]] < 23 * HOUR]
+
+    def whale_call(self, t: Tenant) -> tuple[str, dict[str, Any]]:
+        """A call with amounts near the int64 edge, all for one user: balances, holds, meter sums
+        and prices that would leave the signed 64-bit range are refused; reads stay exact."""
+        state = self.tenant_state(t)
+
+        def big() -> int:
+            return self.rnd.choice([self.rnd.randint(2**61, 2**62), self.rnd.randint(2**62, 2**63 - 1)])
+        self.hit("whale call")
+        r = self.rnd.random()
+        goals = [g for g in ("holds beyond int64 refused", "price beyond int64 refused", "meter sum beyond int64 refused",
+                             "balance beyond int64 refused") if g not in self.model.reached]
+        goal = self.rnd.choice(goals) if goals and self.rnd.random() < 0.6 else None
+        if goal == "holds beyond int64 refused":
+            r = 0.45
+        elif goal == "balance beyond int64 refused":
+            return "deposit", {"user": WHALE, "amount": self.rnd.randint(2**62 + 1, 2**63 - 1)}
+        elif goal == "price beyond int64 refused":
+            return self.whale_price(t)
+        elif goal == "meter sum beyond int64 refused":
+            return self.whale_sum(t)
+        if r < 0.2:
+            return "deposit", {"user": WHALE, "amount": big()}
+        if r < 0.4:
+            return "recordUsage", {"user": WHALE, "amount": big(), "model": "m"}
+        if r < 0.52:
+            amount = self.rnd.randint(2**62 + 1, 2**63 - 1) if r == 0.45 else big()   # two of these: beyond int64
+            return "createHold", {"user": WHALE, "amount": amount, "allowOverdraft": True, "expiresIn": 604800}
+        meters = self.bound([m.id for m in state.meters])
+        if r < 0.66 and meters:
+            return "recordMeterEvents", {"events": [{"meterId": self.rnd.choice(meters), "userId": WHALE,
+                                                      "value": big() * self.rnd.choice([1, 1, 1, -1])}
+                                                     for _ in range(self.rnd.randint(1, 2))]}
+        charges = [r for r in state.rows if r.user == WHALE and r.type == "withdraw" and r.id in self.ids]
+        if r < 0.76 and charges:
+            orig = self.rnd.choice(charges)
+            return "refund", {"user": WHALE, "amount": max(1, orig.amount - state.refunded.get(orig.id, 0)),
+                              "originalTransactionId": orig.id}
+        if r < 0.88 and meters:
+            return "getMeterEventsSummary", {"meterId": self.rnd.choice(meters), **({"userId": WHALE} if r < 0.82 else {})}
+        if r < 0.94:
+            return "invoicePreview", {"userId": WHALE}
+        return self.rnd.choice([("getBalance", {"user": WHALE}), ("listAccounts", {"maxAvailable": 0})])
+
+    def whale_sum(self, t: Tenant) -> tuple[str, dict[str, Any]]:
+        """Towards a meter sum beyond int64: a sum meter, two events past 2^62, then its summary."""
+        state = self.tenant_state(t)
+        sums = self.bound([m.id for m in state.meters if m.aggregation == "sum"])
+        if not sums:
+            return "createMeter", {"name": "Whale", "eventName": "whale-sum", "aggregationType": "sum"}
+        meter = sums[0]
+        if sum(e.value for e in state.events if e.meter == meter and e.user == WHALE) <= 2**63 - 1:
+            return "recordMeterEvents", {"events": [{"meterId": meter, "userId": WHALE, "value": self.rnd.randint(2**62 + 1, 2**63 - 1)}
+                                                    for _ in range(2)]}
+        return "getMeterEventsSummary", {"meterId": meter, "userId": WHALE}
+
+    def whale_price(self, t: Tenant) -> tuple[str, dict[str, Any]]:
+        """Towards a price beyond int64 in isolation: an event dated 2040 (no other usage then) on
+        a meter whose plan-less usd rule prices it beyond the range, then a preview of 2040."""
+        state = self.tenant_state(t)
+        meters = self.bound([m.id for m in state.meters if m.aggregation not in ("count", "unique_count")])
+        if not meters:   # the quantity of one event must be its value
+            return "createMeter", {"name": "Whale", "eventName": "whale-units", "aggregationType": "max"}
+        priced = [m for m in meters if (rule := self.model.rule_for(state, m, "usd", None)) is not None
+                  and self.model.price(rule, 2**62)[1] > 2**63 - 1]
+        if not priced:
+            return "createPricingRule", {"meterId": self.rnd.choice(meters), "unitPrice": 5}
+        meter = priced[0]
+        if not any(e.meter == meter and e.user == WHALE and e.ts >= FAR for e in state.events):
+            return "recordMeterEvents", {"events": [{"meterId": meter, "userId": WHALE, "value": 2**62,
+                                                     "timestamp": "2040-01-01T00:00:00Z"}]}
+        return "invoicePreview", {"userId": WHALE, "periodStart": "2040-01-01"}
 
     # ---- choosing things
 
@@ -391,9 +473,17 @@ class Driver:
             return [r.id for r in state.journal]
         return []
 
-    def when(self, spread_days: int = 3) -> str:
-        """A time text near now: RFC 3339 (Z or an offset) or a bare date."""
+    def when(self, spread_days: int = 3, anchors: list[int] | None = None) -> str:
+        """A time text near now: RFC 3339 (Z or an offset) or a bare date; a quarter of them on
+        a boundary: a day's start, or exactly one of `anchors` (rows' or events' own times)."""
         t = self.now() - self.rnd.randint(-HOUR, spread_days * DAY)
+        if self.rnd.random() < 0.25:
+            self.hit("a time on a boundary")
+            if anchors and self.rnd.random() < 0.6:
+                exact = self.rnd.choice(anchors)
+                return iso(exact) if self.rnd.random() < 0.6 else iso(exact + 2 * HOUR)[:-1] + "+02:00"
+            t = t // DAY * DAY
+            return self.rnd.choice([iso(t)[:10], iso(t), iso(t)[:19] + "Z", iso(t + 2 * HOUR)[:19] + "+02:00"])
         r = self.rnd.random()
         if r < 0.35:
             return iso(t)[:10]
@@ -436,7 +526,8 @@ class Driver:
         }
         method = self.rnd.choices(list(weights), weights=list(weights.values()))[0]
         transport = self.transport()
-        bad = self.rnd.random() < 0.15
+        unsent = [o for o in self.fault_options.get(f"bad {method}", []) if f"bad {method}: {o}" not in self.reached]
+        bad = self.rnd.random() < (0.4 if unsent else 0.15)
         specific = bad and self.rnd.random() < 0.55   # a value the operation refuses; else a generic fault
         self.specific = specific
         self.faults: list[str] = []
@@ -448,6 +539,7 @@ class Driver:
     def fault(self, what: str, options: list[str]) -> str:
         """One of `options`, preferring one not sent yet (directed: rare faults are not left to
         luck)."""
+        self.fault_options[what] = options
         fresh = [o for o in options if f"{what}: {o}" not in self.reached]
         choice = self.rnd.choice(fresh if fresh and self.rnd.random() < 0.7 else options)
         self.faults.append(f"{what}: {choice}")   # counted once the call goes out (commit_faults)
@@ -489,6 +581,9 @@ class Driver:
         elif choice < 0.8 and ints:
             params[self.rnd.choice(ints)] = self.rnd.choice(["12", "abc", 1.5, True] if not query else ["abc", 1.5])
             self.hit("wrong type sent")
+        elif texts and not query and self.rnd.random() < 0.15:
+            params[self.rnd.choice(texts)] = "x" * 65537
+            self.hit("text too long sent")
         elif texts and not query:
             params[self.rnd.choice(texts)] = self.rnd.choice([12, ["a"], {"a": 1}, False])
             self.hit("wrong type sent")
@@ -511,7 +606,8 @@ class Driver:
         if self.rnd.random() < 0.2:
             p["notes"] = "manual top-up"
         if self.rnd.random() < 0.25:
-            p["metadata"] = self.rnd.choice([{"po": "7"}, {"k": [1, "two", {"four": True}], "n": -5}, {}])
+            p["metadata"] = self.rnd.choice([{"po": "7"}, {"k": [1, "two", {"four": True}], "n": -5}, {}, ["a", 1], "text",
+                                             3, None, True, {"nested": {"deeper": [None, 1.5]}}])
         if bad:
             f = self.fault("bad deposit", ["amount", "currency", "expiresIn"])
             if f == "amount":
@@ -619,10 +715,11 @@ class Driver:
             p["type"] = self.rnd.choice(["deposit", "withdraw", "hold"])
         if self.rnd.random() < 0.2:
             p["tag"] = self.rnd.choice(["api-usage", "refund", "credit-expired", "starter-credit", "b", "promo", "api"])
+        times = [r.created_at for r in state.rows if r.user == p["user"]]
         if self.rnd.random() < 0.2:
-            p["createdAfter"] = self.when()
+            p["createdAfter"] = self.when(anchors=times)
         if self.rnd.random() < 0.2:
-            p["createdBefore"] = self.when()
+            p["createdBefore"] = self.when(anchors=times)
         ids = [r.id for r in state.rows if r.user == p["user"] or self.rnd.random() < 0.1]
         self.page_params(t, p, ids, "listTransactions refused: transaction not found")
         if bad:
@@ -665,7 +762,7 @@ class Driver:
         if self.rnd.random() < 0.25:
             p["allowOverdraft"] = self.rnd.random() < 0.8
         if self.rnd.random() < 0.3:
-            p["metadata"] = self.rnd.choice([{"route": "/chat"}, {"k": [1, "two", {}], "n": -5}])
+            p["metadata"] = self.rnd.choice([{"route": "/chat"}, {"k": [1, "two", {}], "n": -5}, ["x"], 7, None])
         if bad:
             f = self.fault("bad createHold", ["amount", "expiresIn", "expiresIn2"])
             if f == "amount":
@@ -700,7 +797,7 @@ class Driver:
         if self.rnd.random() < 0.2:
             p["notes"] = "streamed"
         if self.rnd.random() < 0.3:
-            p["metadata"] = self.rnd.choice([{"chunks": 3}, ["a", 1], "text"])
+            p["metadata"] = self.rnd.choice([{"chunks": 3}, ["a", 1], "text", {"holdId": "mine", "model": "x", "n": 1}, None])
         if bad:
             p["amount"] = self.rnd.choice([0, -4])
         return p
@@ -802,10 +899,11 @@ class Driver:
         p: dict[str, Any] = {"meterId": self.some_id(t, [m.id for m in self.tenant_state(t).meters], "mtr_")}
         if self.rnd.random() < 0.6:
             p["userId"] = self.user()
+        times = [e.ts for e in self.tenant_state(t).events if e.meter == p["meterId"]]
         if self.rnd.random() < 0.3:
-            p["periodStart"] = self.when(3)
+            p["periodStart"] = self.when(3, times)
         if self.rnd.random() < 0.3:
-            p["periodEnd"] = self.when(1)
+            p["periodEnd"] = self.when(1, times)
         if bad:
             p[self.rnd.choice(["periodStart", "periodEnd"])] = self.bad_time()
         return p
@@ -946,10 +1044,11 @@ class Driver:
 
     def gen_invoicePreview(self, t: Tenant, bad: bool) -> dict[str, Any]:
         p: dict[str, Any] = {"userId": self.user()}
+        times = [e.ts for e in self.tenant_state(t).events if e.user == p["userId"]]
         if self.rnd.random() < 0.3:
-            p["periodStart"] = self.when(3)
+            p["periodStart"] = self.when(3, times)
         if self.rnd.random() < 0.3:
-            p["periodEnd"] = self.when(1)
+            p["periodEnd"] = self.when(1, times)
         if self.rnd.random() < 0.4:
             p["planId"] = self.rnd.choice(["pro", "basic"])
         if self.rnd.random() < 0.1:
