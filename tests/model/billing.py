@@ -8,8 +8,19 @@ tests/model/driver.py compares the real server with it answer by answer.
 
 State is kept per tenant (org, mode). Ids are the model's own, `<prefix>#<n>` (`tx_#12`); the
 driver binds each to the server's id the first time an answer carries it, and translates ids
-in requests. A few details the contract leaves open are marked OPEN below with the reading
-taken.
+in requests. Details the contract leaves open are marked OPEN below with the reading taken
+(each one the server's, checked by the runs):
+
+- the order of refusals it does not rank: the parameters' own rules (tiers, unitPrice) before
+  a meter lookup; an idempotency key's length after the parameters; in a preview every meter's
+  quantity (a sum beyond int64) before any price;
+- the `param` of refusals it does not name: `idempotencyKey` for a key reused or too long,
+  `eligibility[i]`, `tiers[i]` / `tiers[i].upTo`, `events[i].<field>`; none for a sum or a
+  price beyond int64;
+- a quantity of zero or less: unitCost is per_unit's unitPrice but 0 for volume;
+- the sweep writes its forfeits account by account (user, then currency, then expiry);
+- without a planId only plan-less rules price;
+- `a meter with eventName '<name>' already exists` quotes the name (api.md shows it bare).
 
 `Model(variant=...)` makes a deliberately wrong model (for the suite's check that the comparison
 catches a wrong reading): "burn_order_reversed" (highest priority burns first) or
@@ -731,6 +742,8 @@ class Model:
         balance -= sum(lot.remaining for lot in t.lots if not lot.settled and lot.row.expires_at <= now  # type: ignore[operator]
                        and (lot.row.user, lot.row.currency) == (user, currency))
         holds = sum(h.amount for h in t.holds if (h.user, h.currency) == (user, currency) and h.status_at(now) == "pending")
+        if balance - holds < INT64_MIN:
+            self.hit("balance - holds beyond int64")
         return balance, holds, max(balance - holds, 0)
 
     def _currencies_of(self, t: Tenant, user: str, now: int) -> list[str]:

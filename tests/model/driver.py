@@ -18,7 +18,6 @@ from __future__ import annotations
 import math
 import os
 import random
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -252,12 +251,9 @@ class Driver:
 
     # ---- the run
 
-    async def run(self, steps: int, deadline: float | None = None) -> None:
-        """`steps` steps (a checkpoint every `checkpoint_every` and at the end); stops early only
-        when `deadline` (time.monotonic()) passes."""
+    async def run(self, steps: int) -> None:
+        """`steps` steps, a checkpoint every `checkpoint_every` and one at the end."""
         for self.step_no in range(steps):
-            if deadline is not None and time.monotonic() > deadline:
-                break
             await self.step()
             if (self.step_no + 1) % self.checkpoint_every == 0:
                 await self.checkpoint()
@@ -287,7 +283,7 @@ class Driver:
         method, params, transport = self.generate(t)
         if t is self.main and rnd.random() < 0.02:
             method, params = self.whale_call(t)
-            self.specific = False
+            self.specific, self.faults = False, []
         op = OPS[method]
         scope, idem = "admin", None
         if self.specific:
@@ -363,23 +359,26 @@ class Driver:
         self.hit("whale call")
         r = self.rnd.random()
         goals = [g for g in ("holds beyond int64 refused", "price beyond int64 refused", "meter sum beyond int64 refused",
-                             "balance beyond int64 refused") if g not in self.model.reached]
+                             "balance beyond int64 refused", "balance - holds beyond int64") if g not in self.model.reached]
         goal = self.rnd.choice(goals) if goals and self.rnd.random() < 0.6 else None
         if goal == "holds beyond int64 refused":
-            r = 0.45
+            _, held, _ = self.quietly(self.model.balance_of, state, WHALE, "usd", self.now())
+            amount = 2**62 + 1 if held > 2**62 else self.rnd.randint(2**62 + 1, 2**63 - 1 - held)   # the second one: beyond
+            return "createHold", {"user": WHALE, "amount": amount, "allowOverdraft": True, "expiresIn": 604800}
         elif goal == "balance beyond int64 refused":
             return "deposit", {"user": WHALE, "amount": self.rnd.randint(2**62 + 1, 2**63 - 1)}
         elif goal == "price beyond int64 refused":
             return self.whale_price(t)
         elif goal == "meter sum beyond int64 refused":
             return self.whale_sum(t)
+        elif goal == "balance - holds beyond int64":
+            return self.whale_overdrawn(t)
         if r < 0.2:
             return "deposit", {"user": WHALE, "amount": big()}
         if r < 0.4:
             return "recordUsage", {"user": WHALE, "amount": big(), "model": "m"}
         if r < 0.52:
-            amount = self.rnd.randint(2**62 + 1, 2**63 - 1) if r == 0.45 else big()   # two of these: beyond int64
-            return "createHold", {"user": WHALE, "amount": amount, "allowOverdraft": True, "expiresIn": 604800}
+            return "createHold", {"user": WHALE, "amount": big(), "allowOverdraft": True, "expiresIn": 604800}
         meters = self.bound([m.id for m in state.meters])
         if r < 0.66 and meters:
             return "recordMeterEvents", {"events": [{"meterId": self.rnd.choice(meters), "userId": WHALE,
@@ -395,6 +394,17 @@ class Driver:
         if r < 0.94:
             return "invoicePreview", {"userId": WHALE}
         return self.rnd.choice([("getBalance", {"user": WHALE}), ("listAccounts", {"maxAvailable": 0})])
+
+    def whale_overdrawn(self, t: Tenant) -> tuple[str, dict[str, Any]]:
+        """Towards an account whose balance - holds is below int64: usage to a balance under
+        -2^62, a hold over 2^62, then its balance (available: 0)."""
+        balance, held, _ = self.quietly(self.model.balance_of, self.tenant_state(t), WHALE, "usd", self.now())
+        if balance > -(2**62):
+            return "recordUsage", {"user": WHALE, "amount": min(balance + 2**62 + 1, 2**63 - 1), "model": "m"}
+        if held <= 2**62:
+            return "createHold", {"user": WHALE, "amount": min(2**63 - 1 - held, 2**62 + 2**61), "allowOverdraft": True,
+                                  "expiresIn": 604800}
+        return "getBalance", {"user": WHALE}
 
     def whale_sum(self, t: Tenant) -> tuple[str, dict[str, Any]]:
         """Towards a meter sum beyond int64: a sum meter, two events past 2^62, then its summary."""
@@ -530,7 +540,7 @@ class Driver:
         bad = self.rnd.random() < (0.4 if unsent else 0.15)
         specific = bad and self.rnd.random() < 0.55   # a value the operation refuses; else a generic fault
         self.specific = specific
-        self.faults: list[str] = []
+        self.faults = []
         params = getattr(self, "gen_" + method)(t, specific)
         if bad and not specific:
             self.corrupt(method, params, transport)
@@ -668,6 +678,8 @@ class Driver:
                 p["currency"] = orig.currency
             if self.rnd.random() < 0.05:
                 p["user"] = self.user()  # perhaps another user's charge: not found
+            elif self.rnd.random() < 0.04:
+                p["currency"] = "jpy" if orig.currency != "jpy" else "usd"  # a charge in another currency: not found
         elif (forfeits or others) and r < 0.9:
             orig = self.rnd.choice(forfeits if forfeits and self.rnd.random() < 0.5 else others)
             p = {"user": orig.user, "amount": 1, "originalTransactionId": orig.id}
@@ -758,7 +770,7 @@ class Driver:
             p["requestId"] = self.rnd.choice(seen) if seen and self.rnd.random() < 0.3 else self.fresh("hreq-")
         if self.rnd.random() < 0.25:   # beyond what is available: refused, or held with allowOverdraft
             cur = (p.get("currency") or "usd").lower()
-            p["amount"] = self.model.balance_of(state, p["user"], cur, self.now())[2] + self.rnd.randint(1, 300)
+            p["amount"] = self.quietly(self.model.balance_of, state, p["user"], cur, self.now())[2] + self.rnd.randint(1, 300)
         if self.rnd.random() < 0.25:
             p["allowOverdraft"] = self.rnd.random() < 0.8
         if self.rnd.random() < 0.3:
@@ -774,7 +786,7 @@ class Driver:
     def pick_hold(self, t: Tenant) -> str:
         state = self.tenant_state(t)
         now = self.now()
-        pending = [h.id for h in state.holds if h.status_at(now) == "pending"]
+        pending = [h.id for h in state.holds if h.status_at(now) == "pending" and (h.user != WHALE or self.rnd.random() < 0.1)]
         if pending and self.rnd.random() < 0.75:
             return self.rnd.choice(self.bound(pending) or pending)
         return self.some_id(t, [h.id for h in state.holds], "hold_")
@@ -1179,9 +1191,13 @@ class Driver:
 
     def peek(self, t: Tenant, method: str, params: dict[str, Any]) -> Any:
         """The model's answer to a read, without counting it as reached."""
+        return self.quietly(self.model.call, t.name, "admin", t.key_ids["admin"], method, params, self.now()).result
+
+    def quietly(self, fn: Any, *args: Any) -> Any:
+        """fn(*args) on the model without counting what it reaches: nothing was compared."""
         reached = dict(self.model.reached)
         try:
-            return self.model.call(t.name, "admin", t.key_ids["admin"], method, params, self.now()).result
+            return fn(*args)
         finally:
             self.model.reached = reached
 
