@@ -555,6 +555,21 @@ def failed_ops(ops: list[Op]) -> list[str]:
 
 # -- the tests -------------------------------------------------------------------------------
 
+
+async def check_restarted(db: str, tmp_path: Any, checker: "Checker", key: str, **server: Any) -> int:
+    """Start the server on `db` again and check the file and the API against what was
+    acknowledged, then the invariants. Returns how many rows were checked in the file."""
+    restarted = await ServerProcess(db, tmp_path, **server).start_ready()
+    try:
+        checked = checker.check_file()
+        await checker.check_api(restarted.base, key)
+    finally:
+        assert restarted.terminate() == 0, restarted.log()[-3000:]
+    assert not checker.problems, "after a restart:\n" + "\n".join(checker.problems[:40])
+    check_invariants(db)  # raises AssertionError listing every violation
+    return checked
+
+
 async def test_kill_9_mid_storm_loses_no_acknowledged_write_and_half_applies_nothing(tmp_path):
     seed = master_seed()
     rng = random.Random(seed)
@@ -600,15 +615,7 @@ async def test_kill_9_mid_storm_loses_no_acknowledged_write_and_half_applies_not
               f" {retried['written']} written now")
 
     # the final state once more, after a clean stop, with nothing running
-    final = await ServerProcess(db, tmp_path, durability="full").start_ready()
-    try:
-        checker = Checker(db, accounts, events_meter, usage_meter)
-        checked = checker.check_file()
-        await checker.check_api(final.base, key)
-    finally:
-        assert final.terminate() == 0, final.log()
-    assert not checker.problems, "\n".join(checker.problems[:40])
-    check_invariants(db)  # raises AssertionError listing every violation
+    checked = await check_restarted(db, tmp_path, Checker(db, accounts, events_meter, usage_meter), key, durability="full")
     assert totals["kills"] == KILLS
     print(f"[crash] kills survived {totals['kills']}; acknowledged writes checked {totals['acked']}"
           f" (all re-checked after every restart; {checked} rows/events/grants in the final file);"

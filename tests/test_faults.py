@@ -44,7 +44,9 @@ from invariants import check_invariants
 from procs import ServerProcess
 from zapbilling.store.connection import WAL_AUTOCHECKPOINT_PAGES as WAL_PAGES
 from zapbilling.store.writer import Writer
-from test_crash import REST_ROUTES, Account, Checker, Op, Storm, describe, failed_ops, master_seed, prepare, read_only
+from test_crash import (
+    REST_ROUTES, Account, Checker, Op, Storm, check_restarted, describe, failed_ops, master_seed, prepare, read_only,
+)
 
 FAULT_ANSWER_LIMIT = 2.0  # seconds: a write refused because of the fault must be answered within this
 STORM_BEFORE_FAULT = 0.6  # seconds of storm before the fault begins
@@ -297,14 +299,7 @@ async def fault_mid_storm(db: str, tmp_path: Path, name: str, begin, end) -> dic
         server.stop()
     # What the file itself holds, as WAL recovery reads it after a crash: no frame the faults
     # left behind may bring back a refused write.
-    restarted = await ServerProcess(db, tmp_path).start_ready()
-    try:
-        checker.check_file()
-        await checker.check_api(restarted.base, key)
-    finally:
-        assert restarted.terminate() == 0, restarted.log()[-3000:]
-    assert not checker.problems, "after a kill -9 and a restart:\n" + "\n".join(checker.problems[:40])
-    check_invariants(db)
+    await check_restarted(db, tmp_path, checker, key)
     return figures
 
 
@@ -443,14 +438,7 @@ async def test_read_only_database_file_alone_keeps_writes_durable_in_the_wal(tmp
             server.kill9()
         finally:
             server.stop()
-        restarted = await ServerProcess(str(db), tmp_path).start_ready()
-        try:
-            checker.check_file()
-            await checker.check_api(restarted.base, key)
-        finally:
-            assert restarted.terminate() == 0, restarted.log()[-3000:]
-        assert not checker.problems, "after a kill -9 and a restart:\n" + "\n".join(checker.problems[:40])
-        check_invariants(str(db))
+        await check_restarted(str(db), tmp_path, checker, key)
     print(f"\n[read-only database file] {len(ops)} writes acknowledged in {during:.1f}s while the file was immutable,"
           f" none refused; the WAL grew to {mx} frames ({mx * 4120 >> 20} MiB), checkpoints tried {attempted} and copied none; writable again: the"
           f" first checkpoint copied it all within {caught_up:.2f}s ({len(ops2)} more writes acknowledged meanwhile)")
@@ -572,15 +560,7 @@ async def test_kill_9_during_wal_checkpoints_loses_no_acknowledged_write(tmp_pat
               f" database file {'written' if seen['db_written'] else 'not yet written'} before the kill; acknowledged {acked} ({describe(ops)}); in flight: present"
               f" {checker.found['present']}, absent {checker.found['absent']}; {checked} rows checked;"
               f" retries {retried['replayed']} replayed, {retried['written']} written")
-    final = await ServerProcess(db, tmp_path).start_ready()
-    try:
-        checker = Checker(db, accounts, events_meter, usage_meter)
-        checked = checker.check_file()
-        await checker.check_api(final.base, key)
-    finally:
-        assert final.terminate() == 0, final.log()
-    assert not checker.problems, "\n".join(checker.problems[:40])
-    check_invariants(db)
+    checked = await check_restarted(db, tmp_path, Checker(db, accounts, events_meter, usage_meter), key)
     assert totals["written"] >= 1, "no kill landed while a checkpoint was copying pages into the database file"
     print(f"[checkpoint] kills survived {totals['kills']} ({totals['mid']} mid-checkpoint, {totals['written']} of them"
           f" after it had begun writing the database file); acknowledged writes"
