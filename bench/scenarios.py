@@ -77,7 +77,8 @@ def _tenant(db: Path) -> int:
     return tenant
 
 
-def _count(db: Path, sql: str, *params: Any) -> int:
+def _one(db: Path, sql: str, *params: Any) -> Any:
+    """The first column of the first row of a read-only query (a count, an id)."""
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
         return conn.execute(sql, params).fetchone()[0]
@@ -209,7 +210,7 @@ class Bench:
             if (summary["value"], summary["eventCount"]) != (value, events):
                 raise RuntimeError(f"populated events read back as {summary}, expected {value} over {events}")
         populate.checkpoint(str(db))
-        rows = _count(db, "SELECT COUNT(*) FROM ledger WHERE user_id = ?", user)
+        rows = _one(db, "SELECT COUNT(*) FROM ledger WHERE user_id = ?", user)
         if rows != ledger_rows:
             raise RuntimeError(f"{user} has {rows} ledger rows, expected {ledger_rows}")
         return Template(db, key, tenant, {"user": user, "meter": meter["id"], "ledger_rows": rows, "events": events,
@@ -263,20 +264,14 @@ class Bench:
             if accts["count"] != 100 or accts["accounts"][0]["user"] != populate.account_name(prefix, middle + 1):
                 raise RuntimeError(f"populated accounts read back wrong: {str(accts)[:300]}")
         populate.checkpoint(str(db))
-        counts = (_count(db, "SELECT COUNT(*) FROM ledger WHERE user_id = ?", user),
-                  _count(db, "SELECT COUNT(*) FROM credit_transactions WHERE user_id = ?", user),
-                  _count(db, "SELECT COUNT(*) FROM balances WHERE currency = 'usd'"))
+        counts = (_one(db, "SELECT COUNT(*) FROM ledger WHERE user_id = ?", user),
+                  _one(db, "SELECT COUNT(*) FROM credit_transactions WHERE user_id = ?", user),
+                  _one(db, "SELECT COUNT(*) FROM balances WHERE currency = 'usd'"))
         if counts != (rows, rows, rows):
             raise RuntimeError(f"{name}: (ledger, journal, accounts) rows {counts}, expected {rows} each")
         return Template(db, key, tenant, {"user": user, "mid_tx": mid_tx, "mid_ct": mid_ct, "mid_acct": mid_acct, "rows": rows})
 
 
-def _one(db: Path, sql: str, *params: Any) -> Any:
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        return conn.execute(sql, params).fetchone()[0]
-    finally:
-        conn.close()
 
 
 # -- runs -------------------------------------------------------------------------------------
@@ -425,14 +420,14 @@ class InprocRun(Run):
 
 def usage_rows_at_least(db: Path, tpl: Template, answered: int) -> str | None:
     """Every 2xx recordUsage answer is a committed ledger row (more may have been in flight)."""
-    rows = _count(db, "SELECT COUNT(*) FROM ledger WHERE tags = 'api-usage'")
+    rows = _one(db, "SELECT COUNT(*) FROM ledger WHERE tags = 'api-usage'")
     if rows < answered:
         return f"{answered} usage writes answered but only {rows} ledger rows in the file"
     return None
 
 
 def events_at_least(db: Path, tpl: Template, answered: int) -> str | None:
-    rows = _count(db, "SELECT COUNT(*) FROM meter_events")
+    rows = _one(db, "SELECT COUNT(*) FROM meter_events")
     if rows < 100 * answered:
         return f"{answered} batches of 100 answered but only {rows} meter events in the file"
     return None
