@@ -34,7 +34,7 @@ def create_app(config: Config, registry: Registry | None = None) -> web.Applicat
     registry = registry or load_registry()
     store = SqliteStore(config.db, config.durability)
     check_enum_tables(registry.schema, {"AggregationType": store.AGGREGATIONS, "HoldStatus": store.HOLD_STATUSES}, "the store")
-    caller = Caller(registry, store, config.clock)
+    caller = Caller(registry, store, config.clock, config.limits)
     app = web.Application(client_max_size=MAX_BODY)
     app[BODY_TIMEOUT] = config.body_timeout
     app[STORE] = store

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sqlite3
 import sys
 from typing import Any, NoReturn, Sequence
 
 from . import export
 from .config import DURABILITY, Config, env_default
+from .limits import Limits, env_name, flag_name, limit_fields
 from .store import SqliteStore
 from .times import format_ts, system_clock
 
@@ -40,6 +42,19 @@ def _workers(text: str) -> int:
     if not text.isdigit() or not 1 <= int(text) <= 64:
         raise argparse.ArgumentTypeError(f"invalid worker count {text!r}: expected 1-64")
     return int(text)
+
+
+def _limit_value(kind: type) -> Any:
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"must not be negative: {text!r}")
+        return value  # type: ignore[no-any-return]
+
+    return parse
 
 
 def _name(text: str) -> str:
@@ -61,6 +76,10 @@ def _parser() -> argparse.ArgumentParser:
                        help="full: commits survive a power cut; normal: a process crash only (env ZAPBILLING_DURABILITY)")
     serve.add_argument("--workers", type=_workers, default=env_default("workers"),
                        help="server processes sharing the port and the database (env ZAPBILLING_WORKERS)")
+    for f in limit_fields():
+        serve.add_argument(flag_name(f), dest=f"limit_{f.name}", type=_limit_value(type(f.default)), metavar="N",
+                           default=os.environ.get(env_name(f), str(f.default)),
+                           help=f"{f.metadata['help']} (default {f.default}; env {env_name(f)})")
 
     keys = sub.add_parser("keys", help="manage API keys").add_subparsers(dest="action", required=True, metavar="{create,list,revoke}")
     create = keys.add_parser("create", help="make a key and print it alone on stdout")
@@ -91,7 +110,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "serve":
         if args.durability not in DURABILITY:
             _fail(f"invalid durability {args.durability!r}: expected full or normal")
-        return serve(Config(db=args.db, host=args.host, port=int(args.port), durability=args.durability, workers=int(args.workers)))
+        limits = Limits(**{f.name: _limit_value(type(f.default))(str(getattr(args, f"limit_{f.name}"))) for f in limit_fields()})
+        return serve(Config(db=args.db, host=args.host, port=int(args.port), durability=args.durability,
+                            workers=int(args.workers), limits=limits))
     if args.command == "gen":
         return generate(args)
     if args.command == "export":

@@ -5,6 +5,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from .limits import Limits
 from .store.base import DURABILITY as DURABILITY  # re-exported: the CLI offers these
 from .times import Clock, system_clock
 
@@ -38,6 +39,8 @@ class Config:
     max_inflight: int = 256
     """Requests handled at once; more wait their turn, so many clients cannot make the server
     hold many bodies in memory at the same time."""
+    limits: Limits = field(default_factory=Limits)
+    """Bounds and quotas (limits.py): each has its own flag and environment variable."""
     clock: Clock = field(default=system_clock, repr=False)
     """Microseconds since the epoch; tests pass a clock they can move."""
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .limits import Limits
 from .store import Idempotency, Principal, Store
 
 
@@ -12,6 +13,8 @@ class Context:
     store: Store
     now: int
     """Microseconds since the epoch, read once per call so that one call sees one instant."""
+    limits: Limits
+    """The deployment's quotas (meters per org and mode, rules per meter, ...)."""
     request_id: object = None
     idempotency: Idempotency | None = None
 

@@ -26,6 +26,7 @@ import sys
 from typing import Any
 
 from .config import Config, server_options
+from .limits import Limits
 
 log = logging.getLogger("zapbilling")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -106,7 +107,8 @@ def _listener(config: Config) -> socket.socket:
 def worker_main() -> None:
     """A worker process: `python -c "from zapbilling.server import worker_main; worker_main()" SPEC`."""
     spec = json.loads(sys.argv[1])
-    config = Config(**spec["config"])
+    settings = spec["config"]
+    config = Config(**settings | {"limits": Limits(**settings["limits"])})
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides; it sends SIGTERM
     sock = _listener(config)
     sock.listen(1024)
@@ -115,7 +117,8 @@ def worker_main() -> None:
 
 
 def _spawn(config: Config, number: int, lifeline: int) -> subprocess.Popen[bytes]:
-    settings = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name != "clock"}
+    settings = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name not in ("clock", "limits")}
+    settings["limits"] = dataclasses.asdict(config.limits)
     spec = json.dumps({"config": settings, "number": number, "lifeline": lifeline})
     argv = [sys.executable, "-c", "from zapbilling.server import worker_main; worker_main()", spec]
     return subprocess.Popen(argv, pass_fds=(lifeline,), stdin=subprocess.DEVNULL)

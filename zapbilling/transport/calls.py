@@ -18,6 +18,7 @@ from ..errors import ApiError, Conflict, Forbidden, InternalError, InvalidReques
 from ..models import params_error
 from ..registry import Command, Registry
 from ..store import Idempotency, KeyReused, Principal, Store
+from ..limits import Limits
 from ..times import Clock
 
 log = logging.getLogger("zapbilling")
@@ -31,6 +32,7 @@ class Caller:
     registry: Registry
     store: Store
     clock: Clock
+    limits: Limits = Limits()
 
     async def call(
         self,
@@ -53,7 +55,7 @@ class Caller:
             idempotency = None
             if idempotency_key and command.mutates:
                 idempotency = await self._idempotency(command, principal, params, idempotency_key)
-            ctx = Context(principal, self.store, self.clock(), request_id, idempotency)
+            ctx = Context(principal, self.store, self.clock(), self.limits, request_id, idempotency)
             return await command.handler(ctx, params)
         except ApiError:
             raise

@@ -1,0 +1,43 @@
+"""Every configurable bound and quota, with its default, in one place.
+
+The CLI derives one `serve` flag per field (`--rate-per-second`, env ZAPBILLING_RATE_PER_SECOND)
+from this dataclass, and README "Limits" lists them; nothing else keeps a second list. Bounds
+that are part of the contract's types (the length of each text parameter) live with the other
+parameter rules in billing/validation.py instead: they are not a deployment's choice.
+
+Why these defaults: each is far above what a well-behaved caller sends (the largest legal
+request of the contract fits with room to spare) and low enough that one caller at the bound
+costs the server a small, fixed share of its memory and CPU.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+T = TypeVar("T", int, float)
+
+
+def _limit(default: T, help: str) -> T:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    rate_per_second: float = _limit(5000.0, "requests each API key may make per second, per server process (a batch counts each entry); 0 turns rate limiting off")
+    rate_burst: int = _limit(10000, "requests an API key may make at once above its rate (the token bucket's size; at least 100, a full batch)")
+    inflight_per_key: int = _limit(64, "requests of one API key handled at once; more wait their turn without holding a shared slot")
+    meters_per_tenant: int = _limit(1000, "meters an org may hold in each mode")
+    rules_per_meter: int = _limit(100, "pricing rules one meter may hold")
+
+
+def limit_fields() -> list[dataclasses.Field]:  # type: ignore[type-arg]
+    return list(dataclasses.fields(Limits))
+
+
+def flag_name(f: dataclasses.Field) -> str:  # type: ignore[type-arg]
+    return "--" + f.name.replace("_", "-")
+
+
+def env_name(f: dataclasses.Field) -> str:  # type: ignore[type-arg]
+    return "ZAPBILLING_" + f.name.upper()
