@@ -337,8 +337,8 @@ class Checker:
         if op.kind == "usage":
             rows = con.execute("SELECT id, type, amount FROM ledger WHERE user_id = ? AND dedupe_key = ?",
                                (a.user, f"usage:{op.id}")).fetchall()
-            events = con.execute("SELECT value FROM meter_events WHERE idempotency_key = ?",
-                                 (f"usage:{a.user}:{op.id}",)).fetchall()
+            events = con.execute("SELECT e.value FROM meter_events e JOIN ledger l ON l.id = e.ledger_id"
+                                 " WHERE l.user_id = ? AND l.dedupe_key = ?", (a.user, f"usage:{op.id}")).fetchall()
             if len(rows) != len(events) or len(rows) > 1:
                 return self.problem(f"{op.id} recordUsage half-applied: {len(rows)} ledger rows, {len(events)} meter events")
             if not rows:
@@ -428,8 +428,8 @@ class Checker:
                                  f" missing {len(set(a.events) - set(events))}, unexpected {len(set(events) - set(a.events))}")
                 checked += len(a.events)
                 usage_events = dict(con.execute(
-                    "SELECT idempotency_key, value FROM meter_events WHERE user_id = ? AND meter_id = ?", (a.user, self.usage_meter)))
-                want = {f"usage:{a.user}:{rid}": amount for rid, (_, amount) in a.usage.items()}
+                    "SELECT ledger_id, value FROM meter_events WHERE user_id = ? AND meter_id = ?", (a.user, self.usage_meter)))
+                want = {tx: amount for tx, amount in a.usage.values()}
                 if usage_events != want:
                     self.problem(f"{a.user}: usage meter events {len(usage_events)} != expected {len(want)}"
                                  f" (missing {len(set(want) - set(usage_events))}, unexpected {len(set(usage_events) - set(want))})")

@@ -635,9 +635,9 @@ async def test_record_usage_records_an_event_on_the_api_usage_meter(any_api, db_
     (dims,) = db_rows(db_path, "SELECT json_extract(dimensions, '$.model') AS model,"
                                " json_extract(dimensions, '$.provider') AS provider FROM meter_events")
     assert dims == {"model": "claude-x", "provider": "anthropic"}
-    assert row["idempotency_key"] == f"usage:{ALICE}:req-1"
     (ledger,) = usage_rows(db_path)
     assert ledger["id"] == tx["transactionId"] and ledger["created_at"] == row["ts"]
+    assert (row["ledger_id"], row["idempotency_key"]) == (tx["transactionId"], None)  # linked to its row, no key of the callers' kind
     s = await summary(any_api, usage_meter["id"], userId=ALICE)
     assert (s["value"], s["eventCount"]) == (250, 1)
     assert (await summary(any_api, other["id"]))["eventCount"] == 0

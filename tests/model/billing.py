@@ -802,22 +802,20 @@ class Model:
                  "clientIp": p["clientIp"]}
         row = self._withdraw(c, user, p["currency"], p["amount"], "api-usage",
                              f"API usage: {p['model']} ({p['totalTokens']} tokens)", meta)
-        self._usage_event(c, user, p["amount"], None if rid is None else f"usage:{user}:{rid}")
+        self._usage_event(c, user, p["amount"])
         result = {"user": user, "amount": p["amount"], "transactionId": row.id, "currency": p["currency"], "type": "withdraw"}
         if rid is not None:
             c.tenant.usage_by_request[(user, rid)] = result
         return 201, result
 
-    def _usage_event(self, c: Call, user: str, value: int, key: str | None) -> None:
+    def _usage_event(self, c: Call, user: str, value: int) -> None:
+        """A new usage withdrawal's meter event: keyed by its ledger row, never by a caller's
+        idempotency key, so no caller's event can suppress it (a retry wrote no new row)."""
         meter = next((m for m in c.tenant.meters if m.event_name == "api-usage"), None)
         if meter is None:
             return
-        if key is not None and key in c.tenant.event_by_key:
-            return
         ev = Event(self.new_id("evt_"), meter.id, user, value, c.now, self.seq())
         c.tenant.events.append(ev)
-        if key is not None:
-            c.tenant.event_by_key[key] = ev.id
         self.hit("api-usage meter event")
 
     def _deposit(self, c: Call, p: dict[str, Any]) -> tuple[int, Any]:
@@ -951,7 +949,7 @@ class Model:
             meta["requestId"] = h.request_id
         notes = p.get("notes", f"API usage: {p['model']} (hold {h.id})")
         row = self._withdraw(c, h.user, h.currency, amount, "api-usage", notes, meta, hold_id=h.id)
-        self._usage_event(c, h.user, amount, f"hold:{h.id}")
+        self._usage_event(c, h.user, amount)
         h.status, h.captured, h.tx_id, h.settled_at = "captured", amount, row.id, c.now
         return 200, h.result(c.now)
 

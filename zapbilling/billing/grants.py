@@ -14,7 +14,7 @@ from ..errors import InvalidParams, NotFound
 from ..store import AlreadyVoided, GrantChange, GrantRow, Missing, NewGrant
 from ..times import format_ts
 from .durations import parse_duration
-from .pricing import checked_sum
+from .pricing import INT64_MAX
 
 
 def eligible(grant: GrantRow, meter_id: str | None) -> bool:
@@ -89,10 +89,12 @@ async def list_credit_grants(ctx: Context, p: Any) -> dict[str, Any]:
 
 async def get_credit_balance(ctx: Context, p: Any) -> dict[str, Any]:
     grants = sorted(await ctx.store.active_grants(ctx.tenant, p.userId, ctx.now), key=itemgetter("currency"))
-    balances = [
-        {"currency": currency, "available": checked_sum(g["remainingCents"] for g in group)}
-        for currency, group in groupby(grants, key=itemgetter("currency"))
-    ]
+    balances = []
+    for currency, group in groupby(grants, key=itemgetter("currency")):
+        available = sum(g["remainingCents"] for g in group)
+        if available > INT64_MAX:  # each grant fits int64, their sum need not: the contract's 400
+            raise InvalidParams(f"the credit available in {currency} is beyond the signed 64-bit range", param="userId")
+        balances.append({"currency": currency, "available": available})
     return {"userId": p.userId, "balances": balances}
 
 

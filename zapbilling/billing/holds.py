@@ -78,7 +78,7 @@ async def capture_hold(ctx: Context, p: Any) -> dict[str, Any]:
             tags=USAGE_TAG, hold_id=hold["holdId"],
             notes=p.notes or f"API usage: {p.model} (hold {hold['holdId']})",
             metadata=_usage_metadata(hold, p.model, p.metadata), dedupe_key=f"hold:{hold['holdId']}",
-            usage_event=UsageEvent(USAGE_TAG, {"model": p.model}, f"hold:{hold['holdId']}"),
+            usage_event=UsageEvent(USAGE_TAG, {"model": p.model}),
         )
 
     try:

@@ -109,7 +109,7 @@ async def record_usage(ctx: Context, p: Any) -> dict[str, Any]:
         type="withdraw", user=p.user, currency=p.currency, amount=p.amount, now=ctx.now, key_id=ctx.key_id, lots=LOTS, tags=USAGE_TAG,
         notes=f"API usage: {p.model} ({p.totalTokens} tokens)", metadata=metadata,
         dedupe_key=f"usage:{p.requestId}" if p.requestId else None,
-        usage_event=UsageEvent(USAGE_TAG, {"model": p.model, "provider": p.provider}, f"usage:{p.user}:{p.requestId}" if p.requestId else None),
+        usage_event=UsageEvent(USAGE_TAG, {"model": p.model, "provider": p.provider}),
     ))
     return {"user": row["user"], "amount": row["amount"], "transactionId": row["id"], "currency": row["currency"], "type": row["type"]}
 

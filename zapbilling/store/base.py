@@ -58,16 +58,22 @@ class MeterEventDraft:
     idempotency: str | None = None
     """At most one event per (tenant, idempotency); a repeat reports the first event's id."""
     dimensions: dict[str, Any] | None = None
+    ledger_id: str | None = None
+    """The usage withdrawal this event records, for the events the server writes itself."""
 
 
 @dataclass(slots=True)
 class UsageEvent:
     """The meter event a usage withdrawal records in its own transaction, if the tenant has a
-    meter for `event_name`: value = the withdrawal's amount, at the withdrawal's time."""
+    meter for `event_name`: value = the withdrawal's amount, at the withdrawal's time. It is
+    keyed by the withdrawal's own row (meter_events.ledger_id, unique), not by an idempotency
+    key: callers' keys live in another column, so no caller's event can collide with it, and a
+    row id is unambiguous where `usage:<user>:<requestId>` was not (user `a:b` with request `c`
+    and user `a` with request `b:c` made the same key, and the second usage event was dropped).
+    A retried withdrawal writes no second row, hence no second event."""
 
     event_name: str
     dimensions: dict[str, Any]
-    idempotency: str | None
 
 
 @dataclass(slots=True)

@@ -1,6 +1,6 @@
 """The SQLite connections: WAL mode, one writer thread with group commit (writer.py) for every
-write, and the read path (reads.py: the reader, `snapshot()` and point reads on the loop's
-thread), which WAL lets run beside the writer. This module keeps the writer's side: opening
+write, and the read path (reads.py: a pool of readers, `snapshot()` and point reads on the
+loop's thread), which WAL lets run beside the writer. This module keeps the writer's side: opening
 the file, the two ways to write, and idempotency.
 
 Reads are single statements wherever the answer must be consistent, because a single SELECT
@@ -9,7 +9,9 @@ sees one snapshot; where one answer takes several (invoicePreview), they run ins
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import secrets
 import sqlite3
 import time
@@ -42,6 +44,18 @@ def _enable_wal(conn: sqlite3.Connection, patience: float = 10.0) -> None:
             time.sleep(0.005)
 
 
+FILE_MODE = 0o600
+"""The database holds every tenant's money and the hashes of their keys: owner only. SQLite
+creates the -wal and -shm files with the database file's own mode, so they follow."""
+
+
+def _create_private(path: str) -> None:
+    """Create the database file owner-only before SQLite would create it with the umask's 0644.
+    An existing file keeps the mode its owner gave it."""
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE))
+
+
 def new_id(prefix: str) -> str:
     """`<prefix>_` and 24 hex digits: the creation millisecond (11 digits) then 52 random bits.
     Ids made later sort later, so the UNIQUE index on `id` grows at its right edge: a commit of
@@ -54,7 +68,8 @@ def new_id(prefix: str) -> str:
 class SqliteBase(ReadPath):
     """The writer and the two ways to write: `_run` for a plain atomic job, `_write` for a
     tenant's write that honours an idempotency key in the same transaction. The three ways to
-    read (`_read`, `snapshot()`, `_read_point`) and their rule are ReadPath's (reads.py)."""
+    read (`_read` and `_aggregate` on the pool, `snapshot()`, `_read_point`) and their rule are
+    ReadPath's (reads.py)."""
 
     def __init__(self, path: str | Path, durability: str = "full"):
         if durability not in DURABILITY:
@@ -66,6 +81,7 @@ class SqliteBase(ReadPath):
 
     # -- lifecycle ---------------------------------------------------------------------------
     def _connect_writer(self) -> sqlite3.Connection:
+        _create_private(self.path)
         conn = sqlite3.connect(self.path, isolation_level=None)
         conn.execute("PRAGMA busy_timeout = 10000")
         _enable_wal(conn)

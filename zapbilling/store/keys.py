@@ -20,7 +20,7 @@ import sqlite3
 from pathlib import Path
 
 from .base import KeyInfo, Principal
-from .connection import SqliteBase, new_id
+from .connection import FILE_MODE, SqliteBase, new_id
 
 MAX_CACHED_KEYS = 10_000
 EPOCH_BYTES = 8
@@ -40,7 +40,7 @@ class KeyEpoch:
 
     def open(self) -> None:
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, FILE_MODE)
         except OSError:
             return
         try:
@@ -61,7 +61,7 @@ class KeyEpoch:
         return self._map[:EPOCH_BYTES] if self._map is not None else None
 
     def bump(self) -> None:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, FILE_MODE)
         try:
             os.pwrite(fd, secrets.token_bytes(EPOCH_BYTES), 0)
         finally:

@@ -152,7 +152,7 @@ def append_entry(conn: sqlite3.Connection, tenant: int, e: NewEntry, refundable:
     else:
         raise ValueError(f"unknown ledger entry type {e.type!r}")
     _add_to_balance(conn, tenant, e.user, e.currency, delta)
-    _record_usage_meter_event(conn, tenant, e)
+    _record_usage_meter_event(conn, tenant, e, tx_id)
     return {
         "id": tx_id, "user": e.user, "currency": e.currency, "type": e.type, "amount": e.amount, "tags": e.tags,
         "notes": e.notes, "metadata": e.metadata, "createdAt": e.now, "expiresAt": e.expires_at, "refundOf": e.refund_of,
@@ -160,9 +160,9 @@ def append_entry(conn: sqlite3.Connection, tenant: int, e: NewEntry, refundable:
     }
 
 
-def _record_usage_meter_event(conn: sqlite3.Connection, tenant: int, e: NewEntry) -> None:
+def _record_usage_meter_event(conn: sqlite3.Connection, tenant: int, e: NewEntry, tx_id: str) -> None:
     """A usage withdrawal's meter event, in the withdrawal's own transaction, when the tenant
-    has a meter for it. Its idempotency key makes a retried requestId record it only once."""
+    has a meter for it, linked to the withdrawal's row (see UsageEvent)."""
     if e.usage_event is None:
         return
     meter = conn.execute(
@@ -170,7 +170,7 @@ def _record_usage_meter_event(conn: sqlite3.Connection, tenant: int, e: NewEntry
     ).fetchone()
     if meter is not None:
         insert_event(conn, tenant, MeterEventDraft(
-            meter[0], e.user, e.amount, e.now, e.usage_event.idempotency, e.usage_event.dimensions,
+            meter[0], e.user, e.amount, e.now, None, e.usage_event.dimensions, tx_id,
         ), e.now)
 
 

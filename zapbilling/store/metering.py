@@ -111,11 +111,11 @@ def _record_events(conn: sqlite3.Connection, tenant: int, events: list[MeterEven
 def insert_event(conn: sqlite3.Connection, tenant: int, e: MeterEventDraft, now: int) -> tuple[str, str]:
     event_id = new_id("evt")
     inserted = conn.execute(  # rowcount, not RETURNING: see append_entry
-        "INSERT INTO meter_events (id, tenant, meter_id, user_id, value, ts, idempotency_key, dimensions, created_at)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        "INSERT INTO meter_events (id, tenant, meter_id, user_id, value, ts, idempotency_key, dimensions, created_at, ledger_id)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         " ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING",
         (event_id, tenant, e.meter_id, e.user, e.value, e.timestamp, e.idempotency,
-         json.dumps(e.dimensions) if e.dimensions is not None else None, now),
+         json.dumps(e.dimensions) if e.dimensions is not None else None, now, e.ledger_id),
     ).rowcount
     if inserted:
         return event_id, "created"

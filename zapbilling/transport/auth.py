@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import binascii
 from base64 import b64decode
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, unquote_to_bytes
 
-from ..errors import Unauthorized
+from ..errors import InvalidRequest, Unauthorized
 from ..store import Principal, Store
 
 QUERY_KEY_PARAMS = ("key", "token", "api_key", "apiKey")
@@ -37,4 +37,16 @@ async def authenticate(store: Store, authorization: str | None, query_string: st
     principal = await store.authenticate(secret) if secret else None
     if principal is None:
         raise Unauthorized(_REFUSED)
+    if query_string and ("%" in query_string or not query_string.isascii()):
+        _check_text(query_string)
     return principal
+
+
+def _check_text(query_string: str) -> None:
+    """A query string must be UTF-8 once percent-decoded: aiohttp would hand on U+FFFD in place
+    of each bad byte, and a user id or tag silently changed is worse than a refusal. Here, once
+    for both transports, after the key (a caller without one learns nothing more)."""
+    try:
+        unquote_to_bytes(query_string).decode("utf-8")  # raw non-UTF-8 bytes arrive as lone surrogates: encoding them fails too
+    except UnicodeError:
+        raise InvalidRequest("the query string is not valid UTF-8 once percent-decoded") from None
