@@ -137,3 +137,77 @@ def test_parse_duration_rejects_durations_beyond_go_range():
     for text in ("2562048h", "9999999h", "99999999999999999999h"):
         with pytest.raises(ValueError):
             parse_duration(text)
+
+
+# -- the same language as the pattern it replaces, in linear time (issue 17, finding 1) -----------
+
+def _by_the_old_pattern(text: str) -> int:
+    """The parser as it was, whole-text pattern and all (it backtracks quadratically on a long
+    run of digits: only ever called here on short texts), as the reference for the language."""
+    import re
+    from fractions import Fraction
+
+    from zapbilling.billing.durations import GO_MAX, _UNITS_US
+
+    number, unit = r"(?:[0-9]+\.?[0-9]*|\.[0-9]+)", r"(?:ns|us|\u00b5s|\u03bcs|ms|s|m|h)"
+    if not re.match(f"\\+?(?:{number}{unit})+\\Z", text):
+        raise ValueError(text)
+    total = sum((Fraction(n) * _UNITS_US[u] for n, u in re.findall(f"({number})({unit})", text)), Fraction(0))
+    if total > GO_MAX or int(total) <= 0:
+        raise ValueError(text)
+    return int(total)
+
+
+def _outcome(parse, text: str) -> int | None:
+    try:
+        return parse(text)
+    except ValueError:
+        return None
+
+
+def test_the_scanner_accepts_exactly_what_the_old_pattern_did_with_the_same_result():
+    """200,000 seeded random texts over the characters that matter (digits, points, signs, every
+    unit's letters, a look-alike digit, a space), from 0 to 12 characters: the same answer."""
+    import random
+
+    rnd = random.Random(17)
+    alphabet = list("0123456789..+-hmsnu\u00b5\u03bc ") + ["\u0661", "x", "ms", "h", "1", "0", "."]
+    for _ in range(200_000):
+        text = "".join(rnd.choice(alphabet) for _ in range(rnd.randint(0, 8)))
+        assert _outcome(parse_duration, text) == _outcome(_by_the_old_pattern, text), repr(text)
+
+
+def _best_of(repeat: int, fn, *args) -> float:
+    import time
+
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn(*args)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+@pytest.mark.parametrize("piece, n", [
+    ("1", 4096),        # the issue's input: a run of digits with no unit (the old pattern: quadratic)
+    ("1.", 2048),       # digits and points that never make a piece
+    ("0h", 2048),       # many valid pieces (adding up to zero)
+    ("1h", 1024),       # many valid pieces adding up, then the range
+])
+def test_parsing_a_long_text_costs_time_linear_in_its_length(piece, n):
+    """The time for 4n pieces against n, each the best of 5 runs: about 4 when linear, 16 when
+    quadratic (as the old pattern was: 4,096 `1`s took 0.1 s, 16,384 took 1.7 s). The bound, 8,
+    leaves room for a loaded machine without letting a quadratic parser through."""
+    def parse(text: str) -> None:
+        _outcome(parse_duration, text)
+
+    small, large = piece * n, piece * (4 * n)
+    parse(large)  # warm up
+    ratio = _best_of(5, parse, large) / _best_of(5, parse, small)
+    assert ratio < 8, (piece, n, ratio)
+
+
+def test_a_long_run_of_digits_is_refused_as_not_a_duration():
+    for text in ("1" * 65_536, "1" * 65_536 + "h", "." * 1000 + "h", "1h" * 30_000 + "1", "1000h" * 3000):
+        with pytest.raises(ValueError):
+            parse_duration(text)
