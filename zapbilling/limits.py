@@ -29,6 +29,16 @@ class Limits:
     inflight_per_key: int = _limit(64, "requests of one API key handled at once; more wait their turn without holding a shared slot")
     meters_per_tenant: int = _limit(1000, "meters an org may hold in each mode")
     rules_per_meter: int = _limit(100, "pricing rules one meter may hold")
+    # The largest legal request: a ZAP batch of 100 recordMeterEvents of 100 events, each with
+    # 8 dimensions, is 150,601 values (and would not even fit in 1 MiB); 2^18 leaves room for
+    # ~19 dimensions on every one of those 10,000 events. At ~70 bytes of Python objects per
+    # value, a request at the bound costs ~18 MB while it is handled.
+    request_elements: int = _limit(262_144, "values one request body may hold in all (items of lists and entries of maps, counted over the whole body); more is refused with 413")
+    # A batch answer stops growing here: the entry that crosses it is answered whole (so no
+    # single answer is ever refused: a page of 1,000 transactions with 16 KiB of metadata each
+    # is ~17 MB), and the entries after it are not run. So a batch answer is at most this plus
+    # one entry plus the answers of mutations already under way (each echoes a bounded request).
+    answer_bytes: int = _limit(16 << 20, "bytes a ZAP batch's answers may reach; the entries after the one that crosses it are not run and answer payload_too_large")
 
 
 def limit_fields() -> list[dataclasses.Field]:  # type: ignore[type-arg]

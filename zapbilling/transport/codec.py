@@ -1,14 +1,25 @@
 """JSON and msgpack bodies: content negotiation, and decoding with limits fit for untrusted
-input. The body size limit itself is applied before any of this runs (see http.py)."""
+input. The body size limit itself is applied before any of this runs (see http.py).
+
+Besides the per-container limits (a msgpack map or array of at most 10,000 items), the body as a
+whole holds at most `Limits.request_elements` values, counted before or while it is decoded
+(never after it is all built): 1 MiB of empty msgpack maps is a million dicts, ~75 MB of Python
+objects, and 30 such requests at once took a server to 2.3 GB. A value is every item of a list,
+every entry of a map (its key is not counted apart) and the body itself. Bodies too short to hold
+that many values (each takes a byte in msgpack, two in JSON) skip the count: every call a
+well-behaved caller makes but the largest batches pays one length comparison.
+"""
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import msgpack
 
-from ..errors import ParseError
+from ..errors import ParseError, PayloadTooLarge
+from ..limits import Limits
 
 MAX_BODY = 1 << 20
 """1 MiB: larger bodies are refused (413) before they are decoded."""
@@ -27,11 +38,46 @@ _MSGPACK_LIMITS = dict(
 )
 
 
+DEFAULT_ELEMENTS = Limits().request_elements
+
+
+def too_many(max_values: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"the body holds more than {max_values} values (items of lists and entries of maps): send fewer in one request")
+
+
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def _decode_json(body: bytes) -> Any:
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+"""A JSON string, as the "unrolled loop": each byte is taken by exactly one branch, so a match
+is linear and a failed one (an unterminated string, only ever the last quote) gives back in
+linear time too; no backtracking on input."""
+_JSON_SPACE = b" \t\r\n"
+
+
+def _json_values(body: bytes, enough: int) -> int:
+    """The values a JSON text holds, counted in its bytes without decoding it: 1 (the text)
+    plus one per `,` plus one per non-empty `[` or `{`, outside strings. First an upper bound
+    from three C-speed `bytes.count` passes (~3 ms per MiB in all), which settles every body
+    but one whose strings hold many commas or brackets, or one of many values; its strings are
+    then blanked by a linear regex and blanks dropped for the exact count (~10-17 ms per MiB,
+    still less than json.loads of such a body). Returns the upper bound when it is at most
+    `enough`, else the exact count: exact for valid JSON; for invalid JSON some number, and
+    such a body is refused either way."""
+    bound = 1 + body.count(b",") + body.count(b"[") + body.count(b"{")
+    if bound <= enough:  # no more than `enough` for certain: the usual case, decided at once
+        return bound
+    bare = _JSON_STRING.sub(b'""', body).translate(None, _JSON_SPACE)
+    return 1 + bare.count(b",") + bare.count(b"[") + bare.count(b"{") - bare.count(b"[]") - bare.count(b"{}")
+
+
+def _decode_json(body: bytes, max_values: int) -> Any:
+    # Counted before json.loads builds anything: the json module has no hook on arrays, so a
+    # hook could not count `[[],[],...]`. A value takes a byte and needs a separator after it,
+    # so a body of B bytes holds at most (B + 1) // 2 values: shorter bodies are not counted.
+    if len(body) > 2 * max_values and _json_values(body, max_values) > max_values:
+        raise too_many(max_values)
     value = json.loads(body, parse_constant=_reject_constant)
     if b"\\u" in body and _has_lone_surrogate(value):  # only an escape can make one
         raise ValueError("a \\u escape encodes a lone surrogate, which is not Unicode text")
@@ -53,8 +99,29 @@ def _has_lone_surrogate(value: Any) -> bool:
     return False
 
 
-def _decode_msgpack(body: bytes) -> Any:
-    return msgpack.unpackb(body, **_MSGPACK_LIMITS)
+def _decode_msgpack(body: bytes, max_values: int) -> Any:
+    if len(body) <= max_values:  # every msgpack value takes at least one byte
+        return msgpack.unpackb(body, **_MSGPACK_LIMITS)
+    return _unpack_counted(body, max_values)
+
+
+def _unpack_counted(body: bytes, max_values: int) -> Any:
+    """Unpacked with a hook on every map and list that counts its items as it is completed and
+    stops the decoder once the body has passed `max_values`: what was built so far (at most the
+    bound, plus the open containers' items, each at most 10,000) is dropped with the exception.
+    The hooks make the decoder ~1.7x slower (1 MiB of empty maps: 88 -> 153 ms unbounded),
+    paid only by bodies longer than the bound in bytes; refusing 1 MiB of empty maps takes
+    ~90 ms, the decoding of the first 262,144 of them."""
+    count = 1
+
+    def counted(container: Any) -> Any:
+        nonlocal count
+        count += len(container)
+        if count > max_values:
+            raise too_many(max_values)
+        return container
+
+    return msgpack.unpackb(body, object_hook=counted, list_hook=counted, **_MSGPACK_LIMITS)
 
 
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
@@ -64,13 +131,14 @@ _packb = msgpack.Packer(use_bin_type=True).pack
 @dataclass(frozen=True)
 class Codec:
     content_type: str
-    _decode: Callable[[bytes], Any]
+    _decode: Callable[[bytes, int], Any]
     _encode: Callable[[Any], bytes]
 
-    def decode(self, body: bytes) -> Any:
-        """Raises ParseError for anything undecodable, however deep or malformed."""
+    def decode(self, body: bytes, max_values: int = DEFAULT_ELEMENTS) -> Any:
+        """Raises ParseError for anything undecodable, however deep or malformed, and
+        PayloadTooLarge for a body of more than `max_values` values (Limits.request_elements)."""
         try:
-            return self._decode(body)
+            return self._decode(body, max_values)
         except (ValueError, RecursionError, UnicodeDecodeError) as exc:
             raise ParseError(f"body is not valid {self.name}: {str(exc)[:120] or type(exc).__name__}") from None
 
