@@ -362,6 +362,31 @@ class _Checker:
             " WHERE idempotency_key IS NOT NULL GROUP BY tenant, idempotency_key HAVING n > 1"
         ):
             self.bad(f"meter events: idempotency key {r['idempotency_key']!r} appears {r['n']} times in tenant {r['tenant']} ({r['ids']})")
+        if "ledger_id" in self.columns("meter_events"):
+            self.usage_events()
+
+    def usage_events(self) -> None:
+        """The events the server writes for usage withdrawals: each records its own row (same
+        tenant, user, amount and instant, on the tenant's api-usage meter), and every usage
+        withdrawal made once that meter existed has exactly one."""
+        for r in self.q(
+            "SELECT e.id, e.tenant, e.ledger_id, l.id AS row_id, l.tenant = e.tenant AND l.user_id = e.user_id"
+            " AND l.amount = e.value AND l.created_at = e.ts AND l.type = 'withdraw' AND l.tags = 'api-usage'"
+            " AND m.event_name = 'api-usage' AS same"
+            " FROM meter_events e LEFT JOIN ledger l ON l.id = e.ledger_id LEFT JOIN meters m ON m.id = e.meter_id"
+            " WHERE e.ledger_id IS NOT NULL"
+        ):
+            if r["row_id"] is None:
+                self.bad(f"meter event {r['id']} (tenant {r['tenant']}) records ledger row {r['ledger_id']}, which does not exist")
+            elif not r["same"]:
+                self.bad(f"meter event {r['id']} (tenant {r['tenant']}) does not match the usage withdrawal {r['ledger_id']} it records")
+        for r in self.q(
+            "SELECT l.id, l.tenant, COUNT(e.id) AS n FROM ledger l"
+            " JOIN meters m ON m.tenant = l.tenant AND m.event_name = 'api-usage' AND m.created_at <= l.created_at"
+            " LEFT JOIN meter_events e ON e.ledger_id = l.id"
+            " WHERE l.type = 'withdraw' AND l.tags = 'api-usage' GROUP BY l.id HAVING n != 1"
+        ):
+            self.bad(f"usage withdrawal {r['id']} (tenant {r['tenant']}) has {r['n']} meter events on the api-usage meter, not 1")
 
     def holds(self) -> None:
         cols = self.columns("holds")

@@ -33,6 +33,7 @@ async def traffic(api, make_key, clock, server, db_path) -> dict[str, Any]:
     """A database after real traffic; returns ids in it."""
     ids: dict[str, Any] = {}
     meter = (await ok(api, "createMeter", {"name": "calls", "eventName": "calls"}))["id"]
+    ids["usage_meter"] = (await ok(api, "createMeter", {"name": "usage", "eventName": "api-usage"}))["id"]
     # ledger
     await ok(api, "deposit", {"user": ALICE, "amount": 1000})
     usage = await ok(api, "recordUsage", {"user": ALICE, "amount": 120, "model": "m", "requestId": "r1"})
@@ -239,6 +240,15 @@ async def test_a_row_written_by_a_key_of_another_tenant(traffic, copy):
     assert f"ledger row {traffic['usage']} (tenant 1): key_id {traffic['other_key']!r} is not a key of its tenant" in message, message
     corrupt(copy, "UPDATE credit_transactions SET key_id = 'key_nope' WHERE type = 'burn'")
     assert "key_id 'key_nope' is not a key of its tenant" in violations_of(copy)
+
+
+async def test_a_usage_withdrawal_without_its_meter_event_or_with_a_wrong_one(traffic, copy):
+    corrupt(copy, "UPDATE meter_events SET value = value + 1 WHERE ledger_id = ?", params=(traffic["usage"],))
+    assert f"does not match the usage withdrawal {traffic['usage']}" in violations_of(copy)
+    corrupt(copy, "DELETE FROM meter_events WHERE ledger_id = ?", params=(traffic["usage"],))
+    assert f"usage withdrawal {traffic['usage']} (tenant 1) has 0 meter events on the api-usage meter, not 1" in violations_of(copy)
+    corrupt(copy, "UPDATE meter_events SET ledger_id = 'tx_gone' WHERE ledger_id IS NOT NULL AND value = 200")  # the capture's
+    assert "records ledger row tx_gone, which does not exist" in violations_of(copy)
 
 
 async def test_system_writes_only_forfeits_and_expire_rows(traffic, copy):
