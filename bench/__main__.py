@@ -29,6 +29,7 @@ from typing import Any
 import psutil
 
 from .load import CPUS, ROOT, wrk_path
+from .noisy import noisy_scenario
 from .scenarios import CALIBRATION, Bench, HttpRun, Scenario, Settings, calibrate, median_of, scenarios
 
 RESULTS = Path(__file__).resolve().parent / "results.json"
@@ -87,9 +88,14 @@ def compare(scn: Scenario, runs: dict[str, Any]) -> list[dict[str, Any]]:
     for t in scn.targets:
         subject, baseline = runs.get(t.subject), runs.get(t.baseline)
         row: dict[str, Any] = {"scenario": scn.number, "label": t.label, "subject": t.subject, "baseline": t.baseline,
-                               "metric": t.metric, "target": f"{t.op} {t.threshold:g}x" if t.op else None}
+                               "metric": t.metric, "target": f"{t.op} {t.threshold:g}{'x' if t.baseline else ''}" if t.op else None}
         if scn.skipped:
             row.update(result="SKIP", note=scn.skipped)
+        elif not t.baseline and subject is not None:  # no baseline: the worst round's figure itself (a count that must be 0)
+            a = max((r[t.metric] for r in subject["rounds"] if t.metric in r), default=None)
+            ok = a is not None and (a >= t.threshold if t.op == ">=" else a <= t.threshold)
+            row.update(figure=a, unit=t.metric,
+                       result="n/a" if a is None else "ERROR" if subject["problems"] else "PASS" if ok else "FAIL")
         elif subject is None or baseline is None:
             row.update(result="n/a", note="not measured")
         else:
@@ -147,6 +153,9 @@ def print_report(meta: dict[str, Any], runs: dict[str, Any], targets: list[dict[
             flag = "  <- " + "; ".join(r["problems"])[:160] if r["problems"] else ""
             p(f"  {run.label:54} {fig:>16} {m['p50_ms']:8.2f} {m['p99_ms']:8.2f} {m['rss_mb']:7.0f} "
               f"{cpu('server_cpu_pct'):>7} {cpu('load_cpu_pct'):>6} {cpu('other_cpu_pct'):>6} {per_unit(m):>9}{flag}")
+            for i, rnd in enumerate(r["rounds"], 1):  # what a run has to say beyond the columns (scenario 7)
+                for line in rnd.get("summary", []):
+                    p(f"    round {i}: {line}")
     p("\nTargets (ratio = figure / baseline; PASS/FAIL on the ratio. 'CPU x': baseline's server CPU per unit / ours,")
     p("the same comparison by CPU cost instead of throughput, less disturbed by other work on the machine)")
     p(f"  {'#':2} {'comparison':52} {'figure':>16} {'baseline':>16} {'ratio':>7} {'target':>10} {'result':6} {'CPU x':>6}")
@@ -190,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings(seconds=args.seconds, warmup=args.warmup, rounds=args.rounds, big_rows=args.rows,
                         connections=args.connections, pin=pin, workdir=workdir, log=log)
     bench = Bench(settings)
-    scns = [s for s in scenarios(settings) if args.only is None or s.number in args.only]
+    scns = [s for s in [*scenarios(settings), noisy_scenario(settings)] if args.only is None or s.number in args.only]
     cpu_model = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                       if ln.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
     meta: dict[str, Any] = {

@@ -33,4 +33,11 @@ def test_bench_quick_runs_every_scenario(tmp_path: Path) -> None:
         m = run["median"]
         assert m["rate"] > 0 and 0 < m["p50_ms"] <= m["p99_ms"] and m["rss_mb"] > 0, (key, m)
     assert all(t["result"] in ("PASS", "FAIL", "info", "SKIP") for t in data["targets"])
-    assert {t["scenario"] for t in data["targets"]} == {1, 2, 3, 4, 5, 6}
+    assert {t["scenario"] for t in data["targets"]} == {1, 2, 3, 4, 5, 6, 7}
+    # scenario 7 measured org B alone and ran every kind of org A's abuse beside it (how B fared
+    # meanwhile is the scenario's target, not the smoke test's)
+    noisy = data["runs"]["s7.noisy"]["rounds"][0]
+    assert data["runs"]["s7.quiet"]["rounds"][0]["b"]["ok"] > 0
+    assert {"flood", "slow_bodies", "deposits_largest_legal", "deposits_oversize", "reads_invoicePreview",
+            "reads_uniqueCountSummary", "reads_listMeters", "reads_listTransactions"} <= set(noisy["abuse"]["tallies"])
+    assert all(t["sent"] > 0 for t in noisy["abuse"]["tallies"].values()), noisy["abuse"]
