@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -126,6 +127,31 @@ def _unpack_counted(body: bytes, max_values: int) -> Any:
 
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
 _packb = msgpack.Packer(use_bin_type=True).pack
+_json_chunks = (
+    c_make_encoder(None, json.JSONEncoder().default, encode_basestring, None, ":", ",", False, False, False)
+    if c_make_encoder is not None else None
+)
+"""The C encoder `_dumps` builds anew on every call, built once (no indent, no circular check:
+answers are trees; NaN refused): the same bytes, and 2.6 -> 1.7 us for a getBalance answer
+(timeit). It also makes encoding a batch's answers one by one cost what encoding the list did
+(100 getBalance answers: 153 us as a list with `_dumps`, 172 us one by one; 309 us one by one
+with `_dumps`)."""
+
+
+def _encode_json(value: Any) -> bytes:
+    if _json_chunks is None:  # no C accelerator (another Python): the pure-Python encoder
+        return _dumps(value).encode()
+    return "".join(_json_chunks(value, 0)).encode()
+
+
+def _json_array(pieces: list[bytes]) -> bytes:
+    return b"[" + b",".join(pieces) + b"]"
+
+
+def _msgpack_array(pieces: list[bytes]) -> bytes:
+    n = len(pieces)
+    head = bytes((0x90 | n,)) if n < 16 else b"\xdc" + n.to_bytes(2, "big") if n < 1 << 16 else b"\xdd" + n.to_bytes(4, "big")
+    return head + b"".join(pieces)
 
 
 @dataclass(frozen=True)
@@ -133,6 +159,7 @@ class Codec:
     content_type: str
     _decode: Callable[[bytes, int], Any]
     _encode: Callable[[Any], bytes]
+    _array: Callable[[list[bytes]], bytes]
 
     def decode(self, body: bytes, max_values: int = DEFAULT_ELEMENTS) -> Any:
         """Raises ParseError for anything undecodable, however deep or malformed, and
@@ -145,13 +172,17 @@ class Codec:
     def encode(self, value: Any) -> bytes:
         return self._encode(value)
 
+    def encode_array(self, pieces: list[bytes]) -> bytes:
+        """The array of values already encoded one by one: `encode([a, b])` from `encode(a)`, `encode(b)`."""
+        return self._array(pieces)
+
     @property
     def name(self) -> str:
         return "JSON" if self.content_type == JSON_TYPE else "msgpack"
 
 
-JSON = Codec(JSON_TYPE, _decode_json, lambda v: _dumps(v).encode())
-CODECS: dict[str, Codec] = {JSON_TYPE: JSON} | {t: Codec(t, _decode_msgpack, _packb) for t in MSGPACK_TYPES}
+JSON = Codec(JSON_TYPE, _decode_json, _encode_json, _json_array)
+CODECS: dict[str, Codec] = {JSON_TYPE: JSON} | {t: Codec(t, _decode_msgpack, _packb, _msgpack_array) for t in MSGPACK_TYPES}
 
 
 def codec_for(content_type: str) -> Codec | None:

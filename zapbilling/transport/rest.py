@@ -99,7 +99,7 @@ def make_view(caller: Caller, command: Command) -> View:
             if from_query:
                 raw = text_params(command.fields, request.query, request.match_info)
             else:  # body params, and the path's on top
-                raw = await _body_params(request) | text_params(path_fields, {}, request.match_info)
+                raw = await _body_params(request, caller.limits.request_elements) | text_params(path_fields, {}, request.match_info)
             result = await caller.call(
                 command, principal, raw, query=from_query, idempotency_key=request.headers.get("Idempotency-Key") or None
             )
@@ -111,14 +111,14 @@ def make_view(caller: Caller, command: Command) -> View:
     return view
 
 
-async def _body_params(request: web.Request) -> dict[str, Any]:
+async def _body_params(request: web.Request, max_values: int) -> dict[str, Any]:
     body = await read_body(request)
     if not body:
         return {}
     body_codec = codec_for(request.content_type)
     if body_codec is None:
         raise UnsupportedMediaType(f"unsupported Content-Type {request.content_type!r}: send application/json or application/msgpack")
-    params = body_codec.decode(body)
+    params = body_codec.decode(body, max_values)
     if not isinstance(params, dict):
         raise InvalidRequest("the request body must be an object")
     return params

@@ -2,7 +2,6 @@
 msgpack, dispatched as a plain pipeline: authenticate, decode, validate, call, encode."""
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from aiohttp import web
@@ -11,6 +10,7 @@ from ..errors import ApiError, InvalidRequest, MethodNotFound, UnsupportedMediaT
 from ..store import Principal
 from .auth import authenticate
 from .calls import Caller
+from .answers import answer_batch
 from .codec import JSON, Codec, codec_for, negotiate
 from .http import read_body, respond
 
@@ -59,12 +59,12 @@ class ZapEndpoint:
             principal = await authenticate(self.caller.store, request.headers.get("Authorization"), request.rel_url.raw_query_string)
             if request_codec is None:
                 raise UnsupportedMediaType(f"unsupported Content-Type {request.content_type!r}: send application/json or application/msgpack")
-            body = request_codec.decode(await read_body(request))
+            body = request_codec.decode(await read_body(request), self.caller.limits.request_elements)
             if isinstance(body, list):
                 if not 1 <= len(body) <= MAX_BATCH:
                     raise InvalidRequest(f"a batch holds 1 to {MAX_BATCH} envelopes, not {len(body)}")
-                answers = await asyncio.gather(*(self.one(entry, principal) for entry in body))
-                return respond(codec, [a for a, _ in answers])
+                return await answer_batch(body, lambda entry, refusal: self.one(entry, principal, refusal),
+                                          self.commands, codec, self.caller.limits.answer_bytes)
             if not isinstance(body, dict):
                 raise InvalidRequest("the body must be an envelope {method, id, params} or a list of them")
             answer, status = await self.one(body, principal)
@@ -72,8 +72,9 @@ class ZapEndpoint:
         except ApiError as exc:
             return respond(codec, error_envelope(exc), exc.info.zap_http_status)
 
-    async def one(self, envelope: Any, principal: Principal) -> tuple[dict[str, Any], int]:
-        """The answer to one envelope and the HTTP status it would have on its own."""
+    async def one(self, envelope: Any, principal: Principal, refusal: ApiError | None = None) -> tuple[dict[str, Any], int]:
+        """The answer to one envelope and the HTTP status it would have on its own; with a
+        `refusal`, the envelope is checked and the refusal answered instead of running it."""
         jsonrpc = isinstance(envelope, dict) and envelope.get("jsonrpc") == "2.0"
         id = None
         try:
@@ -94,6 +95,8 @@ class ZapEndpoint:
             key = envelope.get("idempotencyKey")
             if key is not None and not isinstance(key, str):
                 raise InvalidRequest("idempotencyKey must be a string")
+            if refusal is not None:
+                raise refusal
             if method == DISCOVER:
                 result = self.catalogue
             else:

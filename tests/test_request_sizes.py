@@ -1,0 +1,270 @@
+"""Request-level bounds (issue 17, finding 4 and requirement 5): a body's total element count,
+a ZAP batch's total answer size, and the size of stored idempotency answers.
+
+Each finding is reproduced as it was reported: 30 concurrent 1 MiB requests carrying an ignored
+envelope member of empty maps (2.3 GB of RSS before), a batch of listMeters/listTransactions
+whose answer grew without limit (110 MB from a 3.8 KB request before).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pytest
+from aiohttp import ClientSession
+
+from zapbilling.app import STORE, create_app
+from zapbilling.config import Config, server_options
+from zapbilling.errors import PayloadTooLarge
+from zapbilling.limits import Limits
+from zapbilling.times import system_clock
+from zapbilling.transport.codec import CODECS, JSON, MAX_BODY
+
+from conftest import Api
+from procs import ServerProcess, child_env, create_key, zapbilling_cmd
+
+MSGPACK = CODECS["application/msgpack"]
+
+
+# -- the element count: codecs ---------------------------------------------------------------
+
+def largest_legal_batch(dimensions: int = 8) -> list[dict[str, Any]]:
+    """The largest request the contract allows, by element count: a ZAP batch of 100
+    recordMeterEvents, each of 100 events, each with `dimensions` dimensions."""
+    def event(n: int) -> dict[str, Any]:
+        return {"meterId": "mtr_0190a1b2c3d4e5f6a7b8c9d0", "userId": f"acme/user-{n % 50}", "value": 3,
+                "timestamp": "2024-05-01T12:00:00Z", "idempotency": f"evt-{n:08d}",
+                "dimensions": {f"dim{k}": f"value-{k}" for k in range(dimensions)}}
+    return [{"method": "billing.recordMeterEvents", "id": j, "idempotencyKey": f"k{j}",
+             "params": {"events": [event(j * 100 + i) for i in range(100)]}} for j in range(100)]
+
+
+def test_the_largest_legal_request_fits_the_default_bound_in_both_codecs():
+    batch = largest_legal_batch()  # 150,601 values; larger than 1 MiB, so the body limit would come first
+    assert JSON.decode(json.dumps(batch).encode()) == batch
+    assert MSGPACK.decode(msgpack.packb(batch)) == batch
+    assert Limits().request_elements > 150_601 * 1.5
+
+
+@pytest.mark.parametrize("codec", [JSON, MSGPACK], ids=["json", "msgpack"])
+def test_the_count_is_exact_at_the_bound(codec):
+    # 1 (the body) + 1 (its one entry) + 998 items = 1000 values
+    body = {"pad": [{}] * 499 + [[]] * 499}
+    data = json.dumps(body).encode() if codec is JSON else msgpack.packb(body)
+    assert codec.decode(data, 1000) == body
+    body["pad"].append(0)
+    data = json.dumps(body).encode() if codec is JSON else msgpack.packb(body)
+    with pytest.raises(PayloadTooLarge, match="more than 1000 values"):
+        codec.decode(data, 1000)
+
+
+def test_json_commas_and_brackets_inside_strings_are_not_values():
+    text = ",[{" * 5000 + '\\"' + ",]}" * 5000
+    data = json.dumps({"notes": text, "more": ["a,b", "[{"] * 10}).encode()
+    assert len(data) > 2 * 1000
+    assert JSON.decode(data, 1000)["notes"] == text
+
+
+# -- the element count: a real server, every transport ---------------------------------------
+
+@pytest.fixture
+async def bounded(aiohttp_server, db_path, clock):
+    config = Config(db=db_path, clock=clock, sweep_seconds=3600, limits=Limits(request_elements=1000))
+    server = await aiohttp_server(create_app(config), **server_options(config))
+    _, key = await server.app[STORE].create_key("acme", "live", "admin", system_clock())
+    return str(server.make_url("")).rstrip("/"), key
+
+
+PAD = [[{}] * 600, [[]] * 600]  # 1,203 values: over a bound of 1,000, each container well under 10,000
+
+
+@pytest.mark.parametrize("codec", ["json", "msgpack"])
+async def test_a_zap_body_over_the_element_bound_is_refused_413(bounded, session, codec):
+    base, key = bounded
+    api = Api(session, base, key, f"zap-{codec}")
+    status, body = await api.zap_raw({"method": "billing.deposit", "id": 1, "params": {"user": "u", "amount": 5}, "pad": PAD}, codec=codec)
+    assert status == 413, body
+    assert body["error"]["code"] == -32013 and body["error"]["data"]["kind"] == "payload_too_large"
+    assert "the body holds more than 1000 values" in body["error"]["message"]
+    status, body = await api.zap_raw({"method": "billing.deposit", "id": 1, "params": {"user": "u", "amount": 5}, "pad": PAD[:1]}, codec=codec)
+    assert status == 200 and body["result"]["amount"] == 5, body  # 600 and some values: run
+
+
+@pytest.mark.parametrize("codec", ["json", "msgpack"])
+async def test_a_rest_body_over_the_element_bound_is_refused_413(bounded, session, codec):
+    base, key = bounded
+    params = {"user": "u", "amount": 5, "metadata": {"pad": PAD}}
+    data = json.dumps(params).encode() if codec == "json" else msgpack.packb(params)
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": f"application/{codec}"}
+    async with session.post(base + "/api/v1/billing/deposit", data=data, headers=headers) as r:
+        status, body = r.status, await r.json()
+    assert status == 413 and body["error"]["code"] == "payload_too_large", body
+    assert "the body holds more than 1000 values" in body["error"]["message"]
+    api = Api(session, base, key, "rest")
+    assert (await api.call("getBalance", {"user": "u"})).result["balance"] == 0
+
+
+# -- the finding: concurrent 1 MiB bodies of empty maps, RSS of a real server process --------
+
+def _status_kb(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {field} in /proc/{pid}/status")
+
+
+def _empty_maps_body(codec: str) -> bytes:
+    """A deposit envelope of just under 1 MiB whose ignored member `pad` holds empty maps: in
+    msgpack 104 arrays of 10,000 (the per-container limit), 1.04 M maps; in JSON one array of
+    ~349,000 (`{},` each)."""
+    envelope: dict[str, Any] = {"method": "billing.deposit", "id": 1, "params": {"user": "flood", "amount": 1}}
+    if codec == "msgpack":
+        body = msgpack.packb(envelope | {"pad": [[{}] * 10_000] * 104})
+    else:
+        head = json.dumps(envelope)[:-1] + ',"pad":['
+        n = (MAX_BODY - len(head) - 2 + 1) // 3
+        body = (head + ",".join(["{}"] * n) + "]}").encode()
+    assert MAX_BODY - 20_000 < len(body) <= MAX_BODY
+    return body
+
+
+async def _flood(base: str, key: str, codec: str, n: int = 30) -> list[int]:
+    body = _empty_maps_body(codec)
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": f"application/{codec}"}
+    async with ClientSession() as s:
+        async def one() -> int:
+            async with s.post(base + "/api/v1/zap", data=body, headers=headers) as r:
+                await r.read()
+                return r.status
+        return list(await asyncio.gather(*(one() for _ in range(n))))
+
+
+@pytest.mark.parametrize("codec", ["msgpack", "json"])
+async def test_concurrent_megabyte_bodies_of_empty_maps_are_refused_and_rss_stays_bounded(tmp_path, codec):
+    db = str(tmp_path / "billing.db")
+    key = create_key(db, "acme", "live")
+    server = ServerProcess(db, tmp_path)
+    # As ServerProcess.start, with the default bound named (its flag must exist and parse).
+    server._log = open(server.log_path, "w")
+    server.proc = subprocess.Popen(
+        [*zapbilling_cmd(), "serve", "--db", db, "--host", "127.0.0.1", "--port", str(server.port),
+         "--request-elements", str(Limits().request_elements)],
+        stdout=subprocess.DEVNULL, stderr=server._log, env=child_env())
+    try:
+        await server.wait_ready()
+        async with ClientSession() as s:  # warm up: the first requests load modules and fill caches
+            for _ in range(3):
+                async with s.post(server.base + "/api/v1/zap", json={"method": "billing.getBalance", "id": 1, "params": {"user": "u"}},
+                                  headers={"Authorization": f"Bearer {key}"}) as r:
+                    assert r.status == 200
+        before = _status_kb(server.pid, "VmHWM")
+        for _ in range(2):
+            statuses = await _flood(server.base, key, codec)
+            assert statuses == [413] * 30
+        growth_mb = (_status_kb(server.pid, "VmHWM") - before) / 1024
+        # Before the bound: 2.3 GB (msgpack, 30 requests). Now the 30 bodies themselves (30 MiB,
+        # a few copies in aiohttp's buffers) and one partial decode at a time.
+        assert growth_mb < 300, f"peak RSS grew by {growth_mb:.0f} MB"
+        async with ClientSession() as s:
+            async with s.get(server.base + "/api/v1/billing/balance", params={"user": "flood"},
+                             headers={"Authorization": f"Bearer {key}"}) as r:
+                assert (await r.json())["balance"] == 0  # no deposit ran
+    finally:
+        server.stop()
+
+
+# -- the answer bound: a batch stops growing ---------------------------------------------------
+
+ANSWER_BOUND = 25_000
+
+
+@pytest.fixture
+async def small_answers(aiohttp_server, db_path, clock):
+    config = Config(db=db_path, clock=clock, sweep_seconds=3600, limits=Limits(answer_bytes=ANSWER_BOUND))
+    server = await aiohttp_server(create_app(config), **server_options(config))
+    _, key = await server.app[STORE].create_key("acme", "live", "admin", system_clock())
+    return str(server.make_url("")).rstrip("/"), key
+
+
+async def _history(api: Api, rows: int = 20) -> None:
+    """`rows` deposits of hanzo/alice, each with 300 bytes of metadata: a page of 20 answers ~10 KB."""
+    for i in range(rows):
+        r = await api.call("deposit", {"user": "hanzo/alice", "amount": 1, "metadata": {"note": "x" * 300, "i": i}})
+        assert r.ok, r.error
+
+
+def _page(id: int) -> dict[str, Any]:
+    return {"method": "billing.listTransactions", "id": id, "params": {"user": "hanzo/alice", "limit": 100}}
+
+
+def _deposit(id: int, user: str) -> dict[str, Any]:
+    return {"method": "billing.deposit", "id": id, "params": {"user": user, "amount": 7}}
+
+
+async def _raw_batch(api: Api, batch: list[Any], codec: str) -> tuple[int, bytes, list[Any]]:
+    data = json.dumps(batch).encode() if codec == "json" else msgpack.packb(batch)
+    headers = dict(api.headers, **{"Content-Type": f"application/{codec}"})
+    async with api.session.post(api.base + "/api/v1/zap", data=data, headers=headers) as r:
+        raw = await r.read()
+        return r.status, raw, (json.loads(raw) if codec == "json" else msgpack.unpackb(raw, raw=False))
+
+
+@pytest.mark.parametrize("codec", ["json", "msgpack"])
+async def test_a_batch_stops_running_entries_once_its_answers_pass_the_bound(small_answers, session, codec):
+    base, key = small_answers
+    api = Api(session, base, key, f"zap-{codec}")
+    await _history(api)
+    one_page = len((await _raw_batch(api, [_page(0)], codec))[1])
+    print(codec, one_page)
+    assert ANSWER_BOUND / 3 < one_page < (ANSWER_BOUND - 2_000) / 2  # two pages and a deposit fit, three do not
+    # a write first (under way before any answer is counted), pages that pass the bound at the
+    # third, then writes and reads that must not run
+    batch = [_deposit(0, "hanzo/early"), _page(1), _page(2), _page(3), _deposit(4, "hanzo/late"), _page(5),
+             {"method": "billing.getBalance", "id": "six", "params": {"user": "hanzo/late"}, "jsonrpc": "2.0"},
+             {"method": "billing.nope", "id": 7}, _deposit(8, "hanzo/late")]
+    status, raw, answers = await _raw_batch(api, batch, codec)
+    assert status == 200 and len(answers) == len(batch)
+    assert [a["id"] for a in answers] == [0, 1, 2, 3, 4, 5, "six", 7, 8]
+    assert answers[0]["result"]["amount"] == 7
+    assert all(len(answers[i]["result"]["transactions"]) == 20 for i in (1, 2, 3))  # the third crossed the bound: answered whole
+    for a in answers[4:]:
+        err = a["error"]
+        assert err["code"] == -32013 and err["data"]["kind"] == "payload_too_large", a
+        assert err["message"] == f"the batch's answers passed the {ANSWER_BOUND}-byte bound: this entry was not run; send it again in another request"
+    assert answers[6]["jsonrpc"] == "2.0"
+    assert len(raw) < ANSWER_BOUND + one_page + 2_000  # the bound, the entry that crossed it, the refusals
+    # the writes after the bound were not applied; the one before it was
+    assert (await api.call("getBalance", {"user": "hanzo/late"})).result["balance"] == 0
+    assert (await api.call("getBalance", {"user": "hanzo/early"})).result["balance"] == 7
+
+
+async def test_a_single_answer_over_the_bound_is_answered_whole(small_answers, session):
+    base, key = small_answers
+    api = Api(session, base, key, "zap-json")
+    await _history(api, 60)  # one page of ~36 KB, over the bound on its own
+    status, raw, answers = await _raw_batch(api, [_page(1), _page(2)], "json")
+    assert status == 200 and len(raw) > ANSWER_BOUND
+    assert len(answers[0]["result"]["transactions"]) == 60
+    assert answers[1]["error"]["data"]["kind"] == "payload_too_large"
+    status, body = await api.zap_raw(_page(3))  # not a batch: no bound
+    assert status == 200 and len(body["result"]["transactions"]) == 60
+
+
+async def test_a_batch_of_many_pages_stops_at_the_default_bound(api):
+    """The finding: 100 listMeters from a 3.8 KB request answered 110 MB. Here 100 pages of
+    ~200 KB each would answer ~20 MB; the default bound (16 MiB) stops the batch after 83."""
+    zap = api.using("zap-msgpack")
+    for i in range(100):
+        assert (await zap.call("deposit", {"user": "hanzo/alice", "amount": 1, "metadata": {"note": "x" * 1800, "i": i}})).ok
+    page = {"method": "billing.listTransactions", "id": 0, "params": {"user": "hanzo/alice", "limit": 100}}
+    status, raw, answers = await _raw_batch(zap, [page] * 100, "msgpack")
+    one_page = len(msgpack.packb(answers[0]))
+    assert status == 200 and 180_000 < one_page < 220_000  # 100 pages: ~20 MB
+    answered = [a for a in answers if "result" in a]
+    assert len(raw) < Limits().answer_bytes + one_page + 100 * 200
+    assert len(answered) == Limits().answer_bytes // one_page + 1  # the one that crossed, answered whole
+    assert all(a["error"]["data"]["kind"] == "payload_too_large" for a in answers[len(answered):])
