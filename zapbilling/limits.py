@@ -39,6 +39,13 @@ class Limits:
     # is ~17 MB), and the entries after it are not run. So a batch answer is at most this plus
     # one entry plus the answers of mutations already under way (each echoes a bounded request).
     answer_bytes: int = _limit(16 << 20, "bytes a ZAP batch's answers may reach; the entries after the one that crosses it are not run and answer payload_too_large")
+    # metadata and dimensions are stored with their row (and again in its idempotency record):
+    # 16 KiB and 64 keys hold any annotation a caller makes (Stripe allows 50 keys of 500
+    # characters), and keep a ledger row under ~17 KB. Keys are counted at every depth, so
+    # nesting cannot hide them; the walk that measures a value stops at the bound, so refusing
+    # a value costs no more than accepting the largest legal one (~0.3 ms for 16 KiB).
+    data_bytes: int = _limit(16 << 10, "bytes a metadata or dimensions value may take encoded as compact JSON (UTF-8)")
+    data_keys: int = _limit(64, "keys a metadata or dimensions value may hold, counting the keys of nested objects")
 
 
 def limit_fields() -> list[dataclasses.Field]:  # type: ignore[type-arg]

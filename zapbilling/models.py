@@ -13,7 +13,9 @@ return exactly what the schema declares; the hot path does not build them.
 """
 from __future__ import annotations
 
+import json
 import math
+from dataclasses import dataclass, field
 from typing import Annotated, Any, Callable, Literal, Mapping, Optional
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field as PydanticField, ValidationError, create_model
@@ -30,7 +32,34 @@ OpenAPI document adds to the field."""
 
 INT_RANGES = {"Int32": (-(2**31), 2**31 - 1), "Int64": (-(2**63), 2**63 - 1)}
 MAX_TEXT = 65_536
+"""The length bound of a Text whose name `SizeBounds.text` does not name, when the registry is
+built without bounds of its own (the service's are in billing/validation.py)."""
 MAX_DEPTH = 32
+
+
+@dataclass(frozen=True)
+class SizeBounds:
+    """How large a parameter may be, built into the params models once at start-up, so that a
+    request pays nothing to look them up.
+
+    A Text's length is checked by pydantic-core as it reads the value (`max_length`), before the
+    field's rule, so no rule ever parses an over-long text, and at C speed: the same constraint
+    as the flat 65,536 before it, so getBalance and recordUsage validate as fast as they did.
+    A free-form value (Data, Map) is measured before pydantic walks into it, in one walk that
+    stops as soon as it has seen more than `data_bytes` bytes' worth or `data_keys` keys, so that
+    refusing one costs at most what the largest legal one does."""
+
+    text: Mapping[str, int] = field(default_factory=dict)
+    """Length bound by field name (in every method and struct; list items and map values too)."""
+    text_default: int = MAX_TEXT
+    """Every other Text."""
+    data_bytes: int = 1 << 20
+    """A Data or Map value's compact JSON encoding (UTF-8), in bytes."""
+    data_keys: int = 1 << 16
+    """The keys of every object in a Data or Map value, at every depth."""
+
+    def text_bound(self, name: str) -> int:
+        return self.text.get(name, self.text_default)
 
 # extra="forbid": an undeclared name is refused (contract, "Strict input"), in every struct
 # (nested ones too, so `events[0].valeu` is caught) but not inside Data or Map values, which are
@@ -53,8 +82,12 @@ _TYPE_MESSAGES = {
     "dict_type": "{} must be an object",
     "model_type": "{} must be an object",
     "model_attributes_type": "{} must be an object",
-    "string_too_long": "{} is too long (at most %d characters)" % MAX_TEXT,
+    "string_too_long": "{} is too long: at most {max_length}",
+    "too_large": "{} is too large: at most {bound} bytes encoded",
+    "too_many_keys": "{} has too many keys: at most {bound}",
 }
+"""Messages by pydantic error type; `{}` is the parameter's path (`events[0].userId`), the other
+fields come from the error's context."""
 
 
 def invalid(message: str) -> PydanticCustomError:
@@ -84,27 +117,95 @@ def _int_range(kind: str, name: str) -> AfterValidator:
     return AfterValidator(check)
 
 
-def _json_value(v: Any, depth: int = 0) -> bool:
+def _measure(v: Any, depth: int, acc: list[int], bounds: SizeBounds) -> bool:
+    """Adds to `acc` ([low, high, keys]) a lower and an upper bound of `v`'s compact JSON
+    encoding in bytes and the keys of its objects; False when `v` is not a JSON value or is
+    nested deeper than MAX_DEPTH. Raises the size errors as soon as `low` or `keys` passes its
+    bound: every value adds at least one byte to `low`, so the walk visits at most `data_bytes`
+    values whatever the input holds (a list of a million empty maps is refused on its length;
+    a map holds at most `data_keys` entries, and is refused on its length too).
+    Text inside a list or map is measured in place, not by a call: most free-form values are
+    flat maps of text (a meter event's dimensions), and this walk runs for each of them."""
     if depth > MAX_DEPTH:
         return False
-    if v is None or isinstance(v, (bool, int, str)):
-        return True
-    if isinstance(v, float):
-        return math.isfinite(v)
-    if isinstance(v, list):
-        return all(_json_value(x, depth + 1) for x in v)
     if isinstance(v, dict):
-        return all(isinstance(k, str) and _json_value(x, depth + 1) for k, x in v.items())
-    return False
+        acc[2] += len(v)
+        if acc[2] > bounds.data_keys:
+            raise PydanticCustomError("too_many_keys", "too many keys", {"bound": bounds.data_keys})
+        low = high = 2 * len(v) + 1  # braces, colons and commas
+        for k, x in v.items():
+            if type(k) is not str:
+                return False
+            if type(x) is str:
+                low += len(k) + len(x) + 4
+                high += 6 * (len(k) + len(x)) + 4  # a character is at most 6 bytes: \u0000, or 4 of UTF-8
+            else:
+                low += len(k) + 2
+                high += 6 * len(k) + 2
+                if not _measure(x, depth + 1, acc, bounds):
+                    return False
+        acc[0] += low
+        acc[1] += high
+    elif isinstance(v, list):
+        acc[0] += len(v) + 1  # brackets and commas, counted first: a long list is refused unread
+        acc[1] += len(v) + 1
+        if acc[0] > bounds.data_bytes:
+            raise PydanticCustomError("too_large", "too large", {"bound": bounds.data_bytes})
+        low = high = 0
+        for x in v:
+            if type(x) is str:
+                low += len(x) + 2
+                high += 6 * len(x) + 2
+            elif not _measure(x, depth + 1, acc, bounds):
+                return False
+        acc[0] += low
+        acc[1] += high
+    elif isinstance(v, str):
+        acc[0] += len(v) + 2
+        acc[1] += 6 * len(v) + 2
+    elif isinstance(v, bool) or v is None:
+        acc[0] += 4
+        acc[1] += 5
+    elif isinstance(v, int):
+        acc[0] += 1
+        acc[1] += v.bit_length() // 3 + 2  # digits <= bits * log10(2) + 1, and a sign
+    elif isinstance(v, float):
+        if not math.isfinite(v):
+            return False
+        acc[0] += 1
+        acc[1] += 24  # the longest repr: -1.2345678901234567e-308
+    else:
+        return False
+    if acc[0] > bounds.data_bytes:
+        raise PydanticCustomError("too_large", "too large", {"bound": bounds.data_bytes})
+    return True
 
 
-def _check_data(name: str) -> AfterValidator:
+def _encoded_size(v: Any) -> int:
+    """The compact JSON encoding's size in UTF-8 (a lone surrogate, which a JSON body may
+    carry, counted as its three bytes)."""
+    return len(json.dumps(v, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass"))
+
+
+def _free_form(name: str, bounds: SizeBounds, *, data: bool) -> BeforeValidator:
+    """The size bounds of a Data (`data`: also that it is a JSON value) or Map value, checked
+    before anything else looks inside it. Most values are far inside the bound and cost one
+    walk; only a value whose upper bound passes it is encoded to be measured exactly (at most a
+    few times `data_bytes`, since its lower bound did not)."""
+
     def check(v: Any) -> Any:
-        if not _json_value(v):
-            raise invalid(f"{name} must be a JSON value (objects with text keys, lists, text, numbers, booleans, null) nested at most {MAX_DEPTH} deep")
+        if v is None or (not data and not isinstance(v, dict)):
+            return v  # null is absent; a Map that is not a map is a type error, reported by pydantic
+        acc = [0, 0, 0]
+        if not _measure(v, 0, acc, bounds):
+            if data:
+                raise invalid(f"{name} must be a JSON value (objects with text keys, lists, text, numbers, booleans, null) nested at most {MAX_DEPTH} deep")
+            return v  # a Map's keys or values of the wrong type: pydantic says which
+        if acc[1] > bounds.data_bytes and _encoded_size(v) > bounds.data_bytes:
+            raise PydanticCustomError("too_large", "too large", {"bound": bounds.data_bytes})
         return v
 
-    return AfterValidator(check)
+    return BeforeValidator(check)
 
 
 def _non_empty(name: str) -> AfterValidator:
@@ -150,9 +251,10 @@ def _annotated(ann: Any, metadata: list[Any]) -> Any:
 class ModelBuilder:
     """Turns schema structs and method parameter lists into pydantic models."""
 
-    def __init__(self, schema: Schema, field_rules: Mapping[str, Rule] | None = None):
+    def __init__(self, schema: Schema, field_rules: Mapping[str, Rule] | None = None, bounds: SizeBounds | None = None):
         self.schema = schema
         self.field_rules = dict(field_rules or {})
+        self.bounds = bounds or SizeBounds()
         self._inputs: dict[str, type[BaseModel]] = {}
         self._outputs: dict[str, type[BaseModel]] = {}
 
@@ -166,13 +268,14 @@ class ModelBuilder:
         if n == "Float64":
             return float
         if n == "Text":
-            return str if output else Annotated[str, PydanticField(max_length=MAX_TEXT)]
+            return str if output else Annotated[str, PydanticField(max_length=self.bounds.text_bound(name))]
         if n == "Data":
-            return Any if output else Annotated[Any, _check_data(name)]
+            return Any if output else Annotated[Any, _free_form(name, self.bounds, data=True)]
         if n == "List":
             return list[self.annotation(t.args[0], output=output, name=name)]  # type: ignore[misc]
         if n == "Map":
-            return dict[str, self.annotation(t.args[1], output=output, name=name)]  # type: ignore[misc]
+            values = dict[str, self.annotation(t.args[1], output=output, name=name)]  # type: ignore[misc,valid-type]
+            return values if output else Annotated[values, _free_form(name, self.bounds, data=False)]
         if n in self.schema.enums:
             return Literal[tuple(self.schema.enums[n].values)]
         return self.output_model(n) if output else self.input_model(n)
@@ -302,7 +405,7 @@ def params_error(exc: ValidationError, *, query: bool = False, raw: Any = None) 
         allowed = err.get("ctx", {}).get("expected", "")
         message = f"{name} must be one of {allowed}"
     elif kind in _TYPE_MESSAGES:
-        message = _TYPE_MESSAGES[kind].format(name)
+        message = _TYPE_MESSAGES[kind].format(name, **err.get("ctx", {}))
     else:
         message = f"{name}: {err['msg']}"
     return InvalidParams(message, param=name)

@@ -5,13 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable, Mapping
 
 from pydantic import BaseModel
 
 from .errors import KINDS
-from .models import ModelBuilder, Rule
-from .schema import MISSING, Field, Http, Method, Schema, load
+from .models import ModelBuilder, Rule, SizeBounds
+from .schema import MISSING, Field, Http, Method, Schema, TypeRef, load
+
+if TYPE_CHECKING:
+    from .limits import Limits
 
 Handler = Callable[[Any, Any], Awaitable[dict[str, Any]]]
 MethodErrors = Mapping[str, tuple[tuple[str, str], ...]]
@@ -58,6 +61,8 @@ class Registry:
     """Each method's own errors, for the API reference (docs/api.md)."""
     rule_errors: Mapping[Rule, tuple[str, ...]] = field(default_factory=dict)
     """The messages each rule answers, for the API reference."""
+    bounds: SizeBounds = field(default_factory=SizeBounds)
+    """The size bounds the params models enforce, for the API reference and the OpenAPI document."""
 
     def rules(self, method: str) -> Mapping[str, Rule]:
         """A method's parameter rules as its params model applies them: its own rule for a
@@ -72,6 +77,7 @@ def build_registry(
     method_rules: Mapping[str, Mapping[str, Rule]] | None = None,
     errors: MethodErrors | None = None,
     rule_errors: Mapping[Rule, tuple[str, ...]] | None = None,
+    bounds: SizeBounds | None = None,
 ) -> Registry:
     method_rules = method_rules or {}
     methods = {m.name: (i, m) for i, m in schema.methods()}
@@ -92,10 +98,16 @@ def build_registry(
         params = {f.name for f in schema.flat_params(methods[name][1])}
         if unknown := sorted(set(rules) - params):
             raise RegistryError(f"rules for parameters `{name}` does not take: {', '.join(unknown)}")
+    bounds = bounds or SizeBounds()
+    texts = {f.name for s in schema.structs.values() for f in s.fields if _holds_text(f.type)} | {
+        f.name for _, m in methods.values() for f in schema.flat_params(m) if _holds_text(f.type)
+    }
+    if unknown := sorted(set(bounds.text) - texts):
+        raise RegistryError(f"length bounds for fields the schema does not declare as text: {', '.join(unknown)}")
     if errors is not None:
         _check_errors(errors, set(methods))
 
-    builder = ModelBuilder(schema, field_rules)
+    builder = ModelBuilder(schema, field_rules, bounds)
     commands = {}
     for name, (iface, m) in methods.items():
         wire = f"{iface.service}.{name}"
@@ -105,8 +117,14 @@ def build_registry(
             result_model=builder.result_model(m), handler=handlers[name], http=m.http,
         )
     return Registry(
-        schema, commands, catalogue(schema), dict(field_rules or {}), dict(method_rules), dict(errors or {}), dict(rule_errors or {})
+        schema, commands, catalogue(schema), dict(field_rules or {}), dict(method_rules), dict(errors or {}), dict(rule_errors or {}),
+        bounds,
     )
+
+
+def _holds_text(t: TypeRef) -> bool:
+    """Text, or a list or map of it: the types a length bound applies to."""
+    return t.name == "Text" or (t.name in ("List", "Map") and _holds_text(t.args[-1]))
 
 
 def _check_errors(errors: MethodErrors, methods: set[str]) -> None:
@@ -136,13 +154,18 @@ def check_enum_tables(schema: Schema, tables: Mapping[str, Iterable[str]], owner
             )
 
 
-def load_registry(path: str | Path | None = None) -> Registry:
-    """The service's registry: billing.zap with the billing handlers, rules and errors table."""
+def load_registry(path: str | Path | None = None, limits: Limits | None = None) -> Registry:
+    """The service's registry: billing.zap with the billing handlers, rules, length bounds and
+    errors table; the free-form values' bounds are `limits`' (the defaults without)."""
     from .billing import ENUM_TABLES, ERRORS_BY_METHOD, ERRORS_BY_RULE, FIELD_RULES, HANDLERS, METHOD_RULES
+    from .billing.validation import TEXT_BOUND, TEXT_BOUNDS
+    from .limits import Limits
 
+    limits = limits or Limits()
     schema = load(path or default_schema_path())
     check_enum_tables(schema, ENUM_TABLES, "billing/")
-    return build_registry(schema, HANDLERS, FIELD_RULES, METHOD_RULES, ERRORS_BY_METHOD, ERRORS_BY_RULE)
+    bounds = SizeBounds(TEXT_BOUNDS, TEXT_BOUND, limits.data_bytes, limits.data_keys)
+    return build_registry(schema, HANDLERS, FIELD_RULES, METHOD_RULES, ERRORS_BY_METHOD, ERRORS_BY_RULE, bounds)
 
 
 # -- zap.discover --------------------------------------------------------------------------

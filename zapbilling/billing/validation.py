@@ -1,8 +1,14 @@
 """Domain checks on parameters, attached to the schema-derived params models by field name.
 
-The registry refuses to start if a rule names a method or field the schema does not have, so
-these cannot drift from the schema. Rules run in schema field order with the type checks, so
-the first failure reported is the first in the contract's parameter order.
+The registry refuses to start if a rule or a length bound names a method or field the schema
+does not have, so these cannot drift from the schema. Rules run in schema field order with the
+type checks, so the first failure reported is the first in the contract's parameter order.
+
+Every text parameter has a length bound (TEXT_BOUNDS, else TEXT_BOUND), checked as the value is
+read, before its rule: no rule ever parses more than its bound (`expiresIn` is parsed from at
+most 64 characters). An over-long text is `<name> is too long: at most N` (`<name>` the path,
+`events[0].userId`). The free-form values' bounds (`metadata`, `dimensions`: bytes and keys) are
+a deployment's choice and live in zapbilling/limits.py.
 """
 from __future__ import annotations
 
@@ -15,6 +21,25 @@ from .durations import parse_duration
 
 MAX_PAGE = 1000
 MAX_EXPIRY_DAYS = 36_500
+
+TEXT_BOUND = 255
+"""The length of every text parameter TEXT_BOUNDS does not name: ids (ours are 27 characters),
+users, names, event names, models, plans, tags to filter by, request ids and meter events'
+idempotency keys (as the Idempotency-Key header's 255), dimension names and values."""
+_TIME = 64  # RFC 3339 with nanoseconds and an offset is 35 characters
+TEXT_BOUNDS: dict[str, int] = {
+    "notes": 1000,          # a sentence or two for people; the default notes are at most ~330
+    "tags": 1000,           # comma-separated tags
+    "expiresIn": 64,        # a Go duration: the longest meaningful one, 2562047h47m16.854775807s, is 24
+    "currency": 16,         # a code is 3 letters; a longer text up to 16 is still `unknown currency: <it>`
+    "timestamp": _TIME,
+    "periodStart": _TIME,
+    "periodEnd": _TIME,
+    "createdAfter": _TIME,
+    "createdBefore": _TIME,
+}
+"""Length bounds of text parameters by name, in every method and nested struct (a list's items
+and a map's values too). A name here must be a text field of the schema (checked at start-up)."""
 
 
 def documented(**json_schema: Any) -> Callable[[Rule], Rule]:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ..errors import KINDS
-from ..models import MAX_DEPTH, MAX_TEXT, Rule
+from ..models import MAX_DEPTH, Rule, SizeBounds
 from ..registry import Command, Registry
 from ..transport.calls import MAX_IDEMPOTENCY_KEY
 from ..schema import MISSING, Field, Method, Schema, TypeRef
@@ -56,15 +56,18 @@ KEY_TOO_LONG = f"idempotency key must be at most {MAX_IDEMPOTENCY_KEY} character
 _TYPE_ERRORS = {
     "Int32": ("<name> must be an integer", "<name> is out of range (signed 32-bit integer)"),
     "Int64": ("<name> must be an integer", "<name> is out of range (signed 64-bit integer)"),
-    "Text": ("<name> must be a string", f"<name> is too long (at most {MAX_TEXT} characters)"),
+    "Text": ("<name> must be a string", "<name> is too long: at most <n>"),
     "Bool": ("<name> must be a boolean",),
     "Float64": ("<name> must be a number",),
     "List": ("<name> must be a list",),
-    "Map": ("<name> must be an object",),
+    "Map": ("<name> must be an object", "<name> is too large: at most <bytes> bytes encoded", "<name> has too many keys: at most <keys>"),
     "struct": ("<name> must be an object",),
-    "Data": (f"<name> must be a JSON value (objects with text keys, lists, text, numbers, booleans, null) nested at most {MAX_DEPTH} deep",),
+    "Data": (f"<name> must be a JSON value (objects with text keys, lists, text, numbers, booleans, null) nested at most {MAX_DEPTH} deep",
+             "<name> is too large: at most <bytes> bytes encoded", "<name> has too many keys: at most <keys>"),
 }
-"""The invalid-params messages of a value of the wrong type (zapbilling/models.py), by type."""
+"""The invalid-params messages of a value of the wrong type or size (zapbilling/models.py), by
+type; `<n>` is each text parameter's bound (its rules column), `<bytes>` and `<keys>` are filled
+in from the registry's bounds."""
 
 DERIVED_MESSAGES = (UNKNOWN_PARAMETER, REQUIRED, ITEM_REQUIRED, NOT_ONE_OF, UNAUTHORIZED, READ_ONLY, KEY_REUSED,
                     KEY_TOO_LONG, *dict.fromkeys(m for ms in _TYPE_ERRORS.values() for m in ms))
@@ -103,7 +106,8 @@ def method_errors(registry: Registry, command: Command) -> list[ErrorRow]:
         allowed = values[0] if len(values) == 1 else ", ".join(values[:-1]) + " or " + values[-1]
         rows.append(ErrorRow("invalid_params", (_fill(NOT_ONE_OF, name=name, values=allowed),)))
     if type_messages := _type_messages(schema, command.fields):
-        rows.append(ErrorRow("invalid_params", type_messages, "a value of the wrong type or size"))
+        sized = tuple(_fill(m, bytes=str(registry.bounds.data_bytes), keys=str(registry.bounds.data_keys)) for m in type_messages)
+        rows.append(ErrorRow("invalid_params", sized, "a value of the wrong type or size"))
     for name, rule in _applied_rules(registry, command):
         if messages := rule_messages(registry, rule, name):
             rows.append(ErrorRow("invalid_params", messages, f"`{name}` breaks its rule"))
@@ -200,6 +204,23 @@ def _presence(f: Field) -> str:
     if f.default is not MISSING:
         return f"optional, default {_code(json.dumps(f.default))}"
     return "optional" if f.optional else "**required**"
+
+
+def bound_text(bounds: SizeBounds, t: TypeRef, name: str) -> str:
+    """The size bound of a parameter of type `t` (models.py SizeBounds), for its rules column."""
+    if t.name == "Text":
+        return f"at most {bounds.text_bound(name)} characters"
+    if t.name == "List" and t.args[0].name == "Text":
+        return f"items at most {bounds.text_bound(name)} characters"
+    if t.name in ("Data", "Map"):
+        values = f"; values at most {bounds.text_bound(name)} characters" if t.name == "Map" and t.args[1].name == "Text" else ""
+        return f"at most {bounds.data_bytes} bytes as compact JSON and {bounds.data_keys} keys (at every depth){values}"
+    return ""
+
+
+def rules_cell(registry: Registry, rule: Rule | None, f: Field) -> str:
+    """A parameter's rules column: its size bound, then what its rule enforces."""
+    return "; ".join(p for p in (bound_text(registry.bounds, f.type, f.name), rule_text(registry, rule, f.name)) if p)
 
 
 def rule_text(registry: Registry, rule: Rule | None, name: str) -> str:
@@ -354,7 +375,7 @@ class _Writer:
         self("| name | type | presence | rules | description |", "|---|---|---|---|---|")
         for f in c.fields:
             name = f"`{f.name}`" + (" (path)" if f.name in path else "")
-            self(f"| {name} | {type_md(self.schema, f.type)} | {_presence(f)} | {_cell(rule_text(self.registry, rules.get(f.name), f.name))} | {_cell(_field_doc(f))} |")
+            self(f"| {name} | {type_md(self.schema, f.type)} | {_presence(f)} | {_cell(rules_cell(self.registry, rules.get(f.name), f))} | {_cell(_field_doc(f))} |")
         self("")
 
     def result(self, m: Method) -> None:
@@ -372,7 +393,7 @@ class _Writer:
         self(header, "|---|---|---|---|" + ("---|" if rules is not None else ""))
         for f in fields:
             presence = ("always" if not f.optional else "optional") if rules is None else _presence(f)
-            rule = "" if rules is None else f" {_cell(rule_text(self.registry, rules.get(f.name), f.name))} |"
+            rule = "" if rules is None else f" {_cell(rules_cell(self.registry, rules.get(f.name), f))} |"
             self(f"| `{f.name}` | {type_md(self.schema, f.type)} | {presence} |{rule} {_cell(_field_doc(f))} |")
         self("")
 
@@ -507,4 +528,4 @@ def generate(registry: Registry, schema_path: Path, schema_name: str) -> str:
     return _Writer(registry, exchanges, load_examples(schema_path), schema_name).document()
 
 
-__all__ = ["DERIVED_MESSAGES", "ErrorRow", "KIND_MEANINGS", "generate", "method_errors", "rule_text", "slug", "type_md"]
+__all__ = ["DERIVED_MESSAGES", "ErrorRow", "KIND_MEANINGS", "bound_text", "generate", "method_errors", "rule_text", "rules_cell", "slug", "type_md"]

@@ -7,8 +7,10 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from ..errors import KINDS
+from ..models import SizeBounds
 from ..registry import Registry
 from ..schema import MISSING, Field, Method, Schema, TypeRef
+from ..transport.calls import MAX_IDEMPOTENCY_KEY
 from ..transport.zap import MAX_BATCH, PATHS as ZAP_PATHS
 
 Rule = Callable[..., Any]
@@ -46,6 +48,25 @@ def type_schema(t: TypeRef, schema: Schema) -> dict[str, Any]:
     return ref(t.name)
 
 
+def sized(s: dict[str, Any], t: TypeRef, name: str, bounds: SizeBounds | None) -> dict[str, Any]:
+    """`s`, the schema of a parameter of type `t`, with the size bounds the server enforces on it
+    (models.py SizeBounds): maxLength on text, its items' or values' maxLength, and maxProperties
+    for a free-form value (its top-level keys; the server counts them at every depth, and bounds
+    its encoding to `data_bytes`, which JSON Schema cannot say)."""
+    if bounds is None:
+        return s
+    if t.name == "Text":
+        return {**s, "maxLength": bounds.text_bound(name)}
+    if t.name == "List" and t.args[0].name == "Text":
+        return {**s, "items": {**s["items"], "maxLength": bounds.text_bound(name)}}
+    if t.name in ("Map", "Data"):
+        out = {**s, "maxProperties": bounds.data_keys}
+        if t.name == "Map" and t.args[1].name == "Text":
+            out["additionalProperties"] = {**s["additionalProperties"], "maxLength": bounds.text_bound(name)}
+        return out
+    return s
+
+
 def refused_default(f: Field, rule: Rule | None) -> bool:
     """The server judges a default with the field's rule too (an absent `events` is `at least one
     event is required`): such a field is in effect required, and its default no value to show."""
@@ -58,8 +79,9 @@ def refused_default(f: Field, rule: Rule | None) -> bool:
     return False
 
 
-def field_schema(f: Field, schema: Schema, rule: Rule | None = None) -> dict[str, Any]:
-    s = type_schema(f.type, schema)
+def field_schema(f: Field, schema: Schema, rule: Rule | None = None, bounds: SizeBounds | None = None) -> dict[str, Any]:
+    """`bounds`: for a parameter (what callers send), None for a result's field."""
+    s = sized(type_schema(f.type, schema), f.type, f.name, bounds)
     stated = getattr(rule, "json_schema", None)
     if stated:
         s = {**s, **stated} if "$ref" not in s else {"allOf": [s, stated]}
@@ -73,9 +95,9 @@ def field_schema(f: Field, schema: Schema, rule: Rule | None = None) -> dict[str
 
 
 def object_schema(fields: list[Field], schema: Schema, doc: str = "", closed: bool = True,
-                  rules: Mapping[str, Rule] | None = None) -> dict[str, Any]:
+                  rules: Mapping[str, Rule] | None = None, bounds: SizeBounds | None = None) -> dict[str, Any]:
     rules = rules or {}
-    out: dict[str, Any] = {"type": "object", "properties": {f.name: field_schema(f, schema, rules.get(f.name)) for f in fields}}
+    out: dict[str, Any] = {"type": "object", "properties": {f.name: field_schema(f, schema, rules.get(f.name), bounds) for f in fields}}
     required = [f.name for f in fields if f.required or refused_default(f, rules.get(f.name))]
     if required:
         out["required"] = required
@@ -86,8 +108,23 @@ def object_schema(fields: list[Field], schema: Schema, doc: str = "", closed: bo
     return out
 
 
-def _type_components(schema: Schema, field_rules: Mapping[str, Rule]) -> dict[str, Any]:
-    """The schema's enums and structs, under their own names, in declaration order."""
+def _sent(schema: Schema) -> set[str]:
+    """The structs some method's params contain, at any depth: those callers send."""
+    seen: set[str] = set()
+    stack = [f.type for _, m in schema.methods() for f in m.params]
+    while stack:
+        t = stack.pop()
+        stack += t.args
+        if t.name in schema.structs and t.name not in seen:
+            seen.add(t.name)
+            stack += [f.type for f in schema.structs[t.name].fields]
+    return seen
+
+
+def _type_components(schema: Schema, field_rules: Mapping[str, Rule], bounds: SizeBounds | None = None) -> dict[str, Any]:
+    """The schema's enums and structs, under their own names, in declaration order; the structs
+    callers send with the size bounds of their fields."""
+    sent = _sent(schema)
     schemas: dict[str, Any] = {}
     for name in sorted(schema.order, key=schema.order.__getitem__):
         if name in schema.enums:
@@ -95,7 +132,7 @@ def _type_components(schema: Schema, field_rules: Mapping[str, Rule]) -> dict[st
             schemas[name] = {"type": "string", "enum": list(e.values), **({"description": e.doc} if e.doc else {})}
         elif name in schema.structs:
             s = schema.structs[name]
-            schemas[name] = object_schema(s.fields, schema, s.doc, rules=field_rules)
+            schemas[name] = object_schema(s.fields, schema, s.doc, rules=field_rules, bounds=bounds if name in sent else None)
     return schemas
 
 
@@ -140,7 +177,7 @@ def _error_responses(statuses: set[int]) -> dict[str, Any]:
             for s in sorted(statuses)}
 
 
-def _rest_operation(wire: str, m: Method, schema: Schema, rules: Mapping[str, Rule]) -> dict[str, Any]:
+def _rest_operation(wire: str, m: Method, schema: Schema, rules: Mapping[str, Rule], bounds: SizeBounds | None = None) -> dict[str, Any]:
     assert m.http is not None
     fields = schema.flat_params(m)
     in_path = set(m.http.path_params)
@@ -150,18 +187,19 @@ def _rest_operation(wire: str, m: Method, schema: Schema, rules: Mapping[str, Ru
     }
     if m.deprecated:
         op["deprecated"] = True
-    params = [{"name": f.name, "in": "path", "required": True, "schema": type_schema(f.type, schema)} for f in fields if f.name in in_path]
+    params = [{"name": f.name, "in": "path", "required": True, "schema": sized(type_schema(f.type, schema), f.type, f.name, bounds)}
+              for f in fields if f.name in in_path]
     rest = [f for f in fields if f.name not in in_path]
     if m.http.verb in ("GET", "DELETE"):
         for f in rest:
             p: dict[str, Any] = {"name": f.name, "in": "query", "required": f.required or refused_default(f, rules.get(f.name)),
-                                 "schema": field_schema(f, schema, rules.get(f.name))}
+                                 "schema": field_schema(f, schema, rules.get(f.name), bounds)}
             if f.type.name == "List":
                 p["explode"] = True
             params.append(p)
     elif rest:
         # open: the server ignores fields it does not know (a newer caller's), as the envelope does
-        op["requestBody"] = {"required": False, "content": content(object_schema(rest, schema, closed=False, rules=rules))}
+        op["requestBody"] = {"required": False, "content": content(object_schema(rest, schema, closed=False, rules=rules, bounds=bounds))}
     if params:
         op["parameters"] = params
     success = {"description": "the result", "content": content(_result_schema(m, schema))}
@@ -172,7 +210,7 @@ def _rest_operation(wire: str, m: Method, schema: Schema, rules: Mapping[str, Ru
     op["responses"].update(_error_responses(errors))
     if m.mutates:
         op["parameters"] = op.get("parameters", []) + [{
-            "name": "Idempotency-Key", "in": "header", "required": False, "schema": {"type": "string"},
+            "name": "Idempotency-Key", "in": "header", "required": False, "schema": {"type": "string", "maxLength": MAX_IDEMPOTENCY_KEY},
             "description": "a retry with the same key and params returns the stored answer; other params: 409",
         }]
     return op
@@ -187,7 +225,7 @@ def _envelope(wire: str, m: Method, params: str) -> dict[str, Any]:
             "method": {"const": wire},
             "id": {"type": ["string", "integer", "null"]},
             "jsonrpc": {"const": "2.0"},
-            "idempotencyKey": {"type": "string"},
+            "idempotencyKey": {"type": "string", "maxLength": MAX_IDEMPOTENCY_KEY},
             "params": ref(params),
         },
     }
@@ -203,8 +241,8 @@ def envelope_name(m: Method) -> str:
     return f"{pascal(m.name)}Envelope"
 
 
-def _method_components(wire: str, m: Method, schema: Schema, rules: Mapping[str, Rule]) -> dict[str, Any]:
-    return {params_name(m): object_schema(schema.flat_params(m), schema, closed=False, rules=rules),
+def _method_components(wire: str, m: Method, schema: Schema, rules: Mapping[str, Rule], bounds: SizeBounds) -> dict[str, Any]:
+    return {params_name(m): object_schema(schema.flat_params(m), schema, closed=False, rules=rules, bounds=bounds),
             envelope_name(m): _envelope(wire, m, params_name(m))}
 
 
@@ -242,9 +280,9 @@ def components(registry: Registry) -> dict[str, Any]:
     """Every component schema, each under a name of its own; ZAP's models are referenced by name
     (never inlined in a oneOf), which is what lets generators give them stable class names."""
     schema = registry.schema
-    methods = [_method_components(f"{i.service}.{m.name}", m, schema, registry.rules(m.name)) for i, m in schema.methods()]
+    methods = [_method_components(f"{i.service}.{m.name}", m, schema, registry.rules(m.name), registry.bounds) for i, m in schema.methods()]
     envelopes = [envelope_name(m) for _, m in schema.methods()] + list(DISCOVER)
-    return merge_unique(_type_components(schema, registry.field_rules), _error_components(),
+    return merge_unique(_type_components(schema, registry.field_rules, registry.bounds), _error_components(),
                         *methods, DISCOVER, _zap_components(envelopes))
 
 
@@ -272,7 +310,7 @@ def openapi(registry: Registry, version: str = "0.1.0") -> dict[str, Any]:
     paths: dict[str, Any] = {}
     for iface, m in schema.methods():
         if m.http:
-            paths.setdefault(m.http.path, {})[m.http.verb.lower()] = _rest_operation(f"{iface.service}.{m.name}", m, schema, rules(m))
+            paths.setdefault(m.http.path, {})[m.http.verb.lower()] = _rest_operation(f"{iface.service}.{m.name}", m, schema, rules(m), registry.bounds)
     for i, path in enumerate(ZAP_PATHS):
         paths[path] = {"post": _zap_operation("" if i == 0 else "Billing")}
     return {
