@@ -31,7 +31,7 @@ IDEMPOTENCY_KEEP = DAY
 
 
 def create_app(config: Config, registry: Registry | None = None) -> web.Application:
-    registry = registry or load_registry()
+    registry = registry or load_registry(limits=config.limits)
     store = SqliteStore(config.db, config.durability)
     check_enum_tables(registry.schema, {"AggregationType": store.AGGREGATIONS, "HoldStatus": store.HOLD_STATUSES}, "the store")
     caller = Caller(registry, store, config.clock, config.limits)

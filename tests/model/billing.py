@@ -162,6 +162,11 @@ class Op:
     params: list[P]
 
 
+TEXT_BOUNDS = {"notes": 1000, "tags": 1000, "expiresIn": 64, "currency": 16, "timestamp": 64, "periodStart": 64,
+               "periodEnd": 64, "createdAfter": 64, "createdBefore": 64}
+"""docs/api.md, each text parameter's rules column: `at most N characters` (255 for every other)."""
+
+
 def _currency(name: str, v: Any) -> None:
     if v.lower() not in KNOWN_CURRENCIES:
         raise Refusal("invalid_params", "unknown currency: ", name)
@@ -323,8 +328,8 @@ def validate(op: Op, raw: dict[str, Any], query: bool) -> dict[str, Any]:
             continue
         if p.kind in ("text", "enum") and not query and not isinstance(v, str):
             raise Refusal("invalid_params", f"{p.name} must be a string", p.name)
-        if p.kind == "text" and len(v) > 65536:
-            raise Refusal("invalid_params", f"{p.name} is too long (at most 65536 characters)", p.name)
+        if p.kind == "text" and len(v) > (bound := TEXT_BOUNDS.get(p.name, 255)):
+            raise Refusal("invalid_params", f"{p.name} is too long: at most {bound}", p.name)
         if p.kind == "int":
             v = _check_int(p.name, v, query)
         elif p.kind == "bool":
