@@ -161,7 +161,7 @@ def print_report(meta: dict[str, Any], runs: dict[str, Any], targets: list[dict[
     p(f"  {'#':2} {'comparison':52} {'figure':>16} {'baseline':>16} {'ratio':>7} {'target':>10} {'result':6} {'CPU x':>6}")
     for t in targets:
         unit = t.get("unit", "")
-        unit = "ms p50" if unit == "ms" else unit
+        unit = ("ms p99" if t["metric"] == "p99_ms" else "ms p50") if unit == "ms" else unit
         fig = fmt_figure(t.get("figure"), unit) if t["metric"] != "rss_mb" else f"{t['figure']:.0f} MB"
         base = fmt_figure(t.get("baseline_figure"), unit) if "baseline_figure" in t else ""
         ratio = f"{t['ratio']:.2f}x" if "ratio" in t else ""
