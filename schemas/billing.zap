@@ -146,7 +146,8 @@ struct CreateMeterRequest
 
 struct MeterList
   meters List(Meter)              # creation order
-  count Int64
+  count Int64                     # rows in this page
+  hasMore Bool
 
 # One usage event for a meter. Values may be zero or negative.
 struct MeterEventInput
@@ -439,8 +440,8 @@ interface BillingService
   # Define a usage meter.
   createMeter (request CreateMeterRequest) -> (meter Meter)
     @http POST /api/v1/billing/meters 201
-  # Every meter of the org and mode, in creation order.
-  listMeters () -> (meters MeterList)
+  # The meters of the org and mode, in creation order, paged.
+  listMeters (limit Int64 = 100, startingAfter Text?) -> (meters MeterList)
     @http GET /api/v1/billing/meters
   # One meter by id.
   getMeter (id Text) -> (meter Meter)

@@ -145,7 +145,7 @@ async def test_fix_event_name_is_unique_per_org_and_mode(any_api, make_key):
     r = await any_api.call("createMeter", {"name": "Another name", "eventName": "tokens", "aggregationType": "max"})
     assert_error(any_api, r, "conflict", "")
     listed = await ok(any_api, "listMeters", {})
-    assert listed == {"meters": [first], "count": 1}
+    assert listed == {"meters": [first], "count": 1, "hasMore": False}
     # the same eventName is free in the org's test mode and in another org
     for org, mode in (("acme", "test"), ("globex", "live")):
         other = any_api.with_key(await make_key(org, mode))
@@ -159,11 +159,49 @@ async def test_fix_event_name_is_unique_per_org_and_mode(any_api, make_key):
 # -- listMeters / getMeter ------------------------------------------------------------------
 
 async def test_list_meters_in_creation_order_with_count(any_api):
-    assert await ok(any_api, "listMeters", {}) == {"meters": [], "count": 0}
+    assert await ok(any_api, "listMeters", {}) == {"meters": [], "count": 0, "hasMore": False}
     created = [await meter(any_api, name, agg) for name, agg in (("zeta", "sum"), ("alpha", "count"), ("mid", "last"))]
     r = await any_api.call("listMeters", {})
     assert r.status == 200
-    assert r.result == {"meters": created, "count": 3}
+    assert r.result == {"meters": created, "count": 3, "hasMore": False}
+
+
+async def test_list_meters_is_paged_like_every_list(any_api, make_key):
+    """Issue 17: listMeters answered every meter at once (5,000 meters, a batch of 100 lists:
+    a 110 MB answer). Pages of `limit` (default 100) in creation order, `startingAfter` the
+    last id of the previous page; an id not in the listing is not_found."""
+    created = [await meter(any_api, f"m{i:03d}") for i in range(7)]
+    pages, after = [], None
+    while True:
+        page = await ok(any_api, "listMeters", {"limit": 3} | ({"startingAfter": after} if after else {}))
+        pages.append(page)
+        if not page["hasMore"]:
+            break
+        after = page["meters"][-1]["id"]
+    assert [p["count"] for p in pages] == [3, 3, 1]
+    assert [m for p in pages for m in p["meters"]] == created
+    assert await ok(any_api, "listMeters", {"limit": 7}) == {"meters": created, "count": 7, "hasMore": False}
+    assert await ok(any_api, "listMeters", {"startingAfter": created[-1]["id"]}) == {"meters": [], "count": 0, "hasMore": False}
+    foreign = await meter(any_api.with_key(await make_key("globex", "live")), "theirs")
+    for unknown in ("mtr_0000000000000000deadbeef", foreign["id"]):
+        r = await any_api.call("listMeters", {"startingAfter": unknown})
+        assert_error(any_api, r, "not_found", "meter not found", param="startingAfter")
+    for bad in (0, 1001):
+        assert_error(any_api, await any_api.call("listMeters", {"limit": bad}), "invalid_params",
+                     "limit must be between 1 and 1000", param="limit")
+
+
+async def test_list_meters_default_page_is_100(api):
+    """The default limit is the contract's for every paged list: 100."""
+    for start in range(0, 101, 100):
+        batch = [{"method": "billing.createMeter", "id": i, "params": {"name": f"m{i}", "eventName": f"ev-{i}"}}
+                 for i in range(start, min(start + 100, 101))]
+        status, answers = await api.zap_raw(batch)
+        assert status == 200 and all("result" in a for a in answers), answers
+    page = await ok(api, "listMeters", {})
+    assert (page["count"], page["hasMore"]) == (100, True)
+    rest = await ok(api, "listMeters", {"startingAfter": page["meters"][-1]["id"]})
+    assert (rest["count"], rest["hasMore"], rest["meters"][0]["name"]) == (1, False, "m100")
 
 
 async def test_get_meter_returns_the_meter(any_api):
@@ -408,7 +446,7 @@ async def test_fix_meter_rows_and_dedup_keys_are_scoped_to_org_and_mode(any_api,
     for org, mode in (("acme", "test"), ("globex", "live")):
         other = any_api.with_key(await make_key(org, mode))
         # nothing of acme/live is visible ...
-        assert await ok(other, "listMeters", {}) == {"meters": [], "count": 0}
+        assert await ok(other, "listMeters", {}) == {"meters": [], "count": 0, "hasMore": False}
         assert_error(other, await other.call("getMeter", {"id": mine["id"]}), "not_found", "meter not found")
         r = await other.call("getMeterEventsSummary", {"meterId": mine["id"]})
         assert_error(other, r, "not_found", "meter not found")

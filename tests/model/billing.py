@@ -235,7 +235,7 @@ OPS: dict[str, Op] = {op.name: op for op in [
     Op("createMeter", True, "POST", 201, [
         P("name", "text", True), P("eventName", "text", True),
         P("aggregationType", "enum", default="sum", values=AGGREGATIONS), CUR, P("dimensions", "list", default=[])]),
-    Op("listMeters", False, "GET", 200, []),
+    Op("listMeters", False, "GET", 200, [LIMIT, AFTER]),
     Op("getMeter", False, "GET", 200, [P("id", "text", True)]),
     Op("recordMeterEvents", True, "POST", 201, [P("events", "events", default=[])]),
     Op("getMeterEventsSummary", False, "GET", 200, [
@@ -998,7 +998,8 @@ class Model:
         return 201, m.result()
 
     def _listMeters(self, c: Call, p: dict[str, Any]) -> tuple[int, Any]:
-        return 200, {"meters": [m.result() for m in c.tenant.meters], "count": len(c.tenant.meters)}
+        page, more = self._page(c.tenant.meters, lambda m: m.id, lambda m: True, p, "meter not found")
+        return 200, {"meters": [m.result() for m in page], "count": len(page), "hasMore": more}
 
     def _getMeter(self, c: Call, p: dict[str, Any]) -> tuple[int, Any]:
         return 200, self._meter(c, p["id"], "id").result()

@@ -41,8 +41,11 @@ ERRORS_BY_METHOD: Mapping[str, tuple[Error, ...]] = {
         ("invalid_params", "refund exceeds original: <left> of <amount> cents left to refund"),
         _BALANCE_RANGE,
     ),
-    "createMeter": (("conflict", "a meter with eventName <eventName> already exists"),),
-    "listMeters": (),
+    "createMeter": (
+        ("conflict", "a meter with eventName <eventName> already exists"),
+        ("conflict", "meter quota reached: an org holds at most <quota> meters in each mode"),
+    ),
+    "listMeters": (("not_found", "meter not found"),),
     "getMeter": (_METER_NOT_FOUND,),
     "recordMeterEvents": (_METER_NOT_FOUND,),
     "getMeterEventsSummary": (
@@ -59,6 +62,7 @@ ERRORS_BY_METHOD: Mapping[str, tuple[Error, ...]] = {
     "burnCredits": (_METER_NOT_FOUND,),
     "createPricingRule": (
         _METER_NOT_FOUND,
+        ("conflict", "pricing rule quota reached: a meter holds at most <quota> pricing rules"),
         ("invalid_params", "unitPrice must not be negative"),
         ("invalid_params", "tiers are only for the tiered and volume models"),
         ("invalid_params", "tiers are required for the <model> model"),

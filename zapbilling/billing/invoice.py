@@ -33,23 +33,22 @@ async def invoice_preview(ctx: Context, p: Any) -> dict[str, Any]:
     store, tenant = ctx.store, ctx.tenant
     # One snapshot: usage, rules and grants as of one moment, never usage recorded after a grant
     # was read beside the grant as it was before being burned for that usage.
+    # Three queries whatever the number of meters: the usage of every meter in one (store
+    # meter_usage), not one aggregate per meter (5,000 meters made one preview take 0.56 s).
     try:
-        async with store.snapshot():
+        async with store.snapshot(tenant):
             rules = choose_rules(await store.list_rules(tenant, currency=p.currency), p.planId)
             grants = await store.active_grants(tenant, p.userId, ctx.now, p.currency)
-            usage = [(meter, await store.aggregate_events(tenant, meter["id"], meter["aggregationType"], p.userId, start, end))
-                     for meter in await store.list_meters(tenant)]
+            usage = await store.meter_usage(tenant, p.userId, start, end)
     except SumOutOfRange:
         raise InvalidParams(SUM_OUT_OF_RANGE) from None
     line_items: list[dict[str, Any]] = []
     try:
-        for meter, (quantity, count) in usage:
-            if count == 0:
-                continue
-            rule = rules.get(meter["id"])
+        for meter_id, meter_name, quantity, _ in usage:  # only meters with events in the period
+            rule = rules.get(meter_id)
             cost = price(rule["model"], rule["unitPrice"], rule["tiers"], quantity) if rule else Price(0, 0)
             line_items.append({
-                "meterId": meter["id"], "meterName": meter["name"], "quantity": quantity,
+                "meterId": meter_id, "meterName": meter_name, "quantity": quantity,
                 "unitCost": cost.unit_cost, "totalCost": cost.total, "model": rule["model"] if rule else "",
             })
         subtotal = checked_sum(item["totalCost"] for item in line_items)

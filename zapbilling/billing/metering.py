@@ -7,6 +7,7 @@ from ..context import Context
 from ..errors import Conflict, InvalidParams, NotFound
 from ..store import AlreadyExists, MeterEventDraft, MeterRow, Missing, NewMeter, SumOutOfRange
 from ..store.base import MeterEventRow
+from ..store.refusals import QuotaReached
 from ..times import format_ts, parse_ts
 
 SUM_OUT_OF_RANGE = "the sum of this meter's values is beyond the signed 64-bit range"
@@ -36,15 +37,21 @@ async def create_meter(ctx: Context, p: Any) -> dict[str, Any]:
         meter = await ctx.store.create_meter(ctx.tenant, NewMeter(
             name=p.name, event_name=p.eventName, aggregation=p.aggregationType, currency=p.currency,
             dimensions=p.dimensions, now=ctx.now,
-        ), ctx.idempotency)
+        ), ctx.idempotency, quota=ctx.limits.meters_per_tenant)
     except AlreadyExists:
         raise Conflict(f"a meter with eventName {p.eventName!r} already exists", param="eventName") from None
+    except QuotaReached as exc:
+        raise Conflict(f"meter quota reached: an org holds at most {exc.quota} meters in each mode") from None
     return meter_result(meter)
 
 
 async def list_meters(ctx: Context, p: Any) -> dict[str, Any]:
-    meters = [meter_result(m) for m in await ctx.store.list_meters(ctx.tenant)]
-    return {"meters": meters, "count": len(meters)}
+    try:
+        rows, has_more = await ctx.store.meters_page(ctx.tenant, p.limit, p.startingAfter)
+    except Missing:
+        raise NotFound("meter not found", param="startingAfter") from None
+    meters = [meter_result(m) for m in rows]
+    return {"meters": meters, "count": len(meters), "hasMore": has_more}
 
 
 async def find_meter(ctx: Context, meter_id: str) -> MeterRow:

@@ -4,8 +4,9 @@ from __future__ import annotations
 from typing import Any
 
 from ..context import Context
-from ..errors import InvalidParams, NotFound
+from ..errors import Conflict, InvalidParams, NotFound
 from ..store import Missing, NewRule, RuleRow
+from ..store.refusals import QuotaReached
 from ..times import format_ts
 from .pricing import PricingError, check_rule
 
@@ -24,9 +25,11 @@ async def create_pricing_rule(ctx: Context, p: Any) -> dict[str, Any]:
         rule = await ctx.store.create_rule(ctx.tenant, NewRule(
             meter_id=p.meterId, plan_id=p.planId, model=p.model, currency=p.currency, unit_price=p.unitPrice,
             tiers=tiers, now=ctx.now,
-        ), ctx.idempotency)
+        ), ctx.idempotency, quota=ctx.limits.rules_per_meter)
     except Missing:
         raise NotFound("meter not found", param="meterId") from None
+    except QuotaReached as exc:
+        raise Conflict(f"pricing rule quota reached: a meter holds at most {exc.quota} pricing rules", param="meterId") from None
     return rule_result(rule)
 
 

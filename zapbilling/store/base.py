@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Callable, Iterable, Iterator, Protocol, TypedDict
+from typing import Any, AsyncIterator, Callable, Iterable, Iterator, NamedTuple, Protocol, TypedDict
 
 DURABILITY = ("full", "normal")
 """What an acknowledged write survives, every backend: full, a power cut; normal, a crash of
@@ -258,6 +258,16 @@ class MeterRow(TypedDict):
     createdAt: int
 
 
+class MeterUsage(NamedTuple):
+    """A meter's usage by one user over a period (Store.meter_usage): `value` by the meter's
+    aggregation, `events` how many events."""
+
+    meter_id: str
+    name: str
+    value: int
+    events: int
+
+
 class RuleRow(TypedDict):
     """`tiers`: [{upTo, price, flat}] as given."""
 
@@ -343,8 +353,9 @@ HoldCharge = Callable[[HoldRow, int], NewEntry]
 class Store(Protocol):
     async def open(self) -> None: ...
     async def close(self) -> None: ...
-    def snapshot(self) -> AbstractAsyncContextManager[None]:
-        """`async with store.snapshot():` the reads made inside see one moment of the data."""
+    def snapshot(self, tenant: int | None = None) -> AbstractAsyncContextManager[None]:
+        """`async with store.snapshot(tenant):` the reads made inside see one moment of the data.
+        `tenant`: whose read it is, so that snapshots and long reads take turns fairly by tenant."""
         ...
 
     # keys
@@ -389,8 +400,15 @@ class Store(Protocol):
     # meters and events
     AGGREGATIONS: frozenset[str]
     """The aggregations the backend computes; start-up checks them against the schema's enum."""
-    async def create_meter(self, tenant: int, meter: NewMeter, idempotency: Idempotency | None = None) -> MeterRow: ...
-    async def list_meters(self, tenant: int) -> list[MeterRow]: ...
+    async def create_meter(
+        self, tenant: int, meter: NewMeter, idempotency: Idempotency | None = None, *, quota: int | None = None
+    ) -> MeterRow:
+        """QuotaReached("meter") when the tenant holds `quota` meters already (None: no bound),
+        counted in the same transaction as the insert."""
+        ...
+    async def meters_page(self, tenant: int, limit: int, starting_after: str | None = None) -> tuple[list[MeterRow], bool]:
+        """In creation order; Missing("meter") when `starting_after` is not a meter of the tenant."""
+        ...
     async def get_meter(self, tenant: int, meter_id: str) -> MeterRow | None: ...
     async def record_meter_events(
         self, tenant: int, events: list[MeterEventDraft], now: int, idempotency: Idempotency | None = None
@@ -399,6 +417,11 @@ class Store(Protocol):
         self, tenant: int, meter_id: str, aggregation: str, user: str | None, start: int | None, end: int | None
     ) -> tuple[int, int]:
         """(value, number of events) over [start, end); SumOutOfRange past int64."""
+        ...
+    async def meter_usage(self, tenant: int, user: str, start: int | None, end: int | None) -> list[MeterUsage]:
+        """Every meter with events of `user` over [start, end), in creation order, with its
+        usage as aggregate_events computes it, in a bounded number of queries whatever the
+        number of meters; SumOutOfRange past int64."""
         ...
 
     # credit grants and their journal
@@ -421,7 +444,12 @@ class Store(Protocol):
     async def expire_grants(self, now: int, limit: int = 500) -> int: ...
 
     # pricing rules
-    async def create_rule(self, tenant: int, rule: NewRule, idempotency: Idempotency | None = None) -> RuleRow: ...
+    async def create_rule(
+        self, tenant: int, rule: NewRule, idempotency: Idempotency | None = None, *, quota: int | None = None
+    ) -> RuleRow:
+        """QuotaReached("pricing rule") when the meter holds `quota` rules already (None: no
+        bound), counted in the same transaction as the insert."""
+        ...
     async def list_rules(
         self, tenant: int, meter_id: str | None = None, plan_id: str | None = None, currency: str | None = None
     ) -> list[RuleRow]: ...

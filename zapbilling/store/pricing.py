@@ -7,7 +7,7 @@ from typing import Any
 
 from .base import Idempotency, NewRule, RuleRow
 from .connection import SqliteBase, new_id
-from .refusals import Missing
+from .refusals import Missing, QuotaReached
 
 _RULE = "id, meter_id, plan_id, model, currency, unit_price, tiers, created_at"
 
@@ -20,8 +20,10 @@ def rule_row(r: tuple[Any, ...]) -> RuleRow:
 
 
 class PricingQueries(SqliteBase):
-    async def create_rule(self, tenant: int, rule: NewRule, idempotency: Idempotency | None = None) -> RuleRow:
-        return await self._write(tenant, idempotency, rule.now, _create_rule, tenant, new_id("pr"), rule)
+    async def create_rule(
+        self, tenant: int, rule: NewRule, idempotency: Idempotency | None = None, *, quota: int | None = None
+    ) -> RuleRow:
+        return await self._write(tenant, idempotency, rule.now, _create_rule, tenant, new_id("pr"), rule, quota)
 
     async def list_rules(
         self, tenant: int, meter_id: str | None = None, plan_id: str | None = None, currency: str | None = None
@@ -39,9 +41,15 @@ class PricingQueries(SqliteBase):
         await self._write(tenant, idempotency, now, _delete_rule, tenant, rule_id)
 
 
-def _create_rule(conn: sqlite3.Connection, tenant: int, rule_id: str, r: NewRule) -> RuleRow:
+def _create_rule(conn: sqlite3.Connection, tenant: int, rule_id: str, r: NewRule, quota: int | None) -> RuleRow:
+    """The meter's rules counted and the rule inserted in one job on the writer (one
+    transaction): two creates at the bound cannot both see room for one more."""
     if conn.execute("SELECT 1 FROM meters WHERE tenant = ? AND id = ?", (tenant, r.meter_id)).fetchone() is None:
         raise Missing("meter")
+    if quota is not None:
+        (held,), = conn.execute("SELECT COUNT(*) FROM pricing_rules WHERE tenant = ? AND meter_id = ?", (tenant, r.meter_id)).fetchall()
+        if held >= quota:
+            raise QuotaReached("pricing rule", quota)
     row = conn.execute(
         f"INSERT INTO pricing_rules (id, tenant, meter_id, plan_id, model, currency, unit_price, tiers, created_at)"
         f" VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING {_RULE}",

@@ -91,3 +91,13 @@ class KeyReused(Refused):
 
 class SumOutOfRange(Exception):
     """An aggregate of stored values passes the signed 64-bit range (a read, not a write)."""
+
+
+class QuotaReached(Refused):
+    """The tenant (for meters) or the meter (for pricing rules) holds `quota` rows of `entity`
+    already, counted in the write's own transaction."""
+
+    def __init__(self, entity: str, quota: int):
+        super().__init__(f"{quota} {entity}s held")
+        self.entity = entity
+        self.quota = quota
