@@ -33,7 +33,7 @@ EXPECTED = {
                        ["user", "currency", "amount", "originalTransactionId", "notes"], "RefundResult"),
     "billing.createMeter": ("createMeter", "POST", "/api/v1/billing/meters", 201, True,
                             ["name", "eventName", "aggregationType", "currency", "dimensions"], "Meter"),
-    "billing.listMeters": ("listMeters", "GET", "/api/v1/billing/meters", 200, False, [], "MeterList"),
+    "billing.listMeters": ("listMeters", "GET", "/api/v1/billing/meters", 200, False, ["limit", "startingAfter"], "MeterList"),
     "billing.getMeter": ("getMeter", "GET", "/api/v1/billing/meters/{id}", 200, False, ["id"], "Meter"),
     "billing.recordMeterEvents": ("recordMeterEvents", "POST", "/api/v1/billing/meter-events", 201, True, ["events"], "MeterEventsResult"),
     "billing.getMeterEventsSummary": ("getMeterEventsSummary", "GET", "/api/v1/billing/meter-events/summary", 200, False,
