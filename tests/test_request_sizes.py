@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -268,3 +269,50 @@ async def test_a_batch_of_many_pages_stops_at_the_default_bound(api):
     assert len(raw) < Limits().answer_bytes + one_page + 100 * 200
     assert len(answered) == Limits().answer_bytes // one_page + 1  # the one that crossed, answered whole
     assert all(a["error"]["data"]["kind"] == "payload_too_large" for a in answers[len(answered):])
+
+
+# -- stored idempotency answers ---------------------------------------------------------------
+
+def _largest_legal_deposit(user: str) -> dict[str, Any]:
+    """A deposit at every bound: metadata of 64 keys, 16 KiB as compact UTF-8 JSON, of emoji
+    (4 UTF-8 bytes, 12 escaped as the old json.dumps wrote them); notes and tags of 1,000
+    characters (the answer echoes the tags and the metadata)."""
+    emoji = "".join(chr(0x1F300 + (i * 7919) % 0x350) for i in range(4096))
+    metadata = {f"k{k:02d}": emoji[k * 60:(k + 1) * 60] for k in range(64)}
+    assert len(json.dumps(metadata, ensure_ascii=False, separators=(",", ":")).encode()) <= Limits().data_bytes
+    return {"user": user, "amount": 500, "notes": emoji[:1000], "tags": "t," * 499 + "t", "metadata": metadata}
+
+
+def _stored(db_path: str, key: str) -> Any:
+    import sqlite3
+    con = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    try:
+        return con.execute("SELECT response FROM idempotency WHERE key = ?", (key,)).fetchone()[0]
+    finally:
+        con.close()
+
+
+async def test_a_large_answer_replays_exactly_and_is_stored_compressed(any_api, db_path):
+    params = _largest_legal_deposit("hanzo/big")
+    first = await any_api.call("deposit", params, idempotency_key="big-1")
+    assert first.ok, first.error
+    assert first.result["metadata"] == params["metadata"] and first.result["tags"] == params["tags"]
+    replay = await any_api.call("deposit", params, idempotency_key="big-1")
+    assert replay.ok and replay.result == first.result  # exact: every field, every character
+    assert (await any_api.call("getBalance", {"user": "hanzo/big"})).result["balance"] == 500  # once
+    stored = _stored(db_path, "big-1")
+    assert isinstance(stored, bytes)
+    kept = json.loads(zlib.decompress(stored))  # the write's result, as the store keeps it
+    assert kept["metadata"] == params["metadata"]
+    answer = json.dumps(kept, ensure_ascii=False, separators=(",", ":")).encode()
+    old = json.dumps(kept).encode()  # what was stored before: 3x the metadata's bytes
+    # never more than the answer's own UTF-8 bytes; here less than half of what was stored before
+    assert len(stored) <= len(answer) + 64 and len(stored) < len(old) / 2, (len(stored), len(answer), len(old))
+
+
+async def test_small_answers_are_stored_as_compact_text(api, db_path):
+    r = await api.call("deposit", {"user": "hanzo/é", "amount": 5}, idempotency_key="small-1")
+    assert r.ok
+    stored = _stored(db_path, "small-1")
+    assert isinstance(stored, str) and stored.isascii() and ", " not in stored and json.loads(stored)["user"] == "hanzo/é"
+    assert (await api.call("deposit", {"user": "hanzo/é", "amount": 5}, idempotency_key="small-1")).result == r.result
