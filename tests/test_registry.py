@@ -137,6 +137,22 @@ def test_method_rules_for_an_unknown_parameter_fail_at_start_up(schema):
         build_registry(schema, HANDLERS, FIELD_RULES, rules)
 
 
+@pytest.mark.parametrize("name", ["note", "amount", "metadata", "aggregationType"],
+                         ids=["unknown", "an-integer", "data", "an-enum"])
+def test_a_length_bound_for_a_name_that_is_no_text_field_fails_at_start_up(schema, name):
+    """billing/validation.py TEXT_BOUNDS names text fields (Text, List(Text), Map(_, Text)): a
+    misspelt name, or one of another type, would bound nothing."""
+    from zapbilling.billing.validation import TEXT_BOUND, TEXT_BOUNDS
+    from zapbilling.models import SizeBounds
+
+    build_registry(schema, HANDLERS, FIELD_RULES, METHOD_RULES, bounds=SizeBounds(TEXT_BOUNDS, TEXT_BOUND))
+    bounds = SizeBounds({**TEXT_BOUNDS, name: 10}, TEXT_BOUND)
+    with pytest.raises(RegistryError, match=f"length bounds for fields the schema does not declare as text: {name}"):
+        build_registry(schema, HANDLERS, FIELD_RULES, METHOD_RULES, bounds=bounds)
+    for text_name in ("dimensions", "eligibility", "user"):  # List(Text) and Map(Text, Text); Text
+        build_registry(schema, HANDLERS, FIELD_RULES, METHOD_RULES, bounds=SizeBounds({text_name: 10}))
+
+
 def test_method_rules_accept_a_flattened_struct_field(schema):
     # deposit's only parameter is `request DepositRequest`; its fields are the method's params.
     r = build_registry(schema, HANDLERS, FIELD_RULES, {"deposit": {"tags": lambda v, name: v.upper()}})
