@@ -12,6 +12,9 @@ Clock = Callable[[], int]
 SECOND = 1_000_000
 DAY = 86_400 * SECOND
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+# Both patterns read caller input (times of up to 64 characters: billing/validation.py) and are
+# linear: fixed-width pieces and one `\d+`, which a non-digit must follow, so the engine never
+# tries a second split. (`\d` also matches other scripts' digits; fromisoformat refuses them.)
 _BARE_DATE = re.compile(r"\d{4}-\d{2}-\d{2}\Z")
 _RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})\Z")
 
