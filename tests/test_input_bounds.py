@@ -328,3 +328,26 @@ def test_refusing_a_huge_value_costs_no_more_than_accepting_the_largest_legal_on
     model.model_validate(legal)
     refuse()
     assert _best_of(5, refuse) < 3 * _best_of(5, lambda: model.model_validate(legal))
+
+
+async def test_the_free_form_bounds_are_the_configured_ones(aiohttp_server, session, db_path, clock):
+    """Limits.data_bytes and data_keys (`--data-bytes`, `--data-keys`) reach the params models,
+    which create_app builds once from them, and its OpenAPI document."""
+    import dataclasses
+
+    from conftest import Api
+    from zapbilling.app import STORE, create_app
+    from zapbilling.config import Config, server_options
+    from zapbilling.times import system_clock
+
+    config = Config(db=db_path, clock=clock, sweep_seconds=3600, limits=dataclasses.replace(Limits(), data_bytes=100, data_keys=2))
+    server = await aiohttp_server(create_app(config), **server_options(config))
+    _, key = await server.app[STORE].create_key("acme", "live", "admin", system_clock())
+    api = Api(session, str(server.make_url("")).rstrip("/"), key, "zap-json")
+    await ok(api, "deposit", {"user": ALICE, "amount": 5, "metadata": {"a": {"b": "x" * 80}}})
+    r = await api.call("deposit", {"user": ALICE, "amount": 5, "metadata": {"a": {"b": 1, "c": 2}}})
+    assert_error(api, r, "invalid_params", "metadata has too many keys: at most 2", param="metadata")
+    r = await api.call("deposit", {"user": ALICE, "amount": 5, "metadata": {"a": "x" * 100}})
+    assert_error(api, r, "invalid_params", "metadata is too large: at most 100 bytes encoded", param="metadata")
+    status, doc = await api.rest("GET", "/api/v1/openapi.json")
+    assert doc["components"]["schemas"]["DepositParams"]["properties"]["metadata"]["maxProperties"] == 2
