@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 import msgpack
 
-from . import populate
+from . import meters, populate
 from .load import (CPUS, MB, Proc, Server, busy_cpu_seconds, child_env, copy_db, free_port, wrk, zap,
                    zap_batch, zapbilling_cmd)
 
@@ -128,6 +128,7 @@ class Bench:
     def zapbilling(self, db: Path, tag: str, durability: str = "full", workers: int | None = None, pin: bool = True) -> Server:
         port = free_port()
         argv = [*zapbilling_cmd(), "serve", "--db", str(db), "--port", str(port), "--durability", durability]
+        argv += ["--rate-per-second", "0"]  # one key drives >20k req/s here: the per-key rate limit would be what is measured
         if workers is not None:
             argv += ["--workers", str(workers)]
         name = self._name(tag)
@@ -180,6 +181,9 @@ class Bench:
 
     def _make_s4big(self) -> Template:
         return self._scenario4("s4big", "bench/big", self.s.big_rows, events=self.s.big_rows)
+
+    def _make_s4meters(self) -> Template:
+        return meters.make_template(self)
 
     def _scenario4(self, name: str, user: str, ledger_rows: int, events: int) -> Template:
         """A meter (sum), a per-unit pricing rule, a credit grant and a deposit through the API;
@@ -592,10 +596,12 @@ def scenarios(settings: Settings) -> list[Scenario]:
                     expect="amountDue", **one_conn),  # type: ignore[arg-type]
             InprocRun("s4.raw_aggregate", f"raw SQL aggregate over the same {big} events", 4, unit="ms",
                       template="s4big", copy=False, args=_aggregate_args),
+            *meters.runs(),
         ], [
             Target(f"getBalance p50: {big} vs {SMALL_ROWS:,} ledger rows", "s4.balance_big", "s4.balance_small", "<=", 1.2, "p50_ms"),
             Target(f"getMeterEventsSummary p50 vs raw SQL, {big} events", "s4.summary", "s4.raw_aggregate", "<=", 1.5, "p50_ms"),
             Target(f"invoicePreview p50 vs raw SQL, {big} events", "s4.invoice", "s4.raw_aggregate", "<=", 1.5, "p50_ms"),
+            *meters.targets(),
         ]),
         Scenario(5, "serve --workers 2 vs one worker (scenario 1's ZAP/msgpack read)", s5, [
             Target("getBalance ZAP/msgpack, 2 workers vs 1", "s5.workers2", "s5.workers1", ">=", 1.6),

@@ -609,3 +609,31 @@ async def test_list_pricing_rules_of_an_unknown_meter_is_not_found(any_api, make
         assert r.error["kind"] == "not_found" and "meter not found" in r.error["message"], r
     r = await any_api.call("listPricingRules", {})
     assert r.ok and r.result == {"rules": [], "count": 0}, r
+
+
+async def test_preview_reads_every_meter_as_its_summary_does(api):
+    """The preview reads all of a user's meters in one statement (issue 17: one aggregate per
+    meter made 5,000 meters cost 0.56 s a preview); each line item's quantity is what
+    getMeterEventsSummary answers for that meter, user and period, for every aggregation
+    (equal timestamps for `last`, negative values, another user's and out-of-period events
+    beside), and meters without events in the period are left out, in creation order."""
+    made = []
+    for i in range(24):
+        agg = ("sum", "count", "max", "min", "unique_count", "last")[i % 6]
+        made.append(await meter(api, f"m{i}", agg))
+    for n, m in enumerate(made):
+        if n % 5 == 4:
+            continue  # no events at all
+        at = "2026-03-05T00:00:00Z"
+        await events(api, m, (n - 7, at), (3, at), (n * 11, "2026-03-09T10:00:00Z"), (-5, "2026-03-09T10:00:00Z"),
+                     (999, "2026-04-02T00:00:00Z"))
+        await events(api, m, (12345, "2026-03-06T00:00:00Z"), user=BOB)
+    for period in (MARCH, {"periodStart": "2026-03-06"}, {"periodEnd": "2026-03-05"}, {}):
+        p = await ok(api, "invoicePreview", {"userId": ALICE, **period})
+        expected = []
+        for m in made:
+            s = await ok(api, "getMeterEventsSummary", {"meterId": m, "userId": ALICE, **period})
+            if s["eventCount"]:
+                expected.append((m, s["value"]))
+        assert [(i["meterId"], i["quantity"]) for i in p["lineItems"]] == expected, period
+        assert expected, period

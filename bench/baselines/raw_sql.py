@@ -4,6 +4,8 @@
         [--synchronous FULL|NORMAL] [--warmup S] [--seconds S]
     python -m bench.baselines.raw_sql aggregate --db PATH --tenant T --meter M --user U
         --start US --end US [--warmup S] [--seconds S]
+    python -m bench.baselines.raw_sql usage --db PATH --tenant T --user U --start US --end US
+        [--warmup S] [--seconds S]
 
 insert: meter-event rows as zapbilling's insert_event writes them (id evt_<24 hex>, ts and
 created_at = now, no idempotency key, no dimensions), `executemany` in transactions of --batch
@@ -11,6 +13,8 @@ rows (BEGIN; executemany; COMMIT) on a WAL file at the given synchronous level, 
 other for --seconds. Latency: one transaction.
 aggregate: the SQL zapbilling's getMeterEventsSummary runs for a sum meter, over the same
 rows, repeated for --seconds. Latency: one query.
+usage: every meter's sum and event count of one user over a period in one GROUP BY (what a
+hand-written invoice needs at least), repeated for --seconds. Latency: one query.
 
 Prints one JSON object: {"ops", "seconds", "cpu_s" (this process, measured part), "rate"
 (rows/s for insert, queries/s for aggregate), "p50_ms", "p99_ms", "result"}.
@@ -27,6 +31,10 @@ import time
 AGGREGATE_SQL = (
     "SELECT COALESCE(SUM(value), 0), COUNT(*) FROM meter_events"
     " WHERE tenant = ? AND meter_id = ? AND user_id = ? AND ts >= ? AND ts < ?"
+)
+USAGE_SQL = (
+    "SELECT meter_id, SUM(value), COUNT(*) FROM meter_events"
+    " WHERE tenant = ? AND user_id = ? AND ts >= ? AND ts < ? GROUP BY meter_id"
 )
 INSERT_SQL = (
     "INSERT INTO meter_events (id, tenant, meter_id, user_id, value, ts, idempotency_key, dimensions, created_at)"
@@ -98,14 +106,27 @@ def aggregate(args: argparse.Namespace) -> dict[str, object]:
             "p99_ms": _percentile(latencies, 0.99) * 1e3, "result": list(result)}  # type: ignore[arg-type]
 
 
+def usage(args: argparse.Namespace) -> dict[str, object]:
+    conn = sqlite3.connect(args.db, isolation_level=None)
+    conn.execute("PRAGMA query_only = ON")
+    params = (args.tenant, args.user, args.start, args.end)
+    ops, elapsed, cpu, latencies, result = _loop(lambda: conn.execute(USAGE_SQL, params).fetchall(), args.warmup, args.seconds)
+    conn.close()
+    latencies.sort()
+    rows: list[tuple[str, int, int]] = result  # type: ignore[assignment]
+    return {"ops": ops, "seconds": elapsed, "cpu_s": cpu, "rate": ops / elapsed, "p50_ms": statistics.median(latencies) * 1e3,
+            "p99_ms": _percentile(latencies, 0.99) * 1e3, "result": {"meters": len(rows), "events": sum(r[2] for r in rows)}}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="mode", required=True)
-    for name in ("insert", "aggregate"):
+    for name in ("insert", "aggregate", "usage"):
         p = sub.add_parser(name)
         p.add_argument("--db", required=True)
         p.add_argument("--tenant", type=int, required=True)
-        p.add_argument("--meter", required=True)
+        if name != "usage":
+            p.add_argument("--meter", required=True)
         p.add_argument("--warmup", type=float, default=1.0)
         p.add_argument("--seconds", type=float, default=5.0)
         if name == "insert":
@@ -116,7 +137,7 @@ def main() -> None:
             p.add_argument("--start", type=int, required=True)
             p.add_argument("--end", type=int, required=True)
     args = ap.parse_args()
-    print(json.dumps(insert(args) if args.mode == "insert" else aggregate(args)))
+    print(json.dumps({"insert": insert, "aggregate": aggregate, "usage": usage}[args.mode](args)))
 
 
 if __name__ == "__main__":

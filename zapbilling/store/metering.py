@@ -2,6 +2,7 @@
 index; events are never loaded into Python to be summed."""
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 from typing import Any
@@ -25,34 +26,26 @@ AGGREGATES = {
 # A sum that cannot overflow: value >> 32 is arithmetic in SQLite, value & 0xFFFFFFFF the low bits.
 _EXACT_SUM = "COALESCE(SUM(value >> 32), 0), COALESCE(SUM(value & 4294967295), 0)"
 
-# Every meter of a tenant with events of one user in [start, end), and its usage, in one
-# statement: for each aggregation, the tenant's meters of that aggregation drive a join that
-# seeks the (tenant, meter, user, ts) index once per meter, as a query per meter would, without
-# a trip to the reader's thread and back per meter (one aggregate per meter: 5,000 meters made
-# a preview take 0.56 s). One branch per aggregation, so each row feeds only its meter's
-# aggregate: one CASE per aggregate in a single branch measured 3x the time per event (six
-# string tests a row, and a sort of every row for the GROUP BY). Grouping by event_name follows
-# the (tenant, event_name) index the join walks, so no row is sorted; the caller orders the
-# meters by seq. The sum is the exact split (it cannot overflow, so one statement serves every
-# meter; measured no slower than SUM), judged per meter in Python. Columns: seq, id, name,
-# aggregation, events, value (the high half for sum), the low half for sum.
-_USAGE_OF = {
-    "sum": "SUM(e.value >> 32), SUM(e.value & 4294967295)",
-    "count": "COUNT(*), NULL",
-    "max": "MAX(e.value), NULL",
-    "min": "MIN(e.value), NULL",
-    "unique_count": "COUNT(DISTINCT e.value), NULL",
-    "last": "(SELECT l.value FROM meter_events l WHERE l.tenant = m.tenant AND l.meter_id = m.id AND l.user_id = :user{period_l}"
-            " ORDER BY l.ts DESC, l.seq DESC LIMIT 1), NULL",
-}
-_USAGE = "\nUNION ALL\n".join(
-    f"SELECT m.seq, m.id, m.name, m.aggregation, COUNT(*), {aggregate}"
-    " FROM meters m CROSS JOIN meter_events e"
-    " ON e.tenant = m.tenant AND e.meter_id = m.id AND e.user_id = :user{period_e}"
-    f" WHERE m.tenant = :tenant AND m.aggregation = '{aggregation}' GROUP BY m.event_name"
-    for aggregation, aggregate in _USAGE_OF.items()
-)
-assert _USAGE_OF.keys() == AGGREGATES.keys(), "meter_usage computes every aggregation aggregate_events does"
+# Every meter of a tenant, and its usage by one user over a period, in one statement: a
+# correlated subquery per meter computes what aggregate_events computes (the same AGGREGATES
+# expression, over the same (tenant, meter, user, ts) index range), and CASE runs only the
+# meter's own aggregation's subquery. One aggregate per meter, each its own trip to the reader's
+# thread, made 5,000 meters cost 0.56 s a preview; a join grouped by meter measured 1.2x the
+# time per event of this (GROUP BY's work on every row) and one CASE per aggregate inside it
+# 3x. Each subquery answers json_array(events, value), or with the sum split in two (the exact
+# sum, when a plain SUM overflows) json_array(events, high, low).
+_EVENTS_OF_METER = "tenant = m.tenant AND meter_id = m.id AND user_id = :user{period}"
+
+
+@functools.lru_cache(maxsize=None)  # four periods (bounded or not on each side) x exact or not
+def _usage_sql(period: str, exact: bool) -> str:
+    where = _EVENTS_OF_METER.format(period=period)
+    cases = " ".join(
+        f"WHEN '{aggregation}' THEN (SELECT json_array(COUNT(*), "
+        f"{_EXACT_SUM if exact and aggregation == 'sum' else aggregate.format(where=where)}) FROM meter_events WHERE {where})"
+        for aggregation, aggregate in AGGREGATES.items()
+    )
+    return f"SELECT m.id, m.name, m.aggregation, CASE m.aggregation {cases} END FROM meters m WHERE m.tenant = :tenant ORDER BY m.seq"
 
 
 def meter_row(r: tuple[Any, ...]) -> MeterRow:
@@ -121,14 +114,22 @@ class MeteringQueries(SqliteBase):
 
     async def meter_usage(self, tenant: int, user: str, start: int | None, end: int | None) -> list[MeterUsage]:
         """Each meter with events of `user` in [start, end), in creation order: its usage by
-        its aggregation, as aggregate_events answers it, in one statement (see _USAGE).
+        its aggregation, as aggregate_events answers it, in one statement (see _usage_sql).
         SumOutOfRange when a sum meter's sum passes int64."""
         params: dict[str, Any] = {"tenant": tenant, "user": user, "start": start, "end": end}
-        period = (" AND {t}.ts >= :start" if start is not None else "") + (" AND {t}.ts < :end" if end is not None else "")
-        sql = _USAGE.format(period_e=period.format(t="e"), period_l=period.format(t="l"))
-        rows = sorted(await self._aggregate(tenant, sql, params))  # by seq: creation order
-        return [MeterUsage(meter_id, name, _exact_sum(value, low) if aggregation == "sum" else value, count)
-                for _, meter_id, name, aggregation, count, value, low in rows]
+        period = (" AND ts >= :start" if start is not None else "") + (" AND ts < :end" if end is not None else "")
+        try:
+            rows = await self._aggregate(tenant, _usage_sql(period, exact=False), params)
+        except sqlite3.OperationalError as exc:
+            if "overflow" not in str(exc):
+                raise
+            rows = await self._aggregate(tenant, _usage_sql(period, exact=True), params)  # see aggregate_events
+        out: list[MeterUsage] = []
+        for meter_id, name, aggregation, usage in rows:
+            count, value, *low = json.loads(usage)
+            if count:
+                out.append(MeterUsage(meter_id, name, _exact_sum(value, low[0]) if low else value, count))
+        return out
 
 
 def _exact_sum(high: int, low: int) -> int:
