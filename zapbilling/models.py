@@ -193,9 +193,22 @@ def _free_form(name: str, bounds: SizeBounds, *, data: bool) -> BeforeValidator:
     walk; only a value whose upper bound passes it is encoded to be measured exactly (at most a
     few times `data_bytes`, since its lower bound did not)."""
 
+    most_bytes, most_keys = bounds.data_bytes, bounds.data_keys
+
     def check(v: Any) -> Any:
         if v is None or (not data and not isinstance(v, dict)):
             return v  # null is absent; a Map that is not a map is a type error, reported by pydantic
+        if type(v) is dict and len(v) <= most_keys:
+            # The common case, a flat map of short text (dimensions, most metadata), without the
+            # walk: 0.2 us for two keys instead of 1.3 us (timeit), paid by every meter event.
+            chars = 0
+            for k, x in v.items():
+                if type(k) is not str or type(x) is not str:
+                    break
+                chars += len(k) + len(x)
+            else:
+                if 6 * (chars + len(v)) + 2 <= most_bytes:  # each character at most 6 bytes; quotes, colon, comma
+                    return v
         acc = [0, 0, 0]
         if not _measure(v, 0, acc, bounds):
             if data:
