@@ -136,6 +136,7 @@ ERROR_TABLE = {  # kind: (REST status, ZAP code, HTTP status of a ZAP answer)
     "insufficient_funds": (402, -32002, 200),
     "payload_too_large": (413, -32013, 413),
     "unsupported_media_type": (415, -32015, 415),
+    "rate_limited": (429, -32029, 429),
     "internal_error": (500, -32000, 200),
 }
 

@@ -1,5 +1,6 @@
-"""The application factory: wires the store, the registry and both transports, and ties the
-database and the expiry sweeper to the application's lifecycle."""
+"""The application factory: wires the store, the registry and both transports behind the
+admission gates (transport/admission.py), and ties the database and the expiry sweeper to the
+application's lifecycle."""
 from __future__ import annotations
 
 import asyncio
@@ -17,16 +18,18 @@ from .registry import Registry, check_enum_tables, load_registry
 from .store import SqliteStore, Store
 from .times import DAY, SECOND
 from .transport.calls import Caller
+from .transport.admission import Admission, Admitted, Refuse
 from .transport.codec import MAX_BODY
-from .transport.http import BODY_TIMEOUT
+from .transport.http import BODY_TIMEOUT, hide_server_version
 from .codegen.openapi import openapi
-from .transport.rest import add_routes, document_route, unknown_route
+from .transport.rest import add_routes, document_route, refuse, refuse_json, unknown_route
 from .transport.zap import ZapEndpoint
 
 log = logging.getLogger("zapbilling")
 
 STORE = web.AppKey("store", SqliteStore)
 CALLER = web.AppKey("caller", Caller)
+ADMISSION = web.AppKey("admission", Admission)
 IDEMPOTENCY_KEEP = DAY
 
 
@@ -35,54 +38,35 @@ def create_app(config: Config, registry: Registry | None = None) -> web.Applicat
     store = SqliteStore(config.db, config.durability)
     check_enum_tables(registry.schema, {"AggregationType": store.AGGREGATIONS, "HoldStatus": store.HOLD_STATUSES}, "the store")
     caller = Caller(registry, store, config.clock, config.limits)
+    hide_server_version()
     app = web.Application(client_max_size=MAX_BODY)
     app[BODY_TIMEOUT] = config.body_timeout
     app[STORE] = store
     app[CALLER] = caller
     app.cleanup_ctx.append(_lifecycle(store, config))
+    admission = app[ADMISSION] = Admission(store, config.max_inflight, config.limits)
 
-    bound = in_flight_bound(config.max_inflight)
+    def route(handler: Admitted, refuse: Refuse, reads_body: bool = True) -> Handler:
+        """Every route but /healthz: behind the admission gates (the key, its rate, its own
+        in-flight bound while the body arrives, then a shared slot), answered one loop turn
+        later (outside the gates, so a request's slots are free while its answer waits for
+        the next turn)."""
+        return answer_next_turn(admission.guard(handler, refuse, reads_body))
 
-    def route(handler: Handler) -> Handler:
-        """Every route but /healthz: bounded in flight, answered one loop turn later (outside
-        the bound, so a request's slot is free while its answer waits for the next turn)."""
-        return answer_next_turn(bound(handler))
-
-    zap = route(ZapEndpoint(caller).handle)
+    endpoint = ZapEndpoint(caller, admission)
+    zap = route(endpoint.handle, endpoint.refuse)
     app.router.add_post("/api/v1/zap", zap)
     app.router.add_post("/api/v1/billing/zap", zap)
     add_routes(app, caller, route)
-    app.router.add_get("/api/v1/openapi.json", route(document_route(caller, openapi(registry))))
+    app.router.add_get("/api/v1/openapi.json", route(document_route(openapi(registry)), refuse_json, reads_body=False))
     app.router.add_get("/healthz", _health)
-    unknown = route(unknown_route(caller))
+    unknown = route(unknown_route(), refuse, reads_body=False)
     app.router.add_route("*", "/api/v1", unknown)
     app.router.add_route("*", r"/api/v1/{tail:[\s\S]*}", unknown)  # [\s\S]: a %0A in the path too
     return app
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def in_flight_bound(limit: int) -> Callable[[Handler], Handler]:
-    """At most `limit` requests are handled at once; the rest wait (their bodies unread, so
-    aiohttp stops reading their sockets) instead of all being buffered together. One semaphore
-    shared by every route it wraps. A route wrapper rather than a middleware: aiohttp's
-    middleware chain costs more per request (measured as part of the getBalance step
-    ~176 -> ~126 us of server CPU per request)."""
-    slots = asyncio.Semaphore(limit)
-
-    def bound(handler: Handler) -> Handler:
-        @functools.wraps(handler)
-        async def bounded(request: web.Request) -> web.StreamResponse:
-            await slots.acquire()  # not `async with`: its __aenter__ is one more coroutine (c195349: ~4% of getBalance CPU)
-            try:
-                return await handler(request)
-            finally:
-                slots.release()
-
-        return bounded
-
-    return bound
 
 
 def answer_next_turn(handler: Handler) -> Handler:

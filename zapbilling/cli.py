@@ -111,8 +111,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.durability not in DURABILITY:
             _fail(f"invalid durability {args.durability!r}: expected full or normal")
         limits = Limits(**{f.name: _limit_value(type(f.default))(str(getattr(args, f"limit_{f.name}"))) for f in limit_fields()})
-        return serve(Config(db=args.db, host=args.host, port=int(args.port), durability=args.durability,
-                            workers=int(args.workers), limits=limits))
+        try:
+            config = Config(db=args.db, host=args.host, port=int(args.port), durability=args.durability,
+                            workers=int(args.workers), limits=limits)
+        except ValueError as exc:  # settings that do not fit together (Config.__post_init__)
+            _fail(str(exc))
+        return serve(config)
     if args.command == "gen":
         return generate(args)
     if args.command == "export":

@@ -9,6 +9,11 @@ from .limits import Limits
 from .store.base import DURABILITY as DURABILITY  # re-exported: the CLI offers these
 from .times import Clock, system_clock
 
+MAX_BATCH = 100
+"""Envelopes in one ZAP batch (transport/zap.py). Kept here, with no aiohttp import, so that
+the settings can be checked against it where they are made (the supervisor of workers loads no
+aiohttp): a rate burst smaller than a full batch would refuse a legal batch for ever."""
+
 ENV = {
     "db": "ZAPBILLING_DB",
     "host": "ZAPBILLING_HOST",
@@ -37,12 +42,25 @@ class Config:
     """Seconds a connection may sit without a complete request (idle keep-alive, or headers
     sent slowly) before it is closed; aiohttp's own default is an hour."""
     max_inflight: int = 256
-    """Requests handled at once; more wait their turn, so many clients cannot make the server
-    hold many bodies in memory at the same time."""
+    """Requests handled at once, across all keys; more wait their turn. A request takes its slot
+    only once its body is all here (transport/admission.py): a slow body holds a slot of its own
+    key's bound (limits.inflight_per_key) instead, so bodies held in memory at once are at most
+    that bound times 1 MiB per key."""
     limits: Limits = field(default_factory=Limits)
     """Bounds and quotas (limits.py): each has its own flag and environment variable."""
     clock: Clock = field(default=system_clock, repr=False)
     """Microseconds since the epoch; tests pass a clock they can move."""
+
+    def __post_init__(self) -> None:
+        """Refuse settings the server cannot keep (ValueError, worded for the command line)."""
+        if self.max_inflight < 1:
+            raise ValueError(f"max_inflight must be at least 1, not {self.max_inflight}")
+        if self.limits.inflight_per_key < 1:
+            raise ValueError(f"--inflight-per-key must be at least 1, not {self.limits.inflight_per_key}")
+        if self.limits.rate_per_second < 0:
+            raise ValueError(f"--rate-per-second must not be negative, not {self.limits.rate_per_second:g}")
+        if self.limits.rate_per_second and self.limits.rate_burst < MAX_BATCH:
+            raise ValueError(f"--rate-burst must be at least {MAX_BATCH} (a full batch) when rates are limited, not {self.limits.rate_burst}")
 
 
 def server_options(config: Config) -> dict[str, Any]:

@@ -23,6 +23,7 @@ KINDS: dict[str, Kind] = {
     "insufficient_funds": Kind(402, -32002, 200),
     "payload_too_large": Kind(413, -32013, 413),
     "unsupported_media_type": Kind(415, -32015, 415),
+    "rate_limited": Kind(429, -32029, 429),
     "internal_error": Kind(500, -32000, 200),
 }
 
@@ -84,6 +85,17 @@ class PayloadTooLarge(ApiError):
 
 class UnsupportedMediaType(ApiError):
     kind = "unsupported_media_type"
+
+
+class RateLimited(ApiError):
+    """More requests of one API key than its token bucket allows. The transports send
+    `retry_after` (whole seconds, at least 1) as the `Retry-After` header."""
+
+    kind = "rate_limited"
+
+    def __init__(self, message: str, retry_after: int):
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class InternalError(ApiError):

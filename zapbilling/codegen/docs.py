@@ -40,6 +40,7 @@ KIND_MEANINGS = {
     "insufficient_funds": "a hold larger than what is available",
     "payload_too_large": "a body over 1 MiB",
     "unsupported_media_type": "a Content-Type other than JSON or msgpack",
+    "rate_limited": "more calls of one API key than its rate allows (each entry of a batch counts); retry after the `Retry-After` header's seconds",
     "internal_error": "a fault of the server: nothing is half-written and no detail leaks",
 }
 """What each kind of zapbilling/errors.py means, for the API reference's table of kinds."""

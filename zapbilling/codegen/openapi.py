@@ -173,8 +173,15 @@ def _result_schema(m: Method, schema: Schema) -> dict[str, Any]:
 
 def _error_responses(statuses: set[int]) -> dict[str, Any]:
     return {str(s): {"description": ", ".join(k for k, v in KINDS.items() if v.rest_status == s),
-                     "content": content(ref("Error"))}
+                     "content": content(ref("Error"))} | _headers(s)
             for s in sorted(statuses)}
+
+
+def _headers(status: int) -> dict[str, Any]:
+    """A 429 (rate_limited) says when to come back, on REST and ZAP alike."""
+    if status != 429:
+        return {}
+    return {"headers": {"Retry-After": {"description": "seconds until the call would be accepted", "schema": {"type": "integer", "minimum": 1}}}}
 
 
 def _rest_operation(wire: str, m: Method, schema: Schema, rules: Mapping[str, Rule], bounds: SizeBounds | None = None) -> dict[str, Any]:
@@ -206,7 +213,7 @@ def _rest_operation(wire: str, m: Method, schema: Schema, rules: Mapping[str, Ru
     op["responses"] = {str(m.http.status): success}
     if m.name == "recordUsage" and m.http.status != 200:  # the one route whose status depends on the outcome
         op["responses"]["200"] = {"description": "nothing recorded (amount <= 0)", "content": success["content"]}
-    errors = {400, 401, 404, 409, 413, 415, 500} | ({403} if m.mutates else set()) | ({402} if m.mutates else set())
+    errors = {400, 401, 404, 409, 413, 415, 429, 500} | ({403} if m.mutates else set()) | ({402} if m.mutates else set())
     op["responses"].update(_error_responses(errors))
     if m.mutates:
         op["parameters"] = op.get("parameters", []) + [{
@@ -288,7 +295,7 @@ def components(registry: Registry) -> dict[str, Any]:
 
 def _zap_operation(suffix: str) -> dict[str, Any]:
     errors = {str(s): {"description": ", ".join(k for k, v in KINDS.items() if v.zap_http_status == s),
-                       "content": content(ref("ZapError"))}
+                       "content": content(ref("ZapError"))} | _headers(s)
               for s in sorted({k.zap_http_status for k in KINDS.values()} - {200})}
     return {
         "operationId": f"zap{suffix}", "tags": ["zap"],

@@ -341,8 +341,10 @@ _OPTIONS_DOC = """
         timeout: seconds per attempt
         max_retries: further attempts after the first; mutating calls retry on timeouts, connection
             errors, HTTP 5xx and internal errors with the same idempotency key, other calls on
-            connection errors only
+            connection errors only; any call retries a rate_limited refusal (HTTP 429)
         backoff, max_backoff: the first retry waits about `backoff` seconds, doubling up to `max_backoff`
+        max_retry_after: the longest Retry-After of a rate_limited refusal the client waits out;
+            a longer one raises RateLimited at once
         http_client: an httpx client to send through (its base_url must be base_url)
 """
 
@@ -357,8 +359,8 @@ def _client_class(name: str, doc: str, sync: bool) -> list[str]:
         "",
         "    def __init__(self, base_url: str, api_key: str | None = None, codec: str = \"msgpack\", timeout: float = 10.0,",
         "                 max_retries: int = 2, *, backoff: float = 0.25, max_backoff: float = 5.0,",
-        f"                 http_client: {http} | None = None):",
-        "        settings = Settings.make(base_url, api_key, codec, timeout, max_retries, backoff, max_backoff)",
+        f"                 max_retry_after: float = 60.0, http_client: {http} | None = None):",
+        "        settings = Settings.make(base_url, api_key, codec, timeout, max_retries, backoff, max_backoff, max_retry_after)",
         f"        self._transport = {transport}(settings, http_client)",
         "",
         f"    def batch(self) -> \"{batch}\":",

@@ -11,12 +11,17 @@ from ..context import Unchanged
 from ..errors import ApiError, InvalidParams, InvalidRequest, NotFound, UnsupportedMediaType
 from ..registry import Command
 from ..schema import Field, TypeRef
-from .auth import authenticate
+from ..store import Principal
+from .admission import Admitted, Refuse
 from .calls import Caller, authorize
 from .codec import JSON, codec_for, negotiate
-from .http import read_body, respond
+from .http import respond, respond_error
 
-View = Callable[[web.Request], Awaitable[web.StreamResponse]]
+View = Admitted
+"""A route's view: run behind the admission gates (transport/admission.py), which checked the
+key, read the body (b"" for GET and DELETE) and hold its slots; it gets the caller and the body."""
+Wrap = Callable[[View, Refuse, bool], Callable[[web.Request], Awaitable[web.StreamResponse]]]
+"""(view, how to refuse, whether it reads a body) -> the route's handler."""
 _INT = re.compile(r"[+-]?[0-9]+\Z")
 """Linear: one class under one star, then the end (a query value is at most the request line, 8 KiB)."""
 _BOOLS = {"true": True, "false": False, "1": True, "0": False}
@@ -27,6 +32,11 @@ def error_body(exc: ApiError) -> dict[str, Any]:
     if exc.param:
         err["param"] = exc.param
     return {"error": err}
+
+
+def refuse(request: web.Request, exc: ApiError) -> web.Response:
+    """A request refused before its view ran (no key, rate limited, body too large or late)."""
+    return respond_error(negotiate(JSON, request.headers.get("Accept")), error_body(exc), exc.info.rest_status, exc)
 
 
 def _from_text(t: TypeRef, text: str) -> Any:
@@ -88,10 +98,9 @@ def make_view(caller: Caller, command: Command) -> View:
     path_fields = [f for f in command.fields if f.name in command.http.path_params]
     query_takes, elsewhere = query_names(command)
 
-    async def view(request: web.Request) -> web.Response:
+    async def view(request: web.Request, principal: Principal, body: bytes) -> web.Response:
         codec = negotiate(JSON, request.headers.get("Accept"))
         try:
-            principal = await authenticate(caller.store, request.headers.get("Authorization"), request.rel_url.raw_query_string)
             authorize(command, principal)
             # After the key (auth refuses a key sent here) and permission, before any param. One
             # more pass over a query that is parsed anyway: ~175 ns for getBalance's two names (timeit).
@@ -100,20 +109,19 @@ def make_view(caller: Caller, command: Command) -> View:
             if from_query:
                 raw = text_params(command.fields, request.query, request.match_info)
             else:  # body params, and the path's on top
-                raw = await _body_params(request, caller.limits.request_elements) | text_params(path_fields, {}, request.match_info)
+                raw = _body_params(request, body, caller.limits.request_elements) | text_params(path_fields, {}, request.match_info)
             result = await caller.call(
                 command, principal, raw, query=from_query, idempotency_key=request.headers.get("Idempotency-Key") or None
             )
             return respond(codec, result, 200 if isinstance(result, Unchanged) else success)
         except ApiError as exc:
-            return respond(codec, error_body(exc), exc.info.rest_status)
+            return respond_error(codec, error_body(exc), exc.info.rest_status, exc)
 
     view.__name__ = command.name
     return view
 
 
-async def _body_params(request: web.Request, max_values: int) -> dict[str, Any]:
-    body = await read_body(request)
+def _body_params(request: web.Request, body: bytes, max_values: int) -> dict[str, Any]:
     if not body:
         return {}
     body_codec = codec_for(request.content_type)
@@ -125,37 +133,36 @@ async def _body_params(request: web.Request, max_values: int) -> dict[str, Any]:
     return params
 
 
-def unknown_route(caller: Caller) -> View:
-    async def view(request: web.Request) -> web.Response:
-        codec = negotiate(JSON, request.headers.get("Accept"))
-        try:
-            await authenticate(caller.store, request.headers.get("Authorization"), request.rel_url.raw_query_string)
-            raise NotFound(f"no such route: {request.method} {request.path}")
-        except ApiError as exc:
-            return respond(codec, error_body(exc), exc.info.rest_status)
+def unknown_route() -> View:
+    """Behind the gates like every /api/v1 route: a caller without a key learns no more."""
+
+    async def view(request: web.Request, principal: Principal, body: bytes) -> web.Response:
+        return refuse(request, NotFound(f"no such route: {request.method} {request.path}"))
 
     return view
 
 
-def document_route(caller: Caller, document: Any) -> View:
+def document_route(document: Any) -> View:
     """A fixed JSON document (the OpenAPI description), encoded once, behind an API key like
     every /api/v1 route: any scope may read it."""
-    body = JSON.encode(document)
+    encoded = JSON.encode(document)
 
-    async def view(request: web.Request) -> web.Response:
-        try:
-            await authenticate(caller.store, request.headers.get("Authorization"), request.rel_url.raw_query_string)
-        except ApiError as exc:
-            return respond(JSON, error_body(exc), exc.info.rest_status)
-        return web.Response(body=body, content_type="application/json")
+    async def view(request: web.Request, principal: Principal, body: bytes) -> web.Response:
+        return web.Response(body=encoded, content_type="application/json")
 
     return view
 
 
-def add_routes(app: web.Application, caller: Caller, wrap: Callable[[View], View]) -> None:
+def refuse_json(request: web.Request, exc: ApiError) -> web.Response:
+    """Refusals of the JSON document's route: always JSON, whatever was asked."""
+    return respond_error(JSON, error_body(exc), exc.info.rest_status, exc)
+
+
+def add_routes(app: web.Application, caller: Caller, wrap: Wrap) -> None:
     for command in caller.registry.commands.values():
         if command.http is not None:
-            app.router.add_route(command.http.verb, _any_segment(command.http.path), wrap(make_view(caller, command)))
+            reads_body = command.http.verb not in ("GET", "DELETE")
+            app.router.add_route(command.http.verb, _any_segment(command.http.path), wrap(make_view(caller, command), refuse, reads_body))
 
 
 def _any_segment(path: str) -> str:

@@ -6,17 +6,17 @@ from typing import Any
 
 from aiohttp import web
 
+from ..config import MAX_BATCH as MAX_BATCH  # defined there for the settings' checks; re-exported
 from ..errors import ApiError, InvalidRequest, MethodNotFound, UnsupportedMediaType
 from ..store import Principal
-from .auth import authenticate
+from .admission import Admission
 from .calls import Caller
 from .answers import answer_batch
 from .codec import JSON, Codec, codec_for, negotiate
-from .http import read_body, respond
+from .http import respond, respond_error
 
 PATHS = ("/api/v1/zap", "/api/v1/billing/zap")
 """Where the endpoint is served: the second sits beside the REST routes, under /billing."""
-MAX_BATCH = 100
 ID_MIN, ID_MAX = -(2**63), 2**64 - 1
 """Integer ids both codecs can echo (msgpack stops at int64 and uint64)."""
 DISCOVER = "zap.discover"
@@ -34,8 +34,12 @@ def error_envelope(exc: ApiError, id: Any = None, jsonrpc: bool = False) -> dict
 
 
 class ZapEndpoint:
-    def __init__(self, caller: Caller):
+    """`handle` runs behind the admission gates (the key checked, the body read, a slot held):
+    it sees the caller and the whole body."""
+
+    def __init__(self, caller: Caller, admission: Admission):
         self.caller = caller
+        self.admission = admission
         self.commands = caller.registry.commands
         self.catalogue = caller.registry.catalogue
         self._codecs: dict[tuple[str | None, str | None], tuple[Codec | None, Codec]] = {}
@@ -53,13 +57,18 @@ class ZapEndpoint:
                 self._codecs[key] = pair
         return pair
 
-    async def handle(self, request: web.Request) -> web.Response:
+    def refuse(self, request: web.Request, exc: ApiError) -> web.Response:
+        """A request refused before `handle` (no key, rate limited, body too large or late)."""
+        return respond_error(self.codecs(request)[1], error_envelope(exc), exc.info.zap_http_status, exc)
+
+    async def handle(self, request: web.Request, principal: Principal, raw: bytes) -> web.Response:
         request_codec, codec = self.codecs(request)
         try:
-            principal = await authenticate(self.caller.store, request.headers.get("Authorization"), request.rel_url.raw_query_string)
             if request_codec is None:
                 raise UnsupportedMediaType(f"unsupported Content-Type {request.content_type!r}: send application/json or application/msgpack")
-            body = request_codec.decode(await read_body(request), self.caller.limits.request_elements)
+            body = request_codec.decode(raw, self.caller.limits.request_elements)
+            if type(body) is list and len(body) > 1:  # a token per entry; the first was taken on admission
+                self.admission.charge(principal, min(len(body), MAX_BATCH))  # an over-long batch is refused below anyway
             if isinstance(body, list):
                 if not 1 <= len(body) <= MAX_BATCH:
                     raise InvalidRequest(f"a batch holds 1 to {MAX_BATCH} envelopes, not {len(body)}")
@@ -70,7 +79,7 @@ class ZapEndpoint:
             answer, status = await self.one(body, principal)
             return respond(codec, answer, status)
         except ApiError as exc:
-            return respond(codec, error_envelope(exc), exc.info.zap_http_status)
+            return respond_error(codec, error_envelope(exc), exc.info.zap_http_status, exc)
 
     async def one(self, envelope: Any, principal: Principal, refusal: ApiError | None = None) -> tuple[dict[str, Any], int]:
         """The answer to one envelope and the HTTP status it would have on its own; with a

@@ -2,7 +2,7 @@
 # Do not edit: change the schema and regenerate.
 """Typed client for zapbilling, generated from its schema."""
 from .client import AsyncBatch, AsyncBillingClient, Batch, BillingClient
-from .errors import ZapBillingError, ApiConnectionError, ParseError, InvalidRequest, MethodNotFound, InvalidParams, Unauthorized, Forbidden, NotFound, Conflict, InsufficientFunds, PayloadTooLarge, UnsupportedMediaType, InternalError
+from .errors import ZapBillingError, ApiConnectionError, ParseError, InvalidRequest, MethodNotFound, InvalidParams, Unauthorized, Forbidden, NotFound, Conflict, InsufficientFunds, PayloadTooLarge, UnsupportedMediaType, RateLimited, InternalError
 from .models import TransactionType, Balance, CurrencyBalance, BalanceAll, UsageRecord, UsagePage, UsageRequest, UsageResult, DepositRequest, DepositResult, StarterCreditResult, RefundRequest, RefundResult, AggregationType, Meter, CreateMeterRequest, MeterList, MeterEventInput, MeterEventStatus, MeterEventResult, MeterEventsResult, MeterEventsSummary, CreditGrant, CreateCreditGrantRequest, CreditGrantList, CreditAvailable, CreditBalance, VoidResult, BurnRequest, GrantBurn, BurnResult, PricingModel, PriceTier, PricingRule, CreatePricingRuleRequest, PricingRuleList, DeleteResult, InvoicePreviewRequest, InvoiceLineItem, InvoicePreview, HoldStatus, Hold, CreateHoldRequest, CaptureHoldRequest, HoldList, Transaction, TransactionPage, Account, AccountPage, CreditTransactionType, CreditTransaction, CreditTransactionPage
 
 __version__ = "0.1.0"
@@ -24,6 +24,7 @@ __all__ = [
     'InsufficientFunds',
     'PayloadTooLarge',
     'UnsupportedMediaType',
+    'RateLimited',
     'InternalError',
     'TransactionType',
     'Balance',

@@ -6,12 +6,16 @@ A mutating call gets one idempotency key when it is made and sends that same key
 retry, so a retry after a timeout, a 5xx or an in-band internal error returns the stored
 answer instead of charging twice. A call that changes nothing is retried only when the
 connection failed, since it is safe to repeat but a slow server should not be hammered.
+Any call refused as rate_limited (HTTP 429: nothing of it ran) is retried after the seconds of
+its `Retry-After` header, within the same bound on retries; a wait longer than
+`max_retry_after` is not taken: the RateLimited error is raised at once instead.
 """
 from __future__ import annotations
 
 import asyncio
 import enum
 import json
+import math
 import os
 import random
 import time
@@ -28,6 +32,7 @@ from .errors import ApiConnectionError, ZapBillingError, error_from_envelope
 ZAP_PATH = "/api/v1/zap"
 CONTENT_TYPES = {"msgpack": "application/msgpack", "json": "application/json"}
 INTERNAL_ERROR = -32000
+RATE_LIMITED_STATUS = 429
 # Failures where the request never reached a handler: safe to retry any call.
 CONNECTION_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError)
 
@@ -87,11 +92,12 @@ class Settings:
     max_retries: int
     backoff: float
     max_backoff: float
+    max_retry_after: float = 60.0
     headers: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def make(cls, base_url: str, api_key: str | None, codec: str, timeout: float, max_retries: int,
-             backoff: float, max_backoff: float) -> "Settings":
+             backoff: float, max_backoff: float, max_retry_after: float = 60.0) -> "Settings":
         key = api_key or os.environ.get("ZAPBILLING_API_KEY")
         if not key:
             raise ValueError("no API key: pass api_key= or set ZAPBILLING_API_KEY")
@@ -99,9 +105,11 @@ class Settings:
             raise ValueError(f"codec must be one of {', '.join(CONTENT_TYPES)}, not {codec!r}")
         if max_retries < 0:
             raise ValueError("max_retries must be 0 or more")
+        if max_retry_after < 0:
+            raise ValueError("max_retry_after must be 0 or more")
         ctype = CONTENT_TYPES[codec]
         headers = {"Authorization": f"Bearer {key}", "Content-Type": ctype, "Accept": ctype}
-        return cls(base_url.rstrip("/"), key, codec, timeout, max_retries, backoff, max_backoff, headers)
+        return cls(base_url.rstrip("/"), key, codec, timeout, max_retries, backoff, max_backoff, max_retry_after, headers)
 
     def encode(self, body: Any) -> bytes:
         if self.codec == "msgpack":
@@ -136,8 +144,17 @@ class Exchange:
         return None
 
     def retry_after_response(self, response: httpx.Response) -> float | None:
-        """A mutating call is retried after a 5xx or an in-band internal error (its key makes
-        the retry safe); anything else is the answer."""
+        """Any call refused as rate limited is retried after its Retry-After (nothing of it
+        ran). A mutating call is retried after a 5xx or an in-band internal error (its key
+        makes the retry safe); anything else is the answer."""
+        if response.status_code == RATE_LIMITED_STATUS and self.attempt < self.settings.max_retries:
+            wait = _retry_after(response)
+            if wait is None:  # no usable header (a proxy's 429, say): back off as after a failure
+                return self._next()
+            if wait > self.settings.max_retry_after:
+                return None
+            self.attempt += 1
+            return wait
         if not self.mutates or self.attempt >= self.settings.max_retries:
             return None
         if response.status_code >= 500:
@@ -201,6 +218,16 @@ class Exchange:
         tries = self.attempt + 1
         err = ApiConnectionError(f"no answer after {tries} attempt{'s' * (tries > 1)}: {exc!r}", request_id=self.envelopes[0]["id"])
         return self._tagged(err)  # type: ignore[return-value]
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    """The Retry-After header's seconds (the service sends whole seconds; an HTTP date is not
+    understood and counts as absent)."""
+    try:
+        seconds = float(response.headers.get("Retry-After", ""))
+    except ValueError:
+        return None
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
 
 
 def _error_code(entry: dict[str, Any]) -> Any:

@@ -103,13 +103,19 @@ class UnsupportedMediaType(ZapBillingError):
     code = -32015
 
 
+class RateLimited(ZapBillingError):
+    """rate_limited: REST 429, ZAP -32029."""
+    kind = 'rate_limited'
+    code = -32029
+
+
 class InternalError(ZapBillingError):
     """internal_error: REST 500, ZAP -32000."""
     kind = 'internal_error'
     code = -32000
 
 
-BY_KIND: dict[str, type[ZapBillingError]] = {c.kind: c for c in (ParseError, InvalidRequest, MethodNotFound, InvalidParams, Unauthorized, Forbidden, NotFound, Conflict, InsufficientFunds, PayloadTooLarge, UnsupportedMediaType, InternalError)}
+BY_KIND: dict[str, type[ZapBillingError]] = {c.kind: c for c in (ParseError, InvalidRequest, MethodNotFound, InvalidParams, Unauthorized, Forbidden, NotFound, Conflict, InsufficientFunds, PayloadTooLarge, UnsupportedMediaType, RateLimited, InternalError)}
 BY_CODE: dict[int, type[ZapBillingError]] = {c.code: c for c in BY_KIND.values() if c.code is not None}
 
 
