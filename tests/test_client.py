@@ -48,6 +48,7 @@ from zapbilling_client import (
     PriceTier,
     PricingModel,
     PricingRule,
+    RateLimited,
     TransactionType,
     Unauthorized,
     UsageResult,
@@ -805,3 +806,83 @@ async def test_a_mutating_call_that_gets_no_answer_hands_back_its_idempotency_ke
     with pytest.raises(ApiConnectionError) as read:
         await c("getBalance", user=ALICE)
     assert read.value.idempotency_key is None
+
+
+# -- rate limits --------------------------------------------------------------------------------
+
+class Monotonic:
+    """The server's rate-limit clock, moved by the client's (injected) sleeps only."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+async def rate_limited(aiohttp_server, tmp_path, monkeypatch):
+    """A real server whose keys may make 0.1 calls a second (bursts of 100), its buckets on a
+    clock that only the client's sleeps move; `slept` records them."""
+    from zapbilling.app import ADMISSION, STORE, create_app
+    from zapbilling.config import Config, server_options
+    from zapbilling.limits import Limits
+    from zapbilling.times import system_clock
+
+    config = Config(db=str(tmp_path / "limited.db"), sweep_seconds=3600, limits=Limits(rate_per_second=0.1, rate_burst=100))
+    server = await aiohttp_server(create_app(config), **server_options(config))
+    clock = server.app[ADMISSION].clock = Monotonic()
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        clock.now += seconds
+
+    async def asleep(seconds: float) -> None:
+        sleep(seconds)
+
+    monkeypatch.setattr(_runtime, "time", _Spy(time, sleep=sleep))
+    monkeypatch.setattr(_runtime, "asyncio", _Spy(asyncio, sleep=asleep))
+    _, key = await server.app[STORE].create_key("acme", "live", "admin", system_clock())
+    return SimpleNamespace(url=base_url(server), key=key, slept=slept, db=str(tmp_path / "limited.db"))
+
+
+async def drain(c: Driver) -> None:
+    """A batch of 100 calls: the key's whole burst."""
+    b = c.batch()
+    for _ in range(100):
+        b.getBalance(user=ALICE)
+    assert all(isinstance(r, Balance) for r in await c.send(b))
+
+
+async def test_a_rate_limited_call_is_retried_after_retry_after(connect, rate_limited):
+    c = await connect(url=rate_limited.url, key=rate_limited.key, max_retries=2, **FAST)
+    await drain(c)
+    assert (await c("getBalance", user=ALICE)).balance == 0
+    assert rate_limited.slept == [10.0], "waited the server's Retry-After, not a backoff"
+    result = await c("deposit", user=ALICE, amount=100)  # a mutating call too: nothing of a refused call ran
+    assert result.amount == 100
+    assert rate_limited.slept == [10.0, 10.0]
+    assert [r["amount"] for r in ledger_rows(rate_limited.db, ALICE)] == [100], "charged once"
+
+
+async def test_rate_limited_retries_are_bounded_and_the_kind_is_raised(connect, rate_limited):
+    c = await connect(url=rate_limited.url, key=rate_limited.key, max_retries=0, **FAST)
+    await drain(c)
+    exc = await error_of(c("getBalance", user=ALICE))
+    assert_error(exc, RateLimited, "rate limited: this API key is over its rate")
+    assert exc.kind == "rate_limited" and exc.code == -32029 and exc.status == 429
+    assert rate_limited.slept == []
+    b = c.batch()
+    b.getBalance(user=ALICE)
+    b.getBalance(user=BOB)
+    with pytest.raises(RateLimited):  # the whole batch refused, raised as a refusal of the request
+        await c.send(b)
+
+
+async def test_a_retry_after_beyond_max_retry_after_is_not_waited(connect, rate_limited):
+    c = await connect(url=rate_limited.url, key=rate_limited.key, max_retries=5, max_retry_after=5.0, **FAST)
+    await drain(c)
+    exc = await error_of(c("getBalance", user=ALICE))
+    assert type(exc) is RateLimited and "retry after 10 s" in exc.message
+    assert rate_limited.slept == [], "10 s is more than the 5 s it may wait"

@@ -7,7 +7,9 @@ Every /api/v1 request passes four gates, in this order:
    body is never read;
 2. its key's token bucket (the rate limit): one token per request, taken before the body is
    read, so a flood over the rate costs a header parse each; a ZAP batch takes one per entry
-   (the rest once its body is decoded, `charge`);
+   (the rest once its body is decoded, `charge`, all or nothing). Retry-After is the time until
+   what is known of the request would pass: one call when the bucket is empty at admission
+   (the body unread), the whole batch when the batch is what does not fit;
 3. its key's own in-flight bound (`Limits.inflight_per_key`), held while its body arrives
    (within the body deadline) and while it is handled;
 4. a slot of the shared in-flight bound (`Config.max_inflight`), taken only once the body is all
@@ -107,6 +109,11 @@ class Slots:
         return self.free == self.size and not self.waiters
 
 
+_ROUNDING = 1e-9
+"""Tokens a refill may miss by float rounding (0.1 added 100 times is not 10.0): a caller that
+waited its whole Retry-After must pass."""
+
+
 class TokenBucket:
     """`rate` tokens a second, at most `burst` held; starts full. Time comes from a monotonic
     clock (injectable for tests), so a clock step of the wall time neither drains nor fills it."""
@@ -130,8 +137,8 @@ class TokenBucket:
         """Take `n` tokens and answer 0, or take none and answer the seconds until `n` are
         there (all or nothing: a batch is refused whole, never half done)."""
         tokens = self._refill()
-        if tokens >= n:
-            self.tokens = tokens - n
+        if tokens + _ROUNDING >= n:
+            self.tokens = max(tokens - n, 0.0)
             return 0.0
         return (n - tokens) / self.rate
 
@@ -194,12 +201,9 @@ class Admission:
     # -- the rate ----------------------------------------------------------------------------
     def _refused(self, wait: float, n: int) -> RateLimited:
         seconds = max(1, math.ceil(wait))
-        what = "this request" if n == 1 else f"a request of {n} calls"
-        return RateLimited(
-            f"rate limited: {what} is over this API key's rate of {self.rate:g} calls per second"
-            f" (bursts up to {self.burst}); retry after {seconds} s",
-            retry_after=seconds,
-        )
+        who = "this API key is over its" if n == 1 else f"a batch of {n} calls is over this API key's"
+        return RateLimited(f"rate limited: {who} rate of {self.rate:g} calls per second (bursts up to {self.burst});"
+                           f" retry after {seconds} s", retry_after=seconds)
 
     def charge(self, principal: Principal, n: int) -> None:
         """A request admitted with its one token turns out to be `n` calls (a ZAP batch): take
