@@ -4,9 +4,10 @@ line of figures when it is done:
     python -m bench.noisy_load quiet  CONFIG_JSON   # org B: steady getBalance, latency measured
     python -m bench.noisy_load abuse  CONFIG_JSON   # org A: issue 17's abuse, all at once
 
-Org B is an open-loop load (as wrk2 does it): each of a few keep-alive connections has a fixed
-schedule of send times, and a request that fell due while its connection still waited for the
-previous answer is timed from when it was due, not from when it could be sent; a server that
+Org B is an open-loop load (as wrk2 does it): request k is due at start + k / rate whatever the
+answers do, and goes out on a free keep-alive connection of a small pool (a new one is opened
+while every one is busy, up to a cap, as a client's pool does); one that had to wait for a
+connection is timed from when it was due, not from when it could be sent, so a server that
 stalls for a second is charged a second for every request due meanwhile (a closed loop would
 send nothing while stalled and report only the one slow answer). Every answer is checked (200,
 a getBalance result with the balance prepared).
@@ -20,8 +21,9 @@ so that org B's measuring process, on the same CPU, is woken ahead of it:
 - expensive reads, batches of 100 with a read key: invoicePreview of a user with events on
   every meter, unique_count getMeterEventsSummary over many events, listMeters, listTransactions
   of the user holding the large metadata, getUsage;
-- a flood: a few connections pipelining getBalance as fast as the server answers, far over the
-  key's rate limit; the 429s (and their Retry-After) are counted.
+- a flood: a few connections pipelining batches of getBalance as fast as the server answers
+  (a batch takes a token per entry), far over the key's rate limit; the 429s (and their
+  Retry-After) are counted.
 
 Plain asyncio streams and a minimal HTTP/1.1 reader (Content-Length or chunked): no client
 library between the figures and the socket.
@@ -146,14 +148,17 @@ def percentile(sorted_values: list[float], q: float) -> float:
 
 async def quiet(cfg: dict[str, Any]) -> dict[str, Any]:
     """cfg: host, port, key, users (names), balance (each user's), rate (requests/s in all),
-    connections, warmup, seconds, timeout."""
+    connections (kept open from the start), max_connections (opened when every one is busy, as
+    a client's pool does), warmup, seconds, timeout."""
     now = time.perf_counter  # not loop.time(): uvloop's is in whole milliseconds, cached per loop turn
     host, port = cfg["host"], cfg["port"]
     reqs = [request_bytes(f"{host}:{port}", "POST", "/api/v1/zap", cfg["key"],
                           msgpack.packb(envelope("billing.getBalance", {"user": u}, i)))
             for i, u in enumerate(cfg["users"])]
-    conns = cfg["connections"]
-    interval = conns / cfg["rate"]  # each connection's own schedule; together `rate` per second
+    interval = 1 / cfg["rate"]
+    idle: list[Conn] = [Conn(host, port) for _ in range(cfg["connections"])]
+    opened = len(idle)
+    freed = asyncio.Condition()
     start = now() + 0.05
     measure_from = start + cfg["warmup"]
     end = measure_from + cfg["seconds"]
@@ -162,7 +167,6 @@ async def quiet(cfg: dict[str, Any]) -> dict[str, Any]:
     errors: Counter[str] = Counter()
     first_error: list[str] = []
     timer_lag: list[float] = []  # how late this process woke for a send it was sleeping towards
-    unsent = 0
 
     def fail(kind: str, detail: str, measured: bool) -> None:
         if measured:
@@ -170,61 +174,77 @@ async def quiet(cfg: dict[str, Any]) -> dict[str, Any]:
             if not first_error:
                 first_error.append(f"{kind}: {detail}"[:300])
 
-    async def connection(c: int) -> None:
-        nonlocal unsent
-        conn = Conn(host, port)
-        i = 0
-        while True:
-            due = start + (c + i * conns) * (interval / conns)
-            if due >= end:
-                break
-            t = now()
-            if t > deadline:
-                unsent += int((end - due) / interval) + 1
-                break
-            if due > t:
-                # The connection is free before the request is due: latency runs from the send,
-                # so this process's own late wake-up (timers have ~1 ms granularity) is not
-                # charged to the server. A request due while the previous one was still out
-                # is charged from when it was due: the server's slowness delayed it.
-                await asyncio.sleep(due - t)
-                sent = now()
-                timer_lag.append(sent - due)
-            else:
-                sent = due
-            req = reqs[(c + i * conns) % len(reqs)]
-            measured = due >= measure_from
-            i += 1
-            try:
-                answer = await asyncio.wait_for(conn.call(req), max(0.001, min(cfg["timeout"], deadline - now())))
-            except asyncio.TimeoutError:
-                conn.close()
-                fail("timeout", f"no answer within {cfg['timeout']:g}s", measured)
-                continue
-            except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
-                conn.close()
-                fail("socket", f"{type(exc).__name__}: {exc}", measured)
-                continue
-            done = now()
-            value = decode(answer.body)
-            result = value.get("result") if isinstance(value, dict) else None
-            if answer.status != 200 or not isinstance(result, dict) or result.get("balance") != cfg["balance"]:
-                fail(outcome(answer) if answer.status == 200 else str(answer.status), repr(answer.body[:200]), measured)
-            elif measured:
-                latencies.append(done - sent)
-        conn.close()
+    async def take() -> tuple[Conn, bool]:
+        """A free connection, else a new one while under max_connections, else the next to
+        be freed; and whether it had to wait for that."""
+        nonlocal opened
+        if idle:
+            return idle.pop(), False
+        if opened < cfg["max_connections"]:
+            opened += 1
+            return Conn(host, port), False
+        async with freed:
+            while not idle:
+                await freed.wait()
+            return idle.pop(), True
+
+    async def give(conn: Conn) -> None:
+        async with freed:
+            idle.append(conn)
+            freed.notify()
+
+    async def one(k: int, due: float) -> None:
+        # Timed from the send when a connection was free at once (this process's own late
+        # wake-up, timers having ~1 ms granularity, is not the server's doing); from when it
+        # was due when it had to wait for one (the server's slowness held every connection).
+        measured = due >= measure_from
+        conn, waited = await take()
+        sent = due if waited else now()
+        try:
+            answer = await asyncio.wait_for(conn.call(reqs[k % len(reqs)]), max(0.001, min(cfg["timeout"], deadline - now())))
+        except asyncio.TimeoutError:
+            conn.close()
+            fail("timeout", f"no answer within {cfg['timeout']:g}s", measured)
+            return
+        except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
+            conn.close()
+            fail("socket", f"{type(exc).__name__}: {exc}", measured)
+            return
+        finally:
+            await give(conn)
+        done = now()
+        value = decode(answer.body)
+        result = value.get("result") if isinstance(value, dict) else None
+        if answer.status != 200 or not isinstance(result, dict) or result.get("balance") != cfg["balance"]:
+            fail(outcome(answer) if answer.status == 200 else str(answer.status), repr(answer.body[:200]), measured)
+        elif measured:
+            latencies.append(done - sent)
 
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
-    await asyncio.gather(*(connection(c) for c in range(conns)))
+    tasks = []
+    k = 0
+    while True:  # the schedule: request k is due at start + k / rate, whatever the answers do
+        due = start + k * interval
+        if due >= end:
+            break
+        t = now()
+        if due > t:
+            await asyncio.sleep(due - t)
+            timer_lag.append(now() - due)
+        tasks.append(asyncio.create_task(one(k, due)))
+        k += 1
+    await asyncio.gather(*tasks)
     cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+    for conn in idle:
+        conn.close()
     latencies.sort()
     lag = sorted(timer_lag)
     ms = [x * 1000 for x in latencies]
-    total_errors = sum(errors.values()) + unsent
+    total_errors = sum(errors.values())
     return {
         "requests": len(latencies) + total_errors, "ok": len(latencies), "errors": total_errors,
-        "error_kinds": dict(errors) | ({"not sent before the deadline": unsent} if unsent else {}),
-        "first_error": first_error[0] if first_error else "", "rate": len(latencies) / cfg["seconds"],
+        "error_kinds": dict(errors), "first_error": first_error[0] if first_error else "",
+        "rate": len(latencies) / cfg["seconds"], "connections_used": opened,
         "p50_ms": percentile(ms, 50), "p90_ms": percentile(ms, 90), "p99_ms": percentile(ms, 99),
         "p999_ms": percentile(ms, 99.9), "max_ms": ms[-1] if ms else 0.0,
         "timer_lag_p99_ms": percentile(lag, 99) * 1000, "timer_lag_max_ms": (lag[-1] if lag else 0.0) * 1000,
@@ -271,8 +291,10 @@ def oversize_metadata() -> dict[str, list[dict[str, Any]]]:
 
 
 async def abuse(cfg: dict[str, Any]) -> dict[str, Any]:
-    """cfg: host, port, keys {admin, read, flood}, seconds, slow_sockets, depositors, readers,
-    batch, flood_connections, flood_depth, and what to read: preview_user, events_user,
+    """cfg: host, port, keys {admin, read, flood}, seconds, slow_sockets, flood_batch, depositors,
+    deposit_kinds (largest_legal, oversize: both by default), readers, read_kinds (the keys of
+    `reads` below without "reads_"; all by default), batch, flood_connections, flood_depth, and
+    what to read: preview_user, events_user,
     unique_meter, meta_user, usage_user, period [start, end]."""
     if hasattr(os, "SCHED_BATCH"):
         os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
@@ -338,10 +360,10 @@ async def abuse(cfg: dict[str, Any]) -> dict[str, Any]:
 
     async def depositor(n: int) -> None:
         conn = Conn(host, port)
-        kinds = list(bodies)
+        kinds = [k for k in bodies if k.removeprefix("deposits_") in cfg.get("deposit_kinds", ("largest_legal", "oversize"))]
         i = n
         while loop.time() < stop_at:
-            kind = kinds[i % 2]
+            kind = kinds[i % len(kinds)]
             i += 1
             t = tallies.setdefault(kind, Tally())
             t.sent += 1
@@ -371,7 +393,7 @@ async def abuse(cfg: dict[str, Any]) -> dict[str, Any]:
 
     async def reader_task(n: int) -> None:
         conn = Conn(host, port)
-        kinds = list(batches)
+        kinds = [k for k in batches if k.removeprefix("reads_") in cfg.get("read_kinds", [k[6:] for k in batches])]
         i = n
         while loop.time() < stop_at:
             kind = kinds[i % len(kinds)]
@@ -399,7 +421,9 @@ async def abuse(cfg: dict[str, Any]) -> dict[str, Any]:
 
     # the flood -------------------------------------------------------------------------------
     flood = tallies.setdefault("flood", Tally())
-    flood_req = zap_request(keys["flood"], envelope("billing.getBalance", {"user": "flood/u0"}))
+    per = cfg.get("flood_batch", 1)
+    one_balance = envelope("billing.getBalance", {"user": "flood/u0"})
+    flood_req = zap_request(keys["flood"], [one_balance] * per if per > 1 else one_balance)
     depth = cfg["flood_depth"]
 
     async def flooder() -> None:
@@ -438,6 +462,7 @@ async def abuse(cfg: dict[str, Any]) -> dict[str, Any]:
     cpu1 = resource.getrusage(resource.RUSAGE_SELF)
     elapsed = loop.time() - started
     flood.extra["rate_per_s"] = round(flood.sent / elapsed)
+    flood.extra["entries_per_request"] = per
     return {"seconds": round(elapsed, 2), "cpu_s": (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime),
             "tallies": {k: t.report() for k, t in tallies.items()}}
 
