@@ -40,7 +40,8 @@ SUPPORTED_TYPES = (JSON_TYPE, *MSGPACK_TYPES)
 INT_RANGES = {"Int32": (-(2**31), 2**31 - 1), "Int64": (-(2**63), 2**63 - 1)}
 MSGPACK_INT = (-(2**63), 2**64 - 1)
 MAX_TEXT = 65_536
-"""The longest Text the contract's params accept (zapbilling.models.MAX_TEXT)."""
+"""Longer than any Text parameter may be (the longest bound in billing/validation.py's
+TEXT_BOUNDS is 1,000 characters; models.MAX_TEXT is the bound of a registry built without any)."""
 
 USERS = [f"fz/u{i}" for i in range(8)]
 POOLS: dict[str, list[str]] = {k: [] for k in ("meter", "grant", "grant_victim", "rule", "rule_victim", "tx", "hold", "hold_victim")}
