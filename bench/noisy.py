@@ -10,9 +10,10 @@ Target: B's p99 with A at most 2x its p99 alone, and 0 errors for B.
 The server runs as in production with its default limits: `zapbilling serve --db --port` and
 nothing else (no ZAPBILLING_* variable reaches it: bench/load.py `child_env`), since the
 defaults are what is claimed to protect neighbours. B stays well under the default per-key rate
-(5,000/s) and in-flight bound. Org A has three keys, as one org may: a read key (slow bodies and
-reads), an admin key (deposits) and an admin key for the flood, so each abuse meets its own
-per-key bounds rather than one key's rate limit throttling all of A at once.
+(5,000/s) and in-flight bound. Org A has four keys, as one org may: a read key for the slow
+bodies, another for the expensive reads, an admin key for the deposits and one for the flood, so
+each abuse meets its own per-key bounds (with one read key, the slow bodies hold all of its
+in-flight slots and the reads never run: A would only throttle itself).
 
 Both phases of a round run on one server (one start, one warm cache), so `s7.quiet` measures
 both and hands the second to `s7.noisy`, which the runner calls next. Trouble on the server
@@ -84,7 +85,7 @@ class Abuse:
 class NoisyTemplate:
     path: Path
     keys: dict[str, str]
-    """b (org B's admin key), admin, read and flood (org A's)."""
+    """b (org B's admin key); org A's: admin (deposits), read (slow bodies), reads, flood."""
     info: dict[str, Any] = field(default_factory=dict)
 
 
@@ -133,7 +134,8 @@ def template(bench: Bench) -> NoisyTemplate:
     started = time.perf_counter()
     db = bench.s.workdir / "template-noisy.db"
     keys = {"b": _create_key(db, "noisy-b"), "admin": _create_key(db, "noisy-a"),
-            "read": _create_key(db, "noisy-a", "read"), "flood": _create_key(db, "noisy-a")}
+            "read": _create_key(db, "noisy-a", "read"), "reads": _create_key(db, "noisy-a", "read"),
+            "flood": _create_key(db, "noisy-a")}
     tenants = _tenants(db)
     if set(tenants) != {"noisy-a", "noisy-b"}:
         raise RuntimeError(f"expected two orgs, found {tenants}")
@@ -256,7 +258,7 @@ def run_round(bench: Bench, rnd: int, abuse: Abuse) -> dict[str, dict[str, Any]]
         b_quiet, cpu_quiet = _phase(bench, srv, tpl, "quiet")
         quiet_rss = srv.peak_rss
         start, end = tpl.info["period"]
-        cfg = {"host": "127.0.0.1", "port": port, "keys": {k: tpl.keys[k] for k in ("admin", "read", "flood")},
+        cfg = {"host": "127.0.0.1", "port": port, "keys": {k: tpl.keys[k] for k in ("admin", "read", "reads", "flood")},
                "seconds": RAMP + s.warmup + s.seconds + 1.0, "slow_sockets": abuse.slow_sockets,
                "depositors": abuse.depositors, "deposit_kinds": abuse.deposit_kinds, "readers": abuse.readers,
                "read_kinds": abuse.read_kinds, "batch": abuse.batch,

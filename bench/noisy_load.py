@@ -18,7 +18,7 @@ so that org B's measuring process, on the same CPU, is woken ahead of it:
   trickle a byte a second (the others); reopened when the server drops them;
 - metadata deposits: the largest metadata a deposit may carry (64 keys, ~13 KB) alternating
   with an over-large one (1 M empty maps in a body just under 1 MiB, which must be refused);
-- expensive reads, batches of 100 with a read key: invoicePreview of a user with events on
+- expensive reads, batches of 100 with another read key: invoicePreview of a user with events on
   every meter, unique_count getMeterEventsSummary over many events, listMeters, listTransactions
   of the user holding the large metadata, getUsage;
 - a flood: a few connections pipelining batches of getBalance as fast as the server answers
@@ -291,7 +291,7 @@ def oversize_metadata() -> dict[str, list[dict[str, Any]]]:
 
 
 async def abuse(cfg: dict[str, Any]) -> dict[str, Any]:
-    """cfg: host, port, keys {admin, read, flood}, seconds, slow_sockets, flood_batch, depositors,
+    """cfg: host, port, keys {admin, read (slow bodies), reads, flood}, seconds, slow_sockets, flood_batch, depositors,
     deposit_kinds (largest_legal, oversize: both by default), readers, read_kinds (the keys of
     `reads` below without "reads_"; all by default), batch, flood_connections, flood_depth, and
     what to read: preview_user, events_user,
@@ -388,7 +388,7 @@ async def abuse(cfg: dict[str, Any]) -> dict[str, Any]:
         "reads_listTransactions": ("billing.listTransactions", {"user": cfg["meta_user"], "limit": 100}),
         "reads_getUsage": ("billing.getUsage", {"user": cfg["usage_user"], "limit": 100}),
     }
-    batches = {kind: zap_request(keys["read"], [envelope(m, p, i) for i in range(cfg["batch"])])
+    batches = {kind: zap_request(keys["reads"], [envelope(m, p, i) for i in range(cfg["batch"])])
                for kind, (m, p) in reads.items()}
 
     async def reader_task(n: int) -> None:
