@@ -188,7 +188,7 @@ async def test_rest_path_segments_are_not_parameters(api, funded):
     ("/api/v1/billing/balance", [("user", ALICE), ("curency", "eur")], "curency"),
     ("/api/v1/billing/balance", [("usr", ALICE)], "usr"),  # unknown, not `user query parameter is required`
     ("/api/v1/billing/usage", [("user", ALICE), ("limt", "5"), ("x", "")], "limt"),
-    ("/api/v1/billing/meters", [("limit", "5")], "limit"),
+    ("/api/v1/billing/meters", [("limit", "5"), ("startingBefore", "mtr_1")], "startingBefore"),
     ("/api/v1/billing/holds", [("user", ALICE), ("status", "pending"), ("state", "pending")], "state"),
 ])
 async def test_an_unknown_query_parameter_on_a_get_route_is_refused(api, funded, path, query, name):
