@@ -230,8 +230,9 @@ async def test_meter_events_export(api, history, db_path, clock):
     assert tokens_events[1]["timestamp"] == tokens_events[1]["createdAt"]  # no timestamp given: recorded now
     usage = [e for e in got if e["meterId"] == usage_meter]
     assert {(e["userId"], e["value"], e.get("idempotency")) for e in usage} == {
-        *((u, 120 + i, f"usage:{u}:r{i}") for i, u in enumerate(USERS)), *((u, 8, None) for u in USERS),
-        *((u, 60, f"hold:{h['holdId']}") for u in USERS for h in jsonl(db_path, "holds") if h["user"] == u and h["status"] == "captured"),
+        # the server's own usage events carry no idempotency key: they are linked to their ledger row
+        *((u, 120 + i, None) for i, u in enumerate(USERS)), *((u, 8, None) for u in USERS),
+        *((u, 60, None) for u in USERS for h in jsonl(db_path, "holds") if h["user"] == u and h["status"] == "captured"),
     }
     assert all(e["dimensions"].get("model") in ("m1", "m3", "m4") for e in usage)
     assert list(got[0]) == [c for c in COLUMNS["meter-events"] if c in got[0]]  # the columns' order
