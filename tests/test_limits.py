@@ -23,8 +23,8 @@ IDLE_TIMEOUT = 0.5
 
 @pytest.fixture
 async def limited(aiohttp_server, db_path, clock):
-    config = Config(db=db_path, clock=clock, sweep_seconds=3600, body_timeout=BODY_TIMEOUT,
-                    idle_timeout=IDLE_TIMEOUT, max_inflight=2)
+    config = Config(db=db_path, clock=clock, sweep_seconds=3600,
+                    limits=Limits(body_timeout=BODY_TIMEOUT, idle_timeout=IDLE_TIMEOUT, max_inflight=2))
     server = await aiohttp_server(create_app(config), **server_options(config))
     _, key = await server.app[STORE].create_key("acme", "live", "admin", system_clock())
     return server, key
@@ -179,8 +179,8 @@ STALL_TIMEOUT = 3.0
 async def shared_two(aiohttp_server, db_path, clock):
     """max_inflight=2, per-key bound 3, bodies may take 3 s; org acme (admin and read keys) and
     org other."""
-    config = Config(db=db_path, clock=clock, sweep_seconds=3600, body_timeout=STALL_TIMEOUT,
-                    idle_timeout=STALL_TIMEOUT, max_inflight=2, limits=Limits(inflight_per_key=3))
+    config = Config(db=db_path, clock=clock, sweep_seconds=3600,
+                    limits=Limits(body_timeout=STALL_TIMEOUT, idle_timeout=STALL_TIMEOUT, max_inflight=2, inflight_per_key=3))
     server = await aiohttp_server(create_app(config), **server_options(config))
     store = server.app[STORE]
     now = system_clock()

@@ -19,8 +19,7 @@ from .store import SqliteStore, Store
 from .times import DAY, SECOND
 from .transport.calls import Caller
 from .transport.admission import Admission, Admitted, Refuse
-from .transport.codec import MAX_BODY
-from .transport.http import BODY_TIMEOUT, hide_server_version
+from .transport.http import BODY_LIMITS, hide_server_version
 from .codegen.openapi import openapi
 from .transport.rest import add_routes, document_route, refuse, refuse_json, unknown_route
 from .transport.zap import ZapEndpoint
@@ -39,12 +38,12 @@ def create_app(config: Config, registry: Registry | None = None) -> web.Applicat
     check_enum_tables(registry.schema, {"AggregationType": store.AGGREGATIONS, "HoldStatus": store.HOLD_STATUSES}, "the store")
     caller = Caller(registry, store, config.clock, config.limits)
     hide_server_version()
-    app = web.Application(client_max_size=MAX_BODY)
-    app[BODY_TIMEOUT] = config.body_timeout
+    app = web.Application(client_max_size=config.limits.body_bytes)
+    app[BODY_LIMITS] = config.limits
     app[STORE] = store
     app[CALLER] = caller
     app.cleanup_ctx.append(_lifecycle(store, config))
-    admission = app[ADMISSION] = Admission(store, config.max_inflight, config.limits)
+    admission = app[ADMISSION] = Admission(store, config.limits.max_inflight, config.limits)
 
     def route(handler: Admitted, refuse: Refuse, reads_body: bool = True) -> Handler:
         """Every route but /healthz: behind the admission gates (the key, its rate, its own

@@ -35,26 +35,20 @@ class Config:
     """Server processes sharing the port (SO_REUSEPORT) and the database file."""
     sweep_seconds: float = 60.0
     """How often expired credit is forfeited and idempotency keys older than a day are dropped."""
-    body_timeout: float = 10.0
-    """Seconds a request body may take to arrive: a client trickling its body cannot hold a
-    request slot (and its buffer) for longer."""
-    idle_timeout: float = 15.0
-    """Seconds a connection may sit without a complete request (idle keep-alive, or headers
-    sent slowly) before it is closed; aiohttp's own default is an hour."""
-    max_inflight: int = 256
-    """Requests handled at once, across all keys; more wait their turn. A request takes its slot
-    only once its body is all here (transport/admission.py): a slow body holds a slot of its own
-    key's bound (limits.inflight_per_key) instead, so bodies held in memory at once are at most
-    that bound times 1 MiB per key."""
     limits: Limits = field(default_factory=Limits)
-    """Bounds and quotas (limits.py): each has its own flag and environment variable."""
+    """Bounds and quotas (limits.py): each has its own flag and environment variable. A request
+    takes a slot of `max_inflight` only once its body is all here (transport/admission.py): a
+    slow body holds a slot of its own key's bound (inflight_per_key) instead, so the bodies held
+    in memory at once are at most that bound times body_bytes per key."""
     clock: Clock = field(default=system_clock, repr=False)
     """Microseconds since the epoch; tests pass a clock they can move."""
 
     def __post_init__(self) -> None:
         """Refuse settings the server cannot keep (ValueError, worded for the command line)."""
-        if self.max_inflight < 1:
-            raise ValueError(f"max_inflight must be at least 1, not {self.max_inflight}")
+        if self.limits.max_inflight < 1:
+            raise ValueError(f"--max-inflight must be at least 1, not {self.limits.max_inflight}")
+        if self.limits.body_bytes < 1 or self.limits.body_timeout <= 0 or self.limits.idle_timeout <= 0:
+            raise ValueError("--body-bytes, --body-timeout and --idle-timeout must be positive")
         if self.limits.inflight_per_key < 1:
             raise ValueError(f"--inflight-per-key must be at least 1, not {self.limits.inflight_per_key}")
         if self.limits.rate_per_second < 0:
@@ -66,7 +60,7 @@ class Config:
 def server_options(config: Config) -> dict[str, Any]:
     """aiohttp server settings that come from the config (for run_app and test servers alike).
     lingering_time bounds how long the unread rest of a refused body is drained before close."""
-    return {"keepalive_timeout": config.idle_timeout, "lingering_time": config.body_timeout}
+    return {"keepalive_timeout": config.limits.idle_timeout, "lingering_time": config.limits.body_timeout}
 
 
 def env_default(name: str) -> str:

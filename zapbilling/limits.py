@@ -24,6 +24,14 @@ def _limit(default: T, help: str) -> T:
 
 @dataclass(frozen=True, slots=True)
 class Limits:
+    # A body is read into memory whole before it is decoded: 1 MiB holds the largest batch a
+    # caller needs many times over, and 64 keys' bodies in flight at once stay within 64 MiB.
+    body_bytes: int = _limit(1 << 20, "bytes a request body may hold; a larger one is refused with 413 before it is read when Content-Length says so")
+    body_timeout: float = _limit(10.0, "seconds a request body may take to arrive: a client trickling its body cannot hold its key's slot and buffer for longer")
+    idle_timeout: float = _limit(15.0, "seconds a connection may sit without a complete request (idle keep-alive, or headers sent slowly) before it is closed; aiohttp's own default is an hour")
+    # Only requests whose body is all here hold one of these, so it bounds the work under
+    # way, not the sockets; 256 keeps the event loop's queue short on 2 cores.
+    max_inflight: int = _limit(256, "requests handled at once across all keys; a request takes its slot only once its body has arrived, and more wait their turn")
     rate_per_second: float = _limit(5000.0, "requests each API key may make per second, per server process (a batch counts each entry); 0 turns rate limiting off")
     rate_burst: int = _limit(10000, "requests an API key may make at once above its rate (the token bucket's size; at least 100, a full batch)")
     inflight_per_key: int = _limit(64, "requests of one API key handled at once; more wait their turn without holding a shared slot")

@@ -22,8 +22,9 @@ import msgpack
 from ..errors import ParseError, PayloadTooLarge
 from ..limits import Limits
 
-MAX_BODY = 1 << 20
-"""1 MiB: larger bodies are refused (413) before they are decoded."""
+MAX_BODY = Limits().body_bytes
+"""The longest string a msgpack body may hold: the default body bound (Limits.body_bytes, which
+http.py applies before decoding). Every text parameter's own bound is far below it."""
 
 JSON_TYPE = "application/json"
 MSGPACK_TYPES = ("application/msgpack", "application/x-msgpack", "application/vnd.msgpack")

@@ -9,11 +9,12 @@ from aiohttp import web, web_response
 from multidict import CIMultiDict
 
 from ..errors import ApiError, InvalidRequest, PayloadTooLarge, RateLimited
-from .codec import MAX_BODY, Codec
+from ..limits import Limits
+from .codec import Codec
 
 log = logging.getLogger("zapbilling")
-_TOO_LARGE = f"body is larger than the {MAX_BODY // 1024} KiB limit"
-BODY_TIMEOUT = web.AppKey("body_timeout", float)
+BODY_LIMITS = web.AppKey("body_limits", Limits)
+"""The deployment's limits, of which read_body needs body_bytes and body_timeout."""
 SERVER = "zapbilling"
 """The `Server` header of every answer: no Python or aiohttp version for a scanner to match."""
 
@@ -36,19 +37,20 @@ async def read_body(request: web.Request, key_id: str = "") -> bytes:
     A body abandoned on the way (its deadline passed, or the client hung up) is logged in one
     line, without a traceback: it is the client's doing, and a stalling client must not be
     able to fill the log with 25 lines per socket."""
+    limits = request.app[BODY_LIMITS]
     if request.content.is_eof():  # already all here (the usual small body): take it as it is
         body = request.content.read_nowait()
-        if len(body) > MAX_BODY:
-            raise PayloadTooLarge(_TOO_LARGE)
+        if len(body) > limits.body_bytes:
+            raise _too_large(limits)
         return body
-    if request.content_length is not None and request.content_length > MAX_BODY:
-        raise PayloadTooLarge(_TOO_LARGE)
-    timeout = request.app[BODY_TIMEOUT]
+    if request.content_length is not None and request.content_length > limits.body_bytes:
+        raise _too_large(limits)
+    timeout = limits.body_timeout
     try:
         async with asyncio.timeout(timeout):
             return await request.read()
     except web.HTTPRequestEntityTooLarge:
-        raise PayloadTooLarge(_TOO_LARGE) from None
+        raise _too_large(limits) from None
     except TimeoutError:
         _abandoned(request, key_id, f"its {timeout:g} s deadline passed")
         raise InvalidRequest(f"the request body did not arrive within {timeout:g} s") from None
@@ -56,6 +58,10 @@ async def read_body(request: web.Request, key_id: str = "") -> bytes:
         _abandoned(request, key_id, "the client closed the connection")
         # answered to nobody: aiohttp sees the closed connection and writes nothing
         raise InvalidRequest("the client closed the connection before its body arrived") from None
+
+
+def _too_large(limits: Limits) -> PayloadTooLarge:
+    return PayloadTooLarge(f"body is larger than the {limits.body_bytes // 1024} KiB limit")
 
 
 def _abandoned(request: web.Request, key_id: str, what: str) -> None:
