@@ -201,3 +201,26 @@ async def test_long_slots_go_to_the_tenant_holding_fewest():
     await asyncio.gather(*tasks)
     assert order == ["a1", "a2", "b1", "a3", "a4"]
     assert gone.cancelled()
+
+
+async def test_reader_threads_run_below_the_event_loops_priority(tmp_path):
+    """Long reads run on the pool's threads; the loop answers everyone. The readers are niced
+    so that a tenant's stream of aggregates cannot take the CPU the loop needs."""
+    import os
+    import threading
+
+    from zapbilling.store import SqliteStore
+    from zapbilling.store.reads import READER_NICENESS
+
+    store = SqliteStore(str(tmp_path / "nice.db"))
+    await store.open()
+    try:
+        loop_nice = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        for conn in store._pooled:
+            await conn.create_function("native_id", 0, threading.get_native_id)
+            (tid,), = await conn.execute_fetchall("SELECT native_id()")
+            assert tid != threading.get_native_id()
+            assert os.getpriority(os.PRIO_PROCESS, tid) == min(19, loop_nice + READER_NICENESS)
+        assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == loop_nice  # the loop's own is untouched
+    finally:
+        await store.close()

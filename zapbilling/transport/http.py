@@ -39,7 +39,11 @@ async def read_body(request: web.Request, key_id: str = "") -> bytes:
     able to fill the log with 25 lines per socket."""
     limits = request.app[BODY_LIMITS]
     if request.content.is_eof():  # already all here (the usual small body): take it as it is
-        body = request.content.read_nowait()
+        try:
+            body = request.content.read_nowait()
+        except ConnectionError:  # the client reset the connection while the request waited its turn
+            _abandoned(request, key_id, "the client closed the connection")
+            raise InvalidRequest("the client closed the connection before its body arrived") from None
         if len(body) > limits.body_bytes:
             raise _too_large(limits)
         return body
@@ -61,7 +65,8 @@ async def read_body(request: web.Request, key_id: str = "") -> bytes:
 
 
 def _too_large(limits: Limits) -> PayloadTooLarge:
-    return PayloadTooLarge(f"body is larger than the {limits.body_bytes // 1024} KiB limit")
+    n = limits.body_bytes
+    return PayloadTooLarge(f"body is larger than the {f'{n // 1024} KiB' if n % 1024 == 0 else f'{n}-byte'} limit")
 
 
 def _abandoned(request: web.Request, key_id: str, what: str) -> None:
