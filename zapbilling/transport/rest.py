@@ -14,7 +14,7 @@ from ..schema import Field, TypeRef
 from ..store import Principal
 from .admission import Admitted, Refuse
 from .calls import Caller, authorize
-from .codec import JSON, codec_for, negotiate
+from .codec import JSON, LARGE_BODY, codec_for, negotiate
 from .http import respond, respond_error
 
 View = Admitted
@@ -109,7 +109,8 @@ def make_view(caller: Caller, command: Command) -> View:
             if from_query:
                 raw = text_params(command.fields, request.query, request.match_info)
             else:  # body params, and the path's on top
-                raw = _body_params(request, body, caller.limits.request_elements) | text_params(path_fields, {}, request.match_info)
+                raw = (_body_params(request, body, caller.limits.request_elements) if len(body) <= LARGE_BODY
+                       else await _large_body_params(request, body, caller.limits.request_elements)) | text_params(path_fields, {}, request.match_info)
             result = await caller.call(
                 command, principal, raw, query=from_query, idempotency_key=request.headers.get("Idempotency-Key") or None
             )
@@ -128,6 +129,18 @@ def _body_params(request: web.Request, body: bytes, max_values: int) -> dict[str
     if body_codec is None:
         raise UnsupportedMediaType(f"unsupported Content-Type {request.content_type!r}: send application/json or application/msgpack")
     params = body_codec.decode(body, max_values)
+    if not isinstance(params, dict):
+        raise InvalidRequest("the request body must be an object")
+    return params
+
+
+async def _large_body_params(request: web.Request, body: bytes, max_values: int) -> dict[str, Any]:
+    """`_body_params` for a body longer than LARGE_BODY, decoded giving the loop turns (a
+    function apart, so that the usual bodies pay no coroutine)."""
+    body_codec = codec_for(request.content_type)
+    if body_codec is None:
+        return _body_params(request, body, max_values)  # its refusal
+    params = await body_codec.decode_large(body, max_values)
     if not isinstance(params, dict):
         raise InvalidRequest("the request body must be an object")
     return params

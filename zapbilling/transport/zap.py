@@ -12,7 +12,7 @@ from ..store import Principal
 from .admission import Admission
 from .calls import Caller
 from .answers import answer_batch
-from .codec import JSON, Codec, codec_for, negotiate
+from .codec import JSON, LARGE_BODY, Codec, codec_for, negotiate
 from .http import respond, respond_error
 
 PATHS = ("/api/v1/zap", "/api/v1/billing/zap")
@@ -66,7 +66,10 @@ class ZapEndpoint:
         try:
             if request_codec is None:
                 raise UnsupportedMediaType(f"unsupported Content-Type {request.content_type!r}: send application/json or application/msgpack")
-            body = request_codec.decode(raw, self.caller.limits.request_elements)
+            if len(raw) <= LARGE_BODY:
+                body = request_codec.decode(raw, self.caller.limits.request_elements)
+            else:  # gives the loop turns while it decodes
+                body = await request_codec.decode_large(raw, self.caller.limits.request_elements)
             if type(body) is list and len(body) > 1:  # a token per entry; the first was taken on admission
                 self.admission.charge(principal, min(len(body), MAX_BATCH))  # an over-long batch is refused below anyway
             if isinstance(body, list):
