@@ -5,6 +5,7 @@ client cannot be made to misbehave this way."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 
@@ -358,3 +359,42 @@ async def test_no_answer_names_python_or_aiohttp(limited):
     assert status == 400
     assert_no_version(headers)
     writer.close()
+
+
+async def test_handlers_still_running_at_a_stop_are_cancelled_before_the_store_closes(db_path, clock, caplog):
+    """As `serve` stops (run_app: the shutdown timeout, then the app's cleanup), a handler that
+    outlived the timeout is cancelled before the store closes under it. Before, each such call
+    failed on the closed store and was logged as an internal error with its traceback."""
+    from aiohttp import ClientSession, web
+
+    app = create_app(Config(db=db_path, clock=clock, sweep_seconds=3600))
+    runner = web.AppRunner(app, shutdown_timeout=0.2)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    store = app[STORE]
+    _, key = await store.create_key("acme", "live", "admin", system_clock())
+    started, cancelled = asyncio.Event(), asyncio.Event()
+
+    async def stuck(*args, **kwargs):  # a long read that will not end by itself
+        started.set()
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    store.meters_page = stuck
+    port = site._server.sockets[0].getsockname()[1]
+    async with ClientSession() as s:
+        call = asyncio.create_task(s.get(f"http://127.0.0.1:{port}/api/v1/billing/meters", headers={"Authorization": f"Bearer {key}"}))
+        await asyncio.wait_for(started.wait(), 10)
+        assert app[ADMISSION].running, "the call is admitted and running"
+        with caplog.at_level(logging.INFO, logger="zapbilling"):
+            await asyncio.wait_for(runner.cleanup(), 30)
+        with contextlib.suppress(Exception):
+            await call
+    assert cancelled.is_set()
+    assert not app[ADMISSION].running
+    errors = [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info]
+    assert errors == [], [r.getMessage() for r in errors]

@@ -42,8 +42,8 @@ def create_app(config: Config, registry: Registry | None = None) -> web.Applicat
     app[BODY_LIMITS] = config.limits
     app[STORE] = store
     app[CALLER] = caller
-    app.cleanup_ctx.append(_lifecycle(store, config))
     admission = app[ADMISSION] = Admission(store, config.limits.max_inflight, config.limits)
+    app.cleanup_ctx.append(_lifecycle(store, config, admission))
 
     def route(handler: Admitted, refuse: Refuse, reads_body: bool = True) -> Handler:
         """Every route but /healthz: behind the admission gates (the key, its rate, its own
@@ -99,7 +99,7 @@ async def _health(request: web.Request) -> web.Response:
     return web.json_response({"ok": True})
 
 
-def _lifecycle(store: Store, config: Config):  # type: ignore[no-untyped-def]
+def _lifecycle(store: Store, config: Config, admission: Admission):  # type: ignore[no-untyped-def]
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await store.open()
         sweeper = asyncio.create_task(_sweep(store, config), name="zapbilling-sweeper")
@@ -109,6 +109,8 @@ def _lifecycle(store: Store, config: Config):  # type: ignore[no-untyped-def]
             sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sweeper
+            if cancelled := await admission.cancel_running():
+                log.info("stopped %d requests still running after the shutdown timeout", cancelled)
             await store.close()
 
     return lifecycle
