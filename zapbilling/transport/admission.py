@@ -12,7 +12,7 @@ Every /api/v1 request passes four gates, in this order:
    (the body unread), the whole batch when the batch is what does not fit;
 3. its key's own in-flight bound (`Limits.inflight_per_key`), held while its body arrives
    (within the body deadline) and while it is handled;
-4. a slot of the shared in-flight bound (`Config.max_inflight`), taken only once the body is all
+4. a slot of the shared in-flight bound (`Limits.max_inflight`), taken only once the body is all
    here: a stalled or trickling body holds its own key's slots and nobody else's.
 
 Requests over a key's bound wait their turn in that key's queue, holding no shared slot. The
