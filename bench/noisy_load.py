@@ -38,7 +38,7 @@ import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import msgpack
 
@@ -358,9 +358,10 @@ async def abuse(cfg: dict[str, Any]) -> dict[str, Any]:
             "user": cfg["meta_user"], "amount": 1, "metadata": oversize_metadata()})),
     }
 
-    async def depositor(n: int) -> None:
+    async def cycle(n: int, requests: dict[str, bytes], kinds: list[str], tally: Callable[[Tally, Any], None]) -> None:
+        """One connection sending `kinds` of `requests` in turn (starting at the n-th) until the
+        end, each answer tallied by `tally`."""
         conn = Conn(host, port)
-        kinds = [k for k in bodies if k.removeprefix("deposits_") in cfg.get("deposit_kinds", ("largest_legal", "oversize"))]
         i = n
         while loop.time() < stop_at:
             kind = kinds[i % len(kinds)]
@@ -369,15 +370,22 @@ async def abuse(cfg: dict[str, Any]) -> dict[str, Any]:
             t.sent += 1
             t0 = loop.time()
             try:
-                answer = await conn.call(bodies[kind])
+                answer = await conn.call(requests[kind])
             except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
                 conn.close()
                 t.failures[type(exc).__name__] += 1
                 await asyncio.sleep(0.05)
                 continue
             t.slowest_s = max(t.slowest_s, loop.time() - t0)
-            t.outcomes[outcome(answer)] += 1
+            tally(t, answer)
         conn.close()
+
+    def tally_outcome(t: Tally, answer: Any) -> None:
+        t.outcomes[outcome(answer)] += 1
+
+    async def depositor(n: int) -> None:
+        kinds = [k for k in bodies if k.removeprefix("deposits_") in cfg.get("deposit_kinds", ("largest_legal", "oversize"))]
+        await cycle(n, bodies, kinds, tally_outcome)
 
     # expensive reads -------------------------------------------------------------------------
     start, end = cfg["period"]
@@ -391,33 +399,19 @@ async def abuse(cfg: dict[str, Any]) -> dict[str, Any]:
     batches = {kind: zap_request(keys["reads"], [envelope(m, p, i) for i in range(cfg["batch"])])
                for kind, (m, p) in reads.items()}
 
+    def tally_entries(t: Tally, answer: Any) -> None:
+        t.bytes_in += len(answer.body)
+        value = decode(answer.body)
+        if isinstance(value, list):
+            for entry in value:
+                err = entry.get("error") if isinstance(entry, dict) else None
+                t.outcomes[f"entry {err.get('code')}" if isinstance(err, dict) else "entry ok"] += 1
+        else:
+            t.outcomes[outcome(answer)] += 1
+
     async def reader_task(n: int) -> None:
-        conn = Conn(host, port)
         kinds = [k for k in batches if k.removeprefix("reads_") in cfg.get("read_kinds", [k[6:] for k in batches])]
-        i = n
-        while loop.time() < stop_at:
-            kind = kinds[i % len(kinds)]
-            i += 1
-            t = tallies.setdefault(kind, Tally())
-            t.sent += 1
-            t0 = loop.time()
-            try:
-                answer = await conn.call(batches[kind])
-            except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
-                conn.close()
-                t.failures[type(exc).__name__] += 1
-                await asyncio.sleep(0.05)
-                continue
-            t.slowest_s = max(t.slowest_s, loop.time() - t0)
-            t.bytes_in += len(answer.body)
-            value = decode(answer.body)
-            if isinstance(value, list):
-                for entry in value:
-                    err = entry.get("error") if isinstance(entry, dict) else None
-                    t.outcomes[f"entry {err.get('code')}" if isinstance(err, dict) else "entry ok"] += 1
-            else:
-                t.outcomes[outcome(answer)] += 1
-        conn.close()
+        await cycle(n, batches, kinds, tally_entries)
 
     # the flood -------------------------------------------------------------------------------
     flood = tallies.setdefault("flood", Tally())
