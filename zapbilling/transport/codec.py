@@ -134,6 +134,12 @@ def _unpack_counted(body: bytes, max_values: int) -> Any:
     The hooks make the decoder ~1.7x slower (1 MiB of empty maps: 88 -> 153 ms unbounded),
     paid only by bodies longer than the bound in bytes; refusing 1 MiB of empty maps takes
     ~90 ms, the decoding of the first 262,144 of them."""
+    return msgpack.unpackb(body, **_counting_hooks(max_values), **_MSGPACK_LIMITS)
+
+
+def _counting_hooks(max_values: int) -> dict[str, Callable[[Any], Any]]:
+    """msgpack hooks for every map and list that count the body's values as each container is
+    completed (the body itself is 1) and raise too_many once they pass `max_values`."""
     count = 1
 
     def counted(container: Any) -> Any:
@@ -143,7 +149,7 @@ def _unpack_counted(body: bytes, max_values: int) -> Any:
             raise too_many(max_values)
         return container
 
-    return msgpack.unpackb(body, object_hook=counted, list_hook=counted, **_MSGPACK_LIMITS)
+    return {"object_hook": counted, "list_hook": counted}
 
 
 @types.coroutine
@@ -187,18 +193,7 @@ async def _decode_msgpack_chunks(body: bytes, max_values: int, chunk: int) -> An
     kept where the Unpacker has others: a body that ends inside the value is "incomplete
     input" (Unpacker: OutOfData), and bytes after the value are ExtraData (Unpacker: left for
     a next `unpack`)."""
-    hooks: dict[str, Callable[[Any], Any]] = {}
-    if len(body) > max_values:  # _unpack_counted's count, for the same bodies
-        count = 1
-
-        def counted(container: Any) -> Any:
-            nonlocal count
-            count += len(container)
-            if count > max_values:
-                raise too_many(max_values)
-            return container
-
-        hooks = {"object_hook": counted, "list_hook": counted}
+    hooks = _counting_hooks(max_values) if len(body) > max_values else {}  # _unpack_counted's count, for the same bodies
     # The buffer holds at most the body (its default bound, 100 MiB, could refuse a body that a
     # larger configured Limits.body_bytes lets through).
     unpacker = msgpack.Unpacker(max_buffer_size=max(len(body), chunk), **hooks, **_MSGPACK_LIMITS)
