@@ -110,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "serve":
         if args.durability not in DURABILITY:
             _fail(f"invalid durability {args.durability!r}: expected full or normal")
-        limits = Limits(**{f.name: _limit_value(type(f.default))(str(getattr(args, f"limit_{f.name}"))) for f in limit_fields()})
+        limits = Limits(**{f.name: getattr(args, f"limit_{f.name}") for f in limit_fields()})  # parsed by argparse, env defaults too
         try:
             config = Config(db=args.db, host=args.host, port=int(args.port), durability=args.durability,
                             workers=int(args.workers), limits=limits)

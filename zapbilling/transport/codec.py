@@ -22,13 +22,13 @@ import re
 import weakref
 from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
 from dataclasses import dataclass
-import types
-from typing import Any, Awaitable, Callable, Generator
+from typing import Any, Awaitable, Callable
 
 import msgpack
 
 from ..errors import ParseError, PayloadTooLarge
 from ..limits import Limits
+from ..loop_turn import next_loop_turn
 
 MAX_BODY = Limits().body_bytes
 """The longest string a msgpack body may hold: the default body bound (Limits.body_bytes, which
@@ -152,13 +152,6 @@ def _counting_hooks(max_values: int) -> dict[str, Callable[[Any], Any]]:
     return {"object_hook": counted, "list_hook": counted}
 
 
-@types.coroutine
-def _next_loop_turn() -> Generator[None, None, None]:
-    """`asyncio.sleep(0)` without its coroutine frame: a bare yield, which the task answers by
-    running its next step in the next loop turn (as app.py's `_one_loop_turn`)."""
-    yield
-
-
 _one_at_a_time: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()
 """One large msgpack body is decoded at a time, per event loop, as when each decode held the loop
 whole: bodies decoded at once would each hold a partial decode (up to request_elements values,
@@ -200,7 +193,7 @@ async def _decode_msgpack_chunks(body: bytes, max_values: int, chunk: int) -> An
     view = memoryview(body)
     for start in range(0, len(body), chunk):
         if start:
-            await _next_loop_turn()
+            await next_loop_turn()
         unpacker.feed(view[start:start + chunk])
         try:
             value = unpacker.unpack()
