@@ -19,7 +19,7 @@ import yarl
 from conftest import REGISTRY, TRANSPORTS
 from zapbilling.app import STORE
 from zapbilling.store import SqliteStore
-from zapbilling.store.keys import KeyEpoch
+from zapbilling.store.sqlite.keys import KeyEpoch
 from zapbilling.times import system_clock
 
 USER = "hanzo/alice"

@@ -21,7 +21,7 @@ from procs import child_env, zapbilling_cmd
 from zapbilling.app import STORE, sweep_once
 from zapbilling.export import COLUMNS, KINDS
 from zapbilling.registry import load_registry
-from zapbilling.store.export import EXPORTS, export_sql
+from zapbilling.store.sqlite.export import EXPORTS, export_sql
 from zapbilling.times import DAY, SECOND, format_ts, parse_ts, system_clock
 
 TIMEOUT = 120

@@ -42,8 +42,8 @@ from aiohttp import ClientSession, ClientTimeout
 
 from invariants import check_invariants
 from procs import ServerProcess
-from zapbilling.store.connection import WAL_AUTOCHECKPOINT_PAGES as WAL_PAGES
-from zapbilling.store.writer import Writer
+from zapbilling.store.sqlite.connection import WAL_AUTOCHECKPOINT_PAGES as WAL_PAGES
+from zapbilling.store.sqlite.writer import Writer
 from test_crash import (
     REST_ROUTES, Account, Checker, Op, Storm, check_restarted, describe, failed_ops, master_seed, prepare, read_only,
 )

@@ -14,7 +14,8 @@ import pytest
 from conftest import Api, ok
 from zapbilling.app import STORE
 from zapbilling.store import NewMeter, SqliteStore
-from zapbilling.store.reads import FairSlots, PointReadInSnapshot
+from zapbilling.store.fairness import FairSlots
+from zapbilling.store.sqlite.reads import PointReadInSnapshot
 from zapbilling.times import system_clock
 
 
@@ -210,7 +211,7 @@ async def test_reader_threads_run_below_the_event_loops_priority(tmp_path):
     import threading
 
     from zapbilling.store import SqliteStore
-    from zapbilling.store.reads import READER_NICENESS
+    from zapbilling.store.sqlite.reads import READER_NICENESS
 
     store = SqliteStore(str(tmp_path / "nice.db"))
     await store.open()

@@ -341,7 +341,7 @@ async def test_one_write_forfeits_and_spends_lots_beyond_the_first_page(store, p
     """A write settles the account's lots in pages of LOT_PAGE; expired lots sort first. With
     more expired lots than a page, and more expiring lots to spend than the next, every expired
     lot is still forfeited (its remainder only) and the usage is taken earliest expiry first."""
-    from zapbilling.store.ledger import LOT_PAGE
+    from zapbilling.store.sqlite.ledger import LOT_PAGE
 
     tenant = await tenant_of(store)
     now = system_clock()
@@ -513,7 +513,7 @@ def test_ids_made_later_sort_later_and_stay_distinct():
     """Time-ordered ids keep the `id` indexes growing at their right edge (see new_id)."""
     import re
 
-    from zapbilling.store.connection import new_id
+    from zapbilling.store.ids import new_id
 
     first = [new_id("tx") for _ in range(2000)]
     time.sleep(0.002)

@@ -15,6 +15,9 @@ DURABILITY = ("full", "normal")
 """What an acknowledged write survives, every backend: full, a power cut; normal, a crash of
 the process but not of the machine."""
 
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+"""What a money column holds on every backend."""
+
 SYSTEM_KEY = "system"
 """The key id of rows the server writes by itself (the expiry sweep)."""
 

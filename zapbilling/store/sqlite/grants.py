@@ -8,9 +8,10 @@ import json
 import sqlite3
 from typing import Any
 
-from .base import SYSTEM_KEY, Burn, BurnedGrant, BurnPlan, GrantChange, GrantRow, Idempotency, NewGrant
-from .connection import SqliteBase, new_id
-from .refusals import AlreadyVoided, Missing
+from ..base import SYSTEM_KEY, Burn, BurnedGrant, BurnPlan, GrantChange, GrantRow, Idempotency, NewGrant
+from ..ids import new_id
+from .connection import SqliteBase
+from ..refusals import AlreadyVoided, Missing
 
 _GRANT = ("id, user_id, name, amount, remaining, currency, priority, effective_at, expires_at, eligibility, tags,"
           " voided_at, created_at")

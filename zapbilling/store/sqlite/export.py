@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from typing import Any, AsyncIterator, Callable
 
-from .base import MeterEventRow, Row
+from ..base import MeterEventRow, Row
 from .connection import SqliteBase
 from .grants import _CHANGE, change_row
 from .holds import _HOLD, hold_row

@@ -19,8 +19,9 @@ import secrets
 import sqlite3
 from pathlib import Path
 
-from .base import KeyInfo, Principal
-from .connection import FILE_MODE, SqliteBase, new_id
+from ..base import KeyInfo, Principal
+from ..ids import new_id
+from .connection import FILE_MODE, SqliteBase
 
 MAX_CACHED_KEYS = 10_000
 EPOCH_BYTES = 8

@@ -6,10 +6,12 @@ import json
 import sqlite3
 from typing import Any, Iterator
 
-from .base import SYSTEM_KEY, Idempotency, LedgerFilter, LedgerRow, Lot, LotRules, MeterEventDraft, NewEntry, Refundable
-from .connection import INT64_MAX, INT64_MIN, SqliteBase, new_id
+from ..base import SYSTEM_KEY, Idempotency, LedgerFilter, LedgerRow, Lot, LotRules, MeterEventDraft, NewEntry, Refundable
+from ..base import INT64_MAX, INT64_MIN
+from ..ids import new_id
+from .connection import SqliteBase
 from .metering import insert_event
-from .refusals import Missing, NotRefundable, OutOfRange, RefundLeft
+from ..refusals import Missing, NotRefundable, OutOfRange, RefundLeft
 
 _ROW = "id, user_id, currency, type, amount, tags, notes, metadata, created_at, expires_at, refund_of, hold_id, key_id"
 

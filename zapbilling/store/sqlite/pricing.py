@@ -5,9 +5,10 @@ import json
 import sqlite3
 from typing import Any
 
-from .base import Idempotency, NewRule, RuleRow
-from .connection import SqliteBase, new_id
-from .refusals import Missing, QuotaReached
+from ..base import Idempotency, NewRule, RuleRow
+from ..ids import new_id
+from .connection import SqliteBase
+from ..refusals import Missing, QuotaReached
 
 _RULE = "id, meter_id, plan_id, model, currency, unit_price, tiers, created_at"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import Account
+from ..base import Account
 from .connection import SqliteBase
 from .ledger import EXPIRED, HELD
 

@@ -9,10 +9,12 @@ import json
 import sqlite3
 from typing import Any
 
-from .base import HoldCharge, HoldRow, Idempotency, NewHold
-from .connection import INT64_MAX, SqliteBase, new_id
+from ..base import HoldCharge, HoldRow, Idempotency, NewHold
+from ..base import INT64_MAX
+from ..ids import new_id
+from .connection import SqliteBase
 from .ledger import ACCOUNT, append_entry
-from .refusals import Missing, NotPending, OutOfRange, OverCapture, ShortOfFunds
+from ..refusals import Missing, NotPending, OutOfRange, OverCapture, ShortOfFunds
 
 # The column says 'pending' until a settlement or the sweep; from the instant expires_at is
 # reached a pending hold is expired for every reader, so status is always computed at :now.

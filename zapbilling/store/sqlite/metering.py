@@ -7,9 +7,10 @@ import json
 import sqlite3
 from typing import Any
 
-from .base import Idempotency, MeterEventDraft, MeterRow, MeterUsage, NewMeter
-from .connection import SqliteBase, new_id
-from .refusals import AlreadyExists, Missing, QuotaReached, SumOutOfRange
+from ..base import Idempotency, MeterEventDraft, MeterRow, MeterUsage, NewMeter
+from ..ids import new_id
+from .connection import SqliteBase
+from ..refusals import AlreadyExists, Missing, QuotaReached, SumOutOfRange
 
 _METER = "id, name, event_name, aggregation, currency, dimensions, created_at"
 

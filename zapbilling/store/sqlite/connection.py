@@ -10,24 +10,21 @@ sees one snapshot; where one answer takes several (invoicePreview), they run ins
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import secrets
 import sqlite3
 import time
-import zlib
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
-from .base import DURABILITY, Idempotency
-from .refusals import KeyReused
-from .migrations import migrate
+from ..answers import replayed_answer, stored_answer
+from ..base import DURABILITY, Idempotency
+from ..refusals import KeyReused
+from ..migrations import migrate
 from .reads import ReadPath
 from .writer import Writer
 
 T = TypeVar("T")
 
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 WAL_AUTOCHECKPOINT_PAGES = 4000
 
 
@@ -55,15 +52,6 @@ def _create_private(path: str) -> None:
     An existing file keeps the mode its owner gave it."""
     with contextlib.suppress(FileExistsError):
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE))
-
-
-def new_id(prefix: str) -> str:
-    """`<prefix>_` and 24 hex digits: the creation millisecond (11 digits) then 52 random bits.
-    Ids made later sort later, so the UNIQUE index on `id` grows at its right edge: a commit of
-    many rows dirties one or two of its pages instead of one random page per row (measured: a
-    batch of recordUsage writes cost ~25% less). The random part keeps ids of one millisecond
-    unguessable and distinct; the UNIQUE constraint stays the guarantee."""
-    return f"{prefix}_{time.time_ns() // 1_000_000:011x}{secrets.randbits(52):013x}"
 
 
 class SqliteBase(ReadPath):
@@ -137,7 +125,7 @@ class SqliteBase(ReadPath):
 def _idempotent(conn: sqlite3.Connection, tenant: int, idem: Idempotency | None, now: int, job: Callable[..., Any], *args: Any) -> Any:
     """Claim the idempotency key in the same transaction as the write it guards: the primary
     key makes a concurrent duplicate see the first call's response, never run twice. The
-    response is stored as `_stored_answer` says, and a replay answers it exactly."""
+    response is stored as `stored_answer` (answers.py) says, and a replay answers it exactly."""
     if idem is None:
         return job(conn, *args)
     claimed = conn.execute(
@@ -151,53 +139,10 @@ def _idempotent(conn: sqlite3.Connection, tenant: int, idem: Idempotency | None,
         ).fetchone()
         if fingerprint != idem.fingerprint:
             raise KeyReused()
-        return _replayed_answer(response)
+        return replayed_answer(response)
     result = job(conn, *args)
-    conn.execute("UPDATE idempotency SET response = ? WHERE tenant = ? AND key = ?", (_stored_answer(result), tenant, idem.key))
+    conn.execute("UPDATE idempotency SET response = ? WHERE tenant = ? AND key = ?", (stored_answer(result), tenant, idem.key))
     return result
-
-
-COMPRESS_FROM = 1024
-"""Stored answers of at least this many characters (as compact JSON) are compressed."""
-_compact = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
-_compact_ascii = json.JSONEncoder(separators=(",", ":")).encode
-
-
-def _stored_answer(result: Any) -> str | bytes:
-    """A write's answer as its idempotency record keeps it: compact JSON text, or from 1 KiB on
-    compact UTF-8 JSON compressed by zlib (a BLOB: the column's TEXT affinity leaves BLOBs
-    alone, so no migration, and records written before read as they were).
-
-    Why: a keyed write's answer echoes what it stored (a deposit's metadata and tags), so the
-    record doubled the ledger's bytes, and the old `json.dumps` even tripled non-ASCII text (an
-    emoji's 4 UTF-8 bytes became a 12-byte `\\ud83c\\udf00`). The largest legal deposit
-    (metadata of 16 KiB as compact JSON in 64 keys, tags of 1,000 characters: the bounds in
-    limits.py and billing/validation.py) keeps, in bytes:
-
-        metadata and tags of           before (json.dumps)   compact UTF-8   stored now
-        English words (ASCII)               17,744              17,598          6,386
-        random base64 (ASCII)               17,744              17,598         13,363
-        emoji (4 UTF-8 bytes each)          60,349              20,595         10,169
-
-    So a record is never more than the answer's compact UTF-8 size (+0.03% where zlib cannot
-    shrink it): ~21 KB for the largest legal deposit, usually much less, where each of the
-    finding's deposits kept ~4 MB here and as much in the ledger (1 MiB of empty msgpack maps,
-    which the metadata bound refuses now; as JSON they shrink ~300x). Cost, on the writer thread, for such a deposit (timeit,
-    shared machine): ~65 us to encode as before, ~250-400 us more to compress at level 1
-    (level 6: a few percent smaller, slower still). Answers under 1 KiB, recordUsage's among
-    them, are stored as compact JSON text without compressing: the hot path pays nothing more.
-    A replay decompresses and parses the same JSON, so it answers exactly what the first call
-    did."""
-    text = _compact(result)
-    if len(text) >= COMPRESS_FROM:
-        return zlib.compress(text.encode("utf-8", "surrogatepass"), 1)
-    return text if text.isascii() else _compact_ascii(result)  # escaped: SQLite text must be valid UTF-8
-
-
-def _replayed_answer(response: str | bytes) -> Any:
-    if isinstance(response, bytes):
-        return json.loads(zlib.decompress(response).decode("utf-8", "surrogatepass"))
-    return json.loads(response)
 
 
 def _purge_idempotency(conn: sqlite3.Connection, older_than: int) -> int:
