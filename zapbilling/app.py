@@ -15,7 +15,7 @@ from .billing.ledger import LOTS
 from .config import Config
 from .loop_turn import next_loop_turn
 from .registry import Registry, check_enum_tables, load_registry
-from .store import SqliteStore, Store
+from .store import Store, make_store
 from .times import DAY, SECOND
 from .transport.calls import Caller
 from .transport.admission import Admission, Admitted, Refuse
@@ -26,7 +26,7 @@ from .transport.zap import ZapEndpoint
 
 log = logging.getLogger("zapbilling")
 
-STORE = web.AppKey("store", SqliteStore)
+STORE = web.AppKey("store", Store)
 CALLER = web.AppKey("caller", Caller)
 ADMISSION = web.AppKey("admission", Admission)
 IDEMPOTENCY_KEEP = DAY
@@ -34,7 +34,7 @@ IDEMPOTENCY_KEEP = DAY
 
 def create_app(config: Config, registry: Registry | None = None) -> web.Application:
     registry = registry or load_registry(limits=config.limits)
-    store = SqliteStore(config.db, config.durability)
+    store = make_store(config.db, config.durability)
     check_enum_tables(registry.schema, {"AggregationType": store.AGGREGATIONS, "HoldStatus": store.HOLD_STATUSES}, "the store")
     caller = Caller(registry, store, config.clock, config.limits)
     hide_server_version()

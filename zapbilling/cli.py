@@ -24,7 +24,7 @@ from typing import Any, NoReturn, Sequence
 from . import export
 from .config import DURABILITY, Config, env_default
 from .limits import Limits, env_name, flag_name, limit_fields
-from .store import SqliteStore
+from .store import make_store
 from .times import format_ts, system_clock
 
 class _Parser(argparse.ArgumentParser):
@@ -188,7 +188,7 @@ def _docs(schema_path: Any) -> str:
 
 
 async def _keys(args: Any) -> int:
-    store = SqliteStore(args.db)
+    store = make_store(args.db)
     await store.open()
     try:
         if args.action == "create":

@@ -130,9 +130,9 @@ def run(args: argparse.Namespace) -> int:
 async def _export(path: str, org: str, mode: str, kind: str, since: int | None, fmt: str, out: io.TextIOBase,
                   now: int) -> int | None:
     """Rows written, or None when the org and mode is unknown."""
-    from .store import SqliteStore
+    from .store import make_store
 
-    store = SqliteStore(path)
+    store = make_store(path)
     await store.open()
     try:
         tenant = await store.tenant_id(org, mode)

@@ -108,10 +108,10 @@ def _event_loop() -> asyncio.AbstractEventLoop:
 
 def _prepare_database(config: Config) -> None:
     """Create and migrate the file once, before the workers race to open it."""
-    from .store import SqliteStore
+    from .store import make_store
 
     async def touch() -> None:
-        store = SqliteStore(config.db, config.durability)
+        store = make_store(config.db, config.durability)
         await store.open()
         await store.close()
 

@@ -3,7 +3,7 @@ package loads no backend (no database driver): `SqliteStore` is imported when fi
 from typing import Any
 
 from .base import (
-    DURABILITY, SYSTEM_KEY, Account, Burn, BurnedGrant, BurnPlan, GrantChange, GrantRow, HoldCharge, HoldRow, Idempotency, KeyInfo,
+    DURABILITY, SYSTEM_KEY, Account, Unavailable, Burn, BurnedGrant, BurnPlan, GrantChange, GrantRow, HoldCharge, HoldRow, Idempotency, KeyInfo,
     LedgerFilter, LedgerRow, Lot, LotRules, MeterEventDraft, MeterRow, NewEntry, NewGrant, NewHold, NewMeter, NewRule, Principal,
     Refundable, Row, RuleRow, Store, UsageEvent,
 )
@@ -18,13 +18,38 @@ def __getattr__(name: str) -> Any:
         from .sqlite import SqliteStore
 
         return SqliteStore
+    if name == "PostgresStore":
+        from .postgres import PostgresStore
+
+        return PostgresStore
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+def is_postgres(db: str) -> bool:
+    """`--db` names PostgreSQL (a `postgresql://` URL) rather than a SQLite file."""
+    return db.startswith(("postgresql://", "postgres://"))
+
+
+def sqlite_path(db: str) -> str:
+    """The file a SQLite `--db` names: a path, or `sqlite:///path` (`sqlite:////abs/path`)."""
+    return db[len("sqlite:///"):] if db.startswith("sqlite:///") else db
+
+
+def make_store(db: str, durability: str = "full") -> Store:
+    """The store `--db` names, not yet opened; only its backend's driver is loaded."""
+    if is_postgres(db):
+        from .postgres import PostgresStore
+
+        return PostgresStore(db, durability)
+    from .sqlite import SqliteStore
+
+    return SqliteStore(sqlite_path(db), durability)
+
+
 __all__ = [
-    "DURABILITY", "SYSTEM_KEY", "Account", "AlreadyExists", "AlreadyVoided", "Burn", "BurnPlan", "BurnedGrant", "GrantChange",
+    "DURABILITY", "SYSTEM_KEY", "Unavailable", "Account", "AlreadyExists", "AlreadyVoided", "Burn", "BurnPlan", "BurnedGrant", "GrantChange",
     "GrantRow", "HoldCharge", "HoldRow", "Idempotency", "KeyInfo", "KeyReused", "LedgerFilter", "LedgerRow", "Lot", "LotRules",
     "MeterEventDraft", "MeterRow", "Missing", "NewMeter", "NewRule", "RuleRow", "NewEntry", "NewGrant", "NewHold", "NotPending", "NotRefundable", "OutOfRange",
-    "OverCapture", "Principal", "Refundable", "RefundLeft", "Refused", "Row", "ShortOfFunds", "SqliteStore", "Store",
+    "OverCapture", "Principal", "Refundable", "RefundLeft", "Refused", "Row", "ShortOfFunds", "SqliteStore", "PostgresStore", "Store", "is_postgres", "make_store", "sqlite_path",
     "SumOutOfRange", "UsageEvent",
 ]

@@ -22,6 +22,11 @@ SYSTEM_KEY = "system"
 """The key id of rows the server writes by itself (the expiry sweep)."""
 
 
+class Unavailable(RuntimeError):
+    """The database cannot be reached, or refused us, at start-up: one line that says why (the
+    CLI prints it and exits non-zero)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Principal:
     """Who is calling: the key's tenant (one org in one mode) and what it may do."""

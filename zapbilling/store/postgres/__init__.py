@@ -1,0 +1,16 @@
+"""The PostgreSQL store: every query area of the storage interface over one asyncpg pool (see
+connection.py for how concurrent servers stay correct). Only the store modules hold SQL."""
+from __future__ import annotations
+
+from .accounts import AccountQueries
+from .export import ExportQueries
+from .grants import GrantQueries
+from .holds import HoldQueries
+from .keys import KeyQueries
+from .ledger import LedgerQueries
+from .metering import MeteringQueries
+from .pricing import PricingQueries
+
+
+class PostgresStore(KeyQueries, LedgerQueries, AccountQueries, MeteringQueries, GrantQueries, PricingQueries, HoldQueries, ExportQueries):
+    """The Store (base.py) on PostgreSQL."""

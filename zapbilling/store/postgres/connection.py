@@ -1,0 +1,291 @@
+"""The PostgreSQL connections: one asyncpg pool per server process, each write one transaction,
+reads on the same pool, and the schema migrated once however many servers start together.
+
+How concurrent writes stay correct (many servers, one database). Every transaction runs at READ
+COMMITTED and takes row locks in one fixed order before it reads what it decides on:
+
+1. the account's `balances` row (tenant, user, currency), created if missing, `FOR UPDATE`:
+   every ledger write, hold placed or captured, refund and forfeit of one account queues here,
+   so a funds check, a lot walk or a refund's remainder is read after the previous writer's
+   commit (READ COMMITTED gives each statement a fresh snapshot) and cannot be overtaken;
+2. then rows that belong to that account: its hold (`FOR UPDATE`), its lots, a refund's
+   original (a conditional `UPDATE ... WHERE refunded + n <= amount`);
+3. a user's credit grants, locked `FOR UPDATE` in creation order (`seq`) by every write that
+   changes a remainder (burn, void, expiry), so two burns never take the same cents.
+
+No transaction locks two accounts, and the sweeps (which walk many) take one account per
+statement group in key order, so lock cycles cannot form; a deadlock or serialisation failure
+all the same (PostgreSQL detects it and aborts one side) is retried here, a few times with a
+random pause, and never reaches a caller as an error of its own. Idempotency keys, dedupe keys
+and meter-event keys are unique constraints (`INSERT ... ON CONFLICT DO NOTHING`): a concurrent
+duplicate waits for the first insert's commit, then sees its row.
+
+Why row locks rather than SERIALIZABLE with retries: the hot writes (recordUsage on one busy
+user) all conflict by design, and under SERIALIZABLE each conflict costs a whole failed
+transaction and a retry, where a lock costs a wait; `SELECT ... FOR UPDATE` and READ COMMITTED
+are supported by the PostgreSQL-compatible distributed databases too (CockroachDB, YugabyteDB),
+and advisory locks, which they lack, are not used.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from contextvars import ContextVar
+from typing import Any, AsyncIterator, Awaitable, Callable, Hashable, TypeVar
+from urllib.parse import urlsplit
+
+import asyncpg
+
+from ..answers import replayed_answer, stored_answer
+from ..base import DURABILITY, Idempotency, Unavailable
+from ..fairness import FairSlots
+from ..migrations import record, scripts
+from ..refusals import KeyReused
+
+T = TypeVar("T")
+log = logging.getLogger("zapbilling.store")
+
+POOL_SIZE = 10
+"""Connections per server process. A request holds one for a single statement or transaction
+(a few hundred microseconds), so ten keep a loop busy; PostgreSQL's default max_connections of
+100 then serves ten server processes."""
+LONG_READS = POOL_SIZE // 2
+"""Long reads (aggregates, snapshots) busy at once per process, handed out fairly by tenant: the
+other half of the pool is always left to short reads and writes, so one key's expensive reads
+cannot take every pooled connection."""
+ACQUIRE_TIMEOUT = 10.0
+"""Seconds a call waits for a pooled connection under load before it answers the internal error."""
+STATEMENT_TIMEOUT_MS = 30_000
+"""PostgreSQL cancels a statement that runs longer: no query holds a connection without bound."""
+CONNECT_TIMEOUT = 5.0
+RETRIES = 8
+"""Attempts of a transaction aborted by a deadlock or a serialisation failure."""
+RETRYABLE = (asyncpg.exceptions.SerializationError, asyncpg.exceptions.DeadlockDetectedError)
+
+Job = Callable[..., Awaitable[Any]]
+_SNAPSHOT: ContextVar["asyncpg.Connection[Any] | None"] = ContextVar("zapbilling_pg_snapshot", default=None)
+
+
+def describe(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    parts = urlsplit(url)
+    host = parts.hostname or "localhost"
+    where = f"{host}:{parts.port}" if parts.port else host
+    user = f"{parts.username}@" if parts.username else ""
+    return f"postgresql://{user}{where}{parts.path}"
+
+
+def unavailable(url: str, exc: BaseException) -> Unavailable:
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return Unavailable(f"cannot use the database {describe(url)}: {reason}")
+
+
+class PgBase:
+    """The pool and the ways to use it: `_tx` runs one job as one transaction (retried on a
+    deadlock or serialisation failure), `_write` adds the call's idempotency key to that
+    transaction, `_read` and `_aggregate` read (inside `snapshot()`, from its transaction)."""
+
+    def __init__(self, url: str, durability: str = "full", pool_size: int = POOL_SIZE):
+        if durability not in DURABILITY:
+            raise ValueError(f"durability must be one of {', '.join(DURABILITY)}")
+        self.url = url
+        self.path = describe(url)
+        self.durability = durability
+        self._pool_size = pool_size
+        self._pool: asyncpg.Pool | None = None
+        self._long = FairSlots(max(1, pool_size // 2))
+        self._purged: tuple[int, float] | None = None
+        self.retries = 0
+        """Transactions retried after a deadlock or serialisation failure (reported by the bench)."""
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    async def open(self) -> None:
+        settings = {
+            # full: a commit is acknowledged once PostgreSQL has flushed it (a power cut keeps
+            # it); normal: once written to the server, which a crash of this process cannot lose.
+            "synchronous_commit": "on" if self.durability == "full" else "off",
+            "statement_timeout": str(STATEMENT_TIMEOUT_MS),
+            "application_name": "zapbilling",
+        }
+        try:
+            self._pool = await asyncpg.create_pool(
+                self.url, min_size=1, max_size=self._pool_size, server_settings=settings, timeout=CONNECT_TIMEOUT,
+            )
+            async with self._pool.acquire() as conn:
+                await migrate(conn)
+        except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, ValueError) as exc:
+            if self._pool is not None:
+                self._pool.terminate()
+                self._pool = None
+            raise unavailable(self.url, exc) from None
+
+    async def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            try:
+                await asyncio.wait_for(pool.close(), 10)
+            except (asyncio.TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                pool.terminate()
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise RuntimeError("the store is closed")
+        return self._pool
+
+    # -- writes ------------------------------------------------------------------------------
+    async def _tx(self, job: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """Run `await job(conn, *args)` as one transaction; return once it is committed."""
+        for attempt in range(RETRIES):
+            try:
+                async with self.pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
+                    async with conn.transaction():
+                        return await job(conn, *args)
+            except RETRYABLE:
+                if attempt == RETRIES - 1:
+                    raise
+                self.retries += 1
+                await asyncio.sleep(random.uniform(0, 0.002 * 2**attempt))
+        raise AssertionError("unreachable")
+
+    async def _write(self, tenant: int, idempotency: Idempotency | None, now: int, job: Job, *args: Any) -> Any:
+        return await self._tx(_idempotent, tenant, idempotency, now, job, *args)
+
+    # -- reads -------------------------------------------------------------------------------
+    async def _read(self, sql: str, *params: Any) -> list[asyncpg.Record]:
+        conn = _SNAPSHOT.get()
+        if conn is not None:
+            return await conn.fetch(sql, *params)  # type: ignore[no-any-return]
+        async with self.pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
+            return await conn.fetch(sql, *params)  # type: ignore[no-any-return]
+
+    async def _aggregate(self, tenant: Hashable, sql: str, *params: Any) -> list[asyncpg.Record]:
+        """A read whose cost grows with the data: as `_read`, once one of the long-read slots
+        is free for `tenant` (fairly by tenant), so that such reads never hold more than half
+        the pool."""
+        if _SNAPSHOT.get() is not None:
+            return await self._read(sql, *params)
+        async with self._long.slot(tenant):
+            return await self._read(sql, *params)
+
+    @contextlib.asynccontextmanager
+    async def snapshot(self, tenant: Hashable = None) -> AsyncIterator[None]:
+        """Inside this block, this task's reads see one moment: one REPEATABLE READ, read-only
+        transaction on a connection of its own, holding a long-read slot of `tenant`'s."""
+        assert _SNAPSHOT.get() is None, "snapshot() inside snapshot()"
+        async with self._long.slot(tenant):
+            async with self.pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
+                async with conn.transaction(isolation="repeatable_read", readonly=True):
+                    token = _SNAPSHOT.set(conn)
+                    try:
+                        yield
+                    finally:
+                        _SNAPSHOT.reset(token)
+
+    # -- idempotency -------------------------------------------------------------------------
+    async def idempotency_fingerprint(self, tenant: int, key: str) -> str | None:
+        rows = await self._read("SELECT fingerprint FROM idempotency WHERE tenant = $1 AND key = $2", tenant, key)
+        return rows[0][0] if rows else None
+
+    async def claim_idempotency(self, tenant: int, idempotency: Idempotency, now: int, answer: dict[str, Any]) -> dict[str, Any]:
+        return await self._write(tenant, idempotency, now, _answer, answer)  # type: ignore[no-any-return]
+
+    async def purge_idempotency(self, older_than: int) -> int:
+        """As the SQLite store's: the horizon moves on at most as fast as real time since this
+        process's last purge, so a clock stepped ahead does not drop keys early."""
+        mono = time.monotonic()
+        if self._purged is not None:
+            horizon, then = self._purged
+            older_than = min(older_than, horizon + int((mono - then) * 1_000_000))
+        self._purged = (older_than, mono)
+        return await self._tx(_purge_idempotency, older_than)
+
+
+async def _idempotent(conn: asyncpg.Connection, tenant: int, idem: Idempotency | None, now: int, job: Job, *args: Any) -> Any:
+    """Claim the idempotency key in the write's own transaction: the primary key makes a
+    concurrent duplicate wait for the first call's commit and then answer what it stored."""
+    if idem is None:
+        return await job(conn, *args)
+    claimed = await conn.fetchval(
+        "INSERT INTO idempotency (tenant, key, fingerprint, response, created_at) VALUES ($1, $2, $3, ''::bytea, $4)"
+        " ON CONFLICT (tenant, key) DO NOTHING RETURNING 1",
+        tenant, idem.key, idem.fingerprint, now,
+    )
+    if claimed is None:
+        found = await conn.fetchrow(
+            "SELECT fingerprint, response, compressed FROM idempotency WHERE tenant = $1 AND key = $2", tenant, idem.key
+        )
+        if found["fingerprint"] != idem.fingerprint:
+            raise KeyReused()
+        response = bytes(found["response"])
+        return replayed_answer(response if found["compressed"] else response.decode("utf-8", "surrogatepass"))
+    result = await job(conn, *args)
+    stored = stored_answer(result)
+    compressed = isinstance(stored, bytes)
+    await conn.execute(
+        "UPDATE idempotency SET response = $3, compressed = $4 WHERE tenant = $1 AND key = $2",
+        tenant, idem.key, stored if isinstance(stored, bytes) else stored.encode("utf-8"), compressed,
+    )
+    return result
+
+
+async def _purge_idempotency(conn: asyncpg.Connection, older_than: int) -> int:
+    status = await conn.execute("DELETE FROM idempotency WHERE created_at < $1", older_than)
+    return int(status.split()[-1])
+
+
+async def _answer(conn: asyncpg.Connection, answer: dict[str, Any]) -> dict[str, Any]:
+    return answer
+
+
+def affected(status: str) -> int:
+    """The row count of a command status such as `UPDATE 3`."""
+    return int(status.rsplit(" ", 1)[-1])
+
+
+async def migrate(conn: asyncpg.Connection) -> list[int]:
+    """Apply what is missing; return the versions applied now. Servers starting together each
+    try every missing version; a version's first statement inserts its row into
+    schema_migrations, so the second server's insert waits on the first's (a row lock) and,
+    once the first commits, fails and skips the version."""
+    try:
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)"
+        )
+    except asyncpg.UniqueViolationError:  # another server created it at the same instant
+        pass
+    done = {r[0] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+    applied = []
+    for version, name, sql in scripts("postgres"):
+        if version in done:
+            continue
+        try:
+            async with conn.transaction():
+                await conn.execute(record(version, name))
+                await conn.execute(sql)
+        except asyncpg.UniqueViolationError as exc:
+            if exc.constraint_name != "schema_migrations_pkey":
+                raise
+            continue  # another server applied this version first
+        applied.append(version)
+    return applied
+
+
+async def lock_account(conn: asyncpg.Connection, tenant: int, user: str, currency: str) -> int:
+    """Take the account's lock (rule 1 of this module): its balances row, created at 0 if
+    missing, locked FOR UPDATE until the transaction ends; returns the balance row's value.
+    Every write that reads or changes an account's money calls this first."""
+    balance = await conn.fetchval(
+        "INSERT INTO balances (tenant, user_id, currency, balance) VALUES ($1, $2, $3, 0)"
+        " ON CONFLICT (tenant, user_id, currency) DO NOTHING RETURNING balance",
+        tenant, user, currency,
+    )
+    if balance is not None:  # created now: the insert holds its row lock already
+        return 0
+    return await conn.fetchval(  # type: ignore[no-any-return]
+        "SELECT balance FROM balances WHERE tenant = $1 AND user_id = $2 AND currency = $3 FOR UPDATE",
+        tenant, user, currency,
+    )
