@@ -1,4 +1,5 @@
-"""Shared fixtures: a real server (aiohttp's test server, real sockets) on a real SQLite file,
+"""Shared fixtures: a real server (aiohttp's test server, real sockets) on a real database (a
+SQLite file; with ZAPBILLING_TEST_BACKEND=postgres, a fresh PostgreSQL database: see pg.py),
 API keys made through the store, and a client that calls any schema method over REST, ZAP/JSON
 or ZAP/msgpack and normalises the answer, so one test can run on all three transports."""
 from __future__ import annotations
@@ -13,6 +14,7 @@ import msgpack
 import pytest
 from aiohttp import ClientSession
 
+import pg
 from zapbilling.app import STORE, create_app
 from zapbilling.config import Config, server_options
 from zapbilling.registry import load_registry
@@ -173,8 +175,14 @@ async def balance(api: Api, user: str = "hanzo/alice", currency: str = "usd") ->
 
 
 def ledger_rows(db_path: str, user: str, **where: Any) -> list[dict[str, Any]]:
-    """Ledger rows of one user, read-only from the server's SQLite file, in insertion order."""
+    """Ledger rows of one user, read-only from the server's database, in insertion order."""
     clauses = "".join(f" AND {k} = ?" for k in where)
+    if pg.is_url(db_path):
+        con = pg.Connection(db_path)
+        try:
+            return [dict(r) for r in con.execute(f"SELECT * FROM ledger WHERE user_id = ?{clauses} ORDER BY seq", (user, *where.values()))]
+        finally:
+            con.close()
     con = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
     con.row_factory = sqlite3.Row
     try:
@@ -188,9 +196,33 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
+BACKEND = pg.backend()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "sqlite_only(why): what the test checks exists on SQLite only (a file, a PRAGMA, the writer thread)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if BACKEND != "postgres":
+        return
+    for item in items:
+        mark = item.get_closest_marker("sqlite_only")
+        if mark is not None:
+            why = mark.args[0] if mark.args else "SQLite only"
+            item.add_marker(pytest.mark.skip(reason=f"SQLite only: {why}"))
+
+
 @pytest.fixture
-def db_path(tmp_path) -> str:
-    return str(tmp_path / "billing.db")
+def db_path(tmp_path):
+    """The server's `--db`: a SQLite file in the test's folder, or on PostgreSQL the URL of a
+    fresh database of the test's own (migrated), dropped after the test."""
+    if BACKEND == "sqlite":
+        yield str(tmp_path / "billing.db")
+        return
+    url = pg.admin().new_database()
+    yield url
+    pg.admin().drop(url)
 
 
 @pytest.fixture
