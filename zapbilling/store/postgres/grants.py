@@ -1,8 +1,247 @@
-"""grants on PostgreSQL (being ported from ../sqlite/grants.py)."""
+"""Credit grants and their journal on PostgreSQL (the SQLite module's semantics: ../sqlite/grants.py).
+A grant's `remaining` is a cache of its journal: every change to it (creation, a burn, a void,
+expiry) writes an immutable `credit_transactions` row in the same transaction.
+
+SQLite's single writer made each of those a read of remainders and a write that nothing could
+overtake. Here many servers write at once, so every write that changes a remainder first locks
+the user's grants (rule 3 of connection.py: `_lock_user`, creation order) and only then reads
+the remainders it decides on; two burns of one user queue on those rows, and the second reads
+what the first left (READ COMMITTED: each statement sees the latest commits)."""
 from __future__ import annotations
 
+import json
+from typing import Any
+
+import asyncpg
+
+from ..base import SYSTEM_KEY, Burn, BurnedGrant, BurnPlan, GrantChange, GrantRow, Idempotency, NewGrant
+from ..ids import new_id
+from ..refusals import AlreadyVoided, Missing
 from .connection import PgBase
+
+_GRANT = ("id, user_id, name, amount, remaining, currency, priority, effective_at, expires_at, eligibility, tags,"
+          " voided_at, created_at")
+# Effective from creation on even when the clock has been set back behind it since (billing/
+# grants.py is_active says the same). `{now}` is the parameter holding the call's instant.
+_ACTIVE = ("voided_at IS NULL AND remaining > 0 AND effective_at <= GREATEST({now}, created_at)"
+           " AND (expires_at IS NULL OR expires_at > {now})")
+_CHANGE = "id, grant_id, user_id, currency, type, amount, remaining_after, burn_id, meter_id, created_at, key_id"
+
+
+def grant_row(r: asyncpg.Record | tuple[Any, ...]) -> GrantRow:
+    return {
+        "id": r[0], "userId": r[1], "name": r[2], "amountCents": r[3], "remainingCents": r[4], "currency": r[5],
+        "priority": r[6], "effectiveAt": r[7], "expiresAt": r[8], "eligibility": json.loads(r[9]), "tags": r[10],
+        "voidedAt": r[11], "createdAt": r[12],
+    }
+
+
+def change_row(r: asyncpg.Record | tuple[Any, ...]) -> GrantChange:
+    return {
+        "id": r[0], "grantId": r[1], "userId": r[2], "currency": r[3], "type": r[4], "amount": r[5],
+        "remainingAfter": r[6], "burnId": r[7], "meterId": r[8], "createdAt": r[9], "keyId": r[10],
+    }
 
 
 class GrantQueries(PgBase):
-    pass
+    async def create_grant(self, tenant: int, grant: NewGrant, idempotency: Idempotency | None = None) -> GrantRow:
+        return await self._write(tenant, idempotency, grant.now, _create_grant, tenant, new_id("cg"), grant)  # type: ignore[no-any-return]
+
+    async def list_grants(self, tenant: int, user: str) -> list[GrantRow]:
+        rows = await self._read(f"SELECT {_GRANT} FROM credit_grants WHERE tenant = $1 AND user_id = $2 ORDER BY seq", tenant, user)
+        return [grant_row(r) for r in rows]
+
+    async def active_grants(self, tenant: int, user: str, now: int, currency: str | None = None) -> list[GrantRow]:
+        """Active grants (of one currency, if given) in creation order."""
+        if currency is None:
+            rows = await self._read(
+                f"SELECT {_GRANT} FROM credit_grants WHERE tenant = $1 AND user_id = $2 AND {_ACTIVE.format(now='$3')}"
+                " ORDER BY seq",
+                tenant, user, now,
+            )
+        else:
+            rows = await self._read(
+                f"SELECT {_GRANT} FROM credit_grants WHERE tenant = $1 AND user_id = $2 AND currency = $4"
+                f" AND {_ACTIVE.format(now='$3')} ORDER BY seq",
+                tenant, user, now, currency,
+            )
+        return [grant_row(r) for r in rows]
+
+    async def void_grant(
+        self, tenant: int, grant_id: str, now: int, key_id: str, idempotency: Idempotency | None = None
+    ) -> GrantRow:
+        return await self._write(tenant, idempotency, now, _void_grant, tenant, grant_id, now, key_id)  # type: ignore[no-any-return]
+
+    async def burn_grants(
+        self, tenant: int, user: str, currency: str, amount: int, meter_id: str | None, now: int, key_id: str,
+        plan: BurnPlan, idempotency: Idempotency | None = None,
+    ) -> Burn:
+        """Burn `amount` from the active grants as `plan` (the domain's burn order) decides,
+        inside one transaction that holds the user's grants locked, one journal row per grant
+        touched."""
+        return await self._write(  # type: ignore[no-any-return]
+            tenant, idempotency, now, _burn, tenant, user, currency, amount, meter_id, now, key_id, plan
+        )
+
+    async def grant_changes_page(
+        self, tenant: int, user: str, grant_id: str | None, limit: int, starting_after: str | None
+    ) -> tuple[list[GrantChange], bool]:
+        """Newest first (equal times: last written first), walking the user's (or the grant's)
+        end of a (.., created_at, seq) index: a page costs the same however long the journal."""
+        if grant_id is None:
+            where, params = "tenant = $1 AND user_id = $2", [tenant, user]
+        else:
+            if not await self._read("SELECT 1 FROM credit_grants WHERE tenant = $1 AND user_id = $2 AND id = $3", tenant, user, grant_id):
+                raise Missing("grant")
+            where, params = "grant_id = $1", [grant_id]
+        if starting_after is not None:
+            n = len(params)
+            found = await self._read(f"SELECT created_at, seq FROM credit_transactions WHERE {where} AND id = ${n + 1}", *params, starting_after)
+            if not found:
+                raise Missing("grant change")
+            where += f" AND (created_at, seq) < (${n + 1}, ${n + 2})"
+            params += [found[0][0], found[0][1]]
+        rows = await self._read(
+            f"SELECT {_CHANGE} FROM credit_transactions WHERE {where} ORDER BY created_at DESC, seq DESC LIMIT ${len(params) + 1}",
+            *params, limit + 1,
+        )
+        return [change_row(r) for r in rows[:limit]], len(rows) > limit
+
+    async def expire_grants(self, now: int, limit: int = 500) -> int:
+        """Journal the expiry of up to `limit` users' grants that expired with cents left;
+        returns how many users had some. Reads never need this (an expired grant is inactive
+        from its expiresAt on); it brings `remaining` and the journal up to date for users who
+        never come back.
+
+        One transaction per user, each locking that user's grants only (as a burn does): a
+        sweep never holds two users' locks, so it cannot form a lock cycle with the writes of
+        requests, nor make them wait for more than one user's expiry. A user another server's
+        sweep (or a burn) expired meanwhile is found with nothing left, and not counted."""
+        users = await self._read(
+            "SELECT DISTINCT tenant, user_id FROM credit_grants WHERE remaining > 0 AND expires_at IS NOT NULL"
+            " AND expires_at <= $1 ORDER BY tenant, user_id LIMIT $2",
+            now, limit,
+        )
+        swept = 0
+        for tenant, user in users:
+            swept += await self._tx(_expire_one, tenant, user, now)
+        return swept
+
+
+async def _lock_user(conn: asyncpg.Connection, tenant: int, user: str) -> None:
+    """Rule 3 of connection.py: lock the user's grants that still hold cents, in creation order,
+    until the transaction ends. Only those: a grant at 0 has no remainder left to change (a void
+    of one is a conditional UPDATE of its own, see _void_grant), and locking every grant a user
+    ever had would make each burn write a lock into ever more rows. A grant created after this
+    statement began is not locked here; the burn's own read locks it (FOR UPDATE, after these,
+    so still in creation order)."""
+    await conn.execute(
+        "SELECT 1 FROM credit_grants WHERE tenant = $1 AND user_id = $2 AND remaining > 0 ORDER BY seq FOR UPDATE",
+        tenant, user,
+    )
+
+
+async def _journal(conn: asyncpg.Connection, tenant: int, grant: GrantRow, type: str, amount: int, remaining_after: int,
+                   now: int, key_id: str, burn_id: str | None = None, meter_id: str | None = None) -> None:
+    await conn.execute(
+        "INSERT INTO credit_transactions (id, tenant, grant_id, user_id, currency, type, amount, remaining_after,"
+        " burn_id, meter_id, created_at, key_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        new_id("ct"), tenant, grant["id"], grant["userId"], grant["currency"], type, amount, remaining_after,
+        burn_id, meter_id, now, key_id,
+    )
+
+
+async def _expire_user(conn: asyncpg.Connection, tenant: int, user: str, now: int, key_id: str) -> int:
+    """Journal what was left of the user's grants that expired by `now` (the caller holds the
+    user's grants locked: `_lock_user`); returns how many. The first write that touches the
+    user's grants does this before anything else, so every grant change it makes starts from a
+    journal that is up to date."""
+    rows = await conn.fetch(
+        f"SELECT {_GRANT} FROM credit_grants WHERE tenant = $1 AND user_id = $2 AND remaining > 0 AND expires_at <= $3"
+        " ORDER BY expires_at, seq",
+        tenant, user, now,
+    )
+    for r in rows:
+        grant = grant_row(r)
+        await conn.execute("UPDATE credit_grants SET remaining = 0 WHERE id = $1", grant["id"])
+        # dated when written, like the ledger's forfeits (a row dated in the past would slip in
+        # behind a page a caller has already read)
+        await _journal(conn, tenant, grant, "expire", -grant["remainingCents"], 0, now, key_id)
+    return len(rows)
+
+
+async def _expire_one(conn: asyncpg.Connection, tenant: int, user: str, now: int) -> int:
+    """The sweep's job for one user: 1 if it expired anything."""
+    await _lock_user(conn, tenant, user)
+    return 1 if await _expire_user(conn, tenant, user, now, SYSTEM_KEY) else 0
+
+
+async def _check_meters(conn: asyncpg.Connection, tenant: int, meter_ids: list[str]) -> None:
+    for i, meter_id in enumerate(meter_ids):
+        if await conn.fetchval("SELECT 1 FROM meters WHERE tenant = $1 AND id = $2", tenant, meter_id) is None:
+            raise Missing("meter", i)
+
+
+async def _create_grant(conn: asyncpg.Connection, tenant: int, grant_id: str, g: NewGrant) -> GrantRow:
+    await _check_meters(conn, tenant, g.eligibility)
+    await _lock_user(conn, tenant, g.user)
+    await _expire_user(conn, tenant, g.user, g.now, g.key_id)
+    row = await conn.fetchrow(
+        f"INSERT INTO credit_grants (id, tenant, user_id, name, amount, remaining, currency, priority, effective_at,"
+        f" expires_at, eligibility, tags, created_at) VALUES ($1, $2, $3, $4, $5, $5, $6, $7, $8, $9, $10, $11, $12)"
+        f" RETURNING {_GRANT}",
+        grant_id, tenant, g.user, g.name, g.amount, g.currency, g.priority, g.effective_at, g.expires_at,
+        json.dumps(g.eligibility), g.tags, g.now,
+    )
+    grant = grant_row(row)
+    await _journal(conn, tenant, grant, "grant", g.amount, g.amount, g.now, g.key_id)
+    return grant
+
+
+async def _void_grant(conn: asyncpg.Connection, tenant: int, grant_id: str, now: int, key_id: str) -> GrantRow:
+    user = await conn.fetchval("SELECT user_id FROM credit_grants WHERE tenant = $1 AND id = $2", tenant, grant_id)
+    if user is None:
+        raise Missing("grant")
+    await _lock_user(conn, tenant, user)
+    await _expire_user(conn, tenant, user, now, key_id)
+    # The row as it is now (the lock above holds it if it has cents; one at 0 is locked here, so
+    # that of two concurrent voids the second waits and then finds it voided).
+    row = await conn.fetchrow(f"SELECT {_GRANT} FROM credit_grants WHERE tenant = $1 AND id = $2 FOR UPDATE", tenant, grant_id)
+    if row is None or row["voided_at"] is not None:
+        raise AlreadyVoided()
+    grant = grant_row(row)
+    voided = await conn.fetchrow(
+        f"UPDATE credit_grants SET voided_at = $2, remaining = 0 WHERE id = $1 RETURNING {_GRANT}", grant_id, now
+    )
+    await _journal(conn, tenant, grant, "void", -grant["remainingCents"], 0, now, key_id)
+    return grant_row(voided)
+
+
+async def _burn(
+    conn: asyncpg.Connection, tenant: int, user: str, currency: str, amount: int, meter_id: str | None, now: int,
+    key_id: str, plan: BurnPlan,
+) -> Burn:
+    if meter_id is not None:
+        await _check_meters(conn, tenant, [meter_id])
+    await _lock_user(conn, tenant, user)
+    await _expire_user(conn, tenant, user, now, key_id)
+    # FOR UPDATE: the remainders the plan decides on are those of locked rows (a grant created
+    # since _lock_user is locked here, after the older ones).
+    rows = await conn.fetch(
+        f"SELECT {_GRANT} FROM credit_grants WHERE tenant = $1 AND user_id = $2 AND currency = $3"
+        f" AND {_ACTIVE.format(now='$4')} ORDER BY seq FOR UPDATE",
+        tenant, user, currency, now,
+    )
+    burn_id = new_id("burn")
+    burned: list[BurnedGrant] = []
+    for grant, take in plan([grant_row(r) for r in rows], amount, meter_id):
+        # Conditional all the same: a plan that asked for more than a grant holds fails loudly
+        # rather than storing a negative remainder.
+        left = await conn.fetchval(
+            "UPDATE credit_grants SET remaining = remaining - $1 WHERE id = $2 AND remaining >= $1 RETURNING remaining",
+            take, grant["id"],
+        )
+        assert left is not None, f"the burn plan took {take} from grant {grant['id']}, which holds less"
+        await _journal(conn, tenant, grant, "burn", -take, left, now, key_id, burn_id, meter_id)
+        burned.append({"id": grant["id"], "burned": take, "remainingCents": left})
+    return {"burnId": burn_id if burned else None, "grants": burned}
