@@ -1,8 +1,305 @@
-"""ledger on PostgreSQL (being ported from ../sqlite/ledger.py)."""
+"""The ledger on PostgreSQL (as ../sqlite/ledger.py): rows, running balances kept in the same
+transaction, expiring deposits spent first and forfeited only for their unspent remainder.
+
+Every write to an account takes its lock first (`lock_account`, rule 1 of connection.py), so
+the dedupe check, the lots walk, a refund's claim and the balance update all read what the
+previous writer of that account committed, and none can be overtaken between read and write.
+"""
 from __future__ import annotations
 
-from .connection import PgBase
+import json
+from typing import Any, Iterator
+
+import asyncpg
+
+from ..base import INT64_MAX, INT64_MIN, SYSTEM_KEY, Idempotency, LedgerFilter, LedgerRow, Lot, LotRules, MeterEventDraft
+from ..base import NewEntry, Refundable
+from ..ids import new_id
+from ..refusals import Missing, NotRefundable, OutOfRange, RefundLeft
+from .connection import PgBase, affected, lock_account
+from .metering import insert_event
+
+_ROW = "id, user_id, currency, type, amount, tags, notes, metadata, created_at, expires_at, refund_of, hold_id, key_id"
+
+# One account's balance row, its expired unforfeited credit (reads subtract it themselves until a
+# write or the sweep forfeits it) and its holds pending at `now` (a hold counts until expires_at,
+# whether or not the sweep has marked it). PostgreSQL's SUM of BIGINT is NUMERIC, so the sums
+# cannot overflow; they arrive as Decimal and are made ints in Python (`figures`).
+EXPIRED = (
+    "SELECT COALESCE(SUM(remaining), 0) FROM ledger WHERE tenant = {tenant} AND user_id = {user}"
+    " AND currency = {currency} AND remaining > 0 AND expires_at <= {now}"
+)
+HELD = (
+    "SELECT COALESCE(SUM(amount), 0) FROM holds WHERE tenant = {tenant} AND user_id = {user}"
+    " AND currency = {currency} AND status = 'pending' AND expires_at > {now}"
+)
+_ONE = dict(tenant="$1", user="$2", currency="$3", now="$4")
+ACCOUNT = (
+    "SELECT COALESCE((SELECT balance FROM balances WHERE tenant = $1 AND user_id = $2 AND currency = $3), 0),"
+    f" ({EXPIRED.format(**_ONE)}), ({HELD.format(**_ONE)})"
+)
+"""(balance row, expired unforfeited credit, pending holds) of one account at now; parameters
+$1 tenant, $2 user, $3 currency, $4 now. The last two are NUMERIC (Decimal): pass the row to
+`figures` for ints."""
+_EACH = dict(tenant="$1", user="$2", currency="c.currency", now="$3")
+
+
+def figures(r: Any) -> tuple[int, int, int]:
+    """An ACCOUNT row as ints: (balance row, expired unforfeited credit, pending holds)."""
+    return int(r[0]), int(r[1]), int(r[2])
+
+
+def _row(r: Any) -> LedgerRow:
+    return {
+        "id": r[0], "user": r[1], "currency": r[2], "type": r[3], "amount": r[4], "tags": r[5], "notes": r[6],
+        "metadata": json.loads(r[7]) if r[7] is not None else None,
+        "createdAt": r[8], "expiresAt": r[9], "refundOf": r[10], "holdId": r[11], "keyId": r[12],
+    }
+
+
+# The listing's filters, each a condition on the ledger_history index's rows of one user; `{}`
+# is the parameter's number.
+_FILTERS = (
+    ("currency", "currency = ${}"),
+    ("type", "type = ${}"),
+    ("tag", "strpos(',' || tags || ',', ',' || ${}::text || ',') > 0"),
+    ("created_from", "created_at >= ${}"),
+    ("created_before", "created_at < ${}"),
+)
 
 
 class LedgerQueries(PgBase):
-    pass
+    async def balance(self, tenant: int, user: str, currency: str, now: int) -> tuple[int, int]:
+        b, expired, held = figures((await self._read(ACCOUNT, tenant, user, currency, now))[0])
+        return b - expired, held
+
+    async def balances(self, tenant: int, user: str, now: int) -> list[tuple[str, int, int]]:
+        """Every currency with a ledger row, or with a hold pending now, by currency."""
+        rows = await self._read(
+            "SELECT c.currency,"
+            " COALESCE((SELECT balance FROM balances WHERE tenant = $1 AND user_id = $2 AND currency = c.currency), 0),"
+            f" ({EXPIRED.format(**_EACH)}), ({HELD.format(**_EACH)})"
+            " FROM (SELECT currency FROM balances WHERE tenant = $1 AND user_id = $2"
+            "  UNION SELECT currency FROM holds WHERE tenant = $1 AND user_id = $2"
+            "  AND status = 'pending' AND expires_at > $3) c ORDER BY c.currency",
+            tenant, user, now,
+        )
+        return [(c, int(b) - int(expired), int(held)) for c, b, expired, held in rows]
+
+    async def usage_page(
+        self, tenant: int, user: str, currency: str | None, limit: int, starting_after: str | None
+    ) -> tuple[list[LedgerRow], bool]:
+        where, params = "tenant = $1 AND user_id = $2 AND tags = 'api-usage'", [tenant, user]
+        if starting_after is not None:
+            found = await self._read(f"SELECT seq FROM ledger WHERE {where} AND id = $3", tenant, user, starting_after)
+            if not found:
+                raise Missing("ledger row")
+            params.append(found[0][0])
+            where += f" AND seq < ${len(params)}"
+        if currency is not None:
+            params.append(currency)
+            where += f" AND currency = ${len(params)}"
+        params.append(limit + 1)
+        rows = await self._read(f"SELECT {_ROW} FROM ledger WHERE {where} ORDER BY seq DESC LIMIT ${len(params)}", *params)
+        return [_row(r) for r in rows[:limit]], len(rows) > limit
+
+    async def ledger_page(
+        self, tenant: int, user: str, where: LedgerFilter, limit: int, starting_after: str | None
+    ) -> tuple[list[LedgerRow], bool]:
+        """A walk down the user's end of the ledger_history index, so an unfiltered page costs
+        the same at a million rows as at a thousand; filters are conditions on that walk (a time
+        range narrows it)."""
+        sql, params = "tenant = $1 AND user_id = $2", [tenant, user]
+        if starting_after is not None:
+            found = await self._read("SELECT created_at, seq FROM ledger WHERE tenant = $1 AND user_id = $2 AND id = $3",
+                                     tenant, user, starting_after)
+            if not found:
+                raise Missing("ledger row")
+            sql += " AND (created_at, seq) < ($3, $4)"
+            params += list(found[0])
+        for name, condition in _FILTERS:
+            value = getattr(where, name)
+            if value is not None:
+                params.append(value)
+                sql += " AND " + condition.format(len(params))
+        params.append(limit + 1)
+        rows = await self._read(
+            f"SELECT {_ROW} FROM ledger WHERE {sql} ORDER BY created_at DESC, seq DESC LIMIT ${len(params)}", *params
+        )
+        return [_row(r) for r in rows[:limit]], len(rows) > limit
+
+    async def append_ledger_row(
+        self, tenant: int, entry: NewEntry, idempotency: Idempotency | None = None, refundable: Refundable | None = None
+    ) -> LedgerRow:
+        """`refundable`: for a refund (`entry.refund_of`), whether the original may be refunded."""
+        return await self._write(tenant, idempotency, entry.now, append_entry, tenant, entry, refundable)  # type: ignore[no-any-return]
+
+    async def forfeit_expired(self, now: int, lots: LotRules, limit: int = 500) -> int:
+        """One account per transaction, each under its lock (so the sweep never holds two
+        accounts' locks and cannot deadlock with the writes; a write that forfeited the lots
+        meanwhile leaves the sweep nothing to do). Accounts are found without a lock: the lots
+        are read again under it."""
+        accounts = await self._read(
+            "SELECT DISTINCT tenant, user_id, currency FROM ledger WHERE remaining > 0 AND expires_at <= $1 LIMIT $2",
+            now, limit,
+        )
+        for tenant, user, currency in sorted(tuple(a) for a in accounts):
+            await self._tx(_forfeit_account, tenant, user, currency, now, lots)
+        return len(accounts)
+
+
+async def append_entry(conn: asyncpg.Connection, tenant: int, e: NewEntry, refundable: Refundable | None = None) -> LedgerRow:
+    """Append one row inside the caller's transaction (a capture appends its withdrawal this
+    way), under the account's lock, which this takes first (a capture holds it already: taking
+    it again is a no-op)."""
+    balance = await lock_account(conn, tenant, e.user, e.currency)
+    if e.refund_of is not None:
+        assert refundable is not None, "a refund needs the domain's rule for what may be refunded"
+        await _claim_refund(conn, tenant, e, refundable)
+    tx_id = new_id("tx")
+    remaining = e.amount if e.type == "deposit" and e.expires_at is not None else None
+    inserted = await conn.fetchval(
+        "INSERT INTO ledger (id, tenant, user_id, currency, type, amount, tags, notes, metadata, created_at,"
+        " expires_at, remaining, refund_of, dedupe_key, key_id, hold_id)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
+        " ON CONFLICT (tenant, user_id, dedupe_key) WHERE dedupe_key IS NOT NULL DO NOTHING RETURNING 1",
+        tx_id, tenant, e.user, e.currency, e.type, e.amount, e.tags, e.notes,
+        json.dumps(e.metadata) if e.metadata is not None else None, e.now, e.expires_at, remaining, e.refund_of,
+        e.dedupe_key, e.key_id, e.hold_id,
+    )
+    if inserted is None:  # the dedupe key was seen: the original row is the answer
+        return _row(await conn.fetchrow(
+            f"SELECT {_ROW} FROM ledger WHERE tenant = $1 AND user_id = $2 AND dedupe_key = $3", tenant, e.user, e.dedupe_key
+        ))
+    if e.type == "withdraw":
+        delta = -await _settle_lots(conn, tenant, e.user, e.currency, e.now, e.amount, e.key_id, e.lots) - e.amount
+    elif e.type == "deposit":  # spends nothing: only forfeits
+        delta = -await _settle_lots(conn, tenant, e.user, e.currency, e.now, 0, e.key_id, e.lots) + e.amount
+    else:
+        raise ValueError(f"unknown ledger entry type {e.type!r}")
+    await _set_balance(conn, tenant, e.user, e.currency, balance + delta)
+    await _record_usage_meter_event(conn, tenant, e, tx_id)
+    return {
+        "id": tx_id, "user": e.user, "currency": e.currency, "type": e.type, "amount": e.amount, "tags": e.tags,
+        "notes": e.notes, "metadata": e.metadata, "createdAt": e.now, "expiresAt": e.expires_at, "refundOf": e.refund_of,
+        "holdId": e.hold_id, "keyId": e.key_id,
+    }
+
+
+async def _record_usage_meter_event(conn: asyncpg.Connection, tenant: int, e: NewEntry, tx_id: str) -> None:
+    """A usage withdrawal's meter event, in the withdrawal's own transaction, when the tenant
+    has a meter for it, linked to the withdrawal's row (see UsageEvent)."""
+    if e.usage_event is None:
+        return
+    meter = await conn.fetchval(
+        "SELECT id FROM meters WHERE tenant = $1 AND event_name = $2", tenant, e.usage_event.event_name
+    )
+    if meter is not None:
+        await insert_event(conn, tenant, MeterEventDraft(
+            meter, e.user, e.amount, e.now, None, e.usage_event.dimensions, tx_id,
+        ), e.now)
+
+
+async def _claim_refund(conn: asyncpg.Connection, tenant: int, e: NewEntry, refundable: Refundable) -> None:
+    """The refund's claim on its original, after the account's lock (the original is a row of
+    the same account, so every refund of it queues there and reads what the previous one
+    committed). The update is conditional all the same, so a claim can never pass the amount
+    whatever locks a future writer forgets (and `refunded <= amount - n` cannot overflow)."""
+    found = await conn.fetchrow(
+        f"SELECT {_ROW}, refunded FROM ledger WHERE id = $1 AND tenant = $2 AND user_id = $3 AND currency = $4",
+        e.refund_of, tenant, e.user, e.currency,
+    )
+    if found is None:
+        raise Missing("ledger row")
+    original, refunded = _row(found), found["refunded"]
+    if not refundable(original):
+        raise NotRefundable(original["type"], original["tags"])
+    if e.amount > original["amount"] - refunded:
+        raise RefundLeft(original["amount"] - refunded, original["amount"])
+    status = await conn.execute(
+        "UPDATE ledger SET refunded = refunded + $1 WHERE tenant = $2 AND id = $3 AND refunded <= amount - $1",
+        e.amount, tenant, e.refund_of,
+    )
+    if not affected(status):  # only if a writer changed it without the account's lock
+        left = await conn.fetchval("SELECT amount - refunded FROM ledger WHERE tenant = $1 AND id = $2", tenant, e.refund_of)
+        raise RefundLeft(left, original["amount"])
+
+
+LOT_PAGE = 64
+"""Lots read at first; the usual write finds none or one or two."""
+
+_LOTS = ("SELECT seq, id, remaining, expires_at FROM ledger WHERE tenant = $1 AND user_id = $2 AND currency = $3"
+         " AND remaining > 0 ORDER BY expires_at, seq LIMIT $4")
+
+
+class _Page:
+    """The lots of one fetch for the rule to walk, noting whether it asked for one past the last."""
+
+    def __init__(self, rows: list[Any]):
+        self.rows = rows
+        self.wants_more = False
+
+    def __iter__(self) -> Iterator[Lot]:
+        for _, lot_id, remaining, expires_at in self.rows:
+            yield Lot(lot_id, remaining, expires_at)
+        self.wants_more = True
+
+
+async def _settle_lots(conn: asyncpg.Connection, tenant: int, user: str, currency: str, now: int, spend: int, key_id: str,
+                       rules: LotRules) -> int:
+    """Take from the account's lots what `rules.takes` decides: a forfeit writes the lot off as
+    a withdraw of its own; spending only lowers the lot's remainder (the write's own row moves
+    the balance). Returns the total forfeited.
+
+    The lots come in the ledger_lots index's order (expiry, then oldest first: expired lots come
+    first). The SQLite store fetches further pages from inside the iterator the rule walks; with
+    asyncpg a fetch is a coroutine, which a synchronous iterator cannot await. So the rule walks
+    a fetched list, and if it asked for a lot past the end of a full list, the list is fetched
+    again twice as long and the rule rerun from scratch: it is a pure function of (lots, spend,
+    now), and nothing is written before its final run, so the answer is the one a lazy walk
+    gives. The usual account has no expiring money: one index lookup that finds nothing, and the
+    rule is not run at all."""
+    size = LOT_PAGE
+    rows = await conn.fetch(_LOTS, tenant, user, currency, size)
+    if not rows:
+        return 0
+    while True:
+        page = _Page(rows)
+        takes = list(rules.takes(page, spend, now))
+        if not page.wants_more or len(rows) < size:
+            break
+        size *= 2
+        rows = await conn.fetch(_LOTS, tenant, user, currency, size)
+    seqs = {r[1]: r[0] for r in rows}
+    forfeits = []
+    for lot, cents, forfeit in takes:
+        if forfeit:
+            tags, notes, metadata = rules.forfeiture(lot, currency, cents)
+            forfeits.append((new_id("tx"), tenant, user, currency, cents, tags, notes, json.dumps(metadata), now, key_id))
+    # One pipelined statement each (executemany): a round trip per lot otherwise.
+    if takes:
+        await conn.executemany("UPDATE ledger SET remaining = remaining - $1 WHERE seq = $2",
+                               [(cents, seqs[lot.id]) for lot, cents, _ in takes])
+    if forfeits:
+        await conn.executemany(
+            "INSERT INTO ledger (id, tenant, user_id, currency, type, amount, tags, notes, metadata, created_at, key_id)"
+            " VALUES ($1, $2, $3, $4, 'withdraw', $5, $6, $7, $8, $9, $10)",
+            forfeits,
+        )
+    return sum(cents for _, cents, forfeit in takes if forfeit)
+
+
+async def _set_balance(conn: asyncpg.Connection, tenant: int, user: str, currency: str, new: int) -> None:
+    """The account's new balance, computed from the one its lock returned."""
+    if not INT64_MIN <= new <= INT64_MAX:
+        raise OutOfRange("balance")
+    await conn.execute(
+        "UPDATE balances SET balance = $4 WHERE tenant = $1 AND user_id = $2 AND currency = $3", tenant, user, currency, new
+    )
+
+
+async def _forfeit_account(conn: asyncpg.Connection, tenant: int, user: str, currency: str, now: int, rules: LotRules) -> None:
+    balance = await lock_account(conn, tenant, user, currency)
+    forfeited = await _settle_lots(conn, tenant, user, currency, now, 0, SYSTEM_KEY, rules)
+    if forfeited:
+        await _set_balance(conn, tenant, user, currency, balance - forfeited)
