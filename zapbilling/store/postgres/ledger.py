@@ -23,14 +23,15 @@ _ROW = "id, user_id, currency, type, amount, tags, notes, metadata, created_at, 
 
 # One account's balance row, its expired unforfeited credit (reads subtract it themselves until a
 # write or the sweep forfeits it) and its holds pending at `now` (a hold counts until expires_at,
-# whether or not the sweep has marked it). PostgreSQL's SUM of BIGINT is NUMERIC, so the sums
-# cannot overflow; they arrive as Decimal and are made ints in Python (`figures`).
+# whether or not the sweep has marked it). PostgreSQL's SUM of BIGINT is NUMERIC: cast back to
+# BIGINT, so every backend's callers get ints, and a sum past int64 is an error as SQLite's SUM
+# raises one ("integer overflow"); the subtraction is left to Python, as on SQLite.
 EXPIRED = (
-    "SELECT COALESCE(SUM(remaining), 0) FROM ledger WHERE tenant = {tenant} AND user_id = {user}"
+    "SELECT COALESCE(SUM(remaining), 0)::bigint FROM ledger WHERE tenant = {tenant} AND user_id = {user}"
     " AND currency = {currency} AND remaining > 0 AND expires_at <= {now}"
 )
 HELD = (
-    "SELECT COALESCE(SUM(amount), 0) FROM holds WHERE tenant = {tenant} AND user_id = {user}"
+    "SELECT COALESCE(SUM(amount), 0)::bigint FROM holds WHERE tenant = {tenant} AND user_id = {user}"
     " AND currency = {currency} AND status = 'pending' AND expires_at > {now}"
 )
 _ONE = dict(tenant="$1", user="$2", currency="$3", now="$4")
@@ -39,14 +40,8 @@ ACCOUNT = (
     f" ({EXPIRED.format(**_ONE)}), ({HELD.format(**_ONE)})"
 )
 """(balance row, expired unforfeited credit, pending holds) of one account at now; parameters
-$1 tenant, $2 user, $3 currency, $4 now. The last two are NUMERIC (Decimal): pass the row to
-`figures` for ints."""
+$1 tenant, $2 user, $3 currency, $4 now; all three BIGINT (ints)."""
 _EACH = dict(tenant="$1", user="$2", currency="c.currency", now="$3")
-
-
-def figures(r: Any) -> tuple[int, int, int]:
-    """An ACCOUNT row as ints: (balance row, expired unforfeited credit, pending holds)."""
-    return int(r[0]), int(r[1]), int(r[2])
 
 
 def _row(r: Any) -> LedgerRow:
@@ -70,7 +65,7 @@ _FILTERS = (
 
 class LedgerQueries(PgBase):
     async def balance(self, tenant: int, user: str, currency: str, now: int) -> tuple[int, int]:
-        b, expired, held = figures((await self._read(ACCOUNT, tenant, user, currency, now))[0])
+        b, expired, held = (await self._read(ACCOUNT, tenant, user, currency, now))[0]
         return b - expired, held
 
     async def balances(self, tenant: int, user: str, now: int) -> list[tuple[str, int, int]]:
@@ -84,7 +79,7 @@ class LedgerQueries(PgBase):
             "  AND status = 'pending' AND expires_at > $3) c ORDER BY c.currency",
             tenant, user, now,
         )
-        return [(c, int(b) - int(expired), int(held)) for c, b, expired, held in rows]
+        return [(c, b - expired, held) for c, b, expired, held in rows]
 
     async def usage_page(
         self, tenant: int, user: str, currency: str | None, limit: int, starting_after: str | None
