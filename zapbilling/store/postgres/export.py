@@ -1,8 +1,122 @@
-"""export on PostgreSQL (being ported from ../sqlite/export.py)."""
+"""Whole-tenant reads for `zapbilling export` on PostgreSQL (as ../sqlite/export.py): every row
+of one history table of a tenant, in creation order, in batches of bounded size, so that
+exporting ten million rows takes the memory of one batch.
+
+Creation order is `seq` (each table's identity primary key): a batch is the next `batch` rows
+after the last seq of the previous one (keyset, never OFFSET), one statement each. The whole
+walk is one REPEATABLE READ read-only transaction (`snapshot()`), so an export is the tenant's
+history as of one moment even while servers keep writing (a hold's status is the status at
+`now`, computed in the query as the SQLite store does).
+
+The walks go along each table's primary key (seq) with the tenant as a filter, except for
+holds, which have a (tenant, seq) index; for one tenant among many an export reads each table
+once at most, never more than a batch at a time.
+
+The rows are shaped here, as the SQLite store's LedgerRow, GrantChange, MeterEventRow and
+HoldRow, column for column, so that this module depends on no other query area's module.
+"""
 from __future__ import annotations
 
+import json
+from typing import Any, AsyncIterator, Callable, Sequence
+
+from ..base import GrantChange, HoldRow, LedgerRow, MeterEventRow, Row
 from .connection import PgBase
+
+_LEDGER = "id, user_id, currency, type, amount, tags, notes, metadata, created_at, expires_at, refund_of, hold_id, key_id"
+_CHANGE = "id, grant_id, user_id, currency, type, amount, remaining_after, burn_id, meter_id, created_at, key_id"
+_EVENT = "id, meter_id, user_id, value, ts, idempotency_key, dimensions, created_at"
+# A pending hold whose expires_at has passed reads as expired at `now` ({now}: its parameter).
+_LAPSED = "status = 'pending' AND expires_at <= {now}"
+_HOLD = (
+    f"id, user_id, currency, amount, CASE WHEN {_LAPSED} THEN 'expired' ELSE status END, expires_at, created_at,"
+    f" captured_amount, transaction_id, request_id, metadata, CASE WHEN {_LAPSED} THEN expires_at ELSE settled_at END"
+)
+
+
+def _json(text: str | None) -> Any:
+    return json.loads(text) if text is not None else None
+
+
+def ledger_row(r: Sequence[Any]) -> LedgerRow:
+    return {
+        "id": r[0], "user": r[1], "currency": r[2], "type": r[3], "amount": r[4], "tags": r[5], "notes": r[6],
+        "metadata": _json(r[7]), "createdAt": r[8], "expiresAt": r[9], "refundOf": r[10], "holdId": r[11],
+        "keyId": r[12],
+    }
+
+
+def change_row(r: Sequence[Any]) -> GrantChange:
+    return {
+        "id": r[0], "grantId": r[1], "userId": r[2], "currency": r[3], "type": r[4], "amount": r[5],
+        "remainingAfter": r[6], "burnId": r[7], "meterId": r[8], "createdAt": r[9], "keyId": r[10],
+    }
+
+
+def event_row(r: Sequence[Any]) -> MeterEventRow:
+    return {
+        "id": r[0], "meterId": r[1], "userId": r[2], "value": r[3], "timestamp": r[4], "idempotency": r[5],
+        "dimensions": _json(r[6]), "createdAt": r[7],
+    }
+
+
+def hold_row(r: Sequence[Any]) -> HoldRow:
+    return {
+        "holdId": r[0], "user": r[1], "currency": r[2], "amount": r[3], "status": r[4], "expiresAt": r[5],
+        "createdAt": r[6], "capturedAmount": r[7], "transactionId": r[8], "requestId": r[9],
+        "metadata": _json(r[10]), "settledAt": r[11],
+    }
+
+
+# table: (the columns, the row as the store returns it)
+EXPORTS: dict[str, tuple[str, Callable[[Sequence[Any]], Any]]] = {
+    "ledger": (_LEDGER, ledger_row),
+    "credit_transactions": (_CHANGE, change_row),
+    "meter_events": (_EVENT, event_row),
+    "holds": (_HOLD, hold_row),
+}
+
+
+def export_sql(table: str, since: bool) -> str:
+    """One batch of `table`: parameters $1 tenant, $2 the last seq seen (0 at first), $3 the
+    batch size, then $4 since (when `since`), then now (holds only: the status at that
+    instant). `export_params` gives them in that order."""
+    columns, _ = EXPORTS[table]
+    where = "tenant = $1 AND seq > $2" + (" AND created_at >= $4" if since else "")
+    columns = columns.format(now=f"${5 if since else 4}")
+    return f"SELECT seq, {columns} FROM {table} WHERE {where} ORDER BY seq LIMIT $3"
+
+
+def export_params(table: str, since: int | None, now: int) -> tuple[int, ...]:
+    """The parameters export_sql's statement takes after tenant, after and batch."""
+    return (*(() if since is None else (since,)), *((now,) if table == "holds" else ()))
 
 
 class ExportQueries(PgBase):
-    pass
+    async def tenant_id(self, org: str, mode: str) -> int | None:
+        """The tenant of an org and mode, or None if no key was ever made for it."""
+        rows = await self._read("SELECT id FROM tenants WHERE org = $1 AND mode = $2", org, mode)
+        return rows[0][0] if rows else None
+
+    async def export_rows(
+        self, tenant: int, table: str, since: int | None, now: int, batch: int = 1000
+    ) -> AsyncIterator[list[Row]]:
+        """Every row of `table` (ledger, credit_transactions, meter_events, holds) of `tenant`
+        created at or after `since` (None: all), in creation order, as lists of at most `batch`
+        rows shaped as the table's other reads return them (LedgerRow, GrantChange,
+        MeterEventRow, HoldRow with its status at `now`). All from one snapshot: iterate to
+        the end, or close the iterator (contextlib.aclosing) to end it early."""
+        if batch < 1:
+            raise ValueError("batch must be at least 1")
+        sql, make = export_sql(table, since is not None), EXPORTS[table][1]
+        extra = export_params(table, since, now)
+        after = 0
+        async with self.snapshot():
+            while True:
+                rows = await self._read(sql, tenant, after, batch, *extra)
+                if not rows:
+                    return
+                after = rows[-1][0]
+                yield [make(tuple(r)[1:]) for r in rows]
+                if len(rows) < batch:
+                    return
