@@ -201,16 +201,16 @@ BACKEND = pg.backend()
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "sqlite_only(why): what the test checks exists on SQLite only (a file, a PRAGMA, the writer thread)")
+    config.addinivalue_line("markers", "postgres_only(why): what the test checks exists on PostgreSQL only (several servers on one database)")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if BACKEND != "postgres":
-        return
+    other = "sqlite_only" if BACKEND == "postgres" else "postgres_only"
     for item in items:
-        mark = item.get_closest_marker("sqlite_only")
+        mark = item.get_closest_marker(other)
         if mark is not None:
-            why = mark.args[0] if mark.args else "SQLite only"
-            item.add_marker(pytest.mark.skip(reason=f"SQLite only: {why}"))
+            why = mark.args[0] if mark.args else other
+            item.add_marker(pytest.mark.skip(reason=f"{other.replace('_', ' ')}: {why}"))
 
 
 @pytest.fixture

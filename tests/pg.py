@@ -61,12 +61,18 @@ def _free_port() -> int:
 class Cluster:
     """A PostgreSQL cluster started here, or the one ZAPBILLING_TEST_PG names."""
 
-    def __init__(self) -> None:
-        self.url = os.environ.get("ZAPBILLING_TEST_PG") or ""
+    def __init__(self, url: str = "") -> None:
+        self.url = url
         self.folder: Path | None = None
         self._as: list[str] = []
         if not self.url:
             self._start()
+
+    @classmethod
+    def own(cls) -> "Cluster":
+        """A new cluster started here, whatever ZAPBILLING_TEST_PG says: for a test that stops
+        or restarts PostgreSQL."""
+        return cls()
 
     def _start(self) -> None:
         initdb, pg_ctl = _binary("initdb"), _binary("pg_ctl")
@@ -179,7 +185,7 @@ def admin() -> Admin:
     """The session's PostgreSQL (started on first use)."""
     global _admin
     if _admin is None:
-        _admin = Admin(Cluster())
+        _admin = Admin(Cluster(os.environ.get("ZAPBILLING_TEST_PG") or ""))
     return _admin
 
 
@@ -211,6 +217,12 @@ class Connection:
 
     def close(self) -> None:
         self._admin.run(self._conn.close())
+
+    def __enter__(self) -> "Connection":
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        self.close()
 
 
 def is_url(db: str | Path) -> bool:

@@ -50,6 +50,7 @@ from typing import Any
 import msgpack
 from aiohttp import ClientError, ClientSession, ClientTimeout, TCPConnector
 
+import pg
 from invariants import check_invariants
 from procs import SHUTDOWN_TIMEOUT, ServerProcess, create_key
 
@@ -279,6 +280,8 @@ class Storm:
 # -- checking the file and the API after a restart -----------------------------------------
 
 def read_only(db: str) -> sqlite3.Connection:
+    if pg.is_url(db):
+        return pg.Connection(db)  # type: ignore[return-value]
     return sqlite3.connect(f"file:{db}?mode=ro", uri=True)
 
 
@@ -570,11 +573,11 @@ async def check_restarted(db: str, tmp_path: Any, checker: "Checker", key: str, 
     return checked
 
 
-async def test_kill_9_mid_storm_loses_no_acknowledged_write_and_half_applies_nothing(tmp_path):
+async def test_kill_9_mid_storm_loses_no_acknowledged_write_and_half_applies_nothing(tmp_path, db_path):
     seed = master_seed()
     rng = random.Random(seed)
     print(f"\n[crash] seed {seed} (replay: CRASH_SEED={seed} pytest -s tests/test_crash.py)")
-    db = str(tmp_path / "crash.db")
+    db = db_path
     key, events_meter, usage_meter, accounts = await prepare(db, tmp_path)
     totals = Counter()
     for cycle in range(1, KILLS + 1):
@@ -623,14 +626,14 @@ async def test_kill_9_mid_storm_loses_no_acknowledged_write_and_half_applies_not
           f" retries after restart answered with the original {totals['replayed']}, written then {totals['written']}")
 
 
-async def test_sigterm_mid_storm_finishes_or_refuses_in_flight_writes_and_exits_zero(tmp_path):
+async def test_sigterm_mid_storm_finishes_or_refuses_in_flight_writes_and_exits_zero(tmp_path, db_path):
     """SIGTERM during the storm: each request is answered (and then kept) or refused (a
     connection error or a 503, and then not written); the process exits 0 within the shutdown
     timeout; after a restart every acknowledged write is there and the invariants hold."""
     seed = master_seed()
     rng = random.Random(seed)
     print(f"\n[sigterm] seed {seed} (replay: CRASH_SEED={seed} pytest -s tests/test_crash.py)")
-    db = str(tmp_path / "sigterm.db")
+    db = db_path
     key, events_meter, usage_meter, accounts = await prepare(db, tmp_path)
     server = await ServerProcess(db, tmp_path, durability="full").start_ready()
     try:
