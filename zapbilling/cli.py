@@ -24,7 +24,7 @@ from typing import Any, NoReturn, Sequence
 from . import export
 from .config import DURABILITY, Config, env_default
 from .limits import Limits, env_name, flag_name, limit_fields
-from .store import make_store
+from .store import Unavailable, describe, make_store
 from .times import format_ts, system_clock
 
 class _Parser(argparse.ArgumentParser):
@@ -65,8 +65,9 @@ def _name(text: str) -> str:
 
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="zapbilling", description="Usage-based billing service.")
-    sub = p.add_subparsers(dest="command", required=True, metavar="{serve,keys,gen,export}")
-    db: dict[str, Any] = {"default": env_default("db"), "help": "SQLite database file (env ZAPBILLING_DB)"}
+    sub = p.add_subparsers(dest="command", required=True, metavar="{serve,keys,migrate,export,gen}")
+    db: dict[str, Any] = {"default": env_default("db"), "metavar": "DB",
+                          "help": "a SQLite file (a path or sqlite:///path) or postgresql://user:password@host:port/dbname (env ZAPBILLING_DB)"}
 
     serve = sub.add_parser("serve", help="run the HTTP server")
     serve.add_argument("--db", **db)
@@ -102,6 +103,8 @@ def _parser() -> argparse.ArgumentParser:
         g.add_argument("--schema", help="the .zap file (default: the packaged schemas/billing.zap)")
         g.add_argument("--check", action="store_true", help="write nothing; exit 1 if what is there is stale")
     export.add_parser(sub, env_default("db"))
+    migrate = sub.add_parser("migrate", help="bring the database's schema up to date, and do nothing else")
+    migrate.add_argument("--db", **db)
     return p
 
 
@@ -122,9 +125,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "export":
         return export.run(args)
     try:
-        return asyncio.run(_keys(args))
-    except (OSError, sqlite3.Error) as exc:
-        _fail(f"cannot use database {args.db}: {exc}")
+        return asyncio.run(_migrate(args) if args.command == "migrate" else _keys(args))
+    except Unavailable as exc:
+        _fail(str(exc))
+    except (OSError, sqlite3.Error, ValueError) as exc:
+        _fail(f"cannot use database {describe(args.db)}: {exc}")
 
 
 def _fail(message: str) -> NoReturn:
@@ -137,10 +142,12 @@ def serve(config: Config) -> int:
 
     try:
         return server.serve(config)
+    except Unavailable as exc:
+        _fail(str(exc))
     except OSError as exc:  # the port is taken, or the database's folder does not exist
-        _fail(f"cannot serve on {config.host}:{config.port} with database {config.db}: {exc}")
-    except sqlite3.Error as exc:
-        _fail(f"cannot use database {config.db}: {exc}")
+        _fail(f"cannot serve on {config.host}:{config.port} with database {describe(config.db)}: {exc}")
+    except (sqlite3.Error, ValueError) as exc:
+        _fail(f"cannot use database {describe(config.db)}: {exc}")
 
 
 def generate(args: Any) -> int:
@@ -185,6 +192,18 @@ def _docs(schema_path: Any) -> str:
         return generate(load_registry(path), path, f"schemas/{path.name}")
     except (ExampleError, RegistryError) as exc:
         _fail(f"cannot generate the API reference: {exc}")
+
+
+async def _migrate(args: Any) -> int:
+    """Opening a store migrates it (servers do so at start-up too: several at once apply each
+    version once); this command lets an operator do it alone, ahead of a deploy."""
+    from .store.migrations import scripts
+
+    store = make_store(args.db)
+    await store.open()
+    await store.close()
+    sys.stderr.write(f"{describe(args.db)} is at schema version {len(scripts())}\n")
+    return 0
 
 
 async def _keys(args: Any) -> int:

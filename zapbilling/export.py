@@ -36,6 +36,9 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, NoReturn
 
+from .store.base import Unavailable
+from .store.locator import describe, is_postgres, sqlite_path
+
 KINDS = {"ledger": "ledger", "credit-transactions": "credit_transactions", "meter-events": "meter_events", "holds": "holds"}
 """The command's kinds and the store's tables."""
 FORMATS = ("jsonl", "csv")
@@ -75,27 +78,11 @@ def fail(message: str) -> NoReturn:
     raise SystemExit(2)
 
 
-def sqlite_path(url: str) -> str:
-    """The SQLite file of a --db value: a plain path, or sqlite:///path (sqlite:////abs/path
-    for an absolute one, as SQLAlchemy writes it). ValueError for anything else."""
-    if url.startswith("sqlite:///"):
-        path = url[len("sqlite:///"):]
-        if not path:
-            raise ValueError(f"{url!r} names no file: expected sqlite:///path")
-        return path
-    if "://" in url:
-        scheme = url.split("://", 1)[0]
-        raise ValueError(f"unsupported database {scheme}://...: export reads SQLite (a path or sqlite:///path)")
-    if not url:
-        raise ValueError("--db is empty")
-    return url
-
-
 def run(args: argparse.Namespace) -> int:
     from .times import parse_ts, system_clock
 
     try:
-        path = sqlite_path(args.db)
+        path = args.db if is_postgres(args.db) else sqlite_path(args.db)
     except ValueError as exc:
         fail(str(exc))
     if not args.org.strip():
@@ -104,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
         since = parse_ts(args.since) if args.since is not None else None
     except ValueError:
         fail(f"invalid --since {args.since!r}: expected an RFC 3339 time or a date YYYY-MM-DD")
-    if not Path(path).is_file():
+    if not is_postgres(path) and not Path(path).is_file():
         fail(f"cannot export from {args.db}: no such database file")
     out = io.TextIOWrapper(sys.stdout.buffer, encoding="utf-8", errors="backslashreplace", newline="")
     try:
@@ -114,15 +101,17 @@ def run(args: argparse.Namespace) -> int:
         # The reader went away (`| head`): say nothing more, and let no flush at exit complain.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+    except Unavailable as exc:
+        fail(str(exc))
     except (OSError, sqlite3.Error) as exc:
-        fail(f"cannot export from {args.db}: {exc}")
+        fail(f"cannot export from {describe(args.db)}: {exc}")
     except KeyboardInterrupt:
         return 130
     finally:
         with contextlib.suppress(ValueError):
             out.detach()  # sys.stdout keeps its buffer
     if rows is None:
-        fail(f"no org {args.org!r} in mode {args.mode} in {args.db}: no key was ever made for it, so it has no rows")
+        fail(f"no org {args.org!r} in mode {args.mode} in {describe(args.db)}: no key was ever made for it, so it has no rows")
     sys.stderr.write(f"exported {rows} {args.kind} rows of {args.org} ({args.mode})\n")
     return 0
 

@@ -50,6 +50,7 @@ def _run(config: Config, sock: socket.socket | None, label: str, lifeline: int |
 
     from . import access_log
     from .app import create_app
+    from .store import describe
 
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, handlers=[access_log.LogHandler()])
     loop = _event_loop()
@@ -59,7 +60,7 @@ def _run(config: Config, sock: socket.socket | None, label: str, lifeline: int |
     where: dict[str, Any] = {"sock": sock} if sock else {"host": config.host, "port": config.port}
 
     def started(_: str) -> None:
-        log.info("serving %s on http://%s:%d (durability %s)%s", config.db, config.host, config.port, config.durability, label)
+        log.info("serving %s on http://%s:%d (durability %s)%s", describe(config.db), config.host, config.port, config.durability, label)
 
     if lifeline is not None:
         def supervisor_gone() -> None:

@@ -7,6 +7,7 @@ from .base import (
     LedgerFilter, LedgerRow, Lot, LotRules, MeterEventDraft, MeterRow, NewEntry, NewGrant, NewHold, NewMeter, NewRule, Principal,
     Refundable, Row, RuleRow, Store, UsageEvent,
 )
+from .locator import describe, is_postgres, sqlite_path
 from .refusals import (
     AlreadyExists, AlreadyVoided, KeyReused, Missing, NotPending, NotRefundable, OutOfRange, OverCapture, Refused,
     RefundLeft, ShortOfFunds, SumOutOfRange,
@@ -25,16 +26,6 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def is_postgres(db: str) -> bool:
-    """`--db` names PostgreSQL (a `postgresql://` URL) rather than a SQLite file."""
-    return db.startswith(("postgresql://", "postgres://"))
-
-
-def sqlite_path(db: str) -> str:
-    """The file a SQLite `--db` names: a path, or `sqlite:///path` (`sqlite:////abs/path`)."""
-    return db[len("sqlite:///"):] if db.startswith("sqlite:///") else db
-
-
 def make_store(db: str, durability: str = "full") -> Store:
     """The store `--db` names, not yet opened; only its backend's driver is loaded."""
     if is_postgres(db):
@@ -50,6 +41,6 @@ __all__ = [
     "DURABILITY", "SYSTEM_KEY", "Unavailable", "Account", "AlreadyExists", "AlreadyVoided", "Burn", "BurnPlan", "BurnedGrant", "GrantChange",
     "GrantRow", "HoldCharge", "HoldRow", "Idempotency", "KeyInfo", "KeyReused", "LedgerFilter", "LedgerRow", "Lot", "LotRules",
     "MeterEventDraft", "MeterRow", "Missing", "NewMeter", "NewRule", "RuleRow", "NewEntry", "NewGrant", "NewHold", "NotPending", "NotRefundable", "OutOfRange",
-    "OverCapture", "Principal", "Refundable", "RefundLeft", "Refused", "Row", "ShortOfFunds", "SqliteStore", "PostgresStore", "Store", "is_postgres", "make_store", "sqlite_path",
+    "OverCapture", "Principal", "Refundable", "RefundLeft", "Refused", "Row", "ShortOfFunds", "SqliteStore", "PostgresStore", "Store", "describe", "is_postgres", "make_store", "sqlite_path",
     "SumOutOfRange", "UsageEvent",
 ]

@@ -35,13 +35,13 @@ import random
 import time
 from contextvars import ContextVar
 from typing import Any, AsyncIterator, Awaitable, Callable, Hashable, TypeVar
-from urllib.parse import urlsplit
 
 import asyncpg
 
 from ..answers import replayed_answer, stored_answer
 from ..base import DURABILITY, Idempotency, Unavailable
 from ..fairness import FairSlots
+from ..locator import describe
 from ..migrations import record, scripts
 from ..refusals import KeyReused
 
@@ -67,15 +67,6 @@ RETRYABLE = (asyncpg.exceptions.SerializationError, asyncpg.exceptions.DeadlockD
 
 Job = Callable[..., Awaitable[Any]]
 _SNAPSHOT: ContextVar["asyncpg.Connection[Any] | None"] = ContextVar("zapbilling_pg_snapshot", default=None)
-
-
-def describe(url: str) -> str:
-    """The URL without its password, for messages and logs."""
-    parts = urlsplit(url)
-    host = parts.hostname or "localhost"
-    where = f"{host}:{parts.port}" if parts.port else host
-    user = f"{parts.username}@" if parts.username else ""
-    return f"postgresql://{user}{where}{parts.path}"
 
 
 def unavailable(url: str, exc: BaseException) -> Unavailable:
