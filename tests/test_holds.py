@@ -12,6 +12,7 @@ import sqlite3
 from datetime import datetime, timezone
 from typing import Any
 
+import pg
 import pytest
 from conftest import REGISTRY, TRANSPORTS, assert_error, created_status, ledger_rows, ok
 
@@ -63,7 +64,13 @@ async def list_holds(api, **params: Any) -> dict[str, Any]:
 
 
 def hold_rows(db_path: str) -> list[dict[str, Any]]:
-    """Every stored hold, read-only from the server's SQLite file, in insertion order."""
+    """Every stored hold, read-only from the server's database, in insertion order."""
+    if pg.is_url(db_path):
+        pgcon = pg.Connection(db_path)
+        try:
+            return [dict(r) for r in pgcon.execute("SELECT * FROM holds ORDER BY seq")]
+        finally:
+            pgcon.close()
     con = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
     con.row_factory = sqlite3.Row
     try:
