@@ -30,7 +30,7 @@ from typing import Any, Coroutine, TypeVar
 import asyncpg
 
 T = TypeVar("T")
-TEMPLATE = "zb_template"
+TEMPLATE = f"zb_template_{os.getpid()}"  # per test process: several may share one cluster
 
 
 def backend() -> str:
@@ -162,6 +162,7 @@ class Admin:
 
         self.run(migrate_template())
         self._template_ready = True
+        atexit.register(self.execute, f"DROP DATABASE IF EXISTS {TEMPLATE} WITH (FORCE)")
 
     def new_database(self, migrated: bool = True) -> str:
         """A fresh database's URL; `migrated`: copied from the migrated template, else empty."""
