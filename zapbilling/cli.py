@@ -8,6 +8,7 @@
     zapbilling gen openapi [--out FILE] [--schema FILE] [--check]
     zapbilling gen docs [--out FILE] [--schema FILE] [--check]
     zapbilling export KIND [--db URL] --org NAME --mode test|live [--since TIME] [--format jsonl|csv]
+    zapbilling copy --from PATH --to postgresql://user:password@host:port/dbname
 
 Every flag of `serve` (and --db everywhere) defaults to its ZAPBILLING_* environment variable.
 Errors are one line on stderr and a non-zero exit status.
@@ -21,7 +22,7 @@ import sqlite3
 import sys
 from typing import Any, NoReturn, Sequence
 
-from . import export
+from . import copy as copy_db, export
 from .config import DURABILITY, Config, env_default
 from .limits import Limits, env_name, flag_name, limit_fields
 from .store import Unavailable, describe, make_store
@@ -65,7 +66,7 @@ def _name(text: str) -> str:
 
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="zapbilling", description="Usage-based billing service.")
-    sub = p.add_subparsers(dest="command", required=True, metavar="{serve,keys,migrate,export,gen}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{serve,keys,migrate,export,copy,gen}")
     db: dict[str, Any] = {"default": env_default("db"), "metavar": "DB",
                           "help": "a SQLite file (a path or sqlite:///path) or postgresql://user:password@host:port/dbname (env ZAPBILLING_DB)"}
 
@@ -103,6 +104,7 @@ def _parser() -> argparse.ArgumentParser:
         g.add_argument("--schema", help="the .zap file (default: the packaged schemas/billing.zap)")
         g.add_argument("--check", action="store_true", help="write nothing; exit 1 if what is there is stale")
     export.add_parser(sub, env_default("db"))
+    copy_db.add_parser(sub)
     migrate = sub.add_parser("migrate", help="bring the database's schema up to date, and do nothing else")
     migrate.add_argument("--db", **db)
     return p
@@ -124,6 +126,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return generate(args)
     if args.command == "export":
         return export.run(args)
+    if args.command == "copy":
+        return copy_db.run(args)
     try:
         return asyncio.run(_migrate(args) if args.command == "migrate" else _keys(args))
     except Unavailable as exc:
