@@ -175,7 +175,7 @@ class _Checker:
                          f" (update tests/invariants.py when transfers are implemented)")
         for r in self.q(
             "SELECT tenant, user_id, dedupe_key, COUNT(*) n FROM ledger WHERE dedupe_key IS NOT NULL"
-            " GROUP BY tenant, user_id, dedupe_key HAVING n > 1"
+            " GROUP BY tenant, user_id, dedupe_key HAVING COUNT(*) > 1"
         ):
             self.bad(f"ledger: dedupe key {r['dedupe_key']!r} appears {r['n']} times for tenant {r['tenant']} user {r['user_id']!r}")
 
@@ -307,7 +307,7 @@ class _Checker:
             rows[r["grant_id"]].append(r)
         for grant_id, g in grants.items():
             self._grant_history(g, rows.get(grant_id, []))
-        for r in self.q("SELECT id, COUNT(*) n FROM credit_transactions GROUP BY id HAVING n > 1"):
+        for r in self.q("SELECT id, COUNT(*) n FROM credit_transactions GROUP BY id HAVING COUNT(*) > 1"):
             self.bad(f"credit transaction id {r['id']} appears {r['n']} times")
 
     def _grant_history(self, g: sqlite3.Row, rows: list[sqlite3.Row]) -> None:
@@ -381,7 +381,7 @@ class _Checker:
     def meter_events(self) -> None:
         for r in self.q(
             "SELECT tenant, idempotency_key, COUNT(*) n, GROUP_CONCAT(id, ', ') ids FROM meter_events"
-            " WHERE idempotency_key IS NOT NULL GROUP BY tenant, idempotency_key HAVING n > 1"
+            " WHERE idempotency_key IS NOT NULL GROUP BY tenant, idempotency_key HAVING COUNT(*) > 1"
         ):
             self.bad(f"meter events: idempotency key {r['idempotency_key']!r} appears {r['n']} times in tenant {r['tenant']} ({r['ids']})")
         if "ledger_id" in self.columns("meter_events"):
@@ -406,7 +406,7 @@ class _Checker:
             "SELECT l.id, l.tenant, COUNT(e.id) AS n FROM ledger l"
             " JOIN meters m ON m.tenant = l.tenant AND m.event_name = 'api-usage' AND m.created_at <= l.created_at"
             " LEFT JOIN meter_events e ON e.ledger_id = l.id"
-            " WHERE l.type = 'withdraw' AND l.tags = 'api-usage' GROUP BY l.id HAVING n != 1"
+            " WHERE l.type = 'withdraw' AND l.tags = 'api-usage' GROUP BY l.id, l.tenant HAVING COUNT(e.id) != 1"
         ):
             self.bad(f"usage withdrawal {r['id']} (tenant {r['tenant']}) has {r['n']} meter events on the api-usage meter, not 1")
 
