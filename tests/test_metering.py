@@ -1,6 +1,6 @@
 """Meters and meter events end to end: every operation of the contract's "Meters and meter
 events" section, and the meter event recordUsage writes, over REST, ZAP/JSON and ZAP/msgpack
-(`any_api`) on the real server and its real SQLite file; plus one named test per **Fix** of that
+(`any_api`) on the real server and its real database (SQLite or PostgreSQL); plus one named test per **Fix** of that
 section (test_fix_...)."""
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import sqlite3
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+import pg
 import pytest
 
 from zapbilling.app import STORE
@@ -58,13 +59,22 @@ def at(micros: int) -> datetime:
 
 
 def db_rows(db_path: str, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
-    """Rows read with the stdlib driver, read-only, straight from the server's SQLite file."""
-    con = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    """Rows read straight from the server's database: read-only with the stdlib driver from its
+    SQLite file, or through pg.Connection (`?` placeholders either way)."""
+    if pg.is_url(db_path):
+        with pg.Connection(db_path) as pgcon:
+            return [dict(r) for r in pgcon.execute(sql, params)]
+    con = pg.read_only(db_path)
     con.row_factory = sqlite3.Row
     try:
         return [dict(r) for r in con.execute(sql, params)]
     finally:
         con.close()
+
+
+def dimension(db_path: str, name: str) -> str:
+    """SQL for one dimension of a meter event (dimensions are JSON text on both backends)."""
+    return f"(dimensions::jsonb ->> '{name}')" if pg.is_url(db_path) else f"json_extract(dimensions, '$.{name}')"
 
 
 def event_rows(db_path: str, meter_id: str | None = None) -> list[dict[str, Any]]:
@@ -368,8 +378,8 @@ async def test_meter_event_dimensions_are_stored_for_a_group_by(any_api, db_path
     ])
     grouped = db_rows(
         db_path,
-        "SELECT json_extract(dimensions, '$.model') AS model, SUM(value) AS total, COUNT(*) AS n"
-        " FROM meter_events WHERE meter_id = ? GROUP BY model ORDER BY model",
+        f"SELECT {dimension(db_path, 'model')} AS model, SUM(value) AS total, COUNT(*) AS n"
+        " FROM meter_events WHERE meter_id = ? GROUP BY model ORDER BY model NULLS FIRST",
         (m["id"],),
     )
     assert grouped == [
@@ -379,8 +389,8 @@ async def test_meter_event_dimensions_are_stored_for_a_group_by(any_api, db_path
     ]
     by_region = db_rows(
         db_path,
-        "SELECT json_extract(dimensions, '$.region') AS region, SUM(value) AS total FROM meter_events"
-        " WHERE meter_id = ? AND json_extract(dimensions, '$.region') IS NOT NULL GROUP BY region ORDER BY region",
+        f"SELECT {dimension(db_path, 'region')} AS region, SUM(value) AS total FROM meter_events"
+        f" WHERE meter_id = ? AND {dimension(db_path, 'region')} IS NOT NULL GROUP BY region ORDER BY region",
         (m["id"],),
     )
     assert by_region == [{"region": "eu", "total": 30}, {"region": "us", "total": 30}]
@@ -624,15 +634,17 @@ async def test_summary_sum_beyond_int64_is_invalid_params(any_api):
 
 async def test_summary_aggregates_in_sql_over_the_summary_index(api, server, db_path, monkeypatch):
     """The store's summary query, captured as the server runs it, is one aggregate row computed by
-    SQLite and its plan searches meter_events through the meter_events_summary index."""
+    the database and its plan searches meter_events through the meter_events_summary index (on
+    PostgreSQL, whose planner rightly prefers a scan of these few rows, the plan with sequential
+    scans disabled: the query can use the index, and a query that could not would still scan)."""
     store = server.app[STORE]
     captured: list[tuple[str, Any, int]] = []
     real_read = store._read
 
-    async def spy(sql: str, params: Any = ()) -> Any:
-        rows = await real_read(sql, params)
+    async def spy(sql: str, *params: Any) -> Any:  # SQLite's _read(sql, params); PostgreSQL's _read(sql, *params)
+        rows = await real_read(sql, *params)
         if "meter_events" in sql:
-            captured.append((sql, params, len(rows)))
+            captured.append((sql, params[0] if params and not pg.is_url(db_path) else params, len(rows)))
         return rows
 
     monkeypatch.setattr(store, "_read", spy)
@@ -642,8 +654,11 @@ async def test_summary_aggregates_in_sql_over_the_summary_index(api, server, db_
                             "timestamp": f"2026-03-{1 + i % 28:02d}T00:00:00Z"} for i in range(60)])
     variants = [{}, {"userId": ALICE}, {"periodStart": "2026-03-02", "periodEnd": "2026-03-20"},
                 {"userId": BOB, "periodStart": "2026-03-02T00:00:00Z"}]
-    con = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    on_pg = pg.is_url(db_path)
+    con: Any = pg.Connection(db_path) if on_pg else pg.read_only(db_path)
     try:
+        if on_pg:
+            con.execute("SET enable_seqscan = off")
         for agg, m in meters.items():
             for params in variants:
                 captured.clear()
@@ -651,6 +666,13 @@ async def test_summary_aggregates_in_sql_over_the_summary_index(api, server, db_
                 assert len(captured) == 1, [c[0] for c in captured]
                 sql, sql_params, n_rows = captured[0]
                 assert n_rows == 1, "the summary must come back as one aggregate row, not as the events"
+                if on_pg:
+                    plan = [row[0] for row in con.execute("EXPLAIN " + sql, sql_params)]
+                    on_events = [step for step in plan if " on meter_events" in step]
+                    assert on_events, plan
+                    for step in on_events:
+                        assert "Index" in step and "using meter_events_summary" in step, (agg, params, plan)
+                    continue
                 plan = [row[3] for row in con.execute("EXPLAIN QUERY PLAN " + sql, sql_params)]
                 on_events = [step for step in plan if "meter_events" in step]
                 assert on_events, plan
@@ -670,8 +692,8 @@ async def test_record_usage_records_an_event_on_the_api_usage_meter(any_api, db_
                                            "totalTokens": 9, "requestId": "req-1"})
     (row,) = event_rows(db_path)
     assert (row["meter_id"], row["user_id"], row["value"], row["ts"]) == (usage_meter["id"], ALICE, 250, clock.now)
-    (dims,) = db_rows(db_path, "SELECT json_extract(dimensions, '$.model') AS model,"
-                               " json_extract(dimensions, '$.provider') AS provider FROM meter_events")
+    (dims,) = db_rows(db_path, f"SELECT {dimension(db_path, 'model')} AS model,"
+                               f" {dimension(db_path, 'provider')} AS provider FROM meter_events")
     assert dims == {"model": "claude-x", "provider": "anthropic"}
     (ledger,) = usage_rows(db_path)
     assert ledger["id"] == tx["transactionId"] and ledger["created_at"] == row["ts"]
@@ -685,18 +707,26 @@ async def test_fix_record_usage_event_is_written_in_the_same_transaction(any_api
     """If the meter event cannot be written, the usage withdrawal is not written either."""
     await meter(any_api, "api-usage")
     await ok(any_api, "deposit", {"user": ALICE, "amount": 1000})
-    con = sqlite3.connect(db_path)
+    con: Any = pg.Connection(db_path) if pg.is_url(db_path) else sqlite3.connect(db_path)
     try:
-        con.execute("CREATE TRIGGER refuse_meter_events BEFORE INSERT ON meter_events"
-                    " BEGIN SELECT RAISE(ABORT, 'meter events refused'); END")
-        con.commit()
+        if pg.is_url(db_path):  # pg.Connection commits each statement
+            con.execute("CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS"
+                        " $$ BEGIN RAISE EXCEPTION 'meter events refused'; END $$")
+            con.execute("CREATE TRIGGER refuse_meter_events BEFORE INSERT ON meter_events FOR EACH ROW EXECUTE FUNCTION refuse()")
+            drop = "DROP TRIGGER refuse_meter_events ON meter_events"
+        else:
+            con.execute("CREATE TRIGGER refuse_meter_events BEFORE INSERT ON meter_events"
+                        " BEGIN SELECT RAISE(ABORT, 'meter events refused'); END")
+            con.commit()
+            drop = "DROP TRIGGER refuse_meter_events"
         request = {"user": ALICE, "amount": 300, "model": "m", "provider": "p", "requestId": "req-tx"}
         r = await any_api.call("recordUsage", request)
         assert r.error is not None, f"the usage was acknowledged without its meter event: {r.status} {r.result!r}"
         assert usage_rows(db_path) == [] and event_rows(db_path) == []
         assert (await ok(any_api, "getBalance", {"user": ALICE}))["balance"] == 1000
-        con.execute("DROP TRIGGER refuse_meter_events")
-        con.commit()
+        con.execute(drop)
+        if not pg.is_url(db_path):
+            con.commit()
     finally:
         con.close()
     # the requestId was not consumed by the failed call: a retry charges once, with its event
