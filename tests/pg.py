@@ -228,3 +228,27 @@ class Connection:
 
 def is_url(db: str | Path) -> bool:
     return str(db).startswith(("postgresql://", "postgres://"))
+
+
+def read_only(db: str | Path) -> Any:
+    """A read-only connection to a test's database, whichever backend: sqlite3's on a file,
+    Connection on a PostgreSQL URL (rows unpack and index alike)."""
+    if is_url(db):
+        return Connection(str(db))
+    import sqlite3
+
+    return sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+
+
+def table_names(con: Any) -> list[str]:
+    """The tables of a read_only() connection, by name."""
+    if isinstance(con, Connection):
+        return [r[0] for r in con.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY table_name")]
+    return [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
+
+
+def column_names(con: Any, table: str) -> set[str]:
+    if isinstance(con, Connection):
+        return {r[0] for r in con.execute("SELECT column_name FROM information_schema.columns WHERE table_name = ?", (table,))}
+    return {r[1] for r in con.execute(f"PRAGMA table_info({table})")}

@@ -15,6 +15,7 @@ import sys
 from typing import Any
 
 import pytest
+import pg
 from conftest import ok
 
 from procs import child_env, zapbilling_cmd
@@ -76,7 +77,7 @@ async def listing(api, method: str, key: str, **params: Any) -> list[dict[str, A
 
 
 def seq_order(db: str, table: str, org: str = "acme", mode: str = "live") -> list[str]:
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    con = pg.read_only(db)
     try:
         return [r[0] for r in con.execute(
             f"SELECT x.id FROM {table} x JOIN tenants t ON t.id = x.tenant WHERE t.org = ? AND t.mode = ? ORDER BY x.seq",

@@ -26,6 +26,7 @@ import sqlite3
 from typing import Any
 
 import pytest
+import pg
 from conftest import REGISTRY, TRANSPORTS, Api, Reply, assert_error, ok
 from examples import Example, load_examples, prepare, resolve
 from invariants import check_invariants
@@ -69,7 +70,7 @@ def uses_refs(value: Any) -> bool:
 # -- A's state: every row of the tenant, and what its own reads answer -------------------------------
 
 def tenant_id(db_path: str, org: str, mode: str) -> int:
-    con = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    con = pg.read_only(db_path)
     try:
         (tid,), = con.execute("SELECT id FROM tenants WHERE org = ? AND mode = ?", (org, mode)).fetchall()
         return tid
@@ -79,12 +80,12 @@ def tenant_id(db_path: str, org: str, mode: str) -> int:
 
 def tenant_rows(db_path: str, tenant: int) -> dict[str, list[dict[str, Any]]]:
     """Every row of `tenant` in every table that has a tenant column."""
-    con = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    con = pg.read_only(db_path)
     con.row_factory = sqlite3.Row
     try:
         out = {}
-        for (table,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name"):
-            if "tenant" in {r[1] for r in con.execute(f"PRAGMA table_info({table})")}:
+        for table in pg.table_names(con):
+            if "tenant" in pg.column_names(con, table):
                 rows = [dict(r) for r in con.execute(f"SELECT * FROM {table} WHERE tenant = ?", (tenant,))]
                 out[table] = sorted(rows, key=lambda r: json.dumps(r, sort_keys=True, default=str))
         return out

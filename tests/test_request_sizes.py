@@ -28,6 +28,7 @@ from zapbilling.limits import Limits
 from zapbilling.times import system_clock
 from zapbilling.transport.codec import CHUNK, CODECS, DEFAULT_ELEMENTS, JSON, MAX_BODY, _decode_msgpack, _decode_msgpack_large
 
+import pg
 from conftest import Api
 from procs import ServerProcess, child_env, create_key, zapbilling_cmd
 
@@ -288,7 +289,7 @@ def _largest_legal_deposit(user: str) -> dict[str, Any]:
 
 def _stored(db_path: str, key: str) -> Any:
     import sqlite3
-    con = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    con = pg.read_only(db_path)
     try:
         return con.execute("SELECT response FROM idempotency WHERE key = ?", (key,)).fetchone()[0]
     finally:
