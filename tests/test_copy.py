@@ -29,6 +29,8 @@ from zapbilling.app import STORE, create_app
 from zapbilling.config import Config, server_options
 from zapbilling.store.copy import TABLES
 
+pytestmark = pytest.mark.postgres_only("copies into PostgreSQL; runs once, in the PostgreSQL pass")
+
 TIMEOUT = 300
 ALICE, BOB, CAROL = "hanzo/alice", "hanzo/bob", "acme/carol-é"
 

@@ -279,6 +279,7 @@ async def test_org_and_mode_isolation(history, db_path, kind):
     assert len(ids["acme", "test"]) == len(ids["globex", "live"]) < len(ids["acme", "live"])
 
 
+@pytest.mark.sqlite_only("sqlite:/// URLs and relative paths of the file")
 async def test_db_urls_and_environment(history, db_path):
     every = jsonl(db_path, "holds")
     assert jsonl(f"sqlite:///{db_path}", "holds") == every  # sqlite:////abs/path
@@ -307,7 +308,9 @@ async def test_an_org_with_no_rows_exports_nothing(make_key, db_path, server):
     (["ledger", "--org", "acme", "--mode", "live", "--since", "last week"], "invalid --since 'last week'"),
     (["ledger", "--org", "acme", "--mode", "live", "--since", "2026-13-01"], "invalid --since"),
     (["ledger", "--org", "", "--mode", "live"], "--org must not be empty"),
-    (["ledger", "--org", "acme", "--mode", "live", "--db", "postgresql://u:p@h/db"], "unsupported database postgresql://"),
+    (["ledger", "--org", "acme", "--mode", "live", "--db", "mysql://u:p@h/db"], "unsupported database mysql://"),
+    (["ledger", "--org", "acme", "--mode", "live", "--db", "postgresql://u:hunter2@127.0.0.1:1/db"],
+     "cannot use the database postgresql://u@127.0.0.1:1/db: "),  # never the password
     (["ledger", "--org", "acme", "--mode", "live", "--db", "sqlite:///"], "names no file"),
     (["ledger", "--org", "acme", "--mode", "live", "--db", "/nonexistent/x.db"], "no such database file"),
 ])
