@@ -61,18 +61,27 @@ def _free_port() -> int:
 class Cluster:
     """A PostgreSQL cluster started here, or the one ZAPBILLING_TEST_PG names."""
 
-    def __init__(self, url: str = "") -> None:
+    FAST = {"fsync": "off", "full_page_writes": "off", "max_connections": "300", "shared_buffers": "64MB"}
+    """The test clusters' settings: fsync off (test data only); `settings` overrides them (the
+    benchmark's cluster turns fsync and full_page_writes back on)."""
+
+    def __init__(self, url: str = "", settings: dict[str, str] | None = None) -> None:
         self.url = url
+        self.settings = {**self.FAST, **(settings or {})}
         self.folder: Path | None = None
         self._as: list[str] = []
         if not self.url:
             self._start()
 
     @classmethod
-    def own(cls) -> "Cluster":
+    def own(cls, settings: dict[str, str] | None = None) -> "Cluster":
         """A new cluster started here, whatever ZAPBILLING_TEST_PG says: for a test that stops
-        or restarts PostgreSQL."""
-        return cls()
+        or restarts PostgreSQL (or the benchmark, with settings of its own)."""
+        return cls(settings=settings)
+
+    def _options(self) -> str:
+        return (f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 "
+                + " ".join(f"-c {k}={v}" for k, v in self.settings.items()))
 
     def _start(self) -> None:
         initdb, pg_ctl = _binary("initdb"), _binary("pg_ctl")
@@ -85,9 +94,7 @@ class Cluster:
         self.port = _free_port()
         data = self.folder / "data"
         self._run([initdb, "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8", "--locale=C"])
-        options = (f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c fsync=off"
-                   " -c full_page_writes=off -c max_connections=300 -c shared_buffers=64MB")
-        self._run([pg_ctl, "-D", str(data), "-l", str(self.folder / "log"), "-o", options, "-w", "-t", "60", "start"])
+        self._run([pg_ctl, "-D", str(data), "-l", str(self.folder / "log"), "-o", self._options(), "-w", "-t", "60", "start"])
         self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
         atexit.register(self.stop)
 
@@ -106,9 +113,7 @@ class Cluster:
 
     def pg_ctl(self, *args: str) -> None:
         """Run pg_ctl on our cluster (restart it mid-test, say)."""
-        options = (f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c fsync=off"
-                   " -c full_page_writes=off -c max_connections=300 -c shared_buffers=64MB")
-        self._run([_binary("pg_ctl"), "-D", str(self.data), "-l", str(self.folder / "log"), "-o", options, "-w", "-t", "60", *args])
+        self._run([_binary("pg_ctl"), "-D", str(self.data), "-l", str(self.folder / "log"), "-o", self._options(), "-w", "-t", "60", *args])
 
     def stop(self) -> None:
         if self.folder is None:
