@@ -34,7 +34,7 @@ from conftest import ok
 
 from invariants import check_invariants
 from zapbilling.app import STORE, sweep_once
-from zapbilling.store import connection
+from zapbilling.store import ids
 
 ALICE = "hanzo/alice"
 HOUR = 3600
@@ -174,7 +174,7 @@ async def test_a_credit_grant_made_before_the_clock_went_back_can_be_burned_afte
 
 
 class JumpingTime:
-    """Stands in for the `time` module where ids are made (store/connection.py's new_id reads
+    """Stands in for the `time` module where ids are made (store/ids.py's new_id reads
     time.time_ns): real time plus an offset the test moves."""
 
     def __init__(self) -> None:
@@ -189,7 +189,7 @@ class JumpingTime:
 
 async def test_ids_stay_unique_and_lists_keep_their_order_when_the_id_clock_goes_back(api, clock, monkeypatch):
     jumping = JumpingTime()
-    monkeypatch.setattr(connection, "time", jumping)
+    monkeypatch.setattr(ids, "time", jumping)
     offsets = [0, -HOUR, HOUR, -DAY, 0, -DAY - HOUR, 2 * DAY, -1]  # seconds, for the id clock and the server's
     written: list[str] = []  # transaction ids in the order written
     holds: list[str] = []
@@ -260,8 +260,8 @@ async def test_an_id_made_twice_is_refused_never_stored_twice(api, monkeypatch, 
     write (an internal error, nothing written) rather than store two rows under one id."""
     stopped = JumpingTime()
     stopped.time_ns = lambda: 1_800_000_000_000_000_000  # type: ignore[method-assign]
-    monkeypatch.setattr(connection, "time", stopped)
-    monkeypatch.setattr(connection, "secrets", SimpleNamespace(randbits=lambda bits: 0))
+    monkeypatch.setattr(ids, "time", stopped)
+    monkeypatch.setattr(ids, "secrets", SimpleNamespace(randbits=lambda bits: 0))
     first = await ok(api, "deposit", {"user": ALICE, "amount": 100})
     r = await api.call("deposit", {"user": ALICE, "amount": 100})
     assert r.status == 500 and r.error == {"kind": "internal_error", "message": "internal error", "param": None}, r
