@@ -116,6 +116,9 @@ class PgBase:
     async def close(self) -> None:
         pool, self._pool = self._pool, None
         if pool is not None:
+            # one line at shutdown, nothing on the hot path: the bench sums these over its servers
+            log.info("closing the database pool; %d transactions retried after a deadlock or serialisation failure",
+                     self.retries)
             try:
                 await asyncio.wait_for(pool.close(), 10)
             except (asyncio.TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
