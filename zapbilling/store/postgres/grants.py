@@ -109,23 +109,23 @@ class GrantQueries(PgBase):
 
     async def expire_grants(self, now: int, limit: int = 500) -> int:
         """Journal the expiry of up to `limit` users' grants that expired with cents left;
-        returns how many users had some. Reads never need this (an expired grant is inactive
+        returns how many users it found with some (as SQLite's, so that the caller's loop
+        goes on while any are left, even when another server's sweep took them first). Reads never need this (an expired grant is inactive
         from its expiresAt on); it brings `remaining` and the journal up to date for users who
         never come back.
 
         One transaction per user, each locking that user's grants only (as a burn does): a
         sweep never holds two users' locks, so it cannot form a lock cycle with the writes of
         requests, nor make them wait for more than one user's expiry. A user another server's
-        sweep (or a burn) expired meanwhile is found with nothing left, and not counted."""
+        sweep (or a burn) expired meanwhile is found with nothing left once locked."""
         users = await self._read(
             "SELECT DISTINCT tenant, user_id FROM credit_grants WHERE remaining > 0 AND expires_at IS NOT NULL"
             " AND expires_at <= $1 ORDER BY tenant, user_id LIMIT $2",
             now, limit,
         )
-        swept = 0
         for tenant, user in users:
-            swept += await self._tx(_expire_one, tenant, user, now)
-        return swept
+            await self._tx(_expire_one, tenant, user, now)
+        return len(users)
 
 
 async def _lock_user(conn: asyncpg.Connection, tenant: int, user: str, also: str | None = None) -> list[int]:
@@ -182,10 +182,10 @@ async def _expire_user(conn: asyncpg.Connection, tenant: int, user: str, now: in
     return len(rows)
 
 
-async def _expire_one(conn: asyncpg.Connection, tenant: int, user: str, now: int) -> int:
-    """The sweep's job for one user: 1 if it expired anything."""
+async def _expire_one(conn: asyncpg.Connection, tenant: int, user: str, now: int) -> None:
+    """The sweep's job for one user."""
     locked = await _lock_user(conn, tenant, user)
-    return 1 if await _expire_user(conn, tenant, user, now, SYSTEM_KEY, locked) else 0
+    await _expire_user(conn, tenant, user, now, SYSTEM_KEY, locked)
 
 
 async def _check_meters(conn: asyncpg.Connection, tenant: int, meter_ids: list[str]) -> None:
