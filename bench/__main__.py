@@ -1,4 +1,4 @@
-"""zapbilling's benchmark (issue 8): `python -m bench [--quick] [--rounds N] [--only 1,2,...]`.
+"""zapbilling's benchmark (issue 8): `python -m bench [--quick] [--rounds N] [--only 1,2,...] [--backend B]`.
 
 Every server (zapbilling and each baseline) runs as its own process on a fresh copy of a
 database prepared by zapbilling itself; wrk (Debian's package, Lua scripts in bench/lua) drives
@@ -7,6 +7,13 @@ meter events), p50 and p99 latency, the server process tree's peak RSS, and the 
 server, by wrk and by everything else on the machine during the measured window. Prints the
 runs and the targets (figure, baseline, ratio, target, PASS/FAIL) and writes bench/results.json.
 
+--backend (issue 18): sqlite (the default) runs scenarios 1-7 on SQLite as always; postgres
+starts a throwaway PostgreSQL cluster (bench/postgres.py) and runs scenarios 1-4's zapbilling
+runs on it beside the SQLite runs they are compared with (same load, same client, the same
+rows), then scenario 8 (1, 2 and 3 servers on one PostgreSQL); both runs everything. PostgreSQL
+runs also report the cluster's CPU per request and the transactions retried (every server logs
+its count at shutdown).
+
 Exit status: 0 when every run worked (every answer checked in the warm-up was right, no HTTP or
 socket error while measuring, servers stopped cleanly, writes all in the file), whatever the
 targets say; 1 otherwise; with --strict, also 1 when a target fails.
@@ -14,6 +21,7 @@ targets say; 1 otherwise; with --strict, also 1 when a target fails.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -30,7 +38,8 @@ import psutil
 
 from .load import CPUS, ROOT, wrk_path
 from .noisy import noisy_scenario
-from .scenarios import CALIBRATION, Bench, HttpRun, Scenario, Settings, calibrate, median_of, scenarios
+from .postgres import SETTINGS as PG_SETTINGS
+from .scenarios import CALIBRATION, Bench, HttpRun, Run, Scenario, Settings, calibrate, median_of, scenarios
 
 RESULTS = Path(__file__).resolve().parent / "results.json"
 
@@ -52,6 +61,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--json", type=Path, default=RESULTS, help=f"where to write the results (default {RESULTS.relative_to(ROOT)})")
     ap.add_argument("--keep", action="store_true", help="keep the work folder (databases, server logs)")
     ap.add_argument("--strict", action="store_true", help="exit 1 when a target fails")
+    ap.add_argument("--backend", choices=("sqlite", "postgres", "both"), default="sqlite",
+                    help="sqlite: scenarios 1-7 on SQLite (default); postgres: scenarios 1-4 on PostgreSQL beside the "
+                         "SQLite runs they are compared with, and scenario 8 (1-3 servers on one PostgreSQL); both: all")
     args = ap.parse_args(argv)
     args.rounds = args.rounds or (1 if args.quick else 3)
     args.seconds = args.seconds or (2.0 if args.quick else 10.0)
@@ -80,6 +92,8 @@ def fmt_figure(value: float | None, unit: str) -> str:
         return "-"
     if unit.startswith("ms"):
         return f"{value:.2f} {unit}" if value < 100 else f"{value:.0f} {unit}"
+    if unit == "%":
+        return f"{value:.3f} %"
     return f"{value:,.0f} {unit}"
 
 
@@ -92,9 +106,10 @@ def compare(scn: Scenario, runs: dict[str, Any]) -> list[dict[str, Any]]:
         if scn.skipped:
             row.update(result="SKIP", note=scn.skipped)
         elif not t.baseline and subject is not None:  # no baseline: the worst round's figure itself (a count that must be 0)
-            a = max((r[t.metric] for r in subject["rounds"] if t.metric in r), default=None)
+            worst = min if t.op == ">=" else max
+            a = worst((r[t.metric] for r in subject["rounds"] if t.metric in r), default=None)
             ok = a is not None and (a >= t.threshold if t.op == ">=" else a <= t.threshold)
-            row.update(figure=a, unit=t.metric,
+            row.update(figure=a, unit=subject["unit"] if t.metric == "rate" else "%" if t.metric.endswith("_pct") else t.metric,
                        result="n/a" if a is None else "ERROR" if subject["problems"] else "PASS" if ok else "FAIL")
         elif subject is None or baseline is None:
             row.update(result="n/a", note="not measured")
@@ -102,7 +117,7 @@ def compare(scn: Scenario, runs: dict[str, Any]) -> list[dict[str, Any]]:
             a, b = subject["median"][t.metric], baseline["median"][t.metric]
             ratio = a / b if b else float("inf")
             row.update(figure=a, baseline_figure=b, ratio=ratio,
-                       unit="us CPU" if t.metric == "cpu_us_per_unit" else subject["unit"])
+                       unit="us CPU" if t.metric.endswith("cpu_us_per_unit") else subject["unit"])
             ca, cb = subject["median"].get("cpu_us_per_unit"), baseline["median"].get("cpu_us_per_unit")
             if t.metric == "rate" and ca and cb:
                 row["cpu_ratio"] = cb / ca  # how many times less server CPU per unit of work than the baseline
@@ -136,23 +151,33 @@ def print_report(meta: dict[str, Any], runs: dict[str, Any], targets: list[dict[
     p(f"machine: {meta['cpus']} CPUs ({meta['cpu_model']}), {meta['pinning']}; load average "
       f"{meta['loadavg_start']} at start, {meta['loadavg_end']} at end")
     p("CPU columns: % of one CPU during the measured window; 'other' = the rest of the machine (not server, not wrk);")
-    p("'CPU/unit' = server CPU time per request (per event for events/s, per query for in-process runs)")
+    p("'CPU/unit' = server CPU time per request (per event for events/s, per query for in-process runs), summed over")
+    p("the servers of a run; PostgreSQL runs: 'PG' = the cluster's processes' CPU, 'PG/unit' = their CPU time per request,")
+    p("'retries' = transactions retried after a deadlock or serialisation failure (every round, warm-up included)")
+    if meta.get("postgres"):
+        p(f"PostgreSQL: {meta['postgres']}")
     for scn in scns:
         p(f"\nScenario {scn.number}: {scn.title}")
         if scn.number in skipped:
             p(f"  {skipped[scn.number]}")
             continue
-        p(f"  {'run':54} {'figure':>16} {'p50 ms':>8} {'p99 ms':>8} {'RSS MB':>7} {'server':>7} {'wrk':>6} {'other':>6} {'CPU/unit':>9}")
+        pg = any("pg_cpu_pct" in runs[run.key]["median"] for run in scn.runs if run.key in runs)
+        pg_head = f" {'PG':>6} {'PG/unit':>9} {'retries':>7}" if pg else ""
+        p(f"  {'run':54} {'figure':>16} {'p50 ms':>8} {'p99 ms':>8} {'RSS MB':>7} {'server':>7} {'wrk':>6} {'other':>6} {'CPU/unit':>9}{pg_head}")
         for run in scn.runs:
             r = runs.get(run.key)
             if r is None:
                 continue
             m = r["median"]
+            pg_cols = ""
+            if pg:
+                pg_cols = (f" {m['pg_cpu_pct']:5.0f}% {per_unit({'cpu_us_per_unit': m['pg_cpu_us_per_unit']}):>9} {m['retries']:>7}"
+                           if "pg_cpu_pct" in m else f" {'-':>6} {'-':>9} {'-':>7}")
             fig = fmt_figure(m["p50_ms"] if run.unit == "ms" else m["rate"], "ms p50" if run.unit == "ms" else run.unit)
             cpu = lambda k: f"{m[k]:.0f}%" if k in m else "-"  # noqa: E731
             flag = "  <- " + "; ".join(r["problems"])[:160] if r["problems"] else ""
             p(f"  {run.label:54} {fig:>16} {m['p50_ms']:8.2f} {m['p99_ms']:8.2f} {m['rss_mb']:7.0f} "
-              f"{cpu('server_cpu_pct'):>7} {cpu('load_cpu_pct'):>6} {cpu('other_cpu_pct'):>6} {per_unit(m):>9}{flag}")
+              f"{cpu('server_cpu_pct'):>7} {cpu('load_cpu_pct'):>6} {cpu('other_cpu_pct'):>6} {per_unit(m):>9}{pg_cols}{flag}")
             for i, rnd in enumerate(r["rounds"], 1):  # what a run has to say beyond the columns (scenario 7)
                 for line in rnd.get("summary", []):
                     p(f"    round {i}: {line}")
@@ -188,6 +213,31 @@ def per_unit(m: dict[str, Any]) -> str:
     return f"{v:.1f} us" if v < 100 else f"{v / 1000:.2f} ms" if v >= 10_000 else f"{v:.0f} us"
 
 
+def backend_of(run: Run) -> str:
+    return getattr(run, "backend", "sqlite")
+
+
+def for_backend(scns: list[Scenario], backend: str) -> list[Scenario]:
+    """The scenarios, runs and targets --backend asks for. postgres keeps the PostgreSQL runs and
+    the runs their targets compare them with; sqlite drops the PostgreSQL runs and their
+    targets; a scenario left with no run goes."""
+    every = [r for scn in scns for r in scn.runs]
+    if backend == "sqlite":
+        kept = {r.key for r in every if backend_of(r) == "sqlite"}
+    elif backend == "postgres":
+        kept = {r.key for r in every if backend_of(r) == "postgres"}
+        kept |= {t.baseline for scn in scns for t in scn.targets if t.subject in kept and t.baseline}
+    else:
+        kept = {r.key for r in every}
+    out = []
+    for scn in scns:
+        runs = [r for r in scn.runs if r.key in kept]
+        if runs:
+            targets = [t for t in scn.targets if t.subject in kept and (not t.baseline or t.baseline in kept)]
+            out.append(dataclasses.replace(scn, runs=runs, targets=targets))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if wrk_path() is None:
@@ -199,7 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings(seconds=args.seconds, warmup=args.warmup, rounds=args.rounds, big_rows=args.rows,
                         connections=args.connections, pin=pin, workdir=workdir, log=log)
     bench = Bench(settings)
-    scns = [s for s in [*scenarios(settings), noisy_scenario(settings)] if args.only is None or s.number in args.only]
+    scns = sorted(for_backend([*scenarios(settings), noisy_scenario(settings)], args.backend), key=lambda s: s.number)
+    scns = [s for s in scns if args.only is None or s.number in args.only]
     cpu_model = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                       if ln.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
     meta: dict[str, Any] = {
@@ -211,8 +262,11 @@ def main(argv: list[str] | None = None) -> int:
                     if pin else "no pinning: servers and wrk share every CPU") + "; wrk as SCHED_BATCH",
         "loadavg_start": " ".join(f"{x:.2f}" for x in os.getloadavg()), "python": sys.version.split()[0],
         "wrk": subprocess.run([wrk_path() or "wrk", "-v"], capture_output=True, text=True).stdout.splitlines()[0:1],
-        "memory_gb": round(psutil.virtual_memory().total / 1024**3, 1),
+        "memory_gb": round(psutil.virtual_memory().total / 1024**3, 1), "backend": args.backend,
     }
+    if args.backend != "sqlite":
+        meta["postgres"] = (", ".join(f"{k}={v}" for k, v in PG_SETTINGS.items()) + "; a throwaway cluster on loopback, "
+                            "unpinned (it shares both CPUs with the servers and wrk); a fresh database per run")
     log(f"bench: work folder {workdir}; {meta['pinning']}; load average {meta['loadavg_start']}")
     runs: dict[str, Any] = {}
     skipped = {s.number: s.skipped for s in scns if s.skipped}
@@ -261,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps({"meta": meta, "calibration": calib, "skipped": skipped, "targets": targets,
                                          "runs": runs}, indent=2, default=str) + "\n")
     finally:
+        bench.close()
         if args.keep:
             log(f"kept {workdir}")
         else:

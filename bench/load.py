@@ -354,3 +354,48 @@ def wrk(url: str, script: str, env: dict[str, str], *, seconds: float, connectio
         checked=r["checked"], bad=r["bad"], first_bad=r["first_bad"], cpu_seconds=usage.ru_utime + usage.ru_stime,
         argv=argv,
     )
+
+
+def wrk_many(urls: list[str], script: str, env: dict[str, str], *, seconds: float, connections: int, threads: int,
+             key: str, cpus: set[int] | None = None, check: bool = False, expect: str = "", reject: str = "error",
+             timeout_s: float = 30.0) -> WrkResult:
+    """`wrk` against each of `urls` at once (servers on one database), the connections split
+    evenly over them, each its own nonce; one URL is a plain `wrk`. The result sums the
+    requests, errors and CPU; its latencies are the worst of the wrk processes' (each wrk only
+    knows its own percentiles), so p50 and p99 of a split load are upper bounds."""
+    if len(urls) == 1:
+        return wrk(urls[0], script, env, seconds=seconds, connections=connections, threads=threads, key=key, cpus=cpus,
+                   check=check, expect=expect, reject=reject, timeout_s=timeout_s)
+    share = [connections // len(urls) + (1 if i < connections % len(urls) else 0) for i in range(len(urls))]
+    results: list[WrkResult | BaseException] = [RuntimeError("wrk did not run")] * len(urls)
+
+    def one(i: int) -> None:
+        try:
+            results[i] = wrk(urls[i], script, env | {"BENCH_NONCE": f"{env.get('BENCH_NONCE', 'r')}-s{i}"}, seconds=seconds,
+                             connections=share[i], threads=min(threads, share[i]), key=key, cpus=cpus, check=check,
+                             expect=expect, reject=reject, timeout_s=timeout_s)
+        except BaseException as exc:  # reported by the caller's thread
+            results[i] = exc
+
+    workers = [threading.Thread(target=one, args=(i,), name=f"wrk-{i}") for i in range(len(urls))]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    failed = [r for r in results if isinstance(r, BaseException)]
+    if failed:
+        raise failed[0]
+    done = [r for r in results if isinstance(r, WrkResult)]
+    errors: dict[str, int] = {}
+    for r in done:
+        for k, v in r.errors.items():
+            errors[k] = errors.get(k, 0) + v
+    seconds_run = max(r.seconds for r in done)
+    return WrkResult(
+        requests=sum(r.requests for r in done), seconds=seconds_run, p50_ms=max(r.p50_ms for r in done),
+        p90_ms=max(r.p90_ms for r in done), p99_ms=max(r.p99_ms for r in done),
+        mean_ms=sum(r.mean_ms * r.requests for r in done) / max(sum(r.requests for r in done), 1),
+        max_ms=max(r.max_ms for r in done), errors=errors, checked=sum(r.checked for r in done),
+        bad=sum(r.bad for r in done), first_bad=next((r.first_bad for r in done if r.first_bad), ""),
+        cpu_seconds=sum(r.cpu_seconds for r in done), argv=done[0].argv,
+    )

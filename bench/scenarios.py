@@ -11,7 +11,9 @@ machine or a saturated load generator shows in the figures.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 import secrets
 import sqlite3
 import statistics
@@ -26,8 +28,10 @@ from typing import Any, Callable
 import msgpack
 
 from . import meters, populate
-from .load import (CPUS, MB, Proc, Server, busy_cpu_seconds, child_env, copy_db, free_port, wrk, zap,
+from .load import (CPUS, MB, Proc, Server, busy_cpu_seconds, child_env, copy_db, free_port, wrk, wrk_many, zap,
                    zap_batch, zapbilling_cmd)
+from .postgres import PgCluster, is_url
+from .postgres import one as pg_one
 
 USERS = 100
 """Scenario 1 and 5 spread reads over this many users (each with a deposit and usage rows)."""
@@ -77,8 +81,11 @@ def _tenant(db: Path) -> int:
     return tenant
 
 
-def _one(db: Path, sql: str, *params: Any) -> Any:
-    """The first column of the first row of a read-only query (a count, an id)."""
+def _one(db: Path | str, sql: str, *params: Any) -> Any:
+    """The first column of the first row of a read-only query (a count, an id), on a SQLite
+    file or a PostgreSQL database's URL."""
+    if is_url(db):
+        return pg_one(str(db), sql, *params)
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
         return conn.execute(sql, params).fetchone()[0]
@@ -106,6 +113,18 @@ class Bench:
         self.logs = settings.workdir / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
         self._n = 0
+        self._pg: PgCluster | None = None
+
+    def postgres(self) -> PgCluster:
+        """The bench's PostgreSQL cluster, started on first use (bench/postgres.py)."""
+        if self._pg is None:
+            self._pg = PgCluster(self.s.log)
+        return self._pg
+
+    def close(self) -> None:
+        if self._pg is not None:
+            self._pg.stop()
+            self._pg = None
 
     def _name(self, tag: str) -> str:
         self._n += 1
@@ -125,7 +144,7 @@ class Bench:
             return None
         return set(range(CPUS - 1))
 
-    def zapbilling(self, db: Path, tag: str, durability: str = "full", workers: int | None = None, pin: bool = True) -> Server:
+    def zapbilling(self, db: Path | str, tag: str, durability: str = "full", workers: int | None = None, pin: bool = True) -> Server:
         port = free_port()
         argv = [*zapbilling_cmd(), "serve", "--db", str(db), "--port", str(port), "--durability", durability]
         argv += ["--rate-per-second", "0"]  # one key drives >20k req/s here: the per-key rate limit would be what is measured
@@ -145,6 +164,16 @@ class Bench:
     def fresh(self, template: str, tag: str) -> tuple[Path, Template]:
         tpl = self.template(template)
         return copy_db(tpl.path, self.s.workdir / f"{self._name(tag)}.db"), tpl
+
+    def fresh_pg(self, template: str, tag: str) -> tuple[str, Template]:
+        """A fresh PostgreSQL database holding the prepared SQLite database's rows; its URL."""
+        tpl = self.template(template)
+        pg = self.postgres()
+        if template not in pg.templates:
+            started = time.perf_counter()
+            pg.template(template, tpl.path)
+            self.s.log(f"  copied database {template!r} into PostgreSQL in {time.perf_counter() - started:.1f}s")
+        return pg.fresh(pg.templates[template], tag), tpl
 
     # -- prepared databases -------------------------------------------------------------------
     def template(self, name: str) -> Template:
@@ -293,6 +322,10 @@ class Run:
         raise NotImplementedError
 
 
+RETRIES_LOGGED = re.compile(r"(\d+) transactions retried after a deadlock or serialisation failure")
+"""The line a PostgreSQL store logs when it closes (zapbilling/store/postgres/connection.py)."""
+
+
 @dataclass
 class HttpRun(Run):
     server: str = "zapbilling"
@@ -302,6 +335,12 @@ class HttpRun(Run):
     workers: int | None = None
     pin: bool = True
     """False: never pinned, even with --pin (scenario 5 runs both worker counts the same way)."""
+    backend: str = "sqlite"
+    """sqlite: a copy of the prepared file; postgres: a fresh database on the bench's cluster
+    holding the same rows (always a fresh one, whatever `copy` says)."""
+    servers: int = 1
+    """zapbilling serve processes on the one database, each on its own port, the load split
+    evenly over them (one wrk each); more than one is never pinned."""
     template: str = "balance"
     copy: bool = True
     """False: serve the prepared file itself (scenario 4: read-only runs, a file too big to copy)."""
@@ -315,74 +354,111 @@ class HttpRun(Run):
     """Called with the server up, before the warm-up; returns more BENCH_* variables."""
     body: Callable[[Bench, Template], tuple[str, str, bytes]] | None = None
     """(content type, path, body) of the one request static.lua sends."""
-    verify: Callable[[Path, Template, int], str | None] | None = None
-    """After the server stopped: (file, template, answers that were 2xx) -> a problem or None."""
+    verify: Callable[[Path | str, Template, int], str | None] | None = None
+    """After the server stopped: (file or URL, template, answers that were 2xx) -> a problem or None."""
 
     def measure(self, bench: Bench, rnd: int) -> dict[str, Any]:
         s = bench.s
-        if self.copy:
+        pg = bench.postgres() if self.backend == "postgres" else None
+        db: Path | str
+        if pg is not None:
+            db, tpl = bench.fresh_pg(self.template, self.key)
+        elif self.copy:
             db, tpl = bench.fresh(self.template, self.key)
         else:
             tpl = bench.template(self.template)
             db = tpl.path
+        pin = self.pin and self.servers == 1
         if self.server == "zapbilling":
-            srv = bench.zapbilling(db, self.key, self.durability, self.workers, self.pin)
+            srvs = [bench.zapbilling(db, self.key, self.durability, self.workers, pin) for _ in range(self.servers)]
         else:
-            srv = bench.baseline(self.server, db, self.key, *self.server_args, key=tpl.key)
-        processes = self.workers or 1
+            srvs = [bench.baseline(self.server, Path(db), self.key, *self.server_args, key=tpl.key)]
+        processes = max(self.workers or 1, self.servers)
         conns = self.connections or s.connections
         threads = self.threads or s.threads
+        if self.servers > 1:  # the client's threads and connections shared out, not multiplied
+            threads = max(1, threads // self.servers)
         env = dict(self.env, BENCH_PATH=self.path)
         problems: list[str] = []
-        srv.start()
+        started: list[Server] = []
         try:
+            for srv in srvs:
+                started.append(srv.start())
             if self.setup:
-                env.update(self.setup(bench, srv, tpl))
+                env.update(self.setup(bench, srvs[0], tpl))
             if self.body:
                 ctype, path, body = self.body(bench, tpl)
                 body_file = s.workdir / f"{self.key}.body"
                 body_file.write_bytes(body)
                 env.update(BENCH_METHOD="POST", BENCH_PATH=path, BENCH_BODY_FILE=str(body_file), BENCH_CONTENT_TYPE=ctype)
-            common = dict(connections=conns, threads=threads, key=tpl.key, cpus=bench.load_cpus(processes, self.pin),
+            common = dict(connections=conns, threads=threads, key=tpl.key, cpus=bench.load_cpus(processes, pin),
                           expect=self.expect)
-            url = srv.url + (self.path if not self.body else "/")
-            warm = wrk(url, self.script, env | {"BENCH_NONCE": f"{self.key}-{rnd}-w-{secrets.token_hex(3)}"},
-                       seconds=s.warmup, check=True, **common)
+            urls = [srv.url + (self.path if not self.body else "/") for srv in srvs]
+            warm = wrk_many(urls, self.script, env | {"BENCH_NONCE": f"{self.key}-{rnd}-w-{secrets.token_hex(3)}"},
+                            seconds=s.warmup, check=True, **common)
             if warm.failed:
                 problems.append(f"warm-up: {warm.bad} wrong answers, errors {warm.errors}; first: {warm.first_bad[:200]}")
             if warm.checked == 0:
                 problems.append("warm-up checked no answer")
-            busy0, cpu0, t0 = busy_cpu_seconds(), srv.cpu_seconds(), time.monotonic()
-            res = wrk(url, self.script, env | {"BENCH_NONCE": f"{self.key}-{rnd}-m-{secrets.token_hex(3)}"},
-                      seconds=s.seconds, **common)
-            busy1, cpu1, t1 = busy_cpu_seconds(), srv.cpu_seconds(), time.monotonic()
+            pg0 = pg.cpu_seconds() if pg else 0.0
+            busy0, cpu0, t0 = busy_cpu_seconds(), sum(srv.cpu_seconds() for srv in srvs), time.monotonic()
+            res = wrk_many(urls, self.script, env | {"BENCH_NONCE": f"{self.key}-{rnd}-m-{secrets.token_hex(3)}"},
+                           seconds=s.seconds, **common)
+            busy1, cpu1, t1 = busy_cpu_seconds(), sum(srv.cpu_seconds() for srv in srvs), time.monotonic()
+            pg1 = pg.cpu_seconds() if pg else 0.0
             if res.failed:
                 problems.append(f"measured run: errors {res.errors}")
-            processes = srv.processes()
+            processes = sum(srv.processes() for srv in srvs)
         finally:
-            rc = srv.stop()
-        if rc != 0 and not (rc == -15 and self.server == "fastapi_app"):  # uvicorn re-raises SIGTERM once stopped
-            problems.append(f"server exited {rc}: {srv.log_tail(5)}")
-        if srv.log_has_traceback():
-            problems.append(f"traceback in the server log {srv.log}")
+            codes = [srv.stop() for srv in started]
+        for srv, rc in zip(srvs, codes):
+            if rc != 0 and not (rc == -15 and self.server == "fastapi_app"):  # uvicorn re-raises SIGTERM once stopped
+                problems.append(f"server exited {rc}: {srv.log_tail(5)}")
+            if srv.log_has_traceback():
+                problems.append(f"traceback in the server log {srv.log}")
+        retries = None
+        if pg is not None:
+            counts = [_retries_logged(srv) for srv in srvs]
+            if None in counts:
+                problems.append("a server's log has no count of retried transactions (it did not close its pool)")
+            retries = sum(c or 0 for c in counts)
         if self.verify:
             problem = self.verify(db, tpl, warm.ok + res.ok)
             if problem:
                 problems.append(problem)
-        if self.copy:
+        if pg is not None:
+            pg.drop(str(db))
+        elif self.copy:
             for suffix in ("", "-wal", "-shm"):
                 Path(f"{db}{suffix}").unlink(missing_ok=True)
         window = t1 - t0
         server_cpu = (cpu1 - cpu0) / window * 100
         load_cpu = res.cpu_seconds / window * 100
-        return {
+        pg_cpu = (pg1 - pg0) / window * 100
+        units = max(res.requests * self.per_request, 1)
+        out = {
             "rate": res.rate * self.per_request, "requests": res.requests, "p50_ms": res.p50_ms, "p90_ms": res.p90_ms,
-            "p99_ms": res.p99_ms, "max_ms": res.max_ms, "rss_mb": srv.peak_rss / MB,
-            "pss_mb": srv.peak_pss / MB, "rss_by_process": srv.peak_breakdown, "cpu_us_per_unit": (cpu1 - cpu0) * 1e6 / max(res.requests * self.per_request, 1), "server_cpu_pct": server_cpu,
-            "load_cpu_pct": load_cpu, "other_cpu_pct": max(0.0, (busy1 - busy0) / window * 100 - server_cpu - load_cpu),
+            "p99_ms": res.p99_ms, "max_ms": res.max_ms, "rss_mb": sum(srv.peak_rss for srv in srvs) / MB,
+            "pss_mb": sum(srv.peak_pss for srv in srvs) / MB, "rss_by_process": [b for srv in srvs for b in srv.peak_breakdown],
+            "cpu_us_per_unit": (cpu1 - cpu0) * 1e6 / units, "server_cpu_pct": server_cpu,
+            "load_cpu_pct": load_cpu, "other_cpu_pct": max(0.0, (busy1 - busy0) / window * 100 - server_cpu - load_cpu - pg_cpu),
             "server_processes": processes, "connections": conns, "wrk_threads": threads, "problems": problems,
             "wrk": " ".join(Path(a).name if a.startswith("/") else a for a in res.argv),
         }
+        if pg is not None:
+            assert retries is not None
+            out.update(pg_cpu_pct=pg_cpu, pg_cpu_us_per_unit=(pg1 - pg0) * 1e6 / units, retries=retries,
+                       retry_pct=retries * 100 / max(warm.requests + res.requests, 1), servers=self.servers)
+        return out
+
+
+def _retries_logged(srv: Server) -> int | None:
+    """The transactions a PostgreSQL server retried, from the line it logs at shutdown."""
+    try:
+        found = RETRIES_LOGGED.findall(srv.log.read_text(errors="replace"))
+    except OSError:
+        return None
+    return sum(int(n) for n in found) if found else None
 
 
 @dataclass
@@ -422,7 +498,7 @@ class InprocRun(Run):
 
 # -- checks after a run -----------------------------------------------------------------------
 
-def usage_rows_at_least(db: Path, tpl: Template, answered: int) -> str | None:
+def usage_rows_at_least(db: Path | str, tpl: Template, answered: int) -> str | None:
     """Every 2xx recordUsage answer is a committed ledger row (more may have been in flight)."""
     rows = _one(db, "SELECT COUNT(*) FROM ledger WHERE tags = 'api-usage'")
     if rows < answered:
@@ -430,7 +506,7 @@ def usage_rows_at_least(db: Path, tpl: Template, answered: int) -> str | None:
     return None
 
 
-def events_at_least(db: Path, tpl: Template, answered: int) -> str | None:
+def events_at_least(db: Path | str, tpl: Template, answered: int) -> str | None:
     rows = _one(db, "SELECT COUNT(*) FROM meter_events")
     if rows < 100 * answered:
         return f"{answered} batches of 100 answered but only {rows} meter events in the file"
@@ -547,9 +623,28 @@ def scenarios(settings: Settings) -> list[Scenario]:
         HttpRun("s5.workers1", "getBalance ZAP/msgpack, serve --workers 1 (unpinned)", 5, workers=1, pin=False, **zap_read),  # type: ignore[arg-type]
         HttpRun("s5.workers2", "getBalance ZAP/msgpack, serve --workers 2", 5, workers=2, pin=False, **zap_read),  # type: ignore[arg-type]
     ]
+    s4 = [
+        HttpRun("s4.balance_small", f"getBalance, user with {SMALL_ROWS:,} ledger rows", 4, unit="ms",
+                template="s4small", env={"BENCH_STYLE": "zap", "BENCH_CODEC": "msgpack", "BENCH_USER": "bench/small"},
+                expect="available", **one_conn),  # type: ignore[arg-type]
+        HttpRun("s4.balance_big", f"getBalance, user with {big} ledger rows", 4, unit="ms", template="s4big",
+                env={"BENCH_STYLE": "zap", "BENCH_CODEC": "msgpack", "BENCH_USER": "bench/big"},
+                expect="available", **one_conn),  # type: ignore[arg-type]
+        HttpRun("s4.summary", f"getMeterEventsSummary over {big} events", 4, unit="ms", template="s4big",
+                script="static.lua", body=msgpack_call("billing.getMeterEventsSummary", _summary_params),
+                expect="eventCount", **one_conn),  # type: ignore[arg-type]
+        HttpRun("s4.invoice", f"invoicePreview over {big} events", 4, unit="ms", template="s4big",
+                script="static.lua", body=msgpack_call("billing.invoicePreview", _preview_params),
+                expect="amountDue", **one_conn),  # type: ignore[arg-type]
+        InprocRun("s4.raw_aggregate", f"raw SQL aggregate over the same {big} events", 4, unit="ms",
+                  template="s4big", copy=False, args=_aggregate_args),
+        *meters.runs(),
+    ]
+    s4_pg = [on_postgres(r) for r in s4 if isinstance(r, HttpRun)]
     return [
         Scenario(1, f"getBalance, {settings.connections} connections", [
             HttpRun("s1.zap_msgpack", "zapbilling ZAP/msgpack", 1, **zap_read),  # type: ignore[arg-type]
+            HttpRun("s1.pg_msgpack", "zapbilling ZAP/msgpack on PostgreSQL", 1, backend="postgres", **zap_read),  # type: ignore[arg-type]
             HttpRun("s1.zap_json", "zapbilling ZAP/JSON", 1, script="balance.lua",
                     env={"BENCH_STYLE": "zap", "BENCH_CODEC": "json"}, expect="available"),
             HttpRun("s1.rest", "zapbilling REST GET", 1, **rest_read),  # type: ignore[arg-type]
@@ -563,52 +658,98 @@ def scenarios(settings: Settings) -> list[Scenario]:
             Target("getBalance ZAP/msgpack vs jsonrpcserver", "s1.zap_msgpack", "s1.jsonrpc", ">=", 2.5),
             Target("getBalance ZAP/JSON vs bare aiohttp+uvloop", "s1.zap_json", "s1.bare"),
             Target("getBalance REST vs bare aiohttp+uvloop", "s1.rest", "s1.bare"),
+            Target("getBalance ZAP/msgpack: PostgreSQL vs SQLite", "s1.pg_msgpack", "s1.zap_msgpack", ">=", 0.6),
         ]),
         Scenario(2, f"recordUsage over ZAP/msgpack, {settings.connections} connections", [
             HttpRun("s2.full", "zapbilling --durability full", 2, durability="full", **usage),  # type: ignore[arg-type]
             HttpRun("s2.normal", "zapbilling --durability normal", 2, durability="normal", **usage),  # type: ignore[arg-type]
+            HttpRun("s2.pg_full", "zapbilling --durability full on PostgreSQL", 2, durability="full", backend="postgres",
+                    **usage),  # type: ignore[arg-type]
+            HttpRun("s2.pg_normal", "zapbilling --durability normal on PostgreSQL", 2, durability="normal",
+                    backend="postgres", **usage),  # type: ignore[arg-type]
             HttpRun("s2.bare_insert", "bare aiohttp+uvloop, INSERT+COMMIT, sync=NORMAL", 2, server="bare",
                     server_args=("--synchronous", "NORMAL"), **usage),  # type: ignore[arg-type]
         ], [
             Target("recordUsage full vs bare INSERT+COMMIT", "s2.full", "s2.bare_insert", ">=", 0.8),
             Target("recordUsage normal vs bare INSERT+COMMIT", "s2.normal", "s2.bare_insert", ">=", 1.0),
+            Target("recordUsage full: PostgreSQL vs SQLite", "s2.pg_full", "s2.full", ">=", 0.5),
+            Target("recordUsage normal: PostgreSQL vs SQLite", "s2.pg_normal", "s2.normal"),
+            RETRY_TARGET("recordUsage full", "s2.pg_full"),
         ]),
         Scenario(3, "recordMeterEvents, batches of 100 over msgpack", [
             HttpRun("s3.zap_events", "zapbilling, durability full", 3, unit="events/s", per_request=100,
                     template="empty", script="meter_events.lua", expect="created", setup=create_meter, verify=events_at_least),
             InprocRun("s3.raw_executemany", "raw executemany, 100/transaction, sync=FULL", 3, unit="events/s",
                       per_request=100, args=_executemany_args),
+            HttpRun("s3.pg_events", "zapbilling on PostgreSQL, durability full", 3, unit="events/s", per_request=100,
+                    template="empty", script="meter_events.lua", expect="created", setup=create_meter, verify=events_at_least,
+                    backend="postgres"),
         ], [
             Target("recordMeterEvents vs raw executemany", "s3.zap_events", "s3.raw_executemany", ">=", 0.25),
+            Target("recordMeterEvents on PostgreSQL, events/s (worst round)", "s3.pg_events", "", ">=", 30_000),
+            Target("recordMeterEvents: PostgreSQL vs SQLite", "s3.pg_events", "s3.zap_events"),
+            RETRY_TARGET("recordMeterEvents", "s3.pg_events"),
         ]),
-        Scenario(4, "cost as work grows (1 connection: p50 latency)", [
-            HttpRun("s4.balance_small", f"getBalance, user with {SMALL_ROWS:,} ledger rows", 4, unit="ms",
-                    template="s4small", env={"BENCH_STYLE": "zap", "BENCH_CODEC": "msgpack", "BENCH_USER": "bench/small"},
-                    expect="available", **one_conn),  # type: ignore[arg-type]
-            HttpRun("s4.balance_big", f"getBalance, user with {big} ledger rows", 4, unit="ms", template="s4big",
-                    env={"BENCH_STYLE": "zap", "BENCH_CODEC": "msgpack", "BENCH_USER": "bench/big"},
-                    expect="available", **one_conn),  # type: ignore[arg-type]
-            HttpRun("s4.summary", f"getMeterEventsSummary over {big} events", 4, unit="ms", template="s4big",
-                    script="static.lua", body=msgpack_call("billing.getMeterEventsSummary", _summary_params),
-                    expect="eventCount", **one_conn),  # type: ignore[arg-type]
-            HttpRun("s4.invoice", f"invoicePreview over {big} events", 4, unit="ms", template="s4big",
-                    script="static.lua", body=msgpack_call("billing.invoicePreview", _preview_params),
-                    expect="amountDue", **one_conn),  # type: ignore[arg-type]
-            InprocRun("s4.raw_aggregate", f"raw SQL aggregate over the same {big} events", 4, unit="ms",
-                      template="s4big", copy=False, args=_aggregate_args),
-            *meters.runs(),
-        ], [
+        Scenario(4, "cost as work grows (1 connection: p50 latency)", [*s4, *s4_pg], [
             Target(f"getBalance p50: {big} vs {SMALL_ROWS:,} ledger rows", "s4.balance_big", "s4.balance_small", "<=", 1.2, "p50_ms"),
             Target(f"getMeterEventsSummary p50 vs raw SQL, {big} events", "s4.summary", "s4.raw_aggregate", "<=", 1.5, "p50_ms"),
             Target(f"invoicePreview p50 vs raw SQL, {big} events", "s4.invoice", "s4.raw_aggregate", "<=", 1.5, "p50_ms"),
             *meters.targets(),
+            Target(f"PostgreSQL: getBalance p50, {big} vs {SMALL_ROWS:,} ledger rows", "s4.pg_balance_big",
+                   "s4.pg_balance_small", "<=", 1.2, "p50_ms"),
+            *[Target(f"{r.label.removesuffix(ON_POSTGRES)} p50: PostgreSQL vs SQLite", r.key, r.key.replace(".pg_", "."),
+                     metric="p50_ms") for r in s4_pg],
         ]),
         Scenario(5, "serve --workers 2 vs one worker (scenario 1's ZAP/msgpack read)", s5, [
             Target("getBalance ZAP/msgpack, 2 workers vs 1", "s5.workers2", "s5.workers1", ">=", 1.6),
             Target("2 workers vs scenario 1's worker pinned to its own CPU", "s5.workers2", "s1.zap_msgpack"),
         ], skipped=None if serve_has_workers() else "skipped: serve has no --workers"),
         scenario6(settings),
+        scale_out(settings),
     ]
+
+
+ON_POSTGRES = " on PostgreSQL"
+
+
+def on_postgres(run: HttpRun) -> HttpRun:
+    """A zapbilling run's twin on PostgreSQL: the same requests on the same rows, key s<n>.pg_<name>."""
+    number, name = run.key.split(".", 1)
+    return dataclasses.replace(run, key=f"{number}.pg_{name}", label=run.label + ON_POSTGRES, backend="postgres")
+
+
+def RETRY_TARGET(what: str, key: str) -> Target:  # noqa: N802 (reads as the Target it makes)
+    """No retry storm: transactions retried after a deadlock or serialisation failure, as % of
+    the requests sent (warm-up included), in the worst round. 0.1%: a retry now and then is the
+    mechanism working; a storm is every write retried."""
+    return Target(f"PostgreSQL transactions retried, {what} (% of requests)", key, "", "<=", 0.1, "retry_pct")
+
+
+def scale_out(settings: Settings) -> Scenario:
+    """1, 2 and 3 `zapbilling serve` processes on one PostgreSQL, each on its own port, the same
+    64 connections split evenly over them. On a 2-core machine the servers, PostgreSQL and wrk
+    share two CPUs, so more servers cannot raise the rate much: what is judged is the cost, the
+    server CPU per request (summed over the servers), which must not grow with their number
+    (no contention cost: lock waits, retries, connection churn). Nothing is pinned."""
+    zap_read = dict(script="balance.lua", env={"BENCH_STYLE": "zap", "BENCH_CODEC": "msgpack"}, expect="available")
+    usage = dict(template="empty", script="usage.lua", expect="transactionId", verify=usage_rows_at_least)
+    runs: list[Run] = []
+    targets: list[Target] = []
+    for kind, label, params in (("read", "getBalance ZAP/msgpack", zap_read),
+                                ("write", "recordUsage --durability full", usage)):
+        for n in (1, 2, 3):
+            runs.append(HttpRun(f"s8.{kind}{n}", f"{label}, {n} server{'s' if n > 1 else ''}", 8, backend="postgres",
+                                servers=n, pin=False, **params))  # type: ignore[arg-type]
+        targets += [
+            Target(f"{label}: server CPU/request, 3 servers vs 1", f"s8.{kind}3", f"s8.{kind}1", "<=", 1.15,
+                   "cpu_us_per_unit"),
+            Target(f"{label}: PostgreSQL CPU/request, 3 servers vs 1", f"s8.{kind}3", f"s8.{kind}1",
+                   metric="pg_cpu_us_per_unit"),
+            Target(f"{label}: requests/s, 3 servers vs 1", f"s8.{kind}3", f"s8.{kind}1"),
+        ]
+    targets.append(RETRY_TARGET("recordUsage, 3 servers", "s8.write3"))
+    return Scenario(8, f"PostgreSQL: 1, 2 and 3 servers on one database, {settings.connections} connections split "
+                       "over them (nothing pinned; judged by CPU per request)", runs, targets)
 
 
 # -- the load generator's own ceiling ---------------------------------------------------------
@@ -644,9 +785,12 @@ def calibrate(bench: Bench) -> dict[str, dict[str, float]]:
 
 
 def median_of(rounds: list[dict[str, Any]]) -> dict[str, Any]:
-    keys = ("rate", "p50_ms", "p99_ms", "server_cpu_pct", "load_cpu_pct", "other_cpu_pct", "machine_cpu_pct", "cpu_us_per_unit")
+    keys = ("rate", "p50_ms", "p99_ms", "server_cpu_pct", "load_cpu_pct", "other_cpu_pct", "machine_cpu_pct", "cpu_us_per_unit",
+            "pg_cpu_pct", "pg_cpu_us_per_unit", "retry_pct")
     med: dict[str, Any] = {k: statistics.median(r[k] for r in rounds) for k in keys if all(k in r for r in rounds)}
     med["rss_mb"] = max(r["rss_mb"] for r in rounds)
     med["pss_mb"] = max(r.get("pss_mb", 0.0) for r in rounds)
     med["server_processes"] = max(r.get("server_processes", 1) for r in rounds)
+    if all("retries" in r for r in rounds):
+        med["retries"] = sum(r["retries"] for r in rounds)  # every round's, not a median: a storm in one shows
     return med
