@@ -16,6 +16,7 @@ from .config import Config
 from .loop_turn import next_loop_turn
 from .registry import Registry, check_enum_tables, load_registry
 from .store import Store, make_store
+from .store.migrations import scripts
 from .times import DAY, SECOND
 from .transport.calls import Caller
 from .transport.admission import Admission, Admitted, Refuse
@@ -59,6 +60,7 @@ def create_app(config: Config, registry: Registry | None = None) -> web.Applicat
     add_routes(app, caller, route)
     app.router.add_get("/api/v1/openapi.json", route(document_route(openapi(registry)), refuse_json, reads_body=False))
     app.router.add_get("/healthz", _health)
+    app.router.add_get("/readyz", functools.partial(_ready, store, len(scripts())))
     unknown = route(unknown_route(), refuse, reads_body=False)
     app.router.add_route("*", "/api/v1", unknown)
     app.router.add_route("*", r"/api/v1/{tail:[\s\S]*}", unknown)  # [\s\S]: a %0A in the path too
@@ -86,6 +88,26 @@ def answer_next_turn(handler: Handler) -> Handler:
 
 
 async def _health(request: web.Request) -> web.Response:
+    return web.json_response({"ok": True})
+
+
+READY_TIMEOUT = 2.0
+"""Seconds /readyz waits for the database before it answers that it is not ready."""
+
+
+async def _ready(store: Store, latest: int, request: web.Request) -> web.Response:
+    """200 when the database answers and its migrations are current, else 503 with why: what a
+    load balancer asks before it sends a server traffic (on PostgreSQL, the database down or
+    unreachable)."""
+    try:
+        version = await asyncio.wait_for(store.schema_version(), READY_TIMEOUT)
+    except asyncio.TimeoutError:
+        return web.json_response({"ok": False, "reason": f"the database did not answer within {READY_TIMEOUT:g} s"}, status=503)
+    except Exception as exc:  # whatever the backend raises: the reason is the answer
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return web.json_response({"ok": False, "reason": f"the database cannot be read: {first}"}, status=503)
+    if version != latest:
+        return web.json_response({"ok": False, "reason": f"the database's schema is at version {version}, this server's is {latest}"}, status=503)
     return web.json_response({"ok": True})
 
 

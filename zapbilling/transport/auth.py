@@ -4,14 +4,17 @@ query string are refused on purpose: URLs end up in logs."""
 from __future__ import annotations
 
 import binascii
+import logging
 from base64 import b64decode
 from urllib.parse import parse_qsl, unquote_to_bytes
 
-from ..errors import InvalidRequest, Unauthorized
+from ..errors import InternalError, InvalidRequest, Unauthorized
 from ..store import Principal, Store
 
 QUERY_KEY_PARAMS = ("key", "token", "api_key", "apiKey")
 _REFUSED = "missing or invalid API key: send it as Authorization: Bearer <key>"
+
+log = logging.getLogger("zapbilling")
 
 
 def key_from_header(value: str | None) -> str | None:
@@ -34,7 +37,11 @@ async def authenticate(store: Store, authorization: str | None, query_string: st
     if query_string and any(name in QUERY_KEY_PARAMS for name, _ in parse_qsl(query_string, keep_blank_values=True)):
         raise Unauthorized("API keys in the query string are refused: send Authorization: Bearer <key>")
     secret = key_from_header(authorization)
-    principal = await store.authenticate(secret) if secret else None
+    try:
+        principal = await store.authenticate(secret) if secret else None
+    except Exception as exc:  # the database cannot be read (PostgreSQL down): the contract's internal error, at once
+        log.error("an API key could not be checked: %s: %s", type(exc).__name__, exc)
+        raise InternalError("internal error") from None
     if principal is None:
         raise Unauthorized(_REFUSED)
     if query_string and ("%" in query_string or not query_string.isascii()):

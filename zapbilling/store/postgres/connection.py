@@ -179,6 +179,10 @@ class PgBase:
                     finally:
                         _SNAPSHOT.reset(token)
 
+    async def schema_version(self) -> int:
+        rows = await self._read("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
+        return int(rows[0][0])
+
     # -- idempotency -------------------------------------------------------------------------
     async def idempotency_fingerprint(self, tenant: int, key: str) -> str | None:
         rows = await self._read("SELECT fingerprint FROM idempotency WHERE tenant = $1 AND key = $2", tenant, key)

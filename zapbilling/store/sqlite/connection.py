@@ -100,6 +100,10 @@ class SqliteBase(ReadPath):
     async def _write(self, tenant: int, idempotency: Idempotency | None, now: int, job: Callable[..., T], *args: Any) -> T:
         return await self._writer.run(_idempotent, tenant, idempotency, now, job, *args)
 
+    async def schema_version(self) -> int:
+        rows = await self._read("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
+        return int(rows[0][0])
+
     async def idempotency_fingerprint(self, tenant: int, key: str) -> str | None:
         rows = self._read_point("SELECT fingerprint FROM idempotency WHERE tenant = ? AND key = ?", (tenant, key))
         return rows[0][0] if rows else None
