@@ -139,6 +139,8 @@ def compare(scn: Scenario, runs: dict[str, Any]) -> list[dict[str, Any]]:
                    "result": "PASS" if m["rss_mb"] < 150 else "FAIL"}
             if m.get("server_processes", 1) > 1:
                 row["note"] = f"sum over {m['server_processes']} processes; PSS {m['pss_mb']:.0f} MB"
+            elif m.get("servers", 1) > 1:
+                row["note"] = f"the largest of {m['servers']} servers"
             rows.append(row)
     return rows
 

@@ -438,17 +438,18 @@ class HttpRun(Run):
         units = max(res.requests * self.per_request, 1)
         out = {
             "rate": res.rate * self.per_request, "requests": res.requests, "p50_ms": res.p50_ms, "p90_ms": res.p90_ms,
-            "p99_ms": res.p99_ms, "max_ms": res.max_ms, "rss_mb": sum(srv.peak_rss for srv in srvs) / MB,
-            "pss_mb": sum(srv.peak_pss for srv in srvs) / MB, "rss_by_process": [b for srv in srvs for b in srv.peak_breakdown],
+            # several servers are several deployments: the largest one's memory, not their sum
+            "p99_ms": res.p99_ms, "max_ms": res.max_ms, "rss_mb": max(srv.peak_rss for srv in srvs) / MB,
+            "pss_mb": max(srv.peak_pss for srv in srvs) / MB, "rss_by_process": [b for srv in srvs for b in srv.peak_breakdown],
             "cpu_us_per_unit": (cpu1 - cpu0) * 1e6 / units, "server_cpu_pct": server_cpu,
             "load_cpu_pct": load_cpu, "other_cpu_pct": max(0.0, (busy1 - busy0) / window * 100 - server_cpu - load_cpu - pg_cpu),
-            "server_processes": processes, "connections": conns, "wrk_threads": threads, "problems": problems,
+            "server_processes": processes // self.servers, "servers": self.servers, "connections": conns, "wrk_threads": threads, "problems": problems,
             "wrk": " ".join(Path(a).name if a.startswith("/") else a for a in res.argv),
         }
         if pg is not None:
             assert retries is not None
             out.update(pg_cpu_pct=pg_cpu, pg_cpu_us_per_unit=(pg1 - pg0) * 1e6 / units, retries=retries,
-                       retry_pct=retries * 100 / max(warm.requests + res.requests, 1), servers=self.servers)
+                       retry_pct=retries * 100 / max(warm.requests + res.requests, 1))
         return out
 
 
@@ -791,6 +792,7 @@ def median_of(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     med["rss_mb"] = max(r["rss_mb"] for r in rounds)
     med["pss_mb"] = max(r.get("pss_mb", 0.0) for r in rounds)
     med["server_processes"] = max(r.get("server_processes", 1) for r in rounds)
+    med["servers"] = max(r.get("servers", 1) for r in rounds)
     if all("retries" in r for r in rounds):
         med["retries"] = sum(r["retries"] for r in rounds)  # every round's, not a median: a storm in one shows
     return med

@@ -41,3 +41,28 @@ def test_bench_quick_runs_every_scenario(tmp_path: Path) -> None:
     assert {"flood", "slow_bodies", "deposits_largest_legal", "deposits_oversize", "reads_invoicePreview",
             "reads_uniqueCountSummary", "reads_listMeters", "reads_listTransactions"} <= set(noisy["abuse"]["tallies"])
     assert all(t["sent"] > 0 for t in noisy["abuse"]["tallies"].values()), noisy["abuse"]
+
+
+def test_bench_quick_on_postgres(tmp_path: Path) -> None:
+    """`--backend postgres` end to end on a tiny scale: the bench starts its own cluster, runs the
+    write scenarios on PostgreSQL beside SQLite and 1-3 servers on one database, and reports the
+    cluster's CPU and the retried transactions of every PostgreSQL run."""
+    out = tmp_path / "results.json"
+    r = subprocess.run([sys.executable, "-m", "bench", "--backend", "postgres", "--quick", "--seconds", "1", "--no-calibrate",
+                        "--only", "2,3,8", "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, f"{r.stdout[-4000:]}\n{r.stderr[-4000:]}"
+    data = json.loads(out.read_text())
+    assert {"s2.full", "s2.pg_full", "s3.pg_events", "s8.read1", "s8.read3", "s8.write3"} <= set(data["runs"])
+    for key, run in data["runs"].items():
+        assert not run["problems"], (key, run["problems"])
+        m = run["median"]
+        assert m["rate"] > 0 and m["cpu_us_per_unit"] > 0, (key, m)
+        if ".pg_" in key or key.startswith("s8."):
+            assert m["pg_cpu_us_per_unit"] > 0 and m["retries"] >= 0, (key, m)
+        else:
+            assert "pg_cpu_us_per_unit" not in m, (key, m)
+    assert data["runs"]["s8.write3"]["rounds"][0]["servers"] == 3
+    labels = {t["label"] for t in data["targets"]}
+    assert "recordUsage full: PostgreSQL vs SQLite" in labels
+    assert "recordUsage --durability full: server CPU/request, 3 servers vs 1" in labels
+    assert all(t["result"] in ("PASS", "FAIL", "info") for t in data["targets"]), data["targets"]
