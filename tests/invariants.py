@@ -448,7 +448,10 @@ class _Checker:
 
 def copy_db(db_path: str, dest: Path) -> str:
     """A consistent copy of the live database (SQLite's backup API), in rollback-journal mode so
-    the file alone is the whole database."""
+    the file alone is the whole database. On PostgreSQL, a database copied from it (whose
+    server's connections are ended: the test is done with it)."""
+    if pg.is_url(db_path):
+        return pg.copy_database(db_path)
     src = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
     dst = sqlite3.connect(dest)
     try:
@@ -461,6 +464,9 @@ def copy_db(db_path: str, dest: Path) -> str:
 
 
 def corrupt(path: str, *statements: str, params: tuple[Any, ...] = ()) -> None:
+    if pg.is_url(path):
+        pg.corrupt(path, statements, params)
+        return
     con = sqlite3.connect(path, isolation_level=None)
     try:
         con.execute("PRAGMA ignore_check_constraints = ON")  # corruption the schema's CHECKs would refuse

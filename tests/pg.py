@@ -257,3 +257,46 @@ def column_names(con: Any, table: str) -> set[str]:
     if isinstance(con, Connection):
         return {r[0] for r in con.execute("SELECT column_name FROM information_schema.columns WHERE table_name = ?", (table,))}
     return {r[1] for r in con.execute(f"PRAGMA table_info({table})")}
+
+
+def corrupt(url: str, statements: tuple[str, ...], params: tuple[Any, ...] = ()) -> None:
+    """Run `statements` on a test's database as a corruption would leave it: with the CHECK and
+    UNIQUE constraints and unique indexes dropped first (the checker must not rely on them)
+    and foreign keys not enforced (session_replication_role = replica)."""
+    async def go() -> None:
+        conn = await asyncpg.connect(url)
+        try:
+            await conn.execute("SET session_replication_role = replica")
+            for table, name in await conn.fetch(
+                "SELECT conrelid::regclass::text, conname FROM pg_constraint"
+                " WHERE contype IN ('c', 'u') AND connamespace = 'public'::regnamespace"
+            ):
+                await conn.execute(f'ALTER TABLE {table} DROP CONSTRAINT IF EXISTS "{name}" CASCADE')
+            for (index,) in await conn.fetch(
+                "SELECT i.indexrelid::regclass::text FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid"
+                " WHERE i.indisunique AND NOT i.indisprimary AND c.relnamespace = 'public'::regnamespace"
+            ):
+                await conn.execute(f"DROP INDEX IF EXISTS {index} CASCADE")
+            for sql in statements:
+                if sql.lstrip().upper().startswith("PRAGMA"):
+                    continue  # SQLite's switches (foreign_keys = OFF): replica mode does it here
+                sql = sql.replace("DROP INDEX ", "DROP INDEX IF EXISTS ")  # dropped above already
+                await conn.execute(dollar_params(sql), *(params if "?" in sql else ()))
+        finally:
+            await conn.close()
+
+    admin().run(go())
+
+
+def copy_database(url: str) -> str:
+    """A copy of a test's database (CREATE DATABASE ... TEMPLATE), for corrupting: the
+    connections to it (the test's server) are ended first, since PostgreSQL copies only a
+    database nobody is connected to. Dropped when the tests end."""
+    a = admin()
+    name = url.rpartition("/")[2]
+    copy = f"{name}_copy_{uuid.uuid4().hex[:6]}"
+    a.execute(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}' AND pid <> pg_backend_pid()")
+    a.execute(f"CREATE DATABASE {copy} TEMPLATE {name} STRATEGY FILE_COPY")
+    copied = a.cluster.database_url(copy)
+    atexit.register(a.drop, copied)
+    return copied

@@ -545,6 +545,7 @@ async def test_big_mixed_scenario_totals_equal_what_was_acknowledged(api, clock,
     check_invariants(db_path)
 
 
+@pytest.mark.sqlite_only("the SQLite writer's group commit")
 async def test_concurrent_clients_really_share_group_commits(api, server, db_path):
     """A guard on the suite itself: the calls above reach the single writer together, so that
     several jobs share one commit (were it never so, these tests would prove little)."""
@@ -669,6 +670,7 @@ async def test_checker_catches_a_duplicate_meter_event_key(traffic, db_path, tmp
     assert "idempotency key 'k1' appears 2 times in tenant 1" in violations_of(path)
 
 
+@pytest.mark.sqlite_only("PRAGMA foreign_key_check")
 async def test_checker_catches_a_foreign_key_violation(traffic, db_path, tmp_path):
     path = copy_db(db_path, tmp_path / "copy.db")
     corrupt(path, "INSERT INTO api_keys (id, tenant, scope, hash, hint, created_at) VALUES ('key_x', 999, 'admin', 'h', 'zb', 0)")
@@ -676,6 +678,7 @@ async def test_checker_catches_a_foreign_key_violation(traffic, db_path, tmp_pat
     assert "PRAGMA foreign_key_check: api_keys" in message and "api_keys: 1 row(s) of tenant 999" in message, message
 
 
+@pytest.mark.sqlite_only("a damaged SQLite index")
 async def test_checker_catches_a_damaged_index(traffic, db_path, tmp_path):
     path = copy_db(db_path, tmp_path / "copy.db")
     con = sqlite3.connect(path)
@@ -691,6 +694,7 @@ async def test_checker_catches_a_damaged_index(traffic, db_path, tmp_path):
     assert "PRAGMA integrity_check:" in violations_of(path)
 
 
+@pytest.mark.sqlite_only("rebuilds SQLite tables by hand")
 async def test_checker_catches_bad_holds_and_skips_a_missing_holds_table(traffic, db_path, tmp_path):
     path = copy_db(db_path, tmp_path / "copy.db")
     con = sqlite3.connect(path)

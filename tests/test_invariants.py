@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+import pg
 from conftest import Api, FakeClock, ok
 from invariants import check_invariants, copy_db, corrupt, find_violations
 
@@ -67,7 +69,7 @@ async def traffic(api, make_key, clock, server, db_path) -> dict[str, Any]:
     other = api.with_key(await make_key("globex", "test"))
     await ok(other, "deposit", {"user": ALICE, "amount": 50})
     ids["other_grant"] = (await ok(other, "createCreditGrant", {"userId": ALICE, "amountCents": 60}))["id"]
-    con = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    con = pg.read_only(db_path)
     try:
         types = {t for (t,) in con.execute("SELECT DISTINCT type FROM credit_transactions")}
         keys = {k for (k,) in con.execute("SELECT DISTINCT key_id FROM ledger WHERE tags = 'credit-expired'")}
@@ -80,7 +82,7 @@ async def traffic(api, make_key, clock, server, db_path) -> dict[str, Any]:
 
 
 def query(path: str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    con = sqlite3.connect(path)
+    con = pg.read_only(path) if pg.is_url(path) else sqlite3.connect(path)
     try:
         return con.execute(sql, params).fetchall()
     finally:
@@ -309,6 +311,7 @@ def accepted(path: str, sql: str, **values: Any) -> None:
         con.close()
 
 
+@pytest.mark.sqlite_only("plain sqlite3 on a migrated file")
 async def test_the_schema_refuses_what_its_checks_forbid(traffic, copy):
     g = traffic["grants"][5]
     row = dict(type="deposit", amount=10, expires=None, remaining=None, refund_of=None)

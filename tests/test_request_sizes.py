@@ -288,9 +288,13 @@ def _largest_legal_deposit(user: str) -> dict[str, Any]:
 
 
 def _stored(db_path: str, key: str) -> Any:
-    import sqlite3
+    """The stored answer as SQLite keeps it: text, or compressed bytes. PostgreSQL keeps bytes
+    and a `compressed` flag: its uncompressed bytes are the same text in UTF-8."""
     con = pg.read_only(db_path)
     try:
+        if pg.is_url(db_path):
+            response, compressed = con.execute("SELECT response, compressed FROM idempotency WHERE key = ?", (key,)).fetchone()
+            return bytes(response) if compressed else bytes(response).decode("utf-8")
         return con.execute("SELECT response FROM idempotency WHERE key = ?", (key,)).fetchone()[0]
     finally:
         con.close()
