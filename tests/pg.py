@@ -300,3 +300,15 @@ def copy_database(url: str) -> str:
     copied = a.cluster.database_url(copy)
     atexit.register(a.drop, copied)
     return copied
+
+
+def copy_rows(url: str, table: str, columns: list[str], rows: list[tuple[Any, ...]]) -> None:
+    """Rows written straight into a test's database (COPY), beside its running server."""
+    async def go() -> None:
+        conn = await asyncpg.connect(url)
+        try:
+            await conn.copy_records_to_table(table, records=rows, columns=columns)
+        finally:
+            await conn.close()
+
+    admin().run(go())

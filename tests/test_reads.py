@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+import pg
 from conftest import Api, ok
 from zapbilling.app import STORE
 from zapbilling.store import NewMeter, SqliteStore
@@ -39,6 +40,7 @@ async def new_meter(store: SqliteStore, tenant: int, name: str) -> str:
     return (await store.create_meter(tenant, meter))["id"]
 
 
+@pytest.mark.sqlite_only("the SQLite read path")
 async def test_a_point_read_inside_a_snapshot_fails_loudly_while_reads_see_the_snapshot(store):
     tenant = await tenant_of(store)
     first = await new_meter(store, tenant, "first")
@@ -63,6 +65,7 @@ async def test_a_point_read_inside_a_snapshot_fails_loudly_while_reads_see_the_s
     assert [m["id"] for m in (await store.meters_page(tenant, 100))[0]] == [first, second]
 
 
+@pytest.mark.sqlite_only("the SQLite read path")
 async def test_a_point_read_after_an_acknowledged_write_sees_it_while_others_keep_the_turns_busy(store):
     """Another task makes a point read in every loop turn, so a per-turn read transaction is
     open most of the time; each write, once acknowledged, is still seen by the next point read,
@@ -109,13 +112,17 @@ SLOW_CALLS = 32
 def _noisy_events(db_path: str, tenant: int, meter_id: str, user: str, n: int) -> None:
     """`n` events of distinct values, written with SQL beside the running server (WAL: its
     writer waits for this transaction, as for any other): the API would take a minute."""
+    rows = [(f"evt_noisy{i:015d}", tenant, meter_id, user, i, 1_700_000_000_000_000 + i, 1_700_000_000_000_000) for i in range(n)]
+    if pg.is_url(db_path):
+        pg.copy_rows(db_path, "meter_events", ["id", "tenant", "meter_id", "user_id", "value", "ts", "created_at"], rows)
+        return
     con = sqlite3.connect(db_path, isolation_level=None)
     try:
         con.execute("PRAGMA busy_timeout = 10000")
         con.execute("BEGIN IMMEDIATE")
         con.executemany(
             "INSERT INTO meter_events (id, tenant, meter_id, user_id, value, ts, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            ((f"evt_noisy{i:015d}", tenant, meter_id, user, i, 1_700_000_000_000_000 + i, 1_700_000_000_000_000) for i in range(n)),
+            rows,
         )
         con.execute("COMMIT")
     finally:
@@ -204,6 +211,7 @@ async def test_long_slots_go_to_the_tenant_holding_fewest():
     assert gone.cancelled()
 
 
+@pytest.mark.sqlite_only("the SQLite read path")
 async def test_reader_threads_run_below_the_event_loops_priority(tmp_path):
     """Long reads run on the pool's threads; the loop answers everyone. The readers are niced
     so that a tenant's stream of aggregates cannot take the CPU the loop needs."""
