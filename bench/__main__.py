@@ -42,6 +42,7 @@ from .postgres import SETTINGS as PG_SETTINGS
 from .scenarios import CALIBRATION, Bench, HttpRun, Run, Scenario, Settings, calibrate, median_of, scenarios
 
 RESULTS = Path(__file__).resolve().parent / "results.json"
+PG_RESULTS = RESULTS.with_name("results-postgres.json")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -58,7 +59,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="pin one-process servers to the last CPU and wrk to the others (default on when there are 2+ CPUs)")
     ap.add_argument("--no-calibrate", dest="calibrate", action="store_false",
                     help="skip the run of wrk against a trivial server")
-    ap.add_argument("--json", type=Path, default=RESULTS, help=f"where to write the results (default {RESULTS.relative_to(ROOT)})")
+    ap.add_argument("--json", type=Path, help=f"where to write the results (default {RESULTS.relative_to(ROOT)}; "
+                                              f"with --backend postgres or both: {PG_RESULTS.relative_to(ROOT)})")
     ap.add_argument("--keep", action="store_true", help="keep the work folder (databases, server logs)")
     ap.add_argument("--strict", action="store_true", help="exit 1 when a target fails")
     ap.add_argument("--backend", choices=("sqlite", "postgres", "both"), default="sqlite",
@@ -70,6 +72,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.warmup = args.warmup if args.warmup is not None else (1.0 if args.quick else 2.0)
     args.rows = args.rows or (100_000 if args.quick else 1_000_000)
     args.only = {int(x) for x in args.only.split(",")} if args.only else None
+    args.json = args.json or (RESULTS if args.backend == "sqlite" else PG_RESULTS)
     return args
 
 
