@@ -16,6 +16,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 MISSING = [m for m in ("fastapi", "uvicorn", "httptools", "jsonrpcserver", "psutil") if importlib.util.find_spec(m) is None]
 pytestmark = [
+    pytest.mark.sqlite_only("runs the bench, which starts its own servers and databases, PostgreSQL too"),
     pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed (apt-get install -y wrk)"),
     pytest.mark.skipif(bool(MISSING), reason=f"the bench extra is not installed: {', '.join(MISSING)}"),
 ]

@@ -17,6 +17,8 @@ from aiohttp import ClientError, ClientSession
 from procs import child_env, zapbilling_cmd
 from zapbilling.store import SqliteStore
 
+pytestmark = pytest.mark.sqlite_only("the CLI on SQLite files; its PostgreSQL URLs: test_many_servers, test_copy, test_export")
+
 TIMEOUT = 30  # generous: how long a CLI call or a server start may take before the test gives up
 EXIT_WAIT = 10  # "within a few seconds", generously
 

@@ -19,6 +19,8 @@ from zapbilling.codegen.openapi import openapi
 from zapbilling.errors import KINDS
 from zapbilling.registry import default_schema_path
 
+pytestmark = pytest.mark.sqlite_only("generated code; no store")
+
 ROOT = Path(__file__).resolve().parent.parent
 CLIENT = ROOT / "clients" / "python"
 SCHEMA = ROOT / "schemas" / "billing.zap"

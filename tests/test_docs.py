@@ -16,6 +16,8 @@ from zapbilling.codegen.docs import DERIVED_MESSAGES, KIND_MEANINGS, generate, s
 from zapbilling.errors import KINDS
 from zapbilling.registry import RegistryError, build_registry, default_schema_path, load_registry
 
+pytestmark = pytest.mark.sqlite_only("the API reference; its examples run on a scratch SQLite database")
+
 REPO = Path(__file__).resolve().parents[1]
 DOCS = REPO / "docs"
 API_MD = DOCS / "api.md"

@@ -8,6 +8,8 @@ import pytest
 
 from zapbilling.billing.durations import parse_duration
 
+pytestmark = pytest.mark.sqlite_only("the duration scanner; no store")
+
 US = 1
 MS = 1_000
 S = 1_000_000

@@ -13,6 +13,8 @@ from zapbilling.config import Config
 from zapbilling.registry import RegistryError, check_enum_tables, load_registry
 from zapbilling.store import SqliteStore
 
+pytestmark = pytest.mark.sqlite_only("start-up checks of tables; no store")
+
 REGISTRY = load_registry()
 SCHEMA = REGISTRY.schema
 

@@ -48,6 +48,8 @@ from test_crash import (
     REST_ROUTES, Account, Checker, Op, Storm, check_restarted, describe, failed_ops, master_seed, prepare, read_only,
 )
 
+pytestmark = pytest.mark.sqlite_only("faults below SQLite (disk full, read-only file, WAL checkpoints)")
+
 FAULT_ANSWER_LIMIT = 2.0  # seconds: a write refused because of the fault must be answered within this
 STORM_BEFORE_FAULT = 0.6  # seconds of storm before the fault begins
 STORM_LIMIT = 30  # seconds: a storm not ended this long after the fault began is a hang

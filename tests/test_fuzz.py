@@ -51,6 +51,8 @@ import fuzz_strategies as fs
 from invariants import check_invariants
 from conftest import ERROR_TABLE
 
+pytestmark = pytest.mark.sqlite_only("hostile input, refused before the store")
+
 SCALE = float(os.environ.get("FUZZ_SCALE", "1"))
 MIN_CASES = 10_000
 TIMEOUT = 30

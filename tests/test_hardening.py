@@ -17,6 +17,8 @@ from procs import ServerProcess, create_key
 from test_metering import event_rows, meter, summary
 from zapbilling.store.migrations import migrate, scripts
 
+pytestmark = pytest.mark.sqlite_only("input costs and SQLite migrations")
+
 INT64_MAX = 2**63 - 1
 
 

@@ -24,6 +24,8 @@ from zapbilling.limits import Limits
 from zapbilling.registry import Command, default_schema_path
 from zapbilling.schema import Field, TypeRef
 
+pytestmark = pytest.mark.sqlite_only("text bounds, checked before the store")
+
 ALICE = "hanzo/alice"
 EXAMPLES = load_examples(default_schema_path(), REGISTRY.schema)
 LIMITS = Limits()

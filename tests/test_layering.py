@@ -3,9 +3,13 @@ database driver and no backend (a second backend must be pluggable without them)
 store and billing/ know nothing of HTTP."""
 from __future__ import annotations
 
+import pytest
+
 import json
 import subprocess
 import sys
+
+pytestmark = pytest.mark.sqlite_only("imports; no store")
 
 BACKENDS = ("zapbilling.store.sqlite", "zapbilling.store.connection", "aiosqlite", "sqlite3", "asyncpg")
 TRANSPORT = ("aiohttp", "zapbilling.transport")

@@ -18,6 +18,8 @@ from zapbilling.times import system_clock
 
 from procs import ServerProcess, create_key
 
+pytestmark = pytest.mark.sqlite_only("HTTP limits, before the store")
+
 BODY_TIMEOUT = 0.5
 IDLE_TIMEOUT = 0.5
 

@@ -23,6 +23,8 @@ import pytest
 
 from conftest import REGISTRY
 
+pytestmark = pytest.mark.sqlite_only("the OpenAPI document; no store")
+
 ROOT = Path(__file__).resolve().parent.parent
 NODE = ROOT / "tests" / "node"
 IN_CI = os.environ.get("CI", "").lower() in ("true", "1")

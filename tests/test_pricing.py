@@ -11,6 +11,8 @@ import pytest
 
 from zapbilling.billing.pricing import INT64_MAX, PricingError, checked_sum, check_rule, price
 
+pytestmark = pytest.mark.sqlite_only("pricing maths; the rules' storage is in test_quotas and test_invoice")
+
 # The contract's example tiers.
 EXAMPLE = [{"upTo": 100, "price": 10, "flat": 0}, {"upTo": 500, "price": 5, "flat": 0}, {"upTo": 0, "price": 1, "flat": 100}]
 

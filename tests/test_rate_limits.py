@@ -22,6 +22,8 @@ from zapbilling.transport.admission import Admission, Slots, TokenBucket
 
 from procs import child_env, zapbilling_cmd
 
+pytestmark = pytest.mark.sqlite_only("rate limits, before the store")
+
 
 class Monotonic:
     """A monotonic clock that moves only when told."""

@@ -29,6 +29,8 @@ run: an id or time shown twice in the README must come back twice, the same, fro
 """
 from __future__ import annotations
 
+import pytest
+
 import asyncio
 import os
 import re
@@ -40,6 +42,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from procs import ServerProcess, create_key
+
+pytestmark = pytest.mark.sqlite_only("the README's examples on a fresh SQLite server")
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"

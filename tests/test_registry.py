@@ -15,6 +15,8 @@ from zapbilling.models import params_error
 from zapbilling.registry import RegistryError, build_registry, catalogue, default_schema_path, load_registry
 from zapbilling.schema import Http, Schema, load, parse_text
 
+pytestmark = pytest.mark.sqlite_only("the registry; no store")
+
 REPO = Path(__file__).resolve().parents[1]
 BILLING_ZAP = REPO / "schemas" / "billing.zap"
 

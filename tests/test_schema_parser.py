@@ -12,6 +12,8 @@ import pytest
 
 from zapbilling.schema import MISSING, Http, SchemaError, TypeRef, load, parse_text
 
+pytestmark = pytest.mark.sqlite_only("the schema parser; no store")
+
 REPO = Path(__file__).resolve().parents[1]
 BILLING_ZAP = REPO / "schemas" / "billing.zap"
 

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.sqlite_only("the soak runs its own SQLite server")
+
 SOAK = Path(__file__).resolve().parent.parent / "bench" / "soak.py"
 CI_MAX_GROWTH = 25.0  # percent; see the test's docstring
 

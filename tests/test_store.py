@@ -17,6 +17,8 @@ from zapbilling.store import Missing, NewEntry, NotRefundable, OutOfRange, Refus
 from zapbilling.store.migrations import migrate, scripts
 from zapbilling.times import DAY, SECOND, system_clock
 
+pytestmark = pytest.mark.sqlite_only("the SQLite store's own modules")
+
 INT64_MAX = 2**63 - 1
 ALL_VERSIONS = [v for v, _, _ in scripts()]
 

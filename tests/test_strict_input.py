@@ -14,6 +14,8 @@ import pytest
 
 from conftest import assert_error, balance, ledger_rows, ok
 
+pytestmark = pytest.mark.sqlite_only("input validation, before the store")
+
 ALICE = "hanzo/alice"
 USAGE = "/api/v1/billing/usage"
 

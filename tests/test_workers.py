@@ -13,6 +13,8 @@ from aiohttp import ClientSession
 from invariants import check_invariants
 from procs import ServerProcess, create_key
 
+pytestmark = pytest.mark.sqlite_only("--workers on one SQLite file; several servers on PostgreSQL: test_many_servers")
+
 USER = "hanzo/alice"
 
 

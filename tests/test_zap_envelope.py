@@ -11,6 +11,8 @@ import pytest
 
 from conftest import REGISTRY
 
+pytestmark = pytest.mark.sqlite_only("the ZAP envelope, before the store")
+
 MIB = 1 << 20
 MSGPACK_TYPES = ("application/msgpack", "application/x-msgpack", "application/vnd.msgpack")
 USER = "hanzo/alice"
