@@ -30,7 +30,7 @@ async def test_a_call_waits_a_bounded_time_for_an_exhausted_pool_then_fails_writ
 
         async def hold_a_connection() -> None:
             nonlocal holding
-            async with store.pool.acquire():
+            async with connection.Lease(store):
                 holding += 1
                 await release.wait()
 
