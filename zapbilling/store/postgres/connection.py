@@ -326,15 +326,26 @@ async def migrate(conn: asyncpg.Connection) -> list[int]:
 async def lock_account(conn: asyncpg.Connection, tenant: int, user: str, currency: str) -> int:
     """Take the account's lock (rule 1 of this module): its balances row, created at 0 if
     missing, locked FOR UPDATE until the transaction ends; returns the balance row's value.
-    Every write that reads or changes an account's money calls this first."""
-    balance = await conn.fetchval(
-        "INSERT INTO balances (tenant, user_id, currency, balance) VALUES ($1, $2, $3, 0)"
-        " ON CONFLICT (tenant, user_id, currency) DO NOTHING RETURNING balance",
-        tenant, user, currency,
-    )
-    if balance is not None:  # created now: the insert holds its row lock already
-        return 0
-    return await conn.fetchval(  # type: ignore[no-any-return]
-        "SELECT balance FROM balances WHERE tenant = $1 AND user_id = $2 AND currency = $3 FOR UPDATE",
-        tenant, user, currency,
-    )
+    Every write that reads or changes an account's money calls this first.
+
+    The lock is tried first, since the account usually exists: one statement, where an insert
+    first took two (its conflict, then the lock). Only when no row is there is it created; a
+    concurrent creator's insert makes ours wait for its commit and do nothing, and the lock is
+    then tried again (balances rows are never deleted, so the loop ends at the second turn).
+    Nothing else is read in the locking statement on purpose: its snapshot is taken before it
+    waits for the lock, so anything but the locked row itself (which FOR UPDATE re-reads at its
+    newest version) may predate the previous holder's commit (a lot it added, say)."""
+    while True:
+        balance = await conn.fetchval(
+            "SELECT balance FROM balances WHERE tenant = $1 AND user_id = $2 AND currency = $3 FOR UPDATE",
+            tenant, user, currency,
+        )
+        if balance is not None:
+            return balance  # type: ignore[no-any-return]
+        created = await conn.fetchval(
+            "INSERT INTO balances (tenant, user_id, currency, balance) VALUES ($1, $2, $3, 0)"
+            " ON CONFLICT (tenant, user_id, currency) DO NOTHING RETURNING balance",
+            tenant, user, currency,
+        )
+        if created is not None:  # created now: the insert holds its row lock already
+            return 0
