@@ -12,12 +12,11 @@ from typing import Any, Iterator
 
 import asyncpg
 
-from ..base import INT64_MAX, INT64_MIN, SYSTEM_KEY, Idempotency, LedgerFilter, LedgerRow, Lot, LotRules, MeterEventDraft
+from ..base import INT64_MAX, INT64_MIN, SYSTEM_KEY, Idempotency, LedgerFilter, LedgerRow, Lot, LotRules
 from ..base import NewEntry, Refundable
 from ..ids import new_id
 from ..refusals import Missing, NotRefundable, OutOfRange, RefundLeft
 from .connection import PgBase, affected, lock_account
-from .metering import insert_event
 
 _ROW = "id, user_id, currency, type, amount, tags, notes, metadata, created_at, expires_at, refund_of, hold_id, key_id"
 
@@ -156,37 +155,92 @@ class LedgerQueries(PgBase):
         return len(accounts)
 
 
+LOT_PAGE = 64
+"""Lots read at first; the usual write finds none or one or two."""
+
+# The write itself after the account's lock, in one statement (a round trip each otherwise):
+# the row's insert (ON CONFLICT: a seen dedupe key inserts nothing, and then nothing else is
+# written); the balance update, whose new value is known from the locked row ($17; NULL when
+# the lots decide it, see append_entry); the usage meter event when the tenant has a meter for
+# it (metering.insert_event's row: its idempotency key is NULL, so no conflict can skip it);
+# and the account's first page of lots, read in the same snapshot, which is taken after the
+# lock was granted, so it holds every earlier writer's lots. The sub-statements see that
+# snapshot and not each other's rows: the lots are those before this insert.
+_INSERT_ROW = (
+    "ins AS (INSERT INTO ledger (id, tenant, user_id, currency, type, amount, tags, notes, metadata, created_at,"
+    " expires_at, remaining, refund_of, dedupe_key, key_id, hold_id)"
+    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
+    " ON CONFLICT (tenant, user_id, dedupe_key) WHERE dedupe_key IS NOT NULL DO NOTHING RETURNING 1),"
+    " bal AS (UPDATE balances SET balance = $17::bigint WHERE tenant = $2 AND user_id = $3 AND currency = $4"
+    " AND $17::bigint IS NOT NULL AND EXISTS (SELECT 1 FROM ins))"
+)
+_USAGE_EVENT = (
+    ", ev AS (INSERT INTO meter_events (id, tenant, meter_id, user_id, value, ts, idempotency_key, dimensions,"
+    " created_at, ledger_id) SELECT $18, $2, m.id, $3, $6, $10, NULL, $19, $10, $1 FROM meters m"
+    " WHERE m.tenant = $2 AND m.event_name = $20 AND EXISTS (SELECT 1 FROM ins))"
+)
+_WITH_LOTS = (
+    " SELECT (SELECT COUNT(*) FROM ins), l.seq, l.id, l.remaining, l.expires_at FROM (SELECT 1) one"
+    " LEFT JOIN (SELECT seq, id, remaining, expires_at FROM ledger WHERE tenant = $2 AND user_id = $3 AND currency = $4"
+    f" AND remaining > 0 ORDER BY expires_at, seq LIMIT {LOT_PAGE}) l ON true ORDER BY l.expires_at, l.seq"
+)
+_APPEND_SQL = "WITH " + _INSERT_ROW + _WITH_LOTS
+_APPEND_USAGE_SQL = "WITH " + _INSERT_ROW + _USAGE_EVENT + _WITH_LOTS
+"""Rows: (1 if the row was inserted else 0, then a lot's seq, id, remaining, expires_at), one
+row per lot in the ledger_lots index's order, or one row of NULLs after the count if none."""
+
+_SIGN = {"withdraw": -1, "deposit": 1}
+
+
 async def append_entry(conn: asyncpg.Connection, tenant: int, e: NewEntry, refundable: Refundable | None = None) -> LedgerRow:
     """Append one row inside the caller's transaction (a capture appends its withdrawal this
     way), under the account's lock, which this takes first (a capture holds it already: taking
-    it again is a no-op)."""
+    it again is a no-op).
+
+    Two statements for the usual write (an account without expiring money): the lock, then
+    _APPEND_SQL (the row, the balance, the meter event, the lots, which are none). Where there are
+    lots, the rule walks them and the balance moves again by what it forfeited, as before. The
+    new balance is judged in Python as before: outside int64, $17 is NULL (nothing written),
+    and OutOfRange is raised once the lots are settled (a deposit's forfeits can bring it
+    back), which undoes the whole transaction; a seen dedupe key answers the first row
+    whatever the balance."""
     balance = await lock_account(conn, tenant, e.user, e.currency)
     if e.refund_of is not None:
         assert refundable is not None, "a refund needs the domain's rule for what may be refunded"
         await _claim_refund(conn, tenant, e, refundable)
+    if e.type not in _SIGN:
+        raise ValueError(f"unknown ledger entry type {e.type!r}")
     tx_id = new_id("tx")
-    remaining = e.amount if e.type == "deposit" and e.expires_at is not None else None
-    inserted = await conn.fetchval(
-        "INSERT INTO ledger (id, tenant, user_id, currency, type, amount, tags, notes, metadata, created_at,"
-        " expires_at, remaining, refund_of, dedupe_key, key_id, hold_id)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
-        " ON CONFLICT (tenant, user_id, dedupe_key) WHERE dedupe_key IS NOT NULL DO NOTHING RETURNING 1",
+    own = Lot(tx_id, e.amount, e.expires_at) if e.type == "deposit" and e.expires_at is not None else None
+    remaining = None if own is None else own.remaining
+    moved = balance + _SIGN[e.type] * e.amount
+    params: list[Any] = [
         tx_id, tenant, e.user, e.currency, e.type, e.amount, e.tags, e.notes,
         json.dumps(e.metadata) if e.metadata is not None else None, e.now, e.expires_at, remaining, e.refund_of,
-        e.dedupe_key, e.key_id, e.hold_id,
-    )
-    if inserted is None:  # the dedupe key was seen: the original row is the answer
+        e.dedupe_key, e.key_id, e.hold_id, moved if INT64_MIN <= moved <= INT64_MAX else None,
+    ]
+    if e.usage_event is None:
+        rows = await conn.fetch(_APPEND_SQL, *params)
+    else:
+        dimensions = e.usage_event.dimensions
+        rows = await conn.fetch(_APPEND_USAGE_SQL, *params, new_id("evt"),
+                                json.dumps(dimensions) if dimensions is not None else None, e.usage_event.event_name)
+    if not rows[0][0]:  # the dedupe key was seen: the original row is the answer
         return _row(await conn.fetchrow(
             f"SELECT {_ROW} FROM ledger WHERE tenant = $1 AND user_id = $2 AND dedupe_key = $3", tenant, e.user, e.dedupe_key
         ))
-    if e.type == "withdraw":
-        delta = -await _settle_lots(conn, tenant, e.user, e.currency, e.now, e.amount, e.key_id, e.lots) - e.amount
-    elif e.type == "deposit":  # spends nothing: only forfeits
-        delta = -await _settle_lots(conn, tenant, e.user, e.currency, e.now, 0, e.key_id, e.lots) + e.amount
+    lots = [tuple(r)[1:] for r in rows if r[1] is not None]
+    spend = e.amount if e.type == "withdraw" else 0
+    if own is not None and (lots or _takes_any(e.lots, own, e.now)):
+        # The statement's lots predate this deposit's own lot, which the rule must see as well:
+        # read them again (a rare write: an expiring deposit into an account with lots).
+        forfeited = await _settle_lots(conn, tenant, e.user, e.currency, e.now, spend, e.key_id, e.lots)
+    elif lots:
+        forfeited = await _settle_lots(conn, tenant, e.user, e.currency, e.now, spend, e.key_id, e.lots, lots)
     else:
-        raise ValueError(f"unknown ledger entry type {e.type!r}")
-    await _set_balance(conn, tenant, e.user, e.currency, balance + delta)
-    await _record_usage_meter_event(conn, tenant, e, tx_id)
+        forfeited = 0
+    if forfeited or params[16] is None:
+        await _set_balance(conn, tenant, e.user, e.currency, moved - forfeited)
     return {
         "id": tx_id, "user": e.user, "currency": e.currency, "type": e.type, "amount": e.amount, "tags": e.tags,
         "notes": e.notes, "metadata": e.metadata, "createdAt": e.now, "expiresAt": e.expires_at, "refundOf": e.refund_of,
@@ -194,18 +248,10 @@ async def append_entry(conn: asyncpg.Connection, tenant: int, e: NewEntry, refun
     }
 
 
-async def _record_usage_meter_event(conn: asyncpg.Connection, tenant: int, e: NewEntry, tx_id: str) -> None:
-    """A usage withdrawal's meter event, in the withdrawal's own transaction, when the tenant
-    has a meter for it, linked to the withdrawal's row (see UsageEvent)."""
-    if e.usage_event is None:
-        return
-    meter = await conn.fetchval(
-        "SELECT id FROM meters WHERE tenant = $1 AND event_name = $2", tenant, e.usage_event.event_name
-    )
-    if meter is not None:
-        await insert_event(conn, tenant, MeterEventDraft(
-            meter, e.user, e.amount, e.now, None, e.usage_event.dimensions, tx_id,
-        ), e.now)
+def _takes_any(rules: LotRules, lot: Lot, now: int) -> bool:
+    """Whether the rule takes anything when a deposit's own lot is the account's only one (an
+    unexpired lot and nothing to spend: not with the domain's rule)."""
+    return any(True for _ in rules.takes(iter([lot]), 0, now))
 
 
 async def _claim_refund(conn: asyncpg.Connection, tenant: int, e: NewEntry, refundable: Refundable) -> None:
@@ -233,9 +279,6 @@ async def _claim_refund(conn: asyncpg.Connection, tenant: int, e: NewEntry, refu
         raise RefundLeft(left, original["amount"])
 
 
-LOT_PAGE = 64
-"""Lots read at first; the usual write finds none or one or two."""
-
 _LOTS = ("SELECT seq, id, remaining, expires_at FROM ledger WHERE tenant = $1 AND user_id = $2 AND currency = $3"
          " AND remaining > 0 ORDER BY expires_at, seq LIMIT $4")
 
@@ -254,7 +297,7 @@ class _Page:
 
 
 async def _settle_lots(conn: asyncpg.Connection, tenant: int, user: str, currency: str, now: int, spend: int, key_id: str,
-                       rules: LotRules) -> int:
+                       rules: LotRules, first: list[Any] | None = None) -> int:
     """Take from the account's lots what `rules.takes` decides: a forfeit writes the lot off as
     a withdraw of its own; spending only lowers the lot's remainder (the write's own row moves
     the balance). Returns the total forfeited.
@@ -266,9 +309,10 @@ async def _settle_lots(conn: asyncpg.Connection, tenant: int, user: str, currenc
     again twice as long and the rule rerun from scratch: it is a pure function of (lots, spend,
     now), and nothing is written before its final run, so the answer is the one a lazy walk
     gives. The usual account has no expiring money: one index lookup that finds nothing, and the
-    rule is not run at all."""
+    rule is not run at all. `first`: the first page (LOT_PAGE lots, or all of them if fewer)
+    when the caller read it already, in a statement under the account's lock."""
     size = LOT_PAGE
-    rows = await conn.fetch(_LOTS, tenant, user, currency, size)
+    rows = first if first is not None else await conn.fetch(_LOTS, tenant, user, currency, size)
     if not rows:
         return 0
     while True:
