@@ -166,7 +166,7 @@ LOT_PAGE = 64
 # and the account's first page of lots, read in the same snapshot, which is taken after the
 # lock was granted, so it holds every earlier writer's lots. The sub-statements see that
 # snapshot and not each other's rows: the lots are those before this insert.
-# Measured (bench scenario 2, recordUsage, quick runs of 3 x 2 s on the shared 2-core machine): 5
+# Measured (bench scenario 2, recordUsage, quick runs of 3 x 2 s on the shared 2-core machine): 6
 # statements in the transaction became 2; server CPU per request 962 -> 656 us, PostgreSQL's
 # 780 -> 621 us, 683 -> 979 req/s (durability full).
 _INSERT_ROW = (
