@@ -17,10 +17,10 @@ HoldRow, column for column, so that this module depends on no other query area's
 """
 from __future__ import annotations
 
-import json
 from typing import Any, AsyncIterator, Callable, Sequence
 
-from ..base import GrantChange, HoldRow, LedgerRow, MeterEventRow, Row
+from ..base import Row
+from ..rows import change_row, event_row, hold_row, ledger_row
 from .connection import PgBase
 
 _LEDGER = "id, user_id, currency, type, amount, tags, notes, metadata, created_at, expires_at, refund_of, hold_id, key_id"
@@ -32,40 +32,6 @@ _HOLD = (
     f"id, user_id, currency, amount, CASE WHEN {_LAPSED} THEN 'expired' ELSE status END, expires_at, created_at,"
     f" captured_amount, transaction_id, request_id, metadata, CASE WHEN {_LAPSED} THEN expires_at ELSE settled_at END"
 )
-
-
-def _json(text: str | None) -> Any:
-    return json.loads(text) if text is not None else None
-
-
-def ledger_row(r: Sequence[Any]) -> LedgerRow:
-    return {
-        "id": r[0], "user": r[1], "currency": r[2], "type": r[3], "amount": r[4], "tags": r[5], "notes": r[6],
-        "metadata": _json(r[7]), "createdAt": r[8], "expiresAt": r[9], "refundOf": r[10], "holdId": r[11],
-        "keyId": r[12],
-    }
-
-
-def change_row(r: Sequence[Any]) -> GrantChange:
-    return {
-        "id": r[0], "grantId": r[1], "userId": r[2], "currency": r[3], "type": r[4], "amount": r[5],
-        "remainingAfter": r[6], "burnId": r[7], "meterId": r[8], "createdAt": r[9], "keyId": r[10],
-    }
-
-
-def event_row(r: Sequence[Any]) -> MeterEventRow:
-    return {
-        "id": r[0], "meterId": r[1], "userId": r[2], "value": r[3], "timestamp": r[4], "idempotency": r[5],
-        "dimensions": _json(r[6]), "createdAt": r[7],
-    }
-
-
-def hold_row(r: Sequence[Any]) -> HoldRow:
-    return {
-        "holdId": r[0], "user": r[1], "currency": r[2], "amount": r[3], "status": r[4], "expiresAt": r[5],
-        "createdAt": r[6], "capturedAmount": r[7], "transactionId": r[8], "requestId": r[9],
-        "metadata": _json(r[10]), "settledAt": r[11],
-    }
 
 
 # table: (the columns, the row as the store returns it)

@@ -17,6 +17,7 @@ import asyncpg
 from ..base import INT64_MAX, HoldCharge, HoldRow, Idempotency, NewHold
 from ..ids import new_id
 from ..refusals import Missing, NotPending, OutOfRange, OverCapture, ShortOfFunds
+from ..rows import hold_row
 from .connection import PgBase, affected, lock_account
 from .ledger import ACCOUNT, append_entry
 
@@ -45,14 +46,6 @@ _SETTLED_AT = "GREATEST({now}, created_at)"
 def _hold(now: str) -> str:
     """The hold's columns, its status and settledAt as at the parameter `now` names."""
     return _HOLD.format(now=now)
-
-
-def hold_row(r: asyncpg.Record | tuple[Any, ...]) -> HoldRow:
-    return {
-        "holdId": r[0], "user": r[1], "currency": r[2], "amount": r[3], "status": r[4], "expiresAt": r[5],
-        "createdAt": r[6], "capturedAmount": r[7], "transactionId": r[8], "requestId": r[9],
-        "metadata": json.loads(r[10]) if r[10] is not None else None, "settledAt": r[11],
-    }
 
 
 class HoldQueries(PgBase):

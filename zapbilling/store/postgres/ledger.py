@@ -16,6 +16,7 @@ from ..base import INT64_MAX, INT64_MIN, SYSTEM_KEY, Idempotency, LedgerFilter, 
 from ..base import NewEntry, Refundable
 from ..ids import new_id
 from ..refusals import Missing, NotRefundable, OutOfRange, RefundLeft
+from ..rows import ledger_row as _row
 from .connection import PgBase, affected, lock_account
 
 _ROW = "id, user_id, currency, type, amount, tags, notes, metadata, created_at, expires_at, refund_of, hold_id, key_id"
@@ -54,14 +55,6 @@ ledger_history entries that stops at the first row in the currency: the first on
 one currency. A scalar subquery, not EXISTS: PostgreSQL turns EXISTS into a merge semi join that
 reads the tenant's whole ledger from its start (132 ms for a page of 100 at the 10,000th of
 50,000 accounts), where a subquery per walked row costs one index probe (a page: ms below)."""
-
-
-def _row(r: Any) -> LedgerRow:
-    return {
-        "id": r[0], "user": r[1], "currency": r[2], "type": r[3], "amount": r[4], "tags": r[5], "notes": r[6],
-        "metadata": json.loads(r[7]) if r[7] is not None else None,
-        "createdAt": r[8], "expiresAt": r[9], "refundOf": r[10], "holdId": r[11], "keyId": r[12],
-    }
 
 
 # The listing's filters, each a condition on the ledger_history index's rows of one user; `{}`

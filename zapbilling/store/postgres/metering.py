@@ -15,6 +15,7 @@ import asyncpg
 from ..base import Idempotency, MeterEventDraft, MeterRow, MeterUsage, NewMeter
 from ..ids import new_id
 from ..refusals import AlreadyExists, Missing, QuotaReached, SumOutOfRange
+from ..rows import meter_row
 from .connection import PgBase
 
 _METER = "id, name, event_name, aggregation, currency, dimensions, created_at"
@@ -64,13 +65,6 @@ def _int64(value: Any) -> int:
     if not INT64_MIN <= exact <= INT64_MAX:
         raise SumOutOfRange()
     return exact
-
-
-def meter_row(r: asyncpg.Record) -> MeterRow:
-    return {
-        "id": r[0], "name": r[1], "eventName": r[2], "aggregationType": r[3], "currency": r[4],
-        "dimensions": json.loads(r[5]), "createdAt": r[6],
-    }
 
 
 class MeteringQueries(PgBase):

@@ -16,28 +16,21 @@ an export reads the whole table once (never more, and never more than a batch in
 """
 from __future__ import annotations
 
-import json
 from typing import Any, AsyncIterator, Callable
 
-from ..base import MeterEventRow, Row
+from ..base import Row
+from ..rows import change_row, event_row, hold_row, ledger_row
 from .connection import SqliteBase
-from .grants import _CHANGE, change_row
-from .holds import _HOLD, hold_row
-from .ledger import _ROW, _row
+from .grants import _CHANGE
+from .holds import _HOLD
+from .ledger import _ROW
 
 _EVENT = "id, meter_id, user_id, value, ts, idempotency_key, dimensions, created_at"
 
 
-def event_row(r: tuple[Any, ...]) -> MeterEventRow:
-    return {
-        "id": r[0], "meterId": r[1], "userId": r[2], "value": r[3], "timestamp": r[4], "idempotency": r[5],
-        "dimensions": json.loads(r[6]) if r[6] is not None else None, "createdAt": r[7],
-    }
-
-
 # table: (its rows in creation order as FROM ..., the columns, the row as the store returns it)
 EXPORTS: dict[str, tuple[str, str, Callable[[tuple[Any, ...]], Any]]] = {
-    "ledger": ("ledger NOT INDEXED", _ROW, _row),
+    "ledger": ("ledger NOT INDEXED", _ROW, ledger_row),
     "credit_transactions": ("credit_transactions NOT INDEXED", _CHANGE, change_row),
     "meter_events": ("meter_events NOT INDEXED", _EVENT, event_row),
     "holds": ("holds INDEXED BY holds_tenant", _HOLD, hold_row),

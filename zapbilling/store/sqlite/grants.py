@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from typing import Any
 
 from ..base import SYSTEM_KEY, Burn, BurnedGrant, BurnPlan, GrantChange, GrantRow, Idempotency, NewGrant
 from ..ids import new_id
 from .connection import SqliteBase
 from ..refusals import AlreadyVoided, Missing
+from ..rows import change_row, grant_row
 
 _GRANT = ("id, user_id, name, amount, remaining, currency, priority, effective_at, expires_at, eligibility, tags,"
           " voided_at, created_at")
@@ -20,21 +20,6 @@ _GRANT = ("id, user_id, name, amount, remaining, currency, priority, effective_a
 _ACTIVE = ("voided_at IS NULL AND remaining > 0 AND effective_at <= MAX(:now, created_at)"
            " AND (expires_at IS NULL OR expires_at > :now)")
 _CHANGE = "id, grant_id, user_id, currency, type, amount, remaining_after, burn_id, meter_id, created_at, key_id"
-
-
-def grant_row(r: tuple[Any, ...]) -> GrantRow:
-    return {
-        "id": r[0], "userId": r[1], "name": r[2], "amountCents": r[3], "remainingCents": r[4], "currency": r[5],
-        "priority": r[6], "effectiveAt": r[7], "expiresAt": r[8], "eligibility": json.loads(r[9]), "tags": r[10],
-        "voidedAt": r[11], "createdAt": r[12],
-    }
-
-
-def change_row(r: tuple[Any, ...]) -> GrantChange:
-    return {
-        "id": r[0], "grantId": r[1], "userId": r[2], "currency": r[3], "type": r[4], "amount": r[5],
-        "remainingAfter": r[6], "burnId": r[7], "meterId": r[8], "createdAt": r[9], "keyId": r[10],
-    }
 
 
 class GrantQueries(SqliteBase):

@@ -15,6 +15,7 @@ from ..ids import new_id
 from .connection import SqliteBase
 from .ledger import ACCOUNT, append_entry
 from ..refusals import Missing, NotPending, OutOfRange, OverCapture, ShortOfFunds
+from ..rows import hold_row
 
 # The column says 'pending' until a settlement or the sweep; from the instant expires_at is
 # reached a pending hold is expired for every reader, so status is always computed at :now.
@@ -35,14 +36,6 @@ _STATUS_IS = {
 # answer a negative duration (settledAt < createdAt); it is dated at the creation instant
 # instead, the earliest moment the store has seen for this row (tests/test_clock_jumps.py).
 _SETTLED_AT = "MAX(:now, created_at)"
-
-
-def hold_row(r: tuple[Any, ...]) -> HoldRow:
-    return {
-        "holdId": r[0], "user": r[1], "currency": r[2], "amount": r[3], "status": r[4], "expiresAt": r[5],
-        "createdAt": r[6], "capturedAmount": r[7], "transactionId": r[8], "requestId": r[9],
-        "metadata": json.loads(r[10]) if r[10] is not None else None, "settledAt": r[11],
-    }
 
 
 class HoldQueries(SqliteBase):

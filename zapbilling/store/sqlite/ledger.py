@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from typing import Any, Iterator
+from typing import Iterator
 
 from ..base import SYSTEM_KEY, Idempotency, LedgerFilter, LedgerRow, Lot, LotRules, MeterEventDraft, NewEntry, Refundable
 from ..base import INT64_MAX, INT64_MIN
@@ -12,6 +12,7 @@ from ..ids import new_id
 from .connection import SqliteBase
 from .metering import insert_event
 from ..refusals import Missing, NotRefundable, OutOfRange, RefundLeft
+from ..rows import ledger_row as _row
 
 _ROW = "id, user_id, currency, type, amount, tags, notes, metadata, created_at, expires_at, refund_of, hold_id, key_id"
 
@@ -38,14 +39,6 @@ ACCOUNT = (
 """(balance row, expired unforfeited credit, pending holds) of one account at now; parameters
 (tenant, user, currency, now)."""
 _EACH = dict(tenant=":tenant", user=":user", currency="c.currency", now=":now")
-
-
-def _row(r: tuple[Any, ...]) -> LedgerRow:
-    return {
-        "id": r[0], "user": r[1], "currency": r[2], "type": r[3], "amount": r[4], "tags": r[5], "notes": r[6],
-        "metadata": json.loads(r[7]) if r[7] is not None else None,
-        "createdAt": r[8], "expiresAt": r[9], "refundOf": r[10], "holdId": r[11], "keyId": r[12],
-    }
 
 
 # The listing's filters, each a condition on the ledger_history index's rows of one user.

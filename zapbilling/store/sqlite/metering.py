@@ -11,6 +11,7 @@ from ..base import Idempotency, MeterEventDraft, MeterRow, MeterUsage, NewMeter
 from ..ids import new_id
 from .connection import SqliteBase
 from ..refusals import AlreadyExists, Missing, QuotaReached, SumOutOfRange
+from ..rows import meter_row
 
 _METER = "id, name, event_name, aggregation, currency, dimensions, created_at"
 
@@ -47,13 +48,6 @@ def _usage_sql(period: str, exact: bool) -> str:
         for aggregation, aggregate in AGGREGATES.items()
     )
     return f"SELECT m.id, m.name, m.aggregation, CASE m.aggregation {cases} END FROM meters m WHERE m.tenant = :tenant ORDER BY m.seq"
-
-
-def meter_row(r: tuple[Any, ...]) -> MeterRow:
-    return {
-        "id": r[0], "name": r[1], "eventName": r[2], "aggregationType": r[3], "currency": r[4],
-        "dimensions": json.loads(r[5]), "createdAt": r[6],
-    }
 
 
 class MeteringQueries(SqliteBase):

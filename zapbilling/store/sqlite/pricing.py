@@ -9,15 +9,9 @@ from ..base import Idempotency, NewRule, RuleRow
 from ..ids import new_id
 from .connection import SqliteBase
 from ..refusals import Missing, QuotaReached
+from ..rows import rule_row
 
 _RULE = "id, meter_id, plan_id, model, currency, unit_price, tiers, created_at"
-
-
-def rule_row(r: tuple[Any, ...]) -> RuleRow:
-    return {
-        "id": r[0], "meterId": r[1], "planId": r[2], "model": r[3], "currency": r[4], "unitPrice": r[5],
-        "tiers": json.loads(r[6]), "createdAt": r[7],
-    }
 
 
 class PricingQueries(SqliteBase):

@@ -1,0 +1,61 @@
+"""Rows as the storage interface hands them out (base.py's TypedDicts), made from a query's
+columns in the order each query module selects them. The same on every backend: sqlite3 gives
+tuples, asyncpg Records, and both index alike."""
+from __future__ import annotations
+
+import json
+from typing import Any, Sequence
+
+from .base import GrantChange, GrantRow, HoldRow, LedgerRow, MeterEventRow, MeterRow, RuleRow
+
+
+def ledger_row(r: Sequence[Any]) -> LedgerRow:
+    return {
+        "id": r[0], "user": r[1], "currency": r[2], "type": r[3], "amount": r[4], "tags": r[5], "notes": r[6],
+        "metadata": json.loads(r[7]) if r[7] is not None else None,
+        "createdAt": r[8], "expiresAt": r[9], "refundOf": r[10], "holdId": r[11], "keyId": r[12],
+    }
+
+
+def hold_row(r: Sequence[Any]) -> HoldRow:
+    return {
+        "holdId": r[0], "user": r[1], "currency": r[2], "amount": r[3], "status": r[4], "expiresAt": r[5],
+        "createdAt": r[6], "capturedAmount": r[7], "transactionId": r[8], "requestId": r[9],
+        "metadata": json.loads(r[10]) if r[10] is not None else None, "settledAt": r[11],
+    }
+
+
+def grant_row(r: Sequence[Any]) -> GrantRow:
+    return {
+        "id": r[0], "userId": r[1], "name": r[2], "amountCents": r[3], "remainingCents": r[4], "currency": r[5],
+        "priority": r[6], "effectiveAt": r[7], "expiresAt": r[8], "eligibility": json.loads(r[9]), "tags": r[10],
+        "voidedAt": r[11], "createdAt": r[12],
+    }
+
+
+def change_row(r: Sequence[Any]) -> GrantChange:
+    return {
+        "id": r[0], "grantId": r[1], "userId": r[2], "currency": r[3], "type": r[4], "amount": r[5],
+        "remainingAfter": r[6], "burnId": r[7], "meterId": r[8], "createdAt": r[9], "keyId": r[10],
+    }
+
+
+def meter_row(r: Sequence[Any]) -> MeterRow:
+    return {
+        "id": r[0], "name": r[1], "eventName": r[2], "aggregationType": r[3], "currency": r[4],
+        "dimensions": json.loads(r[5]), "createdAt": r[6],
+    }
+
+
+def rule_row(r: Sequence[Any]) -> RuleRow:
+    return {
+        "id": r[0], "meterId": r[1], "planId": r[2], "model": r[3], "currency": r[4], "unitPrice": r[5],
+        "tiers": json.loads(r[6]), "createdAt": r[7],
+    }
+
+
+def event_row(r: Sequence[Any]) -> MeterEventRow:
+    return {
+        "id": r[0], "meterId": r[1], "userId": r[2], "value": r[3], "timestamp": r[4], "idempotency": r[5],
+        "dimensions": json.loads(r[6]) if r[6] is not None else None, "createdAt": r[7],
+    }
