@@ -12,6 +12,7 @@ import pg
 from zapbilling.billing.ledger import LOTS
 from zapbilling.store.base import NewEntry
 from zapbilling.store.postgres import PostgresStore, connection
+from zapbilling.store.postgres.pool import Lease
 
 pytestmark = pytest.mark.postgres_only("the PostgreSQL store's pool")
 
@@ -30,7 +31,7 @@ async def test_a_call_waits_a_bounded_time_for_an_exhausted_pool_then_fails_writ
 
         async def hold_a_connection() -> None:
             nonlocal holding
-            async with connection.Lease(store):
+            async with Lease(store.pool):
                 holding += 1
                 await release.wait()
 

@@ -1,5 +1,12 @@
-"""The PostgreSQL connections: one asyncpg pool per server process, each write one transaction,
-reads on the same pool, and the schema migrated once however many servers start together.
+"""The PostgreSQL connections: one pool per server process (pool.py), each write one
+transaction, reads on the same pool, and the schema migrated once however many servers start
+together.
+
+Commits: concurrent writes do not share a transaction here (as the SQLite writer's batches
+do): a transaction holding several accounts' locks would make lock cycles possible between
+servers. PostgreSQL shares the flush itself: concurrent transactions committing together are
+written to disk by one WAL flush (its group commit), so `--durability full` costs one fsync per
+flush, not per write.
 
 How concurrent writes stay correct (many servers, one database). Every transaction runs at READ
 COMMITTED and takes row locks in one fixed order before it reads what it decides on:
@@ -44,6 +51,7 @@ from ..fairness import FairSlots
 from ..locator import describe
 from ..migrations import record, scripts
 from ..refusals import KeyReused
+from .pool import Lease, Pool
 
 T = TypeVar("T")
 log = logging.getLogger("zapbilling.store")
@@ -74,50 +82,6 @@ def unavailable(url: str, exc: BaseException) -> Unavailable:
     return Unavailable(f"cannot use the database {describe(url)}: {reason}")
 
 
-class _Connection(asyncpg.Connection):  # type: ignore[misc]
-    def get_reset_query(self) -> str:
-        """Nothing to reset when a connection goes back to the pool: the store never SETs,
-        LISTENs, opens cursors or takes advisory locks on a pooled connection (asyncpg still
-        rolls back a transaction left open). asyncpg's default reset (`SELECT
-        pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`) is one more round trip
-        per use: ~15% of getBalance's server CPU (bench scenario 1 on PostgreSQL, A/B)."""
-        return ""
-
-
-class Lease:
-    """`async with Lease(store) as conn`: a pooled connection, waited for at most
-    ACQUIRE_TIMEOUT. asyncpg enforces a timeout by running the wait as a task of its own,
-    which measured ~30 us of CPU per acquisition (63 -> 96 us per `SELECT 1` round trip with a
-    reset-free pool), so the timeout is used only when every connection is out: below that a
-    connection is free (or one is opened, within CONNECT_TIMEOUT) and there is nothing to wait
-    for. A connection counts as out until its release has finished."""
-
-    __slots__ = ("base", "conn")
-
-    def __init__(self, base: "PgBase"):
-        self.base = base
-
-    async def __aenter__(self) -> Any:
-        base = self.base
-        pool = base.pool
-        base._leased += 1
-        try:
-            if base._leased <= base._pool_size:
-                self.conn = await pool.acquire()
-            else:
-                self.conn = await pool.acquire(timeout=ACQUIRE_TIMEOUT)
-        except BaseException:
-            base._leased -= 1
-            raise
-        return self.conn
-
-    async def __aexit__(self, *exc: Any) -> None:
-        try:
-            await self.base.pool.release(self.conn)
-        finally:
-            self.base._leased -= 1
-
-
 class PgBase:
     """The pool and the ways to use it: `_tx` runs one job as one transaction (retried on a
     deadlock or serialisation failure), `_write` adds the call's idempotency key to that
@@ -130,9 +94,7 @@ class PgBase:
         self.path = describe(url)
         self.durability = durability
         self._pool_size = pool_size
-        self._pool: asyncpg.Pool | None = None
-        self._leased = 0
-        """Connections taken from the pool and not yet given back (see Lease)."""
+        self._pool: Pool | None = None
         self._long = FairSlots(max(1, pool_size // 2))
         self._purged: tuple[int, float] | None = None
         self.retries = 0
@@ -151,12 +113,12 @@ class PgBase:
             # the query takes 35-65 ms (bench scenario 4). Our queries are short; JIT never pays.
             "jit": "off",
         }
+        def connect() -> Awaitable[asyncpg.Connection]:
+            return asyncpg.connect(self.url, server_settings=settings, timeout=CONNECT_TIMEOUT)  # type: ignore[no-any-return]
+
         try:
-            self._pool = await asyncpg.create_pool(
-                self.url, min_size=1, max_size=self._pool_size, server_settings=settings, timeout=CONNECT_TIMEOUT,
-                connection_class=_Connection,
-            )
-            async with self._pool.acquire() as conn:
+            self._pool = Pool(connect, self._pool_size, ACQUIRE_TIMEOUT)
+            async with Lease(self._pool) as conn:
                 await migrate(conn)
         except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, ValueError) as exc:
             if self._pool is not None:
@@ -170,13 +132,10 @@ class PgBase:
             # one line at shutdown, nothing on the hot path: the bench sums these over its servers
             log.info("closing the database pool; %d transactions retried after a deadlock or serialisation failure",
                      self.retries)
-            try:
-                await asyncio.wait_for(pool.close(), 10)
-            except (asyncio.TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-                pool.terminate()
+            await pool.close()
 
     @property
-    def pool(self) -> asyncpg.Pool:
+    def pool(self) -> Pool:
         if self._pool is None:
             raise RuntimeError("the store is closed")
         return self._pool
@@ -186,7 +145,7 @@ class PgBase:
         """Run `await job(conn, *args)` as one transaction; return once it is committed."""
         for attempt in range(RETRIES):
             try:
-                async with Lease(self) as conn:
+                async with Lease(self.pool) as conn:
                     async with conn.transaction():
                         return await job(conn, *args)
             except RETRYABLE:
@@ -204,7 +163,7 @@ class PgBase:
         conn = _SNAPSHOT.get()
         if conn is not None:
             return await conn.fetch(sql, *params)  # type: ignore[no-any-return]
-        async with Lease(self) as conn:
+        async with Lease(self.pool) as conn:
             return await conn.fetch(sql, *params)  # type: ignore[no-any-return]
 
     async def _aggregate(self, tenant: Hashable, sql: str, *params: Any) -> list[asyncpg.Record]:
@@ -222,7 +181,7 @@ class PgBase:
         transaction on a connection of its own, holding a long-read slot of `tenant`'s."""
         assert _SNAPSHOT.get() is None, "snapshot() inside snapshot()"
         async with self._long.slot(tenant):
-            async with Lease(self) as conn:
+            async with Lease(self.pool) as conn:
                 async with conn.transaction(isolation="repeatable_read", readonly=True):
                     token = _SNAPSHOT.set(conn)
                     try:
