@@ -67,11 +67,8 @@ class ExportQueries(PgBase):
     async def export_rows(
         self, tenant: int, table: str, since: int | None, now: int, batch: int = 1000
     ) -> AsyncIterator[list[Row]]:
-        """Every row of `table` (ledger, credit_transactions, meter_events, holds) of `tenant`
-        created at or after `since` (None: all), in creation order, as lists of at most `batch`
-        rows shaped as the table's other reads return them (LedgerRow, GrantChange,
-        MeterEventRow, HoldRow with its status at `now`). All from one snapshot: iterate to
-        the end, or close the iterator (contextlib.aclosing) to end it early."""
+        """As the interface says (base.py, Store.export_rows): one REPEATABLE READ snapshot
+        throughout, keyset batches by seq."""
         if batch < 1:
             raise ValueError("batch must be at least 1")
         sql, make = export_sql(table, since is not None), EXPORTS[table][1]
