@@ -85,6 +85,18 @@ def _load_process(cpus: set[int] | None):  # type: ignore[no-untyped-def]
     return prepare
 
 
+def cpu_seconds_of(processes: Iterable[psutil.Process]) -> float:
+    """User + system CPU time of `processes` so far; one that has ended counts nothing."""
+    total = 0.0
+    for p in processes:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
 def _tree(pid: int) -> list[psutil.Process]:
     try:
         root = psutil.Process(pid)
@@ -156,14 +168,7 @@ class Proc:
 
     def cpu_seconds(self) -> float:
         """User + system CPU time of the process tree so far (all threads)."""
-        total = 0.0
-        for p in _tree(self.pid):
-            try:
-                t = p.cpu_times()
-                total += t.user + t.system
-            except psutil.NoSuchProcess:
-                pass
-        return total
+        return cpu_seconds_of(_tree(self.pid))
 
     def alive(self) -> bool:
         return self.popen is not None and self.popen.poll() is None

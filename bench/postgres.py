@@ -32,7 +32,7 @@ from typing import Any, Callable
 import asyncpg
 import psutil
 
-from .load import ROOT, child_env, zapbilling_cmd
+from .load import ROOT, child_env, cpu_seconds_of, zapbilling_cmd
 
 SETTINGS = {
     "fsync": "on",
@@ -137,14 +137,7 @@ class PgCluster:
 
     def cpu_seconds(self) -> float:
         """User + system CPU time of the postmaster and every process it runs, so far."""
-        total = 0.0
-        for p in self.processes():
-            try:
-                t = p.cpu_times()
-                total += t.user + t.system
-            except psutil.NoSuchProcess:
-                pass
-        return total
+        return cpu_seconds_of(self.processes())
 
     def stop(self) -> None:
         self._cluster.stop()

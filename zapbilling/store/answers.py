@@ -3,6 +3,7 @@ replay answers is exactly what the first call did."""
 from __future__ import annotations
 
 import json
+import time
 import zlib
 from typing import Any
 
@@ -48,3 +49,24 @@ def replayed_answer(response: str | bytes) -> Any:
     if isinstance(response, bytes):
         return json.loads(zlib.decompress(response).decode("utf-8", "surrogatepass"))
     return json.loads(response)
+
+
+class PurgeHorizon:
+    """Which stored answers a purge may drop, on every backend: those created before
+    `older_than` (the caller's clock less the time keys are kept), except those a forward jump
+    of that clock would drop early. The horizon moves on at most as fast as real time (the
+    monotonic clock) since this process's last purge, so a clock stepped two days ahead does
+    not drop keys a client may still retry with (the contract keeps them at least 24 hours). A
+    backward jump only purges less. The first purge of a process has nothing to compare with
+    and takes the clock's word."""
+
+    def __init__(self) -> None:
+        self._last: tuple[int, float] | None = None  # the last purge's horizon, and time.monotonic() then
+
+    def clamp(self, older_than: int) -> int:
+        mono = time.monotonic()
+        if self._last is not None:
+            horizon, then = self._last
+            older_than = min(older_than, horizon + int((mono - then) * 1_000_000))
+        self._last = (older_than, mono)
+        return older_than

@@ -1,6 +1,7 @@
-"""Row ids, the same on every backend."""
+"""Row ids and API-key digests, the same on every backend."""
 from __future__ import annotations
 
+import hashlib
 import secrets
 import time
 
@@ -12,3 +13,8 @@ def new_id(prefix: str) -> str:
     batch of recordUsage writes cost ~25% less). The random part keeps ids of one millisecond
     unguessable and distinct; the UNIQUE constraint stays the guarantee."""
     return f"{prefix}_{time.time_ns() // 1_000_000:011x}{secrets.randbits(52):013x}"
+
+
+def key_hash(secret: str) -> str:
+    """What a store keeps of an API key: its SHA-256 digest, never the key itself."""
+    return hashlib.sha256(secret.encode()).hexdigest()

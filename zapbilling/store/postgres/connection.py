@@ -39,13 +39,12 @@ import asyncio
 import contextlib
 import logging
 import random
-import time
 from contextvars import ContextVar
 from typing import Any, AsyncIterator, Awaitable, Callable, Hashable, TypeVar
 
 import asyncpg
 
-from ..answers import replayed_answer, stored_answer
+from ..answers import PurgeHorizon, replayed_answer, stored_answer
 from ..base import DURABILITY, Idempotency, Unavailable
 from ..fairness import FairSlots
 from ..locator import describe
@@ -96,7 +95,7 @@ class PgBase:
         self._pool_size = pool_size
         self._pool: Pool | None = None
         self._long = FairSlots(max(1, pool_size // 2))
-        self._purged: tuple[int, float] | None = None
+        self._purge_horizon = PurgeHorizon()
         self.retries = 0
         """Transactions retried after a deadlock or serialisation failure (reported by the bench)."""
 
@@ -202,14 +201,8 @@ class PgBase:
         return await self._write(tenant, idempotency, now, _answer, answer)  # type: ignore[no-any-return]
 
     async def purge_idempotency(self, older_than: int) -> int:
-        """As the SQLite store's: the horizon moves on at most as fast as real time since this
-        process's last purge, so a clock stepped ahead does not drop keys early."""
-        mono = time.monotonic()
-        if self._purged is not None:
-            horizon, then = self._purged
-            older_than = min(older_than, horizon + int((mono - then) * 1_000_000))
-        self._purged = (older_than, mono)
-        return await self._tx(_purge_idempotency, older_than)
+        """Drop the keys created before `older_than`, as far as PurgeHorizon (answers.py) allows."""
+        return await self._tx(_purge_idempotency, self._purge_horizon.clamp(older_than))
 
 
 async def _idempotent(conn: asyncpg.Connection, tenant: int, idem: Idempotency | None, now: int, job: Job, *args: Any) -> Any:

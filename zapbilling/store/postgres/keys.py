@@ -13,19 +13,14 @@ which is exact at every instant and the same on every server. Its cost is in the
 """
 from __future__ import annotations
 
-import hashlib
 import hmac
 import secrets
 
 import asyncpg
 
 from ..base import KeyInfo, Principal
-from ..ids import new_id
+from ..ids import key_hash, new_id
 from .connection import PgBase
-
-
-def key_hash(secret: str) -> str:
-    return hashlib.sha256(secret.encode()).hexdigest()
 
 
 class KeyQueries(PgBase):

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
-from ..answers import replayed_answer, stored_answer
+from ..answers import PurgeHorizon, replayed_answer, stored_answer
 from ..base import DURABILITY, Idempotency
 from ..refusals import KeyReused
 from ..migrations import migrate
@@ -66,7 +66,7 @@ class SqliteBase(ReadPath):
         super().__init__(str(path))
         self.durability = durability
         self._writer = Writer(self._connect_writer)
-        self._purged: tuple[int, float] | None = None  # the last purge's horizon, and time.monotonic() then
+        self._purge_horizon = PurgeHorizon()
 
     # -- lifecycle ---------------------------------------------------------------------------
     def _connect_writer(self) -> sqlite3.Connection:
@@ -112,18 +112,8 @@ class SqliteBase(ReadPath):
         return await self._write(tenant, idempotency, now, _answer, answer)
 
     async def purge_idempotency(self, older_than: int) -> int:
-        """Drop the keys created before `older_than` (the caller's clock less the time keys are
-        kept), except those a forward jump of that clock would drop early: the horizon moves on
-        at most as fast as real time (the monotonic clock) since this process's last purge, so
-        a clock stepped two days ahead does not drop keys a client may still retry with (the
-        contract keeps them at least 24 hours). A backward jump only purges less. The first
-        purge of a process has nothing to compare with and takes the clock's word."""
-        mono = time.monotonic()
-        if self._purged is not None:
-            horizon, then = self._purged
-            older_than = min(older_than, horizon + int((mono - then) * 1_000_000))
-        self._purged = (older_than, mono)
-        return await self._run(_purge_idempotency, older_than)
+        """Drop the keys created before `older_than`, as far as PurgeHorizon (answers.py) allows."""
+        return await self._run(_purge_idempotency, self._purge_horizon.clamp(older_than))
 
 
 def _idempotent(conn: sqlite3.Connection, tenant: int, idem: Idempotency | None, now: int, job: Callable[..., Any], *args: Any) -> Any:

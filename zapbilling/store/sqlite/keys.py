@@ -11,7 +11,6 @@ be noticed. Only keys that were found are cached, in a bounded dict.
 """
 from __future__ import annotations
 
-import hashlib
 import hmac
 import mmap
 import os
@@ -20,15 +19,11 @@ import sqlite3
 from pathlib import Path
 
 from ..base import KeyInfo, Principal
-from ..ids import new_id
+from ..ids import key_hash, new_id
 from .connection import FILE_MODE, SqliteBase
 
 MAX_CACHED_KEYS = 10_000
 EPOCH_BYTES = 8
-
-
-def key_hash(secret: str) -> str:
-    return hashlib.sha256(secret.encode()).hexdigest()
 
 
 class KeyEpoch:
