@@ -3,6 +3,7 @@ reason otherwise (contract: Operations endpoints); `/healthz` never touches the 
 from __future__ import annotations
 
 import asyncio
+import os
 
 import pytest
 from aiohttp import ClientSession
@@ -81,3 +82,55 @@ async def test_readyz_is_503_while_postgresql_is_down_and_200_again_after(tmp_pa
             server.stop()
     finally:
         cluster.stop()
+
+
+async def _readyz(api) -> tuple[int, dict]:  # type: ignore[no-untyped-def]
+    return await api.with_key(None).rest("GET", "/readyz")
+
+
+@pytest.mark.sqlite_only("the database file")
+async def test_readyz_is_503_while_the_sqlite_file_is_gone_or_replaced_and_200_again_after(api, db_path, tmp_path):
+    """The server's open connections would go on reading, and writing, a file that was removed
+    or replaced (writes that the next start would not find): /readyz opens the file afresh, as a
+    restart would, and checks it is the one the server opened. Permissions cannot deny root,
+    which tests may run as, so the file is taken away and swapped instead."""
+    import sqlite3
+
+    path = os.path.abspath(db_path)
+    assert await _readyz(api) == (200, {"ok": True})
+
+    os.rename(path, path + ".moved")  # removed, or renamed, while the server runs
+    assert await _readyz(api) == (503, {"ok": False, "reason": (
+        f"the database cannot be read: there is no file at {path} (it was removed or renamed after this server "
+        "opened it): restore it, or restart the server")})
+    assert (await api.with_key(None).rest("GET", "/healthz")) == (200, {"ok": True})
+    os.rename(path + ".moved", path)
+    assert await _readyz(api) == (200, {"ok": True})
+
+    other = str(tmp_path / "other.db")  # another database put in its place: a restore with the server running
+    con = sqlite3.connect(other)
+    con.execute("CREATE TABLE schema_migrations (version INTEGER)")
+    con.close()
+    os.rename(path, path + ".moved")
+    os.rename(other, path)
+    assert await _readyz(api) == (503, {"ok": False, "reason": (
+        f"the database cannot be read: {path} is not the file this server opened (it was replaced): "
+        "restart the server to serve the new file")})
+    os.rename(path, other)
+    os.rename(path + ".moved", path)
+    assert await _readyz(api) == (200, {"ok": True})
+    deposit = await api.call("deposit", {"user": "u", "amount": 5})  # and the server serves on
+    assert deposit.ok and deposit.result["amount"] == 5, deposit
+
+
+@pytest.mark.sqlite_only("the database file")
+async def test_the_readiness_check_names_a_file_that_sqlite_cannot_read(tmp_path):
+    """What /readyz says of a file that is there, the one opened, and not a database (damage a
+    server cannot show on its own file: in WAL mode its first pages are read from the WAL)."""
+    from zapbilling.store.sqlite.file_check import OpenedFile, Unreadable
+
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"not a database" * 512)
+    with pytest.raises(Unreadable) as raised:
+        await OpenedFile(str(junk)).schema_version()
+    assert str(raised.value) == f"{junk}: file is not a database"

@@ -22,7 +22,7 @@ import sqlite3
 import sys
 from typing import Any, NoReturn, Sequence
 
-from . import copy as copy_db, export
+from . import backup, copy as copy_db, export
 from .config import DURABILITY, Config, env_default
 from .limits import Limits, env_name, flag_name, limit_fields
 from .store import Unavailable, describe, make_store
@@ -66,7 +66,7 @@ def _name(text: str) -> str:
 
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="zapbilling", description="Usage-based billing service.")
-    sub = p.add_subparsers(dest="command", required=True, metavar="{serve,keys,migrate,export,copy,gen}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{serve,keys,migrate,export,backup,copy,gen}")
     db: dict[str, Any] = {"default": env_default("db"), "metavar": "DB",
                           "help": "a SQLite file (a path or sqlite:///path) or postgresql://user:password@host:port/dbname (env ZAPBILLING_DB)"}
 
@@ -104,6 +104,7 @@ def _parser() -> argparse.ArgumentParser:
         g.add_argument("--schema", help="the .zap file (default: the packaged schemas/billing.zap)")
         g.add_argument("--check", action="store_true", help="write nothing; exit 1 if what is there is stale")
     export.add_parser(sub, env_default("db"))
+    backup.add_parser(sub, env_default("db"))
     copy_db.add_parser(sub)
     migrate = sub.add_parser("migrate", help="bring the database's schema up to date, and do nothing else")
     migrate.add_argument("--db", **db)
@@ -126,6 +127,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return generate(args)
     if args.command == "export":
         return export.run(args)
+    if args.command == "backup":
+        return backup.run(args)
     if args.command == "copy":
         return copy_db.run(args)
     try:

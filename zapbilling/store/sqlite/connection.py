@@ -20,6 +20,7 @@ from ..answers import PurgeHorizon, replayed_answer, stored_answer
 from ..base import DURABILITY, Idempotency
 from ..refusals import KeyReused
 from ..migrations import migrate
+from .file_check import OpenedFile
 from .reads import ReadPath
 from .writer import Writer
 
@@ -87,6 +88,7 @@ class SqliteBase(ReadPath):
 
     async def open(self) -> None:
         await self._writer.start()  # first: it creates the file and migrates it
+        self._file = OpenedFile(self.path)  # what schema_version (/readyz) checks the path still names
         await self._open_reads()
 
     async def close(self) -> None:
@@ -101,8 +103,8 @@ class SqliteBase(ReadPath):
         return await self._writer.run(_idempotent, tenant, idempotency, now, job, *args)
 
     async def schema_version(self) -> int:
-        rows = await self._read("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
-        return int(rows[0][0])
+        """Read afresh from the file the path names, which must be the one opened (file_check.py)."""
+        return await self._file.schema_version()
 
     async def idempotency_fingerprint(self, tenant: int, key: str) -> str | None:
         rows = self._read_point("SELECT fingerprint FROM idempotency WHERE tenant = ? AND key = ?", (tenant, key))
