@@ -84,7 +84,7 @@ async def test_readyz_is_503_while_postgresql_is_down_and_200_again_after(tmp_pa
         cluster.stop()
 
 
-async def _readyz(api) -> tuple[int, dict]:  # type: ignore[no-untyped-def]
+async def _readyz(api) -> tuple[int, dict]:
     return await api.with_key(None).rest("GET", "/readyz")
 
 
