@@ -118,6 +118,8 @@ def main() -> int:
     ap.add_argument("--server", choices=("zapbilling", "bare"), default="zapbilling",
                     help="bare: profile scenario 1's/2's ceiling (bench/baselines/bare.py) instead, for comparison")
     ap.add_argument("--codec", choices=("msgpack", "json", "rest"), default="msgpack")
+    ap.add_argument("--backend", choices=("sqlite", "postgres"), default="sqlite",
+                    help="postgres: the same database copied into a throwaway PostgreSQL cluster (bench/postgres.py)")
     ap.add_argument("--seconds", type=int, default=15)
     ap.add_argument("--rate", type=int, default=100, help="py-spy samples per second")
     ap.add_argument("--nonblocking", action="store_true",
@@ -134,14 +136,15 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="zapbilling-profile-"))
     bench = Bench(Settings(seconds=args.seconds, warmup=2, rounds=1, big_rows=0, workdir=workdir,
                            log=lambda m: print(m, file=sys.stderr)))
+    fresh = bench.fresh_pg if args.backend == "postgres" else bench.fresh
     try:
         if args.op == "getBalance":
-            db, tpl = bench.fresh("balance", "profile")
+            db, tpl = fresh("balance", "profile")
             script = "balance.lua"
             env = {"BENCH_STYLE": "rest", "BENCH_PATH": "/api/v1/billing/balance"} if args.codec == "rest" else \
                 {"BENCH_STYLE": "zap", "BENCH_CODEC": args.codec, "BENCH_PATH": "/api/v1/zap"}
         else:
-            db, tpl = bench.fresh("empty", "profile")
+            db, tpl = fresh("empty", "profile")
             script = "usage.lua"
             env = {"BENCH_CODEC": "json" if args.codec == "json" else "msgpack", "BENCH_PATH": "/api/v1/zap"}
         if args.server == "bare":
@@ -173,6 +176,7 @@ def main() -> int:
             if args.svg:
                 print(f"\nflame graph: {args.svg}")
     finally:
+        bench.close()
         shutil.rmtree(workdir, ignore_errors=True)
     return 0
 

@@ -65,7 +65,7 @@ class Template:
 
 
 def _create_key(db: Path) -> str:
-    r = subprocess.run([*zapbilling_cmd(), "keys", "create", "--db", str(db), "--org", "bench", "--mode", "test"],
+    r = subprocess.run([*zapbilling_cmd(), "keys", "create", "--db", str(db), "--org", "bench", "--mode", "test", "--create-db"],
                        capture_output=True, text=True, env=child_env(), timeout=60)
     if r.returncode != 0 or len(r.stdout.split()) != 1:
         raise RuntimeError(f"zapbilling keys create failed ({r.returncode}): {r.stderr} {r.stdout}")
@@ -153,7 +153,7 @@ class Bench:
         name = self._name(tag)
         return Server(name, argv, port, log=self.logs / f"{name}.log", cpus=self.server_cpus(workers or 1, pin))
 
-    def baseline(self, module: str, db: Path | None, tag: str, *extra: str, key: str = "") -> Server:
+    def baseline(self, module: str, db: Path | str | None, tag: str, *extra: str, key: str = "") -> Server:
         port = free_port()
         argv = [sys.executable, "-m", f"bench.baselines.{module}", "--port", str(port)]
         if db is not None:
@@ -372,7 +372,7 @@ class HttpRun(Run):
         if self.server == "zapbilling":
             srvs = [bench.zapbilling(db, self.key, self.durability, self.workers, pin) for _ in range(self.servers)]
         else:
-            srvs = [bench.baseline(self.server, Path(db), self.key, *self.server_args, key=tpl.key)]
+            srvs = [bench.baseline(self.server, db, self.key, *self.server_args, key=tpl.key)]
         processes = max(self.workers or 1, self.servers)
         conns = self.connections or s.connections
         threads = self.threads or s.threads
@@ -417,7 +417,7 @@ class HttpRun(Run):
             if srv.log_has_traceback():
                 problems.append(f"traceback in the server log {srv.log}")
         retries = None
-        if pg is not None:
+        if pg is not None and self.server == "zapbilling":  # a baseline retries nothing and says so nowhere
             counts = [_retries_logged(srv) for srv in srvs]
             if None in counts:
                 problems.append("a server's log has no count of retried transactions (it did not close its pool)")
@@ -653,6 +653,10 @@ def scenarios(settings: Settings) -> list[Scenario]:
             HttpRun("s1.fastapi", "FastAPI on uvicorn (uvloop, httptools)", 1, server="fastapi_app", **rest_read),  # type: ignore[arg-type]
             HttpRun("s1.jsonrpc", "jsonrpcserver in aiohttp+uvloop", 1, server="jsonrpc", script="balance.lua",
                     path="/api/v1/jsonrpc", env={"BENCH_STYLE": "jsonrpc"}, expect="available"),
+            HttpRun("s1.bare_pg_keyread", "bare aiohttp+asyncpg: key read + balance read (2 round trips)", 1,
+                    server="bare_pg", backend="postgres", **rest_read),  # type: ignore[arg-type]
+            HttpRun("s1.bare_pg_keymem", "bare aiohttp+asyncpg: key in memory + balance read (1 round trip)", 1,
+                    server="bare_pg", server_args=("--keys", "memory"), backend="postgres", **rest_read),  # type: ignore[arg-type]
         ], [
             Target("getBalance ZAP/msgpack vs bare aiohttp+uvloop", "s1.zap_msgpack", "s1.bare", ">=", 0.8),
             Target("getBalance ZAP/msgpack vs FastAPI", "s1.zap_msgpack", "s1.fastapi", ">=", 2.0),
@@ -660,6 +664,9 @@ def scenarios(settings: Settings) -> list[Scenario]:
             Target("getBalance ZAP/JSON vs bare aiohttp+uvloop", "s1.zap_json", "s1.bare"),
             Target("getBalance REST vs bare aiohttp+uvloop", "s1.rest", "s1.bare"),
             Target("getBalance ZAP/msgpack: PostgreSQL vs SQLite", "s1.pg_msgpack", "s1.zap_msgpack", ">=", 0.6),
+            Target("getBalance on PostgreSQL vs bare aiohttp+asyncpg, the same two round trips", "s1.pg_msgpack", "s1.bare_pg_keyread"),
+            Target("bare aiohttp+asyncpg, 2 round trips, vs zapbilling on SQLite (PostgreSQL's ceiling)", "s1.bare_pg_keyread", "s1.zap_msgpack"),
+            Target("bare aiohttp+asyncpg, 1 round trip, vs zapbilling on SQLite", "s1.bare_pg_keymem", "s1.zap_msgpack"),
         ]),
         Scenario(2, f"recordUsage over ZAP/msgpack, {settings.connections} connections", [
             HttpRun("s2.full", "zapbilling --durability full", 2, durability="full", **usage),  # type: ignore[arg-type]
@@ -670,11 +677,15 @@ def scenarios(settings: Settings) -> list[Scenario]:
                     backend="postgres", **usage),  # type: ignore[arg-type]
             HttpRun("s2.bare_insert", "bare aiohttp+uvloop, INSERT+COMMIT, sync=NORMAL", 2, server="bare",
                     server_args=("--synchronous", "NORMAL"), **usage),  # type: ignore[arg-type]
+            HttpRun("s2.bare_pg_insert", "bare aiohttp+asyncpg: key read + autocommitted INSERT, synchronous_commit on", 2,
+                    server="bare_pg", backend="postgres", **usage),  # type: ignore[arg-type]
         ], [
             Target("recordUsage full vs bare INSERT+COMMIT", "s2.full", "s2.bare_insert", ">=", 0.8),
             Target("recordUsage normal vs bare INSERT+COMMIT", "s2.normal", "s2.bare_insert", ">=", 1.0),
             Target("recordUsage full: PostgreSQL vs SQLite", "s2.pg_full", "s2.full", ">=", 0.5),
             Target("recordUsage normal: PostgreSQL vs SQLite", "s2.pg_normal", "s2.normal"),
+            Target("recordUsage full on PostgreSQL vs bare aiohttp+asyncpg INSERT", "s2.pg_full", "s2.bare_pg_insert"),
+            Target("bare aiohttp+asyncpg INSERT vs recordUsage full on SQLite (PostgreSQL's ceiling)", "s2.bare_pg_insert", "s2.full"),
             RETRY_TARGET("recordUsage full", "s2.pg_full"),
         ]),
         Scenario(3, "recordMeterEvents, batches of 100 over msgpack", [
