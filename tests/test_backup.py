@@ -5,7 +5,8 @@ the README says and served again.
 
 What the copy must be: a database that opens and passes the invariants checker
 (tests/invariants.py); holding every write acknowledged before the backup began; holding no
-write sent after the backup ended (it is the database as of one moment within the backup); and,
+write sent after the backup ended (it is the database as of one moment within the backup, and
+writes were acknowledged while it ran); and,
 served again, answering each user's balance as the sum of exactly the writes it holds."""
 from __future__ import annotations
 
@@ -142,6 +143,8 @@ async def check_restored(restored: str, storm: Storm, begun: float, ended: float
     assert len(later) >= AFTER
     assert not [w for w in later if w.tx in held], "the copy holds writes sent after the backup ended"
     assert len(storm.writes) > len(held), "every write is in the copy: it was not taken while the storm ran"
+    during = [w for w in storm.writes if w.acked_at is not None and begun < w.acked_at < ended]
+    assert during, "no write was acknowledged while the backup ran: it did not run beside the storm"
 
     # Served again: up, ready, the same key works, each balance is the sum of the writes held.
     server = await ServerProcess(restored, tmp_path).start_ready()
