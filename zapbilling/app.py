@@ -14,6 +14,8 @@ from aiohttp import web
 from .billing.ledger import LOTS
 from .config import Config
 from .loop_turn import next_loop_turn
+from .metrics.exposition import metrics_route
+from .metrics.tally import Sampler
 from .registry import Registry, check_enum_tables, load_registry
 from .store import Store, make_store
 from .store.migrations import scripts
@@ -44,7 +46,8 @@ def create_app(config: Config, registry: Registry | None = None) -> web.Applicat
     app[STORE] = store
     app[CALLER] = caller
     admission = app[ADMISSION] = Admission(store, config.limits.max_inflight, config.limits)
-    app.cleanup_ctx.append(_lifecycle(store, config, admission))
+    sampler = Sampler(store, admission)
+    app.cleanup_ctx.append(_lifecycle(store, config, admission, sampler))
 
     def route(handler: Admitted, refuse: Refuse, reads_body: bool = True) -> Handler:
         """Every route but /healthz: behind the admission gates (the key, its rate, its own
@@ -59,6 +62,7 @@ def create_app(config: Config, registry: Registry | None = None) -> web.Applicat
     app.router.add_post("/api/v1/billing/zap", zap)
     add_routes(app, caller, route)
     app.router.add_get("/api/v1/openapi.json", route(document_route(openapi(registry)), refuse_json, reads_body=False))
+    app.router.add_get("/metrics", route(metrics_route(sampler), refuse_json, reads_body=False))
     app.router.add_get("/healthz", _health)
     app.router.add_get("/readyz", functools.partial(_ready, store, len(scripts())))
     unknown = route(unknown_route(), refuse, reads_body=False)
@@ -111,10 +115,11 @@ async def _ready(store: Store, latest: int, request: web.Request) -> web.Respons
     return web.json_response({"ok": True})
 
 
-def _lifecycle(store: Store, config: Config, admission: Admission):  # type: ignore[no-untyped-def]
+def _lifecycle(store: Store, config: Config, admission: Admission, sampler: Sampler):  # type: ignore[no-untyped-def]
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await store.open()
         sweeper = asyncio.create_task(_sweep(store, config), name="zapbilling-sweeper")
+        sampler.start()
         try:
             yield
         finally:
@@ -122,8 +127,11 @@ def _lifecycle(store: Store, config: Config, admission: Admission):  # type: ign
             with contextlib.suppress(asyncio.CancelledError):
                 await sweeper
             if cancelled := await admission.cancel_running():
-                log.info("stopped %d requests still running after the shutdown timeout", cancelled)
+                # debug: a serving process's one stop line (graceful.py) counts them already
+                log.debug("stopped %d requests still running after the shutdown timeout", cancelled)
+            await sampler.stop()
             await store.close()
+            sampler.flush()  # the writes the store finished as it closed
 
     return lifecycle
 

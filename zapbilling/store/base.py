@@ -8,6 +8,7 @@ frozen ones: a frozen dataclass's __init__ costs about twice as much, and nothin
 from __future__ import annotations
 
 from contextlib import AbstractAsyncContextManager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable, Iterable, Iterator, NamedTuple, Protocol, TypedDict
 
@@ -358,7 +359,90 @@ HoldCharge = Callable[[HoldRow, int], NewEntry]
 """The domain's capture withdrawal: (the hold, cents captured) -> the ledger row to append."""
 
 
+class Moved(NamedTuple):
+    """A ledger row that moved money, as a store reports it once its transaction committed."""
+
+    currency: str
+    type: str
+    tags: str
+    amount: int
+    refund: bool
+    """A refund of another row (NewEntry.refund_of)."""
+    hold: bool
+    """A hold's capture (NewEntry.hold_id)."""
+
+
+class Recorded(NamedTuple):
+    """A batch of meter events a caller sent, as a store reports it once committed."""
+
+    created: int
+    duplicate: int
+    """Events whose idempotency key was seen: the first event stands."""
+
+
+Note = tuple[str, str, str, int, bool, bool] | Recorded
+"""A Moved's fields as a plain tuple (made ~15x faster than the NamedTuple: 0.02 vs 0.35 us;
+`Moved._make` reads it), or a Recorded."""
+
+NOTES: ContextVar["list[Note] | None"] = ContextVar("zapbilling_store_notes", default=None)
+"""What the write running in this context has written so far, for the metrics: set by the
+backend around each transaction (the SQLite writer's thread, the PostgreSQL `_tx`), which hands
+the notes to StoreStats.written only after its COMMIT, so that a write rolled back, refused or
+replayed (an idempotent replay or a dedupe repeat writes no row) is never counted."""
+
+
+def moved(currency: str, type: str, tags: str, amount: int, refund: bool = False, hold: bool = False) -> None:
+    """Note a ledger row just written in the current transaction (see NOTES). About 0.1 us."""
+    notes = NOTES.get()
+    if notes is not None:
+        notes.append((currency, type, tags, amount, refund, hold))
+
+
+def recorded(created: int, duplicate: int) -> None:
+    """Note a caller's batch of meter events just written (see NOTES)."""
+    notes = NOTES.get()
+    if notes is not None:
+        notes.append(Recorded(created, duplicate))
+
+
+class StoreStats:
+    """What a store counts about its own work, for whoever watches it (the server's metrics,
+    which drain these lists on a timer): plain lists a store appends to on its event loop's
+    thread, so counting costs an append per commit, never a lock or a system call."""
+
+    __slots__ = ("commits", "written", "pool_waits", "pool_wait_seconds")
+
+    def __init__(self) -> None:
+        self.commits: list[tuple[float, int]] = []
+        """(seconds from BEGIN to COMMIT done, writes in the transaction) of each commit."""
+        self.written: list[Note] = []
+        """What committed transactions wrote (rows moving money, caller's meter events), in commit order."""
+        self.pool_waits = 0
+        """Connections taken from the pool only after waiting for one to be given back (PostgreSQL)."""
+        self.pool_wait_seconds = 0.0
+        """Their waits, summed."""
+
+
+class Load(NamedTuple):
+    """A store's load at one moment."""
+
+    queue: int
+    """Writes waiting for the writer (SQLite's single writer; 0 on PostgreSQL)."""
+    pool_size: int
+    """Connections the pool may open (PostgreSQL; 0 on SQLite)."""
+    pool_open: int
+    """Connections open, idle or in use."""
+    pool_in_use: int
+    """Connections lent out to a call now."""
+
+
 class Store(Protocol):
+    stats: StoreStats
+
+    def load(self) -> Load:
+        """The store's load now (read by the metrics at each sample)."""
+        ...
+
     async def open(self) -> None: ...
     async def close(self) -> None: ...
     def snapshot(self, tenant: int | None = None) -> AbstractAsyncContextManager[None]:

@@ -39,13 +39,14 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from contextvars import ContextVar
 from typing import Any, AsyncIterator, Awaitable, Callable, Hashable, TypeVar
 
 import asyncpg
 
 from ..answers import PurgeHorizon, replayed_answer, stored_answer
-from ..base import DURABILITY, Idempotency, Unavailable
+from ..base import DURABILITY, NOTES, Idempotency, Load, Note, StoreStats, Unavailable
 from ..fairness import FairSlots
 from ..locator import describe
 from ..migrations import record, scripts
@@ -98,6 +99,9 @@ class PgBase:
         self._purge_horizon = PurgeHorizon()
         self.retries = 0
         """Transactions retried after a deadlock or serialisation failure (reported by the bench)."""
+        self.stats = StoreStats()
+        """Read by the metrics: each committed transaction's seconds (one write each), its rows
+        written (rows moving money, meter events); the pool's waits (pool.py)."""
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def open(self) -> None:
@@ -116,7 +120,7 @@ class PgBase:
             return asyncpg.connect(self.url, server_settings=settings, timeout=CONNECT_TIMEOUT)  # type: ignore[no-any-return]
 
         try:
-            self._pool = Pool(connect, self._pool_size, ACQUIRE_TIMEOUT)
+            self._pool = Pool(connect, self._pool_size, ACQUIRE_TIMEOUT, self.stats)
             async with Lease(self._pool) as conn:
                 await migrate(conn)
         except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, ValueError) as exc:
@@ -133,6 +137,12 @@ class PgBase:
                      self.retries)
             await pool.close()
 
+    def load(self) -> Load:
+        pool = self._pool
+        if pool is None:
+            return Load(0, self._pool_size, 0, 0)
+        return Load(0, pool.size, pool.opened, pool.in_use)
+
     @property
     def pool(self) -> Pool:
         if self._pool is None:
@@ -141,17 +151,28 @@ class PgBase:
 
     # -- writes ------------------------------------------------------------------------------
     async def _tx(self, job: Callable[..., Awaitable[T]], *args: Any) -> T:
-        """Run `await job(conn, *args)` as one transaction; return once it is committed."""
+        """Run `await job(conn, *args)` as one transaction; return once it is committed. The
+        job's notes (base.NOTES: rows moving money, meter events) reach `stats` only once it committed."""
         for attempt in range(RETRIES):
+            notes: list[Note] = []
+            token = NOTES.set(notes)
             try:
                 async with Lease(self.pool) as conn:
+                    started = time.perf_counter()
                     async with conn.transaction():
-                        return await job(conn, *args)
+                        result = await job(conn, *args)
+                    stats = self.stats
+                    stats.commits.append((time.perf_counter() - started, 1))
+                    if notes:
+                        stats.written.extend(notes)
+                    return result
             except RETRYABLE:
                 if attempt == RETRIES - 1:
                     raise
                 self.retries += 1
                 await asyncio.sleep(random.uniform(0, 0.002 * 2**attempt))
+            finally:
+                NOTES.reset(token)
         raise AssertionError("unreachable")
 
     async def _write(self, tenant: int, idempotency: Idempotency | None, now: int, job: Job, *args: Any) -> Any:

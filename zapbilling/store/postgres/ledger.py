@@ -13,7 +13,7 @@ from typing import Any, Iterator
 import asyncpg
 
 from ..base import INT64_MAX, INT64_MIN, SYSTEM_KEY, Idempotency, LedgerFilter, LedgerRow, Lot, LotRules
-from ..base import NewEntry, Refundable
+from ..base import NewEntry, Refundable, moved as note_moved
 from ..ids import new_id
 from ..refusals import Missing, NotRefundable, OutOfRange, RefundLeft
 from ..rows import ledger_row as _row
@@ -225,6 +225,7 @@ async def append_entry(conn: asyncpg.Connection, tenant: int, e: NewEntry, refun
         return _row(await conn.fetchrow(
             f"SELECT {_ROW} FROM ledger WHERE tenant = $1 AND user_id = $2 AND dedupe_key = $3", tenant, e.user, e.dedupe_key
         ))
+    note_moved(e.currency, e.type, e.tags, e.amount, e.refund_of is not None, e.hold_id is not None)  # for the metrics
     lots = [tuple(r)[1:] for r in rows if r[1] is not None]
     spend = e.amount if e.type == "withdraw" else 0
     if own is not None and (lots or _takes_any(e.lots, own, e.now)):
@@ -324,6 +325,7 @@ async def _settle_lots(conn: asyncpg.Connection, tenant: int, user: str, currenc
         if forfeit:
             tags, notes, metadata = rules.forfeiture(lot, currency, cents)
             forfeits.append((new_id("tx"), tenant, user, currency, cents, tags, notes, json.dumps(metadata), now, key_id))
+            note_moved(currency, "withdraw", tags, cents)  # for the metrics
     # One pipelined statement each (executemany): a round trip per lot otherwise.
     if takes:
         await conn.executemany("UPDATE ledger SET remaining = remaining - $1 WHERE seq = $2",

@@ -12,7 +12,7 @@ from typing import Any
 
 import asyncpg
 
-from ..base import Idempotency, MeterEventDraft, MeterRow, MeterUsage, NewMeter
+from ..base import Idempotency, MeterEventDraft, MeterRow, MeterUsage, NewMeter, recorded
 from ..ids import new_id
 from ..refusals import AlreadyExists, Missing, QuotaReached, SumOutOfRange
 from ..rows import meter_row
@@ -186,15 +186,18 @@ async def _record_events(conn: asyncpg.Connection, tenant: int, events: list[Met
         [json.dumps(e.dimensions) if e.dimensions is not None else None for e in events], [e.ledger_id for e in events],
     )}
     if len(inserted) == len(events):
+        recorded(len(ids), 0)  # for the metrics
         return [(event_id, "created") for event_id in ids]
     skipped = sorted({e.idempotency for event_id, e in zip(ids, events) if event_id not in inserted if e.idempotency is not None})
     originals = dict(list(await conn.fetch(
         "SELECT idempotency_key, id FROM meter_events WHERE tenant = $1 AND idempotency_key = ANY($2::text[])", tenant, skipped
     )))
-    return [
+    outcomes = [
         (event_id, "created") if event_id in inserted else (originals[e.idempotency], "duplicate")
         for event_id, e in zip(ids, events)
     ]
+    recorded(len(inserted), len(events) - len(inserted))  # for the metrics
+    return outcomes
 
 
 async def insert_event(conn: asyncpg.Connection, tenant: int, e: MeterEventDraft, now: int) -> tuple[str, str]:

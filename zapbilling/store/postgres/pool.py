@@ -21,12 +21,15 @@ from typing import Any, Callable, Awaitable
 
 import asyncpg
 
+from ..base import StoreStats
+
 Connect = Callable[[], Awaitable[asyncpg.Connection]]
 
 
 class Pool:
-    def __init__(self, connect: Connect, size: int, wait: float):
+    def __init__(self, connect: Connect, size: int, wait: float, stats: StoreStats | None = None):
         self._connect = connect
+        self._stats = stats if stats is not None else StoreStats()  # its waits, for the metrics
         self.size = size
         self.wait = wait
         self._idle: list[asyncpg.Connection] = []
@@ -52,8 +55,10 @@ class Pool:
                     self._open -= 1
                     self._wake()  # a waiter may open one where this failed
                     raise
-            waiter: asyncio.Future[asyncpg.Connection | None] = asyncio.get_running_loop().create_future()
+            loop = asyncio.get_running_loop()
+            waiter: asyncio.Future[asyncpg.Connection | None] = loop.create_future()
             self._waiters.append(waiter)
+            waited = loop.time()
             try:
                 conn = await asyncio.wait_for(waiter, self.wait)
             except BaseException:
@@ -62,9 +67,21 @@ class Pool:
                 with contextlib.suppress(ValueError):
                     self._waiters.remove(waiter)
                 raise
+            finally:
+                self._stats.pool_waits += 1
+                self._stats.pool_wait_seconds += loop.time() - waited
             if conn is not None:
                 return conn
             # None: a slot freed (a connection was dropped): go round and open one
+
+    @property
+    def opened(self) -> int:
+        """Connections open (idle, lent out, or being opened)."""
+        return self._open
+
+    @property
+    def in_use(self) -> int:
+        return self._open - len(self._idle)
 
     def release(self, conn: asyncpg.Connection) -> None:
         if self._closed or conn.is_closed() or conn.is_in_transaction():

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 from ..answers import PurgeHorizon, replayed_answer, stored_answer
-from ..base import DURABILITY, Idempotency
+from ..base import DURABILITY, Idempotency, Load, StoreStats
 from ..refusals import KeyReused
 from ..migrations import migrate
 from .file_check import OpenedFile
@@ -66,7 +66,8 @@ class SqliteBase(ReadPath):
             raise ValueError(f"durability must be one of {', '.join(DURABILITY)}")
         super().__init__(str(path))
         self.durability = durability
-        self._writer = Writer(self._connect_writer)
+        self.stats = StoreStats()
+        self._writer = Writer(self._connect_writer, self.stats)
         self._purge_horizon = PurgeHorizon()
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -94,6 +95,9 @@ class SqliteBase(ReadPath):
     async def close(self) -> None:
         await self._writer.close()
         await self._close_reads()
+
+    def load(self) -> Load:
+        return Load(self._writer.depth, 0, 0, 0)
 
     async def _run(self, job: Callable[..., T], *args: Any) -> T:
         """Run `job(conn, *args)` as one atomic write; returns once it is committed."""

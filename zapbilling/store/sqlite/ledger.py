@@ -7,7 +7,7 @@ import sqlite3
 from typing import Iterator
 
 from ..base import SYSTEM_KEY, Idempotency, LedgerFilter, LedgerRow, Lot, LotRules, MeterEventDraft, NewEntry, Refundable
-from ..base import INT64_MAX, INT64_MIN
+from ..base import INT64_MAX, INT64_MIN, moved as note_moved
 from ..ids import new_id
 from .connection import SqliteBase
 from .metering import insert_event
@@ -140,6 +140,7 @@ def append_entry(conn: sqlite3.Connection, tenant: int, e: NewEntry, refundable:
         return _row(conn.execute(
             f"SELECT {_ROW} FROM ledger WHERE tenant = ? AND user_id = ? AND dedupe_key = ?", (tenant, e.user, e.dedupe_key)
         ).fetchone())
+    note_moved(e.currency, e.type, e.tags, e.amount, e.refund_of is not None, e.hold_id is not None)  # for the metrics
     if e.type == "withdraw":
         delta = -_settle_lots(conn, tenant, e.user, e.currency, e.now, e.amount, e.key_id, e.lots) - e.amount
     elif e.type == "deposit":  # spends nothing: only forfeits
@@ -230,6 +231,7 @@ def _settle_lots(conn: sqlite3.Connection, tenant: int, user: str, currency: str
                 " VALUES (?, ?, ?, ?, 'withdraw', ?, ?, ?, ?, ?, ?)",
                 (new_id("tx"), tenant, user, currency, cents, tags, notes, json.dumps(metadata), now, key_id),
             )
+            note_moved(currency, "withdraw", tags, cents)  # for the metrics
             forfeited += cents
     return forfeited
 

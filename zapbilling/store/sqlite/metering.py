@@ -7,7 +7,7 @@ import json
 import sqlite3
 from typing import Any
 
-from ..base import Idempotency, MeterEventDraft, MeterRow, MeterUsage, NewMeter
+from ..base import Idempotency, MeterEventDraft, MeterRow, MeterUsage, NewMeter, recorded
 from ..ids import new_id
 from .connection import SqliteBase
 from ..refusals import AlreadyExists, Missing, QuotaReached, SumOutOfRange
@@ -162,7 +162,10 @@ def _record_events(conn: sqlite3.Connection, tenant: int, events: list[MeterEven
     for i, e in enumerate(events):
         if e.meter_id not in known:
             raise Missing("meter", i)
-    return [insert_event(conn, tenant, e, now) for e in events]
+    outcomes = [insert_event(conn, tenant, e, now) for e in events]
+    created = sum(1 for _, status in outcomes if status == "created")
+    recorded(created, len(outcomes) - created)  # for the metrics
+    return outcomes
 
 
 def insert_event(conn: sqlite3.Connection, tenant: int, e: MeterEventDraft, now: int) -> tuple[str, str]:

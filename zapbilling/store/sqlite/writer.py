@@ -13,6 +13,11 @@ is answered with that error (the callers' internal error), and the connection is
 next batch, which succeeds once the fault is gone; tests/test_faults.py brings both faults on a
 running server and lifts them. Should a batch's ROLLBACK itself fail, the next batch rolls back
 first, or reopens the connection, instead of failing at BEGIN for the rest of the process.
+
+What the metrics read (base.StoreStats, Load): each committed batch's seconds (BEGIN to COMMIT
+done) and job count, what its jobs noted writing (base.NOTES: a job rolled back to its savepoint
+drops its own), and the jobs waiting (`depth`). A perf_counter pair and two
+appends per batch, not per job.
 """
 from __future__ import annotations
 
@@ -20,8 +25,11 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, TypeVar
+
+from ..base import NOTES, Note, StoreStats
 
 log = logging.getLogger("zapbilling.store")
 
@@ -31,8 +39,9 @@ MAX_BATCH = 256
 
 
 class Writer:
-    def __init__(self, connect: Callable[[], sqlite3.Connection]):
+    def __init__(self, connect: Callable[[], sqlite3.Connection], stats: StoreStats | None = None):
         self._connect = connect
+        self.stats = stats if stats is not None else StoreStats()
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="zapbilling-writer")
         self._conn: sqlite3.Connection | None = None
         self._pending: list[tuple[Job, tuple[Any, ...], asyncio.Future[Any]]] = []
@@ -45,6 +54,11 @@ class Writer:
         self._conn = await loop.run_in_executor(self._pool, self._connect)
         self._task = asyncio.create_task(self._loop(), name="zapbilling-writer")
 
+    @property
+    def depth(self) -> int:
+        """Jobs submitted and not yet taken into a batch."""
+        return len(self._pending)
+
     async def run(self, job: Callable[..., T], *args: Any) -> T:
         """Run `job(conn, *args)` atomically in the writer; return its result once committed."""
         if self._closing or self._task is None:
@@ -56,15 +70,21 @@ class Writer:
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
+        stats = self.stats
         while True:
             await self._wake.wait()
             self._wake.clear()
             while self._pending:
                 batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
                 try:
-                    outcomes = await loop.run_in_executor(self._pool, self._run_batch, [(j, a) for j, a, _ in batch])
+                    outcomes, committed = await loop.run_in_executor(self._pool, self._run_batch, [(j, a) for j, a, _ in batch])
                 except BaseException as exc:  # the thread itself failed: no job of this batch committed
-                    outcomes = [(False, exc)] * len(batch)
+                    outcomes, committed = [(False, exc)] * len(batch), None
+                if committed is not None:
+                    seconds, notes = committed
+                    stats.commits.append((seconds, len(batch)))
+                    if notes:
+                        stats.written.extend(notes)
                 for (_, _, future), (ok, value) in zip(batch, outcomes):
                     if future.done():
                         continue
@@ -94,17 +114,25 @@ class Writer:
             conn = self._conn = self._connect()  # raises while the fault lasts: this batch fails, the next tries again
         return conn
 
-    def _run_batch(self, jobs: list[tuple[Job, tuple[Any, ...]]]) -> list[tuple[bool, Any]]:
+    def _run_batch(
+        self, jobs: list[tuple[Job, tuple[Any, ...]]]
+    ) -> tuple[list[tuple[bool, Any]], tuple[float, list[Note]] | None]:
+        """The jobs' outcomes, and (seconds, the jobs' notes) when the batch committed."""
         conn = self._ready()
         outcomes: list[tuple[bool, Any]] = []
+        notes: list[Note] = []
+        NOTES.set(notes)  # this thread's own context: the jobs below note what they write here
+        started = time.perf_counter()
         conn.execute("BEGIN IMMEDIATE")
         try:
             for job, args in jobs:
                 conn.execute("SAVEPOINT job")
+                mark = len(notes)
                 try:
                     outcomes.append((True, job(conn, *args)))
                     conn.execute("RELEASE job")
                 except Exception as exc:
+                    del notes[mark:]
                     conn.execute("ROLLBACK TO job")
                     conn.execute("RELEASE job")
                     outcomes.append((False, exc))
@@ -116,8 +144,8 @@ class Writer:
                 except sqlite3.Error:  # the callers get the first error; the next batch deals with this one
                     log.exception("write batch of %d jobs failed to roll back", len(jobs))
             log.exception("write batch of %d jobs failed to commit", len(jobs))
-            return [(False, exc)] * len(jobs)
-        return outcomes
+            return [(False, exc)] * len(jobs), None
+        return outcomes, (time.perf_counter() - started, notes)
 
     async def close(self) -> None:
         """Finish every write already submitted, then close the connection."""
