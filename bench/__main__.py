@@ -176,7 +176,7 @@ def print_report(meta: dict[str, Any], runs: dict[str, Any], targets: list[dict[
             m = r["median"]
             pg_cols = ""
             if pg:
-                pg_cols = (f" {m['pg_cpu_pct']:5.0f}% {per_unit({'cpu_us_per_unit': m['pg_cpu_us_per_unit']}):>9} {m['retries']:>7}"
+                pg_cols = (f" {m['pg_cpu_pct']:5.0f}% {per_unit({'cpu_us_per_unit': m['pg_cpu_us_per_unit']}):>9} {m.get('retries', '-'):>7}"
                            if "pg_cpu_pct" in m else f" {'-':>6} {'-':>9} {'-':>7}")
             fig = fmt_figure(m["p50_ms"] if run.unit == "ms" else m["rate"], "ms p50" if run.unit == "ms" else run.unit)
             cpu = lambda k: f"{m[k]:.0f}%" if k in m else "-"  # noqa: E731
