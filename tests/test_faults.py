@@ -27,6 +27,7 @@ import errno
 import json
 import os
 import random
+import re
 import sqlite3
 import struct
 import subprocess
@@ -129,7 +130,7 @@ def internal_error(status: int, body: Any, rest: bool) -> bool:
         ok = status == 500 and e.get("code") == "internal_error" and e.get("type") == "api-error"
     else:
         ok = status == 200 and e.get("code") == -32000 and (e.get("data") or {}).get("kind") == "internal_error"
-    return ok and e.get("message") == "internal error"
+    return ok and re.fullmatch(r"internal error \(error id [0-9a-f]{12}\)", str(e.get("message"))) is not None
 
 
 class FaultStorm(Storm):

@@ -20,7 +20,12 @@ ENV = {
     "port": "ZAPBILLING_PORT",
     "durability": "ZAPBILLING_DURABILITY",
     "workers": "ZAPBILLING_WORKERS",
+    "log_format": "ZAPBILLING_LOG_FORMAT",
+    "log_level": "ZAPBILLING_LOG_LEVEL",
 }
+LOG_FORMATS = ("text", "json")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+"""`--log-format` and `--log-level` (logs.py)."""
 
 
 @dataclass(frozen=True)
@@ -33,6 +38,10 @@ class Config:
     the process but not of the machine (synchronous=NORMAL), for more writes per second."""
     workers: int = 1
     """Server processes sharing the port (SO_REUSEPORT) and the database file."""
+    log_format: str = "text"
+    """text: the usual log lines; json: one JSON object per line (logs.py, access_log.py)."""
+    log_level: str = "info"
+    """The least severe records written; above info, no access lines either."""
     sweep_seconds: float = 60.0
     """How often expired credit is forfeited and idempotency keys older than a day are dropped."""
     limits: Limits = field(default_factory=Limits)
@@ -45,6 +54,10 @@ class Config:
 
     def __post_init__(self) -> None:
         """Refuse settings the server cannot keep (ValueError, worded for the command line)."""
+        if self.log_format not in LOG_FORMATS:
+            raise ValueError(f"--log-format must be text or json, not {self.log_format!r}")
+        if self.log_level not in LOG_LEVELS:
+            raise ValueError(f"--log-level must be one of {', '.join(LOG_LEVELS)}, not {self.log_level!r}")
         if self.limits.max_inflight < 1:
             raise ValueError(f"--max-inflight must be at least 1, not {self.limits.max_inflight}")
         if self.limits.body_bytes < 1 or self.limits.body_timeout <= 0 or self.limits.idle_timeout <= 0:

@@ -43,6 +43,8 @@ from ..errors import ApiError, RateLimited
 from ..limits import Limits
 from ..store import Principal, Store
 from .auth import authenticate
+from .facts import FACTS, Facts
+from .faults import fault
 from .http import read_body
 
 log = logging.getLogger("zapbilling")
@@ -247,6 +249,7 @@ class Admission:
 
         @functools.wraps(handler)
         async def admitted(request: web.Request) -> web.StreamResponse:
+            principal: Principal | None = None
             try:
                 principal = await authenticate(store, request.headers.get("Authorization"), request.rel_url.raw_query_string)
                 gate = self.gates.get(principal.key_id) or self.gate(principal.key_id)
@@ -270,12 +273,17 @@ class Admission:
                     slots.release()
                     raise
             except ApiError as exc:
+                if principal is not None:  # refused after its key was known: the log names the org (refuse adds the rest)
+                    request[FACTS] = Facts("", principal.org, principal.mode)
                 return refuse(request, exc)
             task = current_task()
             assert task is not None  # a handler always runs in a task
             running.add(task)
             try:
                 return await handler(request, principal, body)
+            except Exception:  # a fault outside Caller.call (an answer that cannot be encoded, say): the caller still gets its error id
+                route = request.match_info.route.resource
+                return refuse(request, fault("%s %s failed", request.method, route.canonical if route is not None else "?"))
             finally:
                 running.discard(task)
                 if shared.waiters:

@@ -8,8 +8,9 @@ import logging
 from base64 import b64decode
 from urllib.parse import parse_qsl, unquote_to_bytes
 
-from ..errors import InternalError, InvalidRequest, Unauthorized
+from ..errors import InvalidRequest, Unauthorized
 from ..store import Principal, Store
+from .faults import fault
 
 QUERY_KEY_PARAMS = ("key", "token", "api_key", "apiKey")
 _REFUSED = "missing or invalid API key: send it as Authorization: Bearer <key>"
@@ -40,8 +41,8 @@ async def authenticate(store: Store, authorization: str | None, query_string: st
     try:
         principal = await store.authenticate(secret) if secret else None
     except Exception as exc:  # the database cannot be read (PostgreSQL down): the contract's internal error, at once
-        log.error("an API key could not be checked: %s: %s", type(exc).__name__, exc)
-        raise InternalError("internal error") from None
+        # one line, no traceback: the cause is the database's, and is all in its message
+        raise fault("an API key could not be checked: %s: %s", type(exc).__name__, exc, traceback=False) from None
     if principal is None:
         raise Unauthorized(_REFUSED)
     if query_string and ("%" in query_string or not query_string.isascii()):

@@ -14,12 +14,13 @@ from typing import Any
 from pydantic import ValidationError
 
 from ..context import Context
-from ..errors import ApiError, Conflict, Forbidden, InternalError, InvalidRequest
+from ..errors import ApiError, Conflict, Forbidden, InvalidRequest
 from ..models import params_error
 from ..registry import Command, Registry
 from ..store import Idempotency, KeyReused, Principal, Store
 from ..limits import Limits
 from ..times import Clock
+from .faults import fault
 
 log = logging.getLogger("zapbilling")
 
@@ -45,7 +46,9 @@ class Caller:
         request_id: Any = None,
     ) -> dict[str, Any]:
         """Run one command. Raises ApiError for every failure a caller may see; anything else
-        is logged with its traceback and becomes a bare internal error."""
+        is a server fault: logged once with its traceback and an error id, and answered as the
+        internal error whose message carries that id (faults.py). The log names the method, not
+        the request id (the caller's text): the access line of the request carries both."""
         try:
             authorize(command, principal)
             try:
@@ -62,8 +65,7 @@ class Caller:
         except KeyReused:  # a concurrent first use of the key, with other params, claimed it first
             raise Conflict(KEY_REUSED, param="idempotencyKey") from None
         except Exception:
-            log.exception("%s failed (request id %r)", command.wire, request_id)
-            raise InternalError("internal error") from None
+            raise fault("%s failed", command.wire) from None
 
     async def _idempotency(self, command: Command, principal: Principal, params: Any, key: str) -> Idempotency:
         if len(key) > MAX_IDEMPOTENCY_KEY:

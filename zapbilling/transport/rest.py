@@ -15,6 +15,8 @@ from ..store import Principal
 from .admission import Admitted, Refuse
 from .calls import Caller, authorize
 from .codec import JSON, LARGE_BODY, codec_for, negotiate
+from .facts import FACTS, Call, Facts, refused
+from .faults import Fault, error_id_of
 from .http import respond, respond_error
 
 View = Admitted
@@ -36,6 +38,7 @@ def error_body(exc: ApiError) -> dict[str, Any]:
 
 def refuse(request: web.Request, exc: ApiError) -> web.Response:
     """A request refused before its view ran (no key, rate limited, body too large or late)."""
+    refused(request, "rest", exc.kind, error_id_of(exc))
     return respond_error(negotiate(JSON, request.headers.get("Accept")), error_body(exc), exc.info.rest_status, exc)
 
 
@@ -97,9 +100,12 @@ def make_view(caller: Caller, command: Command) -> View:
     success = command.http.status
     path_fields = [f for f in command.fields if f.name in command.http.path_params]
     query_takes, elsewhere = query_names(command)
+    wire = command.wire
 
     async def view(request: web.Request, principal: Principal, body: bytes) -> web.Response:
         codec = negotiate(JSON, request.headers.get("Accept"))
+        call = Call(wire)
+        facts = request[FACTS] = Facts("rest", principal.org, principal.mode, [call])
         try:
             authorize(command, principal)
             # After the key (auth refuses a key sent here) and permission, before any param. One
@@ -116,6 +122,9 @@ def make_view(caller: Caller, command: Command) -> View:
             )
             return respond(codec, result, 200 if isinstance(result, Unchanged) else success)
         except ApiError as exc:
+            facts.outcome = call.outcome = exc.kind
+            if isinstance(exc, Fault):
+                facts.error_id = exc.error_id
             return respond_error(codec, error_body(exc), exc.info.rest_status, exc)
 
     view.__name__ = command.name
@@ -150,6 +159,7 @@ def unknown_route() -> View:
     """Behind the gates like every /api/v1 route: a caller without a key learns no more."""
 
     async def view(request: web.Request, principal: Principal, body: bytes) -> web.Response:
+        request[FACTS] = Facts("rest", principal.org, principal.mode)
         return refuse(request, NotFound(f"no such route: {request.method} {request.path}"))
 
     return view
@@ -161,6 +171,7 @@ def document_route(document: Any) -> View:
     encoded = JSON.encode(document)
 
     async def view(request: web.Request, principal: Principal, body: bytes) -> web.Response:
+        request[FACTS] = Facts("rest", principal.org, principal.mode)
         return web.Response(body=encoded, content_type="application/json")
 
     return view
@@ -168,6 +179,7 @@ def document_route(document: Any) -> View:
 
 def refuse_json(request: web.Request, exc: ApiError) -> web.Response:
     """Refusals of the JSON document's route: always JSON, whatever was asked."""
+    refused(request, "rest", exc.kind, error_id_of(exc))
     return respond_error(JSON, error_body(exc), exc.info.rest_status, exc)
 
 

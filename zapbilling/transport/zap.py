@@ -13,6 +13,8 @@ from .admission import Admission
 from .calls import Caller
 from .answers import answer_batch
 from .codec import JSON, LARGE_BODY, Codec, codec_for, negotiate
+from .facts import FACTS, Call, Facts, refused
+from .faults import Fault, error_id_of
 from .http import respond, respond_error
 
 PATHS = ("/api/v1/zap", "/api/v1/billing/zap")
@@ -59,10 +61,12 @@ class ZapEndpoint:
 
     def refuse(self, request: web.Request, exc: ApiError) -> web.Response:
         """A request refused before `handle` (no key, rate limited, body too large or late)."""
+        refused(request, "zap", exc.kind, error_id_of(exc))
         return respond_error(self.codecs(request)[1], error_envelope(exc), exc.info.zap_http_status, exc)
 
     async def handle(self, request: web.Request, principal: Principal, raw: bytes) -> web.Response:
         request_codec, codec = self.codecs(request)
+        facts = request[FACTS] = Facts("zap", principal.org, principal.mode)
         try:
             if request_codec is None:
                 raise UnsupportedMediaType(f"unsupported Content-Type {request.content_type!r}: send application/json or application/msgpack")
@@ -75,18 +79,36 @@ class ZapEndpoint:
             if isinstance(body, list):
                 if not 1 <= len(body) <= MAX_BATCH:
                     raise InvalidRequest(f"a batch holds 1 to {MAX_BATCH} envelopes, not {len(body)}")
-                return await answer_batch(body, lambda entry, refusal: self.one(entry, principal, refusal),
-                                          self.commands, codec, self.caller.limits.answer_bytes)
+                facts.batch = True
+                calls = facts.calls = [Call("") for _ in body]
+                # answer_batch runs the entries in an order of its own: each finds its Call by
+                # the entry's identity (identical objects, such as two equal small ints, answer
+                # alike, so which of their Calls each takes does not matter)
+                pending: dict[int, list[Call]] = {}
+                for entry, call in zip(reversed(body), reversed(calls)):
+                    pending.setdefault(id(entry), []).append(call)
+                response = await answer_batch(body, lambda entry, refusal: self.one(entry, principal, refusal, pending[id(entry)].pop(), facts),
+                                              self.commands, codec, self.caller.limits.answer_bytes)
+                facts.summarise()
+                return response
             if not isinstance(body, dict):
                 raise InvalidRequest("the body must be an envelope {method, id, params} or a list of them")
-            answer, status = await self.one(body, principal)
+            call = Call("")
+            facts.calls.append(call)
+            answer, status = await self.one(body, principal, None, call, facts)
+            facts.outcome = call.outcome
             return respond(codec, answer, status)
         except ApiError as exc:
+            facts.outcome = exc.kind
+            if isinstance(exc, Fault):
+                facts.error_id = exc.error_id
             return respond_error(codec, error_envelope(exc), exc.info.zap_http_status, exc)
 
-    async def one(self, envelope: Any, principal: Principal, refusal: ApiError | None = None) -> tuple[dict[str, Any], int]:
+    async def one(self, envelope: Any, principal: Principal, refusal: ApiError | None = None, call: Call | None = None,
+                  facts: Facts | None = None) -> tuple[dict[str, Any], int]:
         """The answer to one envelope and the HTTP status it would have on its own; with a
-        `refusal`, the envelope is checked and the refusal answered instead of running it."""
+        `refusal`, the envelope is checked and the refusal answered instead of running it.
+        `call` (and `facts`, for a fault's error id) record what it was and how it ended."""
         jsonrpc = isinstance(envelope, dict) and envelope.get("jsonrpc") == "2.0"
         id = None
         try:
@@ -107,17 +129,26 @@ class ZapEndpoint:
             key = envelope.get("idempotencyKey")
             if key is not None and not isinstance(key, str):
                 raise InvalidRequest("idempotencyKey must be a string")
+            command = self.commands.get(method)
+            if call is not None and (command is not None or method == DISCOVER):
+                call.method = method  # a name the service knows: never the caller's text
             if refusal is not None:
                 raise refusal
             if method == DISCOVER:
                 result = self.catalogue
             else:
-                command = self.commands.get(method)
                 if command is None:
                     raise MethodNotFound(f"unknown method: {method}")
                 result = await self.caller.call(command, principal, params, idempotency_key=key, request_id=id)
         except ApiError as exc:
+            if call is not None:
+                call.id = id
+                call.outcome = exc.kind
+                if facts is not None and isinstance(exc, Fault) and not facts.error_id:
+                    facts.error_id = exc.error_id
             return error_envelope(exc, id, jsonrpc), exc.info.zap_http_status
+        if call is not None:
+            call.id = id
         answer: dict[str, Any] = {"jsonrpc": "2.0"} if jsonrpc else {}
         answer["id"] = id
         answer["result"] = result
