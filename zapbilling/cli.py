@@ -23,7 +23,7 @@ import sys
 from typing import Any, NoReturn, Sequence
 
 from . import backup, copy as copy_db, export
-from .config import DURABILITY, Config, env_default
+from .config import DURABILITY, LOG_FORMATS, LOG_LEVELS, Config, env_default
 from .limits import Limits, env_name, flag_name, limit_fields
 from .store import Unavailable, describe, make_store
 from .times import format_ts, system_clock
@@ -78,6 +78,10 @@ def _parser() -> argparse.ArgumentParser:
                        help="full: commits survive a power cut; normal: a process crash only (env ZAPBILLING_DURABILITY)")
     serve.add_argument("--workers", type=_workers, default=env_default("workers"),
                        help="server processes sharing the port and the database (env ZAPBILLING_WORKERS)")
+    serve.add_argument("--log-format", choices=LOG_FORMATS, default=env_default("log_format"),
+                       help="text lines, or one JSON object per line (default text; env ZAPBILLING_LOG_FORMAT)")
+    serve.add_argument("--log-level", choices=LOG_LEVELS, default=env_default("log_level"),
+                       help="the least severe records logged; above info, no access lines (default info; env ZAPBILLING_LOG_LEVEL)")
     for f in limit_fields():
         serve.add_argument(flag_name(f), dest=f"limit_{f.name}", type=_limit_value(type(f.default)), metavar="N",
                            default=os.environ.get(env_name(f), str(f.default)),
@@ -119,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         limits = Limits(**{f.name: getattr(args, f"limit_{f.name}") for f in limit_fields()})  # parsed by argparse, env defaults too
         try:
             config = Config(db=args.db, host=args.host, port=int(args.port), durability=args.durability,
-                            workers=int(args.workers), limits=limits)
+                            workers=int(args.workers), log_format=args.log_format, log_level=args.log_level, limits=limits)
         except ValueError as exc:  # settings that do not fit together (Config.__post_init__)
             _fail(str(exc))
         return serve(config)

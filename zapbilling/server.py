@@ -26,11 +26,11 @@ import subprocess
 import sys
 from typing import Any
 
+from . import logs
 from .config import Config, server_options
 from .limits import Limits
 
 log = logging.getLogger("zapbilling")
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def serve(config: Config) -> int:
@@ -38,7 +38,7 @@ def serve(config: Config) -> int:
     if config.workers <= 1:
         _run(config, None, "")
         return 0
-    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    logs.configure(config.log_format, config.log_level)
     _prepare_database(config)
     with _listener(config) as reserved:  # bound, not listening: learns the port when 0 was asked and holds it
         config = dataclasses.replace(config, port=reserved.getsockname()[1])
@@ -52,7 +52,7 @@ def _run(config: Config, sock: socket.socket | None, label: str, lifeline: int |
     from .app import create_app
     from .store import describe
 
-    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, handlers=[access_log.LogHandler()])
+    access_log.configure(config.log_format, config.log_level)
     loop = _event_loop()
     asyncio.set_event_loop(loop)
     app = create_app(config)
