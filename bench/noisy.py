@@ -92,7 +92,7 @@ class NoisyTemplate:
 # -- the prepared database --------------------------------------------------------------------
 
 def _create_key(db: Path, org: str, scope: str = "admin") -> str:
-    r = subprocess.run([*zapbilling_cmd(), "keys", "create", "--db", str(db), "--org", org, "--mode", "test", "--scope", scope],
+    r = subprocess.run([*zapbilling_cmd(), "keys", "create", "--db", str(db), "--org", org, "--mode", "test", "--scope", scope, "--create-db"],
                        capture_output=True, text=True, env=child_env(), timeout=60)
     if r.returncode != 0 or len(r.stdout.split()) != 1:
         raise RuntimeError(f"zapbilling keys create failed ({r.returncode}): {r.stderr} {r.stdout}")

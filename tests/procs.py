@@ -22,7 +22,7 @@ from pathlib import Path
 from aiohttp import ClientError, ClientSession, ClientTimeout
 
 TIMEOUT = 30  # generous: how long a CLI call or a server start may take before giving up
-SHUTDOWN_TIMEOUT = 10  # `serve` passes shutdown_timeout=10 to aiohttp: a graceful stop takes at most this
+SHUTDOWN_TIMEOUT = 10  # `serve --shutdown-timeout`'s default: a graceful stop waits at most this for requests
 
 
 def zapbilling_cmd() -> list[str]:
@@ -47,7 +47,7 @@ def free_port() -> int:
 
 def create_key(db: str, org: str, mode: str = "test", scope: str = "admin") -> str:
     """A new API key made by the CLI; the database file is created (and migrated) if needed."""
-    r = subprocess.run([*zapbilling_cmd(), "keys", "create", "--db", db, "--org", org, "--mode", mode, "--scope", scope],
+    r = subprocess.run([*zapbilling_cmd(), "keys", "create", "--db", db, "--org", org, "--mode", mode, "--scope", scope, "--create-db"],
                        capture_output=True, text=True, timeout=TIMEOUT, env=child_env())
     if r.returncode != 0:
         raise RuntimeError(f"zapbilling keys create failed ({r.returncode}): {r.stderr}")
@@ -61,8 +61,9 @@ class ServerProcess:
     """One `zapbilling serve --db DB --host 127.0.0.1 --port N --durability D`; its stderr (the
     log) goes to `log_path`. Not started until start()."""
 
-    def __init__(self, db: str, log_dir: str | Path, *, durability: str = "full", port: int | None = None, workers: int = 1):
-        self.db, self.durability, self.workers = db, durability, workers
+    def __init__(self, db: str, log_dir: str | Path, *, durability: str = "full", port: int | None = None, workers: int = 1,
+                 args: tuple[str, ...] = ()):
+        self.db, self.durability, self.workers, self.args = db, durability, workers, args  # args: more `serve` flags
         self.port = port or free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log_path = Path(log_dir) / f"serve-{self.port}-{uuid.uuid4().hex[:6]}.log"
@@ -73,7 +74,7 @@ class ServerProcess:
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
             [*zapbilling_cmd(), "serve", "--db", self.db, "--host", "127.0.0.1", "--port", str(self.port),
-             "--durability", self.durability, "--workers", str(self.workers)],
+             "--durability", self.durability, "--workers", str(self.workers), *self.args],
             stdout=subprocess.DEVNULL, stderr=self._log, env=child_env(),
         )
         return self

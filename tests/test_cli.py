@@ -3,18 +3,26 @@
 stop on SIGTERM/SIGINT that keeps every acknowledged write)."""
 from __future__ import annotations
 
+import argparse
 import asyncio
+import os
+import re
 import signal
 import socket
+import sqlite3
 import subprocess
 import time
 import uuid
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
 from aiohttp import ClientError, ClientSession
 
 from procs import child_env, zapbilling_cmd
+from zapbilling import cli
+from zapbilling.config import ENV
+from zapbilling.limits import env_name, limit_fields
 from zapbilling.store import SqliteStore
 
 pytestmark = pytest.mark.sqlite_only("the CLI on SQLite files; its PostgreSQL URLs: test_many_servers, test_copy, test_export")
@@ -31,7 +39,7 @@ def run_cli(*args: str, env: dict[str, str] | None = None, cwd: str | Path | Non
 
 
 def create_key(db: str, org: str, mode: str = "test", *extra: str) -> str:
-    r = run_cli("keys", "create", "--db", db, "--org", org, "--mode", mode, *extra)
+    r = run_cli("keys", "create", "--db", db, "--org", org, "--mode", mode, "--create-db", *extra)
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     assert len(lines) == 1, f"stdout should be the key alone, got {r.stdout!r}"
@@ -165,8 +173,10 @@ async def deposit(session: ClientSession, server: Server, key: str, user: str, a
 # -- keys ----------------------------------------------------------------------------------
 
 async def test_keys_create_prints_only_the_key_with_default_scope_admin(db):
-    r = run_cli("keys", "create", "--db", db, "--org", "acme", "--mode", "test")
+    r = run_cli("keys", "create", "--db", db, "--org", "acme", "--mode", "test", "--create-db")
     assert r.returncode == 0, r.stderr
+    key_id = key_id_of_org(db, "acme")
+    assert r.stderr == f"created {key_id} for acme (test, admin) in {db} (a new database)\n"
     lines = r.stdout.splitlines()
     assert len(lines) == 1, f"stdout must be the key alone: {r.stdout!r}"
     key = lines[0]
@@ -198,7 +208,10 @@ def test_keys_list_shows_id_org_mode_scope_and_never_the_key(db):
         rows[org] = key_line(r.stdout, key_id).split()
     assert {"acme", "test", "admin"} <= set(rows["acme"])
     assert {"globex", "live", "read"} <= set(rows["globex"])
-    assert len(r.stdout.splitlines()) == 2
+    lines = r.stdout.splitlines()
+    assert lines[0] == "ID\tORG\tMODE\tSCOPE\tSECRET\tCREATED\tSTATE"
+    assert len(lines) == 3 and all(len(line.split("\t")) == 7 for line in lines)
+    assert r.stderr == f"2 keys in {db}\n"
 
 
 async def test_keys_revoke_marks_the_key_revoked_in_list(db):
@@ -401,3 +414,202 @@ async def test_sigint_stops_cleanly_and_keeps_acknowledged_writes(db, start_serv
     async with ClientSession() as s:
         status, body = await get_balance(s, restarted, key, "hanzo/int")
     assert (status, body["balance"]) == (200, sum(range(1, 51)))
+
+
+# -- the CLI guides ------------------------------------------------------------------------
+
+def all_parsers(parser: argparse.ArgumentParser, path: tuple[str, ...] = ("zapbilling",)):
+    """(command words, parser) for the top parser and every subcommand under it, at any depth."""
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from all_parsers(sub, (*path, name))
+
+
+def options(parser: argparse.ArgumentParser) -> list[argparse.Action]:
+    """Its options (not positionals, not --help or --version, not subcommands)."""
+    return [a for a in parser._actions if a.option_strings and not isinstance(a, (argparse._HelpAction, argparse._VersionAction))]
+
+
+def env_variables() -> list[str]:
+    """Every ZAPBILLING_* variable a setting is read from, as the code itself lists them."""
+    return sorted(set(ENV.values()) | {env_name(f) for f in limit_fields()})
+
+
+def parser_with_env(monkeypatch, values: dict[str, str]) -> argparse.ArgumentParser:
+    for name in [k for k in os.environ if k.startswith("ZAPBILLING_")]:
+        monkeypatch.delenv(name)
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+    return cli._parser()
+
+
+def test_every_option_help_names_its_default_and_its_environment_variable(monkeypatch):
+    """Walks the parser: every subcommand, every option. Which variable an option reads is found
+    by setting each to a marker and seeing which option's default becomes it; that option's
+    help must name it, and an option whose help names a variable must read it."""
+    markers = {name: f"marker-of-{name}" for name in env_variables()}
+    marked = {(path, a.dest): a.default for path, p in all_parsers(parser_with_env(monkeypatch, markers)) for a in options(p)}
+    reads = {key: name for key, default in marked.items() for name, m in markers.items() if default == m}
+    assert len(set(reads.values())) == len(markers), f"variables no option reads: {set(markers) - set(reads.values())}"
+
+    plain = {path: p for path, p in all_parsers(parser_with_env(monkeypatch, {}))}
+    assert {" ".join(path) for path in plain} >= {"zapbilling serve", "zapbilling keys create", "zapbilling keys list",
+                                                  "zapbilling keys revoke", "zapbilling gen openapi", "zapbilling migrate"}
+    checked = 0
+    for path, p in plain.items():
+        for a in options(p):
+            where, text = f"{' '.join(path)} {a.option_strings[0]}", a.help or ""
+            if a.required:
+                assert "(required)" in text, f"{where}: its help should say it is required: {text!r}"
+            else:
+                assert "default" in text, f"{where}: its help names no default: {text!r}"
+                if a.default not in (None, False):
+                    assert f"default {a.default}" in text, f"{where}: its help should name its default {a.default!r}: {text!r}"
+            named = re.findall(r"\bZAPBILLING_[A-Z_]+", text)
+            expected = [reads[(path, a.dest)]] if (path, a.dest) in reads else []
+            assert named == expected, f"{where}: reads {expected}, its help names {named}: {text!r}"
+            checked += 1
+    assert checked > 40
+
+
+def test_serve_help_shows_defaults_and_variables():
+    r = run_cli("serve", "--help")
+    assert r.returncode == 0 and r.stderr == ""
+    text = " ".join(r.stdout.split())  # argparse wraps lines
+    for fragment in ("(default 8080; env ZAPBILLING_PORT)", "(default zapbilling.db; env ZAPBILLING_DB)",
+                     "(default 10.0; env ZAPBILLING_SHUTDOWN_TIMEOUT)", "(default 1; env ZAPBILLING_WORKERS)"):
+        assert fragment in text, fragment
+
+
+@pytest.mark.parametrize("words", [(), ("keys",), ("gen",)])
+def test_a_command_alone_prints_its_usage(words):
+    r = run_cli(*words)
+    assert (r.returncode, r.stderr) == (2, "")
+    prog = " ".join(("zapbilling", *words))
+    assert r.stdout.startswith(f"usage: {prog} ")
+    parser = dict(all_parsers(cli._parser()))[("zapbilling", *words)]
+    subcommands = next(a.choices for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, sub in subcommands.items():
+        assert re.search(rf"^\s+{name}\s", r.stdout, re.M), f"{name} is missing from {prog}'s usage"
+
+
+def test_version():
+    r = run_cli("--version")
+    assert (r.returncode, r.stdout, r.stderr) == (0, f"zapbilling {version('zapbilling')}\n", "")
+
+
+def test_keys_create_refuses_a_database_that_does_not_exist_and_creates_nothing(tmp_path):
+    """The trap: run from another folder, the default zapbilling.db is another file."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    r = run_cli("keys", "create", "--org", "acme", "--mode", "test", cwd=elsewhere)
+    assert (r.returncode, r.stdout) == (2, "")
+    assert r.stderr == (f"zapbilling: error: no database at {elsewhere / 'zapbilling.db'}: pass --db (or set ZAPBILLING_DB)"
+                        " to name the server's database, or --create-db to create it there\n")
+    assert list(elsewhere.iterdir()) == []
+    for words in (("keys", "list"), ("keys", "revoke", "key_0123456789abcdef01234567")):
+        r = run_cli(*words, cwd=elsewhere)
+        assert (r.returncode, r.stdout) == (2, "")
+        assert r.stderr == (f"zapbilling: error: no database at {elsewhere / 'zapbilling.db'}: pass --db (or set"
+                            " ZAPBILLING_DB) to name the server's database\n")
+        assert list(elsewhere.iterdir()) == []
+
+    r = run_cli("keys", "create", "--org", "acme", "--mode", "test", "--create-db", cwd=elsewhere)
+    assert r.returncode == 0, r.stderr
+    made = elsewhere / "zapbilling.db"
+    assert made.is_file()
+    assert r.stderr == f"created {key_id_of_org(str(made), 'acme')} for acme (test, admin) in {made} (a new database)\n"
+
+
+async def test_every_key_command_says_which_database_it_used(tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    env = child_env(ZAPBILLING_DB="billing.db")  # relative: the message shows it absolute
+    where = work / "billing.db"
+    made = run_cli("keys", "create", "--org", "acme", "--mode", "test", "--create-db", env=env, cwd=work)
+    assert made.returncode == 0, made.stderr
+    again = run_cli("keys", "create", "--org", "acme", "--mode", "live", "--scope", "read", env=env, cwd=work)
+    assert again.returncode == 0, again.stderr
+    listed = run_cli("keys", "list", env=env, cwd=work)
+    assert listed.returncode == 0 and listed.stderr == f"2 keys in {where}\n"
+    ids = [line.split("\t")[0] for line in listed.stdout.splitlines()[1:]]
+    assert made.stderr == f"created {ids[0]} for acme (test, admin) in {where} (a new database)\n"
+    assert again.stderr == f"created {ids[1]} for acme (live, read) in {where}\n"
+    revoked = run_cli("keys", "revoke", ids[1], env=env, cwd=work)
+    assert (revoked.returncode, revoked.stdout, revoked.stderr) == (0, "", f"revoked {ids[1]} in {where}\n")
+    missing = run_cli("keys", "revoke", "key_0123456789abcdef01234567", env=env, cwd=work)
+    assert (missing.returncode, missing.stderr) == (2, f"zapbilling: error: no such key: key_0123456789abcdef01234567 in {where}\n")
+
+
+async def test_keys_revoke_given_a_secret_says_so_and_revokes_nothing(db):
+    secret = create_key(db, "acme", "test")
+    r = run_cli("keys", "revoke", secret, "--db", db)
+    assert (r.returncode, r.stdout) == (2, "")
+    assert r.stderr == "zapbilling: error: that is a key's secret, not its id: use `zapbilling keys list` to find the id\n"
+    assert await authenticate(db, secret) is not None
+    assert "revoked" not in list_keys(db)
+
+
+@pytest.mark.parametrize("target,out", [("openapi", "openapi.json"), ("docs", "api.md"), ("client", "client")])
+def test_gen_check_names_a_file_that_does_not_exist(tmp_path, target, out):
+    r = run_cli("gen", target, "--out", out, "--check", cwd=tmp_path)
+    assert (r.returncode, r.stdout) == (1, "")
+    assert r.stderr == f"zapbilling: {out} does not exist: run `zapbilling gen {target} --out {out}`\n"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_gen_check_names_the_stale_file(tmp_path):
+    (tmp_path / "openapi.json").write_text("{}")
+    r = run_cli("gen", "openapi", "--check", cwd=tmp_path)
+    assert (r.returncode, r.stderr) == (1, "zapbilling: openapi.json is stale: run `zapbilling gen openapi --out openapi.json`\n")
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_serve_on_a_taken_port_says_so_and_creates_no_database(tmp_path, workers):
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        r = run_cli("serve", "--db", "new.db", "--host", "127.0.0.1", "--port", str(port), "--workers", workers, cwd=tmp_path)
+    assert (r.returncode, r.stdout) == (2, "")
+    assert r.stderr == (f"zapbilling: error: cannot serve on 127.0.0.1:{port}: the port is taken (choose another --port,"
+                        " or stop what listens there); the database new.db was not opened\n")
+    assert list(tmp_path.iterdir()) == []
+
+
+def signal_caught(pid: int, sig: int) -> bool:
+    """Whether the process has a handler for `sig` (Linux: SigCgt in /proc/PID/status)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    caught = int(re.search(r"^SigCgt:\s*([0-9a-f]+)$", status, re.M).group(1), 16)
+    return bool(caught >> (sig - 1) & 1)
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_sigterm_during_start_up_stops_cleanly_with_one_line(tmp_path, workers):
+    """Start-up is held at opening the database (the test holds SQLite's lock on it); SIGTERM
+    is sent once serve has its handler for it. The server finishes opening, serves nothing,
+    and stops: exit status 0, one line, no `No child processes`."""
+    db = tmp_path / "start.db"
+    lock = sqlite3.connect(db, isolation_level=None)
+    lock.execute("BEGIN EXCLUSIVE")  # a new file in rollback mode: even opening it waits
+    log = tmp_path / "serve.log"
+    with open(log, "w") as err:
+        proc = subprocess.Popen([*zapbilling_cmd(), "serve", "--db", str(db), "--host", "127.0.0.1", "--port", "0",
+                                 "--workers", workers], stdout=subprocess.DEVNULL, stderr=err, env=child_env())
+        try:
+            deadline = time.monotonic() + TIMEOUT
+            while not signal_caught(proc.pid, signal.SIGTERM):
+                assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+                time.sleep(0.01)
+            proc.send_signal(signal.SIGTERM)
+            lock.execute("ROLLBACK")
+            assert proc.wait(timeout=TIMEOUT) == 0
+        finally:
+            lock.close()
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    lines = log.read_text().splitlines()
+    assert len(lines) == 1 and lines[0].endswith("INFO zapbilling: stopped during start-up (SIGTERM), before serving"), lines

@@ -293,7 +293,7 @@ async def test_copy_moves_everything_and_every_read_answers_the_same(aiohttp_ser
 def test_refusals_write_nothing(tmp_path, target):
     """Bad sources and targets: one line, exit 2, the target untouched (not even migrated)."""
     source = str(tmp_path / "ok.db")
-    made = subprocess.run([*zapbilling_cmd(), "keys", "create", "--db", source, "--org", "acme", "--mode", "live"],
+    made = subprocess.run([*zapbilling_cmd(), "keys", "create", "--db", source, "--org", "acme", "--mode", "live", "--create-db"],
                           capture_output=True, text=True, timeout=TIMEOUT, env=child_env())
     assert made.returncode == 0, made.stderr
     base = target.rpartition("/")[0]
@@ -372,7 +372,7 @@ def test_large_copy_streams_in_batches(tmp_path, target):
     empty_source = str(tmp_path / "empty.db")
     source = str(tmp_path / "big.db")
     for db in (empty_source, source):
-        made = subprocess.run([*zapbilling_cmd(), "keys", "create", "--db", db, "--org", "big", "--mode", "live"],
+        made = subprocess.run([*zapbilling_cmd(), "keys", "create", "--db", db, "--org", "big", "--mode", "live", "--create-db"],
                               capture_output=True, text=True, timeout=TIMEOUT, env=child_env())
         assert made.returncode == 0, made.stderr
     con = sqlite3.connect(source, isolation_level=None)

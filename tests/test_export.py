@@ -346,7 +346,7 @@ def test_batches_walk_the_table_in_seq_order_without_sorting(tmp_path):
     """The plan of every batch: a range of the rowid (or of holds' (tenant, seq) index), never a
     temporary B-tree: each batch costs its own rows, not the tenant's."""
     db = str(tmp_path / "plan.db")
-    r = subprocess.run([*zapbilling_cmd(), "keys", "create", "--db", db, "--org", "a", "--mode", "test"],
+    r = subprocess.run([*zapbilling_cmd(), "keys", "create", "--db", db, "--org", "a", "--mode", "test", "--create-db"],
                        capture_output=True, text=True, timeout=TIMEOUT, env=child_env())
     assert r.returncode == 0, r.stderr
     con = sqlite3.connect(db)
@@ -373,7 +373,7 @@ def big_db(tmp_path_factory) -> str:
     transaction, as bench/populate.py does) and an org `empty` with none."""
     db = str(tmp_path_factory.mktemp("big") / "big.db")
     for org in ("big", "empty"):
-        r = subprocess.run([*zapbilling_cmd(), "keys", "create", "--db", db, "--org", org, "--mode", "live"],
+        r = subprocess.run([*zapbilling_cmd(), "keys", "create", "--db", db, "--org", org, "--mode", "live", "--create-db"],
                            capture_output=True, text=True, timeout=TIMEOUT, env=child_env())
         assert r.returncode == 0, r.stderr
     con = sqlite3.connect(db, isolation_level=None)

@@ -253,7 +253,7 @@ def free_port() -> int:
 
 
 def create_key(db: str, scope: str) -> str:
-    r = subprocess.run([*zapbilling_cmd(), "keys", "create", "--db", db, "--org", "fuzz", "--mode", "live", "--scope", scope],
+    r = subprocess.run([*zapbilling_cmd(), "keys", "create", "--db", db, "--org", "fuzz", "--mode", "live", "--scope", scope, "--create-db"],
                        capture_output=True, text=True, timeout=TIMEOUT, env=child_env())
     assert r.returncode == 0, r.stderr
     return r.stdout.strip()

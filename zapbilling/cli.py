@@ -1,7 +1,7 @@
 """The `zapbilling` command: serve, and manage API keys.
 
     zapbilling serve [--db PATH] [--host HOST] [--port PORT] [--durability full|normal] [--workers N]
-    zapbilling keys create [--db PATH] --org NAME --mode test|live [--scope admin|read]
+    zapbilling keys create [--db PATH] --org NAME --mode test|live [--scope admin|read] [--create-db]
     zapbilling keys list [--db PATH]
     zapbilling keys revoke KEY_ID [--db PATH]
     zapbilling gen client [--out DIR] [--schema FILE] [--check]
@@ -10,22 +10,32 @@
     zapbilling export KIND [--db URL] --org NAME --mode test|live [--since TIME] [--format jsonl|csv]
     zapbilling copy --from PATH --to postgresql://user:password@host:port/dbname
 
-Every flag of `serve` (and --db everywhere) defaults to its ZAPBILLING_* environment variable.
-Errors are one line on stderr and a non-zero exit status.
+Every flag of `serve` (and --db everywhere) defaults to its ZAPBILLING_* environment variable;
+each option's help names its default and its variable (a test walks the parser to check).
+Errors are one line on stderr and a non-zero exit status. `zapbilling` alone (or `zapbilling
+keys`, `zapbilling gen`) prints its usage on stdout and exits 2; `zapbilling --version` prints
+`zapbilling <version>`.
+
+The key commands guard against the trap of a relative --db: run from another folder,
+`zapbilling.db` is another file, and a key made there gets 401 from the running server. So
+they never create a database unless asked (`keys create --create-db`), refuse a SQLite file
+that does not exist with a message naming its absolute path, and say on stderr which
+database they used (a PostgreSQL URL without its password; the database must exist).
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import os
 import sqlite3
 import sys
 from typing import Any, NoReturn, Sequence
 
 from . import backup, copy as copy_db, export
-from .config import DURABILITY, LOG_FORMATS, LOG_LEVELS, Config, env_default
+from .config import DURABILITY, ENV, LOG_FORMATS, LOG_LEVELS, Config, env_default
 from .limits import Limits, env_name, flag_name, limit_fields
-from .store import Unavailable, describe, make_store
+from .store import Unavailable, describe, is_postgres, make_store, sqlite_path
 from .times import format_ts, system_clock
 
 class _Parser(argparse.ArgumentParser):
@@ -64,49 +74,72 @@ def _name(text: str) -> str:
     return text
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("zapbilling")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "(not installed)"
+
+
+def _defaults(default: object, env: str | None = None) -> str:
+    """The end of an option's help: its built-in default and its environment variable."""
+    return f"(default {default}; env {env})" if env else f"(default {default})"
+
+
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="zapbilling", description="Usage-based billing service.")
-    sub = p.add_subparsers(dest="command", required=True, metavar="{serve,keys,migrate,export,backup,copy,gen}")
+    p.add_argument("--version", action="version", version=f"zapbilling {_version()}")
+    p.set_defaults(usage=p)  # `zapbilling` alone: main prints this parser's help
+    sub = p.add_subparsers(dest="command", metavar="{serve,keys,migrate,export,backup,copy,gen}")
     db: dict[str, Any] = {"default": env_default("db"), "metavar": "DB",
-                          "help": "a SQLite file (a path or sqlite:///path) or postgresql://user:password@host:port/dbname (env ZAPBILLING_DB)"}
+                          "help": "a SQLite file (a path or sqlite:///path) or postgresql://user:password@host:port/dbname "
+                                  + _defaults(Config.db, ENV["db"])}
 
     serve = sub.add_parser("serve", help="run the HTTP server")
     serve.add_argument("--db", **db)
-    serve.add_argument("--host", default=env_default("host"), help="interface to listen on (env ZAPBILLING_HOST)")
-    serve.add_argument("--port", type=_port, default=env_default("port"), help="TCP port (env ZAPBILLING_PORT)")
+    serve.add_argument("--host", default=env_default("host"), help=f"interface to listen on {_defaults(Config.host, ENV['host'])}")
+    serve.add_argument("--port", type=_port, default=env_default("port"), help=f"TCP port; 0 picks a free one {_defaults(Config.port, ENV['port'])}")
     serve.add_argument("--durability", choices=DURABILITY, default=env_default("durability"),
-                       help="full: commits survive a power cut; normal: a process crash only (env ZAPBILLING_DURABILITY)")
+                       help=f"full: commits survive a power cut; normal: a process crash only {_defaults(Config.durability, ENV['durability'])}")
     serve.add_argument("--workers", type=_workers, default=env_default("workers"),
-                       help="server processes sharing the port and the database (env ZAPBILLING_WORKERS)")
+                       help=f"server processes sharing the port and the database {_defaults(Config.workers, ENV['workers'])}")
     serve.add_argument("--log-format", choices=LOG_FORMATS, default=env_default("log_format"),
-                       help="text lines, or one JSON object per line (default text; env ZAPBILLING_LOG_FORMAT)")
+                       help=f"text lines, or one JSON object per line {_defaults(Config.log_format, ENV['log_format'])}")
     serve.add_argument("--log-level", choices=LOG_LEVELS, default=env_default("log_level"),
-                       help="the least severe records logged; above info, no access lines (default info; env ZAPBILLING_LOG_LEVEL)")
+                       help=f"the least severe records logged; above info, no access lines {_defaults(Config.log_level, ENV['log_level'])}")
     for f in limit_fields():
         serve.add_argument(flag_name(f), dest=f"limit_{f.name}", type=_limit_value(type(f.default)), metavar="N",
                            default=os.environ.get(env_name(f), str(f.default)),
                            help=f"{f.metadata['help']} (default {f.default}; env {env_name(f)})")
 
-    keys = sub.add_parser("keys", help="manage API keys").add_subparsers(dest="action", required=True, metavar="{create,list,revoke}")
+    keys_parser = sub.add_parser("keys", help="manage API keys")
+    keys_parser.set_defaults(usage=keys_parser)
+    keys = keys_parser.add_subparsers(dest="action", metavar="{create,list,revoke}")
     create = keys.add_parser("create", help="make a key and print it alone on stdout")
     create.add_argument("--db", **db)
-    create.add_argument("--org", required=True, type=_name)
-    create.add_argument("--mode", required=True, choices=("test", "live"))
-    create.add_argument("--scope", default="admin", choices=("admin", "read"))
+    create.add_argument("--org", required=True, type=_name, help="the organisation the key acts for (required)")
+    create.add_argument("--mode", required=True, choices=("test", "live"), help="test or live: separate balances and data (required)")
+    create.add_argument("--scope", default="admin", choices=("admin", "read"), help="admin: every call; read: reads only (default admin)")
+    create.add_argument("--create-db", action="store_true",
+                        help="create the database if it does not exist; without it, a missing SQLite file is refused (default off)")
     lister = keys.add_parser("list", help="list keys (never the keys themselves)")
     lister.add_argument("--db", **db)
     revoke = keys.add_parser("revoke", help="refuse a key from the next request on")
-    revoke.add_argument("key_id")
+    revoke.add_argument("key_id", help="the key's id (key_...), as `zapbilling keys list` shows it; never the secret")
     revoke.add_argument("--db", **db)
 
-    gen = sub.add_parser("gen", help="write what the schema generates").add_subparsers(dest="target", required=True, metavar="{client,openapi,docs}")
+    gen_parser = sub.add_parser("gen", help="write what the schema generates")
+    gen_parser.set_defaults(usage=gen_parser)
+    gen = gen_parser.add_subparsers(dest="target", metavar="{client,openapi,docs}")
     for target, out, what in (("client", "clients/python", "the Python client package into DIR"),
                               ("openapi", "openapi.json", "the OpenAPI 3.1 document to FILE (- for stdout)"),
                               ("docs", "docs/api.md", "the API reference to FILE (- for stdout), running each example on a scratch database")):
         g = gen.add_parser(target, help=f"write {what}")
-        g.add_argument("--out", default=out, help=f"default {out}")
+        g.add_argument("--out", default=out, help=f"where to write {_defaults(out)}")
         g.add_argument("--schema", help="the .zap file (default: the packaged schemas/billing.zap)")
-        g.add_argument("--check", action="store_true", help="write nothing; exit 1 if what is there is stale")
+        g.add_argument("--check", action="store_true", help="write nothing; exit 1 if what is there is missing or stale (default off)")
     export.add_parser(sub, env_default("db"))
     backup.add_parser(sub, env_default("db"))
     copy_db.add_parser(sub)
@@ -117,6 +150,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command is None or getattr(args, "action", "") is None or getattr(args, "target", "") is None:
+        args.usage.print_help()  # `zapbilling`, `zapbilling keys` or `zapbilling gen` alone
+        return 2
     if args.command == "serve":
         if args.durability not in DURABILITY:
             _fail(f"invalid durability {args.durability!r}: expected full or normal")
@@ -156,6 +192,9 @@ def serve(config: Config) -> int:
     except Unavailable as exc:
         _fail(str(exc))
     except OSError as exc:  # the port is taken, or the database's folder does not exist
+        if exc.errno == errno.EADDRINUSE:  # bound before the database is opened (server.serve): nothing was created
+            _fail(f"cannot serve on {config.host}:{config.port}: the port is taken (choose another --port, or stop what"
+                  f" listens there); the database {describe(config.db)} was not opened")
         _fail(f"cannot serve on {config.host}:{config.port} with database {describe(config.db)}: {exc}")
     except (sqlite3.Error, ValueError) as exc:
         _fail(f"cannot use database {describe(config.db)}: {exc}")
@@ -182,8 +221,13 @@ def generate(args: Any) -> int:
             return 0
         out, files = out.parent, {out.name: only}
     if args.check:
+        run = f"run `zapbilling gen {args.target} --out {args.out}`"
+        if not Path(args.out).exists():  # the file (openapi, docs) or the folder (client)
+            sys.stderr.write(f"zapbilling: {args.out} does not exist: {run}\n")
+            return 1
         if stale := stale_files(files, out):
-            sys.stderr.write(f"zapbilling: {out} is stale ({', '.join(stale)}): run `zapbilling gen {args.target} --out {args.out}`\n")
+            which = "" if args.target in ("openapi", "docs") else f" ({', '.join(stale)})"
+            sys.stderr.write(f"zapbilling: {args.out} is stale{which}: {run}\n")
             return 1
         sys.stderr.write(f"{args.out} is up to date\n")
         return 0
@@ -217,22 +261,51 @@ async def _migrate(args: Any) -> int:
     return 0
 
 
+SECRET_PREFIXES = ("zb_test_", "zb_live_")
+"""What every key's secret starts with (the stores make `zb_<mode>_<token>`); ids start `key_`."""
+KEY_LIST_HEADER = ("ID", "ORG", "MODE", "SCOPE", "SECRET", "CREATED", "STATE")
+"""`keys list`'s first row; the rows under it are tab-separated in this order. SECRET is the
+secret's first characters only (the stores keep its hash, never the secret)."""
+
+
+def _key_database(args: Any) -> str:
+    """The database a key command will use, as it says so on stderr: a SQLite file's absolute
+    path, a PostgreSQL URL without its password. A SQLite file that does not exist is refused
+    (exit 2) unless `keys create --create-db`: run from another folder, a relative --db names
+    another file, and a key made in a new one would get 401 from the running server."""
+    if is_postgres(args.db):
+        return describe(args.db)  # no file to check: the database must exist (the store says so if not)
+    path = os.path.abspath(sqlite_path(args.db))
+    if not os.path.exists(path) and not getattr(args, "create_db", False):
+        create = ", or --create-db to create it there" if args.action == "create" else ""
+        _fail(f"no database at {path}: pass --db (or set ZAPBILLING_DB) to name the server's database{create}")
+    return path
+
+
 async def _keys(args: Any) -> int:
+    if args.action == "revoke" and args.key_id.startswith(SECRET_PREFIXES):
+        _fail("that is a key's secret, not its id: use `zapbilling keys list` to find the id")  # never echoed
+    where = _key_database(args)
+    new = not is_postgres(args.db) and not os.path.exists(where)
     store = make_store(args.db)
     await store.open()
     try:
         if args.action == "create":
             key_id, secret = await store.create_key(args.org, args.mode, args.scope, system_clock())
-            sys.stderr.write(f"created {key_id} for {args.org} ({args.mode}, {args.scope})\n")
+            made = " (a new database)" if new else ""
+            sys.stderr.write(f"created {key_id} for {args.org} ({args.mode}, {args.scope}) in {where}{made}\n")
             print(secret)
         elif args.action == "list":
-            for k in await store.list_keys():
+            keys = await store.list_keys()
+            print("\t".join(KEY_LIST_HEADER))
+            for k in keys:
                 state = f"revoked {format_ts(k.revoked_at)}" if k.revoked_at else "active"
-                print(f"{k.id}\t{k.org}\t{k.mode}\t{k.scope}\t{k.hint}...\tcreated {format_ts(k.created_at)}\t{state}")
+                print(f"{k.id}\t{k.org}\t{k.mode}\t{k.scope}\t{k.hint}...\t{format_ts(k.created_at)}\t{state}")
+            sys.stderr.write(f"{len(keys)} {'key' if len(keys) == 1 else 'keys'} in {where}\n")
         elif not await store.revoke_key(args.key_id, system_clock()):
-            _fail(f"no such key: {args.key_id}")
+            _fail(f"no such key: {args.key_id} in {where}")
         else:
-            sys.stderr.write(f"revoked {args.key_id}\n")
+            sys.stderr.write(f"revoked {args.key_id} in {where}\n")
     finally:
         await store.close()
     return 0

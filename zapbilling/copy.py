@@ -30,9 +30,9 @@ def add_parser(sub: Any) -> None:
         " grants, pricing rules, holds) into an empty PostgreSQL database, in one transaction. The source is only read."
         " Stop the servers on the source first."))
     p.add_argument("--from", dest="source", required=True, metavar="PATH",
-                   help="the SQLite database: a path or sqlite:///path")
+                   help="the SQLite database: a path or sqlite:///path (required)")
     p.add_argument("--to", dest="target", required=True, metavar="URL",
-                   help="the PostgreSQL database: postgresql://user:password@host:port/dbname (it must hold no row)")
+                   help="the PostgreSQL database: postgresql://user:password@host:port/dbname; it must hold no row (required)")
 
 
 def fail(message: str) -> NoReturn:

@@ -65,12 +65,13 @@ def add_parser(sub: Any, db_default: str) -> None:
         "fields the API's rows have (csv: a header row, absent fields empty, metadata and dimensions as JSON text). "
         "Rows are read in batches: memory stays the same whatever the size."))
     p.add_argument("kind", choices=KINDS, help="what to export")
-    p.add_argument("--db", default=db_default, help="the database: a path or sqlite:///path (env ZAPBILLING_DB)")
-    p.add_argument("--org", required=True)
-    p.add_argument("--mode", required=True, choices=("test", "live"))
+    p.add_argument("--db", default=db_default, help="the database: a path, sqlite:///path or a postgresql:// URL"
+                                                    " (default zapbilling.db; env ZAPBILLING_DB)")
+    p.add_argument("--org", required=True, help="the organisation whose rows to write (required)")
+    p.add_argument("--mode", required=True, choices=("test", "live"), help="test or live (required)")
     p.add_argument("--since", help="only rows whose createdAt is at or after this RFC 3339 time or date (YYYY-MM-DD,"
-                                   " from 00:00 UTC); meter events: when recorded, not their timestamp")
-    p.add_argument("--format", default="jsonl", choices=FORMATS, help="default jsonl")
+                                   " from 00:00 UTC); meter events: when recorded, not their timestamp (default: every row)")
+    p.add_argument("--format", default="jsonl", choices=FORMATS, help="jsonl or csv (default jsonl)")
 
 
 def fail(message: str) -> NoReturn:

@@ -54,6 +54,10 @@ class Limits:
     # a value costs no more than accepting the largest legal one (~0.3 ms for 16 KiB).
     data_bytes: int = _limit(16 << 10, "bytes a metadata or dimensions value may take encoded as compact JSON (UTF-8)")
     data_keys: int = _limit(64, "keys a metadata or dimensions value may hold, counting the keys of nested objects")
+    # A graceful stop (server.py, graceful.py) waits this long for the requests under way: far
+    # above any single call's time (the largest batch answers in well under a second), short
+    # enough for a deploy or a systemd stop (whose own default, TimeoutStopSec, is 90 s).
+    shutdown_timeout: float = _limit(10.0, "seconds a stopping server (SIGTERM or SIGINT) waits for the requests under way before it cuts them off; 0 cuts them off at once")
 
 
 def limit_fields() -> list[dataclasses.Field]:  # type: ignore[type-arg]

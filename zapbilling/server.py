@@ -15,6 +15,7 @@ the worker stops gracefully instead of serving on unsupervised.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import dataclasses
 import gc
 import json
@@ -28,28 +29,45 @@ from typing import Any
 
 from . import logs
 from .config import Config, server_options
+from .early_stop import EarlyStop
 from .limits import Limits
+from .metrics import directory as metrics_directory
 
 log = logging.getLogger("zapbilling")
 
 
 def serve(config: Config) -> int:
-    """Serve until SIGTERM or SIGINT. Raises OSError or sqlite3.Error when it cannot start."""
+    """Serve until SIGTERM or SIGINT. Raises OSError or sqlite3.Error when it cannot start.
+
+    The port is bound before the database is opened, so a port already taken creates no
+    database file. A stop signal during start-up is kept (early_stop.py) and honoured once
+    start-up is done: nothing served, one line, exit status 0."""
+    early = EarlyStop.install()
+    atexit.register(metrics_directory.prepare())  # before any app or worker imports prometheus_client
     if config.workers <= 1:
-        _run(config, None, "")
+        with _listener(config, shared=False) as sock:
+            sock.listen(BACKLOG)
+            _run(config, sock, "", early=early)
         return 0
     logs.configure(config.log_format, config.log_level)
-    _prepare_database(config)
+    if config.port:
+        # A probe that shares with no one: the reserved socket below shares the port
+        # (SO_REUSEPORT), so it would not notice another zapbilling's workers holding it.
+        _listener(config, shared=False).close()
     with _listener(config) as reserved:  # bound, not listening: learns the port when 0 was asked and holds it
         config = dataclasses.replace(config, port=reserved.getsockname()[1])
-        return _supervise(config)
+        if early.signal is None:
+            _prepare_database(config)
+        return _supervise(config, early)
 
 
-def _run(config: Config, sock: socket.socket | None, label: str, lifeline: int | None = None) -> None:
-    from aiohttp import web
+BACKLOG = 1024
+"""Connections the kernel queues before they are accepted (aiohttp's own default is 128)."""
 
-    from . import access_log
-    from .app import create_app
+
+def _run(config: Config, sock: socket.socket, label: str, lifeline: int | None = None, *, early: EarlyStop) -> None:
+    from . import access_log, graceful
+    from .app import ADMISSION, create_app
     from .store import describe
 
     access_log.configure(config.log_format, config.log_level)
@@ -57,10 +75,10 @@ def _run(config: Config, sock: socket.socket | None, label: str, lifeline: int |
     asyncio.set_event_loop(loop)
     app = create_app(config)
     _share_the_interpreter()
-    where: dict[str, Any] = {"sock": sock} if sock else {"host": config.host, "port": config.port}
+    port = sock.getsockname()[1]  # the one the kernel chose, when 0 was asked
 
-    def started(_: str) -> None:
-        log.info("serving %s on http://%s:%d (durability %s)%s", describe(config.db), config.host, config.port, config.durability, label)
+    def started() -> None:
+        log.info("serving %s on http://%s:%d (durability %s)%s", describe(config.db), config.host, port, config.durability, label)
 
     if lifeline is not None:
         def supervisor_gone() -> None:
@@ -69,13 +87,27 @@ def _run(config: Config, sock: socket.socket | None, label: str, lifeline: int |
             os.kill(os.getpid(), signal.SIGTERM)
 
         loop.add_reader(lifeline, supervisor_gone)
-    # run_app turns SIGINT and SIGTERM into a graceful stop: it stops accepting, lets running
-    # requests finish, then the app's cleanup drains the writer, so no acknowledged write is lost.
+    # SIGINT and SIGTERM make a graceful stop (graceful.py): no new connections, the requests
+    # under way answered (up to --shutdown-timeout), the writer drained, so no acknowledged
+    # write is lost, the database closed, one line logged.
     try:
-        web.run_app(app, access_log_class=access_log.AccessLog, print=started, shutdown_timeout=10, loop=loop,
-                    **where, **server_options(config))
+        loop.run_until_complete(graceful.serve(
+            app, sock, early, shutdown_timeout=config.limits.shutdown_timeout, started=started,
+            handling=lambda: app[ADMISSION].running, label=label, access_log_class=access_log.AccessLog,
+            **server_options(config)))
     finally:
         access_log.flush()
+        _close_loop(loop)
+
+
+def _close_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """What aiohttp's run_app does on the way out: cancel what is left, close the loop."""
+    left = [t for t in asyncio.all_tasks(loop) if not t.done()]
+    for t in left:
+        t.cancel()
+    loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
+    loop.run_until_complete(loop.shutdown_asyncgens())
+    loop.close()
 
 
 SWITCH_INTERVAL = 0.0005
@@ -119,25 +151,33 @@ def _prepare_database(config: Config) -> None:
     asyncio.run(touch())
 
 
-def _listener(config: Config) -> socket.socket:
+def _listener(config: Config, shared: bool = True) -> socket.socket:
+    """A TCP socket bound to the configured address (OSError when the port is taken).
+    `shared`: with SO_REUSEPORT, as the workers of one supervisor bind it."""
     family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((config.host, config.port))
+    if shared:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((config.host, config.port))
+    except BaseException:
+        sock.close()
+        raise
     return sock
 
 
 def worker_main() -> None:
     """A worker process: `python -c "from zapbilling.server import worker_main; worker_main()" SPEC`."""
+    early = EarlyStop.install((signal.SIGTERM,))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides; it sends SIGTERM
     spec = json.loads(sys.argv[1])
     settings = spec["config"]
     config = Config(**settings | {"limits": Limits(**settings["limits"])})
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides; it sends SIGTERM
     sock = _listener(config)
-    sock.listen(1024)
+    sock.listen(BACKLOG)
     label = f" (worker {spec['number']} of {config.workers}, pid {os.getpid()})"
-    _run(config, sock, label, lifeline=spec["lifeline"])
+    _run(config, sock, label, lifeline=spec["lifeline"], early=early)
 
 
 def _spawn(config: Config, number: int, lifeline: int) -> subprocess.Popen[bytes]:
@@ -148,9 +188,10 @@ def _spawn(config: Config, number: int, lifeline: int) -> subprocess.Popen[bytes
     return subprocess.Popen(argv, pass_fds=(lifeline,), stdin=subprocess.DEVNULL)
 
 
-def _supervise(config: Config) -> int:
+def _supervise(config: Config, early: EarlyStop) -> int:
     """Start the workers; on SIGTERM or SIGINT stop them all gracefully. If one dies on its
-    own, stop the rest and fail, rather than serve on with less capacity unnoticed."""
+    own, stop the rest and fail, rather than serve on with less capacity unnoticed. Each
+    worker logs its own stop line; this logs one more when all are gone."""
     lifeline, keep = os.pipe()  # `keep` stays open here only: its end is the workers' signal
     workers: dict[int, subprocess.Popen[bytes]] = {}
     stopping = False
@@ -160,10 +201,16 @@ def _supervise(config: Config) -> int:
         stopping = True
         for w in workers.values():
             if w.returncode is None:
-                w.send_signal(signal.SIGTERM)
+                # os.kill, not Popen.send_signal: that polls first and so may reap a worker
+                # that has just exited, which os.wait below then never sees ("No child
+                # processes" once all were reaped that way). Only os.wait reaps here, so a
+                # worker without a return code is alive or a zombie, and the pid still its.
+                os.kill(w.pid, signal.SIGTERM)
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    if early.signal:  # arrived while the database was being prepared
+        stopping = True
     try:
         for n in range(config.workers):
             if not stopping:
@@ -178,6 +225,7 @@ def _supervise(config: Config) -> int:
         if pid not in running:
             continue
         w = running.pop(pid)
+        metrics_directory.worker_gone(pid)
         w.returncode = code = os.waitstatus_to_exitcode(wait_status)
         # a worker stopped by our SIGTERM before its app installed the graceful handler dies of
         # the signal: it had served nothing yet, so that is a clean stop too
@@ -189,4 +237,10 @@ def _supervise(config: Config) -> int:
             status = status or 1
             stop(signal.SIGTERM, None)
     os.close(keep)
+    if not workers:
+        early.log_stopped()
+    elif status == 0:
+        log.info("stopped: all %d workers stopped", len(workers))
+    else:
+        log.error("stopped: a worker failed; exit status %d", status)
     return status
