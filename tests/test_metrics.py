@@ -17,8 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import subprocess
+import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -32,6 +35,7 @@ import pg
 from conftest import ok
 from procs import ServerProcess, create_key, free_port
 from zapbilling.app import STORE, sweep_once
+from zapbilling.metrics import directory
 from zapbilling.store.postgres.connection import POOL_SIZE
 
 NODE = Path(__file__).parent / "node"
@@ -306,3 +310,31 @@ async def test_every_kind_of_money_is_counted_once_when_it_commits(server, api, 
     assert delta(after, "capture") == 150
     assert delta(after, "forfeit") == 70 + 45
     assert (await scrape_app(api)) == after  # nothing moved since: a second scrape adds nothing
+
+
+@pytest.mark.sqlite_only("no database involved: the directory alone")
+def test_the_metrics_directory_is_private_emptied_and_left_by_no_server(tmp_path, monkeypatch):
+    """`serve`'s directory (metrics/directory.py): its own, empty, removed at exit; one left by a
+    server killed outright is removed by the next start; an operator's is emptied and kept."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.delenv(directory.ENV, raising=False)
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    orphan = tmp_path / f"{directory.PREFIX}{gone}-abcd1234"
+    living = tmp_path / f"{directory.PREFIX}{os.getpid()}-efgh5678"
+    for d in (orphan, living):
+        d.mkdir()
+        (d / "counter_1.db").write_bytes(b"x")
+    done = directory.prepare()
+    made = Path(os.environ[directory.ENV])
+    assert made.parent == tmp_path and made.name.startswith(f"{directory.PREFIX}{os.getpid()}-") and not any(made.iterdir())
+    assert not orphan.exists() and living.exists()
+    done()
+    assert not made.exists() and directory.ENV not in os.environ
+
+    given = tmp_path / "given"
+    given.mkdir()
+    (given / "gauge_livesum_7.db").write_bytes(b"x")
+    (given / "keep.txt").write_text("not ours")
+    monkeypatch.setenv(directory.ENV, str(given))
+    directory.prepare()()
+    assert sorted(p.name for p in given.iterdir()) == ["keep.txt"]

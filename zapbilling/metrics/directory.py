@@ -10,7 +10,9 @@ values left by an earlier run would be added to this one's. So:
   emptied of the files prometheus_client writes (`*.db`) at start; it is left in place at exit.
   One per server: two servers sharing one would add up each other's numbers.
 - unset: a private directory under the system's temporary directory
-  (`zapbilling-metrics-XXXXXXXX`), removed at exit.
+  (`zapbilling-metrics-<pid>-XXXXXXXX`), removed at exit. A server killed outright (SIGKILL)
+  cannot remove its own: the next server started removes every such directory whose process
+  is gone (found by the pid in its name).
 
 A worker that has exited is marked dead (`worker_gone`): its gauges (requests in flight, queue
 depth, pool) leave the sums, its counters and histograms stay, as counters must.
@@ -37,7 +39,8 @@ def prepare() -> Callable[[], None]:
         for stale in path.glob("*.db"):
             stale.unlink(missing_ok=True)
         return lambda: None
-    made = tempfile.mkdtemp(prefix=PREFIX)
+    _remove_orphans()
+    made = tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-")
     os.environ[ENV] = made
 
     def remove() -> None:
@@ -46,6 +49,24 @@ def prepare() -> Callable[[], None]:
             del os.environ[ENV]
 
     return remove
+
+
+def _remove_orphans() -> None:
+    """The private directories of servers that are gone (killed before they could remove them)."""
+    for path in Path(tempfile.gettempdir()).glob(f"{PREFIX}*-*"):
+        pid = path.name[len(PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def worker_gone(pid: int) -> None:
