@@ -68,10 +68,12 @@ async def lines_with(server: ServerProcess, marker: str, n: int = 1) -> list[str
 
 
 def access_lines(server: ServerProcess, log_format: str) -> list[str]:
+    """The access lines of API requests: not the readiness probes' (under load a probe may time
+    out on the client's side after the server answered it, and be sent again)."""
     lines = server.log().splitlines()
     if log_format == "json":
-        return [line for line in lines if json.loads(line)["logger"] == "aiohttp.access"]
-    return [line for line in lines if ACCESS in line]
+        return [line for line in lines if json.loads(line)["logger"] == "aiohttp.access" and json.loads(line)["path"] != "/healthz"]
+    return [line for line in lines if ACCESS in line and " /healthz " not in line]
 
 
 def install_fault(db: str) -> None:
@@ -151,13 +153,13 @@ async def test_text_lines_name_each_calls_facts(db_path, tmp_path):
         assert rest.endswith(" transport=rest method=billing.getBalance org=acme mode=test outcome=ok"), rest
         assert f'"GET /api/v1/billing/balance?user=rest-{m} HTTP/1.1" 200 ' in rest
         # the refused call's line: the last access line (the requests were sequential)
-        await lines_with(server, ACCESS, 5)  # the readiness probe's and the four
+        await lines_with(server, "/api/v1/", 4)
         lines = access_lines(server, "text")
-        assert len(lines) == 5, lines
+        assert len(lines) == 4, lines
         refused = lines[-1]
         assert refused.endswith(" transport=zap outcome=unauthorized"), refused
         assert '"POST /api/v1/zap HTTP/1.1" 401 ' in refused and "bad-" not in refused
-        for line in lines[1:]:
+        for line in lines:
             assert re.search(r'HTTP/1\.1" \d{3} \d+ \d+\.\d{6}s transport=', line), line  # status, bytes, duration
     finally:
         server.stop()
@@ -169,18 +171,18 @@ async def test_json_lines_name_each_calls_facts(db_path, tmp_path):
     try:
         m = uuid.uuid4().hex[:8]
         await run_the_four_calls(server, key, m)
-        await lines_with(server, "aiohttp.access", 5)
+        await lines_with(server, "/api/v1/", 4)
         records = [json.loads(line) for line in server.log().splitlines()]  # every line is one JSON object
         assert records[0]["logger"] == "zapbilling" and records[0]["level"] == "INFO"
         assert records[0]["message"].startswith("serving ")
         access = [r for r in records if r["logger"] == "aiohttp.access"]
-        assert len(access) == 5, access
+        assert len(access) >= 5, access
         for r in access:
             assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", r["time"]), r
             assert r["level"] == "INFO" and r["remote"] == "127.0.0.1"
             assert isinstance(r["duration_ms"], (int, float)) and r["duration_ms"] >= 0
             assert isinstance(r["bytes"], int) and r["bytes"] > 0
-        probe, single, batch, rest, refused = access
+        probe, (single, batch, rest, refused) = access[0], [json.loads(line) for line in access_lines(server, "json")]
         assert probe["path"] == "/healthz" and "transport" not in probe and probe["status"] == 200
         common = {"level", "logger", "time", "remote", "duration_ms", "bytes"}
         assert {k: v for k, v in single.items() if k not in common} == {
@@ -212,8 +214,8 @@ async def test_rest_errors_name_their_kind_and_the_known_caller(db_path, tmp_pat
                 assert r.status == 403
             async with s.get(server.base + "/api/v1/billing/balance", params={"usr": "x"}, headers=auth(key)) as r:
                 assert r.status == 400
-        await lines_with(server, "aiohttp.access", 3)
-        forbidden, invalid = [json.loads(line) for line in server.log().splitlines() if "aiohttp.access" in line][1:]
+        await lines_with(server, "/api/v1/", 2)
+        forbidden, invalid = [json.loads(line) for line in access_lines(server, "json")]
         assert (forbidden["transport"], forbidden["method"], forbidden["org"], forbidden["mode"], forbidden["outcome"], forbidden["status"]) \
             == ("rest", "billing.deposit", "globex", "test", "forbidden", 403)
         assert (invalid["method"], invalid["outcome"], invalid["status"]) == ("billing.getBalance", "invalid_params", 400)
@@ -242,7 +244,7 @@ async def test_a_server_fault_logs_its_traceback_once_with_the_error_id_the_call
         assert status == 200 and answer["error"]["code"] == -32000 and answer["error"]["data"] == {"kind": "internal_error"}, answer
         zap_id = ERROR_ID.match(answer["error"]["message"]).group(1)  # type: ignore[union-attr]
         assert rest_id != zap_id
-        await lines_with(server, "aiohttp.access", 4)
+        await lines_with(server, "/api/v1/", 3)
         log = server.log()
         for error_id in (rest_id, zap_id):
             assert log.count("Traceback (most recent call last)") == 2, log
@@ -323,7 +325,7 @@ async def test_no_line_holds_a_key_a_secret_or_a_body(db_path, tmp_path, log_for
                 assert r.status == 401
         assert server.terminate() == 0
         log = server.log()
-        assert log.count("aiohttp.access") == 8, log  # the probe and the seven requests: all there is to search
+        assert len(access_lines(server, log_format)) == 7, log  # the seven requests: all there is to search
         token = key.split("_", 2)[2]
         for leaked in (token, body_marker, secret):
             assert leaked not in log, f"{leaked!r} reached the log:\n{log}"

@@ -14,7 +14,8 @@ transport (/healthz, /readyz, /metrics, a path aiohttp itself answered 404). The
   a single ZAP envelope, one per entry for a ZAP batch (`batch` is then True, even for a batch
   of one). Empty when the request was refused before any method was read (a 401, a 429 at
   admission, a 413, a body that is not an envelope or a batch of the wrong length).
-  `Call.method` is the method's wire name (`billing.getBalance`, `zap.discover`) when the
+  The list and its Calls may be shared between requests (a REST route's successes share one):
+  read them, never change them. `Call.method` is the method's wire name (`billing.getBalance`, `zap.discover`) when the
   service knows it, else "" (an unknown or malformed method: a caller's text, never a label or a
   log field); `Call.id` is the ZAP envelope's id as sent (None for REST, or when absent or
   invalid); `Call.outcome` is "ok" or the error kind answered for it (errors.py's table).

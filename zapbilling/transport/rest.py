@@ -101,11 +101,13 @@ def make_view(caller: Caller, command: Command) -> View:
     path_fields = [f for f in command.fields if f.name in command.http.path_params]
     query_takes, elsewhere = query_names(command)
     wire = command.wire
+    succeeded = [Call(wire)]
+    """The calls of every request of this route that succeeds, shared (facts.py: read-only):
+    a Call and a list fewer per request, which the garbage collector would otherwise visit."""
 
     async def view(request: web.Request, principal: Principal, body: bytes) -> web.Response:
         codec = negotiate(JSON, request.headers.get("Accept"))
-        call = Call(wire)
-        facts = request[FACTS] = Facts("rest", principal.org, principal.mode, [call])
+        facts = request[FACTS] = Facts("rest", principal.org, principal.mode, succeeded)
         try:
             authorize(command, principal)
             # After the key (auth refuses a key sent here) and permission, before any param. One
@@ -122,7 +124,8 @@ def make_view(caller: Caller, command: Command) -> View:
             )
             return respond(codec, result, 200 if isinstance(result, Unchanged) else success)
         except ApiError as exc:
-            facts.outcome = call.outcome = exc.kind
+            facts.outcome = exc.kind
+            facts.calls = [Call(wire, None, exc.kind)]
             if isinstance(exc, Fault):
                 facts.error_id = exc.error_id
             return respond_error(codec, error_body(exc), exc.info.rest_status, exc)
