@@ -58,16 +58,23 @@ class Pool:
             loop = asyncio.get_running_loop()
             waiter: asyncio.Future[asyncpg.Connection | None] = loop.create_future()
             self._waiters.append(waiter)
+            # A timer that fails the future, not asyncio.wait_for: under 64 connections on a
+            # pool of 10 most requests wait here, and wait_for adds a timeout context, a done
+            # callback and a cancellation path to each wait where one timer handle does. (py-spy
+            # on getBalance: Pool.acquire's self time ~16% -> ~11% of samples; the rate moved
+            # within the machine's noise.)
+            timer = loop.call_later(self.wait, _time_out, waiter)
             waited = loop.time()
             try:
-                conn = await asyncio.wait_for(waiter, self.wait)
+                conn = await waiter
             except BaseException:
-                if waiter.done() and not waiter.cancelled() and waiter.result() is not None:
+                if waiter.done() and not waiter.cancelled() and waiter.exception() is None and waiter.result() is not None:
                     self.release(waiter.result())  # handed over as the wait ended: hand it on
                 with contextlib.suppress(ValueError):
                     self._waiters.remove(waiter)
                 raise
             finally:
+                timer.cancel()
                 self._stats.pool_waits += 1
                 self._stats.pool_wait_seconds += loop.time() - waited
             if conn is not None:
@@ -123,6 +130,11 @@ class Pool:
         for conn in self._idle:
             conn.terminate()
         self._idle = []
+
+
+def _time_out(waiter: asyncio.Future[Any]) -> None:
+    if not waiter.done():
+        waiter.set_exception(asyncio.TimeoutError())
 
 
 class Lease:
