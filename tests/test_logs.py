@@ -205,20 +205,52 @@ async def test_json_lines_name_each_calls_facts(db_path, tmp_path):
 
 
 async def test_rest_errors_name_their_kind_and_the_known_caller(db_path, tmp_path):
-    """A REST call answered an error: its kind, and the org of a caller whose key was known."""
+    """A REST call answered an error: its kind, and the org of a caller whose key was known;
+    the same route's successes before and after it still say ok (their facts are shared)."""
     key = create_key(db_path, "globex", "test", scope="read")
     server = await started(db_path, tmp_path, "json")
     try:
         async with ClientSession() as s:
             async with s.post(server.base + "/api/v1/billing/deposit", json={"user": "u", "amount": 1}, headers=auth(key)) as r:
                 assert r.status == 403
-            async with s.get(server.base + "/api/v1/billing/balance", params={"usr": "x"}, headers=auth(key)) as r:
-                assert r.status == 400
-        await lines_with(server, "/api/v1/", 2)
-        forbidden, invalid = [json.loads(line) for line in access_lines(server, "json")]
+            for params in ({"user": "x"}, {"usr": "x"}, {"user": "x"}):
+                async with s.get(server.base + "/api/v1/billing/balance", params=params, headers=auth(key)) as r:
+                    assert r.status == (200 if "user" in params else 400)
+        await lines_with(server, "/api/v1/", 4)
+        forbidden, before, invalid, after = [json.loads(line) for line in access_lines(server, "json")]
+        for ok in (before, after):
+            assert (ok["transport"], ok["method"], ok["org"], ok["mode"], ok["outcome"], ok["status"]) \
+                == ("rest", "billing.getBalance", "globex", "test", "ok", 200), ok
         assert (forbidden["transport"], forbidden["method"], forbidden["org"], forbidden["mode"], forbidden["outcome"], forbidden["status"]) \
             == ("rest", "billing.deposit", "globex", "test", "forbidden", 403)
         assert (invalid["method"], invalid["outcome"], invalid["status"]) == ("billing.getBalance", "invalid_params", 400)
+    finally:
+        server.stop()
+
+
+async def test_concurrent_calls_each_get_their_own_facts(db_path, tmp_path):
+    """Facts objects are reused once a request's line is written (transport/facts.py): many calls
+    at once, of two orgs, half of them failing, each line still names its own."""
+    keys = {org: create_key(db_path, org, "test") for org in ("acme", "globex")}
+    server = await started(db_path, tmp_path, "json")
+    n = 60
+    try:
+        async with ClientSession() as s:
+            async def one(i: int) -> None:
+                org = "acme" if i % 2 else "globex"
+                params = {"user": f"u{i}"} if i % 3 else {"usr": "x"}
+                status, body = await zap(s, server, keys[org], {"method": "billing.getBalance", "id": f"c{i}", "params": params})
+                assert status == 200 and body["id"] == f"c{i}"
+            for _ in range(3):
+                await asyncio.gather(*(one(i) for i in range(n)))
+        await lines_with(server, "/api/v1/", 3 * n)
+        seen = [json.loads(line) for line in access_lines(server, "json")]
+        assert len(seen) == 3 * n
+        for r in seen:
+            i = int(r["id"][1:])
+            assert (r["org"], r["outcome"], r["method"], r["transport"]) == \
+                ("acme" if i % 2 else "globex", "ok" if i % 3 else "invalid_params", "billing.getBalance", "zap"), r
+        assert sorted(r["id"] for r in seen) == sorted(f"c{i}" for i in range(n) for _ in range(3))
     finally:
         server.stop()
 

@@ -18,7 +18,7 @@ from aiohttp.web import BaseRequest, StreamResponse
 from . import logs
 from .logs import KEY, REDACTED
 from .metrics.tally import request_done
-from .transport.facts import FACTS, Call, Facts
+from .transport.facts import FACTS, Call, Facts, release
 
 ACCESS_FLUSH_SECONDS = 0.1
 
@@ -239,22 +239,23 @@ class AccessLog(AbstractAccessLogger):
         except KeyError:  # a request that reached no transport (/healthz, ...)
             facts = None
         request_done(facts, elapsed)  # the metrics' count (metrics/tally.py)
-        if not _Settings.write:
-            return
-        target = request.raw_path
-        if "?" in target or "zb" in target:
-            target = redact(target)
-        if _Settings.json:
-            _ACCESS.add(_json_line(request, response, elapsed, target, facts))
-            return
-        second = int(time.time())
-        if second != AccessLog._second:
-            AccessLog._second, AccessLog._stamp = second, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
-        v = request.version
-        _ACCESS.add(
-            f'{AccessLog._stamp} INFO aiohttp.access: {request.remote} "{request.method} {target} HTTP/{v.major}.{v.minor}"'
-            f" {response.status} {response.body_length} {elapsed:.6f}s{_text_facts(facts) if facts is not None else ''}\n"
-        )
+        if _Settings.write:
+            target = request.raw_path
+            if "?" in target or "zb" in target:
+                target = redact(target)
+            if _Settings.json:
+                _ACCESS.add(_json_line(request, response, elapsed, target, facts))
+            else:
+                second = int(time.time())
+                if second != AccessLog._second:
+                    AccessLog._second, AccessLog._stamp = second, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
+                v = request.version
+                _ACCESS.add(
+                    f'{AccessLog._stamp} INFO aiohttp.access: {request.remote} "{request.method} {target} HTTP/{v.major}.{v.minor}"'
+                    f" {response.status} {response.body_length} {elapsed:.6f}s{_text_facts(facts) if facts is not None else ''}\n"
+                )
+        if facts is not None and facts.reusable:
+            release(facts)  # the last reader: a later request may reuse them (transport/facts.py)
 
 
 def _json_line(request: BaseRequest, response: StreamResponse, elapsed: float, target: str, facts: Facts | None) -> str:

@@ -13,7 +13,7 @@ from .admission import Admission
 from .calls import Caller
 from .answers import answer_batch
 from .codec import JSON, LARGE_BODY, Codec, codec_for, negotiate
-from .facts import FACTS, Call, Facts, refused
+from .facts import FACTS, Call, Facts, one_call, refused, release
 from .faults import Fault, error_id_of
 from .http import respond, respond_error
 
@@ -66,7 +66,8 @@ class ZapEndpoint:
 
     async def handle(self, request: web.Request, principal: Principal, raw: bytes) -> web.Response:
         request_codec, codec = self.codecs(request)
-        facts = request[FACTS] = Facts("zap", principal.org, principal.mode)
+        facts, call = one_call("zap", principal.org, principal.mode)
+        request[FACTS] = facts
         try:
             if request_codec is None:
                 raise UnsupportedMediaType(f"unsupported Content-Type {request.content_type!r}: send application/json or application/msgpack")
@@ -79,8 +80,9 @@ class ZapEndpoint:
             if isinstance(body, list):
                 if not 1 <= len(body) <= MAX_BATCH:
                     raise InvalidRequest(f"a batch holds 1 to {MAX_BATCH} envelopes, not {len(body)}")
-                facts.batch = True
-                calls = facts.calls = [Call("") for _ in body]
+                release(facts)  # a batch's facts are its own
+                calls = [Call("") for _ in body]
+                facts = request[FACTS] = Facts("zap", principal.org, principal.mode, calls, True)
                 # answer_batch runs the entries in an order of its own: each finds its Call by
                 # the entry's identity (identical objects, such as two equal small ints, answer
                 # alike, so which of their Calls each takes does not matter)
@@ -93,15 +95,12 @@ class ZapEndpoint:
                 return response
             if not isinstance(body, dict):
                 raise InvalidRequest("the body must be an envelope {method, id, params} or a list of them")
-            call = Call("")
-            facts.calls.append(call)
             answer, status = await self.one(body, principal, None, call, facts)
             facts.outcome = call.outcome
             return respond(codec, answer, status)
-        except ApiError as exc:
-            facts.outcome = exc.kind
-            if isinstance(exc, Fault):
-                facts.error_id = exc.error_id
+        except ApiError as exc:  # the request refused whole: no call was made
+            request[FACTS] = Facts("zap", principal.org, principal.mode, [], facts.batch, exc.kind, error_id_of(exc))
+            release(facts)
             return respond_error(codec, error_envelope(exc), exc.info.zap_http_status, exc)
 
     async def one(self, envelope: Any, principal: Principal, refusal: ApiError | None = None, call: Call | None = None,
