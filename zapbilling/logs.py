@@ -31,9 +31,19 @@ def scrub(text: str) -> str:
     return KEY.sub(REDACTED, text) if "zb" in text else text
 
 
+_second: tuple[int, str] = (-1, "")
+"""The last whole second stamped and its text: strftime once a second, not once a line (one
+tuple, replaced whole: records of other threads read it too)."""
+
+
 def utc_stamp(seconds: float) -> str:
     """RFC 3339 in UTC with milliseconds: 2026-02-02T09:00:00.123Z."""
-    return f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(seconds))}.{int(seconds * 1000) % 1000:03d}Z"
+    global _second
+    whole = int(seconds)
+    last = _second
+    if whole != last[0]:
+        last = _second = (whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)))
+    return f"{last[1]}.{int(seconds * 1000) % 1000:03d}Z"
 
 
 class TextFormatter(logging.Formatter):

@@ -35,8 +35,9 @@ fails), and a ZAP request's is reused by a later request once `log()` has return
 Cost: no object made per request in the steady state. Three more objects per request (a
 Facts, its list, its Call), with 64 requests in flight at once, pushed the garbage collector's
 youngest generation over its threshold of 700 far more often: about 10,000 more instructions
-per ZAP getBalance (bench.instructions, callgrind), most in collections; with the free list and
-the shared REST facts, the facts cost about 1% (figures in the README, "Logs").
+per ZAP getBalance (bench.instructions, callgrind: ~332,000 -> ~348,000), most in collections;
+with the free list and the shared REST facts, ~339,000: the facts and the longer access line
+together cost about 2%.
 
 """
 from __future__ import annotations

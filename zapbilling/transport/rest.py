@@ -105,10 +105,7 @@ def make_view(caller: Caller, command: Command) -> View:
     wire = command.wire
     succeeded: dict[str, Facts] = {}
     """The facts of this route's requests that succeed, by key id, shared (facts.py: read-only):
-    no object made per request. Three more objects per request (Facts, its list, its Call),
-    with 64 requests in flight at once, were enough to push the garbage collector's youngest
-    generation over its threshold of 700 far more often: ~6,000 of ~15,700 more instructions per
-    getBalance (bench.instructions, callgrind) were collections."""
+    no object made per request (facts.py says why that matters)."""
 
     async def view(request: web.Request, principal: Principal, body: bytes) -> web.Response:
         codec = negotiate(JSON, request.headers.get("Accept"))
