@@ -366,6 +366,41 @@ async def test_key_revoked_through_another_store_is_refused_from_the_next_reques
     assert (await call(api, f"Bearer {api.key}"))[0] == 200
 
 
+@pytest.mark.parametrize("call", ["getBalance", "deposit", "getUsage", "zap.discover", "batch"])
+async def test_a_key_revoked_elsewhere_is_refused_whatever_the_next_request_does(api, server, db_path, call):
+    """On PostgreSQL a server lets a key it has seen in from memory, and the database checks it
+    within the request (store/postgres/keys.py): getBalance's read carries the check, a write's
+    transaction checks before it writes, any other request is checked before it is answered.
+    Each way, the first request after a revocation made by another process is 401 and writes
+    nothing. (On SQLite the key epoch does the same: the test holds there too.)"""
+    key_id, secret = await server.app[STORE].create_key("acme", "live", "admin", system_clock())
+    revoked = api.using("zap-json").with_key(secret)
+    for _ in range(2):  # now in the server's cache
+        assert (await revoked.call("getBalance", {"user": "u1", "currency": "usd"})).ok
+        assert (await revoked.call("deposit", {"user": "u1", "amount": 5, "currency": "usd"})).ok
+    other = make_store(db_path)
+    await other.open()
+    try:
+        assert await other.revoke_key(key_id, system_clock())
+    finally:
+        await other.close()
+    if call == "batch":
+        status, body = await revoked.zap_raw([
+            {"method": "billing.getBalance", "id": 1, "params": {"user": "u1", "currency": "usd"}},
+            {"method": "billing.deposit", "id": 2, "params": {"user": "u1", "amount": 100, "currency": "usd"}},
+        ])
+        assert_zap_401(status, body)
+    elif call == "zap.discover":
+        assert_zap_401(*await revoked.zap_raw({"method": "zap.discover", "id": 1}))
+    else:
+        params = {"user": "u1", "currency": "usd"} | ({"amount": 100} if call == "deposit" else {})
+        status, body = await revoked.zap_raw({"method": f"billing.{call}", "id": 1, "params": params})
+        assert_zap_401(status, body)
+    balance = await api.call("getBalance", {"user": "u1", "currency": "usd"})
+    assert balance.result["balance"] == 10, "a revoked key's request wrote"
+    assert (await api.call("getBalance", {"user": "u1", "currency": "usd"})).ok  # the tenant's other key still works
+
+
 @pytest.mark.sqlite_only("point reads on the loop's thread and the key-epoch file")
 async def test_point_reads_of_one_loop_turn_share_a_snapshot_but_a_key_lookup_does_not(server, db_path):
     """A revocation committed (and its epoch bumped) by another process in the middle of a loop

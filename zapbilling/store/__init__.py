@@ -3,7 +3,7 @@ package loads no backend (no database driver): `SqliteStore` is imported when fi
 from typing import Any
 
 from .base import (
-    DURABILITY, SYSTEM_KEY, Account, Unavailable, Burn, BurnedGrant, BurnPlan, GrantChange, GrantRow, HoldCharge, HoldRow, Idempotency, KeyInfo,
+    DURABILITY, SYSTEM_KEY, Account, Unavailable, KeyRevoked, Burn, BurnedGrant, BurnPlan, GrantChange, GrantRow, HoldCharge, HoldRow, Idempotency, KeyInfo,
     LedgerFilter, LedgerRow, Lot, LotRules, MeterEventDraft, MeterRow, NewEntry, NewGrant, NewHold, NewMeter, NewRule, Principal,
     Refundable, Row, RuleRow, Store, UsageEvent,
 )
@@ -38,7 +38,7 @@ def make_store(db: str, durability: str = "full") -> Store:
 
 
 __all__ = [
-    "DURABILITY", "SYSTEM_KEY", "Unavailable", "Account", "AlreadyExists", "AlreadyVoided", "Burn", "BurnPlan", "BurnedGrant", "GrantChange",
+    "DURABILITY", "SYSTEM_KEY", "Unavailable", "KeyRevoked", "Account", "AlreadyExists", "AlreadyVoided", "Burn", "BurnPlan", "BurnedGrant", "GrantChange",
     "GrantRow", "HoldCharge", "HoldRow", "Idempotency", "KeyInfo", "KeyReused", "LedgerFilter", "LedgerRow", "Lot", "LotRules",
     "MeterEventDraft", "MeterRow", "Missing", "NewMeter", "NewRule", "RuleRow", "NewEntry", "NewGrant", "NewHold", "NotPending", "NotRefundable", "OutOfRange",
     "OverCapture", "Principal", "Refundable", "RefundLeft", "Refused", "Row", "ShortOfFunds", "SqliteStore", "PostgresStore", "Store", "describe", "is_postgres", "make_store", "sqlite_path",

@@ -28,6 +28,12 @@ class Unavailable(RuntimeError):
     CLI prints it and exits non-zero)."""
 
 
+class KeyRevoked(Exception):
+    """The API key this request was let in with, taken from a server's cache of keys, turned
+    out to be revoked when the database was asked (Store.check_key): the caller is answered as
+    for an unknown key, and nothing the request wrote is committed."""
+
+
 @dataclass(frozen=True, slots=True)
 class Principal:
     """Who is calling: the key's tenant (one org in one mode) and what it may do."""
@@ -458,7 +464,22 @@ class Store(Protocol):
     async def create_key(self, org: str, mode: str, scope: str, now: int) -> tuple[str, str]: ...
     async def list_keys(self) -> list[KeyInfo]: ...
     async def revoke_key(self, key_id: str, now: int) -> bool: ...
-    async def authenticate(self, secret: str) -> Principal | None: ...
+    async def authenticate(self, secret: str) -> Principal | None:
+        """The key's principal, or None. A store may answer from a cache whose entries other
+        servers cannot invalidate (PostgreSQL): the key is then checked against the database
+        later in the same request, by the first statement that can carry the check (every
+        write's transaction checks it before it writes), and `check_key` checks it before the
+        answer if nothing did; a revoked key raises KeyRevoked."""
+        ...
+
+    def key_unchecked(self) -> bool:
+        """Whether this request's key still has to be checked (`check_key`) before it is answered."""
+        ...
+
+    async def check_key(self) -> None:
+        """Check this request's key against the database if no statement has yet: KeyRevoked
+        when it was revoked."""
+        ...
 
     # idempotency
     async def idempotency_fingerprint(self, tenant: int, key: str) -> str | None: ...

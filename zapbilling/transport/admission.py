@@ -41,8 +41,8 @@ from aiohttp import web
 
 from ..errors import ApiError, RateLimited
 from ..limits import Limits
-from ..store import Principal, Store
-from .auth import authenticate
+from ..store import KeyRevoked, Principal, Store
+from .auth import authenticate, key_refused
 from .facts import FACTS, Facts
 from .faults import fault
 from .http import read_body
@@ -274,13 +274,25 @@ class Admission:
                     raise
             except ApiError as exc:
                 if principal is not None:  # refused after its key was known: the log names the org (refuse adds the rest)
+                    if store.key_unchecked():  # a key let in from a cache: a revoked one hears 401, not why else it was refused
+                        try:
+                            await store.check_key()
+                        except KeyRevoked:
+                            return refuse(request, key_refused())
+                        except Exception as check:
+                            return refuse(request, fault("an API key could not be checked: %s: %s", type(check).__name__, check, traceback=False))
                     request[FACTS] = Facts("", principal.org, principal.mode)
                 return refuse(request, exc)
             task = current_task()
             assert task is not None  # a handler always runs in a task
             running.add(task)
             try:
-                return await handler(request, principal, body)
+                response = await handler(request, principal, body)
+                if store.key_unchecked():  # let in from a cache and no statement of the call checked it: now, before the answer (store.authenticate)
+                    await store.check_key()
+                return response
+            except KeyRevoked:
+                return refuse(request, key_refused())
             except Exception:  # a fault outside Caller.call (an answer that cannot be encoded, say): the caller still gets its error id
                 route = request.match_info.route.resource
                 return refuse(request, fault("%s %s failed", request.method, route.canonical if route is not None else "?"))

@@ -44,10 +44,15 @@ async def authenticate(store: Store, authorization: str | None, query_string: st
         # one line, no traceback: the cause is the database's, and is all in its message
         raise fault("an API key could not be checked: %s: %s", type(exc).__name__, exc, traceback=False) from None
     if principal is None:
-        raise Unauthorized(_REFUSED)
+        raise key_refused()
     if query_string and ("%" in query_string or not query_string.isascii()):
         _check_text(query_string)
     return principal
+
+
+def key_refused() -> Unauthorized:
+    """The answer to a missing, unknown or revoked key: the same for all three."""
+    return Unauthorized(_REFUSED)
 
 
 def _check_text(query_string: str) -> None:

@@ -17,9 +17,10 @@ from ..context import Context
 from ..errors import ApiError, Conflict, Forbidden, InvalidRequest
 from ..models import params_error
 from ..registry import Command, Registry
-from ..store import Idempotency, KeyReused, Principal, Store
+from ..store import Idempotency, KeyReused, KeyRevoked, Principal, Store
 from ..limits import Limits
 from ..times import Clock
+from .auth import key_refused
 from .faults import fault
 
 log = logging.getLogger("zapbilling")
@@ -64,6 +65,8 @@ class Caller:
             raise
         except KeyReused:  # a concurrent first use of the key, with other params, claimed it first
             raise Conflict(KEY_REUSED, param="idempotencyKey") from None
+        except KeyRevoked:  # the key, let in from a cache, was found revoked (store.authenticate)
+            raise key_refused() from None
         except Exception:
             raise fault("%s failed", command.wire) from None
 

@@ -39,6 +39,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import re
 import time
 from contextvars import ContextVar
 from typing import Any, AsyncIterator, Awaitable, Callable, Hashable, TypeVar
@@ -46,7 +47,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Hashable, TypeVar
 import asyncpg
 
 from ..answers import PurgeHorizon, replayed_answer, stored_answer
-from ..base import DURABILITY, NOTES, Idempotency, Load, Note, StoreStats, Unavailable
+from ..base import DURABILITY, NOTES, Idempotency, KeyRevoked, Load, Note, Principal, StoreStats, Unavailable
 from ..fairness import FairSlots
 from ..locator import describe
 from ..migrations import record, scripts
@@ -75,6 +76,17 @@ RETRYABLE = (asyncpg.exceptions.SerializationError, asyncpg.exceptions.DeadlockD
 
 Job = Callable[..., Awaitable[Any]]
 _SNAPSHOT: ContextVar["asyncpg.Connection[Any] | None"] = ContextVar("zapbilling_pg_snapshot", default=None)
+UNCHECKED_KEY: ContextVar[str | None] = ContextVar("zapbilling_pg_unchecked_key", default=None)
+"""The digest of this request's API key while it has been taken from the cache (keys.py) and
+not yet checked against the database. Set by every `authenticate` (a keep-alive connection's
+requests share one task, and so one context), cleared by the first check."""
+KEY_VALID = "SELECT EXISTS (SELECT 1 FROM api_keys WHERE hash = $1 AND revoked_at IS NULL)"
+BEGIN_CHECKING_KEY = "BEGIN; SELECT 1 / (SELECT COUNT(*)::int FROM api_keys WHERE hash = '{digest}' AND revoked_at IS NULL)"
+"""A transaction begun, and the key of that digest checked in the same message: division by
+zero when it is revoked or gone (digests are unique: the count is 0 or 1)."""
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+MAX_CACHED_KEYS = 10_000
+"""Keys remembered per process; past it the cache starts again (a process serves few keys)."""
 
 
 def unavailable(url: str, exc: BaseException) -> Unavailable:
@@ -99,6 +111,8 @@ class PgBase:
         self._purge_horizon = PurgeHorizon()
         self.retries = 0
         """Transactions retried after a deadlock or serialisation failure (reported by the bench)."""
+        self._keys: dict[str, tuple[Principal, str]] = {}
+        """Keys found valid, by their text: (principal, digest). Never trusted alone: see keys.py."""
         self.stats = StoreStats()
         """Read by the metrics: each committed transaction's seconds (one write each), its rows
         written (rows moving money, meter events); the pool's waits (pool.py)."""
@@ -159,8 +173,15 @@ class PgBase:
             try:
                 async with Lease(self.pool) as conn:
                     started = time.perf_counter()
-                    async with conn.transaction():
+                    await self._begin(conn)
+                    try:
                         result = await job(conn, *args)
+                        await conn.execute("COMMIT")
+                    except BaseException:
+                        if conn.is_in_transaction():
+                            with contextlib.suppress(Exception):  # a connection left in a transaction is dropped by the pool
+                                await conn.execute("ROLLBACK")
+                        raise
                     stats = self.stats
                     stats.commits.append((time.perf_counter() - started, 1))
                     if notes:
@@ -175,8 +196,44 @@ class PgBase:
                 NOTES.reset(token)
         raise AssertionError("unreachable")
 
+    async def _begin(self, conn: asyncpg.Connection) -> None:
+        """BEGIN, and with it, in the same round trip, the check of a key let in from the cache
+        (keys.py) before anything is written: a revoked key's request writes nothing. One
+        message of two statements (the simple-query protocol, which takes no parameters: the
+        digest is our own SHA-256 hex, checked as such) instead of two trips: recordUsage on
+        PostgreSQL makes four round trips instead of five."""
+        digest = UNCHECKED_KEY.get()
+        if digest is None:
+            await conn.execute("BEGIN")
+            return
+        if not _HEX64.fullmatch(digest):
+            raise ValueError("a key digest is 64 hex digits")
+        try:
+            await conn.execute(BEGIN_CHECKING_KEY.format(digest=digest))
+        except asyncpg.DivisionByZeroError:  # no valid key of that digest
+            await conn.execute("ROLLBACK")
+            self._key_checked(digest, False)
+        self._key_checked(digest, True)
+
     async def _write(self, tenant: int, idempotency: Idempotency | None, now: int, job: Job, *args: Any) -> Any:
         return await self._tx(_idempotent, tenant, idempotency, now, job, *args)
+
+    # -- the request's key (keys.py) ---------------------------------------------------------
+    def key_unchecked(self) -> bool:
+        return UNCHECKED_KEY.get() is not None
+
+    async def check_key(self) -> None:
+        digest = UNCHECKED_KEY.get()
+        if digest is not None:
+            self._key_checked(digest, (await self._read(KEY_VALID, digest))[0][0])
+
+    def _key_checked(self, digest: str, valid: bool) -> None:
+        """What a statement that carried the key's check found. A revoked key empties the cache
+        (revocations are rare) and stays unchecked, so `check_key` refuses the answer too."""
+        if not valid:
+            self._keys.clear()
+            raise KeyRevoked()
+        UNCHECKED_KEY.set(None)
 
     # -- reads -------------------------------------------------------------------------------
     async def _read(self, sql: str, *params: Any) -> list[asyncpg.Record]:

@@ -1,5 +1,5 @@
-"""API keys on PostgreSQL: stored as SHA-256 digests, never as the key itself, and looked up in
-the database on every request, not cached.
+"""API keys on PostgreSQL: stored as SHA-256 digests, never as the key itself; remembered by
+each server, but never trusted from memory alone.
 
 The SQLite store caches keys per process and learns of a change from a key-epoch file beside
 the database, which every process of one machine shares. Servers on several machines share
@@ -7,9 +7,15 @@ nothing but PostgreSQL, and a change must hold from the next request on every se
 notification (LISTEN/NOTIFY) arrives a little after the commit it reports: tried here first, a
 request sent right after the revocation returned still found the revoked key in the server's
 cache (tests/test_auth.py, the request beat the notification through the server's event loop).
-So every request reads its key: one indexed lookup by the digest (a prepared statement),
-which is exact at every instant and the same on every server. Its cost is in the benchmark
-(bench --backend postgres: getBalance makes two round trips, this and the balance).
+
+So the cache only saves the separate lookup, not the check: a key found in it lets the request
+in *unchecked* (connection.py `UNCHECKED_KEY`), and the database checks it within the request, in
+a statement that runs anyway: every write transaction checks it before it writes (a revoked
+key writes nothing), getBalance's read carries the check as one more column (one round trip
+instead of two: the hot read), and a request that reached neither is checked by the
+transport before it is answered (`check_key`). Every check reads the database after the
+request arrived, so a key revoked before it is refused, on every server, exactly as an
+uncached lookup would. A key not in the cache is looked up as before (and then cached).
 """
 from __future__ import annotations
 
@@ -20,7 +26,7 @@ import asyncpg
 
 from ..base import KeyInfo, Principal
 from ..ids import key_hash, new_id
-from .connection import PgBase
+from .connection import UNCHECKED_KEY, MAX_CACHED_KEYS, PgBase
 
 
 class KeyQueries(PgBase):
@@ -41,6 +47,11 @@ class KeyQueries(PgBase):
         return await self._tx(_revoke_key, key_id, now)
 
     async def authenticate(self, secret: str) -> Principal | None:
+        cached = self._keys.get(secret)
+        if cached is not None:
+            UNCHECKED_KEY.set(cached[1])
+            return cached[0]
+        UNCHECKED_KEY.set(None)
         digest = key_hash(secret)
         rows = await self._read(
             "SELECT k.hash, t.id, t.org, t.mode, k.scope, k.id FROM api_keys k JOIN tenants t ON t.id = k.tenant"
@@ -49,7 +60,11 @@ class KeyQueries(PgBase):
         )
         if not rows or not hmac.compare_digest(rows[0][0], digest):
             return None
-        return Principal(*rows[0][1:])
+        principal = Principal(*rows[0][1:])
+        if len(self._keys) >= MAX_CACHED_KEYS:
+            self._keys.clear()
+        self._keys[secret] = (principal, digest)
+        return principal
 
 
 async def _create_key(conn: asyncpg.Connection, key_id: str, org: str, mode: str, scope: str, digest: str, hint: str, now: int) -> None:

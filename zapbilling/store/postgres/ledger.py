@@ -17,7 +17,7 @@ from ..base import NewEntry, Refundable, moved as note_moved
 from ..ids import new_id
 from ..refusals import Missing, NotRefundable, OutOfRange, RefundLeft
 from ..rows import ledger_row as _row
-from .connection import PgBase, affected, lock_account
+from .connection import UNCHECKED_KEY, KEY_VALID, PgBase, affected, lock_account
 
 _ROW = "id, user_id, currency, type, amount, tags, notes, metadata, created_at, expires_at, refund_of, hold_id, key_id"
 
@@ -41,6 +41,8 @@ ACCOUNT = (
 )
 """(balance row, expired unforfeited credit, pending holds) of one account at now; parameters
 $1 tenant, $2 user, $3 currency, $4 now; all three BIGINT (ints)."""
+ACCOUNT_AND_KEY = f"{ACCOUNT}, ({KEY_VALID.replace('$1', '$5')})"
+"""ACCOUNT and whether the API key whose digest is $5 is valid, in one statement."""
 _EACH = dict(tenant="$1", user="$2", currency="c.currency", now="$3")
 
 HAS_ROWS = (
@@ -70,7 +72,12 @@ _FILTERS = (
 
 class LedgerQueries(PgBase):
     async def balance(self, tenant: int, user: str, currency: str, now: int) -> tuple[int, int]:
-        b, expired, held = (await self._read(ACCOUNT, tenant, user, currency, now))[0]
+        digest = UNCHECKED_KEY.get()
+        if digest is None:
+            b, expired, held = (await self._read(ACCOUNT, tenant, user, currency, now))[0]
+        else:  # the request's key is checked by this same statement (keys.py): one round trip, not two
+            b, expired, held, valid = (await self._read(ACCOUNT_AND_KEY, tenant, user, currency, now, digest))[0]
+            self._key_checked(digest, valid)
         return b - expired, held
 
     async def balances(self, tenant: int, user: str, now: int) -> list[tuple[str, int, int]]:

@@ -143,7 +143,9 @@ class Writer:
                     conn.execute("ROLLBACK")
                 except sqlite3.Error:  # the callers get the first error; the next batch deals with this one
                     log.exception("write batch of %d jobs failed to roll back", len(jobs))
-            log.exception("write batch of %d jobs failed to commit", len(jobs))
+            # One line, no traceback: every caller gets this exception and logs it as its own
+            # fault, traceback and error id included; logging it here too doubled each one.
+            log.error("write batch of %d jobs failed to commit: %s", len(jobs), exc)
             return [(False, exc)] * len(jobs), None
         return outcomes, (time.perf_counter() - started, notes)
 
