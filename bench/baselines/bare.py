@@ -15,15 +15,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import secrets
-import time
 
 import aiosqlite
-import msgpack
 from aiohttp import web
 
-from .common import BALANCE_SQL, balance_answer, bearer, key_id, key_table
+from .common import BALANCE_SQL, balance_answer, bearer, key_id, key_table, usage_answer, usage_row
 
 INSERT_SQL = (
     "INSERT INTO ledger (id, tenant, user_id, currency, type, amount, tags, notes, metadata, created_at, dedupe_key,"
@@ -59,20 +55,11 @@ def make_app(db_path: str, keys: dict[str, int], synchronous: str, key: str = ""
         if tenant is None:
             return web.json_response({"error": "unauthorized"}, status=401)
         body = await request.read()
-        envelope = msgpack.unpackb(body) if request.content_type == "application/msgpack" else json.loads(body)
-        p = envelope["params"]
-        tx_id = f"tx_{time.time_ns() // 1_000_000:011x}{secrets.randbits(52):013x}"  # zapbilling's id shape
-        model, tokens, request_id = p.get("model", ""), p.get("totalTokens", 0), p.get("requestId")
-        metadata = json.dumps({  # the same row recordUsage writes
-            "model": model, "provider": "", "promptTokens": 0, "completionTokens": 0, "totalTokens": tokens,
-            "requestId": request_id, "premium": False, "stream": False, "status": "", "clientIp": "",
-        })
+        envelope_id, params, (tx_id, user, currency, amount, notes, metadata, created, dedupe) = \
+            usage_row(body, request.content_type)
         await request.app[DB].execute(INSERT_SQL, (
-            tx_id, tenant, p["user"], "usd", p["amount"], f"API usage: {model} ({tokens} tokens)", metadata,
-            time.time_ns() // 1000, f"usage:{request_id}", key,
-        ))
-        return web.json_response({"id": envelope.get("id"), "result": {
-            "user": p["user"], "amount": p["amount"], "transactionId": tx_id, "currency": "usd", "type": "withdraw"}})
+            tx_id, tenant, user, currency, amount, notes, metadata, created, dedupe, key))
+        return web.json_response(usage_answer(envelope_id, params, tx_id))
 
     async def health(request: web.Request) -> web.Response:
         return web.json_response({"ok": True})

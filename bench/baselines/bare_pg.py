@@ -21,16 +21,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
-import json
-import secrets
-import time
 from typing import Any
 
 import asyncpg
-import msgpack
 from aiohttp import web
 
-from .common import balance_answer, bearer
+from .common import balance_answer, bearer, usage_answer, usage_row
 
 POOL_SIZE = 10
 """zapbilling's (store/postgres/connection.py)."""
@@ -114,19 +110,11 @@ def make_app(url: str, key: str, keys_in: str, synchronous: str) -> web.Applicat
         who = await principal(request)
         if who is None:
             return web.json_response({"error": "unauthorized"}, status=401)
-        envelope = msgpack.unpackb(body) if request.content_type == "application/msgpack" else json.loads(body)
-        p = envelope["params"]
-        tx_id = f"tx_{time.time_ns() // 1_000_000:011x}{secrets.randbits(52):013x}"  # zapbilling's id shape
-        model, tokens, request_id = p.get("model", ""), p.get("totalTokens", 0), p.get("requestId")
-        metadata = json.dumps({  # the same row recordUsage writes
-            "model": model, "provider": "", "promptTokens": 0, "completionTokens": 0, "totalTokens": tokens,
-            "requestId": request_id, "premium": False, "stream": False, "status": "", "clientIp": "",
-        })
-        await request.app[POOL].fetch(INSERT_SQL, tx_id, who[0], p["user"], "usd", p["amount"],
-                                      f"API usage: {model} ({tokens} tokens)", metadata, time.time_ns() // 1000,
-                                      f"usage:{request_id}", who[1])
-        return web.json_response({"id": envelope.get("id"), "result": {
-            "user": p["user"], "amount": p["amount"], "transactionId": tx_id, "currency": "usd", "type": "withdraw"}})
+        envelope_id, params, (tx_id, user, currency, amount, notes, metadata, created, dedupe) = \
+            usage_row(body, request.content_type)
+        await request.app[POOL].fetch(INSERT_SQL, tx_id, who[0], user, currency, amount, notes, metadata, created,
+                                      dedupe, who[1])
+        return web.json_response(usage_answer(envelope_id, params, tx_id))
 
     async def health(request: web.Request) -> web.Response:
         return web.json_response({"ok": True})
