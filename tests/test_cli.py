@@ -523,6 +523,21 @@ def test_keys_create_refuses_a_database_that_does_not_exist_and_creates_nothing(
     assert r.stderr == f"created {key_id_of_org(str(made), 'acme')} for acme (test, admin) in {made} (a new database)\n"
 
 
+def test_keys_create_creates_a_database_named_on_purpose(tmp_path):
+    """--db PATH (or ZAPBILLING_DB) names the database on purpose: the way a script sets up a
+    fresh machine (keys create --db PATH, then serve --db PATH) keeps working; it says the
+    database is new. keys list and revoke still never create one."""
+    named = tmp_path / "billing.db"
+    r = run_cli("keys", "list", "--db", str(named))
+    assert r.returncode == 2 and not named.exists(), r.stderr
+    r = run_cli("keys", "create", "--db", str(named), "--org", "acme", "--mode", "test")
+    assert r.returncode == 0 and r.stdout.startswith("zb_test_"), r.stderr
+    assert r.stderr == f"created {key_id_of_org(str(named), 'acme')} for acme (test, admin) in {named} (a new database)\n"
+    by_env = tmp_path / "env.db"
+    r = run_cli("keys", "create", "--org", "acme", "--mode", "live", env=child_env(ZAPBILLING_DB=str(by_env)), cwd=tmp_path)
+    assert r.returncode == 0 and by_env.is_file(), r.stderr
+
+
 async def test_every_key_command_says_which_database_it_used(tmp_path):
     work = tmp_path / "work"
     work.mkdir()

@@ -16,11 +16,14 @@ Errors are one line on stderr and a non-zero exit status. `zapbilling` alone (or
 keys`, `zapbilling gen`) prints its usage on stdout and exits 2; `zapbilling --version` prints
 `zapbilling <version>`.
 
-The key commands guard against the trap of a relative --db: run from another folder,
+The key commands guard against the trap of the default database: run from another folder,
 `zapbilling.db` is another file, and a key made there gets 401 from the running server. So
-they never create a database unless asked (`keys create --create-db`), refuse a SQLite file
-that does not exist with a message naming its absolute path, and say on stderr which
-database they used (a PostgreSQL URL without its password; the database must exist).
+`keys create` does not create the default database unless asked (`--create-db`) and refuses
+it with a message naming its absolute path; a database named on purpose (`--db PATH` or
+ZAPBILLING_DB) is created if missing, as scripts that set up a fresh machine expect (`keys
+create --db PATH` before the first `serve`). `keys list` and `keys revoke` never create one.
+Every key command says on stderr which database it used, and whether it was new (a
+PostgreSQL URL without its password; the database must exist).
 """
 from __future__ import annotations
 
@@ -123,7 +126,8 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("--mode", required=True, choices=("test", "live"), help="test or live: separate balances and data (required)")
     create.add_argument("--scope", default="admin", choices=("admin", "read"), help="admin: every call; read: reads only (default admin)")
     create.add_argument("--create-db", action="store_true",
-                        help="create the database if it does not exist; without it, a missing SQLite file is refused (default off)")
+                        help="create the default database (zapbilling.db here) if it does not exist; without it, it is refused;"
+                             " a database named with --db (or its variable) is created when missing (default off)")
     lister = keys.add_parser("list", help="list keys (never the keys themselves)")
     lister.add_argument("--db", **db)
     revoke = keys.add_parser("revoke", help="refuse a key from the next request on")
@@ -271,12 +275,16 @@ secret's first characters only (the stores keep its hash, never the secret)."""
 def _key_database(args: Any) -> str:
     """The database a key command will use, as it says so on stderr: a SQLite file's absolute
     path, a PostgreSQL URL without its password. A SQLite file that does not exist is refused
-    (exit 2) unless `keys create --create-db`: run from another folder, a relative --db names
-    another file, and a key made in a new one would get 401 from the running server."""
+    (exit 2), except by `keys create` given `--create-db` or a database named on purpose
+    (--db other than the default, or ZAPBILLING_DB): the default, relative zapbilling.db is
+    another file in another folder, and a key made in a new one would get 401 from the
+    running server."""
     if is_postgres(args.db):
         return describe(args.db)  # no file to check: the database must exist (the store says so if not)
     path = os.path.abspath(sqlite_path(args.db))
-    if not os.path.exists(path) and not getattr(args, "create_db", False):
+    named = args.db != Config.db or ENV["db"] in os.environ
+    creates = args.action == "create" and (args.create_db or named)
+    if not os.path.exists(path) and not creates:
         create = ", or --create-db to create it there" if args.action == "create" else ""
         _fail(f"no database at {path}: pass --db (or set ZAPBILLING_DB) to name the server's database{create}")
     return path
