@@ -107,6 +107,15 @@ async def test_the_checker_passes_on_real_traffic(traffic, db_path, copy):
 
 # -- the credit journal ---------------------------------------------------------------------------
 
+async def test_a_callers_deposit_tagged_like_a_forfeit_is_a_deposit(api, db_path):
+    """Deposits carry the caller's tags, whatever they are (the fuzzer found this one): a deposit
+    tagged credit-expired is no forfeit, for the service and for the checker alike."""
+    dep = await ok(api, "deposit", {"user": "tagged", "amount": 300, "tags": "credit-expired"})
+    refund = await api.call("refund", {"user": "tagged", "amount": 1, "originalTransactionId": dep["transactionId"]})
+    assert refund.error and "is a deposit" in refund.error["message"], refund
+    check_invariants(db_path)
+
+
 async def test_a_grant_remainder_off_its_journal(traffic, copy):
     g = traffic["grants"][2]  # 400, burned 100 for the meter: 300 left
     corrupt(copy, "UPDATE credit_grants SET remaining = remaining - 1 WHERE id = ?", params=(g,))

@@ -164,7 +164,7 @@ async def refund(ctx: Context, p: Any) -> dict[str, Any]:
     except Missing:
         raise NotFound("original transaction not found", param="originalTransactionId") from None
     except NotRefundable as exc:
-        what = "a forfeit of expired credit" if exc.tags == EXPIRED_TAG else f"a {exc.type}"
+        what = "a forfeit of expired credit" if exc.type == "withdraw" and exc.tags == EXPIRED_TAG else f"a {exc.type}"
         raise InvalidParams(f"only a charge can be refunded: {p.originalTransactionId} is {what}",
                             param="originalTransactionId") from None
     except RefundLeft as exc:
