@@ -39,9 +39,10 @@ class Statements:
         monkeypatch.setattr(asyncpg.Connection, name, counted)
 
     def in_transaction(self) -> list[str]:
-        """The statements between the last BEGIN and its COMMIT."""
+        """The statements between the last BEGIN (which may carry the key's check: store/postgres/
+        connection.py `_begin`) and its COMMIT."""
         begin = max(i for i, q in enumerate(self.sent) if q.startswith("BEGIN"))
-        end = self.sent.index("COMMIT;", begin)
+        end = next(i for i in range(begin, len(self.sent)) if self.sent[i].rstrip(";") == "COMMIT")
         return self.sent[begin + 1:end]
 
 
