@@ -415,6 +415,120 @@ struct CreditTransactionPage
   hasMore Bool
   transactions List(CreditTransaction)
 
+# What an event is about. usage.recorded is high volume: it reaches only the endpoints that name it.
+enum EventType
+  deposit.created
+  refund.created
+  credit.expired                  # a forfeit of expired credit
+  hold.captured
+  hold.released
+  hold.expired
+  grant.depleted                  # a burn took the grant's remaining to 0
+  grant.voided
+  grant.expired
+  alert.triggered
+  spend_cap.reached
+  usage.recorded
+  webhook_endpoint.disabled       # its last 50 deliveries all failed
+
+enum WebhookEndpointStatus
+  enabled
+  disabled                        # its last 50 deliveries all failed: nothing is sent to it
+
+# A URL that receives events, signed to the Standard Webhooks specification.
+struct WebhookEndpoint
+  id Text
+  url Text
+  events List(Text)               # event types, or ["*"]: every type but usage.recorded
+  description Text
+  status WebhookEndpointStatus
+  createdAt Text
+  secret Text?                    # whsec_...: in createWebhookEndpoint's answer only
+
+struct WebhookEndpointList
+  endpoints List(WebhookEndpoint)
+  count Int64
+
+struct WebhookSecret
+  id Text
+  secret Text                     # the new secret, shown this once
+
+enum DeliveryStatus
+  pending
+  succeeded
+  failed                          # every attempt of the schedule failed
+
+# One attempt to deliver an event to an endpoint (or, pending, the next one).
+struct EventDelivery
+  endpointId Text
+  attempt Int64                   # 1 for the first attempt
+  status DeliveryStatus
+  responseStatus Int64?           # the receiver's HTTP status, if it answered
+  error Text?                     # why the attempt failed, if it did
+  at Text                         # when it was made (pending: when it is due)
+
+# Something that happened: data is the object it is about, as the API returns it.
+struct Event
+  id Text                         # evt_...: the webhook-id of its deliveries
+  type EventType
+  createdAt Text
+  data Data
+  deliveries List(EventDelivery)? # getEvent only: its delivery log, oldest first
+
+# A page of events, newest first.
+struct EventPage
+  count Int64                     # rows in this page
+  hasMore Bool
+  events List(Event)
+
+struct Redelivery
+  id Text
+  queued Int64                    # deliveries queued now
+
+enum AlertType
+  balance_below                   # available below threshold cents
+  usage_above                     # the period's usage above threshold (cents, or the meter's units)
+
+enum Period
+  day                             # the calendar day, UTC
+  month                           # the calendar month, UTC
+
+# A condition that records alert.triggered once each time a write makes it true.
+struct Alert
+  id Text
+  type AlertType
+  userId Text?                    # absent: every user of the org and mode
+  currency Text
+  threshold Int64
+  period Period?                  # usage_above only
+  meterId Text?                   # usage_above only: the threshold is in the meter's units
+  createdAt Text
+
+struct AlertList
+  alerts List(Alert)
+  count Int64
+
+# A hard limit on one user's spending per period: usage withdrawals plus pending holds, in cents.
+struct SpendCap
+  user Text
+  currency Text
+  period Period
+  limit Int64
+  used Int64                      # this period's usage withdrawals plus pending holds
+
+struct SpendCapEntry
+  currency Text
+  period Period
+  limit Int64
+  used Int64
+
+struct SpendCapList
+  user Text
+  caps List(SpendCapEntry)
+
+struct SpendCapDeleted
+  deleted Bool
+
 interface BillingService
   # The user's balance in one currency. A user never seen has zeros.
   getBalance (user Text, currency Text = "usd") -> (balance Balance)
@@ -504,3 +618,42 @@ interface BillingService
   # The credit grants' journal of a user (or of one grant), newest first, paged.
   listCreditTransactions (userId Text, grantId Text?, limit Int64 = 100, startingAfter Text?) -> (page CreditTransactionPage)
     @http GET /api/v1/billing/credit-transactions
+  # Subscribe a URL to events; the answer carries the signing secret, shown this once.
+  createWebhookEndpoint (url Text, events List(Text), description Text = "") -> (endpoint WebhookEndpoint)
+    @http POST /api/v1/billing/webhook-endpoints 201
+  # The webhook endpoints of the org and mode, in creation order, without their secrets.
+  listWebhookEndpoints () -> (endpoints WebhookEndpointList)
+    @http GET /api/v1/billing/webhook-endpoints
+  # Stop delivering to an endpoint; its past deliveries stay in the events' logs.
+  deleteWebhookEndpoint (id Text) -> (result DeleteResult)
+    @http DELETE /api/v1/billing/webhook-endpoints/{id}
+  # A new signing secret; for 24 hours deliveries are signed with the old one too.
+  rotateWebhookSecret (id Text) -> (result WebhookSecret)
+    @http POST /api/v1/billing/webhook-endpoints/{id}/rotate-secret
+  # Events of the org and mode, newest first, paged; kept at least 30 days.
+  listEvents (type EventType?, limit Int64 = 100, startingAfter Text?) -> (page EventPage)
+    @http GET /api/v1/billing/events
+  # One event with the log of its deliveries.
+  getEvent (id Text) -> (event Event)
+    @http GET /api/v1/billing/events/{id}
+  # Deliver an event again: to one endpoint, or to every endpoint subscribed to its type.
+  redeliverEvent (id Text, endpointId Text?) -> (result Redelivery)
+    @http POST /api/v1/billing/events/{id}/redeliver
+  # Be told (alert.triggered) when a balance falls below, or a period's usage rises above, a threshold.
+  createAlert (type AlertType, userId Text?, currency Text = "usd", threshold Int64, period Period?, meterId Text?) -> (alert Alert)
+    @http POST /api/v1/billing/alerts 201
+  # The alerts of the org and mode, in creation order; with userId, that user's and the org-wide ones.
+  listAlerts (userId Text?) -> (alerts AlertList)
+    @http GET /api/v1/billing/alerts
+  # Remove an alert.
+  deleteAlert (id Text) -> (result DeleteResult)
+    @http DELETE /api/v1/billing/alerts/{id}
+  # Cap a user's spending per day or month: holds past it are refused; usage past it is recorded and announced.
+  setSpendCap (user Text, currency Text = "usd", period Period, limit Int64) -> (cap SpendCap)
+    @http PUT /api/v1/billing/spend-caps
+  # A user's spend caps with what each period has used so far.
+  getSpendCaps (user Text) -> (caps SpendCapList)
+    @http GET /api/v1/billing/spend-caps
+  # Remove one of a user's spend caps.
+  deleteSpendCap (user Text, currency Text = "usd", period Period) -> (result SpendCapDeleted)
+    @http DELETE /api/v1/billing/spend-caps

@@ -21,6 +21,7 @@ KINDS: dict[str, Kind] = {
     "not_found": Kind(404, -32004, 200),
     "conflict": Kind(409, -32009, 200),
     "insufficient_funds": Kind(402, -32002, 200),
+    "spend_cap_reached": Kind(402, -32005, 200),
     "payload_too_large": Kind(413, -32013, 413),
     "unsupported_media_type": Kind(415, -32015, 415),
     "rate_limited": Kind(429, -32029, 429),
@@ -77,6 +78,12 @@ class Conflict(ApiError):
 
 class InsufficientFunds(ApiError):
     kind = "insufficient_funds"
+
+
+class SpendCapReached(ApiError):
+    """A hold that would take a user's spending this period past one of their spend caps."""
+
+    kind = "spend_cap_reached"
 
 
 class PayloadTooLarge(ApiError):

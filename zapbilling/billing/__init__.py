@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any, Awaitable, Callable
 
 from ..context import Context
-from . import grants, holds, invoice, ledger, metering, pricing, pricing_rules
+from . import alerts, grants, holds, invoice, ledger, metering, pricing, pricing_rules, webhooks
 from .errors_by_method import ERRORS_BY_METHOD, ERRORS_BY_RULE
 from .validation import FIELD_RULES, METHOD_RULES
 
@@ -47,6 +47,19 @@ HANDLERS: dict[str, Handler] = {
     "listTransactions": ledger.list_transactions,
     "listAccounts": ledger.list_accounts,
     "listCreditTransactions": grants.list_credit_transactions,
+    "createWebhookEndpoint": webhooks.create_webhook_endpoint,
+    "listWebhookEndpoints": webhooks.list_webhook_endpoints,
+    "deleteWebhookEndpoint": webhooks.delete_webhook_endpoint,
+    "rotateWebhookSecret": webhooks.rotate_webhook_secret,
+    "listEvents": webhooks.list_events,
+    "getEvent": webhooks.get_event,
+    "redeliverEvent": webhooks.redeliver_event,
+    "createAlert": alerts.create_alert,
+    "listAlerts": alerts.list_alerts,
+    "deleteAlert": alerts.delete_alert,
+    "setSpendCap": alerts.set_spend_cap,
+    "getSpendCaps": alerts.get_spend_caps,
+    "deleteSpendCap": alerts.delete_spend_cap,
 }
 
 __all__ = ["ENUM_TABLES", "ERRORS_BY_METHOD", "ERRORS_BY_RULE", "FIELD_RULES", "HANDLERS", "METHOD_RULES", "Handler"]

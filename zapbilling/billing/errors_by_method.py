@@ -95,6 +95,19 @@ ERRORS_BY_METHOD: Mapping[str, tuple[Error, ...]] = {
         ("not_found", "credit grant not found"),
         ("not_found", "credit transaction not found"),
     ),
+    "createWebhookEndpoint": (),
+    "listWebhookEndpoints": (),
+    "deleteWebhookEndpoint": (),
+    "rotateWebhookSecret": (),
+    "listEvents": (),
+    "getEvent": (),
+    "redeliverEvent": (),
+    "createAlert": (),
+    "listAlerts": (),
+    "deleteAlert": (),
+    "setSpendCap": (),
+    "getSpendCaps": (),
+    "deleteSpendCap": (),
 }
 """Method name -> its own errors, in the order the server checks them where it matters."""
 

@@ -38,6 +38,7 @@ KIND_MEANINGS = {
     "not_found": "an id that names nothing in this org and mode",
     "conflict": "the state refuses the call: an idempotency key reused with other params, a hold already settled, a taken name, a quota reached",
     "insufficient_funds": "a hold larger than what is available",
+    "spend_cap_reached": "a hold that would take the user's spending this period past one of their spend caps",
     "payload_too_large": "a body over its size bound (1 MiB) or holding too many values; in a batch, an entry not run once the batch's answers passed their bound",
     "unsupported_media_type": "a Content-Type other than JSON or msgpack",
     "rate_limited": "more calls of one API key than its rate allows (each entry of a batch counts); retry after the `Retry-After` header's seconds",

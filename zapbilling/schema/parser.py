@@ -16,7 +16,7 @@ from .model import GENERICS, MISSING, SCALARS, Enum, Field, Http, Interface, Met
 
 TYPE_NAME = re.compile(r"[A-Z][A-Za-z0-9]*\Z")
 MEMBER_NAME = re.compile(r"[a-z][A-Za-z0-9]*\Z")
-ENUM_VALUE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-]*\Z")
+ENUM_VALUE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*\Z")
 HTTP_VERBS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 INDENT = 2
 
@@ -176,7 +176,7 @@ class _Parser:
             raise self.error(n, "indented line outside a declaration: expected `enum`, `struct` or `interface` first")
         if isinstance(decl, Enum):
             if not ENUM_VALUE.match(code):
-                raise self.error(n, f"enum value `{code}`: expected a single word (letters, digits, - or _)")
+                raise self.error(n, f"enum value `{code}`: expected a single word (letters, digits, -, _ or .)")
             if code in decl.values:
                 raise self.error(n, f"duplicate enum value `{code}` in {decl.name}")
             decl.values.append(code)

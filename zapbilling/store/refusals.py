@@ -101,3 +101,15 @@ class QuotaReached(Refused):
         super().__init__(f"{quota} {entity}s held")
         self.entity = entity
         self.quota = quota
+
+
+class CapReached(Refused):
+    """A hold would take the user's spending this period past a spend cap: what the period has
+    used (usage withdrawals plus pending holds, before this hold), the cap, and its period."""
+
+    def __init__(self, used: int, cap: int, currency: str, period: str):
+        super().__init__(f"{used} of {cap} cents {currency} this {period}")
+        self.used = used
+        self.cap = cap
+        self.currency = currency
+        self.period = period
