@@ -49,6 +49,20 @@ from .http import read_body
 
 log = logging.getLogger("zapbilling")
 
+
+async def _key_refusal(store: Store) -> ApiError | None:
+    """For a key let in from a cache whose entries other servers cannot invalidate, and not yet
+    checked by any statement of the call (store.authenticate): check it now, before anything is
+    answered. The error to answer instead, if any: a revoked key hears 401 whatever else
+    happened; a check that cannot be made is a fault with its error id."""
+    try:
+        await store.check_key()
+    except KeyRevoked:
+        return key_refused()
+    except Exception as check:
+        return fault("an API key could not be checked: %s: %s", type(check).__name__, check, traceback=False)
+    return None
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Admitted = Callable[[web.Request, Principal, bytes], Awaitable[web.StreamResponse]]
 """A route's own work, given the caller and the whole body (b"" for a route without one)."""
@@ -274,13 +288,8 @@ class Admission:
                     raise
             except ApiError as exc:
                 if principal is not None:  # refused after its key was known: the log names the org (refuse adds the rest)
-                    if store.key_unchecked():  # a key let in from a cache: a revoked one hears 401, not why else it was refused
-                        try:
-                            await store.check_key()
-                        except KeyRevoked:
-                            return refuse(request, key_refused())
-                        except Exception as check:
-                            return refuse(request, fault("an API key could not be checked: %s: %s", type(check).__name__, check, traceback=False))
+                    if store.key_unchecked() and (refused := await _key_refusal(store)):  # a revoked key hears 401, not why else it was refused
+                        return refuse(request, refused)
                     request[FACTS] = Facts("", principal.org, principal.mode)
                 return refuse(request, exc)
             task = current_task()
@@ -288,8 +297,8 @@ class Admission:
             running.add(task)
             try:
                 response = await handler(request, principal, body)
-                if store.key_unchecked():  # let in from a cache and no statement of the call checked it: now, before the answer (store.authenticate)
-                    await store.check_key()
+                if store.key_unchecked() and (refused := await _key_refusal(store)):  # no statement of the call checked it
+                    return refuse(request, refused)
                 return response
             except KeyRevoked:
                 return refuse(request, key_refused())
