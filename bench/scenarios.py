@@ -530,6 +530,10 @@ def _summary_params(tpl: Template) -> dict[str, Any]:
     return {"meterId": tpl.info["meter"], "userId": tpl.info["user"], "periodStart": start, "periodEnd": end}
 
 
+def _series_params(tpl: Template) -> dict[str, Any]:
+    return _summary_params(tpl) | {"windowSize": "hour"}
+
+
 def _preview_params(tpl: Template) -> dict[str, Any]:
     start, end, _, _ = tpl.info["period"]
     return {"userId": tpl.info["user"], "periodStart": start, "periodEnd": end}
@@ -539,6 +543,10 @@ def _aggregate_args(bench: Bench, tpl: Template) -> list[str]:
     _, _, start_us, end_us = tpl.info["period"]
     return ["aggregate", "--tenant", str(tpl.tenant), "--meter", tpl.info["meter"], "--user", tpl.info["user"],
             "--start", str(start_us), "--end", str(end_us)]
+
+
+def _series_args(bench: Bench, tpl: Template) -> list[str]:
+    return ["series", *_aggregate_args(bench, tpl)[1:]]
 
 
 def _executemany_args(bench: Bench, tpl: Template) -> list[str]:
@@ -634,11 +642,16 @@ def scenarios(settings: Settings) -> list[Scenario]:
         HttpRun("s4.summary", f"getMeterEventsSummary over {big} events", 4, unit="ms", template="s4big",
                 script="static.lua", body=msgpack_call("billing.getMeterEventsSummary", _summary_params),
                 expect="eventCount", **one_conn),  # type: ignore[arg-type]
+        HttpRun("s4.series", f"getMeterEventsSeries by the hour (720 windows) over {big} events", 4, unit="ms",
+                template="s4big", script="static.lua", body=msgpack_call("billing.getMeterEventsSeries", _series_params),
+                expect="windows", **one_conn),  # type: ignore[arg-type]
         HttpRun("s4.invoice", f"invoicePreview over {big} events", 4, unit="ms", template="s4big",
                 script="static.lua", body=msgpack_call("billing.invoicePreview", _preview_params),
                 expect="amountDue", **one_conn),  # type: ignore[arg-type]
         InprocRun("s4.raw_aggregate", f"raw SQL aggregate over the same {big} events", 4, unit="ms",
                   template="s4big", copy=False, args=_aggregate_args),
+        InprocRun("s4.raw_series", f"raw SQL grouped by the hour over the same {big} events", 4, unit="ms",
+                  template="s4big", copy=False, args=_series_args),
         *meters.runs(),
     ]
     s4_pg = [on_postgres(r) for r in s4 if isinstance(r, HttpRun)]
@@ -705,6 +718,7 @@ def scenarios(settings: Settings) -> list[Scenario]:
         Scenario(4, "cost as work grows (1 connection: p50 latency)", [*s4, *s4_pg], [
             Target(f"getBalance p50: {big} vs {SMALL_ROWS:,} ledger rows", "s4.balance_big", "s4.balance_small", "<=", 1.2, "p50_ms"),
             Target(f"getMeterEventsSummary p50 vs raw SQL, {big} events", "s4.summary", "s4.raw_aggregate", "<=", 1.5, "p50_ms"),
+            Target(f"getMeterEventsSeries p50 vs raw SQL, {big} events", "s4.series", "s4.raw_series", "<=", 1.5, "p50_ms"),
             Target(f"invoicePreview p50 vs raw SQL, {big} events", "s4.invoice", "s4.raw_aggregate", "<=", 1.5, "p50_ms"),
             *meters.targets(),
             Target(f"PostgreSQL: getBalance p50, {big} vs {SMALL_ROWS:,} ledger rows", "s4.pg_balance_big",

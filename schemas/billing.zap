@@ -529,6 +529,27 @@ struct SpendCapList
 struct SpendCapDeleted
   deleted Bool
 
+# The length of one window of a meter's series, aligned to UTC.
+enum WindowSize
+  hour
+  day
+
+# One window of a meter's series: [start, end), with the meter's aggregate of its events.
+struct SeriesWindow
+  start Text
+  end Text
+  value Int64                     # 0 for a window without events
+  eventCount Int64
+
+# A meter's usage over a period, window by window.
+struct MeterEventsSeries
+  meterId Text
+  meterName Text
+  userId Text?                    # absent: every user of the org and mode
+  aggregationType AggregationType
+  windowSize WindowSize
+  windows List(SeriesWindow)      # every window of the period, in time order
+
 interface BillingService
   # The user's balance in one currency. A user never seen has zeros.
   getBalance (user Text, currency Text = "usd") -> (balance Balance)
@@ -657,3 +678,6 @@ interface BillingService
   # Remove one of a user's spend caps.
   deleteSpendCap (user Text, currency Text = "usd", period Period) -> (result SpendCapDeleted)
     @http DELETE /api/v1/billing/spend-caps
+  # A meter's aggregate per hour or day over a period (every window, empty ones at 0), computed by the database.
+  getMeterEventsSeries (meterId Text, userId Text?, periodStart Text, periodEnd Text, windowSize WindowSize = "day") -> (series MeterEventsSeries)
+    @http GET /api/v1/billing/meter-events/series

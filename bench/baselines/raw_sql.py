@@ -4,6 +4,8 @@
         [--synchronous FULL|NORMAL] [--warmup S] [--seconds S]
     python -m bench.baselines.raw_sql aggregate --db PATH --tenant T --meter M --user U
         --start US --end US [--warmup S] [--seconds S]
+    python -m bench.baselines.raw_sql series --db PATH --tenant T --meter M --user U
+        --start US --end US [--width US] [--warmup S] [--seconds S]
     python -m bench.baselines.raw_sql usage --db PATH --tenant T --user U --start US --end US
         [--warmup S] [--seconds S]
 
@@ -13,6 +15,8 @@ rows (BEGIN; executemany; COMMIT) on a WAL file at the given synchronous level, 
 other for --seconds. Latency: one transaction.
 aggregate: the SQL zapbilling's getMeterEventsSummary runs for a sum meter, over the same
 rows, repeated for --seconds. Latency: one query.
+series: the grouped query zapbilling's getMeterEventsSeries runs for a sum meter (one row per
+window of --width microseconds holding events), over the same rows. Latency: one query.
 usage: every meter's sum and event count of one user over a period in one GROUP BY (what a
 hand-written invoice needs at least), repeated for --seconds. Latency: one query.
 
@@ -31,6 +35,10 @@ import time
 AGGREGATE_SQL = (
     "SELECT COALESCE(SUM(value), 0), COUNT(*) FROM meter_events"
     " WHERE tenant = ? AND meter_id = ? AND user_id = ? AND ts >= ? AND ts < ?"
+)
+SERIES_SQL = (
+    "SELECT (ts - ?) / ? AS w, COALESCE(SUM(value), 0), COUNT(*) FROM meter_events"
+    " WHERE tenant = ? AND meter_id = ? AND user_id = ? AND ts >= ? AND ts < ? GROUP BY w"
 )
 USAGE_SQL = (
     "SELECT meter_id, SUM(value), COUNT(*) FROM meter_events"
@@ -106,6 +114,18 @@ def aggregate(args: argparse.Namespace) -> dict[str, object]:
             "p99_ms": _percentile(latencies, 0.99) * 1e3, "result": list(result)}  # type: ignore[arg-type]
 
 
+def series(args: argparse.Namespace) -> dict[str, object]:
+    conn = sqlite3.connect(args.db, isolation_level=None)
+    conn.execute("PRAGMA query_only = ON")
+    params = (args.start - args.start % args.width, args.width, args.tenant, args.meter, args.user, args.start, args.end)
+    ops, elapsed, cpu, latencies, result = _loop(lambda: conn.execute(SERIES_SQL, params).fetchall(), args.warmup, args.seconds)
+    conn.close()
+    latencies.sort()
+    rows: list[tuple[int, int, int]] = result  # type: ignore[assignment]
+    return {"ops": ops, "seconds": elapsed, "cpu_s": cpu, "rate": ops / elapsed, "p50_ms": statistics.median(latencies) * 1e3,
+            "p99_ms": _percentile(latencies, 0.99) * 1e3, "result": {"windows": len(rows), "events": sum(r[2] for r in rows)}}
+
+
 def usage(args: argparse.Namespace) -> dict[str, object]:
     conn = sqlite3.connect(args.db, isolation_level=None)
     conn.execute("PRAGMA query_only = ON")
@@ -121,7 +141,7 @@ def usage(args: argparse.Namespace) -> dict[str, object]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="mode", required=True)
-    for name in ("insert", "aggregate", "usage"):
+    for name in ("insert", "aggregate", "series", "usage"):
         p = sub.add_parser(name)
         p.add_argument("--db", required=True)
         p.add_argument("--tenant", type=int, required=True)
@@ -136,8 +156,10 @@ def main() -> None:
             p.add_argument("--user", required=True)
             p.add_argument("--start", type=int, required=True)
             p.add_argument("--end", type=int, required=True)
+        if name == "series":
+            p.add_argument("--width", type=int, default=3_600_000_000, help="microseconds per window (default: an hour)")
     args = ap.parse_args()
-    print(json.dumps({"insert": insert, "aggregate": aggregate, "usage": usage}[args.mode](args)))
+    print(json.dumps({"insert": insert, "aggregate": aggregate, "series": series, "usage": usage}[args.mode](args)))
 
 
 if __name__ == "__main__":

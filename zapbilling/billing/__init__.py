@@ -8,13 +8,13 @@ from __future__ import annotations
 from typing import Any, Awaitable, Callable
 
 from ..context import Context
-from . import alerts, grants, holds, invoice, ledger, metering, pricing, pricing_rules, webhooks
+from . import alerts, grants, holds, invoice, ledger, metering, pricing, pricing_rules, series, webhooks
 from .errors_by_method import ERRORS_BY_METHOD, ERRORS_BY_RULE
 from .validation import FIELD_RULES, METHOD_RULES
 
 Handler = Callable[[Context, Any], Awaitable[dict[str, Any]]]
 
-ENUM_TABLES = {"PricingModel": pricing.MODELS}
+ENUM_TABLES = {"PricingModel": pricing.MODELS, "WindowSize": series.WIDTHS}
 """billing/'s tables keyed by a schema enum, checked against it at start-up."""
 
 HANDLERS: dict[str, Handler] = {
@@ -60,6 +60,7 @@ HANDLERS: dict[str, Handler] = {
     "setSpendCap": alerts.set_spend_cap,
     "getSpendCaps": alerts.get_spend_caps,
     "deleteSpendCap": alerts.delete_spend_cap,
+    "getMeterEventsSeries": series.get_meter_events_series,
 }
 
 __all__ = ["ENUM_TABLES", "ERRORS_BY_METHOD", "ERRORS_BY_RULE", "FIELD_RULES", "HANDLERS", "METHOD_RULES", "Handler"]

@@ -108,6 +108,12 @@ ERRORS_BY_METHOD: Mapping[str, tuple[Error, ...]] = {
     "setSpendCap": (),
     "getSpendCaps": (),
     "deleteSpendCap": (),
+    "getMeterEventsSeries": (
+        _METER_NOT_FOUND,
+        ("invalid_params", "periodEnd must be after periodStart"),
+        ("invalid_params", "too many windows: <n> (at most 1000)"),
+        ("invalid_params", "the sum of this meter's values is beyond the signed 64-bit range"),
+    ),
 }
 """Method name -> its own errors, in the order the server checks them where it matters."""
 

@@ -535,6 +535,14 @@ class Store(Protocol):
     ) -> tuple[int, int]:
         """(value, number of events) over [start, end); SumOutOfRange past int64."""
         ...
+    async def aggregate_windows(
+        self, tenant: int, meter_id: str, aggregation: str, user: str | None, start: int, end: int, origin: int, width: int
+    ) -> list[tuple[int, int, int]]:
+        """(window number, value, events) of each window of `width` microseconds counted from
+        `origin` (at or before `start`) that holds events in [start, end), as aggregate_events
+        computes them per window, in one grouped query; empty windows are left out.
+        SumOutOfRange past int64."""
+        ...
     async def meter_usage(self, tenant: int, user: str, start: int | None, end: int | None) -> list[MeterUsage]:
         """Every meter with events of `user` over [start, end), in creation order, with its
         usage as aggregate_events computes it, in a bounded number of queries whatever the

@@ -10,7 +10,8 @@ from .keys import KeyQueries
 from .ledger import LedgerQueries
 from .metering import MeteringQueries
 from .pricing import PricingQueries
+from .series import SeriesQueries
 
 
-class PostgresStore(KeyQueries, LedgerQueries, AccountQueries, MeteringQueries, GrantQueries, PricingQueries, HoldQueries, ExportQueries):
+class PostgresStore(KeyQueries, LedgerQueries, AccountQueries, MeteringQueries, SeriesQueries, GrantQueries, PricingQueries, HoldQueries, ExportQueries):
     """The Store (base.py) on PostgreSQL."""
