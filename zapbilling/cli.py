@@ -58,8 +58,15 @@ def _workers(text: str) -> int:
     return int(text)
 
 
+_SWITCH = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
+
+
 def _limit_value(kind: type) -> Any:
     def parse(text: str) -> int | float:
+        if kind is bool:  # a switch: `--flag` alone (its const), or its environment variable's text
+            if text.lower() not in _SWITCH:
+                raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")
+            return _SWITCH[text.lower()]
         try:
             value = kind(text)
         except ValueError:
@@ -113,7 +120,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", choices=LOG_LEVELS, default=env_default("log_level"),
                        help=f"the least severe records logged; above info, no access lines {_defaults(Config.log_level, ENV['log_level'])}")
     for f in limit_fields():
-        serve.add_argument(flag_name(f), dest=f"limit_{f.name}", type=_limit_value(type(f.default)), metavar="N",
+        switch: dict[str, Any] = {"nargs": "?", "const": "true", "metavar": "BOOL"} if isinstance(f.default, bool) else {"metavar": "N"}
+        serve.add_argument(flag_name(f), dest=f"limit_{f.name}", type=_limit_value(type(f.default)), **switch,
                            default=os.environ.get(env_name(f), str(f.default)),
                            help=f"{f.metadata['help']} (default {f.default}; env {env_name(f)})")
 

@@ -15,7 +15,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-T = TypeVar("T", int, float)
+T = TypeVar("T", bool, int, float)
 
 
 def _limit(default: T, help: str) -> T:
@@ -57,6 +57,9 @@ class Limits:
     # A graceful stop (server.py, graceful.py) waits this long for the requests under way: far
     # above any single call's time (the largest batch answers in well under a second), short
     # enough for a deploy or a systemd stop (whose own default, TimeoutStopSec, is 90 s).
+    # Off by default: a caller of a shared server must not make it POST inside its own network
+    # (events/addresses.py). A switch, not a number: `--webhook-allow-private` alone turns it on.
+    webhook_allow_private: bool = _limit(False, "let webhook endpoints point to private, loopback and link-local addresses (tests, or a deployment whose receivers are on its own network); checked when an endpoint is created and again at each delivery")
     shutdown_timeout: float = _limit(10.0, "seconds a stopping server (SIGTERM or SIGINT) waits for the requests under way before it cuts them off; 0 cuts them off at once")
 
 

@@ -14,7 +14,7 @@ from .validation import FIELD_RULES, METHOD_RULES
 
 Handler = Callable[[Context, Any], Awaitable[dict[str, Any]]]
 
-ENUM_TABLES = {"PricingModel": pricing.MODELS, "WindowSize": series.WIDTHS}
+ENUM_TABLES = {"PricingModel": pricing.MODELS, "WindowSize": series.WIDTHS, "EventType": webhooks.EVENT_TYPES}
 """billing/'s tables keyed by a schema enum, checked against it at start-up."""
 
 HANDLERS: dict[str, Handler] = {

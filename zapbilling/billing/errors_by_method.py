@@ -27,6 +27,8 @@ _HOLD_NOT_FOUND: Error = ("not_found", "hold not found")
 _NOT_PENDING: Error = ("conflict", "hold is not pending: it is <status>")
 _METER_NOT_FOUND: Error = ("not_found", "meter not found")
 _BALANCE_RANGE: Error = ("invalid_params", "amount would take the balance outside the signed 64-bit range")
+_ENDPOINT_NOT_FOUND: Error = ("not_found", "webhook endpoint not found")
+_EVENT_NOT_FOUND: Error = ("not_found", "event not found")
 
 ERRORS_BY_METHOD: Mapping[str, tuple[Error, ...]] = {
     "getBalance": (),
@@ -95,13 +97,19 @@ ERRORS_BY_METHOD: Mapping[str, tuple[Error, ...]] = {
         ("not_found", "credit grant not found"),
         ("not_found", "credit transaction not found"),
     ),
-    "createWebhookEndpoint": (),
+    "createWebhookEndpoint": (
+        ("invalid_params", "url must be an absolute http:// or https:// URL with a host"),
+        ("invalid_params", "url must not point to a private address"),
+        ("invalid_params", 'events must name at least one event type, or be ["*"]'),
+        ("invalid_params", 'events must be ["*"] alone or a list of event types'),
+        ("invalid_params", "unknown event type: <type>"),
+    ),
     "listWebhookEndpoints": (),
-    "deleteWebhookEndpoint": (),
-    "rotateWebhookSecret": (),
-    "listEvents": (),
-    "getEvent": (),
-    "redeliverEvent": (),
+    "deleteWebhookEndpoint": (_ENDPOINT_NOT_FOUND,),
+    "rotateWebhookSecret": (_ENDPOINT_NOT_FOUND,),
+    "listEvents": (_EVENT_NOT_FOUND,),
+    "getEvent": (_EVENT_NOT_FOUND,),
+    "redeliverEvent": (_EVENT_NOT_FOUND, _ENDPOINT_NOT_FOUND),
     "createAlert": (),
     "listAlerts": (),
     "deleteAlert": (),

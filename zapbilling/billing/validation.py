@@ -32,6 +32,7 @@ TEXT_BOUNDS: dict[str, int] = {
     "tags": 1000,           # comma-separated tags
     "expiresIn": 64,        # a Go duration: the longest meaningful one, 2562047h47m16.854775807s, is 24
     "currency": 16,         # a code is 3 letters; a longer text up to 16 is still `unknown currency: <it>`
+    "url": 2048,            # a webhook endpoint's: room for a path and a query carrying a token
     "timestamp": _TIME,
     "periodStart": _TIME,
     "periodEnd": _TIME,

@@ -442,6 +442,58 @@ class Load(NamedTuple):
     """Connections lent out to a call now."""
 
 
+# webhooks and events: rows and the two rules the store itself must know
+USAGE_RECORDED = "usage.recorded"
+"""The one event type the store names: tenants.usage_hooks counts the enabled endpoints that
+name it, so that a usage write emits it only when someone listens."""
+ALL_EVENTS = "*"
+"""An endpoint's `events` of exactly [ALL_EVENTS] subscribes to every type but USAGE_RECORDED."""
+
+
+def subscribes(events: list[str], type: str) -> bool:
+    """Whether an endpoint with these `events` is sent events of `type`."""
+    return type in events or (ALL_EVENTS in events and type != USAGE_RECORDED)
+
+
+@dataclass(slots=True)
+class NewEndpoint:
+    url: str
+    events: list[str]
+    description: str
+    secret: str
+    now: int
+
+
+class EndpointRow(TypedDict):
+    """A webhook endpoint as listed: never its secret (create_endpoint's answer adds it)."""
+
+    id: str
+    url: str
+    events: list[str]
+    description: str
+    status: str
+    createdAt: int
+
+
+class EventRow(TypedDict):
+    id: str
+    type: str
+    createdAt: int
+    data: Any
+
+
+class DeliveryEntry(TypedDict):
+    """One line of an event's delivery log: an attempt made, or (status pending) the next one
+    of a delivery still pending, `at` its due time."""
+
+    endpointId: str
+    attempt: int
+    status: str
+    responseStatus: int | None
+    error: str | None
+    at: int
+
+
 class Store(Protocol):
     stats: StoreStats
 
@@ -594,6 +646,44 @@ class Store(Protocol):
         self, tenant: int, user: str | None, status: str | None, limit: int, starting_after: str | None, now: int
     ) -> tuple[list[HoldRow], bool]: ...
     async def expire_holds(self, now: int, limit: int = 500) -> int: ...
+
+    # webhooks and events
+    async def create_endpoint(self, tenant: int, endpoint: NewEndpoint, idempotency: Idempotency | None = None) -> Row:
+        """An EndpointRow plus its `secret`; tenants.usage_hooks + 1 in the same transaction
+        when its events name USAGE_RECORDED."""
+        ...
+    async def list_endpoints(self, tenant: int) -> list[EndpointRow]:
+        """The tenant's endpoints not deleted, in creation order."""
+        ...
+    async def delete_endpoint(self, tenant: int, endpoint_id: str, now: int, idempotency: Idempotency | None = None) -> None:
+        """Mark it deleted (its deliveries stay for the events' logs); tenants.usage_hooks - 1 in
+        the same transaction if it was enabled and named USAGE_RECORDED. Missing("webhook
+        endpoint") for an id not of this tenant, or deleted already."""
+        ...
+    async def rotate_endpoint_secret(
+        self, tenant: int, endpoint_id: str, secret: str, old_until: int, now: int, idempotency: Idempotency | None = None
+    ) -> Row:
+        """`secret` becomes the endpoint's; the one it replaces signs too until `old_until`.
+        The answer {id, secret} (a replay answers the first call's). Missing("webhook
+        endpoint") as delete_endpoint."""
+        ...
+    async def events_page(
+        self, tenant: int, type: str | None, limit: int, starting_after: str | None
+    ) -> tuple[list[EventRow], bool]:
+        """Newest first (the outbox's order); Missing("event") when `starting_after` is not an
+        event of this tenant."""
+        ...
+    async def get_event(self, tenant: int, event_id: str) -> tuple[EventRow, list[DeliveryEntry]] | None:
+        """The event and its delivery log, oldest first (by time, then delivery, then attempt),
+        read in one snapshot; None for an id not of this tenant."""
+        ...
+    async def redeliver(
+        self, tenant: int, event_id: str, endpoint_id: str | None, now: int, idempotency: Idempotency | None = None
+    ) -> int:
+        """Queue new pending deliveries of the event, due at `now`: to `endpoint_id` (unless it
+        is disabled), or to every enabled endpoint `subscribes` to its type; how many.
+        Missing("event") or Missing("webhook endpoint") (not of this tenant, or deleted)."""
+        ...
 
     # export (zapbilling export)
     async def tenant_id(self, org: str, mode: str) -> int | None:

@@ -10,8 +10,9 @@ from .keys import KeyQueries
 from .ledger import LedgerQueries
 from .metering import MeteringQueries
 from .pricing import PricingQueries
+from .webhooks import WebhookQueries
 from .series import SeriesQueries
 
 
-class PostgresStore(KeyQueries, LedgerQueries, AccountQueries, MeteringQueries, SeriesQueries, GrantQueries, PricingQueries, HoldQueries, ExportQueries):
+class PostgresStore(KeyQueries, LedgerQueries, AccountQueries, MeteringQueries, SeriesQueries, GrantQueries, PricingQueries, HoldQueries, ExportQueries, WebhookQueries):
     """The Store (base.py) on PostgreSQL."""

@@ -1,0 +1,150 @@
+"""Webhook endpoints and the events API on SQLite: the endpoints' rows (with
+tenants.usage_hooks kept in the same transaction), the outbox read newest first, an event's
+delivery log, and redeliveries. The delivery workers' own queries are in deliveries.py."""
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import Any, Sequence
+
+from ..base import USAGE_RECORDED, DeliveryEntry, EndpointRow, EventRow, Idempotency, NewEndpoint, Row, subscribes
+from ..ids import new_id
+from ..refusals import Missing
+from .connection import SqliteBase
+
+_ENDPOINT = "id, url, events, description, status, created_at"
+_EVENT = "id, type, created_at, data"
+
+
+def endpoint_row(r: Sequence[Any]) -> EndpointRow:
+    return {"id": r[0], "url": r[1], "events": json.loads(r[2]), "description": r[3], "status": r[4], "createdAt": r[5]}
+
+
+def event_row(r: Sequence[Any]) -> EventRow:
+    return {"id": r[0], "type": r[1], "createdAt": r[2], "data": json.loads(r[3])}
+
+
+def delivery_log(rows: Sequence[Sequence[Any]]) -> list[DeliveryEntry]:
+    """Rows of LOG (delivery seq, endpoint, attempt, status, response status, error, at) as the
+    log, oldest first: by time, then delivery, then attempt (a pending entry's `at` is its due
+    time, so it follows the attempts before it)."""
+    ordered = sorted(rows, key=lambda r: (r[6], r[0], r[2]))
+    return [
+        {"endpointId": r[1], "attempt": r[2], "status": r[3], "responseStatus": r[4], "error": r[5], "at": r[6]}
+        for r in ordered
+    ]
+
+
+LOG = (
+    "SELECT d.seq, d.endpoint_id, a.attempt, a.status, a.response_status, a.error, a.at"
+    " FROM deliveries d JOIN delivery_attempts a ON a.delivery = d.seq WHERE d.tenant = :tenant AND d.event_id = :id"
+    " UNION ALL"
+    " SELECT d.seq, d.endpoint_id, d.attempts + 1, 'pending', NULL, NULL, d.due_at"
+    " FROM deliveries d WHERE d.tenant = :tenant AND d.event_id = :id AND d.status = 'pending'"
+)
+"""An event's delivery log: every attempt made, and the next one of each pending delivery."""
+
+
+class WebhookQueries(SqliteBase):
+    async def create_endpoint(self, tenant: int, endpoint: NewEndpoint, idempotency: Idempotency | None = None) -> Row:
+        return await self._write(tenant, idempotency, endpoint.now, _create_endpoint, tenant, new_id("we"), endpoint)
+
+    async def list_endpoints(self, tenant: int) -> list[EndpointRow]:
+        rows = await self._read(
+            f"SELECT {_ENDPOINT} FROM webhook_endpoints WHERE tenant = ? AND deleted_at IS NULL ORDER BY seq", (tenant,)
+        )
+        return [endpoint_row(r) for r in rows]
+
+    async def delete_endpoint(self, tenant: int, endpoint_id: str, now: int, idempotency: Idempotency | None = None) -> None:
+        await self._write(tenant, idempotency, now, _delete_endpoint, tenant, endpoint_id, now)
+
+    async def rotate_endpoint_secret(
+        self, tenant: int, endpoint_id: str, secret: str, old_until: int, now: int, idempotency: Idempotency | None = None
+    ) -> Row:
+        return await self._write(tenant, idempotency, now, _rotate, tenant, endpoint_id, secret, old_until)
+
+    async def events_page(
+        self, tenant: int, type: str | None, limit: int, starting_after: str | None
+    ) -> tuple[list[EventRow], bool]:
+        where = "tenant = :tenant"
+        params: dict[str, Any] = {"tenant": tenant, "type": type, "after": starting_after, "limit": limit + 1}
+        if starting_after is not None:
+            found = await self._read("SELECT seq FROM events WHERE tenant = :tenant AND id = :after", params)
+            if not found:
+                raise Missing("event")
+            where += " AND seq < :seq"
+            params["seq"] = found[0][0]
+        if type is not None:
+            where += " AND type = :type"  # events_tenant_type (tenant, type, seq)
+        rows = await self._read(f"SELECT {_EVENT} FROM events WHERE {where} ORDER BY seq DESC LIMIT :limit", params)
+        return [event_row(r) for r in rows[:limit]], len(rows) > limit
+
+    async def get_event(self, tenant: int, event_id: str) -> tuple[EventRow, list[DeliveryEntry]] | None:
+        params = {"tenant": tenant, "id": event_id}
+        async with self.snapshot(tenant):
+            rows = await self._read(f"SELECT {_EVENT} FROM events WHERE tenant = :tenant AND id = :id", params)
+            if not rows:
+                return None
+            log = await self._read(LOG, params)
+        return event_row(rows[0]), delivery_log(log)
+
+    async def redeliver(
+        self, tenant: int, event_id: str, endpoint_id: str | None, now: int, idempotency: Idempotency | None = None
+    ) -> int:
+        return await self._write(tenant, idempotency, now, _redeliver, tenant, event_id, endpoint_id, now)
+
+
+def _create_endpoint(conn: sqlite3.Connection, tenant: int, endpoint_id: str, e: NewEndpoint) -> Row:
+    row = conn.execute(
+        f"INSERT INTO webhook_endpoints (id, tenant, url, events, description, secret, created_at)"
+        f" VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING {_ENDPOINT}",
+        (endpoint_id, tenant, e.url, json.dumps(e.events), e.description, e.secret, e.now),
+    ).fetchone()
+    if USAGE_RECORDED in e.events:
+        conn.execute("UPDATE tenants SET usage_hooks = usage_hooks + 1 WHERE id = ?", (tenant,))
+    return dict(endpoint_row(row)) | {"secret": e.secret}
+
+
+def _delete_endpoint(conn: sqlite3.Connection, tenant: int, endpoint_id: str, now: int) -> None:
+    row = conn.execute(
+        "UPDATE webhook_endpoints SET deleted_at = ? WHERE tenant = ? AND id = ? AND deleted_at IS NULL RETURNING status, events",
+        (now, tenant, endpoint_id),
+    ).fetchone()
+    if row is None:
+        raise Missing("webhook endpoint")
+    if row[0] == "enabled" and USAGE_RECORDED in json.loads(row[1]):
+        conn.execute("UPDATE tenants SET usage_hooks = usage_hooks - 1 WHERE id = ?", (tenant,))
+
+
+def _rotate(conn: sqlite3.Connection, tenant: int, endpoint_id: str, secret: str, old_until: int) -> Row:
+    if conn.execute(
+        "UPDATE webhook_endpoints SET old_secret = secret, old_secret_until = ?, secret = ?"
+        " WHERE tenant = ? AND id = ? AND deleted_at IS NULL RETURNING id",
+        (old_until, secret, tenant, endpoint_id),
+    ).fetchone() is None:
+        raise Missing("webhook endpoint")
+    return {"id": endpoint_id, "secret": secret}
+
+
+def _redeliver(conn: sqlite3.Connection, tenant: int, event_id: str, endpoint_id: str | None, now: int) -> int:
+    found = conn.execute("SELECT type FROM events WHERE tenant = ? AND id = ?", (tenant, event_id)).fetchone()
+    if found is None:
+        raise Missing("event")
+    if endpoint_id is not None:
+        named = conn.execute(
+            "SELECT status FROM webhook_endpoints WHERE tenant = ? AND id = ? AND deleted_at IS NULL", (tenant, endpoint_id)
+        ).fetchone()
+        if named is None:
+            raise Missing("webhook endpoint")
+        targets = [endpoint_id] if named[0] == "enabled" else []
+    else:
+        rows = conn.execute(
+            "SELECT id, events FROM webhook_endpoints WHERE tenant = ? AND deleted_at IS NULL AND status = 'enabled' ORDER BY seq",
+            (tenant,),
+        ).fetchall()
+        targets = [r[0] for r in rows if subscribes(json.loads(r[1]), found[0])]
+    conn.executemany(
+        "INSERT INTO deliveries (tenant, event_id, endpoint_id, due_at, created_at) VALUES (?, ?, ?, ?, ?)",
+        [(tenant, event_id, t, now, now) for t in targets],
+    )
+    return len(targets)
