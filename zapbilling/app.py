@@ -13,6 +13,7 @@ from aiohttp import web
 
 from .billing.ledger import LOTS
 from .config import Config
+from .events.sender import Sender
 from .loop_turn import next_loop_turn
 from .metrics.exposition import metrics_route
 from .metrics.tally import Sampler
@@ -119,6 +120,8 @@ def _lifecycle(store: Store, config: Config, admission: Admission, sampler: Samp
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await store.open()
         sweeper = asyncio.create_task(_sweep(store, config), name="zapbilling-sweeper")
+        sender = webhook_sender(store, config)
+        sender.start()
         sampler.start()
         try:
             yield
@@ -126,6 +129,7 @@ def _lifecycle(store: Store, config: Config, admission: Admission, sampler: Samp
             sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sweeper
+            await sender.stop()
             if cancelled := await admission.cancel_running():
                 # debug: a serving process's one stop line (graceful.py) counts them already
                 log.debug("stopped %d requests still running after the shutdown timeout", cancelled)
@@ -134,6 +138,14 @@ def _lifecycle(store: Store, config: Config, admission: Admission, sampler: Samp
             sampler.flush()  # the writes the store finished as it closed
 
     return lifecycle
+
+
+def webhook_sender(store: Store, config: Config) -> Sender:
+    """The background sender of webhooks (events/sender.py), with the server's clock and limits."""
+    limits = config.limits
+    return Sender(store, config.clock, timeout=limits.webhook_timeout, concurrency=limits.webhook_concurrency,
+                  per_endpoint=limits.webhook_concurrency_per_endpoint, allow_private=limits.webhook_allow_private,
+                  poll=config.webhook_poll_seconds)
 
 
 async def _sweep(store: Store, config: Config) -> None:

@@ -44,6 +44,8 @@ class Config:
     """The least severe records written; above info, no access lines either."""
     sweep_seconds: float = 60.0
     """How often expired credit is forfeited and idempotency keys older than a day are dropped."""
+    webhook_poll_seconds: float = 0.5
+    """How often an idle webhook sender looks for events to deliver (events/sender.py)."""
     limits: Limits = field(default_factory=Limits)
     """Bounds and quotas (limits.py): each has its own flag and environment variable. A request
     takes a slot of `max_inflight` only once its body is all here (transport/admission.py): a

@@ -60,6 +60,12 @@ class Limits:
     # Off by default: a caller of a shared server must not make it POST inside its own network
     # (events/addresses.py). A switch, not a number: `--webhook-allow-private` alone turns it on.
     webhook_allow_private: bool = _limit(False, "let webhook endpoints point to private, loopback and link-local addresses (tests, or a deployment whose receivers are on its own network); checked when an endpoint is created and again at each delivery")
+    # The contract's 10 s: a receiver that has not answered by then has failed this attempt.
+    # 64 attempts at once cost at most 64 sockets; 8 per endpoint lets one busy receiver take
+    # no more than an eighth of them, so a slow one cannot hold up the others.
+    webhook_timeout: float = _limit(10.0, "seconds a webhook receiver has to answer an attempt with a 2xx; later, the attempt has failed and is retried on the schedule")
+    webhook_concurrency: int = _limit(64, "webhook delivery attempts under way at once, per server process")
+    webhook_concurrency_per_endpoint: int = _limit(8, "webhook delivery attempts under way at once to one endpoint, per server process")
     shutdown_timeout: float = _limit(10.0, "seconds a stopping server (SIGTERM or SIGINT) waits for the requests under way before it cuts them off; 0 cuts them off at once")
 
 

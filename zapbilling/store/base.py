@@ -494,6 +494,44 @@ class DeliveryEntry(TypedDict):
     at: int
 
 
+# deliveries: what the sender (zapbilling/events/sender.py) claims and what it reports
+class DeliveryJob(NamedTuple):
+    """One attempt a sender claimed (its lease runs until the claim's `lease_until`): the
+    delivery, its event and where to send it."""
+
+    delivery: int
+    """deliveries.seq"""
+    tenant: int
+    attempt: int
+    """The number of this attempt: 1 for the first."""
+    endpoint_id: str
+    url: str
+    secrets: tuple[str, ...]
+    """The endpoint's secret, then the one it replaced while that still signs."""
+    event_id: str
+    event_type: str
+    created_at: int
+    data: str
+    """The event's data as stored: JSON text."""
+
+
+class AttemptOutcome(NamedTuple):
+    """What came of a claimed attempt, as recorded by record_attempt."""
+
+    delivery: int
+    attempt: int
+    succeeded: bool
+    response_status: int | None
+    error: str | None
+    at: int
+    next_due: int | None
+    """A failed attempt: when the next one is due; None: the schedule is used up (the delivery failed)."""
+
+
+Disabling = Callable[[EndpointRow], tuple[str, dict[str, Any]]]
+"""The event recorded when an endpoint is disabled (its type and data), rendered by the domain."""
+
+
 class Store(Protocol):
     stats: StoreStats
 
@@ -683,6 +721,34 @@ class Store(Protocol):
         """Queue new pending deliveries of the event, due at `now`: to `endpoint_id` (unless it
         is disabled), or to every enabled endpoint `subscribes` to its type; how many.
         Missing("event") or Missing("webhook endpoint") (not of this tenant, or deleted)."""
+        ...
+
+    # deliveries (zapbilling/events/sender.py; both backends' deliveries.py)
+    async def deliveries_waiting(self, now: int) -> bool:
+        """Whether an event waits to be dispatched or a delivery is due and not leased: one
+        cheap read, so an idle sender writes nothing."""
+        ...
+    async def dispatch_events(self, now: int, limit: int = 500) -> int:
+        """Turn up to `limit` undispatched events into pending deliveries due at `now`, one per
+        endpoint enabled and not deleted that `subscribes` to the type at this moment, and mark
+        them dispatched, in one transaction; how many events. Several servers may call this
+        at once: each event is dispatched once."""
+        ...
+    async def claim_deliveries(
+        self, now: int, lease_until: int, limit: int, per_endpoint: int, busy: dict[str, int]
+    ) -> list[DeliveryJob]:
+        """Lease up to `limit` due deliveries until `lease_until` (no other sender takes them
+        before then), at most `per_endpoint` of one endpoint counting the attempts this sender
+        has under way (`busy`: by endpoint). Due deliveries of an endpoint deleted or disabled
+        since are marked failed instead."""
+        ...
+    async def record_attempt(self, outcome: AttemptOutcome, disable_after: int, disabling: Disabling) -> bool:
+        """Log the attempt and move its delivery on (succeeded, due again, or failed), in one
+        transaction, unless this attempt was recorded already (a lease that ran out: the
+        other sender's record stands). A delivery's end updates its endpoint's deliveries
+        failed in a row (0 after a success); at `disable_after` the endpoint is disabled, the
+        event `disabling` renders is recorded and tenants.usage_hooks kept. True when it
+        disabled the endpoint."""
         ...
 
     # export (zapbilling export)

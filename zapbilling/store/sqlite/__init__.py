@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .accounts import AccountQueries
+from .deliveries import DeliveryQueries
 from .export import ExportQueries
 from .grants import GrantQueries
 from .holds import HoldQueries
@@ -14,5 +15,5 @@ from .webhooks import WebhookQueries
 from .series import SeriesQueries
 
 
-class SqliteStore(KeyQueries, LedgerQueries, AccountQueries, MeteringQueries, SeriesQueries, GrantQueries, PricingQueries, HoldQueries, ExportQueries, WebhookQueries):
+class SqliteStore(KeyQueries, LedgerQueries, AccountQueries, MeteringQueries, SeriesQueries, GrantQueries, PricingQueries, HoldQueries, ExportQueries, WebhookQueries, DeliveryQueries):
     """The Store (base.py) on SQLite."""

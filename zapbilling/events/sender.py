@@ -1,0 +1,175 @@
+"""The background sender: delivers the outbox's events to webhook endpoints, never in a request.
+
+Each turn (every POLL_SECONDS, or at once when an attempt ends and slots are free): one cheap
+read asks whether anything waits; if so the undispatched events become deliveries
+(Store.dispatch_events) and due deliveries are leased (Store.claim_deliveries) up to the free
+slots, then each is POSTed in a task of its own. Bounds: `concurrency` attempts at once in this
+process, and at most `per_endpoint` under way to one endpoint, so a slow receiver (it holds its
+slots for up to `timeout`) or a dead one (it fails fast) never holds up the deliveries to the
+others.
+
+An attempt: the event `{id, type, createdAt, data}` as JSON, the Standard Webhooks headers
+(webhook-id = the event id, webhook-timestamp, webhook-signature: signing.py), redirects not
+followed, a 2xx within `timeout` seconds is success; anything else fails and is tried again on
+the schedule (schedule.py). The lease outlasts the attempt (`timeout` + LEASE_MARGIN): a server
+killed while sending leaves a lease that simply runs out, and the next sender (another server,
+or this one restarted) makes the attempt again: delivery is at least once, and receivers
+deduplicate by webhook-id. Secrets are never logged; log lines name endpoints by id.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+from typing import Any
+from urllib.parse import urlsplit
+
+from aiohttp import ClientConnectorError, ClientError, ClientSession, ClientTimeout, TCPConnector
+
+from ..store.base import AttemptOutcome, DeliveryJob, EndpointRow, Store
+from ..times import Clock, format_ts
+from . import schedule
+from .resolver import CheckedResolver, PrivateAddress, literal_refusal
+from .signing import signatures
+
+log = logging.getLogger("zapbilling.webhooks")
+
+DISABLED = "webhook_endpoint.disabled"
+DISABLE_AFTER = 50
+"""An endpoint whose last this many deliveries all failed (each after its whole schedule) is disabled."""
+POLL_SECONDS = 0.5
+"""How often an idle sender looks for work: the most an event waits for its first attempt
+(beyond the attempts under way). One indexed read per turn when nothing waits."""
+LEASE_MARGIN = 5.0
+"""Seconds a lease outlasts the attempt's timeout: the claim and the record around the POST."""
+DISPATCH_BATCH = 500
+READ_BYTES = 64 << 10
+"""Of a receiver's answer, read at most this much (so the connection can be kept alive); the
+rest is dropped with the connection."""
+USER_AGENT = "zapbilling-webhooks"
+
+
+def body(job: DeliveryJob) -> bytes:
+    """The event as the contract shows it; `data` is spliced in as stored (JSON already)."""
+    return (
+        f'{{"id":{json.dumps(job.event_id)},"type":{json.dumps(job.event_type)},'
+        f'"createdAt":"{format_ts(job.created_at)}","data":{job.data}}}'
+    ).encode()
+
+
+def disabled_event(endpoint: EndpointRow) -> tuple[str, dict[str, Any]]:
+    """webhook_endpoint.disabled's data: the endpoint as listWebhookEndpoints shows it."""
+    return DISABLED, {**endpoint, "createdAt": format_ts(endpoint["createdAt"])}
+
+
+class Sender:
+    def __init__(self, store: Store, clock: Clock, *, timeout: float = 10.0, concurrency: int = 64,
+                 per_endpoint: int = 8, allow_private: bool = False, poll: float = POLL_SECONDS,
+                 rng: random.Random | None = None):
+        self.store, self.clock, self.timeout = store, clock, timeout
+        self.concurrency, self.per_endpoint, self.allow_private, self.poll = concurrency, per_endpoint, allow_private, poll
+        self.rng = rng or random.Random()
+        self.lease = int((timeout + LEASE_MARGIN) * schedule.SECOND)
+        self._inflight: dict[asyncio.Task[None], str] = {}
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._session: ClientSession | None = None
+
+    def start(self) -> None:
+        connector = TCPConnector(limit=self.concurrency, resolver=None if self.allow_private else CheckedResolver())
+        self._session = ClientSession(connector=connector, timeout=ClientTimeout(total=self.timeout),
+                                      headers={"User-Agent": USER_AGENT}, skip_auto_headers=("Content-Type",))
+        self._task = asyncio.create_task(self._run(), name="zapbilling-webhooks")
+
+    async def stop(self) -> None:
+        """Stop at once: attempts under way are cut off unrecorded; their leases run out and
+        they are made again (by another server, or this one after its restart)."""
+        tasks = [t for t in (self._task, *self._inflight) if t is not None]
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        self._task = None
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.turn()
+            except Exception:
+                log.exception("webhook delivery turn failed; trying again at the next one")
+            self._wake.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.poll)
+
+    async def turn(self) -> int:
+        """One look for work; the number of attempts started."""
+        now = self.clock()
+        if not await self.store.deliveries_waiting(now):
+            return 0
+        while await self.store.dispatch_events(now, DISPATCH_BATCH) == DISPATCH_BATCH:
+            pass
+        free = self.concurrency - len(self._inflight)
+        if free <= 0:
+            return 0
+        busy: dict[str, int] = {}
+        for endpoint in self._inflight.values():
+            busy[endpoint] = busy.get(endpoint, 0) + 1
+        jobs = await self.store.claim_deliveries(now, now + self.lease, free, self.per_endpoint, busy)
+        for job in jobs:
+            task = asyncio.create_task(self._attempt(job), name=f"zapbilling-webhook-{job.delivery}")
+            self._inflight[task] = job.endpoint_id
+            task.add_done_callback(self._ended)
+        return len(jobs)
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        self._inflight.pop(task, None)
+        self._wake.set()
+
+    async def _attempt(self, job: DeliveryJob) -> None:
+        status, error = await self.post(job)
+        at = self.clock()
+        ok = error is None
+        outcome = AttemptOutcome(job.delivery, job.attempt, ok, status, error, at,
+                                 None if ok else schedule.next_due(job.attempt, at, self.rng))
+        try:
+            if await self.store.record_attempt(outcome, DISABLE_AFTER, disabled_event):
+                log.warning("webhook endpoint %s disabled: its last %d deliveries failed", job.endpoint_id, DISABLE_AFTER)
+        except Exception:
+            log.exception("recording attempt %d of delivery %d failed; it is made again once its lease runs out",
+                          job.attempt, job.delivery)
+
+    async def post(self, job: DeliveryJob) -> tuple[int | None, str | None]:
+        """(the receiver's status, None) on a 2xx, else (status or None, why it failed)."""
+        assert self._session is not None, "start() first"
+        if not self.allow_private:
+            why = literal_refusal(urlsplit(job.url).hostname or "")
+            if why is not None:
+                return None, why
+        payload = body(job)
+        timestamp = self.clock() // schedule.SECOND
+        headers = {
+            "Content-Type": "application/json",
+            "webhook-id": job.event_id,
+            "webhook-timestamp": str(timestamp),
+            "webhook-signature": signatures(list(job.secrets), job.event_id, timestamp, payload),
+        }
+        try:
+            async with self._session.post(job.url, data=payload, headers=headers, allow_redirects=False) as r:
+                await r.content.read(READ_BYTES)
+                if 200 <= r.status < 300:
+                    return r.status, None
+                return r.status, f"the receiver answered {r.status}"
+        except asyncio.TimeoutError:
+            return None, f"no answer within {self.timeout:g} s"
+        except ClientConnectorError as exc:
+            if isinstance(exc.os_error, PrivateAddress):
+                return None, str(exc.os_error)
+            return None, f"cannot connect: {exc.os_error.strerror or exc.os_error}"
+        except (ClientError, OSError, ValueError) as exc:
+            return None, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
