@@ -5,8 +5,10 @@ the delivery-time address check, and the faults: a server SIGKILLed between the 
 delivery, a receiver down then up, 500 then 200, several servers (or worker processes) sharing
 one database, each attempt made by exactly one of them. Both backends.
 
-Endpoints and events are written into the database directly (SQL, as the endpoint API and the
-write paths would), so these tests see the sender alone.
+Endpoints are made through the API (createWebhookEndpoint, rotateWebhookSecret) where the
+server runs in this process, and the delivery log read back with getEvent; events are written
+into the outbox directly (SQL, as the write paths do in their own transactions), and so are the
+endpoints of the tests that start server processes or need an endpoint the API would refuse.
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ from aiohttp import web
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 import pg
-from conftest import BACKEND, FakeClock
+from conftest import BACKEND, Api, FakeClock, ok
 from procs import ServerProcess, create_key, free_port
 from zapbilling.app import STORE, create_app
 from zapbilling.config import Config, server_options
@@ -34,8 +36,9 @@ from zapbilling.events import schedule
 from zapbilling.events.sender import DISABLE_AFTER
 from zapbilling.events.signing import signature, secret_key
 from zapbilling.limits import Limits
+from zapbilling.metrics.families import WEBHOOK_DELIVERIES
 from zapbilling.store.ids import new_id
-from zapbilling.times import format_ts
+from zapbilling.times import format_ts, system_clock
 
 DEADLINE = 60.0
 """Seconds a wait for the sender may take before the test gives up: a bound, never a measure."""
@@ -165,6 +168,23 @@ async def hooks(aiohttp_server, db_path, clock):
     return await aiohttp_server(create_app(cfg), **server_options(cfg))
 
 
+@pytest.fixture
+async def api(hooks, session) -> Api:
+    """An admin key of acme/live on the `hooks` server, over REST."""
+    _, key = await hooks.app[STORE].create_key("acme", "live", "admin", system_clock())
+    return Api(session, str(hooks.make_url("")).rstrip("/"), key)
+
+
+async def create_endpoint(api: Api, url: str, events: list[str] | None = None) -> tuple[str, str]:
+    made = await ok(api, "createWebhookEndpoint", {"url": url, "events": events or ["*"]})
+    return made["id"], made["secret"]
+
+
+def attempts_counted(outcome: str) -> float:
+    """zapbilling_webhook_deliveries_total{outcome} in this process (the in-process servers')."""
+    return WEBHOOK_DELIVERIES.labels(outcome)._value.get()  # type: ignore[attr-defined,no-any-return]
+
+
 def verify(secret: str, headers: dict[str, str], body: bytes) -> Any:
     return Webhook(secret).verify(body, {k: headers[k] for k in ("webhook-id", "webhook-timestamp", "webhook-signature")})
 
@@ -178,9 +198,9 @@ def test_our_signature_is_the_libraries_signature():
     assert signature(secret_key(secret), "evt_1", 1_700_000_000, body) == theirs
 
 
-async def test_a_delivery_is_the_event_signed_to_standard_webhooks(hooks, db_path, clock, receiver):
+async def test_a_delivery_is_the_event_signed_to_standard_webhooks(api, db_path, clock, receiver):
+    endpoint_id, secret = await create_endpoint(api, receiver.url)
     t = await tenant(db_path)
-    endpoint_id, secret = await add_endpoint(db_path, t, receiver.url)
     [event_id] = await add_events(db_path, t, 1, clock())
     await until(lambda: _done(db_path, event_id), "the delivery succeeded")
     [(headers, body)] = receiver.hits
@@ -202,11 +222,12 @@ async def _done(db: str, event_id: str, status: str = "succeeded") -> bool:
     return bool(rows) and all(r[0] == status for r in rows)
 
 
-async def test_during_a_rotation_each_secret_verifies_and_after_it_only_the_new(hooks, db_path, clock, receiver):
+async def test_during_a_rotation_each_secret_verifies_and_after_it_only_the_new(api, db_path, clock, receiver):
+    endpoint_id, old = await create_endpoint(api, receiver.url)
+    rotated = await ok(api, "rotateWebhookSecret", {"id": endpoint_id})
+    new = rotated["secret"]
+    assert new != old
     t = await tenant(db_path)
-    endpoint_id, new = await add_endpoint(db_path, t, receiver.url)
-    old = new_secret()
-    await sql(db_path, "UPDATE webhook_endpoints SET old_secret = ?, old_secret_until = ? WHERE id = ?", old, clock() + 86_400_000_000, endpoint_id)
     [during] = await add_events(db_path, t, 1, clock())
     await until(lambda: _done(db_path, during), "the delivery during the rotation")
     headers, body = receiver.hits[0]
@@ -214,7 +235,10 @@ async def test_during_a_rotation_each_secret_verifies_and_after_it_only_the_new(
     assert verify(new, headers, body)["id"] == during
     assert verify(old, headers, body)["id"] == during
 
-    await sql(db_path, "UPDATE webhook_endpoints SET old_secret_until = ? WHERE id = ?", clock(), endpoint_id)  # the 24 h are over
+    # The 24 h are over. (Moved in the database, not by the clock: standardwebhooks refuses a
+    # webhook-timestamp more than 5 minutes away from its own clock.)
+    assert await sql(db_path, "SELECT old_secret_until FROM webhook_endpoints WHERE id = ?", endpoint_id) == [(clock() + 86_400_000_000,)]
+    await sql(db_path, "UPDATE webhook_endpoints SET old_secret_until = ? WHERE id = ?", clock(), endpoint_id)
     [after] = await add_events(db_path, t, 1, clock())
     await until(lambda: _done(db_path, after), "the delivery after the rotation")
     headers, body = receiver.hits[1]
@@ -253,16 +277,23 @@ async def test_an_event_goes_to_the_endpoints_subscribed_when_it_is_dispatched(h
 
 
 # -- retries ------------------------------------------------------------------------------------
-async def test_500_then_200_delivers_the_same_webhook_id_twice(hooks, db_path, clock):
+async def test_500_then_200_delivers_the_same_webhook_id_twice(api, db_path, clock):
     receiver = await Receiver(lambda hit: 500 if hit == 1 else 200).up()
+    ok_before, failed_before = attempts_counted("ok"), attempts_counted("failed")
     try:
+        endpoint_id, secret = await create_endpoint(api, receiver.url)
         t = await tenant(db_path)
-        _, secret = await add_endpoint(db_path, t, receiver.url)
         [event_id] = await add_events(db_path, t, 1, clock())
         await until(lambda: _attempted(db_path, event_id, 1), "the first attempt")
         status, made, due = await delivery(db_path, event_id)
         assert (status, made) == ("pending", 1)
         assert schedule.FIRST_WAIT <= due - clock() <= schedule.FIRST_WAIT * (1 + schedule.JITTER)
+        first_at = clock()
+        shown = await ok(api, "getEvent", {"id": event_id})
+        assert shown["deliveries"] == [
+            {"endpointId": endpoint_id, "attempt": 1, "status": "failed", "responseStatus": 500, "error": "the receiver answered 500", "at": format_ts(first_at)},
+            {"endpointId": endpoint_id, "attempt": 2, "status": "pending", "responseStatus": None, "error": None, "at": format_ts(due)},
+        ]
         clock.advance(seconds=(due - clock()) / 1e6)
         await until(lambda: _done(db_path, event_id), "the second attempt succeeded")
         assert [h["webhook-id"] for h, _ in receiver.hits] == [event_id, event_id]
@@ -270,6 +301,9 @@ async def test_500_then_200_delivers_the_same_webhook_id_twice(hooks, db_path, c
         assert first[1] == second[1]  # the same body
         assert verify(secret, *second) == verify(secret, *first)
         assert await attempts(db_path, event_id) == [(1, "failed", 500, "the receiver answered 500"), (2, "succeeded", 200, None)]
+        shown = await ok(api, "getEvent", {"id": event_id})
+        assert [(d["attempt"], d["status"], d.get("responseStatus")) for d in shown["deliveries"]] == [(1, "failed", 500), (2, "succeeded", 200)]
+        assert (attempts_counted("ok") - ok_before, attempts_counted("failed") - failed_before) == (1, 1)
     finally:
         await receiver.down()
 
@@ -406,12 +440,12 @@ async def test_without_allow_private_a_private_address_is_not_sent_to(aiohttp_se
 
 
 # -- disabling ------------------------------------------------------------------------------------
-async def test_an_endpoint_whose_last_50_deliveries_failed_is_disabled(hooks, db_path, clock):
+async def test_an_endpoint_whose_last_50_deliveries_failed_is_disabled(api, db_path, clock):
     dead = Receiver()  # never up
-    t = await tenant(db_path)
     created = clock()
-    endpoint_id, _ = await add_endpoint(db_path, t, dead.url, ["deposit.created", "usage.recorded"], now=created)
-    await sql(db_path, "UPDATE tenants SET usage_hooks = 1 WHERE id = ?", t)
+    endpoint_id, _ = await create_endpoint(api, dead.url, ["deposit.created", "usage.recorded"])
+    t = await tenant(db_path)
+    assert await sql(db_path, "SELECT usage_hooks FROM tenants WHERE id = ?", t) == [(1,)]
     ids = await add_events(db_path, t, DISABLE_AFTER, clock())
     for n in range(1, schedule.ATTEMPTS + 1):
         for e in ids:
@@ -422,6 +456,7 @@ async def test_an_endpoint_whose_last_50_deliveries_failed_is_disabled(hooks, db
     for e in ids:
         await until(lambda e=e: _done(db_path, e, "failed"), "every delivery failed")
     assert await sql(db_path, "SELECT status, failed_in_row FROM webhook_endpoints WHERE id = ?", endpoint_id) == [("disabled", 50)]
+    assert [(e["id"], e["status"]) for e in (await ok(api, "listWebhookEndpoints", {}))["endpoints"]] == [(endpoint_id, "disabled")]
     assert await sql(db_path, "SELECT usage_hooks FROM tenants WHERE id = ?", t) == [(0,)]
     disabled = await sql(db_path, "SELECT tenant, type, data FROM events WHERE type = 'webhook_endpoint.disabled'")
     assert len(disabled) == 1
@@ -439,11 +474,11 @@ async def _dispatched(db: str, event_id: str) -> bool:
     return (await sql(db, "SELECT dispatched FROM events WHERE id = ?", event_id))[0][0] == 1
 
 
-async def test_a_success_resets_the_count_of_failed_deliveries(hooks, db_path, clock):
+async def test_a_success_resets_the_count_of_failed_deliveries(api, db_path, clock):
     receiver = await Receiver(lambda hit: 200).up()
     try:
+        endpoint_id, _ = await create_endpoint(api, receiver.url)
         t = await tenant(db_path)
-        endpoint_id, _ = await add_endpoint(db_path, t, receiver.url)
         await sql(db_path, "UPDATE webhook_endpoints SET failed_in_row = 49 WHERE id = ?", endpoint_id)
         [e] = await add_events(db_path, t, 1, clock())
         await until(lambda: _done(db_path, e), "the delivery")
@@ -519,3 +554,58 @@ async def test_several_servers_make_each_attempt_exactly_once(db_path, tmp_path)
         for s in servers:
             s.stop()
         await receiver.down()
+
+
+# -- the README's receiver --------------------------------------------------------------------------
+RECEIVER_EXAMPLE = '''
+import asyncio
+from aiohttp import web
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+
+webhook = Webhook(SECRET)  # the whsec_... secret createWebhookEndpoint answered
+seen: set[str] = set()     # in production: a table with a unique key on the webhook-id
+todo: asyncio.Queue = asyncio.Queue()
+
+async def receive(request: web.Request) -> web.Response:
+    body = await request.read()
+    try:
+        event = webhook.verify(body, dict(request.headers))
+    except WebhookVerificationError:
+        return web.Response(status=400)
+    if request.headers["webhook-id"] not in seen:  # else: a retry of an event already handled
+        seen.add(request.headers["webhook-id"])
+        todo.put_nowait(event)  # handled after the answer: answer fast, work later
+    return web.Response(status=204)
+
+app = web.Application()
+app.router.add_post("/zapbilling", receive)
+'''
+"""README "Receiving webhooks" shows this receiver (with `web.run_app(app, port=8000)` after it)."""
+
+
+async def test_the_readme_receiver_verifies_dedupes_and_answers_fast(api, db_path, clock):
+    port = free_port()
+    endpoint_id, secret = await create_endpoint(api, f"http://127.0.0.1:{port}/zapbilling")
+    scope: dict[str, Any] = {"SECRET": secret}
+    exec(RECEIVER_EXAMPLE, scope)
+    runner = web.AppRunner(scope["app"])
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        t = await tenant(db_path)
+        [event_id] = await add_events(db_path, t, 1, clock())
+        await until(lambda: _done(db_path, event_id), "the delivery")
+        assert (await ok(api, "redeliverEvent", {"id": event_id}))["queued"] == 1
+
+        async def redelivered() -> bool:
+            return len(await attempts(db_path, event_id)) == 2 and await _done(db_path, event_id)
+
+        await until(redelivered, "the redelivery")
+        assert [a[:3] for a in await attempts(db_path, event_id)] == [(1, "succeeded", 204), (1, "succeeded", 204)]
+        todo = scope["todo"]
+        assert todo.qsize() == 1  # the same webhook-id twice: handled once
+        event = todo.get_nowait()
+        assert event == {"id": event_id, "type": "deposit.created", "createdAt": format_ts(clock()), "data": {"id": "txn_0", "amount": 100}}
+        assert scope["seen"] == {event_id}
+    finally:
+        await runner.cleanup()

@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import ClientConnectorError, ClientError, ClientSession, ClientTimeout, TCPConnector
 
+from ..metrics.families import WEBHOOK_DELIVERIES
 from ..store.base import AttemptOutcome, DeliveryJob, EndpointRow, Store
 from ..times import Clock, format_ts
 from . import schedule
@@ -137,6 +138,7 @@ class Sender:
         ok = error is None
         outcome = AttemptOutcome(job.delivery, job.attempt, ok, status, error, at,
                                  None if ok else schedule.next_due(job.attempt, at, self.rng))
+        WEBHOOK_DELIVERIES.labels("ok" if ok else "failed").inc()  # an attempt made, recorded or not
         try:
             if await self.store.record_attempt(outcome, DISABLE_AFTER, disabled_event):
                 log.warning("webhook endpoint %s disabled: its last %d deliveries failed", job.endpoint_id, DISABLE_AFTER)

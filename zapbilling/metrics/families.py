@@ -62,7 +62,8 @@ METER_EVENTS = Counter(
     " or duplicate: an idempotency key already seen).", ("outcome",), registry=REGISTRY,
 )
 WEBHOOK_DELIVERIES = Counter(
-    "zapbilling_webhook_deliveries", "Webhook deliveries by outcome. There are no webhooks yet: always zero.",
+    "zapbilling_webhook_deliveries", "Webhook delivery attempts by outcome (ok: answered 2xx; failed: anything else,"
+    " retried on the schedule unless it was the last).",
     ("outcome",), registry=REGISTRY,
 )
 WRITER_QUEUE = Gauge(
