@@ -37,6 +37,9 @@ class Limits:
     inflight_per_key: int = _limit(64, "requests of one API key handled at once; more wait their turn without holding a shared slot")
     meters_per_tenant: int = _limit(1000, "meters an org may hold in each mode")
     rules_per_meter: int = _limit(100, "pricing rules one meter may hold")
+    # Every write of a user in a currency judges the org's alerts in that currency (store/*/watch.py), so
+    # their number bounds what an alert adds to a write.
+    alerts_per_tenant: int = _limit(100, "alerts an org may hold in each mode")
     # The largest legal request: a ZAP batch of 100 recordMeterEvents of 100 events, each with
     # 8 dimensions, is 150,601 values (and would not even fit in 1 MiB); 2^18 leaves room for
     # ~19 dimensions on every one of those 10,000 events. At ~70 bytes of Python objects per

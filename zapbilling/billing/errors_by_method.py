@@ -82,6 +82,7 @@ ERRORS_BY_METHOD: Mapping[str, tuple[Error, ...]] = {
     "createHold": (
         ("insufficient_funds", "insufficient funds: <available> cents <currency> available, <amount> requested"),
         ("invalid_params", "amount would take the user's holds outside the signed 64-bit range"),
+        ("spend_cap_reached", "spend cap reached: <used> of <limit> cents <currency> this <period>"),
     ),
     "captureHold": (
         _HOLD_NOT_FOUND,
@@ -110,12 +111,20 @@ ERRORS_BY_METHOD: Mapping[str, tuple[Error, ...]] = {
     "listEvents": (_EVENT_NOT_FOUND,),
     "getEvent": (_EVENT_NOT_FOUND,),
     "redeliverEvent": (_EVENT_NOT_FOUND, _ENDPOINT_NOT_FOUND),
-    "createAlert": (),
+    "createAlert": (
+        ("invalid_params", "threshold must be positive for balance_below"),
+        ("invalid_params", "period is only for usage_above"),
+        ("invalid_params", "meterId is only for usage_above"),
+        ("invalid_params", "threshold must not be negative for usage_above"),
+        ("invalid_params", "period is required for usage_above"),
+        _METER_NOT_FOUND,
+        ("conflict", "alert quota reached: an org holds at most <quota> alerts in each mode"),
+    ),
     "listAlerts": (),
-    "deleteAlert": (),
+    "deleteAlert": (("not_found", "alert not found"),),
     "setSpendCap": (),
     "getSpendCaps": (),
-    "deleteSpendCap": (),
+    "deleteSpendCap": (("not_found", "spend cap not found"),),
     "getMeterEventsSeries": (
         _METER_NOT_FOUND,
         ("invalid_params", "periodEnd must be after periodStart"),

@@ -9,7 +9,8 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from ..context import Context
-from ..errors import Conflict, InsufficientFunds, InvalidParams, NotFound
+from ..errors import Conflict, InsufficientFunds, InvalidParams, NotFound, SpendCapReached
+from ..store.refusals import CapReached
 from ..store import HoldRow, Missing, NewEntry, NewHold, NotPending, OutOfRange, OverCapture, ShortOfFunds, UsageEvent
 from ..times import SECOND, format_ts
 from .ledger import LOTS, USAGE_TAG, available
@@ -48,6 +49,8 @@ async def create_hold(ctx: Context, p: Any) -> dict[str, Any]:
             f"insufficient funds: {available(exc.balance, exc.holds)} cents {p.currency} available, {p.amount} requested",
             param="amount",
         ) from None
+    except CapReached as exc:
+        raise SpendCapReached(f"spend cap reached: {exc.used} of {exc.cap} cents {exc.currency} this {exc.period}", param="amount") from None
     except OutOfRange:
         raise InvalidParams("amount would take the user's holds outside the signed 64-bit range", param="amount") from None
     return hold_result(row)

@@ -146,5 +146,6 @@ METHOD_RULES: dict[str, dict[str, Rule]] = {
     "burnCredits": {"amount": positive},
     "createHold": {"amount": positive, "expiresIn": hold_expiry},
     "captureHold": {"amount": positive},
+    "setSpendCap": {"limit": positive},  # cents, not a page size
 }
 """Rules for one method's own parameters."""

@@ -348,6 +348,41 @@ class NewRule:
 
 
 @dataclass(slots=True)
+class NewAlert:
+    """An alert to create: `type` balance_below or usage_above; `user` None for every user of
+    the tenant; `meter_id` (usage_above only) must name a meter of the tenant (Missing("meter"))."""
+
+    type: str
+    user: str | None
+    currency: str
+    threshold: int
+    period: str | None
+    meter_id: str | None
+    now: int
+
+
+class AlertRow(TypedDict):
+    id: str
+    type: str
+    userId: str | None
+    currency: str
+    threshold: int
+    period: str | None
+    meterId: str | None
+    createdAt: int
+
+
+class SpendCapRow(TypedDict):
+    """`used`: the period's (at the read's `now`) usage withdrawals plus pending holds, in cents."""
+
+    user: str
+    currency: str
+    period: str
+    limit: int
+    used: int
+
+
+@dataclass(slots=True)
 class LedgerFilter:
     """Which of a user's ledger rows to list; None: any."""
 
@@ -749,6 +784,33 @@ class Store(Protocol):
         failed in a row (0 after a success); at `disable_after` the endpoint is disabled, the
         event `disabling` renders is recorded and tenants.usage_hooks kept. True when it
         disabled the endpoint."""
+        ...
+
+    # alerts and spend caps
+    async def create_alert(
+        self, tenant: int, alert: NewAlert, idempotency: Idempotency | None = None, *, quota: int | None = None
+    ) -> AlertRow:
+        """Missing("meter") for an unknown meter; QuotaReached("alert") when the tenant holds
+        `quota` alerts already; tenants.alerts counted in the same transaction."""
+        ...
+    async def list_alerts(self, tenant: int, user: str | None) -> list[AlertRow]:
+        """In creation order; with `user`, that user's alerts and the tenant-wide ones."""
+        ...
+    async def delete_alert(self, tenant: int, alert_id: str, now: int, idempotency: Idempotency | None = None) -> None:
+        """Missing("alert") when the tenant has no such alert; its marks go with it."""
+        ...
+    async def set_spend_cap(
+        self, tenant: int, user: str, currency: str, period: str, cap: int, now: int, idempotency: Idempotency | None = None
+    ) -> SpendCapRow:
+        """Creates or replaces the cap of (user, currency, period); tenants.spend_caps kept."""
+        ...
+    async def spend_caps(self, tenant: int, user: str, now: int) -> list[SpendCapRow]:
+        """The user's caps by currency then period (day before month), each with `used` at `now`."""
+        ...
+    async def delete_spend_cap(
+        self, tenant: int, user: str, currency: str, period: str, now: int, idempotency: Idempotency | None = None
+    ) -> None:
+        """Missing("spend cap") when there is none."""
         ...
 
     # export (zapbilling export)

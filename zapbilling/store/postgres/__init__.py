@@ -3,6 +3,7 @@ connection.py for how concurrent servers stay correct). Only the store modules h
 from __future__ import annotations
 
 from .accounts import AccountQueries
+from .alerts import AlertQueries
 from .deliveries import DeliveryQueries
 from .export import ExportQueries
 from .grants import GrantQueries
@@ -15,5 +16,5 @@ from .webhooks import WebhookQueries
 from .series import SeriesQueries
 
 
-class PostgresStore(KeyQueries, LedgerQueries, AccountQueries, MeteringQueries, SeriesQueries, GrantQueries, PricingQueries, HoldQueries, ExportQueries, WebhookQueries, DeliveryQueries):
+class PostgresStore(KeyQueries, LedgerQueries, AccountQueries, MeteringQueries, SeriesQueries, GrantQueries, PricingQueries, HoldQueries, ExportQueries, WebhookQueries, DeliveryQueries, AlertQueries):
     """The Store (base.py) on PostgreSQL."""

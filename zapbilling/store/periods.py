@@ -1,0 +1,22 @@
+"""The calendar periods of alerts and spend caps: a UTC day or a UTC month, as [start, end) in
+microseconds since the epoch. Backend-neutral arithmetic, done in Python once per evaluation."""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from ..times import DAY, to_us
+
+PERIODS = ("day", "month")
+
+
+def period_bounds(period: str, now: int) -> tuple[int, int]:
+    """The period of kind `period` ("day" or "month") that `now` falls in."""
+    if period == "day":
+        start = now - now % DAY
+        return start, start + DAY
+    if period != "month":
+        raise ValueError(period)
+    at = datetime.fromtimestamp(now // 1_000_000, timezone.utc)
+    first = datetime(at.year, at.month, 1, tzinfo=timezone.utc)
+    following = datetime(at.year + (at.month == 12), at.month % 12 + 1, 1, tzinfo=timezone.utc)
+    return to_us(first), to_us(following)

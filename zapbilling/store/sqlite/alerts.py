@@ -1,0 +1,205 @@
+"""Alerts and spend caps on SQLite: their rows, and the tenant's counts of them (tenants.alerts,
+tenants.spend_caps) kept in the same transaction as each create and delete, so that a write of
+a tenant without any reads one row and nothing more (outbox.watch). What a write does with them
+is watch.py's job."""
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+from ..base import AlertRow, Idempotency, NewAlert, SpendCapRow
+from ..ids import new_id
+from ..periods import period_bounds
+from ..refusals import Missing, QuotaReached
+from .connection import SqliteBase
+
+_ALERT = "id, type, user_id, currency, threshold, period, meter_id, created_at"
+
+USED = (
+    "SELECT COALESCE(SUM(amount), 0) FROM ledger WHERE tenant = ? AND user_id = ? AND created_at >= ? AND created_at < ?"
+    " AND currency = ? AND type = 'withdraw' AND tags = 'api-usage'"
+)
+"""The usage withdrawals (recordUsage's and the captures of holds, both tagged api-usage) of one
+account over [start, end); parameters (tenant, user, start, end, currency). A range of the
+ledger_history index (tenant, user_id, created_at, seq): its cost is the user's ledger rows in
+the period, never the user's whole history."""
+# Written out here rather than imported from ledger.py, which imports watch.py (and so this).
+HELD = (
+    "SELECT COALESCE(SUM(amount), 0) FROM holds WHERE tenant = {tenant} AND user_id = {user}"
+    " AND currency = {currency} AND status = 'pending' AND expires_at > {now}"
+)
+"""As ledger.HELD: an account's holds pending at now (a hold counts until expires_at)."""
+HELD_NOW = HELD.format(tenant="?1", user="?2", currency="?3", now="?4")
+"""The account's holds pending at now; parameters (tenant, user, currency, now)."""
+AVAILABLE = (
+    "SELECT COALESCE((SELECT balance FROM balances WHERE tenant = ?1 AND user_id = ?2 AND currency = ?3), 0)"
+    " - (SELECT COALESCE(SUM(remaining), 0) FROM ledger WHERE tenant = ?1 AND user_id = ?2 AND currency = ?3"
+    " AND remaining > 0 AND expires_at <= ?4) - (" + HELD_NOW + ")"
+)
+"""As ledger.ACCOUNT, subtracted: balance less expired unforfeited credit less pending holds
+(each term is an int64 the ledger keeps in range); parameters (tenant, user, currency, now)."""
+
+
+# A user's caps, each with its period's usage and the holds pending now, in one statement (one
+# snapshot): two index ranges per cap.
+_CAPS = (
+    "SELECT s.currency, s.period, s.cap,"
+    " (SELECT COALESCE(SUM(amount), 0) FROM ledger WHERE tenant = :tenant AND user_id = :user"
+    "  AND created_at >= CASE s.period WHEN 'day' THEN :day ELSE :month END"
+    "  AND created_at < CASE s.period WHEN 'day' THEN :day_end ELSE :month_end END"
+    "  AND currency = s.currency AND type = 'withdraw' AND tags = 'api-usage'),"
+    f" ({HELD.format(tenant=':tenant', user=':user', currency='s.currency', now=':now')})"
+    " FROM spend_caps s WHERE s.tenant = :tenant AND s.user_id = :user"
+    " ORDER BY s.currency, CASE s.period WHEN 'day' THEN 0 ELSE 1 END"
+)
+
+
+def alert_row(r: Any) -> AlertRow:
+    return {
+        "id": r[0], "type": r[1], "userId": r[2], "currency": r[3], "threshold": r[4], "period": r[5],
+        "meterId": r[6], "createdAt": r[7],
+    }
+
+
+USED_SINCE = (
+    "SELECT COALESCE(SUM(CASE WHEN currency = ?1 AND type = 'withdraw' AND created_at >= ?2 AND created_at < ?3"
+    " THEN amount END), 0), MAX(seq) FROM ledger WHERE tenant = ?4 AND user_id = ?5 AND tags = 'api-usage' AND seq > ?6"
+)
+"""The usage withdrawals of one account in [start, end) written after ledger seq ?6, and the
+largest seq of the user's usage rows written since: a range of the ledger_usage index
+(tenant, user_id, seq) WHERE tags = 'api-usage' as long as the rows written since the last
+look. Parameters (currency, start, end, tenant, user, seq)."""
+LAST_USAGE = "SELECT COALESCE(MAX(seq), 0) FROM ledger WHERE tenant = ? AND user_id = ? AND tags = 'api-usage'"
+"""The user's last usage row: one step of the ledger_usage index."""
+_TOTAL = "tenant = ? AND user_id = ? AND currency = ? AND period = ?"
+
+
+def period_usage(conn: sqlite3.Connection, tenant: int, user: str, currency: str, period: str, now: int) -> int:
+    """The usage withdrawals of the account in the period of kind `period` that `now` is in,
+    from its running total (usage_totals, migration 7), brought up to date in this write
+    transaction: the rows written since it was last brought up to date are added, and only in
+    a period's first look is the period summed whole.
+
+    Why a total keyed by seq is exact: ledger rows are never deleted and their amounts never
+    change, and while this runs no usage row of the account can be uncommitted with a smaller
+    seq than a committed one (SQLite writes one transaction at a time; PostgreSQL's version
+    holds the account's lock, under which alone its usage rows are written), so every usage
+    row of the account with a seq at or below through_seq was counted, and every later one has
+    a larger seq. (Rows of the user's other currencies move through_seq along too: they are
+    never this account's.)"""
+    start, end = period_bounds(period, now)
+    key = (tenant, user, currency, period)
+    row = conn.execute(f"SELECT period_start, used, through_seq FROM usage_totals WHERE {_TOTAL}", key).fetchone()
+    if row is not None and row[0] == start:
+        added, last = conn.execute(USED_SINCE, (currency, start, end, tenant, user, row[2])).fetchone()
+        if last is None:
+            return int(row[1])
+        total = int(row[1]) + int(added)
+        conn.execute(f"UPDATE usage_totals SET used = ?, through_seq = ? WHERE {_TOTAL}", (total, last, *key))
+        return total
+    (last,), = conn.execute(LAST_USAGE, (tenant, user)).fetchall()
+    (total,), = conn.execute(USED, (tenant, user, start, end, currency)).fetchall()
+    conn.execute(
+        "INSERT INTO usage_totals (tenant, user_id, currency, period, period_start, used, through_seq) VALUES (?, ?, ?, ?, ?, ?, ?)"
+        " ON CONFLICT (tenant, user_id, currency, period) DO UPDATE SET period_start = excluded.period_start,"
+        " used = excluded.used, through_seq = excluded.through_seq",
+        (*key, start, total, last),
+    )
+    return int(total)
+
+
+def used(conn: sqlite3.Connection, tenant: int, user: str, currency: str, period: str, now: int, held: int) -> int:
+    """What a cap of `period` counts at `now`: the period's usage withdrawals plus `held`."""
+    return period_usage(conn, tenant, user, currency, period, now) + held
+
+
+def held_now(conn: sqlite3.Connection, tenant: int, user: str, currency: str, now: int) -> int:
+    (held,), = conn.execute(HELD_NOW, (tenant, user, currency, now)).fetchall()
+    return int(held)
+
+
+class AlertQueries(SqliteBase):
+    async def create_alert(
+        self, tenant: int, alert: NewAlert, idempotency: Idempotency | None = None, *, quota: int | None = None
+    ) -> AlertRow:
+        return await self._write(tenant, idempotency, alert.now, _create_alert, tenant, new_id("alr"), alert, quota)
+
+    async def list_alerts(self, tenant: int, user: str | None) -> list[AlertRow]:
+        if user is None:
+            rows = await self._read(f"SELECT {_ALERT} FROM alerts WHERE tenant = ? ORDER BY seq", (tenant,))
+        else:
+            rows = await self._read(
+                f"SELECT {_ALERT} FROM alerts WHERE tenant = ? AND (user_id = ? OR user_id IS NULL) ORDER BY seq", (tenant, user)
+            )
+        return [alert_row(r) for r in rows]
+
+    async def delete_alert(self, tenant: int, alert_id: str, now: int, idempotency: Idempotency | None = None) -> None:
+        await self._write(tenant, idempotency, now, _delete_alert, tenant, alert_id)
+
+    async def set_spend_cap(
+        self, tenant: int, user: str, currency: str, period: str, cap: int, now: int, idempotency: Idempotency | None = None
+    ) -> SpendCapRow:
+        return await self._write(tenant, idempotency, now, _set_spend_cap, tenant, user, currency, period, cap, now)
+
+    async def spend_caps(self, tenant: int, user: str, now: int) -> list[SpendCapRow]:
+        (day, day_end), (month, month_end) = period_bounds("day", now), period_bounds("month", now)
+        rows = await self._read(_CAPS, {"tenant": tenant, "user": user, "now": now, "day": day, "day_end": day_end,
+                                        "month": month, "month_end": month_end})
+        return [{"user": user, "currency": c, "period": p, "limit": cap, "used": int(spent) + int(held)}
+                for c, p, cap, spent, held in rows]
+
+    async def delete_spend_cap(
+        self, tenant: int, user: str, currency: str, period: str, now: int, idempotency: Idempotency | None = None
+    ) -> None:
+        await self._write(tenant, idempotency, now, _delete_spend_cap, tenant, user, currency, period)
+
+
+def _create_alert(conn: sqlite3.Connection, tenant: int, alert_id: str, a: NewAlert, quota: int | None) -> AlertRow:
+    """Counted, checked and inserted in one job on the writer: two creates at the bound cannot
+    both see room for one more, and tenants.alerts never drifts from the table."""
+    if a.meter_id is not None and conn.execute("SELECT 1 FROM meters WHERE tenant = ? AND id = ?", (tenant, a.meter_id)).fetchone() is None:
+        raise Missing("meter")
+    held = conn.execute("SELECT alerts FROM tenants WHERE id = ?", (tenant,)).fetchone()
+    if quota is not None and held is not None and held[0] >= quota:
+        raise QuotaReached("alert", quota)
+    row = conn.execute(
+        f"INSERT INTO alerts (id, tenant, type, user_id, currency, threshold, period, meter_id, created_at)"
+        f" VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING {_ALERT}",
+        (alert_id, tenant, a.type, a.user, a.currency, a.threshold, a.period, a.meter_id, a.now),
+    ).fetchone()
+    conn.execute("UPDATE tenants SET alerts = alerts + 1 WHERE id = ?", (tenant,))
+    return alert_row(row)
+
+
+def _delete_alert(conn: sqlite3.Connection, tenant: int, alert_id: str) -> None:
+    if conn.execute("DELETE FROM alerts WHERE tenant = ? AND id = ? RETURNING id", (tenant, alert_id)).fetchone() is None:
+        raise Missing("alert")
+    conn.execute("DELETE FROM alert_marks WHERE alert_id = ?", (alert_id,))
+    conn.execute("UPDATE tenants SET alerts = alerts - 1 WHERE id = ?", (tenant,))
+
+
+def _set_spend_cap(
+    conn: sqlite3.Connection, tenant: int, user: str, currency: str, period: str, cap: int, now: int
+) -> SpendCapRow:
+    """A replaced cap keeps its reached_period: spend_cap.reached stays once per period."""
+    existed = conn.execute(
+        "SELECT 1 FROM spend_caps WHERE tenant = ? AND user_id = ? AND currency = ? AND period = ?", (tenant, user, currency, period)
+    ).fetchone()
+    conn.execute(
+        "INSERT INTO spend_caps (tenant, user_id, currency, period, cap, created_at) VALUES (?, ?, ?, ?, ?, ?)"
+        " ON CONFLICT (tenant, user_id, currency, period) DO UPDATE SET cap = excluded.cap",
+        (tenant, user, currency, period, cap, now),
+    )
+    if existed is None:
+        conn.execute("UPDATE tenants SET spend_caps = spend_caps + 1 WHERE id = ?", (tenant,))
+    spent = used(conn, tenant, user, currency, period, now, held_now(conn, tenant, user, currency, now))
+    return {"user": user, "currency": currency, "period": period, "limit": cap, "used": spent}
+
+
+def _delete_spend_cap(conn: sqlite3.Connection, tenant: int, user: str, currency: str, period: str) -> None:
+    if conn.execute(
+        "DELETE FROM spend_caps WHERE tenant = ? AND user_id = ? AND currency = ? AND period = ? RETURNING cap",
+        (tenant, user, currency, period),
+    ).fetchone() is None:
+        raise Missing("spend cap")
+    conn.execute("UPDATE tenants SET spend_caps = spend_caps - 1 WHERE id = ?", (tenant,))
