@@ -111,12 +111,13 @@ class Sender:
     async def turn(self) -> int:
         """One look for work; the number of attempts started."""
         now = self.clock()
-        if not await self.store.deliveries_waiting(now):
-            return 0
-        while await self.store.dispatch_events(now, DISPATCH_BATCH) == DISPATCH_BATCH:
-            pass
+        undispatched, due = await self.store.deliveries_waiting(now)
+        if undispatched:
+            while await self.store.dispatch_events(now, DISPATCH_BATCH) == DISPATCH_BATCH:
+                pass
+            due = True  # the new deliveries are due now (or the endpoints subscribe to none)
         free = self.concurrency - len(self._inflight)
-        if free <= 0:
+        if not due or free <= 0:
             return 0
         busy: dict[str, int] = {}
         for endpoint in self._inflight.values():

@@ -759,9 +759,9 @@ class Store(Protocol):
         ...
 
     # deliveries (zapbilling/events/sender.py; both backends' deliveries.py)
-    async def deliveries_waiting(self, now: int) -> bool:
-        """Whether an event waits to be dispatched or a delivery is due and not leased: one
-        cheap read, so an idle sender writes nothing."""
+    async def deliveries_waiting(self, now: int) -> tuple[bool, bool]:
+        """(whether an event waits to be dispatched, whether a delivery is due and not leased):
+        one cheap read, so that an idle sender writes nothing."""
         ...
     async def dispatch_events(self, now: int, limit: int = 500) -> int:
         """Turn up to `limit` undispatched events into pending deliveries due at `now`, one per

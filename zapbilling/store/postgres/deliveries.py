@@ -19,11 +19,11 @@ _DUE = "status = 'pending' AND due_at <= $1 AND (lease_until IS NULL OR lease_un
 
 
 class DeliveryQueries(PgBase):
-    async def deliveries_waiting(self, now: int) -> bool:
+    async def deliveries_waiting(self, now: int) -> tuple[bool, bool]:
         rows = await self._read(
-            f"SELECT EXISTS (SELECT 1 FROM events WHERE dispatched = 0) OR EXISTS (SELECT 1 FROM deliveries WHERE {_DUE})", now
+            f"SELECT EXISTS (SELECT 1 FROM events WHERE dispatched = 0), EXISTS (SELECT 1 FROM deliveries WHERE {_DUE})", now
         )
-        return bool(rows[0][0])
+        return bool(rows[0][0]), bool(rows[0][1])
 
     async def dispatch_events(self, now: int, limit: int = 500) -> int:
         return await self._tx(_dispatch, now, limit)

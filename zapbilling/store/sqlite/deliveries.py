@@ -24,12 +24,12 @@ _DUE = "status = 'pending' AND due_at <= :now AND (lease_until IS NULL OR lease_
 
 
 class DeliveryQueries(SqliteBase):
-    async def deliveries_waiting(self, now: int) -> bool:
+    async def deliveries_waiting(self, now: int) -> tuple[bool, bool]:
         rows = await self._read(
-            f"SELECT EXISTS (SELECT 1 FROM events WHERE dispatched = 0) OR EXISTS (SELECT 1 FROM deliveries WHERE {_DUE})",
+            f"SELECT EXISTS (SELECT 1 FROM events WHERE dispatched = 0), EXISTS (SELECT 1 FROM deliveries WHERE {_DUE})",
             {"now": now},
         )
-        return bool(rows[0][0])
+        return bool(rows[0][0]), bool(rows[0][1])
 
     async def dispatch_events(self, now: int, limit: int = 500) -> int:
         return await self._run(_dispatch, now, limit)
