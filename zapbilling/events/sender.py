@@ -99,11 +99,18 @@ class Sender:
             self._session = None
 
     async def _run(self) -> None:
+        failing = False
         while True:
             try:
                 await self.turn()
+                if failing:
+                    log.info("webhook delivery works again")
+                failing = False
             except Exception:
-                log.exception("webhook delivery turn failed; trying again at the next one")
+                # Once per outage (the database down, the disk full), not twice a second.
+                if not failing:
+                    log.exception("webhook delivery failed; trying again every %g s", self.poll)
+                failing = True
             self._wake.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.poll)
