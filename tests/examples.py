@@ -66,7 +66,8 @@ async def prepare(api: Any, example: Example) -> tuple[dict[str, Any], dict[str,
         r = await api.call(step.method, params)
         assert r.ok, (step.method, params, r)
         for name, result_field in step.save.items():
-            assert isinstance(r.result, dict) and result_field in r.result, \
-                f"setup step {step.method}: no field {result_field!r} to save as {name!r} in {r.result!r}"
-            refs[name] = r.result[result_field]
+            try:
+                refs[name] = package.saved(r.result, result_field)
+            except (KeyError, IndexError, TypeError, ValueError):
+                raise AssertionError(f"setup step {step.method}: no field {result_field!r} to save as {name!r} in {r.result!r}") from None
     return resolve(example.params, refs), refs

@@ -38,6 +38,10 @@ OTHER: dict[str, Callable[[Params], Params]] = {
     "createHold": lambda p: p | {"amount": p["amount"] + 1},
     "captureHold": lambda p: p | {"amount": p["amount"] + 1},
     "releaseHold": lambda p: p | {"id": "hold_other"},
+    "createWebhookEndpoint": lambda p: p | {"description": p["description"] + " 2"},
+    "deleteWebhookEndpoint": lambda p: p | {"id": "we_other"},
+    "rotateWebhookSecret": lambda p: p | {"id": "we_other"},
+    "redeliverEvent": lambda p: p | {"id": "evt_other"},
 }
 MUTATING = sorted(c.name for c in REGISTRY.commands.values() if c.mutates)
 

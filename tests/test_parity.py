@@ -48,7 +48,7 @@ def example(wire: str) -> Example:
     return EXAMPLES[wire]
 
 
-SERVER_ID = re.compile(r"[a-z][a-z0-9]*_[0-9a-f]{16,}\Z")
+SERVER_ID = re.compile(r"[a-z][a-z0-9]*_[0-9a-f]{16,}\Z|whsec_[A-Za-z0-9+/]{32}\Z")  # ids, and webhook secrets (random too)
 
 
 def normalise(value: Any, refs: dict[str, str]) -> Any:

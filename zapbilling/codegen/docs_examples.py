@@ -13,6 +13,7 @@ by ids of the same shape. Nothing else is touched.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import re
 import tempfile
@@ -25,7 +26,7 @@ from ..config import Config
 from ..registry import Command, Registry
 from ..schema import Schema
 from ..times import SECOND, parse_ts
-from .examples import Example, ExamplesError, examples_path, resolve
+from .examples import Example, ExamplesError, examples_path, resolve, saved
 from .examples import load_examples as _load
 
 START = parse_ts("2026-02-02T09:00:00Z")
@@ -34,6 +35,8 @@ one second after the one before it."""
 ORG, MODE = "docs", "test"
 ID = re.compile(r"\b([a-z]+)_([0-9a-f]{24})\b")
 """A server-made id (`tx_`, `hold_`, `mtr_`, ...): the prefix, then 24 hex digits."""
+SIGNING_SECRET = re.compile(r"\bwhsec_[A-Za-z0-9+/]{32}")
+"""A webhook endpoint's signing secret (random, as an id is): replaced by a stable one too."""
 
 
 ExampleError = ExamplesError
@@ -131,7 +134,7 @@ class _Runner:
             status, body = await self._zap(envelope)
             if "result" not in body:
                 raise ExampleError(f"setup step {step.method} {envelope['params']} failed: {body}")
-            refs.update({name: body["result"][f] for name, f in step.save.items()})
+            refs.update({name: saved(body["result"], f) for name, f in step.save.items()})
         self.clock.now = START + (len(example.setup) + 1) * SECOND
         params = resolve(example.params, refs)
         status, body = await send(params)
@@ -188,11 +191,15 @@ class _Ids:
 
     def replace(self, value: Any) -> Any:
         text = json.dumps(value)
-        return json.loads(ID.sub(self._stable, text))
+        return json.loads(SIGNING_SECRET.sub(self._stable, ID.sub(self._stable, text)))
 
     def _stable(self, m: re.Match[str]) -> str:
         if m.group(0) not in self.seen:
-            self.seen[m.group(0)] = f"{m.group(1)}_{START // 1000:011x}{len(self.seen) + 1:013x}"
+            n = len(self.seen) + 1
+            if m.group(0).startswith("whsec_"):  # 24 bytes, as a real one: base64 of the counter's digits
+                self.seen[m.group(0)] = "whsec_" + base64.b64encode(f"{n:024d}".encode()).decode()
+            else:
+                self.seen[m.group(0)] = f"{m.group(1)}_{START // 1000:011x}{n:013x}"
         return self.seen[m.group(0)]
 
 

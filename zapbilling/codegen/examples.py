@@ -33,7 +33,8 @@ class ExamplesError(ValueError):
 @dataclass(frozen=True)
 class Step:
     """One setup call: `method` (a plain method name, without the service prefix) with `params`
-    (which may hold refs saved by earlier steps); `save` maps a ref name to a result field."""
+    (which may hold refs saved by earlier steps); `save` maps a ref name to a result field (or
+    a path into the result, as `saved` reads it)."""
     method: str
     params: dict[str, Any]
     save: dict[str, str] = field(default_factory=dict)
@@ -48,6 +49,16 @@ class Example:
     state: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     """Reads whose answers must agree between tenants after a mutating call."""
     setup_name: str | None = None
+
+
+def saved(result: Any, path: str) -> Any:
+    """What a setup step's `save` takes from its result: a field, or a path into it whose parts
+    are fields and list indexes (`events.0.id`: the first event's id). KeyError, IndexError or
+    TypeError when the result holds no such value."""
+    value = result
+    for part in path.split("."):
+        value = value[int(part)] if isinstance(value, list) else value[part]
+    return value
 
 
 def examples_path(schema_file: str | Path) -> Path:
