@@ -609,3 +609,17 @@ async def test_the_readme_receiver_verifies_dedupes_and_answers_fast(api, db_pat
         assert scope["seen"] == {event_id}
     finally:
         await runner.cleanup()
+
+
+# -- the bench line ---------------------------------------------------------------------------------
+@pytest.mark.sqlite_only("the bench makes its own database; its --pg run is the same code")
+def test_the_deliveries_per_second_bench_runs():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    r = subprocess.run([sys.executable, "-m", "bench.webhooks", "--events", "40", "--endpoints", "2"],
+                       cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "webhooks sqlite: 80 deliveries to 2 endpoint(s) in " in r.stdout
+    assert "(receiver hits 80, failed attempts 0)" in r.stdout
