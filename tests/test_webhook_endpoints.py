@@ -7,6 +7,7 @@ The `server` fixture is overridden here with --webhook-allow-private on, as the 
 deliver use it; the refusals of private addresses run on `strict`, a server without it."""
 from __future__ import annotations
 
+import asyncio
 import base64
 import ipaddress
 import re
@@ -15,7 +16,7 @@ from typing import Any
 import pytest
 from aiohttp import ClientSession
 
-from conftest import Api, assert_error, created_status, ok
+from conftest import TRANSPORTS, Api, assert_error, created_status, ok
 from outbox_rows import sql
 from procs import ServerProcess, create_key
 from zapbilling import cli
@@ -259,6 +260,22 @@ async def test_usage_hooks_counts_the_enabled_endpoints_naming_usage_recorded(ap
     await sql(server.app[STORE], "UPDATE tenants SET usage_hooks = usage_hooks - 1 WHERE id = ?", await tenant_of(server))
     await ok(api, "deleteWebhookEndpoint", {"id": both["id"]})
     assert (await usage_hooks(server), await usage_hooks(server, "globex")) == (0, 1)
+
+
+async def test_concurrent_deletes_of_one_endpoint_take_it_off_once(api, server):
+    """Twelve deletes of one endpoint at once, over every transport: one succeeds, the others
+    are 404, and usage_hooks drops by exactly one (on PostgreSQL the row's lock and its
+    `deleted_at IS NULL` condition decide; on SQLite the one writer)."""
+    keep = await create(api, events=["usage.recorded"])
+    doomed = await create(api, events=["usage.recorded", "deposit.created"])
+    assert await usage_hooks(server) == 2
+    replies = await asyncio.gather(*(api.using(TRANSPORTS[i % 3]).call("deleteWebhookEndpoint", {"id": doomed["id"]}) for i in range(12)))
+    assert sum(r.ok for r in replies) == 1
+    for r in replies:
+        if not r.ok:
+            assert r.error is not None and r.error["message"] == "webhook endpoint not found"
+    assert await usage_hooks(server) == 1
+    assert [x["id"] for x in (await ok(api, "listWebhookEndpoints", {}))["endpoints"]] == [keep["id"]]
 
 
 # -- secrets are never logged -------------------------------------------------------------------
