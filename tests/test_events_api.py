@@ -94,8 +94,7 @@ async def test_get_event_shows_every_attempt_and_the_next_one_of_a_pending_deliv
                    attempts=[("failed", None, "connection refused", t + 2 * SECOND)])
     got = await ok(any_api, "getEvent", {"id": event})
     assert {k: v for k, v in got.items() if k != "deliveries"} == shown((event, type, data, at))
-    entries = [{k: v for k, v in d.items() if v is not None} for d in got["deliveries"]]
-    assert entries == [
+    assert got["deliveries"] == [
         {"endpointId": a["id"], "attempt": 1, "status": "failed", "responseStatus": 500, "error": "HTTP 500", "at": format_ts(t + SECOND)},
         {"endpointId": b["id"], "attempt": 1, "status": "failed", "error": "connection refused", "at": format_ts(t + 2 * SECOND)},
         {"endpointId": a["id"], "attempt": 2, "status": "succeeded", "responseStatus": 200, "at": format_ts(t + 10 * SECOND)},

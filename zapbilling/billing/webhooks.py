@@ -62,7 +62,15 @@ def event_result(e: EventRow) -> dict[str, Any]:
 
 
 def delivery_result(d: DeliveryEntry) -> dict[str, Any]:
-    return d | {"at": format_ts(d["at"])}
+    """An entry of the log; responseStatus and error only when there are some (absent, as a
+    hold's optional fields are, rather than null)."""
+    entry: dict[str, Any] = {"endpointId": d["endpointId"], "attempt": d["attempt"], "status": d["status"]}
+    if d["responseStatus"] is not None:
+        entry["responseStatus"] = d["responseStatus"]
+    if d["error"] is not None:
+        entry["error"] = d["error"]
+    entry["at"] = format_ts(d["at"])
+    return entry
 
 
 async def create_webhook_endpoint(ctx: Context, p: Any) -> dict[str, Any]:
