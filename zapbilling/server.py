@@ -32,6 +32,7 @@ from .config import Config, server_options
 from .early_stop import EarlyStop
 from .limits import Limits
 from .metrics import directory as metrics_directory
+from .transport.console import share_with_workers
 
 log = logging.getLogger("zapbilling")
 
@@ -58,6 +59,7 @@ def serve(config: Config) -> int:
         config = dataclasses.replace(config, port=reserved.getsockname()[1])
         if early.signal is None:
             _prepare_database(config)
+        share_with_workers()  # one console session secret for every worker (transport/console)
         return _supervise(config, early)
 
 
