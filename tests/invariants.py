@@ -29,6 +29,15 @@ the server's SQLite file (a read-only connection, plain SQL, no service code):
 - meter events: no idempotency key twice within a tenant;
 - holds (only if a `holds` table exists): amount > 0, status known, captured_amount set exactly
   when captured and within 1..amount, a capture's transaction a withdraw of that amount;
+- events (only if an `events` table exists; the outbox, billing/events.py): every change that
+  must have an event has exactly one, about it (`subject`), of its type: a caller's deposit
+  (deposit.created), a refund (refund.created), a forfeit (credit.expired), a hold captured,
+  released or marked expired (hold.<status>), a grant's void and expire journal rows
+  (grant.voided, grant.expired) and a burn row that left it at 0 (grant.depleted); a usage
+  withdrawal has at most one usage.recorded (one only while an endpoint named it). And every event
+  of those types is about such a change. Rows from before key ids were recorded (key_id '',
+  migrated from before 0004, long before the outbox) and holds settled by no server of today
+  (settled_at NULL) predate the outbox and are not asked for one;
 - every row's tenant exists; PRAGMA integrity_check is 'ok'; PRAGMA foreign_key_check is empty.
 
 The queries deliberately do not rely on the schema's CHECK constraints or unique indexes: a
@@ -51,6 +60,12 @@ LEDGER_TYPES = {"deposit", "withdraw", "hold", "hold-removed", "transfer"}
 BALANCE_SIGN = {"deposit": 1, "withdraw": -1, "hold": 0, "hold-removed": 0}
 HOLD_STATUSES = {"pending", "captured", "released", "expired"}
 EXPIRED_TAG = "credit-expired"
+USAGE_TAG = "api-usage"
+GRANT_EVENTS = {"void": ("grant.voided", "voided"), "expire": ("grant.expired", "expired"), "burn": ("grant.depleted", "burned to 0")}
+CHANGE_EVENTS = {
+    "deposit.created", "refund.created", "credit.expired", "hold.captured", "hold.released", "hold.expired",
+    "grant.depleted", "grant.voided", "grant.expired", "usage.recorded",
+}
 SYSTEM_KEY = "system"
 JOURNAL_SIGN = {  # a credit journal row's type: (its amount's sign in words, the test)
     "grant": ("> 0", lambda a: a > 0),
@@ -138,6 +153,8 @@ class _Checker:
             self.meter_events()
         if "holds" in self.tables:
             self.holds()
+        if "events" in self.tables:
+            self.events()
         self.tenants_exist()
         return self.out
 
@@ -444,6 +461,50 @@ class _Checker:
                         self.bad(f"hold {hid}: captured {captured}, but its transaction {tx} is a {t['type']} of {t['amount']}")
                     if {"tenant", "user_id", "currency"} <= cols and (t["tenant"], t["user_id"], t["currency"]) != (r["tenant"], r["user_id"], r["currency"]):
                         self.bad(f"hold {hid}: its transaction {tx} belongs to another account")
+
+    # -- events ----------------------------------------------------------------------------
+    def events(self) -> None:
+        """Each change's one event, and no event of a change's type without its change."""
+        need: dict[tuple[int, str, str], str] = {}  # (tenant, type, subject) -> the change, in words
+        may: set[tuple[int, str, str]] = set()  # at most one
+        if "ledger" in self.tables:
+            for r in self.q("SELECT id, tenant, type, tags, refund_of, key_id FROM ledger ORDER BY seq"):
+                if r["key_id"] == "":
+                    continue
+                if r["type"] == "deposit":
+                    kind = ("refund.created", "a refund") if r["refund_of"] is not None else ("deposit.created", "a deposit")
+                    need[(r["tenant"], kind[0], r["id"])] = f"ledger row {r['id']} ({kind[1]})"
+                elif r["type"] == "withdraw" and r["tags"] == EXPIRED_TAG:
+                    need[(r["tenant"], "credit.expired", r["id"])] = f"ledger row {r['id']} (a forfeit)"
+                elif r["type"] == "withdraw" and r["tags"] == USAGE_TAG:
+                    may.add((r["tenant"], "usage.recorded", r["id"]))
+        if "holds" in self.tables:
+            for r in self.q(
+                "SELECT h.id, h.tenant, h.status FROM holds h LEFT JOIN ledger l ON l.id = h.transaction_id"
+                " WHERE h.status <> 'pending' AND h.settled_at IS NOT NULL AND COALESCE(l.key_id, 'x') <> '' ORDER BY h.seq"
+            ):
+                need[(r["tenant"], f"hold.{r['status']}", r["id"])] = f"hold {r['id']} ({r['status']})"
+        if "credit_transactions" in self.tables:
+            for r in self.q(
+                "SELECT grant_id, tenant, type, remaining_after FROM credit_transactions"
+                " WHERE key_id <> '' AND (type IN ('void', 'expire') OR (type = 'burn' AND remaining_after = 0)) ORDER BY seq"
+            ):
+                type, words = GRANT_EVENTS[r["type"]]
+                need[(r["tenant"], type, r["grant_id"])] = f"credit grant {r['grant_id']} ({words})"
+        counts: dict[tuple[int, str, str], int] = defaultdict(int)
+        for r in self.q("SELECT tenant, type, subject FROM events ORDER BY seq"):
+            if r["type"] in CHANGE_EVENTS:
+                counts[(r["tenant"], r["type"], r["subject"])] += 1
+        for key, change in need.items():
+            if counts.get(key, 0) != 1:
+                self.bad(f"{change}: {counts.get(key, 0)} {key[1]} events, expected 1")
+        for key, n in counts.items():
+            if key in need:
+                continue
+            if key not in may:
+                self.bad(f"event of type {key[1]} about {key[2]}: no such change")
+            elif n > 1:
+                self.bad(f"ledger row {key[2]} (a usage withdrawal): {n} usage.recorded events, expected at most 1")
 
 
 # -- for the checker's own tests: a copy of a live database to corrupt one way at a time ------

@@ -24,6 +24,7 @@ from invariants import check_invariants
 
 from zapbilling.billing.grants import plan_burn
 from zapbilling.billing.ledger import LOTS
+from zapbilling.billing.events import HERALD
 from zapbilling.store.base import HoldRow, NewEntry, NewGrant, NewHold
 from zapbilling.store.postgres import PostgresStore
 from zapbilling.store.refusals import AlreadyVoided, NotPending, ShortOfFunds
@@ -38,6 +39,7 @@ SECOND = 1_000_000
 async def stores(db_path):
     pair = [PostgresStore(db_path), PostgresStore(db_path)]
     for s in pair:
+        s.announce_with(HERALD)  # as a server's store: every change with its event (the checker asks)
         await s.open()
     try:
         yield pair

@@ -11,6 +11,7 @@ from typing import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
+from .billing.events import HERALD
 from .billing.ledger import LOTS
 from .config import Config
 from .events.sender import Sender
@@ -40,6 +41,7 @@ IDEMPOTENCY_KEEP = DAY
 def create_app(config: Config, registry: Registry | None = None) -> web.Application:
     registry = registry or load_registry(limits=config.limits)
     store = make_store(config.db, config.durability)
+    store.announce_with(HERALD)  # every write records its events (billing/events.py)
     check_enum_tables(registry.schema, {"AggregationType": store.AGGREGATIONS, "HoldStatus": store.HOLD_STATUSES}, "the store")
     caller = Caller(registry, store, config.clock, config.limits)
     hide_server_version()

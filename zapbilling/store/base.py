@@ -10,7 +10,10 @@ from __future__ import annotations
 from contextlib import AbstractAsyncContextManager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Callable, Iterable, Iterator, NamedTuple, Protocol, TypedDict
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterable, Iterator, NamedTuple, Protocol, TypedDict
+
+if TYPE_CHECKING:
+    from .herald import Herald
 
 DURABILITY = ("full", "normal")
 """What an acknowledged write survives, every backend: full, a power cut; normal, a crash of
@@ -583,6 +586,11 @@ class Store(Protocol):
 
     async def schema_version(self) -> int:
         """The last migration applied to the database (a read of the database, for readiness)."""
+        ...
+
+    def announce_with(self, herald: Herald) -> None:
+        """Record every write's events with the domain's herald (store/herald.py) from now on;
+        installed once at start-up. Without one, a store records no events."""
         ...
 
     # keys

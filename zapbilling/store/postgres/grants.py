@@ -14,10 +14,12 @@ import json
 import asyncpg
 
 from ..base import SYSTEM_KEY, Burn, BurnedGrant, BurnPlan, GrantChange, GrantRow, Idempotency, NewGrant
+from ..herald import Outbox
 from ..ids import new_id
 from ..refusals import AlreadyVoided, Missing
 from ..rows import change_row, grant_row
 from .connection import PgBase
+from .outbox import emit_many, event_args
 
 _GRANT = ("id, user_id, name, amount, remaining, currency, priority, effective_at, expires_at, eligibility, tags,"
           " voided_at, created_at")
@@ -29,8 +31,10 @@ _CHANGE = "id, grant_id, user_id, currency, type, amount, remaining_after, burn_
 
 
 class GrantQueries(PgBase):
+    _outbox: Outbox | None = None  # see LedgerQueries.announce_with
+
     async def create_grant(self, tenant: int, grant: NewGrant, idempotency: Idempotency | None = None) -> GrantRow:
-        return await self._write(tenant, idempotency, grant.now, _create_grant, tenant, new_id("cg"), grant)  # type: ignore[no-any-return]
+        return await self._write(tenant, idempotency, grant.now, _create_grant, tenant, new_id("cg"), grant, self._outbox)  # type: ignore[no-any-return]
 
     async def list_grants(self, tenant: int, user: str) -> list[GrantRow]:
         rows = await self._read(f"SELECT {_GRANT} FROM credit_grants WHERE tenant = $1 AND user_id = $2 ORDER BY seq", tenant, user)
@@ -55,7 +59,7 @@ class GrantQueries(PgBase):
     async def void_grant(
         self, tenant: int, grant_id: str, now: int, key_id: str, idempotency: Idempotency | None = None
     ) -> GrantRow:
-        return await self._write(tenant, idempotency, now, _void_grant, tenant, grant_id, now, key_id)  # type: ignore[no-any-return]
+        return await self._write(tenant, idempotency, now, _void_grant, tenant, grant_id, now, key_id, self._outbox)  # type: ignore[no-any-return]
 
     async def burn_grants(
         self, tenant: int, user: str, currency: str, amount: int, meter_id: str | None, now: int, key_id: str,
@@ -65,7 +69,7 @@ class GrantQueries(PgBase):
         inside one transaction that holds the user's grants locked, one journal row per grant
         touched."""
         return await self._write(  # type: ignore[no-any-return]
-            tenant, idempotency, now, _burn, tenant, user, currency, amount, meter_id, now, key_id, plan
+            tenant, idempotency, now, _burn, tenant, user, currency, amount, meter_id, now, key_id, plan, self._outbox
         )
 
     async def grant_changes_page(
@@ -109,7 +113,7 @@ class GrantQueries(PgBase):
             now, limit,
         )
         for tenant, user in users:
-            await self._tx(_expire_one, tenant, user, now)
+            await self._tx(_expire_one, tenant, user, now, self._outbox)
         return len(users)
 
 
@@ -148,7 +152,15 @@ async def _journal(conn: asyncpg.Connection, tenant: int, grant: GrantRow, type:
     )
 
 
-async def _expire_user(conn: asyncpg.Connection, tenant: int, user: str, now: int, key_id: str, locked: list[int]) -> int:
+async def _tell(conn: asyncpg.Connection, outbox: Outbox | None, tenant: int, grant: GrantRow, change: str, now: int) -> None:
+    """A grant's event for a journal row of type `change` (burn: only the one that emptied it)."""
+    if outbox is not None:
+        await emit_many(conn, [event_args(tenant, outbox.herald.grant(grant, change, now), now, grant["id"])])
+
+
+async def _expire_user(
+    conn: asyncpg.Connection, tenant: int, user: str, now: int, key_id: str, locked: list[int], outbox: Outbox | None
+) -> int:
     """Journal what was left of the user's grants that expired by `now`, of those the caller
     holds `locked` (`_lock_user`); returns how many. The first write that touches the
     user's grants does this before anything else, so every grant change it makes starts from a
@@ -164,13 +176,14 @@ async def _expire_user(conn: asyncpg.Connection, tenant: int, user: str, now: in
         # dated when written, like the ledger's forfeits (a row dated in the past would slip in
         # behind a page a caller has already read)
         await _journal(conn, tenant, grant, "expire", -grant["remainingCents"], 0, now, key_id)
+        await _tell(conn, outbox, tenant, grant | {"remainingCents": 0}, "expire", now)
     return len(rows)
 
 
-async def _expire_one(conn: asyncpg.Connection, tenant: int, user: str, now: int) -> None:
+async def _expire_one(conn: asyncpg.Connection, tenant: int, user: str, now: int, outbox: Outbox | None) -> None:
     """The sweep's job for one user."""
     locked = await _lock_user(conn, tenant, user)
-    await _expire_user(conn, tenant, user, now, SYSTEM_KEY, locked)
+    await _expire_user(conn, tenant, user, now, SYSTEM_KEY, locked, outbox)
 
 
 async def _check_meters(conn: asyncpg.Connection, tenant: int, meter_ids: list[str]) -> None:
@@ -179,10 +192,10 @@ async def _check_meters(conn: asyncpg.Connection, tenant: int, meter_ids: list[s
             raise Missing("meter", i)
 
 
-async def _create_grant(conn: asyncpg.Connection, tenant: int, grant_id: str, g: NewGrant) -> GrantRow:
+async def _create_grant(conn: asyncpg.Connection, tenant: int, grant_id: str, g: NewGrant, outbox: Outbox | None) -> GrantRow:
     await _check_meters(conn, tenant, g.eligibility)
     locked = await _lock_user(conn, tenant, g.user)
-    await _expire_user(conn, tenant, g.user, g.now, g.key_id, locked)
+    await _expire_user(conn, tenant, g.user, g.now, g.key_id, locked, outbox)
     row = await conn.fetchrow(
         f"INSERT INTO credit_grants (id, tenant, user_id, name, amount, remaining, currency, priority, effective_at,"
         f" expires_at, eligibility, tags, created_at) VALUES ($1, $2, $3, $4, $5, $5, $6, $7, $8, $9, $10, $11, $12)"
@@ -195,12 +208,14 @@ async def _create_grant(conn: asyncpg.Connection, tenant: int, grant_id: str, g:
     return grant
 
 
-async def _void_grant(conn: asyncpg.Connection, tenant: int, grant_id: str, now: int, key_id: str) -> GrantRow:
+async def _void_grant(
+    conn: asyncpg.Connection, tenant: int, grant_id: str, now: int, key_id: str, outbox: Outbox | None
+) -> GrantRow:
     user = await conn.fetchval("SELECT user_id FROM credit_grants WHERE tenant = $1 AND id = $2", tenant, grant_id)
     if user is None:
         raise Missing("grant")
     locked = await _lock_user(conn, tenant, user, grant_id)
-    await _expire_user(conn, tenant, user, now, key_id, locked)
+    await _expire_user(conn, tenant, user, now, key_id, locked, outbox)
     # The row as it is now, locked above: of two concurrent voids the second waits there and
     # then finds it voided.
     row = await conn.fetchrow(f"SELECT {_GRANT} FROM credit_grants WHERE tenant = $1 AND id = $2", tenant, grant_id)
@@ -211,17 +226,19 @@ async def _void_grant(conn: asyncpg.Connection, tenant: int, grant_id: str, now:
         f"UPDATE credit_grants SET voided_at = $2, remaining = 0 WHERE id = $1 RETURNING {_GRANT}", grant_id, now
     )
     await _journal(conn, tenant, grant, "void", -grant["remainingCents"], 0, now, key_id)
-    return grant_row(voided)
+    after = grant_row(voided)
+    await _tell(conn, outbox, tenant, after, "void", now)
+    return after
 
 
 async def _burn(
     conn: asyncpg.Connection, tenant: int, user: str, currency: str, amount: int, meter_id: str | None, now: int,
-    key_id: str, plan: BurnPlan,
+    key_id: str, plan: BurnPlan, outbox: Outbox | None,
 ) -> Burn:
     if meter_id is not None:
         await _check_meters(conn, tenant, [meter_id])
     locked = await _lock_user(conn, tenant, user)
-    await _expire_user(conn, tenant, user, now, key_id, locked)
+    await _expire_user(conn, tenant, user, now, key_id, locked, outbox)
     # The remainders the plan decides on are those of rows this transaction holds locked.
     rows = await conn.fetch(
         f"SELECT {_GRANT} FROM credit_grants WHERE tenant = $1 AND user_id = $2 AND currency = $3"
@@ -239,5 +256,7 @@ async def _burn(
         )
         assert left is not None, f"the burn plan took {take} from grant {grant['id']}, which holds less"
         await _journal(conn, tenant, grant, "burn", -take, left, now, key_id, burn_id, meter_id)
+        if left == 0:
+            await _tell(conn, outbox, tenant, grant | {"remainingCents": 0}, "burn", now)
         burned.append({"id": grant["id"], "burned": take, "remainingCents": left})
     return {"burnId": burn_id if burned else None, "grants": burned}

@@ -18,8 +18,11 @@ from ..base import INT64_MAX, HoldCharge, HoldRow, Idempotency, NewHold
 from ..ids import new_id
 from ..refusals import Missing, NotPending, OutOfRange, OverCapture, ShortOfFunds
 from ..rows import hold_row
-from .connection import PgBase, affected, lock_account
+from ..herald import Outbox
+from .connection import PgBase
 from .ledger import ACCOUNT, append_entry
+from .outbox import Watch, emit_many, event_args, lock_watching, watch
+from .watch import after_account_write, check_spend_cap
 
 # The column says 'pending' until a settlement or the sweep; from the instant expires_at is
 # reached a pending hold is expired for every reader, so status is always computed at `now`
@@ -50,6 +53,7 @@ def _hold(now: str) -> str:
 
 class HoldQueries(PgBase):
     HOLD_STATUSES = frozenset(_STATUS_IS)
+    _outbox: Outbox | None = None  # see LedgerQueries.announce_with
 
     async def create_hold(self, tenant: int, hold: NewHold, idempotency: Idempotency | None = None) -> HoldRow:
         return await self._write(tenant, idempotency, hold.now, _create_hold, tenant, new_id("hold"), hold)  # type: ignore[no-any-return]
@@ -60,10 +64,12 @@ class HoldQueries(PgBase):
     ) -> HoldRow:
         """Settle the hold as captured for `amount` (None: all of it) and append the ledger row
         `charge` makes, in one transaction."""
-        return await self._write(tenant, idempotency, now, _capture_hold, tenant, hold_id, amount, now, charge)  # type: ignore[no-any-return]
+        return await self._write(  # type: ignore[no-any-return]
+            tenant, idempotency, now, _capture_hold, tenant, hold_id, amount, now, charge, self._outbox
+        )
 
     async def release_hold(self, tenant: int, hold_id: str, now: int, idempotency: Idempotency | None = None) -> HoldRow:
-        return await self._write(tenant, idempotency, now, _release_hold, tenant, hold_id, now)  # type: ignore[no-any-return]
+        return await self._write(tenant, idempotency, now, _release_hold, tenant, hold_id, now, self._outbox)  # type: ignore[no-any-return]
 
     async def get_hold(self, tenant: int, hold_id: str, now: int) -> HoldRow | None:
         rows = await self._read(f"SELECT {_hold('$3')} FROM holds WHERE tenant = $1 AND id = $2", tenant, hold_id, now)
@@ -95,14 +101,25 @@ class HoldQueries(PgBase):
 
     async def expire_holds(self, now: int, limit: int = 500) -> int:
         """Mark up to `limit` lapsed pending holds expired; returns how many. Reads never need
-        this (they compute the status at their own instant); it keeps the column honest."""
-        return await self._tx(_expire_holds, now, limit)
+        this (they compute the status at their own instant); it keeps the column honest, and
+        records each hold's expiry event (so a hold's hold.expired comes with the sweep)."""
+        return await self._tx(_expire_holds, now, limit, self._outbox)
 
 
 async def _create_hold(conn: asyncpg.Connection, tenant: int, hold_id: str, h: NewHold) -> HoldRow:
     # The account's lock first: the funds read below then sees every earlier write of this
     # account committed, and no other hold or withdrawal can land before this one commits.
-    await lock_account(conn, tenant, h.user, h.currency)
+    # The Watch rides on the lock's statement (outbox.lock_watching).
+    _, w = await lock_watching(conn, tenant, h.user, h.currency)
+    if w.spend_caps:
+        if h.request_id is not None:  # a requestId seen before answers its hold, refused by no cap
+            seen = await conn.fetchrow(
+                f"SELECT {_hold('$4')} FROM holds WHERE tenant = $1 AND user_id = $2 AND request_id = $3",
+                tenant, h.user, h.request_id, h.now,
+            )
+            if seen is not None:
+                return hold_row(seen)
+        await check_spend_cap(conn, tenant, h.user, h.currency, h.amount, h.now)
     balance, expired, held = await conn.fetchrow(ACCOUNT, tenant, h.user, h.currency, h.now)
     # The insert before the checks, as on SQLite: a requestId seen before answers its hold
     # whatever the account holds now. A concurrent twin waits on the unique index for this
@@ -123,17 +140,20 @@ async def _create_hold(conn: asyncpg.Connection, tenant: int, hold_id: str, h: N
         raise OutOfRange("holds")
     if not h.covered(balance - expired, held):
         raise ShortOfFunds(balance - expired, held)
+    if w.alerts or w.spend_caps:
+        await after_account_write(conn, tenant, h.user, h.currency, h.now, w)
     return hold_row(row)
 
 
-async def _lock_hold(conn: asyncpg.Connection, tenant: int, hold_id: str, now: int) -> int:
+async def _lock_hold(conn: asyncpg.Connection, tenant: int, hold_id: str, now: int) -> tuple[int, Watch]:
     """The settlement's locks in the protocol's order: the hold's account (read without a lock:
     a hold's user and currency never change), then the hold's row. Refuses a hold that is not
-    here or not pending at `now`; returns its amount."""
+    here or not pending at `now`; returns its amount and the tenant's Watch (read by the lock's
+    statement)."""
     account = await conn.fetchrow("SELECT user_id, currency FROM holds WHERE tenant = $1 AND id = $2", tenant, hold_id)
     if account is None:
         raise Missing("hold")
-    await lock_account(conn, tenant, account[0], account[1])
+    _, w = await lock_watching(conn, tenant, account[0], account[1])
     found = await conn.fetchrow(
         "SELECT CASE WHEN status = 'pending' AND expires_at <= $3 THEN 'expired' ELSE status END, amount FROM holds"
         " WHERE tenant = $1 AND id = $2 FOR UPDATE",
@@ -141,13 +161,14 @@ async def _lock_hold(conn: asyncpg.Connection, tenant: int, hold_id: str, now: i
     )
     if found[0] != "pending":
         raise NotPending(found[0])
-    return int(found[1])
+    return int(found[1]), w
 
 
 async def _capture_hold(
-    conn: asyncpg.Connection, tenant: int, hold_id: str, amount: int | None, now: int, charge: HoldCharge
+    conn: asyncpg.Connection, tenant: int, hold_id: str, amount: int | None, now: int, charge: HoldCharge,
+    outbox: Outbox | None,
 ) -> HoldRow:
-    held = await _lock_hold(conn, tenant, hold_id, now)
+    held, _ = await _lock_hold(conn, tenant, hold_id, now)
     if amount is not None and amount > held:
         raise OverCapture(amount, held)
     row = await conn.fetchrow(
@@ -158,30 +179,61 @@ async def _capture_hold(
     hold = hold_row(row)
     captured = hold["capturedAmount"]
     assert captured is not None, "the capture's UPDATE set it"
-    tx = await append_entry(conn, tenant, charge(hold, captured))
+    tx, w = await append_entry(conn, tenant, charge(hold, captured), outbox)  # its Watch is the fresher one
     await conn.execute("UPDATE holds SET transaction_id = $3 WHERE tenant = $1 AND id = $2", tenant, hold_id, tx["id"])
-    return hold | {"transactionId": tx["id"]}
+    settled: HoldRow = hold | {"transactionId": tx["id"]}
+    await _settled(conn, tenant, settled, now, w, outbox)
+    return settled
 
 
-async def _release_hold(conn: asyncpg.Connection, tenant: int, hold_id: str, now: int) -> HoldRow:
-    await _lock_hold(conn, tenant, hold_id, now)
+async def _settled(conn: asyncpg.Connection, tenant: int, hold: HoldRow, now: int, w: Watch, outbox: Outbox | None) -> None:
+    """A hold captured or released: its event, and the watch's look at its account."""
+    if outbox is not None:
+        await emit_many(conn, [event_args(tenant, outbox.herald.hold(hold), now, hold["holdId"])])
+    if w.alerts or w.spend_caps:
+        await after_account_write(conn, tenant, hold["user"], hold["currency"], now, w)
+
+
+async def _release_hold(conn: asyncpg.Connection, tenant: int, hold_id: str, now: int, outbox: Outbox | None) -> HoldRow:
+    _, w = await _lock_hold(conn, tenant, hold_id, now)
     row = await conn.fetchrow(
         f"UPDATE holds SET status = 'released', settled_at = {_SETTLED_AT.format(now='$3')} WHERE tenant = $1 AND id = $2"
         f" RETURNING {_hold('$3')}",
         tenant, hold_id, now,
     )
-    return hold_row(row)
+    hold = hold_row(row)
+    await _settled(conn, tenant, hold, now, w, outbox)
+    return hold
 
 
-async def _expire_holds(conn: asyncpg.Connection, now: int, limit: int) -> int:
+# A hold's columns in hold_row's order, once its status is settled (no `now` needed).
+_SETTLED = ("id, user_id, currency, amount, status, expires_at, created_at, captured_amount, transaction_id, request_id,"
+            " metadata, settled_at")
+
+
+async def _expire_holds(conn: asyncpg.Connection, now: int, limit: int, outbox: Outbox | None) -> int:
     # One conditional UPDATE, no lock taken first: it changes no money (a lapsed hold counts
     # for no reader already), and PostgreSQL re-checks the outer condition on the row's newest
     # version after waiting for a settlement that held it, so a hold captured or released
     # meanwhile is left as its settlement made it.
-    status = await conn.execute(
+    # Each hold's event is written in this transaction (one pipelined statement for them all),
+    # dated now, the sweep's instant; a tenant's Watch is read once per sweep transaction. The
+    # watch's look at the account is taken without the account's lock (this UPDATE takes none,
+    # see above): watch.py's marks make a trigger happen once all the same.
+    rows = await conn.fetch(
         "UPDATE holds SET status = 'expired', settled_at = expires_at"
         " WHERE seq IN (SELECT seq FROM holds WHERE status = 'pending' AND expires_at <= $1 LIMIT $2)"
-        " AND status = 'pending' AND expires_at <= $1",
+        f" AND status = 'pending' AND expires_at <= $1 RETURNING tenant, {_SETTLED}",
         now, limit,
     )
-    return affected(status)
+    holds = [(r[0], hold_row(tuple(r)[1:])) for r in rows]
+    if outbox is not None:
+        await emit_many(conn, [event_args(tenant, outbox.herald.hold(hold), now, hold["holdId"]) for tenant, hold in holds])
+    watches: dict[int, Watch] = {}
+    for tenant, hold in holds:
+        w = watches.get(tenant)
+        if w is None:
+            w = watches[tenant] = await watch(conn, tenant)
+        if w.alerts or w.spend_caps:
+            await after_account_write(conn, tenant, hold["user"], hold["currency"], now, w)
+    return len(holds)

@@ -7,6 +7,7 @@ previous writer of that account committed, and none can be overtaken between rea
 """
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any, Iterator
 
@@ -14,10 +15,13 @@ import asyncpg
 
 from ..base import INT64_MAX, INT64_MIN, SYSTEM_KEY, Idempotency, LedgerFilter, LedgerRow, Lot, LotRules
 from ..base import NewEntry, Refundable, moved as note_moved
+from ..herald import Herald, Outbox, Told
 from ..ids import new_id
 from ..refusals import Missing, NotRefundable, OutOfRange, RefundLeft
 from ..rows import ledger_row as _row
 from .connection import UNCHECKED_KEY, KEY_VALID, PgBase, affected, lock_account
+from .outbox import NOTHING, Watch, emit_many, event_args, forfeit_row, lock_watching
+from .watch import after_account_write, after_meter_events
 
 _ROW = "id, user_id, currency, type, amount, tags, notes, metadata, created_at, expires_at, refund_of, hold_id, key_id"
 
@@ -71,6 +75,12 @@ _FILTERS = (
 
 
 class LedgerQueries(PgBase):
+    _outbox: Outbox | None = None
+    """The domain's herald (store/herald.py), installed at start-up: None records no events."""
+
+    def announce_with(self, herald: Herald) -> None:
+        self._outbox = Outbox(herald)
+
     async def balance(self, tenant: int, user: str, currency: str, now: int) -> tuple[int, int]:
         digest = UNCHECKED_KEY.get()
         if digest is None:
@@ -139,7 +149,7 @@ class LedgerQueries(PgBase):
         self, tenant: int, entry: NewEntry, idempotency: Idempotency | None = None, refundable: Refundable | None = None
     ) -> LedgerRow:
         """`refundable`: for a refund (`entry.refund_of`), whether the original may be refunded."""
-        return await self._write(tenant, idempotency, entry.now, append_entry, tenant, entry, refundable)  # type: ignore[no-any-return]
+        return await self._write(tenant, idempotency, entry.now, _append, tenant, entry, refundable, self._outbox)  # type: ignore[no-any-return]
 
     async def forfeit_expired(self, now: int, lots: LotRules, limit: int = 500) -> int:
         """One account per transaction, each under its lock (so the sweep never holds two
@@ -151,7 +161,7 @@ class LedgerQueries(PgBase):
             now, limit,
         )
         for tenant, user, currency in sorted(tuple(a) for a in accounts):
-            await self._tx(_forfeit_account, tenant, user, currency, now, lots)
+            await self._tx(_forfeit_account, tenant, user, currency, now, lots, self._outbox)
         return len(accounts)
 
 
@@ -180,33 +190,80 @@ _INSERT_ROW = (
 _USAGE_EVENT = (
     ", ev AS (INSERT INTO meter_events (id, tenant, meter_id, user_id, value, ts, idempotency_key, dimensions,"
     " created_at, ledger_id) SELECT $18, $2, m.id, $3, $6, $10, NULL, $19, $10, $1 FROM meters m"
-    " WHERE m.tenant = $2 AND m.event_name = $20 AND EXISTS (SELECT 1 FROM ins))"
+    " WHERE m.tenant = $2 AND m.event_name = $20 AND EXISTS (SELECT 1 FROM ins) RETURNING meter_id)"
 )
+# The row's event (outbox.py) as one more branch, $N..$N+2 its id, type and data: written when the
+# row is (not for a dedupe repeat). A usage event is gated on the tenant's usage_hooks, read in
+# the statement's snapshot, so it is written exactly when the database says an endpoint names it.
+_ROW_EVENT = (
+    ", evt AS (INSERT INTO events (id, tenant, type, data, created_at, subject) SELECT ${0}, $2, ${1}, ${2}, $10, $1"
+    " WHERE EXISTS (SELECT 1 FROM ins){3})"
+)
+_GATE = " AND (SELECT usage_hooks FROM tenants WHERE id = $2) > 0"
+# The final SELECT: whether the row was inserted, the tenant's Watch (outbox.Watch: read here,
+# in a statement the write makes anyway, not in one of its own), the usage meter event's meter,
+# then the lots.
 _WITH_LOTS = (
-    " SELECT (SELECT COUNT(*) FROM ins), l.seq, l.id, l.remaining, l.expires_at FROM (SELECT 1) one"
+    " SELECT (SELECT COUNT(*) FROM ins), w.alerts, w.spend_caps, w.usage_hooks, {meter},"
+    " l.seq, l.id, l.remaining, l.expires_at FROM (SELECT 1) one LEFT JOIN tenants w ON w.id = $2"
     " LEFT JOIN (SELECT seq, id, remaining, expires_at FROM ledger WHERE tenant = $2 AND user_id = $3 AND currency = $4"
     f" AND remaining > 0 ORDER BY expires_at, seq LIMIT {LOT_PAGE}) l ON true ORDER BY l.expires_at, l.seq"
 )
-_APPEND_SQL = "WITH " + _INSERT_ROW + _WITH_LOTS
-_APPEND_USAGE_SQL = "WITH " + _INSERT_ROW + _USAGE_EVENT + _WITH_LOTS
-"""Rows: (1 if the row was inserted else 0, then a lot's seq, id, remaining, expires_at), one
-row per lot in the ledger_lots index's order, or one row of NULLs after the count if none."""
+_LOTS_AT = 5
+"""Where a lot's columns start in a row of the append statement."""
+
+
+@functools.lru_cache(maxsize=None)  # 2 x 3 texts
+def _append_sql(usage: bool, event: str | None) -> str:
+    """The append statement: with the usage meter event or not; with the row's event
+    (`plain`), its usage event (`gated`), or none. Rows: (1 if the row was inserted else 0, the
+    Watch's three counts, the usage event's meter id or NULL, then a lot's seq, id, remaining,
+    expires_at), one row per lot in the ledger_lots index's order, or one row of NULLs after
+    the first five if none."""
+    sql = "WITH " + _INSERT_ROW
+    n = 18
+    if usage:
+        sql += _USAGE_EVENT
+        n = 21
+    if event is not None:
+        sql += _ROW_EVENT.format(n, n + 1, n + 2, _GATE if event == "gated" else "")
+    return sql + _WITH_LOTS.format(meter="(SELECT meter_id FROM ev)" if usage else "NULL")
 
 _SIGN = {"withdraw": -1, "deposit": 1}
 
 
-async def append_entry(conn: asyncpg.Connection, tenant: int, e: NewEntry, refundable: Refundable | None = None) -> LedgerRow:
+async def _append(
+    conn: asyncpg.Connection, tenant: int, e: NewEntry, refundable: Refundable | None, outbox: Outbox | None
+) -> LedgerRow:
+    row, w = await append_entry(conn, tenant, e, outbox, refundable)
+    if w.alerts or w.spend_caps:
+        await after_account_write(conn, tenant, e.user, e.currency, e.now, w)
+    return row
+
+
+async def append_entry(
+    conn: asyncpg.Connection, tenant: int, e: NewEntry, outbox: Outbox | None, refundable: Refundable | None = None
+) -> tuple[LedgerRow, Watch]:
     """Append one row inside the caller's transaction (a capture appends its withdrawal this
     way), under the account's lock, which this takes first (a capture holds it already: taking
-    it again is a no-op).
+    it again is a no-op); returns it and the tenant's Watch (NOTHING for a dedupe repeat, which
+    writes nothing). The caller calls watch.after_account_write.
 
     Two statements for the usual write (an account without expiring money): the lock, then
-    _APPEND_SQL (the row, the balance, the meter event, the lots, which are none). Where there are
+    the append statement (_append_sql: the row, the balance, the meter event, the row's event,
+    the Watch, the lots, which are none). Where there are
     lots, the rule walks them and the balance moves again by what it forfeited, as before. The
     new balance is judged in Python as before: outside int64, $17 is NULL (nothing written),
     and OutOfRange is raised once the lots are settled (a deposit's forfeits can bring it
     back), which undoes the whole transaction; a seen dedupe key answers the first row
-    whatever the balance."""
+    whatever the balance.
+
+    The row's event rides in the append statement. A usage withdrawal's event is rendered only
+    when the tenant's writes were last seen with usage hooks (Outbox.usage_hooks, a hint kept
+    per process): then it rides gated on the database's count; otherwise nothing is rendered,
+    and should the statement's Watch say hooks exist after all (the first write after an
+    endpoint subscribed), it is written by a statement of its own. So recordUsage without hooks
+    renders nothing, and with them makes no more round trips than without."""
     balance = await lock_account(conn, tenant, e.user, e.currency)
     if e.refund_of is not None:
         assert refundable is not None, "a refund needs the domain's rule for what may be refunded"
@@ -222,34 +279,56 @@ async def append_entry(conn: asyncpg.Connection, tenant: int, e: NewEntry, refun
         json.dumps(e.metadata) if e.metadata is not None else None, e.now, e.expires_at, remaining, e.refund_of,
         e.dedupe_key, e.key_id, e.hold_id, moved if INT64_MIN <= moved <= INT64_MAX else None,
     ]
-    if e.usage_event is None:
-        rows = await conn.fetch(_APPEND_SQL, *params)
-    else:
-        dimensions = e.usage_event.dimensions
-        rows = await conn.fetch(_APPEND_USAGE_SQL, *params, new_id("evt"),
-                                json.dumps(dimensions) if dimensions is not None else None, e.usage_event.event_name)
-    if not rows[0][0]:  # the dedupe key was seen: the original row is the answer
-        return _row(await conn.fetchrow(
-            f"SELECT {_ROW} FROM ledger WHERE tenant = $1 AND user_id = $2 AND dedupe_key = $3", tenant, e.user, e.dedupe_key
-        ))
-    note_moved(e.currency, e.type, e.tags, e.amount, e.refund_of is not None, e.hold_id is not None)  # for the metrics
-    lots = [tuple(r)[1:] for r in rows if r[1] is not None]
-    spend = e.amount if e.type == "withdraw" else 0
-    if own is not None and (lots or _takes_any(e.lots, own, e.now)):
-        # The statement's lots predate this deposit's own lot, which the rule must see as well:
-        # read them again (a rare write: an expiring deposit into an account with lots).
-        forfeited = await _settle_lots(conn, tenant, e.user, e.currency, e.now, spend, e.key_id, e.lots)
-    elif lots:
-        forfeited = await _settle_lots(conn, tenant, e.user, e.currency, e.now, spend, e.key_id, e.lots, lots)
-    else:
-        forfeited = 0
-    if forfeited or params[16] is None:
-        await _set_balance(conn, tenant, e.user, e.currency, moved - forfeited)
-    return {
+    row: LedgerRow = {
         "id": tx_id, "user": e.user, "currency": e.currency, "type": e.type, "amount": e.amount, "tags": e.tags,
         "notes": e.notes, "metadata": e.metadata, "createdAt": e.now, "expiresAt": e.expires_at, "refundOf": e.refund_of,
         "holdId": e.hold_id, "keyId": e.key_id,
     }
+    told: Told | None = None
+    event: str | None = None
+    if outbox is not None:
+        told = outbox.herald.entry(row)
+        event = "plain"
+        if told is None and outbox.usage_hooks.get(tenant):
+            told = outbox.herald.usage(row)
+            event = "gated"
+        if told is None:
+            event = None
+    if e.usage_event is not None:
+        dimensions = e.usage_event.dimensions
+        params += [new_id("evt"), json.dumps(dimensions) if dimensions is not None else None, e.usage_event.event_name]
+    if told is not None:
+        params += [new_id("evt"), told[0], json.dumps(told[1], separators=(",", ":"))]
+    rows = await conn.fetch(_append_sql(e.usage_event is not None, event), *params)
+    first = rows[0]
+    if not first[0]:  # the dedupe key was seen: the original row is the answer
+        return _row(await conn.fetchrow(
+            f"SELECT {_ROW} FROM ledger WHERE tenant = $1 AND user_id = $2 AND dedupe_key = $3", tenant, e.user, e.dedupe_key
+        )), NOTHING
+    w = NOTHING if first[1] is None else Watch(first[1], first[2], first[3])
+    if outbox is not None:
+        if outbox.usage_hooks.get(tenant, 0) != w.usage_hooks:
+            outbox.usage_hooks[tenant] = w.usage_hooks
+        if told is None and w.usage_hooks:  # hooks the hint did not know of: the event on its own
+            late = outbox.herald.usage(row)
+            if late is not None:
+                await emit_many(conn, [event_args(tenant, late, e.now, tx_id)])
+    note_moved(e.currency, e.type, e.tags, e.amount, e.refund_of is not None, e.hold_id is not None)  # for the metrics
+    lots = [tuple(r)[_LOTS_AT:] for r in rows if r[_LOTS_AT] is not None]
+    spend = e.amount if e.type == "withdraw" else 0
+    if own is not None and (lots or _takes_any(e.lots, own, e.now)):
+        # The statement's lots predate this deposit's own lot, which the rule must see as well:
+        # read them again (a rare write: an expiring deposit into an account with lots).
+        forfeited = await _settle_lots(conn, tenant, e.user, e.currency, e.now, spend, e.key_id, e.lots, outbox)
+    elif lots:
+        forfeited = await _settle_lots(conn, tenant, e.user, e.currency, e.now, spend, e.key_id, e.lots, outbox, lots)
+    else:
+        forfeited = 0
+    if forfeited or params[16] is None:
+        await _set_balance(conn, tenant, e.user, e.currency, moved - forfeited)
+    if first[4] is not None and w.alerts:
+        await after_meter_events(conn, tenant, {(first[4], e.user)}, e.now, w)
+    return row, w
 
 
 def _takes_any(rules: LotRules, lot: Lot, now: int) -> bool:
@@ -301,9 +380,9 @@ class _Page:
 
 
 async def _settle_lots(conn: asyncpg.Connection, tenant: int, user: str, currency: str, now: int, spend: int, key_id: str,
-                       rules: LotRules, first: list[Any] | None = None) -> int:
+                       rules: LotRules, outbox: Outbox | None, first: list[Any] | None = None) -> int:
     """Take from the account's lots what `rules.takes` decides: a forfeit writes the lot off as
-    a withdraw of its own; spending only lowers the lot's remainder (the write's own row moves
+    a withdraw of its own, with its event; spending only lowers the lot's remainder (the write's own row moves
     the balance). Returns the total forfeited.
 
     The lots come in the ledger_lots index's order (expiry, then oldest first: expired lots come
@@ -328,11 +407,16 @@ async def _settle_lots(conn: asyncpg.Connection, tenant: int, user: str, currenc
         rows = await conn.fetch(_LOTS, tenant, user, currency, size)
     seqs = {r[1]: r[0] for r in rows}
     forfeits = []
+    events = []
     for lot, cents, forfeit in takes:
         if forfeit:
             tags, notes, metadata = rules.forfeiture(lot, currency, cents)
-            forfeits.append((new_id("tx"), tenant, user, currency, cents, tags, notes, json.dumps(metadata), now, key_id))
+            forfeit_id = new_id("tx")
+            forfeits.append((forfeit_id, tenant, user, currency, cents, tags, notes, json.dumps(metadata), now, key_id))
             note_moved(currency, "withdraw", tags, cents)  # for the metrics
+            if outbox is not None:
+                told = outbox.herald.forfeit(forfeit_row(forfeit_id, user, currency, cents, tags, notes, metadata, now, key_id))
+                events.append(event_args(tenant, told, now, forfeit_id))
     # One pipelined statement each (executemany): a round trip per lot otherwise.
     if takes:
         await conn.executemany("UPDATE ledger SET remaining = remaining - $1 WHERE seq = $2",
@@ -343,6 +427,7 @@ async def _settle_lots(conn: asyncpg.Connection, tenant: int, user: str, currenc
             " VALUES ($1, $2, $3, $4, 'withdraw', $5, $6, $7, $8, $9, $10)",
             forfeits,
         )
+        await emit_many(conn, events)
     return sum(cents for _, cents, forfeit in takes if forfeit)
 
 
@@ -355,8 +440,12 @@ async def _set_balance(conn: asyncpg.Connection, tenant: int, user: str, currenc
     )
 
 
-async def _forfeit_account(conn: asyncpg.Connection, tenant: int, user: str, currency: str, now: int, rules: LotRules) -> None:
-    balance = await lock_account(conn, tenant, user, currency)
-    forfeited = await _settle_lots(conn, tenant, user, currency, now, 0, SYSTEM_KEY, rules)
+async def _forfeit_account(
+    conn: asyncpg.Connection, tenant: int, user: str, currency: str, now: int, rules: LotRules, outbox: Outbox | None
+) -> None:
+    balance, w = await lock_watching(conn, tenant, user, currency)
+    forfeited = await _settle_lots(conn, tenant, user, currency, now, 0, SYSTEM_KEY, rules, outbox)
     if forfeited:
         await _set_balance(conn, tenant, user, currency, balance - forfeited)
+        if w.alerts or w.spend_caps:
+            await after_account_write(conn, tenant, user, currency, now, w)

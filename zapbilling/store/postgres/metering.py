@@ -17,6 +17,8 @@ from ..ids import new_id
 from ..refusals import AlreadyExists, Missing, QuotaReached, SumOutOfRange
 from ..rows import meter_row
 from .connection import PgBase
+from .outbox import NOTHING, Watch
+from .watch import after_meter_events
 
 _METER = "id, name, event_name, aggregation, currency, dimensions, created_at"
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
@@ -169,13 +171,23 @@ _INSERT_BATCH = (
 )
 
 
+# The batch's meters that exist and the tenant's Watch (outbox.Watch) in one statement: the
+# batch reads its Watch without a round trip of its own.
+_KNOWN_AND_WATCH = (
+    "SELECT ARRAY(SELECT id FROM meters WHERE tenant = $1 AND id = ANY($2::text[])), t.alerts, t.spend_caps, t.usage_hooks"
+    " FROM (SELECT 1) one LEFT JOIN tenants t ON t.id = $1"
+)
+
+
 async def _record_events(conn: asyncpg.Connection, tenant: int, events: list[MeterEventDraft], now: int) -> list[tuple[str, str]]:
     """All or nothing: every meter id is checked before the insert, and the transaction undoes
     everything if anything fails. A seen idempotency key (also earlier in this batch) is a
     duplicate that reports the original event's id; the unique index decides, and the originals
     are read after the insert (which waited for any concurrent holder of a key to commit)."""
     wanted = sorted({e.meter_id for e in events})
-    known = {r[0] for r in await conn.fetch("SELECT id FROM meters WHERE tenant = $1 AND id = ANY($2::text[])", tenant, wanted)}
+    found, alerts, spend_caps, usage_hooks = await conn.fetchrow(_KNOWN_AND_WATCH, tenant, wanted)
+    known = set(found)
+    w = NOTHING if alerts is None else Watch(alerts, spend_caps, usage_hooks)
     for i, e in enumerate(events):
         if e.meter_id not in known:
             raise Missing("meter", i)
@@ -185,6 +197,9 @@ async def _record_events(conn: asyncpg.Connection, tenant: int, events: list[Met
         [e.value for e in events], [e.timestamp for e in events], [e.idempotency for e in events],
         [json.dumps(e.dimensions) if e.dimensions is not None else None for e in events], [e.ledger_id for e in events],
     )}
+    if w.alerts and inserted:
+        touched = {(e.meter_id, e.user) for event_id, e in zip(ids, events) if event_id in inserted}
+        await after_meter_events(conn, tenant, touched, now, w)
     if len(inserted) == len(events):
         recorded(len(ids), 0)  # for the metrics
         return [(event_id, "created") for event_id in ids]

@@ -8,8 +8,10 @@ import json
 import sqlite3
 
 from ..base import SYSTEM_KEY, Burn, BurnedGrant, BurnPlan, GrantChange, GrantRow, Idempotency, NewGrant
+from ..herald import Outbox
 from ..ids import new_id
 from .connection import SqliteBase
+from .outbox import emit
 from ..refusals import AlreadyVoided, Missing
 from ..rows import change_row, grant_row
 
@@ -23,8 +25,10 @@ _CHANGE = "id, grant_id, user_id, currency, type, amount, remaining_after, burn_
 
 
 class GrantQueries(SqliteBase):
+    _outbox: Outbox | None = None  # see LedgerQueries.announce_with
+
     async def create_grant(self, tenant: int, grant: NewGrant, idempotency: Idempotency | None = None) -> GrantRow:
-        return await self._write(tenant, idempotency, grant.now, _create_grant, tenant, new_id("cg"), grant)
+        return await self._write(tenant, idempotency, grant.now, _create_grant, tenant, new_id("cg"), grant, self._outbox)
 
     async def list_grants(self, tenant: int, user: str) -> list[GrantRow]:
         rows = await self._read(f"SELECT {_GRANT} FROM credit_grants WHERE tenant = ? AND user_id = ? ORDER BY seq", (tenant, user))
@@ -42,7 +46,7 @@ class GrantQueries(SqliteBase):
     async def void_grant(
         self, tenant: int, grant_id: str, now: int, key_id: str, idempotency: Idempotency | None = None
     ) -> GrantRow:
-        return await self._write(tenant, idempotency, now, _void_grant, tenant, grant_id, now, key_id)
+        return await self._write(tenant, idempotency, now, _void_grant, tenant, grant_id, now, key_id, self._outbox)
 
     async def burn_grants(
         self, tenant: int, user: str, currency: str, amount: int, meter_id: str | None, now: int, key_id: str,
@@ -50,7 +54,9 @@ class GrantQueries(SqliteBase):
     ) -> Burn:
         """Burn `amount` from the active grants as `plan` (the domain's burn order) decides,
         inside one transaction, one journal row per grant touched."""
-        return await self._write(tenant, idempotency, now, _burn, tenant, user, currency, amount, meter_id, now, key_id, plan)
+        return await self._write(
+            tenant, idempotency, now, _burn, tenant, user, currency, amount, meter_id, now, key_id, plan, self._outbox
+        )
 
     async def grant_changes_page(
         self, tenant: int, user: str, grant_id: str | None, limit: int, starting_after: str | None
@@ -80,7 +86,7 @@ class GrantQueries(SqliteBase):
         returns how many users. Reads never need this (an expired grant is inactive from its
         expiresAt on); it brings `remaining` and the journal up to date for users who never
         come back."""
-        return await self._run(_sweep_expired, now, limit)
+        return await self._run(_sweep_expired, now, limit, self._outbox)
 
 
 def _journal(conn: sqlite3.Connection, tenant: int, grant: GrantRow, type: str, amount: int, remaining_after: int,
@@ -93,7 +99,14 @@ def _journal(conn: sqlite3.Connection, tenant: int, grant: GrantRow, type: str, 
     )
 
 
-def _expire_user(conn: sqlite3.Connection, tenant: int, user: str, now: int, key_id: str) -> None:
+def _tell(conn: sqlite3.Connection, outbox: Outbox | None, tenant: int, grant: GrantRow, change: str, now: int) -> None:
+    """A grant's event for a journal row of type `change` (burn: only the one that emptied it)."""
+    if outbox is not None:
+        told = outbox.herald.grant(grant, change, now)
+        emit(conn, tenant, told[0], told[1], now, grant["id"])
+
+
+def _expire_user(conn: sqlite3.Connection, tenant: int, user: str, now: int, key_id: str, outbox: Outbox | None) -> None:
     """Journal what was left of the user's grants that expired by `now`: the first write that
     touches the user's grants does this before anything else, so every grant change it makes
     starts from a journal that is up to date."""
@@ -108,16 +121,17 @@ def _expire_user(conn: sqlite3.Connection, tenant: int, user: str, now: int, key
         # dated when written, like the ledger's forfeits (a row dated in the past would slip in
         # behind a page a caller has already read)
         _journal(conn, tenant, grant, "expire", -grant["remainingCents"], 0, now, key_id)
+        _tell(conn, outbox, tenant, grant | {"remainingCents": 0}, "expire", now)
 
 
-def _sweep_expired(conn: sqlite3.Connection, now: int, limit: int) -> int:
+def _sweep_expired(conn: sqlite3.Connection, now: int, limit: int, outbox: Outbox | None) -> int:
     users = conn.execute(
         "SELECT DISTINCT tenant, user_id FROM credit_grants WHERE remaining > 0 AND expires_at IS NOT NULL AND expires_at <= ?"
         " LIMIT ?",
         (now, limit),
     ).fetchall()
     for tenant, user in users:
-        _expire_user(conn, tenant, user, now, SYSTEM_KEY)
+        _expire_user(conn, tenant, user, now, SYSTEM_KEY, outbox)
     return len(users)
 
 
@@ -127,9 +141,9 @@ def _check_meters(conn: sqlite3.Connection, tenant: int, meter_ids: list[str]) -
             raise Missing("meter", i)
 
 
-def _create_grant(conn: sqlite3.Connection, tenant: int, grant_id: str, g: NewGrant) -> GrantRow:
+def _create_grant(conn: sqlite3.Connection, tenant: int, grant_id: str, g: NewGrant, outbox: Outbox | None) -> GrantRow:
     _check_meters(conn, tenant, g.eligibility)
-    _expire_user(conn, tenant, g.user, g.now, g.key_id)
+    _expire_user(conn, tenant, g.user, g.now, g.key_id, outbox)
     row = conn.execute(
         f"INSERT INTO credit_grants (id, tenant, user_id, name, amount, remaining, currency, priority, effective_at,"
         f" expires_at, eligibility, tags, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING {_GRANT}",
@@ -141,11 +155,11 @@ def _create_grant(conn: sqlite3.Connection, tenant: int, grant_id: str, g: NewGr
     return grant
 
 
-def _void_grant(conn: sqlite3.Connection, tenant: int, grant_id: str, now: int, key_id: str) -> GrantRow:
+def _void_grant(conn: sqlite3.Connection, tenant: int, grant_id: str, now: int, key_id: str, outbox: Outbox | None) -> GrantRow:
     found = conn.execute("SELECT user_id FROM credit_grants WHERE tenant = ? AND id = ?", (tenant, grant_id)).fetchone()
     if found is None:
         raise Missing("grant")
-    _expire_user(conn, tenant, found[0], now, key_id)
+    _expire_user(conn, tenant, found[0], now, key_id, outbox)
     row = conn.execute(
         f"SELECT {_GRANT} FROM credit_grants WHERE tenant = ? AND id = ? AND voided_at IS NULL", (tenant, grant_id)
     ).fetchone()
@@ -156,16 +170,18 @@ def _void_grant(conn: sqlite3.Connection, tenant: int, grant_id: str, now: int, 
         f"UPDATE credit_grants SET voided_at = ?, remaining = 0 WHERE id = ? RETURNING {_GRANT}", (now, grant_id)
     ).fetchone()
     _journal(conn, tenant, grant, "void", -grant["remainingCents"], 0, now, key_id)
-    return grant_row(voided)
+    after = grant_row(voided)
+    _tell(conn, outbox, tenant, after, "void", now)
+    return after
 
 
 def _burn(
     conn: sqlite3.Connection, tenant: int, user: str, currency: str, amount: int, meter_id: str | None, now: int,
-    key_id: str, plan: BurnPlan,
+    key_id: str, plan: BurnPlan, outbox: Outbox | None,
 ) -> Burn:
     if meter_id is not None:
         _check_meters(conn, tenant, [meter_id])
-    _expire_user(conn, tenant, user, now, key_id)
+    _expire_user(conn, tenant, user, now, key_id, outbox)
     rows = conn.execute(
         f"SELECT {_GRANT} FROM credit_grants WHERE tenant = :tenant AND user_id = :user AND currency = :currency"
         f" AND {_ACTIVE} ORDER BY seq",
@@ -179,5 +195,7 @@ def _burn(
             (take, grant["id"], take),
         ).fetchall()
         _journal(conn, tenant, grant, "burn", -take, left, now, key_id, burn_id, meter_id)
+        if left == 0:
+            _tell(conn, outbox, tenant, grant | {"remainingCents": 0}, "burn", now)
         burned.append({"id": grant["id"], "burned": take, "remainingCents": left})
     return {"burnId": burn_id if burned else None, "grants": burned}

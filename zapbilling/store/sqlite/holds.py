@@ -11,9 +11,12 @@ from typing import Any
 
 from ..base import HoldCharge, HoldRow, Idempotency, NewHold
 from ..base import INT64_MAX
+from ..herald import Outbox
 from ..ids import new_id
 from .connection import SqliteBase
 from .ledger import ACCOUNT, append_entry
+from .outbox import Watch, emit, watch
+from .watch import after_account_write, check_spend_cap
 from ..refusals import Missing, NotPending, OutOfRange, OverCapture, ShortOfFunds
 from ..rows import hold_row
 
@@ -40,6 +43,7 @@ _SETTLED_AT = "MAX(:now, created_at)"
 
 class HoldQueries(SqliteBase):
     HOLD_STATUSES = frozenset(_STATUS_IS)
+    _outbox: Outbox | None = None  # see LedgerQueries.announce_with
 
     async def create_hold(self, tenant: int, hold: NewHold, idempotency: Idempotency | None = None) -> HoldRow:
         return await self._write(tenant, idempotency, hold.now, _create_hold, tenant, new_id("hold"), hold)
@@ -50,10 +54,10 @@ class HoldQueries(SqliteBase):
     ) -> HoldRow:
         """Settle the hold as captured for `amount` (None: all of it) and append the ledger row
         `charge` makes, in one transaction."""
-        return await self._write(tenant, idempotency, now, _capture_hold, tenant, hold_id, amount, now, charge)
+        return await self._write(tenant, idempotency, now, _capture_hold, tenant, hold_id, amount, now, charge, self._outbox)
 
     async def release_hold(self, tenant: int, hold_id: str, now: int, idempotency: Idempotency | None = None) -> HoldRow:
-        return await self._write(tenant, idempotency, now, _release_hold, tenant, hold_id, now)
+        return await self._write(tenant, idempotency, now, _release_hold, tenant, hold_id, now, self._outbox)
 
     async def get_hold(self, tenant: int, hold_id: str, now: int) -> HoldRow | None:
         rows = self._read_point(f"SELECT {_HOLD} FROM holds WHERE tenant = :tenant AND id = :id", {"tenant": tenant, "id": hold_id, "now": now})
@@ -81,11 +85,22 @@ class HoldQueries(SqliteBase):
 
     async def expire_holds(self, now: int, limit: int = 500) -> int:
         """Mark up to `limit` lapsed pending holds expired; returns how many. Reads never need
-        this (they compute the status at their own instant); it keeps the column honest."""
-        return await self._run(_expire_holds, now, limit)
+        this (they compute the status at their own instant); it keeps the column honest, and
+        records each hold's expiry event (so a hold's hold.expired comes with the sweep)."""
+        return await self._run(_expire_holds, now, limit, self._outbox)
 
 
 def _create_hold(conn: sqlite3.Connection, tenant: int, hold_id: str, h: NewHold) -> HoldRow:
+    w = watch(conn, tenant)
+    if w.spend_caps:
+        if h.request_id is not None:  # a requestId seen before answers its hold, refused by no cap
+            seen = conn.execute(
+                f"SELECT {_HOLD} FROM holds WHERE tenant = :tenant AND user_id = :user AND request_id = :request",
+                {"tenant": tenant, "user": h.user, "request": h.request_id, "now": h.now},
+            ).fetchone()
+            if seen is not None:
+                return hold_row(seen)
+        check_spend_cap(conn, tenant, h.user, h.currency, h.amount, h.now)
     balance, expired, held = conn.execute(ACCOUNT, (tenant, h.user, h.currency, h.now)).fetchone()
     params = {
         "id": hold_id, "tenant": tenant, "user": h.user, "currency": h.currency, "amount": h.amount,
@@ -106,11 +121,14 @@ def _create_hold(conn: sqlite3.Connection, tenant: int, hold_id: str, h: NewHold
         raise OutOfRange("holds")
     if not h.covered(balance - expired, held):
         raise ShortOfFunds(balance - expired, held)
+    if w.alerts or w.spend_caps:
+        after_account_write(conn, tenant, h.user, h.currency, h.now, w)
     return hold_row(row)
 
 
 def _capture_hold(
-    conn: sqlite3.Connection, tenant: int, hold_id: str, amount: int | None, now: int, charge: HoldCharge
+    conn: sqlite3.Connection, tenant: int, hold_id: str, amount: int | None, now: int, charge: HoldCharge,
+    outbox: Outbox | None,
 ) -> HoldRow:
     row = conn.execute(
         f"UPDATE holds SET status = 'captured', captured_amount = COALESCE(:amount, amount), settled_at = {_SETTLED_AT}"
@@ -123,12 +141,23 @@ def _capture_hold(
     hold = hold_row(row)
     captured = hold["capturedAmount"]
     assert captured is not None, "the capture's UPDATE set it"
-    tx = append_entry(conn, tenant, charge(hold, captured))
+    tx, w = append_entry(conn, tenant, charge(hold, captured), outbox)
     conn.execute("UPDATE holds SET transaction_id = ? WHERE tenant = ? AND id = ?", (tx["id"], tenant, hold_id))
-    return hold | {"transactionId": tx["id"]}
+    settled: HoldRow = hold | {"transactionId": tx["id"]}
+    _settled(conn, tenant, settled, now, w, outbox)
+    return settled
 
 
-def _release_hold(conn: sqlite3.Connection, tenant: int, hold_id: str, now: int) -> HoldRow:
+def _settled(conn: sqlite3.Connection, tenant: int, hold: HoldRow, now: int, w: Watch, outbox: Outbox | None) -> None:
+    """A hold captured, released or expired: its event, and the watch's look at its account."""
+    if outbox is not None:
+        told = outbox.herald.hold(hold)
+        emit(conn, tenant, told[0], told[1], now, hold["holdId"])
+    if w.alerts or w.spend_caps:
+        after_account_write(conn, tenant, hold["user"], hold["currency"], now, w)
+
+
+def _release_hold(conn: sqlite3.Connection, tenant: int, hold_id: str, now: int, outbox: Outbox | None) -> HoldRow:
     row = conn.execute(
         f"UPDATE holds SET status = 'released', settled_at = {_SETTLED_AT} WHERE tenant = :tenant AND id = :id AND {_PENDING}"
         f" RETURNING {_HOLD}",
@@ -137,7 +166,9 @@ def _release_hold(conn: sqlite3.Connection, tenant: int, hold_id: str, now: int)
     if row is None:
         _refuse_settlement(conn, tenant, hold_id, now)
         raise AssertionError("a pending, unexpired hold did not match the release")
-    return hold_row(row)
+    hold = hold_row(row)
+    _settled(conn, tenant, hold, now, watch(conn, tenant), outbox)
+    return hold
 
 
 def _refuse_settlement(conn: sqlite3.Connection, tenant: int, hold_id: str, now: int) -> int:
@@ -155,9 +186,23 @@ def _refuse_settlement(conn: sqlite3.Connection, tenant: int, hold_id: str, now:
     return int(found[1])
 
 
-def _expire_holds(conn: sqlite3.Connection, now: int, limit: int) -> int:
-    return conn.execute(
+# A hold's columns in hold_row's order, once its status is settled (no `now` needed).
+_SETTLED = ("id, user_id, currency, amount, status, expires_at, created_at, captured_amount, transaction_id, request_id,"
+            " metadata, settled_at")
+
+
+def _expire_holds(conn: sqlite3.Connection, now: int, limit: int, outbox: Outbox | None) -> int:
+    """Mark lapsed holds expired, each with its event, dated now (the sweep's instant), and the
+    watch's look at its account; a tenant's Watch is read once per sweep job."""
+    rows = conn.execute(
         "UPDATE holds SET status = 'expired', settled_at = expires_at"
-        " WHERE seq IN (SELECT seq FROM holds WHERE status = 'pending' AND expires_at <= ? LIMIT ?)",
+        f" WHERE seq IN (SELECT seq FROM holds WHERE status = 'pending' AND expires_at <= ? LIMIT ?) RETURNING tenant, {_SETTLED}",
         (now, limit),
-    ).rowcount
+    ).fetchall()
+    watches: dict[int, Watch] = {}
+    for tenant, *columns in rows:
+        w = watches.get(tenant)
+        if w is None:
+            w = watches[tenant] = watch(conn, tenant)
+        _settled(conn, tenant, hold_row(columns), now, w, outbox)
+    return len(rows)

@@ -10,6 +10,8 @@ from typing import Any
 from ..base import Idempotency, MeterEventDraft, MeterRow, MeterUsage, NewMeter, recorded
 from ..ids import new_id
 from .connection import SqliteBase
+from .outbox import watch
+from .watch import after_meter_events
 from ..refusals import AlreadyExists, Missing, QuotaReached, SumOutOfRange
 from ..rows import meter_row
 
@@ -165,6 +167,11 @@ def _record_events(conn: sqlite3.Connection, tenant: int, events: list[MeterEven
     outcomes = [insert_event(conn, tenant, e, now) for e in events]
     created = sum(1 for _, status in outcomes if status == "created")
     recorded(created, len(outcomes) - created)  # for the metrics
+    if created:  # the Watch once per batch: one point read beside up to 100 inserts
+        w = watch(conn, tenant)
+        if w.alerts:
+            touched = {(e.meter_id, e.user) for e, (_, status) in zip(events, outcomes) if status == "created"}
+            after_meter_events(conn, tenant, touched, now, w)
     return outcomes
 
 

@@ -6,6 +6,7 @@ import json
 import sqlite3
 from typing import Any, NamedTuple
 
+from ..base import LedgerRow
 from ..ids import new_id
 
 
@@ -37,3 +38,13 @@ def emit(conn: sqlite3.Connection, tenant: int, type: str, data: dict[str, Any],
         (event_id, tenant, type, json.dumps(data, separators=(",", ":")), now, subject),
     )
     return event_id if cur.rowcount else None
+
+
+def forfeit_row(tx_id: str, user: str, currency: str, cents: int, tags: str, notes: str, metadata: Any, now: int,
+                key_id: str) -> LedgerRow:
+    """A forfeit row as the store hands rows out (rows.ledger_row's shape), from its values."""
+    return {
+        "id": tx_id, "user": user, "currency": currency, "type": "withdraw", "amount": cents, "tags": tags,
+        "notes": notes, "metadata": metadata, "createdAt": now, "expiresAt": None, "refundOf": None, "holdId": None,
+        "keyId": key_id,
+    }
