@@ -475,3 +475,10 @@ class _Serve(ServerProcess):
             stdout=subprocess.DEVNULL, stderr=self._log, env=child_env(**self.env),
         )
         return self
+
+
+@pytest.mark.sqlite_only("bench/console.py prepares a SQLite database of its own")
+def test_the_console_benchmark_runs() -> None:
+    from bench.console import main
+
+    assert main(["--rows", "2000", "--repeat", "1"]) == 0
