@@ -3,6 +3,7 @@ server-side. Read-only: the only POSTs are sign-in and sign-out (session.py)."""
 from __future__ import annotations
 
 import functools
+import logging
 import re
 import secrets
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ from .api import Api, NotAvailable
 from .money import MINOR_DIGITS
 from .render import PAGE_HEADERS, Pages
 from .session import COOKIE_PATH, CSRF_COOKIE, SESSION_COOKIE, SESSION_SECONDS, SIGNIN_FORM_SECONDS, Session, Sessions
+
+log = logging.getLogger("zapbilling")
 
 LEDGER_PAGE = 50
 """Ledger rows per page of the account page (listTransactions' `limit`)."""
@@ -93,7 +96,10 @@ class Console:
             return await self.signin_form(request, "The sign-in form expired or did not come from this console: try again.", 403)
         key = form.get("key")
         key = key.strip() if isinstance(key, str) else ""
-        principal = await self._principal(key) if key else None
+        try:
+            principal = await self._principal(key) if key else None
+        except Exception as exc:
+            return self._unavailable(exc)
         if principal is None:
             return await self.signin_form(request, "That API key is not valid (unknown or revoked).", 401)
         cookie, _ = self.sessions.seal(key)
@@ -133,7 +139,10 @@ class Console:
             session = self.sessions.open(request.cookies.get(SESSION_COOKIE))
             if session is None:
                 return _redirect(SIGNIN)
-            principal = await self.store.authenticate(session.key)
+            try:
+                principal = await self.store.authenticate(session.key)
+            except Exception as exc:  # the database cannot be read (PostgreSQL down): say so, as /readyz would
+                return self._unavailable(exc)
             if principal is None:
                 return self._expired(request)
             visit = Visit(Api(self.caller, principal), principal, self.sessions.signout_token(session), self.caller.clock())
@@ -152,6 +161,12 @@ class Console:
                                          message=exc.message, **visit.layout(""))
 
         return signed_in
+
+    def _unavailable(self, exc: Exception) -> web.Response:
+        """A key that cannot be checked: 503, one log line naming the cause (never the key)."""
+        log.error("console: an API key could not be checked: %s: %s", type(exc).__name__, exc)
+        return self.pages.render("error.html", status=503, title="Unavailable", message="The database cannot be read just now: try again shortly.",
+                                 org="", section="")
 
     def _expired(self, request: web.Request) -> web.StreamResponse:
         response = _redirect(SIGNIN + "?why=expired")
