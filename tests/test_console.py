@@ -308,7 +308,7 @@ async def test_browser_walks_the_console(db_path, tmp_path) -> None:
             await ok(api, "recordMeterEvents", {"events": [
                 {"meterId": made["meter"]["id"], "userId": EVIL, "value": 5, "timestamp": "2020-01-01T00:00:00Z"}]})
             driver = await asyncio.to_thread(chromium, tmp_path / "profile")
-            await asyncio.to_thread(walk, driver, proc.base, reader, api, made, asyncio.get_running_loop(), tmp_path)
+            cookie = await asyncio.to_thread(walk, driver, proc.base, reader, api, made, asyncio.get_running_loop(), tmp_path)
     finally:
         if driver is not None:
             driver.quit()
@@ -316,10 +316,12 @@ async def test_browser_walks_the_console(db_path, tmp_path) -> None:
     log = proc.log()
     assert "/console/account?" in log  # the access log has the console's lines ...
     assert reader not in log and reader.split("_")[-1] not in log and admin not in log  # ... and never the key
+    assert cookie[:40] not in log  # nor the session
 
 
-def walk(driver: Any, base: str, key: str, api: Api, made: dict[str, Any], loop: asyncio.AbstractEventLoop, folder: Path) -> None:
-    """The browser's part (blocking Selenium calls, in a thread; API calls go back to the loop)."""
+def walk(driver: Any, base: str, key: str, api: Api, made: dict[str, Any], loop: asyncio.AbstractEventLoop, folder: Path) -> str:
+    """The browser's part (blocking Selenium calls, in a thread; API calls go back to the loop).
+    Returns the session cookie it had."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import Select, WebDriverWait
@@ -451,6 +453,7 @@ def walk(driver: Any, base: str, key: str, api: Api, made: dict[str, Any], loop:
     assert "zb_console" not in {c["name"] for c in driver.get_cookies()}
     driver.get(base + "/console/accounts")
     assert driver.current_url == base + "/console/signin"
+    return str(cookies["zb_console"]["value"])
 
 
 def _alert_open(driver: Any) -> bool:
