@@ -234,3 +234,24 @@ async def test_a_hold_short_of_funds_and_past_a_cap_answers_the_cap(api: Api) ->
     assert_cap_reached(api, r, "spend cap reached: 0 of 10 cents usd this day")
     r = await api.call("createHold", {"user": BOB, "amount": 10})
     assert_error(api, r, "insufficient_funds", "insufficient funds: 0 cents usd available, 10 requested", "amount")
+
+
+async def test_the_expiry_sweep_rearms_and_leaves_the_totals_exact(server, api: Api, db_path: str, clock: FakeClock) -> None:
+    """The sweep marks lapsed holds expired without the accounts' locks: a balance_below alert
+    re-arms, the caps count the hold no more, and the running totals stay those of the ledger."""
+    from zapbilling.app import STORE
+
+    await ok(api, "deposit", {"user": ALICE, "amount": 1000})
+    alert = await ok(api, "createAlert", {"type": "balance_below", "userId": ALICE, "threshold": 500})
+    await ok(api, "setSpendCap", {"user": ALICE, "period": "month", "limit": 2000})
+    await usage(api, ALICE, 100)
+    await ok(api, "createHold", {"user": ALICE, "amount": 600, "expiresIn": 60})  # available 300: triggers
+    assert [e["alertId"] for e in events(db_path)] == [alert["id"]]
+    clock.advance(seconds=61)
+    assert await server.app[STORE].expire_holds(clock()) == 1
+    assert db_rows(db_path, "SELECT COUNT(*) FROM alert_marks") == [(0,)]  # available 900 again: re-armed
+    assert db_rows(db_path, "SELECT used FROM usage_totals") == [(100,)]
+    assert (await ok(api, "getSpendCaps", {"user": ALICE}))["caps"][0]["used"] == 100
+    await usage(api, ALICE, 450)  # 450 available: triggers again
+    assert [e["value"] for e in events(db_path)] == [300, 450]
+    assert db_rows(db_path, "SELECT used FROM usage_totals") == [(550,)]

@@ -67,9 +67,23 @@ _TOTAL_LOCKED = (
 )
 
 
-async def period_usage(conn: asyncpg.Connection, tenant: int, user: str, currency: str, period: str, now: int) -> int:
-    """As ../sqlite/alerts.py period_usage, under the account's lock."""
+async def period_usage(
+    conn: asyncpg.Connection, tenant: int, user: str, currency: str, period: str, now: int, locked: bool = True
+) -> int:
+    """As ../sqlite/alerts.py period_usage, under the account's lock. `locked` False (a caller
+    that holds no account lock: the hold expiry sweep): the same value read from the total and
+    the rows since, taking no lock and writing nothing (only a locked caller may move
+    through_seq, see above)."""
     start, end = period_bounds(period, now)
+    if not locked:
+        seen = await conn.fetchrow(
+            "SELECT period_start, used, through_seq FROM usage_totals WHERE tenant = $1 AND user_id = $2 AND currency = $3"
+            " AND period = $4", tenant, user, currency, period,
+        )
+        if seen is not None and seen[0] == start:
+            added, _ = await conn.fetchrow(USED_SINCE, currency, start, end, tenant, user, seen[2])
+            return int(seen[1]) + int(added)
+        return int(await conn.fetchval(USED, tenant, user, start, end, currency))
     row = await conn.fetchrow(_TOTAL_LOCKED, tenant, user, currency, period)
     if row is not None and row[0] == start:
         added, last = await conn.fetchrow(USED_SINCE, currency, start, end, tenant, user, row[2])

@@ -235,5 +235,5 @@ async def _expire_holds(conn: asyncpg.Connection, now: int, limit: int, outbox: 
         if w is None:
             w = watches[tenant] = await watch(conn, tenant)
         if w.alerts or w.spend_caps:
-            await after_account_write(conn, tenant, hold["user"], hold["currency"], now, w)
+            await after_account_write(conn, tenant, hold["user"], hold["currency"], now, w, locked=False)
     return len(holds)

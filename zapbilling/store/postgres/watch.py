@@ -28,13 +28,18 @@ REACHED = "spend_cap.reached"
 _INT64 = (-(2**63), 2**63 - 1)
 
 
-async def after_account_write(conn: asyncpg.Connection, tenant: int, user: str, currency: str, now: int, w: Watch) -> None:
-    """As sqlite/watch.py, under the account's lock (the caller's)."""
+async def after_account_write(
+    conn: asyncpg.Connection, tenant: int, user: str, currency: str, now: int, w: Watch, locked: bool = True
+) -> None:
+    """As sqlite/watch.py, under the account's lock (the caller's). `locked` False: the caller
+    holds no lock of the account (the hold expiry sweep, which only ever raises `available`
+    and lowers `used`): the usage is read without moving the running total (period_usage), and
+    the marks and reached_period are still changed by conditional statements only."""
     usage: dict[str, int] = {}
 
     async def usage_of(period: str) -> int:
         if period not in usage:
-            usage[period] = await period_usage(conn, tenant, user, currency, period, now)
+            usage[period] = await period_usage(conn, tenant, user, currency, period, now, locked)
         return usage[period]
 
     if w.alerts:
