@@ -249,8 +249,11 @@ async def test_pages_without_javascript_show_the_apis_numbers(server, console, a
         assert "Not available yet" in hooks
 
 
-async def test_webhooks_page_shows_endpoints_events_and_deliveries(server, console, api) -> None:
+async def test_webhooks_page_shows_endpoints_events_and_deliveries(server, console, api, make_key) -> None:
     """Operations 31, 34 and 35 as their handlers answer; until they do, 'Not available yet'."""
+    other = api.with_key(await make_key(org="globex"))
+    await ok(other, "deposit", {"user": "hanzo/alice", "amount": 7})
+    theirs = await other.call("listEvents")
     made = await api.call("createWebhookEndpoint", {"url": "https://hooks.example.com/<in>", "events": ["deposit.created"],
                                                     "description": "<script>x</script>"})
     await ok(api, "deposit", {"user": "hanzo/alice", "amount": 1})
@@ -277,6 +280,10 @@ async def test_webhooks_page_shows_endpoints_events_and_deliveries(server, conso
     assert status == 200 and f"<h1>Event {ids[0]}</h1>" in page
     assert len(re.findall(r"<tr><td class=\"id\">", page)) == len(event["deliveries"])
     status, page, _ = await console.get("/console/events/evt_nope")
+    assert status == 404 and "not found" in page
+    their_id = theirs.result["events"][0]["id"]
+    assert their_id not in html
+    status, page, _ = await console.get(f"/console/events/{their_id}")  # another org's event
     assert status == 404 and "not found" in page
 
 
