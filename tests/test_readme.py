@@ -23,14 +23,20 @@ of a block: the server's address, `localhost:8080` or `127.0.0.1:8080`, becomes 
 server's. Nothing else is changed.
 
 Compared line by line after normalising both sides: ids (`tx_<24 hex>`, `hold_...`, `mtr_...`,
-any `<prefix>_<24 hex>`) become `<prefix>#n`, RFC 3339 times `<time#n>`, and 32-hex tokens (the
+any `<prefix>_<24 hex>`) become `<prefix>#n`, webhook signing secrets (`whsec_` and 32 base64
+characters, random as ids are) `<whsec#n>`, RFC 3339 times `<time#n>`, and 32-hex tokens (the
 client's random request ids) `<hex#n>`, numbered in order of first appearance over the whole
 run: an id or time shown twice in the README must come back twice, the same, from the server.
+
+The one block shown but not run that is still checked: the webhook receiver under "Receiving
+webhooks" (it serves until stopped) is, but for its last line (`web.run_app(...)`),
+`tests/test_webhook_delivery.py`'s RECEIVER_EXAMPLE, which that file runs against real deliveries.
 """
 from __future__ import annotations
 
 import pytest
 
+import ast
 import asyncio
 import os
 import re
@@ -128,10 +134,11 @@ def shell_commands(block: Block) -> list[Command]:
 
 
 class Normaliser:
-    """Ids, times and 32-hex tokens to placeholders numbered in order of first appearance."""
+    """Ids, webhook secrets, times and 32-hex tokens to placeholders numbered in order of first appearance."""
 
     PATTERNS = (
         re.compile(r"\b([a-z]+)_[0-9a-f]{24}\b"),
+        re.compile(r"\bwhsec_[A-Za-z0-9+/]{32}(?![A-Za-z0-9+/=])"),
         re.compile(r"\b\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:Z|[+-]\d{2}:\d{2})"),
         re.compile(r"\b[0-9a-f]{32}\b"),
     )
@@ -147,8 +154,9 @@ class Normaliser:
         return self.seen[value]
 
     def __call__(self, text: str) -> str:
-        ids, times, hexes = self.PATTERNS
+        ids, secrets, times, hexes = self.PATTERNS
         text = ids.sub(lambda m: self._name(m.group(1), m.group(0)), text)
+        text = secrets.sub(lambda m: self._name("whsec", m.group(0)), text)
         text = times.sub(lambda m: self._name("time", m.group(0)), text)
         return hexes.sub(lambda m: self._name("hex", m.group(0)), text)
 
@@ -183,6 +191,32 @@ def test_readme_blocks_follow_the_rule_and_the_first_commands_install_what_the_e
     second = blocks[1]
     assert second.tag == "sh" and second.not_run and len(second.text) == 1
     assert second.text[0] in CI_RUN.read_text().splitlines(), "README's test command differs from .ci/run's"
+
+
+RECEIVER_HEADING = "### Receiving webhooks"
+RECEIVER_SOURCE = ROOT / "tests" / "test_webhook_delivery.py"
+
+
+def receiver_example() -> str:
+    """test_webhook_delivery.RECEIVER_EXAMPLE, read from its source (importing the test module
+    would load its fixtures and dependencies for one string)."""
+    for node in ast.parse(RECEIVER_SOURCE.read_text()).body:
+        if isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == ["RECEIVER_EXAMPLE"]:
+            value = ast.literal_eval(node.value)
+            assert isinstance(value, str)
+            return value
+    raise AssertionError(f"{RECEIVER_SOURCE}: no RECEIVER_EXAMPLE")
+
+
+def test_readme_webhook_receiver_is_the_one_test_webhook_delivery_runs():
+    lines, blocks = readme_blocks()
+    heading = lines.index(RECEIVER_HEADING) + 1
+    receiver = next(b for b in blocks if b.line > heading and b.tag == "python")
+    assert receiver.not_run, f"README.md:{receiver.line}: the receiver serves until stopped: it is marked `{NOT_RUN}`"
+    assert receiver.text[-1] == "web.run_app(app, port=8000)", f"README.md:{receiver.end - 1}: the receiver ends by serving"
+    shown = "\n".join(receiver.text[:-1]).strip()
+    assert shown == receiver_example().strip(), (
+        f"README.md:{receiver.line}: the receiver differs from tests/test_webhook_delivery.py's RECEIVER_EXAMPLE")
 
 
 def test_readme_examples_print_what_the_readme_shows(tmp_path):
