@@ -20,7 +20,7 @@ from ..ids import new_id
 from ..refusals import Missing, NotRefundable, OutOfRange, RefundLeft
 from ..rows import ledger_row as _row
 from .connection import UNCHECKED_KEY, KEY_VALID, PgBase, affected, lock_account
-from .outbox import NOTHING, Watch, emit_many, event_args, forfeit_row, lock_watching
+from .outbox import NOTHING, Watch, emit_many, event_args, event_json, forfeit_row, lock_watching
 from .watch import after_account_write, after_meter_events
 
 _ROW = "id, user_id, currency, type, amount, tags, notes, metadata, created_at, expires_at, refund_of, hold_id, key_id"
@@ -298,7 +298,7 @@ async def append_entry(
         dimensions = e.usage_event.dimensions
         params += [new_id("evt"), json.dumps(dimensions) if dimensions is not None else None, e.usage_event.event_name]
     if told is not None:
-        params += [new_id("evt"), told[0], json.dumps(told[1], separators=(",", ":"))]
+        params += [new_id("evt"), told[0], event_json(told[1])]
     rows = await conn.fetch(_append_sql(e.usage_event is not None, event), *params)
     first = rows[0]
     if not first[0]:  # the dedupe key was seen: the original row is the answer

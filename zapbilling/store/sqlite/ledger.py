@@ -12,7 +12,7 @@ from ..herald import Herald, Outbox
 from ..ids import new_id
 from .connection import SqliteBase
 from .metering import insert_event
-from .outbox import NOTHING, Watch, emit, forfeit_row, watch
+from .outbox import NOTHING, WATCHED_MASK, WATCHES, Watch, emit, forfeit_row, watch
 from .watch import after_account_write, after_meter_events
 from ..refusals import Missing, NotRefundable, OutOfRange, RefundLeft
 from ..rows import ledger_row as _row
@@ -274,14 +274,13 @@ def _settle_lots(conn: sqlite3.Connection, tenant: int, user: str, currency: str
     return forfeited
 
 
-# The balance and whether the tenant watches anything (outbox.Watch) in one statement: a write
-# of an unwatched tenant (the usual one) reads the Watch here and nowhere else; a watched one
-# reads its three counts with outbox.watch. Measured per ledger write (callgrind, appends in a
-# loop on the writer's connection): this form +4.1k instructions over the plain balance read;
-# the three counts in this statement (a LEFT JOIN of tenants) +9.7k, in a statement of their
-# own more still.
+# The balance and the tenant's Watch (outbox.py) in one statement, the Watch as a bit mask
+# (outbox.WATCHES): the write reads it here and nowhere else. Measured per ledger write
+# (callgrind, appends in a loop on the writer's connection): a scalar subquery in this statement
+# +4.1k instructions over the plain balance read; the three counts as columns of a LEFT JOIN of
+# tenants +9.7k; a statement of their own more still.
 _BALANCE_AND_WATCHED = (
-    "SELECT balance, (SELECT alerts OR spend_caps OR usage_hooks FROM tenants WHERE id = ?1) FROM balances"
+    f"SELECT balance, (SELECT {WATCHED_MASK} FROM tenants WHERE id = ?1) FROM balances"
     " WHERE tenant = ?1 AND user_id = ?2 AND currency = ?3"
 )
 
@@ -289,7 +288,11 @@ _BALANCE_AND_WATCHED = (
 def _add_to_balance(conn: sqlite3.Connection, tenant: int, user: str, currency: str, delta: int) -> Watch:
     """Move the account's balance by `delta`; returns the tenant's Watch, read with it."""
     found = conn.execute(_BALANCE_AND_WATCHED, (tenant, user, currency)).fetchone()
-    balance, watched = (0, True) if found is None else found  # a new account: its first write asks
+    if found is None:  # a new account: its first write reads the Watch on its own
+        balance, w = 0, watch(conn, tenant)
+    else:
+        balance, mask = found
+        w = NOTHING if mask is None else WATCHES[mask]  # None: a tenant without a row (a store tested alone)
     new = balance + delta
     if not INT64_MIN <= new <= INT64_MAX:
         raise OutOfRange("balance")
@@ -298,7 +301,7 @@ def _add_to_balance(conn: sqlite3.Connection, tenant: int, user: str, currency: 
         " ON CONFLICT (tenant, user_id, currency) DO UPDATE SET balance = excluded.balance",
         (tenant, user, currency, new),
     )
-    return watch(conn, tenant) if watched else NOTHING
+    return w
 
 
 def _sweep_expired(conn: sqlite3.Connection, now: int, rules: LotRules, limit: int, outbox: Outbox | None) -> int:
