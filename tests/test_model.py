@@ -23,6 +23,7 @@ import pytest
 from conftest import Api
 from model.billing import OPS, Model
 from model.driver import Driver, Mismatch, Tenant
+from invariants import check_invariants
 
 from zapbilling.app import STORE, sweep_once
 
@@ -112,7 +113,7 @@ def unreached(d: Driver) -> list[str]:
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-async def test_the_model_agrees_with_the_server(model_server, session, make_key, clock, seed):
+async def test_the_model_agrees_with_the_server(model_server, session, make_key, clock, seed, db_path):
     d = await make_driver(model_server, session, make_key, clock, seed)
     started = time.monotonic()
     await d.run(STEPS)
@@ -129,6 +130,7 @@ async def test_the_model_agrees_with_the_server(model_server, session, make_key,
     missing = unreached(d)
     assert not missing, (f"seed {seed}, {d.step_no} steps: the run left these unexercised: {missing} "
                          f"(replay: MODEL_SEED={seed} MODEL_STEPS={d.step_no} pytest tests/test_model.py -k agrees)")
+    check_invariants(db_path)  # what the run wrote adds up, and every change has its one event
 
 
 @pytest.mark.parametrize("variant", Model.VARIANTS)

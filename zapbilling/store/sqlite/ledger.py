@@ -139,9 +139,16 @@ def append_entry(
     conn: sqlite3.Connection, tenant: int, e: NewEntry, outbox: Outbox | None, refundable: Refundable | None = None
 ) -> tuple[LedgerRow, Watch]:
     """Append one row inside the caller's job (a capture appends its withdrawal this way), with
-    its events (outbox.tell_entry, and a forfeit's); returns it and the tenant's Watch, read in
-    the balance's statement (NOTHING for a dedupe repeat, which writes nothing). The caller
-    calls watch.after_account_write (a capture once for the row and the hold together)."""
+    its events (the row's own, and a forfeit's); returns it and the tenant's Watch, read in the
+    balance's statement (NOTHING for a dedupe repeat, which writes nothing). The caller calls
+    watch.after_account_write (a capture once for the row and the hold together).
+
+    What the events cost recordUsage (`python -m bench.instructions --op recordUsage`, three
+    runs each, spread about +-2.5k): 625.6k instructions per request before them, 632.2k after
+    (+1.0%: the Watch's bit mask and the herald's look at the row); with an endpoint subscribed
+    to usage.recorded 735k (0.86x: the event rendered, encoded and inserted, ~45k of it the
+    insert into `events` and its indexes). A deposit's job (callgrind, appends in a loop on the
+    writer's connection) 143k -> 219k instructions: its deposit.created, always written."""
     if e.refund_of is not None:
         assert refundable is not None, "a refund needs the domain's rule for what may be refunded"
         _claim_refund(conn, tenant, e, refundable)
