@@ -294,7 +294,7 @@ async def test_500_then_200_delivers_the_same_webhook_id_twice(api, db_path, clo
             {"endpointId": endpoint_id, "attempt": 1, "status": "failed", "responseStatus": 500, "error": "the receiver answered 500", "at": format_ts(first_at)},
             {"endpointId": endpoint_id, "attempt": 2, "status": "pending", "at": format_ts(due)},  # no responseStatus, no error: absent
         ]
-        clock.advance(seconds=(due - clock()) / 1e6)
+        clock.now = due  # exactly (a float of seconds may round a microsecond short of it)
         await until(lambda: _done(db_path, event_id), "the second attempt succeeded")
         assert [h["webhook-id"] for h, _ in receiver.hits] == [event_id, event_id]
         first, second = receiver.hits
@@ -330,7 +330,7 @@ async def test_the_retry_schedule_runs_on_the_injected_clock_then_the_delivery_f
                 base = schedule.base_wait(n)
                 assert base <= wait <= base * (1 + schedule.JITTER), (n, wait, base)
                 waits.append(wait)
-                clock.advance(seconds=wait / 1e6)
+                clock.now = due  # exactly when it is due (a float of seconds may round short of it)
         assert (await delivery(db_path, event_id))[0] == "failed"
         assert [w // 1_000_000 for w in map(schedule.base_wait, range(1, 8))] == [5, 30, 180, 1080, 6480, 38880, 43200]
         assert clock() - start >= 24 * 3600 * 1_000_000  # 8 attempts spread over more than 24 h
@@ -380,7 +380,7 @@ async def test_a_receiver_down_for_a_while_gets_every_event_once_it_is_up(hooks,
         assert error.startswith("cannot connect: "), error
     await receiver.up()
     try:
-        clock.advance(seconds=schedule.FIRST_WAIT * (1 + schedule.JITTER) / 1e6)
+        clock.now += int(schedule.FIRST_WAIT * (1 + schedule.JITTER))  # past the longest first wait
         for e in ids:
             await until(lambda e=e: _done(db_path, e), "every event delivered")
         assert receiver.ids() == Counter({e: 1 for e in ids})
@@ -452,7 +452,7 @@ async def test_an_endpoint_whose_last_50_deliveries_failed_is_disabled(api, db_p
             await until(lambda e=e, n=n: _attempted(db_path, e, n), f"attempt {n} of every delivery")
         if n < schedule.ATTEMPTS:
             assert await sql(db_path, "SELECT status FROM webhook_endpoints WHERE id = ?", endpoint_id) == [("enabled",)]
-            clock.advance(seconds=schedule.base_wait(n) * (1 + schedule.JITTER) / 1e6)
+            clock.now += int(schedule.base_wait(n) * (1 + schedule.JITTER))  # past the longest wait
     for e in ids:
         await until(lambda e=e: _done(db_path, e, "failed"), "every delivery failed")
     assert await sql(db_path, "SELECT status, failed_in_row FROM webhook_endpoints WHERE id = ?", endpoint_id) == [("disabled", 50)]

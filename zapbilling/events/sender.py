@@ -50,6 +50,7 @@ READ_BYTES = 64 << 10
 """Of a receiver's answer, read at most this much (so the connection can be kept alive); the
 rest is dropped with the connection."""
 USER_AGENT = "zapbilling-webhooks"
+STOP_SECONDS = 5.0
 
 
 def body(job: DeliveryJob) -> bytes:
@@ -90,9 +91,12 @@ class Sender:
         tasks = [t for t in (self._task, *self._inflight) if t is not None]
         for t in tasks:
             t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+        if tasks:
+            # Bounded: a server's stop must never wait on a receiver or a query that ignores
+            # its cancellation.
+            _, left = await asyncio.wait(tasks, timeout=STOP_SECONDS)
+            if left:
+                log.warning("%d webhook attempts did not stop within %g s; their leases run out", len(left), STOP_SECONDS)
         self._task = None
         if self._session is not None:
             await self._session.close()
@@ -101,6 +105,7 @@ class Sender:
     async def _run(self) -> None:
         failing = False
         while True:
+            self._wake.clear()  # before the turn: an attempt that ends during it wakes the next one
             try:
                 await self.turn()
                 if failing:
@@ -111,7 +116,6 @@ class Sender:
                 if not failing:
                     log.exception("webhook delivery failed; trying again every %g s", self.poll)
                 failing = True
-            self._wake.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.poll)
 
