@@ -24,7 +24,7 @@ from typing import Any, Awaitable, Callable
 
 import asyncpg
 import pytest
-from aiohttp import web
+from aiohttp import ClientSession, ClientTimeout, web
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 import pg
@@ -215,6 +215,24 @@ async def test_a_delivery_is_the_event_signed_to_standard_webhooks(api, db_path,
     assert await attempts(db_path, event_id) == [(1, "succeeded", 200, None)]
     assert await delivery(db_path, event_id) == ("succeeded", 1, clock())
     assert (await sql(db_path, "SELECT dispatched FROM events WHERE id = ?", event_id))[0][0] == 1
+
+
+async def test_a_deposit_is_delivered_as_the_event_the_api_shows(api, db_path, receiver):
+    """End to end: the write path records the event in the deposit's transaction, the sender
+    delivers it; the body is the event as getEvent shows it."""
+    _, secret = await create_endpoint(api, receiver.url, ["deposit.created"])
+    deposit = await ok(api, "deposit", {"user": "hanzo/alice", "amount": 1250, "currency": "usd"})
+
+    async def arrived() -> bool:
+        return len(receiver.hits) == 1
+
+    await until(arrived, "the deposit's event delivered")
+    headers, body = receiver.hits[0]
+    delivered = verify(secret, headers, body)
+    shown = await ok(api, "getEvent", {"id": headers["webhook-id"]})
+    assert delivered == {k: shown[k] for k in ("id", "type", "createdAt", "data")}
+    assert delivered["type"] == "deposit.created"
+    assert (delivered["data"]["transactionId"], delivered["data"]["amount"]) == (deposit["transactionId"], 1250)
 
 
 async def _done(db: str, event_id: str, status: str = "succeeded") -> bool:
@@ -493,31 +511,37 @@ SERVE = ("--webhook-allow-private", "--webhook-timeout", "2")
 
 
 async def test_a_server_killed_between_the_commit_and_the_delivery_delivers_after_restart(db_path, tmp_path, receiver):
-    create_key(db_path, "acme", "live")
-    t = await tenant(db_path)
-    _, secret = await add_endpoint(db_path, t, receiver.url)
+    key = create_key(db_path, "acme", "live")
     server = ServerProcess(db_path, tmp_path, args=SERVE)
     await server.start_ready()
-    try:
-        receiver.hold = asyncio.Event()  # the attempt reaches the receiver and waits there
-        [event_id] = await add_events(db_path, t, 1, int(time.time() * 1e6))
+    async with ClientSession(timeout=ClientTimeout(total=30)) as session:
+        try:
+            api = Api(session, server.base, key)
+            _, secret = await create_endpoint(api, receiver.url, ["deposit.created"])
+            receiver.hold = asyncio.Event()  # the attempt reaches the receiver and waits there
+            deposit = await ok(api, "deposit", {"user": "hanzo/alice", "amount": 700, "currency": "usd"})
 
-        async def arrived() -> bool:
-            return len(receiver.hits) == 1
+            async def arrived() -> bool:
+                return len(receiver.hits) == 1
 
-        await until(arrived, "the attempt reached the receiver")
-        server.kill9()  # committed, leased, sent, not answered, nothing recorded
-        assert await attempts(db_path, event_id) == []
-        receiver.hold.set()
-        receiver.hold = None
-        server = ServerProcess(db_path, tmp_path, args=SERVE)
-        await server.start_ready()
-        await until(lambda: _done(db_path, event_id), "the delivery after the restart")
-        assert [h["webhook-id"] for h, _ in receiver.hits] == [event_id, event_id]
-        assert verify(secret, *receiver.hits[1])["id"] == event_id
-        assert await attempts(db_path, event_id) == [(1, "succeeded", 200, None)]
-    finally:
-        server.stop()
+            await until(arrived, "the attempt reached the receiver")
+            event_id = receiver.hits[0][0]["webhook-id"]
+            server.kill9()  # committed, leased, sent, not answered, nothing recorded
+            assert await attempts(db_path, event_id) == []
+            receiver.hold.set()
+            receiver.hold = None
+            server = ServerProcess(db_path, tmp_path, args=SERVE)
+            await server.start_ready()
+            api = Api(session, server.base, key)
+            await until(lambda: _done(db_path, event_id), "the delivery after the restart")
+            assert [h["webhook-id"] for h, _ in receiver.hits] == [event_id, event_id]
+            delivered = verify(secret, *receiver.hits[1])
+            assert (delivered["type"], delivered["data"]["transactionId"]) == ("deposit.created", deposit["transactionId"])
+            assert await attempts(db_path, event_id) == [(1, "succeeded", 200, None)]
+            shown = await ok(api, "getEvent", {"id": event_id})
+            assert [(d["attempt"], d["status"]) for d in shown["deliveries"]] == [(1, "succeeded")]
+        finally:
+            server.stop()
 
 
 async def test_several_servers_make_each_attempt_exactly_once(db_path, tmp_path):
