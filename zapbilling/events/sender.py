@@ -6,7 +6,10 @@ read asks whether anything waits; if so the undispatched events become deliverie
 slots, then each is POSTed in a task of its own. Bounds: `concurrency` attempts at once in this
 process, and at most `per_endpoint` under way to one endpoint, so a slow receiver (it holds its
 slots for up to `timeout`) or a dead one (it fails fast) never holds up the deliveries to the
-others.
+others. An endpoint's slots are refilled one by one as its attempts end (the claim counts what
+is under way), not once all of them ended: to one endpoint on loopback, 909 deliveries/s
+against 178 when the claim skipped every endpoint with attempts under way (bench/webhooks.py,
+SQLite, 3,000 events).
 
 An attempt: the event `{id, type, createdAt, data}` as JSON, the Standard Webhooks headers
 (webhook-id = the event id, webhook-timestamp, webhook-signature: signing.py), redirects not
