@@ -159,6 +159,18 @@ async def build(api: Api, test_api: Api, clock) -> dict[str, Any]:
     await ok(test_api, "deposit", {"user": ALICE, "amount": 42})
     await ok(test_api, "recordUsage", {"user": ALICE, "amount": 2, "model": "m"})
     made["test_meter"] = (await ok(test_api, "createMeter", {"name": "T", "eventName": "api_call"}))["id"]
+    # a webhook endpoint, and a delivery of a later event with its first (failed: the name does
+    # not resolve) attempt, made by the server's own sender; the frozen clock holds its retry back
+    hook = await ok(api, "createWebhookEndpoint", {"url": "https://hooks.invalid/copy", "events": ["deposit.created"]})
+    await ok(api, "deposit", {"user": CAROL, "amount": 1})
+    event = (await ok(api, "listEvents", {"type": "deposit.created", "limit": 1}))["events"][0]
+    for _ in range(400):
+        if any(d["status"] == "failed" for d in (await ok(api, "getEvent", {"id": event["id"]}))["deliveries"]):
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise AssertionError("the sender made no attempt in 20 s")
+    await ok(api, "deleteWebhookEndpoint", {"id": hook["id"]})  # kept as a row; the copy's later writes send nothing
     return made
 
 

@@ -42,6 +42,10 @@ OTHER: dict[str, Callable[[Params], Params]] = {
     "deleteWebhookEndpoint": lambda p: p | {"id": "we_other"},
     "rotateWebhookSecret": lambda p: p | {"id": "we_other"},
     "redeliverEvent": lambda p: p | {"id": "evt_other"},
+    "createAlert": lambda p: p | {"threshold": p["threshold"] + 1},
+    "deleteAlert": lambda p: p | {"id": "alr_other"},
+    "setSpendCap": lambda p: p | {"limit": p["limit"] + 1},
+    "deleteSpendCap": lambda p: p | {"user": p["user"] + "-other"},
 }
 MUTATING = sorted(c.name for c in REGISTRY.commands.values() if c.mutates)
 
