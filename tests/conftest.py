@@ -136,6 +136,7 @@ ERROR_TABLE = {  # kind: (REST status, ZAP code, HTTP status of a ZAP answer)
     "not_found": (404, -32004, 200),
     "conflict": (409, -32009, 200),
     "insufficient_funds": (402, -32002, 200),
+    "spend_cap_reached": (402, -32005, 200),  # Part 2
     "payload_too_large": (413, -32013, 413),
     "unsupported_media_type": (415, -32015, 415),
     "rate_limited": (429, -32029, 429),

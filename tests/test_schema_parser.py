@@ -73,6 +73,20 @@ CONTRACT_METHODS = {
     "listTransactions": ("GET", "/api/v1/billing/transactions", 200, False),
     "listAccounts": ("GET", "/api/v1/billing/accounts", 200, False),
     "listCreditTransactions": ("GET", "/api/v1/billing/credit-transactions", 200, False),
+    "createWebhookEndpoint": ("POST", "/api/v1/billing/webhook-endpoints", 201, True),
+    "listWebhookEndpoints": ("GET", "/api/v1/billing/webhook-endpoints", 200, False),
+    "deleteWebhookEndpoint": ("DELETE", "/api/v1/billing/webhook-endpoints/{id}", 200, True),
+    "rotateWebhookSecret": ("POST", "/api/v1/billing/webhook-endpoints/{id}/rotate-secret", 200, True),
+    "listEvents": ("GET", "/api/v1/billing/events", 200, False),
+    "getEvent": ("GET", "/api/v1/billing/events/{id}", 200, False),
+    "redeliverEvent": ("POST", "/api/v1/billing/events/{id}/redeliver", 200, True),
+    "createAlert": ("POST", "/api/v1/billing/alerts", 201, True),
+    "listAlerts": ("GET", "/api/v1/billing/alerts", 200, False),
+    "deleteAlert": ("DELETE", "/api/v1/billing/alerts/{id}", 200, True),
+    "setSpendCap": ("PUT", "/api/v1/billing/spend-caps", 200, True),
+    "getSpendCaps": ("GET", "/api/v1/billing/spend-caps", 200, False),
+    "deleteSpendCap": ("DELETE", "/api/v1/billing/spend-caps", 200, True),
+    "getMeterEventsSeries": ("GET", "/api/v1/billing/meter-events/series", 200, False),
 }
 
 

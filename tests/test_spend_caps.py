@@ -255,3 +255,18 @@ async def test_the_expiry_sweep_rearms_and_leaves_the_totals_exact(server, api: 
     await usage(api, ALICE, 450)  # 450 available: triggers again
     assert [e["value"] for e in events(db_path)] == [300, 450]
     assert db_rows(db_path, "SELECT used FROM usage_totals") == [(550,)]
+
+
+async def test_usage_past_int64_in_a_period_saturates(any_api: Api) -> None:
+    """A period's usage can pass int64 (deposits between huge withdrawals keep each balance in
+    range): the running total stops at the int64 maximum, which passes every cap and threshold,
+    instead of failing the write (found by the fuzzer: an internal error on recordUsage)."""
+    big = 2**63 - 20
+    await ok(any_api, "setSpendCap", {"user": ALICE, "period": "month", "limit": 1000})
+    await ok(any_api, "createAlert", {"type": "usage_above", "userId": ALICE, "period": "day", "threshold": 2**63 - 1})
+    for i in range(3):
+        await ok(any_api, "deposit", {"user": ALICE, "amount": big})
+        await ok(any_api, "recordUsage", {"user": ALICE, "amount": big, "model": "m", "requestId": f"big{i}"})
+    caps = await ok(any_api, "getSpendCaps", {"user": ALICE})
+    assert caps["caps"][0]["used"] == 2**63 - 1
+    assert (await ok(any_api, "getBalance", {"user": ALICE}))["balance"] == 0

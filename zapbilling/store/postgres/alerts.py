@@ -8,7 +8,7 @@ from typing import Any
 
 import asyncpg
 
-from ..base import AlertRow, Idempotency, NewAlert, SpendCapRow
+from ..base import INT64_MAX, AlertRow, Idempotency, NewAlert, SpendCapRow
 from ..ids import new_id
 from ..periods import period_bounds
 from ..refusals import Missing, QuotaReached
@@ -18,7 +18,7 @@ from .connection import PgBase, lock_account
 _ALERT = "id, type, user_id, currency, threshold, period, meter_id, created_at"
 
 USED = (
-    "SELECT COALESCE(SUM(amount), 0)::bigint FROM ledger WHERE tenant = $1 AND user_id = $2 AND created_at >= $3"
+    "SELECT LEAST(COALESCE(SUM(amount), 0), 9223372036854775807)::bigint FROM ledger WHERE tenant = $1 AND user_id = $2 AND created_at >= $3"
     " AND created_at < $4 AND currency = $5 AND type = 'withdraw' AND tags = 'api-usage'"
 )
 """As ../sqlite/alerts.py USED: a range of the ledger_history index; parameters $1 tenant,
@@ -40,7 +40,7 @@ credit less pending holds; parameters $1 tenant, $2 user, $3 currency, $4 now.""
 
 _CAPS = (
     "SELECT s.currency, s.period, s.cap,"
-    " (SELECT COALESCE(SUM(amount), 0)::bigint FROM ledger WHERE tenant = $1 AND user_id = $2"
+    " (SELECT LEAST(COALESCE(SUM(amount), 0), 9223372036854775807)::bigint FROM ledger WHERE tenant = $1 AND user_id = $2"
     "  AND created_at >= CASE s.period WHEN 'day' THEN $4::bigint ELSE $6::bigint END"
     "  AND created_at < CASE s.period WHEN 'day' THEN $5::bigint ELSE $7::bigint END"
     "  AND currency = s.currency AND type = 'withdraw' AND tags = 'api-usage'),"
@@ -51,8 +51,8 @@ _CAPS = (
 
 
 USED_SINCE = (
-    "SELECT COALESCE(SUM(CASE WHEN currency = $1 AND type = 'withdraw' AND created_at >= $2 AND created_at < $3"
-    " THEN amount END), 0)::bigint, MAX(seq) FROM ledger WHERE tenant = $4 AND user_id = $5 AND tags = 'api-usage' AND seq > $6"
+    "SELECT LEAST(COALESCE(SUM(CASE WHEN currency = $1 AND type = 'withdraw' AND created_at >= $2 AND created_at < $3"
+    " THEN amount END), 0), 9223372036854775807)::bigint, MAX(seq) FROM ledger WHERE tenant = $4 AND user_id = $5 AND tags = 'api-usage' AND seq > $6"
 )
 """As ../sqlite/alerts.py USED_SINCE: a range of the ledger_usage index."""
 LAST_USAGE = "SELECT COALESCE(MAX(seq), 0) FROM ledger WHERE tenant = $1 AND user_id = $2 AND tags = 'api-usage'"
@@ -82,14 +82,14 @@ async def period_usage(
         )
         if seen is not None and seen[0] == start:
             added, _ = await conn.fetchrow(USED_SINCE, currency, start, end, tenant, user, seen[2])
-            return int(seen[1]) + int(added)
+            return min(int(seen[1]) + int(added), INT64_MAX)
         return int(await conn.fetchval(USED, tenant, user, start, end, currency))
     row = await conn.fetchrow(_TOTAL_LOCKED, tenant, user, currency, period)
     if row is not None and row[0] == start:
         added, last = await conn.fetchrow(USED_SINCE, currency, start, end, tenant, user, row[2])
         if last is None:
             return int(row[1])
-        total = int(row[1]) + int(added)
+        total = min(int(row[1]) + int(added), INT64_MAX)  # saturated: usage past int64 passes every threshold
         await conn.execute(
             "UPDATE usage_totals SET used = $5, through_seq = $6 WHERE tenant = $1 AND user_id = $2 AND currency = $3 AND period = $4",
             tenant, user, currency, period, total, last,
@@ -142,7 +142,7 @@ class AlertQueries(PgBase):
     async def spend_caps(self, tenant: int, user: str, now: int) -> list[SpendCapRow]:
         (day, day_end), (month, month_end) = period_bounds("day", now), period_bounds("month", now)
         rows = await self._read(_CAPS, tenant, user, now, day, day_end, month, month_end)
-        return [{"user": user, "currency": c, "period": p, "limit": cap, "used": int(spent) + int(held)}
+        return [{"user": user, "currency": c, "period": p, "limit": cap, "used": min(int(spent) + int(held), INT64_MAX)}
                 for c, p, cap, spent, held in rows]
 
     async def delete_spend_cap(

@@ -4,10 +4,11 @@ a tenant without any reads one row and nothing more (outbox.watch). What a write
 is watch.py's job."""
 from __future__ import annotations
 
+import json
 import sqlite3
 from typing import Any
 
-from ..base import AlertRow, Idempotency, NewAlert, SpendCapRow
+from ..base import INT64_MAX, AlertRow, Idempotency, NewAlert, SpendCapRow
 from ..ids import new_id
 from ..periods import period_bounds
 from ..refusals import Missing, QuotaReached
@@ -52,6 +53,10 @@ _CAPS = (
     " FROM spend_caps s WHERE s.tenant = :tenant AND s.user_id = :user"
     " ORDER BY s.currency, CASE s.period WHEN 'day' THEN 0 ELSE 1 END"
 )
+_CAPS_EXACT = _CAPS.replace(
+    "(SELECT COALESCE(SUM(amount), 0) FROM", "(SELECT json_array(COALESCE(SUM(amount >> 32), 0), COALESCE(SUM(amount & 4294967295), 0)) FROM", 1
+)
+"""_CAPS with each usage sum as its high and low 32 bits' sums (neither can overflow)."""
 
 
 def alert_row(r: Any) -> AlertRow:
@@ -91,14 +96,24 @@ def period_usage(conn: sqlite3.Connection, tenant: int, user: str, currency: str
     key = (tenant, user, currency, period)
     row = conn.execute(f"SELECT period_start, used, through_seq FROM usage_totals WHERE {_TOTAL}", key).fetchone()
     if row is not None and row[0] == start:
-        added, last = conn.execute(USED_SINCE, (currency, start, end, tenant, user, row[2])).fetchone()
+        try:
+            added, last = conn.execute(USED_SINCE, (currency, start, end, tenant, user, row[2])).fetchone()
+        except sqlite3.OperationalError as exc:  # SUM left int64: usage that large passes every threshold
+            if "overflow" not in str(exc):
+                raise
+            added, (last,) = INT64_MAX, conn.execute(LAST_USAGE, (tenant, user)).fetchone()
         if last is None:
             return int(row[1])
-        total = int(row[1]) + int(added)
+        total = min(int(row[1]) + int(added), INT64_MAX)  # saturated, as the column is int64
         conn.execute(f"UPDATE usage_totals SET used = ?, through_seq = ? WHERE {_TOTAL}", (total, last, *key))
         return total
     (last,), = conn.execute(LAST_USAGE, (tenant, user)).fetchall()
-    (total,), = conn.execute(USED, (tenant, user, start, end, currency)).fetchall()
+    try:
+        (total,), = conn.execute(USED, (tenant, user, start, end, currency)).fetchall()
+    except sqlite3.OperationalError as exc:  # as above
+        if "overflow" not in str(exc):
+            raise
+        total = INT64_MAX
     conn.execute(
         "INSERT INTO usage_totals (tenant, user_id, currency, period, period_start, used, through_seq) VALUES (?, ?, ?, ?, ?, ?, ?)"
         " ON CONFLICT (tenant, user_id, currency, period) DO UPDATE SET period_start = excluded.period_start,"
@@ -143,9 +158,15 @@ class AlertQueries(SqliteBase):
 
     async def spend_caps(self, tenant: int, user: str, now: int) -> list[SpendCapRow]:
         (day, day_end), (month, month_end) = period_bounds("day", now), period_bounds("month", now)
-        rows = await self._read(_CAPS, {"tenant": tenant, "user": user, "now": now, "day": day, "day_end": day_end,
-                                        "month": month, "month_end": month_end})
-        return [{"user": user, "currency": c, "period": p, "limit": cap, "used": int(spent) + int(held)}
+        params = {"tenant": tenant, "user": user, "now": now, "day": day, "day_end": day_end, "month": month, "month_end": month_end}
+        try:
+            rows = await self._read(_CAPS, params)
+        except sqlite3.OperationalError as exc:  # a period's usage past int64: summed exactly in two halves
+            if "overflow" not in str(exc):
+                raise
+            rows = [(c, p, cap, (lambda h, lo: (h << 32) + lo)(*json.loads(halves)), held)
+                    for c, p, cap, halves, held in await self._read(_CAPS_EXACT, params)]
+        return [{"user": user, "currency": c, "period": p, "limit": cap, "used": min(int(spent) + int(held), INT64_MAX)}
                 for c, p, cap, spent, held in rows]
 
     async def delete_spend_cap(
