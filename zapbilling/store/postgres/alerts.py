@@ -14,6 +14,7 @@ from ..periods import period_bounds
 from ..refusals import Missing, QuotaReached
 from ..sqlite.alerts import alert_row
 from .connection import PgBase, lock_account
+from .sums import AVAILABLE, HELD, HELD_NOW
 
 _ALERT = "id, type, user_id, currency, threshold, period, meter_id, created_at"
 
@@ -23,20 +24,6 @@ USED = (
 )
 """As ../sqlite/alerts.py USED: a range of the ledger_history index; parameters $1 tenant,
 $2 user, $3 start, $4 end, $5 currency."""
-# Written out here rather than imported from ledger.py, which the write paths' modules share
-# with watch.py (and so this).
-HELD = (
-    "SELECT COALESCE(SUM(amount), 0)::bigint FROM holds WHERE tenant = {tenant} AND user_id = {user}"
-    " AND currency = {currency} AND status = 'pending' AND expires_at > {now}"
-)
-HELD_NOW = HELD.format(tenant="$1", user="$2", currency="$3", now="$4")
-AVAILABLE = (
-    "SELECT COALESCE((SELECT balance FROM balances WHERE tenant = $1 AND user_id = $2 AND currency = $3), 0)::numeric"
-    " - (SELECT COALESCE(SUM(remaining), 0) FROM ledger WHERE tenant = $1 AND user_id = $2 AND currency = $3"
-    " AND remaining > 0 AND expires_at <= $4) - (" + HELD_NOW + ")"
-)
-"""As ledger.ACCOUNT, subtracted in NUMERIC (no overflow): balance less expired unforfeited
-credit less pending holds; parameters $1 tenant, $2 user, $3 currency, $4 now."""
 
 _CAPS = (
     "SELECT s.currency, s.period, s.cap,"

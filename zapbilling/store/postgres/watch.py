@@ -19,7 +19,8 @@ import asyncpg
 
 from ..periods import period_bounds
 from ..refusals import CapReached
-from .alerts import AVAILABLE, held_now, period_usage, used
+from .alerts import held_now, period_usage, used
+from .sums import AVAILABLE
 from .connection import lock_account
 from .outbox import Watch, emit
 

@@ -13,6 +13,7 @@ from ..ids import new_id
 from ..periods import period_bounds
 from ..refusals import Missing, QuotaReached
 from .connection import SqliteBase
+from .sums import AVAILABLE, HELD, HELD_NOW
 
 _ALERT = "id, type, user_id, currency, threshold, period, meter_id, created_at"
 
@@ -24,21 +25,6 @@ USED = (
 account over [start, end); parameters (tenant, user, start, end, currency). A range of the
 ledger_history index (tenant, user_id, created_at, seq): its cost is the user's ledger rows in
 the period, never the user's whole history."""
-# Written out here rather than imported from ledger.py, which imports watch.py (and so this).
-HELD = (
-    "SELECT COALESCE(SUM(amount), 0) FROM holds WHERE tenant = {tenant} AND user_id = {user}"
-    " AND currency = {currency} AND status = 'pending' AND expires_at > {now}"
-)
-"""As ledger.HELD: an account's holds pending at now (a hold counts until expires_at)."""
-HELD_NOW = HELD.format(tenant="?1", user="?2", currency="?3", now="?4")
-"""The account's holds pending at now; parameters (tenant, user, currency, now)."""
-AVAILABLE = (
-    "SELECT COALESCE((SELECT balance FROM balances WHERE tenant = ?1 AND user_id = ?2 AND currency = ?3), 0)"
-    " - (SELECT COALESCE(SUM(remaining), 0) FROM ledger WHERE tenant = ?1 AND user_id = ?2 AND currency = ?3"
-    " AND remaining > 0 AND expires_at <= ?4) - (" + HELD_NOW + ")"
-)
-"""As ledger.ACCOUNT, subtracted: balance less expired unforfeited credit less pending holds
-(each term is an int64 the ledger keeps in range); parameters (tenant, user, currency, now)."""
 
 
 # A user's caps, each with its period's usage and the holds pending now, in one statement (one

@@ -18,7 +18,8 @@ from typing import Any
 
 from ..periods import period_bounds
 from ..refusals import CapReached, SumOutOfRange
-from .alerts import AVAILABLE, held_now, period_usage, used
+from .alerts import held_now, period_usage, used
+from .sums import AVAILABLE
 from .outbox import Watch, emit
 
 TRIGGERED = "alert.triggered"

@@ -1,0 +1,29 @@
+"""One account's sums in SQLite's SQL, written once for every statement that reads them: the
+balances row, the expired credit not yet forfeited (reads subtract it themselves until a write
+or the sweep forfeits it) and the holds pending at `now` (a hold counts until expires_at,
+whether or not the sweep has marked it). Imports nothing of the store, so the ledger, the
+alerts and the watch can all take them without an import cycle (ledger.py imports watch.py,
+which imports alerts.py)."""
+from __future__ import annotations
+
+EXPIRED = (
+    "SELECT COALESCE(SUM(remaining), 0) FROM ledger WHERE tenant = {tenant} AND user_id = {user}"
+    " AND currency = {currency} AND remaining > 0 AND expires_at <= {now}"
+)
+"""An account's expired unforfeited credit; a template of {tenant}, {user}, {currency}, {now}."""
+HELD = (
+    "SELECT COALESCE(SUM(amount), 0) FROM holds WHERE tenant = {tenant} AND user_id = {user}"
+    " AND currency = {currency} AND status = 'pending' AND expires_at > {now}"
+)
+"""An account's holds pending at {now}; a template as EXPIRED."""
+# Numbered parameters bound from a tuple: ~20% cheaper than named ones bound from a dict, and
+# getBalance runs a statement of these on every call.
+ONE = dict(tenant="?1", user="?2", currency="?3", now="?4")
+"""The templates' parameters as one account's statement binds them: (tenant, user, currency, now)."""
+BALANCE = "COALESCE((SELECT balance FROM balances WHERE tenant = ?1 AND user_id = ?2 AND currency = ?3), 0)"
+"""The account's balances row (0 without one); parameters as ONE."""
+HELD_NOW = HELD.format(**ONE)
+"""The account's holds pending at now; parameters (tenant, user, currency, now)."""
+AVAILABLE = f"SELECT {BALANCE} - ({EXPIRED.format(**ONE)}) - ({HELD_NOW})"
+"""Balance less expired unforfeited credit less pending holds, subtracted in SQL (each term is
+an int64 the ledger keeps in range); parameters (tenant, user, currency, now)."""
