@@ -1,7 +1,7 @@
 """Instructions per request: the server under callgrind, answering a fixed number of requests.
 
     python -m bench.instructions [--op getBalance|recordUsage] [--server zapbilling|bare]
-                                 [--requests 2048] [--connections 64]
+                                 [--requests 2048] [--connections 64] [--webhook]
 
 Timings on a shared machine move by tens of percent from one run to the next; the instructions
 a server executes per request repeat to within 1% whatever else the machine is doing. That
@@ -15,6 +15,19 @@ The server runs under `valgrind --tool=callgrind` with instrumentation off until
 256 requests is answered; then `callgrind_control` turns it on for the measured requests only.
 getBalance goes over ZAP/msgpack (the bare baseline: its REST GET), recordUsage over ZAP/msgpack
 with a new requestId each time. Needs valgrind (Debian's package). About a minute per run.
+
+--webhook (recordUsage only): the cost of the outbox (issue 21's target: >= 0.9x). Three runs:
+plain; `held`, where the org has one webhook endpoint subscribed to usage.recorded (made through
+the API, the server run with --webhook-allow-private) but the sender may have no attempt under way
+(--webhook-concurrency 0: each request writes its event, the sender's turns dispatch the events
+into deliveries and claim none, nothing is sent): the write path's cost, the outbox's; and `sent`,
+the same endpoint pointing at a receiver in this process (aiohttp on loopback, answering 200 at
+once) and every event delivered, all in the server process the instructions are counted in: the
+write path plus one delivery (dispatch, lease, signature, the POST, the recorded attempt). For
+both endpoint runs, before instrumentation goes on and before it goes off the driver waits until
+the receiver has had every event so far (`sent`) and SETTLE seconds (every run), so the measured
+window holds the measured requests' work and their deliveries. Prints the three figures and the
+ratios against plain.
 """
 from __future__ import annotations
 
@@ -32,11 +45,15 @@ from typing import Any
 
 import aiohttp
 import msgpack
+from aiohttp import web
 
 from .load import ROOT, child_env, copy_db, free_port, zapbilling_cmd
 from .scenarios import Bench, Settings
 
 WARMUP = 256
+SETTLE = 1.5
+"""Seconds waited after the last delivery before instrumentation flips: the attempt's record
+follows the receiver's answer (the sender's idle turns in this wait are counted in both runs)."""
 
 
 def _request(op: str, server: str, i: int, run: str) -> tuple[str, str, bytes | None, str | None]:
@@ -52,9 +69,57 @@ def _request(op: str, server: str, i: int, run: str) -> tuple[str, str, bytes | 
     return "POST", "/api/v1/zap", body, "application/msgpack"
 
 
-async def _drive(url: str, key: str, op: str, server: str, pid: int, requests: int, connections: int) -> int:
+class Receiver:
+    """A webhook receiver on loopback answering 200 at once; counts the deliveries it had."""
+
+    def __init__(self) -> None:
+        self.hits = 0
+        self.port = 0
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> str:
+        async def receive(request: web.Request) -> web.Response:
+            await request.read()
+            self.hits += 1
+            return web.Response(status=200)
+
+        app = web.Application()
+        app.router.add_post("/hooks", receive)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        self.port = free_port()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+        return f"http://127.0.0.1:{self.port}/hooks"
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def wait_for(self, n: int) -> None:
+        deadline = time.monotonic() + 600
+        while self.hits < n:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"the receiver had {self.hits} of {n} deliveries in 600 s")
+            await asyncio.sleep(0.1)
+
+
+async def _settle(receiver: Receiver | None, n: int) -> None:
+    """Wait until every event so far was delivered (with an endpoint), then SETTLE seconds."""
+    if receiver is not None:
+        await receiver.wait_for(n)
+    await asyncio.sleep(SETTLE)
+
+
+HOOKS = ("plain", "held", "sent")
+"""--webhook's runs: no endpoint; one whose attempts are held back; one delivered to (see above)."""
+
+
+async def _drive(url: str, key: str, op: str, server: str, pid: int, requests: int, connections: int,
+                 hook: str | None = None) -> int:
+    """hook: one of HOOKS (--webhook's runs), or None: no endpoint, no settling."""
     run = secrets.token_hex(4)
     counter = 0
+    receiver: Receiver | None = None
 
     async def worker(session: aiohttp.ClientSession, n: int) -> None:
         nonlocal counter
@@ -79,16 +144,33 @@ async def _drive(url: str, key: str, op: str, server: str, pid: int, requests: i
             if time.monotonic() > deadline:
                 raise SystemExit("the server did not start under valgrind")
             await asyncio.sleep(0.5)
-        per = max(WARMUP // connections, 1)
-        await asyncio.gather(*(worker(session, per) for _ in range(connections)))
-        subprocess.run(["callgrind_control", "--instr=on", str(pid)], check=True, capture_output=True)
-        per = max(requests // connections, 1)
-        await asyncio.gather(*(worker(session, per) for _ in range(connections)))
-        subprocess.run(["callgrind_control", "--instr=off", str(pid)], check=True, capture_output=True)
-        return per * connections
+        try:
+            if hook in ("held", "sent"):
+                receiver = Receiver()
+                target = await receiver.start()
+                call = msgpack.packb({"method": "billing.createWebhookEndpoint", "id": 0,
+                                      "params": {"url": target, "events": ["usage.recorded"]}})
+                async with session.post(url + "/api/v1/zap", data=call, headers={
+                        "Authorization": f"Bearer {key}", "Content-Type": "application/msgpack"}) as r:
+                    if r.status != 200:
+                        raise SystemExit(f"createWebhookEndpoint: HTTP {r.status}: {(await r.read())[:200]!r}")
+            per = max(WARMUP // connections, 1)
+            await asyncio.gather(*(worker(session, per) for _ in range(connections)))
+            if hook is not None:
+                await _settle(receiver if hook == "sent" else None, counter)
+            subprocess.run(["callgrind_control", "--instr=on", str(pid)], check=True, capture_output=True)
+            per = max(requests // connections, 1)
+            await asyncio.gather(*(worker(session, per) for _ in range(connections)))
+            if hook is not None:
+                await _settle(receiver if hook == "sent" else None, counter)
+            subprocess.run(["callgrind_control", "--instr=off", str(pid)], check=True, capture_output=True)
+            return per * connections
+        finally:
+            if receiver is not None:
+                await receiver.stop()
 
 
-def measure(op: str, server: str, requests: int, connections: int) -> float:
+def measure(op: str, server: str, requests: int, connections: int, hook: str | None = None) -> float:
     if not shutil.which("valgrind"):
         raise SystemExit("needs valgrind: sudo apt-get install -y valgrind")
     work = Path(tempfile.mkdtemp(prefix="zapbilling-instructions-"))
@@ -101,6 +183,10 @@ def measure(op: str, server: str, requests: int, connections: int) -> float:
             argv = [sys.executable, "-m", "bench.baselines.bare", "--port", str(port), "--db", str(db), "--key", tpl.key]
         else:
             argv = [*zapbilling_cmd(), "serve", "--db", str(db), "--port", str(port)]
+            if hook in ("held", "sent"):
+                argv.append("--webhook-allow-private")
+            if hook == "held":
+                argv += ["--webhook-concurrency", "0"]
         out = work / "callgrind.out"
         with open(work / "valgrind.log", "wb") as log:
             proc = subprocess.Popen(
@@ -108,7 +194,8 @@ def measure(op: str, server: str, requests: int, connections: int) -> float:
                 cwd=ROOT, env=child_env(), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
             )
             try:
-                answered = asyncio.run(_drive(f"http://127.0.0.1:{port}", tpl.key, op, server, proc.pid, requests, connections))
+                answered = asyncio.run(_drive(f"http://127.0.0.1:{port}", tpl.key, op, server, proc.pid, requests, connections,
+                                              hook))
             finally:
                 proc.terminate()
                 proc.wait(timeout=600)
@@ -125,7 +212,17 @@ def main() -> None:
     ap.add_argument("--server", choices=("zapbilling", "bare"), default="zapbilling")
     ap.add_argument("--requests", type=int, default=2048)
     ap.add_argument("--connections", type=int, default=64)
+    ap.add_argument("--webhook", action="store_true",
+                    help="recordUsage: also with one endpoint subscribed to usage.recorded (a local receiver); the ratio")
     args = ap.parse_args()
+    if args.webhook:
+        if args.op != "recordUsage" or args.server != "zapbilling":
+            ap.error("--webhook measures zapbilling's recordUsage")
+        fig = {hook: measure(args.op, args.server, args.requests, args.connections, hook) for hook in HOOKS}
+        print(f"zapbilling recordUsage, instructions per request: {fig['plain']:,.0f} without an endpoint; with one "
+              f"subscribed to usage.recorded {fig['held']:,.0f} (the write path: {fig['plain'] / fig['held']:.2f}x, "
+              f"target >= 0.9x), {fig['sent']:,.0f} with its delivery ({fig['plain'] / fig['sent']:.2f}x)")
+        return
     per = measure(args.op, args.server, args.requests, args.connections)
     print(f"{args.server} {args.op}: {per:,.0f} instructions per request")
 

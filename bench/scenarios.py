@@ -32,6 +32,7 @@ from .load import (CPUS, MB, Proc, Server, busy_cpu_seconds, child_env, copy_db,
                    zap_batch, zapbilling_cmd)
 from .postgres import PgCluster, is_url
 from .postgres import one as pg_one
+from .webhooks import ThreadReceiver
 
 USERS = 100
 """Scenario 1 and 5 spread reads over this many users (each with a deposit and usage rows)."""
@@ -114,6 +115,7 @@ class Bench:
         self.logs.mkdir(parents=True, exist_ok=True)
         self._n = 0
         self._pg: PgCluster | None = None
+        self._receiver: ThreadReceiver | None = None
 
     def postgres(self) -> PgCluster:
         """The bench's PostgreSQL cluster, started on first use (bench/postgres.py)."""
@@ -125,6 +127,15 @@ class Bench:
         if self._pg is not None:
             self._pg.stop()
             self._pg = None
+        if self._receiver is not None:
+            self._receiver.stop()
+            self._receiver = None
+
+    def receiver(self) -> ThreadReceiver:
+        """A webhook receiver on loopback answering 200 (one for the whole bench, started on first use)."""
+        if self._receiver is None:
+            self._receiver = ThreadReceiver().start()
+        return self._receiver
 
     def _name(self, tag: str) -> str:
         self._n += 1
@@ -144,9 +155,10 @@ class Bench:
             return None
         return set(range(CPUS - 1))
 
-    def zapbilling(self, db: Path | str, tag: str, durability: str = "full", workers: int | None = None, pin: bool = True) -> Server:
+    def zapbilling(self, db: Path | str, tag: str, durability: str = "full", workers: int | None = None, pin: bool = True,
+                   *extra: str) -> Server:
         port = free_port()
-        argv = [*zapbilling_cmd(), "serve", "--db", str(db), "--port", str(port), "--durability", durability]
+        argv = [*zapbilling_cmd(), "serve", "--db", str(db), "--port", str(port), "--durability", durability, *extra]
         argv += ["--rate-per-second", "0"]  # one key drives >20k req/s here: the per-key rate limit would be what is measured
         if workers is not None:
             argv += ["--workers", str(workers)]
@@ -370,7 +382,8 @@ class HttpRun(Run):
             db = tpl.path
         pin = self.pin and self.servers == 1
         if self.server == "zapbilling":
-            srvs = [bench.zapbilling(db, self.key, self.durability, self.workers, pin) for _ in range(self.servers)]
+            srvs = [bench.zapbilling(db, self.key, self.durability, self.workers, pin, *self.server_args)
+                    for _ in range(self.servers)]
         else:
             srvs = [bench.baseline(self.server, db, self.key, *self.server_args, key=tpl.key)]
         processes = max(self.workers or 1, self.servers)
@@ -512,6 +525,21 @@ def events_at_least(db: Path | str, tpl: Template, answered: int) -> str | None:
     if rows < 100 * answered:
         return f"{answered} batches of 100 answered but only {rows} meter events in the file"
     return None
+
+
+def usage_rows_with_events(db: Path | str, tpl: Template, answered: int) -> str | None:
+    """As usage_rows_at_least, and every usage row has its usage.recorded event (the endpoint
+    was subscribed all along: the run measured what it says)."""
+    problem = usage_rows_at_least(db, tpl, answered)
+    rows = _one(db, "SELECT COUNT(*) FROM ledger WHERE tags = 'api-usage'")
+    events = _one(db, "SELECT COUNT(*) FROM events WHERE type = 'usage.recorded'")
+    return problem or (None if events == rows else f"{rows} usage rows but {events} usage.recorded events")
+
+
+def usage_endpoint(bench: Bench, srv: Server, tpl: Template) -> dict[str, str]:
+    """One webhook endpoint subscribed to usage.recorded, sent to the bench's local receiver."""
+    zap(srv.url, tpl.key, "billing.createWebhookEndpoint", {"url": bench.receiver().url, "events": ["usage.recorded"]})
+    return {}
 
 
 def create_meter(bench: Bench, srv: Server, tpl: Template) -> dict[str, str]:
@@ -684,6 +712,12 @@ def scenarios(settings: Settings) -> list[Scenario]:
         Scenario(2, f"recordUsage over ZAP/msgpack, {settings.connections} connections", [
             HttpRun("s2.full", "zapbilling --durability full", 2, durability="full", **usage),  # type: ignore[arg-type]
             HttpRun("s2.normal", "zapbilling --durability normal", 2, durability="normal", **usage),  # type: ignore[arg-type]
+            # Issue 21's cost of the outbox: the same writes with one endpoint subscribed to
+            # usage.recorded, each write's event delivered (by the same server process) to a
+            # receiver on loopback that answers 200 at once.
+            HttpRun("s2.full_webhook", "zapbilling --durability full, one webhook endpoint subscribed to usage.recorded", 2,
+                    durability="full", server_args=("--webhook-allow-private",), setup=usage_endpoint,
+                    **(usage | {"verify": usage_rows_with_events})),  # type: ignore[arg-type]
             HttpRun("s2.pg_full", "zapbilling --durability full on PostgreSQL", 2, durability="full", backend="postgres",
                     **usage),  # type: ignore[arg-type]
             HttpRun("s2.pg_normal", "zapbilling --durability normal on PostgreSQL", 2, durability="normal",
@@ -695,6 +729,7 @@ def scenarios(settings: Settings) -> list[Scenario]:
         ], [
             Target("recordUsage full vs bare INSERT+COMMIT", "s2.full", "s2.bare_insert", ">=", 0.8),
             Target("recordUsage normal vs bare INSERT+COMMIT", "s2.normal", "s2.bare_insert", ">=", 1.0),
+            Target("recordUsage full, one webhook endpoint subscribed to usage.recorded vs none", "s2.full_webhook", "s2.full", ">=", 0.9),
             Target("recordUsage full: PostgreSQL vs SQLite", "s2.pg_full", "s2.full", ">=", 0.5),
             Target("recordUsage normal: PostgreSQL vs SQLite", "s2.pg_normal", "s2.normal"),
             Target("recordUsage full on PostgreSQL vs bare aiohttp+asyncpg INSERT", "s2.pg_full", "s2.bare_pg_insert"),

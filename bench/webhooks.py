@@ -19,6 +19,7 @@ import json
 import sqlite3
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,54 @@ from procs import ServerProcess, create_key, free_port  # noqa: E402
 from zapbilling.store.ids import new_id  # noqa: E402
 
 SECRET = "whsec_" + "A" * 32
+
+
+class ThreadReceiver:
+    """A webhook receiver on loopback in a thread of its own (its own event loop), answering 200
+    at once and counting what it had: for benchmark runs driven from synchronous code (the
+    scenarios' recordUsage with an endpoint). `stop` ends it."""
+
+    def __init__(self) -> None:
+        self.hits = 0
+        self.port = free_port()
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._runner: web.AppRunner | None = None
+        self._thread = threading.Thread(target=self._serve, name="bench-webhook-receiver", daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hooks"
+
+    def start(self) -> "ThreadReceiver":
+        self._thread.start()
+        if not self._ready.wait(30):
+            raise RuntimeError("the webhook receiver did not start")
+        return self
+
+    def _serve(self) -> None:
+        async def receive(request: web.Request) -> web.Response:
+            await request.read()
+            self.hits += 1
+            return web.Response(status=200)
+
+        async def up() -> None:
+            app = web.Application()
+            app.router.add_post("/hooks", receive)
+            self._runner = web.AppRunner(app, access_log=None)
+            await self._runner.setup()
+            await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+
+        self._loop.run_until_complete(up())
+        self._ready.set()
+        self._loop.run_forever()
+        if self._runner is not None:
+            self._loop.run_until_complete(self._runner.cleanup())
+        self._loop.close()
+
+    def stop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(30)
 
 
 async def sql_many(db: str, query: str, rows: list[tuple[Any, ...]]) -> None:

@@ -78,6 +78,9 @@ class Sender:
         self.rng = rng or random.Random()
         self.lease = int((timeout + LEASE_MARGIN) * schedule.SECOND)
         self._inflight: dict[asyncio.Task[None], str] = {}
+        self._busy: dict[str, int] = {}
+        """Attempts under way by endpoint (the values of _inflight, counted)."""
+        self._refill = max(per_endpoint // 2, 0)
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._session: ClientSession | None = None
@@ -133,19 +136,30 @@ class Sender:
         free = self.concurrency - len(self._inflight)
         if not due or free <= 0:
             return 0
-        busy: dict[str, int] = {}
-        for endpoint in self._inflight.values():
-            busy[endpoint] = busy.get(endpoint, 0) + 1
-        jobs = await self.store.claim_deliveries(now, now + self.lease, free, self.per_endpoint, busy)
+        jobs = await self.store.claim_deliveries(now, now + self.lease, free, self.per_endpoint, dict(self._busy))
         for job in jobs:
             task = asyncio.create_task(self._attempt(job), name=f"zapbilling-webhook-{job.delivery}")
             self._inflight[task] = job.endpoint_id
+            self._busy[job.endpoint_id] = self._busy.get(job.endpoint_id, 0) + 1
             task.add_done_callback(self._ended)
         return len(jobs)
 
     def _ended(self, task: asyncio.Task[None]) -> None:
-        self._inflight.pop(task, None)
-        self._wake.set()
+        endpoint = self._inflight.pop(task, None)
+        if endpoint is None:
+            return
+        left = self._busy[endpoint] - 1
+        if left:
+            self._busy[endpoint] = left
+        else:
+            del self._busy[endpoint]
+        # A turn once half an endpoint's slots are free, not after each attempt: a turn is a
+        # read and a claim (two trips to the database), and refilling slot by slot made about
+        # one turn per delivery. Half keeps the receiver busy (at least per_endpoint / 2 under
+        # way); the poll covers the rest. At the overall bound, any end frees a slot another
+        # endpoint may be waiting for.
+        if left <= self._refill or len(self._inflight) + 1 >= self.concurrency:
+            self._wake.set()
 
     async def _attempt(self, job: DeliveryJob) -> None:
         status, error = await self.post(job)

@@ -11,7 +11,7 @@ import json
 import asyncpg
 
 from ..base import USAGE_RECORDED, AttemptOutcome, DeliveryJob, Disabling, EndpointRow, subscribes
-from ..sqlite.deliveries import SCAN, full, pick
+from ..sqlite.deliveries import SCAN, Endpoints, full, jobs_of, pick
 from . import outbox
 from .connection import PgBase
 
@@ -61,30 +61,41 @@ async def _dispatch(conn: asyncpg.Connection, now: int, limit: int) -> int:
 
 
 _CANDIDATES = """
-WITH due AS (
-  SELECT seq FROM deliveries
-  WHERE status = 'pending' AND due_at <= $1 AND (lease_until IS NULL OR lease_until <= $1)
-    AND NOT (endpoint_id = ANY($2::text[]))
-  ORDER BY due_at, seq LIMIT $3
-  FOR UPDATE SKIP LOCKED
-)
-SELECT d.seq, d.tenant, d.attempts, d.endpoint_id, w.url, w.secret, w.old_secret, w.old_secret_until,
-       w.status = 'enabled' AND w.deleted_at IS NULL, e.id, e.type, e.created_at, e.data
-FROM due JOIN deliveries d ON d.seq = due.seq
-JOIN webhook_endpoints w ON w.id = d.endpoint_id
-JOIN events e ON e.id = d.event_id
-ORDER BY d.due_at, d.seq
+SELECT seq, endpoint_id FROM deliveries
+WHERE status = 'pending' AND due_at <= $1 AND (lease_until IS NULL OR lease_until <= $1)
+  AND NOT (endpoint_id = ANY($2::text[]))
+ORDER BY due_at, seq LIMIT $3
+FOR UPDATE SKIP LOCKED
+"""
+"""As on SQLite (../sqlite/deliveries.py): two columns of each candidate; endpoints and events
+are read for the deliveries taken only."""
+
+_ENDPOINTS = """
+SELECT id, url, secret, old_secret, old_secret_until, status = 'enabled' AND deleted_at IS NULL
+FROM webhook_endpoints WHERE id = ANY($1::text[])
+"""
+
+_TAKEN = """
+SELECT d.seq, d.tenant, d.attempts, e.id, e.type, e.created_at, e.data
+FROM deliveries d JOIN events e ON e.id = d.event_id
+WHERE d.seq = ANY($1::bigint[])
 """
 
 
 async def _claim(conn: asyncpg.Connection, now: int, lease_until: int, limit: int, per_endpoint: int, busy: dict[str, int]) -> list[DeliveryJob]:
-    rows = await conn.fetch(_CANDIDATES, now, full(busy, per_endpoint), limit * SCAN)
-    jobs, gone = pick([tuple(r) for r in rows], now, limit, per_endpoint, busy)
-    if jobs:
-        await conn.execute("UPDATE deliveries SET lease_until = $1 WHERE seq = ANY($2::bigint[])", lease_until, [j.delivery for j in jobs])
+    candidates = [(r[0], r[1]) for r in await conn.fetch(_CANDIDATES, now, full(busy, per_endpoint), limit * SCAN)]
+    if not candidates:
+        return []
+    endpoints: Endpoints = {r[0]: (r[1], r[2], r[3], r[4], bool(r[5])) for r in await conn.fetch(
+        _ENDPOINTS, list({c[1] for c in candidates}))}
+    taken, gone = pick(candidates, endpoints, limit, per_endpoint, busy)
     if gone:
         await conn.execute("UPDATE deliveries SET status = 'failed', lease_until = NULL WHERE seq = ANY($1::bigint[])", gone)
-    return jobs
+    if not taken:
+        return []
+    seqs = [seq for seq, _ in taken]
+    await conn.execute("UPDATE deliveries SET lease_until = $1 WHERE seq = ANY($2::bigint[])", lease_until, seqs)
+    return jobs_of(taken, endpoints, [tuple(r) for r in await conn.fetch(_TAKEN, seqs)], now)
 
 
 async def _record(conn: asyncpg.Connection, o: AttemptOutcome, disable_after: int, disabling: Disabling) -> bool:
