@@ -3,7 +3,8 @@ the server's SQLite file (a read-only connection, plain SQL, no service code):
 
     check_invariants(db_path)   -> None, or AssertionError listing every violation found
 
-- ledger: no amount <= 0; `type` is a known transaction type;
+- ledger: no amount <= 0; `type` is a known transaction type; ledger_tags (if it exists) holds
+  exactly the split tags of the rows not tagged only '' or 'api-usage';
 - running balances (store/ledger.py): for every (tenant, user, currency) the `balances` row equals
   the sum of its ledger rows, deposits + and withdrawals - (refunds are deposits, credit-expired
   forfeits are withdrawals; `hold` / `hold-removed` rows move no money). The store writes no
@@ -37,7 +38,8 @@ the server's SQLite file (a read-only connection, plain SQL, no service code):
   withdrawal has at most one usage.recorded (one only while an endpoint named it). And every event
   of those types is about such a change. Rows from before key ids were recorded (key_id '',
   migrated from before 0004, long before the outbox) and holds settled by no server of today
-  (settled_at NULL) predate the outbox and are not asked for one;
+  (settled_at NULL) predate the outbox and are not asked for one; nor is a change older than
+  the outbox's purge (events_purged: events past their retention are deleted);
 - every row's tenant exists; PRAGMA integrity_check is 'ok'; PRAGMA foreign_key_check is empty.
 
 The queries deliberately do not rely on the schema's CHECK constraints or unique indexes: a
@@ -143,6 +145,8 @@ class _Checker:
             self.expiring_deposits()
             self.forfeits()
             self.refunds()
+            if "ledger_tags" in self.tables:
+                self.ledger_tags()
         if "credit_grants" in self.tables:
             self.grants()
             if "credit_transactions" in self.tables:
@@ -195,6 +199,27 @@ class _Checker:
             " GROUP BY tenant, user_id, dedupe_key HAVING COUNT(*) > 1"
         ):
             self.bad(f"ledger: dedupe key {r['dedupe_key']!r} appears {r['n']} times for tenant {r['tenant']} user {r['user_id']!r}")
+
+    def ledger_tags(self) -> None:
+        """ledger_tags (migration 0008) holds one entry per distinct comma-separated tag of every
+        ledger row (nothing trimmed) but those tagged exactly '' or 'api-usage', with the row's
+        tenant, user, time and seq, and nothing else."""
+        want: set[tuple[Any, ...]] = set()
+        rows: dict[int, sqlite3.Row] = {}
+        for r in self.q(f"SELECT seq, id, tenant, user_id, tags, created_at FROM ledger WHERE tags NOT IN ('', '{USAGE_TAG}')"):
+            rows[r["seq"]] = r
+            want |= {(r["tenant"], r["user_id"], tag, r["created_at"], r["seq"]) for tag in r["tags"].split(",")}
+        have = {tuple(r) for r in self.q("SELECT tenant, user_id, tag, created_at, seq FROM ledger_tags")}
+        for tenant, user, tag, at, seq in sorted(want - have):
+            r = rows[seq]
+            self.bad(f"ledger_tags: ledger row {r['id']} (tags {r['tags']!r}) lacks its entry for tag {tag!r}")
+        for tenant, user, tag, at, seq in sorted(have - want):
+            found = self.q("SELECT id, tags FROM ledger WHERE seq = ?", (seq,))
+            if found:
+                self.bad(f"ledger_tags: ledger row {found[0]['id']} (tags {found[0]['tags']!r}) has an entry for tag {tag!r},"
+                         " which it does not bear")
+            else:
+                self.bad(f"ledger_tags: an entry for tag {tag!r} (tenant {tenant}, {user!r}) names seq {seq}, no ledger row")
 
     def balances(self) -> None:
         sums: dict[tuple[int, str, str], int] = defaultdict(int)
@@ -465,37 +490,44 @@ class _Checker:
     # -- events ----------------------------------------------------------------------------
     def events(self) -> None:
         """Each change's one event, and no event of a change's type without its change."""
-        need: dict[tuple[int, str, str], str] = {}  # (tenant, type, subject) -> the change, in words
+        need: dict[tuple[int, str, str], tuple[str, int]] = {}  # (tenant, type, subject) -> the change in words, its time
         may: set[tuple[int, str, str]] = set()  # at most one
         if "ledger" in self.tables:
-            for r in self.q("SELECT id, tenant, type, tags, refund_of, key_id FROM ledger ORDER BY seq"):
+            for r in self.q("SELECT id, tenant, type, tags, refund_of, key_id, created_at FROM ledger ORDER BY seq"):
                 if r["key_id"] == "":
                     continue
                 if r["type"] == "deposit":
                     kind = ("refund.created", "a refund") if r["refund_of"] is not None else ("deposit.created", "a deposit")
-                    need[(r["tenant"], kind[0], r["id"])] = f"ledger row {r['id']} ({kind[1]})"
+                    need[(r["tenant"], kind[0], r["id"])] = (f"ledger row {r['id']} ({kind[1]})", r["created_at"])
                 elif r["type"] == "withdraw" and r["tags"] == EXPIRED_TAG:
-                    need[(r["tenant"], "credit.expired", r["id"])] = f"ledger row {r['id']} (a forfeit)"
+                    need[(r["tenant"], "credit.expired", r["id"])] = (f"ledger row {r['id']} (a forfeit)", r["created_at"])
                 elif r["type"] == "withdraw" and r["tags"] == USAGE_TAG:
                     may.add((r["tenant"], "usage.recorded", r["id"]))
         if "holds" in self.tables:
             for r in self.q(
-                "SELECT h.id, h.tenant, h.status FROM holds h LEFT JOIN ledger l ON l.id = h.transaction_id"
+                "SELECT h.id, h.tenant, h.status, h.settled_at FROM holds h LEFT JOIN ledger l ON l.id = h.transaction_id"
                 " WHERE h.status <> 'pending' AND h.settled_at IS NOT NULL AND COALESCE(l.key_id, 'x') <> '' ORDER BY h.seq"
             ):
-                need[(r["tenant"], f"hold.{r['status']}", r["id"])] = f"hold {r['id']} ({r['status']})"
+                need[(r["tenant"], f"hold.{r['status']}", r["id"])] = (f"hold {r['id']} ({r['status']})", r["settled_at"])
         if "credit_transactions" in self.tables:
             for r in self.q(
-                "SELECT grant_id, tenant, type, remaining_after FROM credit_transactions"
+                "SELECT grant_id, tenant, type, remaining_after, created_at FROM credit_transactions"
                 " WHERE key_id <> '' AND (type IN ('void', 'expire') OR (type = 'burn' AND remaining_after = 0)) ORDER BY seq"
             ):
                 type, words = GRANT_EVENTS[r["type"]]
-                need[(r["tenant"], type, r["grant_id"])] = f"credit grant {r['grant_id']} ({words})"
+                need[(r["tenant"], type, r["grant_id"])] = (f"credit grant {r['grant_id']} ({words})", r["created_at"])
         counts: dict[tuple[int, str, str], int] = defaultdict(int)
         for r in self.q("SELECT tenant, type, subject FROM events ORDER BY seq"):
             if r["type"] in CHANGE_EVENTS:
                 counts[(r["tenant"], r["type"], r["subject"])] += 1
-        for key, change in need.items():
+        # The outbox's purge (store/*/retention.py) deletes events past their retention and says
+        # how far it went: a change older than that may have lost its event, never a younger one.
+        purged_before = 0
+        if "events_purged" in self.tables:
+            purged_before = max([r["purged_before"] for r in self.q("SELECT purged_before FROM events_purged")], default=0)
+        for key, (change, at) in need.items():
+            if counts.get(key, 0) == 0 and at < purged_before:
+                continue
             if counts.get(key, 0) != 1:
                 self.bad(f"{change}: {counts.get(key, 0)} {key[1]} events, expected 1")
         for key, n in counts.items():

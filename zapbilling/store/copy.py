@@ -48,6 +48,13 @@ inserts a row after the rows its foreign keys name (api_keys after tenants, the 
 after its grants). A table that a later migration adds must be named here: the copy refuses
 databases whose tables differ from this list rather than leave one behind."""
 
+DERIVED = ("ledger_tags",)
+"""Tables of rows derived from other tables by the database itself (migration 0008's trigger
+splits each ledger row's tags into ledger_tags), which the copy does not copy: the target's
+trigger writes them as the ledger's rows arrive (COPY fires row triggers), from the same rows,
+so they come out the same without being read twice. Only rows with tags of their own (not ''
+or 'api-usage' alone) call the trigger's function."""
+
 BATCH = 5000
 """Source rows fetched at a time (asyncpg sends the COPY data in 512 KiB chunks as it goes)."""
 
@@ -108,9 +115,9 @@ def open_source(path: str) -> sqlite3.Connection:
             raise CopyRefused(f"cannot copy from {path}: its schema versions {versions} are not this zapbilling's {known}:"
                               " copy it with the zapbilling that wrote it")
         tables.discard("schema_migrations")
-        if tables != set(TABLES):
+        if tables != set(TABLES) | set(DERIVED):
             raise CopyRefused(f"cannot copy from {path}: its tables differ from the ones the copy knows"
-                              f" ({_difference(tables, set(TABLES))})")
+                              f" ({_difference(tables, set(TABLES) | set(DERIVED))})")
         return conn
     except sqlite3.Error as exc:  # not a database at all, say ("file is not a database")
         conn.close()
@@ -173,10 +180,10 @@ async def _prepare_target(conn: asyncpg.Connection, where: str) -> None:
         "SELECT tablename FROM pg_tables WHERE schemaname = current_schema() AND tablename <> 'schema_migrations'"
         " ORDER BY tablename"
     )]
-    if set(TABLES) - set(tables):
+    if set(TABLES + DERIVED) - set(tables):
         raise CopyRefused(f"cannot copy to {where}: its tables differ from the ones the copy knows"
-                          f" ({_difference(set(tables), set(TABLES))})")
-    await conn.execute(f"LOCK TABLE {', '.join(TABLES)} IN EXCLUSIVE MODE")
+                          f" ({_difference(set(tables), set(TABLES + DERIVED))})")
+    await conn.execute(f"LOCK TABLE {', '.join(TABLES + DERIVED)} IN EXCLUSIVE MODE")
     # Any row in any table of the schema, ours or not: the copy goes into an empty database only.
     holding = [t for t in tables if await conn.fetchval(f'SELECT EXISTS (SELECT 1 FROM "{t}")')]
     if holding:
@@ -251,6 +258,10 @@ async def copy_database(source_path: str, target_url: str, progress: Callable[[s
                                           f" ({_difference(have, wanted)})")
                     status = await conn.copy_records_to_table(table, records=_rows(source, table, columns), columns=columns)
                     report.rows[table] = int(status.rsplit(" ", 1)[-1])
+                    if progress is not None:
+                        progress(table, report.rows[table])
+                for table in DERIVED:  # written by the target's triggers as their sources were copied
+                    report.rows[table] = int(await conn.fetchval(f'SELECT count(*) FROM "{table}"'))
                     if progress is not None:
                         progress(table, report.rows[table])
                 for definition in indexes:  # a unique one checks its rows here: a duplicate rolls back the copy

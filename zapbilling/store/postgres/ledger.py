@@ -17,6 +17,7 @@ from ..base import INT64_MAX, INT64_MIN, SYSTEM_KEY, Idempotency, LedgerFilter, 
 from ..base import NewEntry, Refundable, moved as note_moved
 from ..herald import Herald, Outbox, Told
 from ..ids import new_id
+from ..ledger_filters import Dialect, needs_probe, never_matches, page, probe, walk_for
 from ..refusals import Missing, NotRefundable, OutOfRange, RefundLeft
 from ..rows import ledger_row as _row
 from .connection import UNCHECKED_KEY, KEY_VALID, PgBase, affected, lock_account
@@ -63,14 +64,13 @@ reads the tenant's whole ledger from its start (132 ms for a page of 100 at the 
 50,000 accounts), where a subquery per walked row costs one index probe (a page: ms below)."""
 
 
-# The listing's filters, each a condition on the ledger_history index's rows of one user; `{}`
-# is the parameter's number.
-_FILTERS = (
-    ("currency", "currency = ${}"),
-    ("type", "type = ${}"),
-    ("tag", "strpos(',' || tags || ',', ',' || ${}::text || ',') > 0"),
-    ("created_from", "created_at >= ${}"),
-    ("created_before", "created_at < ${}"),
+# The listing's walks (../ledger_filters.py); PostgreSQL's planner picks the index of each by
+# the statement's shape (an equality on type, a walk of ledger_tags' key in its order).
+_DIALECT = Dialect(
+    mark=lambda n: f"${n}",
+    tag_test="strpos(',' || tags || ',', ',' || {}::text || ',') > 0",
+    history="ledger",
+    by_type="ledger",
 )
 
 
@@ -106,7 +106,9 @@ class LedgerQueries(PgBase):
     async def usage_page(
         self, tenant: int, user: str, currency: str | None, limit: int, starting_after: str | None
     ) -> tuple[list[LedgerRow], bool]:
-        where, params = "tenant = $1 AND user_id = $2 AND tags = 'api-usage'", [tenant, user]
+        # Usage is the usage withdrawals: a deposit the caller tagged api-usage is none. A range
+        # of the ledger_usage index (WHERE tags = 'api-usage'), the type a test on each row.
+        where, params = "tenant = $1 AND user_id = $2 AND tags = 'api-usage' AND type = 'withdraw'", [tenant, user]
         if starting_after is not None:
             found = await self._read(f"SELECT seq FROM ledger WHERE {where} AND id = $3", tenant, user, starting_after)
             if not found:
@@ -123,26 +125,23 @@ class LedgerQueries(PgBase):
     async def ledger_page(
         self, tenant: int, user: str, where: LedgerFilter, limit: int, starting_after: str | None
     ) -> tuple[list[LedgerRow], bool]:
-        """A walk down the user's end of the ledger_history index, so an unfiltered page costs
-        the same at a million rows as at a thousand; filters are conditions on that walk (a time
-        range narrows it)."""
-        sql, params = "tenant = $1 AND user_id = $2", [tenant, user]
+        """The first `limit` rows of one walk (../ledger_filters.py), as the SQLite store."""
+        cursor: tuple[int, int] | None = None
         if starting_after is not None:
             found = await self._read("SELECT created_at, seq FROM ledger WHERE tenant = $1 AND user_id = $2 AND id = $3",
                                      tenant, user, starting_after)
             if not found:
                 raise Missing("ledger row")
-            sql += " AND (created_at, seq) < ($3, $4)"
-            params += list(found[0])
-        for name, condition in _FILTERS:
-            value = getattr(where, name)
-            if value is not None:
-                params.append(value)
-                sql += " AND " + condition.format(len(params))
-        params.append(limit + 1)
-        rows = await self._read(
-            f"SELECT {_ROW} FROM ledger WHERE {sql} ORDER BY created_at DESC, seq DESC LIMIT ${len(params)}", *params
-        )
+            cursor = (found[0][0], found[0][1])
+        if never_matches(where):
+            return [], False
+        sizes = None
+        if needs_probe(where):
+            probed = probe(_DIALECT, tenant, user, where, cursor)
+            (a, b), = await self._read(probed.sql, *probed.params)
+            sizes = (a, b)
+        s = page(_DIALECT, walk_for(where, sizes), tenant, user, where, cursor, limit + 1)
+        rows = await self._read(s.sql, *s.params)
         return [_row(r) for r in rows[:limit]], len(rows) > limit
 
     async def append_ledger_row(

@@ -10,6 +10,7 @@ from ..base import SYSTEM_KEY, Idempotency, LedgerFilter, LedgerRow, Lot, LotRul
 from ..base import INT64_MAX, INT64_MIN, moved as note_moved
 from ..herald import Herald, Outbox
 from ..ids import new_id
+from ..ledger_filters import Dialect, needs_probe, never_matches, page, probe, walk_for
 from .connection import SqliteBase
 from .metering import insert_event
 from .outbox import NOTHING, WATCHED_MASK, WATCHES, Watch, emit, forfeit_row, watch
@@ -44,13 +45,14 @@ ACCOUNT = (
 _EACH = dict(tenant=":tenant", user=":user", currency="c.currency", now=":now")
 
 
-# The listing's filters, each a condition on the ledger_history index's rows of one user.
-_FILTERS = (
-    ("currency", "currency = ?"),
-    ("type", "type = ?"),
-    ("tag", "instr(',' || tags || ',', ',' || ? || ',') > 0"),
-    ("created_from", "created_at >= ?"),
-    ("created_before", "created_at < ?"),
+# The listing's walks (../ledger_filters.py): SQLite names the index of each, so that no plan
+# can walk another range and test its rows.
+_DIALECT = Dialect(
+    mark=lambda n: "?",
+    tag_test="instr(',' || tags || ',', ',' || {} || ',') > 0",
+    history="ledger INDEXED BY ledger_history",
+    by_type="ledger INDEXED BY ledger_by_type",
+    join="CROSS JOIN",
 )
 
 
@@ -81,7 +83,9 @@ class LedgerQueries(SqliteBase):
     async def usage_page(
         self, tenant: int, user: str, currency: str | None, limit: int, starting_after: str | None
     ) -> tuple[list[LedgerRow], bool]:
-        where, params = "tenant = ? AND user_id = ? AND tags = 'api-usage'", [tenant, user]
+        # Usage is the usage withdrawals: a deposit the caller tagged api-usage is none. A range
+        # of the ledger_usage index (WHERE tags = 'api-usage'), the type a test on each row.
+        where, params = "tenant = ? AND user_id = ? AND tags = 'api-usage' AND type = 'withdraw'", [tenant, user]
         if starting_after is not None:
             found = await self._read(f"SELECT seq FROM ledger WHERE {where} AND id = ?", (tenant, user, starting_after))
             if not found:
@@ -97,25 +101,25 @@ class LedgerQueries(SqliteBase):
     async def ledger_page(
         self, tenant: int, user: str, where: LedgerFilter, limit: int, starting_after: str | None
     ) -> tuple[list[LedgerRow], bool]:
-        """A walk down the user's end of the ledger_history index, so an unfiltered page costs
-        the same at a million rows as at a thousand; filters are conditions on that walk (a time
-        range narrows it)."""
-        sql, params = "tenant = ? AND user_id = ?", [tenant, user]
+        """The first `limit` rows of one walk (../ledger_filters.py): the user's history, their
+        rows of one type or their rows bearing one tag, whichever holds fewest rows to pass
+        over; every other filter a test on the rows walked."""
+        cursor: tuple[int, int] | None = None
         if starting_after is not None:
             found = await self._read("SELECT created_at, seq FROM ledger WHERE tenant = ? AND user_id = ? AND id = ?",
                                      (tenant, user, starting_after))
             if not found:
                 raise Missing("ledger row")
-            sql += " AND (created_at, seq) < (?, ?)"
-            params += found[0]
-        for name, condition in _FILTERS:
-            value = getattr(where, name)
-            if value is not None:
-                sql += " AND " + condition
-                params.append(value)
-        rows = await self._read(
-            f"SELECT {_ROW} FROM ledger WHERE {sql} ORDER BY created_at DESC, seq DESC LIMIT ?", (*params, limit + 1)
-        )
+            cursor = (found[0][0], found[0][1])
+        if never_matches(where):
+            return [], False
+        sizes = None
+        if needs_probe(where):
+            probed = probe(_DIALECT, tenant, user, where, cursor)
+            (a, b), = await self._read(probed.sql, tuple(probed.params))
+            sizes = (a, b)
+        s = page(_DIALECT, walk_for(where, sizes), tenant, user, where, cursor, limit + 1)
+        rows = await self._read(s.sql, tuple(s.params))
         return [_row(r) for r in rows[:limit]], len(rows) > limit
 
     async def append_ledger_row(
