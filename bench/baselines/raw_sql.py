@@ -31,6 +31,7 @@ import secrets
 import sqlite3
 import statistics
 import time
+from typing import Any, Callable
 
 AGGREGATE_SQL = (
     "SELECT COALESCE(SUM(value), 0), COUNT(*) FROM meter_events"
@@ -103,39 +104,34 @@ def insert(args: argparse.Namespace) -> dict[str, object]:
             "p99_ms": _percentile(latencies, 0.99) * 1e3, "result": {"rows_written": stored}}
 
 
-def aggregate(args: argparse.Namespace) -> dict[str, object]:
+def _reads(
+    args: argparse.Namespace, sql: str, params: tuple[object, ...], fetch: Callable[[sqlite3.Cursor], Any]
+) -> tuple[dict[str, object], Any]:
+    """The read baselines' one shape: `sql` run and fetched again and again on a read-only
+    connection (--warmup, then --seconds, see _loop); the measurement and the last result."""
     conn = sqlite3.connect(args.db, isolation_level=None)
     conn.execute("PRAGMA query_only = ON")
-    params = (args.tenant, args.meter, args.user, args.start, args.end)
-    ops, elapsed, cpu, latencies, result = _loop(lambda: conn.execute(AGGREGATE_SQL, params).fetchone(), args.warmup, args.seconds)
+    ops, elapsed, cpu, latencies, result = _loop(lambda: fetch(conn.execute(sql, params)), args.warmup, args.seconds)
     conn.close()
     latencies.sort()
     return {"ops": ops, "seconds": elapsed, "cpu_s": cpu, "rate": ops / elapsed, "p50_ms": statistics.median(latencies) * 1e3,
-            "p99_ms": _percentile(latencies, 0.99) * 1e3, "result": list(result)}  # type: ignore[arg-type]
+            "p99_ms": _percentile(latencies, 0.99) * 1e3}, result
+
+
+def aggregate(args: argparse.Namespace) -> dict[str, object]:
+    measured, row = _reads(args, AGGREGATE_SQL, (args.tenant, args.meter, args.user, args.start, args.end), sqlite3.Cursor.fetchone)
+    return measured | {"result": list(row)}
 
 
 def series(args: argparse.Namespace) -> dict[str, object]:
-    conn = sqlite3.connect(args.db, isolation_level=None)
-    conn.execute("PRAGMA query_only = ON")
     params = (args.start - args.start % args.width, args.width, args.tenant, args.meter, args.user, args.start, args.end)
-    ops, elapsed, cpu, latencies, result = _loop(lambda: conn.execute(SERIES_SQL, params).fetchall(), args.warmup, args.seconds)
-    conn.close()
-    latencies.sort()
-    rows: list[tuple[int, int, int]] = result  # type: ignore[assignment]
-    return {"ops": ops, "seconds": elapsed, "cpu_s": cpu, "rate": ops / elapsed, "p50_ms": statistics.median(latencies) * 1e3,
-            "p99_ms": _percentile(latencies, 0.99) * 1e3, "result": {"windows": len(rows), "events": sum(r[2] for r in rows)}}
+    measured, rows = _reads(args, SERIES_SQL, params, sqlite3.Cursor.fetchall)
+    return measured | {"result": {"windows": len(rows), "events": sum(r[2] for r in rows)}}
 
 
 def usage(args: argparse.Namespace) -> dict[str, object]:
-    conn = sqlite3.connect(args.db, isolation_level=None)
-    conn.execute("PRAGMA query_only = ON")
-    params = (args.tenant, args.user, args.start, args.end)
-    ops, elapsed, cpu, latencies, result = _loop(lambda: conn.execute(USAGE_SQL, params).fetchall(), args.warmup, args.seconds)
-    conn.close()
-    latencies.sort()
-    rows: list[tuple[str, int, int]] = result  # type: ignore[assignment]
-    return {"ops": ops, "seconds": elapsed, "cpu_s": cpu, "rate": ops / elapsed, "p50_ms": statistics.median(latencies) * 1e3,
-            "p99_ms": _percentile(latencies, 0.99) * 1e3, "result": {"meters": len(rows), "events": sum(r[2] for r in rows)}}
+    measured, rows = _reads(args, USAGE_SQL, (args.tenant, args.user, args.start, args.end), sqlite3.Cursor.fetchall)
+    return measured | {"result": {"meters": len(rows), "events": sum(r[2] for r in rows)}}
 
 
 def main() -> None:
