@@ -6,7 +6,8 @@ start-up (app.py), so that the store never learns the contract's words. Its data
 as the API returns it: a Transaction as listTransactions returns it, a Hold as getHold, a
 CreditGrant as listCreditGrants (at the change's instant). Each event names the changed row as
 its `subject` (a ledger row's, a hold's or a grant's id), and the outbox keeps one event of a
-type per subject, so one change has one event whoever writes it.
+type per subject, so one change has one event whoever writes it. The account an event is about
+(listEvents' userId) is the user its data names (store/herald.py), so every data here names it.
 
 Which change makes which event:
 - deposit.created: a caller's deposit, the starter credit included (a refund is not one);

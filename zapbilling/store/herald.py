@@ -10,6 +10,14 @@ for every write, and installing it keeps the handlers' calls (and the hot paths'
 unchanged. A store with no herald (one opened by a tool or a test of the store alone) records
 no events; the watch (alerts, spend caps) works all the same.
 
+The account an event is about (events.user_id, which listEvents' userId filter reads) is not a
+separate answer of the herald: it is the user the event's data names (`user`, or `userId` for a
+CreditGrant and alert.triggered), read by the outbox as it writes the row (outbox.about), so
+every writer of events, the store's own (alerts, spend caps, a disabled endpoint) included, gets
+it without a change to its call; migration 0009 applies the same rule to older events, and on
+PostgreSQL a trigger to the one insert that does not name the column (the ledger's append
+statement).
+
 The store calls the herald only where an event is written (a row inserted, not a replay or a
 dedupe repeat), so a write without an event (recordUsage with no endpoint subscribed to usage)
 pays for no rendering at all.

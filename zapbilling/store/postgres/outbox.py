@@ -8,13 +8,13 @@ import asyncpg
 
 from ..herald import Told
 from ..ids import new_id
-from ..sqlite.outbox import NOTHING, Watch, event_json, forfeit_row
+from ..sqlite.outbox import NOTHING, Watch, about, event_json, forfeit_row
 from .connection import lock_account
 
-__all__ = ["NOTHING", "Watch", "emit", "emit_many", "event_args", "event_json", "forfeit_row", "lock_watching", "watch"]
+__all__ = ["NOTHING", "Watch", "about", "emit", "emit_many", "event_args", "event_json", "forfeit_row", "lock_watching", "watch"]
 
 EMIT = (
-    "INSERT INTO events (id, tenant, type, data, created_at, subject) VALUES ($1, $2, $3, $4, $5, $6)"
+    "INSERT INTO events (id, tenant, type, data, created_at, subject, user_id) VALUES ($1, $2, $3, $4, $5, $6, $7)"
     " ON CONFLICT (tenant, type, subject) WHERE subject IS NOT NULL DO NOTHING"
 )
 
@@ -30,13 +30,13 @@ async def emit(
     """Record an event in the caller's transaction; its id, or None when an event of this type
     about `subject` exists already."""
     event_id = new_id("evt")
-    status = await conn.execute(EMIT, event_id, tenant, type, event_json(data), now, subject)
+    status = await conn.execute(EMIT, event_id, tenant, type, event_json(data), now, subject, about(data))
     return event_id if status.endswith(" 1") else None
 
 
 def event_args(tenant: int, told: Told, now: int, subject: str) -> tuple[Any, ...]:
     """EMIT's parameters for one event the herald told of."""
-    return new_id("evt"), tenant, told[0], event_json(told[1]), now, subject
+    return new_id("evt"), tenant, told[0], event_json(told[1]), now, subject, about(told[1])
 
 
 async def emit_many(conn: asyncpg.Connection, events: list[tuple[Any, ...]]) -> None:

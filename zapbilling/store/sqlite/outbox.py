@@ -46,14 +46,23 @@ def event_json(data: dict[str, Any]) -> str:
         return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
 
 
+def about(data: dict[str, Any]) -> str | None:
+    """The account an event is about (events.user_id: listEvents' userId filter): its data's
+    `user` (a Transaction, a Hold, spend_cap.reached) or `userId` (a CreditGrant,
+    alert.triggered); None for an event about no account (webhook_endpoint.disabled). Migration
+    0009 applies the same rule to the events written before it."""
+    user = data.get("user")
+    return data.get("userId") if user is None else user
+
+
 def emit(conn: sqlite3.Connection, tenant: int, type: str, data: dict[str, Any], now: int, subject: str | None = None) -> str | None:
     """Record an event in the caller's transaction; its id, or None when an event of this type
     about `subject` exists already (one event per change, kept by a unique index)."""
     event_id = new_id("evt")
     cur = conn.execute(
-        "INSERT INTO events (id, tenant, type, data, created_at, subject) VALUES (?, ?, ?, ?, ?, ?)"
+        "INSERT INTO events (id, tenant, type, data, created_at, subject, user_id) VALUES (?, ?, ?, ?, ?, ?, ?)"
         " ON CONFLICT (tenant, type, subject) WHERE subject IS NOT NULL DO NOTHING",
-        (event_id, tenant, type, event_json(data), now, subject),
+        (event_id, tenant, type, event_json(data), now, subject, about(data)),
     )
     return event_id if cur.rowcount else None
 
