@@ -652,7 +652,11 @@ interface BillingService
   rotateWebhookSecret (id Text) -> (result WebhookSecret)
     @http POST /api/v1/billing/webhook-endpoints/{id}/rotate-secret
   # Events of the org and mode, newest first, paged; kept at least 30 days.
-  listEvents (type EventType?, limit Int64 = 100, startingAfter Text?) -> (page EventPage)
+  # `userId` is zapbilling's addition beyond the contract (appended after its parameters): only the
+  # events about that account, the user in their data (a Transaction's or a Hold's `user`, a
+  # CreditGrant's `userId`, alert.triggered's `userId`, spend_cap.reached's `user`); the events
+  # about no account (webhook_endpoint.disabled) are in no user's list.
+  listEvents (type EventType?, limit Int64 = 100, startingAfter Text?, userId Text?) -> (page EventPage)
     @http GET /api/v1/billing/events
   # One event with the log of its deliveries.
   getEvent (id Text) -> (event Event)

@@ -75,7 +75,7 @@ EXPECTED = {
                                       ["id"], "DeleteResult"),
     "billing.rotateWebhookSecret": ("rotateWebhookSecret", "POST", "/api/v1/billing/webhook-endpoints/{id}/rotate-secret", 200,
                                     True, ["id"], "WebhookSecret"),
-    "billing.listEvents": ("listEvents", "GET", "/api/v1/billing/events", 200, False, ["type", "limit", "startingAfter"], "EventPage"),
+    "billing.listEvents": ("listEvents", "GET", "/api/v1/billing/events", 200, False, ["type", "limit", "startingAfter", "userId"], "EventPage"),
     "billing.getEvent": ("getEvent", "GET", "/api/v1/billing/events/{id}", 200, False, ["id"], "Event"),
     "billing.redeliverEvent": ("redeliverEvent", "POST", "/api/v1/billing/events/{id}/redeliver", 200, True,
                                ["id", "endpointId"], "Redelivery"),

@@ -109,7 +109,7 @@ async def rotate_webhook_secret(ctx: Context, p: Any) -> dict[str, Any]:
 
 async def list_events(ctx: Context, p: Any) -> dict[str, Any]:
     try:
-        rows, more = await ctx.store.events_page(ctx.tenant, p.type, p.limit, p.startingAfter)
+        rows, more = await ctx.store.events_page(ctx.tenant, p.type, p.limit, p.startingAfter, p.userId)
     except Missing:
         raise NotFound("event not found", param="startingAfter") from None
     return {"count": len(rows), "hasMore": more, "events": [event_result(e) for e in rows]}

@@ -749,10 +749,10 @@ class Store(Protocol):
         endpoint") as delete_endpoint."""
         ...
     async def events_page(
-        self, tenant: int, type: str | None, limit: int, starting_after: str | None
+        self, tenant: int, type: str | None, limit: int, starting_after: str | None, user: str | None = None
     ) -> tuple[list[EventRow], bool]:
-        """Newest first (the outbox's order); Missing("event") when `starting_after` is not an
-        event of this tenant."""
+        """Newest first (the outbox's order), only those about `user` when given (events.user_id);
+        Missing("event") when `starting_after` is not an event of this tenant."""
         ...
     async def get_event(self, tenant: int, event_id: str) -> tuple[EventRow, list[DeliveryEntry]] | None:
         """The event and its delivery log, oldest first (by time, then delivery, then attempt),

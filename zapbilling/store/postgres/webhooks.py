@@ -46,7 +46,7 @@ class WebhookQueries(PgBase):
         return await self._write(tenant, idempotency, now, _rotate, tenant, endpoint_id, secret, old_until)  # type: ignore[no-any-return]
 
     async def events_page(
-        self, tenant: int, type: str | None, limit: int, starting_after: str | None
+        self, tenant: int, type: str | None, limit: int, starting_after: str | None, user: str | None = None
     ) -> tuple[list[EventRow], bool]:
         where = "tenant = $1"
         params: list[Any] = [tenant]
@@ -56,6 +56,9 @@ class WebhookQueries(PgBase):
                 raise Missing("event")
             params.append(found[0][0])
             where += f" AND seq < ${len(params)}"
+        if user is not None:  # events_user (tenant, user_id, seq)
+            params.append(user)
+            where += f" AND user_id = ${len(params)}"
         if type is not None:
             params.append(type)
             where += f" AND type = ${len(params)}"

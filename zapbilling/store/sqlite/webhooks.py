@@ -64,17 +64,21 @@ class WebhookQueries(SqliteBase):
         return await self._write(tenant, idempotency, now, _rotate, tenant, endpoint_id, secret, old_until)
 
     async def events_page(
-        self, tenant: int, type: str | None, limit: int, starting_after: str | None
+        self, tenant: int, type: str | None, limit: int, starting_after: str | None, user: str | None = None
     ) -> tuple[list[EventRow], bool]:
         where = "tenant = :tenant"
-        params: dict[str, Any] = {"tenant": tenant, "type": type, "after": starting_after, "limit": limit + 1}
+        params: dict[str, Any] = {"tenant": tenant, "type": type, "after": starting_after, "limit": limit + 1, "user": user}
         if starting_after is not None:
             found = await self._read("SELECT seq FROM events WHERE tenant = :tenant AND id = :after", params)
             if not found:
                 raise Missing("event")
             where += " AND seq < :seq"
             params["seq"] = found[0][0]
-        if type is not None:
+        if user is not None:  # events_user (tenant, user_id, seq); with a type too: the user's are fewer
+            where += " AND user_id = :user"
+            if type is not None:
+                where += " AND +type = :type"  # unary +: filtered in the user's range, not by events_tenant_type
+        elif type is not None:
             where += " AND type = :type"  # events_tenant_type (tenant, type, seq)
         rows = await self._read(f"SELECT {_EVENT} FROM events WHERE {where} ORDER BY seq DESC LIMIT :limit", params)
         return [event_row(r) for r in rows[:limit]], len(rows) > limit
