@@ -287,6 +287,59 @@ async def test_webhooks_page_shows_endpoints_events_and_deliveries(server, conso
     assert status == 404 and "not found" in page
 
 
+async def test_account_page_shows_the_webhook_deliveries_about_it(server, console, api, make_key, clock) -> None:
+    """The account's newest events (listEvents' userId), each with its latest delivery entry per
+    endpoint (getEvent's log), paged; nobody else's events. The delivery rows are written as the
+    sender leaves them (tests/outbox_rows.py), finished or due far ahead, so that no sender
+    changes them while the test reads."""
+    from outbox_rows import delivery
+    from test_webhook_endpoints import tenant_of
+
+    other = api.with_key(await make_key(org="globex"))
+    await ok(other, "deposit", {"user": "hanzo/alice", "amount": 7})
+    await ok(api, "deposit", {"user": "hanzo/bob", "amount": 9})
+    for n in range(24):
+        await ok(api, "deposit", {"user": "hanzo/alice", "amount": n + 1})
+    hold = await ok(api, "createHold", {"user": "hanzo/alice", "amount": 5})
+    await ok(api, "releaseHold", {"id": hold["holdId"]})  # the newest: hold.released
+    events = await ok(api, "listEvents", {"userId": "hanzo/alice", "limit": 100})
+    assert events["count"] == 25 and events["events"][0]["type"] == "hold.released"
+    newest, older = events["events"][0]["id"], events["events"][1]["id"]
+    store, tenant, second = server.app[STORE], await tenant_of(server), 1_000_000
+    await delivery(store, tenant, newest, "we_a", status="succeeded", attempts=[("failed", 500, "HTTP 500", clock.now),
+                   ("succeeded", 200, None, clock.now + second)], due_at=clock.now + second, created_at=clock.now)
+    await delivery(store, tenant, newest, "we_b", status="pending", attempts=[("failed", 503, "HTTP 503", clock.now)],
+                   due_at=clock.now + 3600 * second, created_at=clock.now)
+    await delivery(store, tenant, older, "we_a", status="failed", attempts=[("failed", None, "timed out", clock.now)],
+                   due_at=clock.now, created_at=clock.now)
+    await console.sign_in(api.key)
+    status, html, _ = await console.get("/console/account", params={"user": "hanzo/alice"})
+    assert status == 200
+    section = re.search(r'<section id="deliveries">(.*?)</section>', html, re.S).group(1)
+    rows = re.findall(r'<tr data-id="(evt_[^"]+)"><td>([^<]*)</td><td class="type">([^<]*)</td>\s*<td class="deliveries">(.*?)</td>', section, re.S)
+    first20 = events["events"][:20]
+    assert [(r[0], r[1], r[2]) for r in rows] == [(e["id"], e["createdAt"], e["type"]) for e in first20]
+    cells = [re.findall(r'<div data-endpoint="[^"]+">([^<]*)</div>', r[3]) or [r[3].strip()] for r in rows]
+    assert cells[0] == ["we_a: succeeded (attempt 2, HTTP 200)", "we_b: pending (attempt 2)"]
+    assert cells[1] == ["we_a: failed (attempt 1)"]
+    assert cells[2:] == [["none"]] * 18
+    log = (await ok(api, "getEvent", {"id": newest}))["deliveries"]  # what the cells summarise: the API's log
+    assert [(d["endpointId"], d["status"], d["attempt"]) for d in log] == [
+        ("we_a", "failed", 1), ("we_b", "failed", 1), ("we_a", "succeeded", 2), ("we_b", "pending", 2)]
+    assert f'<a href="/console/events/{newest}">{newest}</a>' in section
+    older_link = unescape(re.search(r'<a href="([^"]+)" id="events-next">', section).group(1))
+    status, page2, _ = await console.get(older_link)
+    section2 = re.search(r'<section id="deliveries">(.*?)</section>', page2, re.S).group(1)
+    assert re.findall(r'<tr data-id="(evt_[^"]+)">', section2) == [e["id"] for e in events["events"][20:]]
+    assert 'id="events-next"' not in section2 and 'id="events-first"' in section2
+    status, bob, _ = await console.get("/console/account", params={"user": "hanzo/bob"})
+    bobs = (await ok(api, "listEvents", {"userId": "hanzo/bob"}))["events"]
+    assert re.findall(r'<tr data-id="(evt_[^"]+)">', re.search(r'<section id="deliveries">(.*?)</section>', bob, re.S).group(1)) == [
+        e["id"] for e in bobs] and len(bobs) == 1
+    status, nobody, _ = await console.get("/console/account", params={"user": "hanzo/nobody"})
+    assert "No events about this account." in nobody
+
+
 async def test_running_out_filter_is_listaccounts_maxavailable(server, console, api) -> None:
     for user, amount in (("a/poor", 150), ("b/rich", 100_000), ("c/broke", 0)):
         await ok(api, "deposit", {"user": user, "amount": amount + 1})
@@ -399,6 +452,12 @@ def walk(driver: Any, base: str, key: str, api: Api, made: dict[str, Any], loop:
     table = '#invoice table[data-currency="usd"]'
     assert [text(f"{table} .subtotal"), text(f"{table} .credit"), text(f"{table} .due")] == [
         money(preview["subtotal"], "usd"), money(preview["creditApplied"], "usd"), money(preview["amountDue"], "usd")]
+    # the webhook deliveries about it: its events (three deposits), none delivered (no endpoint)
+    about = call("listEvents", {"userId": EVIL, "limit": 20})["events"]
+    assert [e["type"] for e in about] == ["deposit.created"] * 3
+    shown = driver.find_elements(By.CSS_SELECTOR, "#account-events tbody tr")
+    assert [(r.get_attribute("data-id"), r.find_element(By.CSS_SELECTOR, ".type").text, r.find_element(By.CSS_SELECTOR, ".deliveries").text)
+            for r in shown] == [(e["id"], e["type"], "none") for e in about]
 
     # the chart: 30 days by day, then 1 day by hour
     def drawn() -> tuple[int, dict[str, Any]]:

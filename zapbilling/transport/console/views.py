@@ -222,14 +222,34 @@ class Console:
         preview = await api.call("billing.invoicePreview", {"userId": user, "periodStart": month_start, "periodEnd": today,
                                                              "currency": preview_currency})
         preview_links = {c: _link(COOKIE_PATH + "/account", user=user, invoiceCurrency=c) for c in currencies if c != preview["currency"]}
+        deliveries = await self._deliveries(q, visit, user)
         return self.pages.render(
             "account.html", user=user, balances=balances["balances"], ledger=ledger, rows=rows, filters=filters,
             ledger_next=ledger_next, ledger_first=_link(COOKIE_PATH + "/account", **base) if q.get("startingAfter") else "",
             holds=holds, grants=grants["grants"], journal=journal, usage=usage, preview=preview, preview_links=preview_links, month_start=month_start, today=today,
             holds_next=_link(COOKIE_PATH + "/account", user=user, holdsAfter=holds["holds"][-1]["holdId"]) if holds["hasMore"] else "",
             journal_next=_link(COOKIE_PATH + "/account", user=user, journalAfter=journal["transactions"][-1]["id"]) if journal["hasMore"] else "",
-            **visit.layout("accounts"),
+            deliveries=deliveries, **visit.layout("accounts"),
         )
+
+    async def _deliveries(self, q: Any, visit: Visit, user: str) -> dict[str, Any] | None:
+        """The webhook deliveries about this account: its newest events (listEvents' userId, a page
+        of SMALL_PAGE, older ones by `eventsAfter`), each with where it stands at each endpoint
+        (getEvent's log, its latest entry per endpoint; the event's page has the whole log).
+        None while those operations do not answer (the section says so)."""
+        params: dict[str, Any] = {"userId": user, "limit": SMALL_PAGE}
+        if q.get("eventsAfter"):
+            params["startingAfter"] = q["eventsAfter"]
+        try:
+            page = await visit.api.optional("billing.listEvents", params)
+            events = page["events"]
+            status = {e["id"]: latest_per_endpoint((await visit.api.optional("billing.getEvent", {"id": e["id"]}))["deliveries"])
+                      for e in events}
+        except NotAvailable:
+            return None
+        return {"events": events, "status": status,
+                "next": _link(COOKIE_PATH + "/account", user=user, eventsAfter=events[-1]["id"]) if page["hasMore"] and events else "",
+                "first": _link(COOKIE_PATH + "/account", user=user) if q.get("eventsAfter") else ""}
 
     async def _usage(self, q: Any, visit: Visit, user: str) -> dict[str, Any]:
         """The usage chart's data: one meter's series for this user over the picked period."""
@@ -307,6 +327,16 @@ class Console:
         except NotAvailable:
             event = None
         return self.pages.render("event.html", event=event, **visit.layout("webhooks"))
+
+
+def latest_per_endpoint(log: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """An event's delivery log (getEvent's `deliveries`, oldest first, a pending delivery's next
+    attempt last) as where it stands at each endpoint: the last entry of each, in the order the
+    endpoints first appear."""
+    latest: dict[str, dict[str, Any]] = {}
+    for entry in log:
+        latest[entry["endpointId"]] = entry  # a key keeps its first place when its value is replaced
+    return list(latest.values())
 
 
 _AMOUNT = re.compile(r"(-?)(\d{1,19})(?:\.(\d*))?\Z")
