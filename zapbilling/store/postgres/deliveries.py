@@ -61,41 +61,40 @@ async def _dispatch(conn: asyncpg.Connection, now: int, limit: int) -> int:
 
 
 _CANDIDATES = """
-SELECT seq, endpoint_id FROM deliveries
-WHERE status = 'pending' AND due_at <= $1 AND (lease_until IS NULL OR lease_until <= $1)
-  AND NOT (endpoint_id = ANY($2::text[]))
-ORDER BY due_at, seq LIMIT $3
-FOR UPDATE SKIP LOCKED
+WITH due AS (
+  SELECT seq, endpoint_id, due_at FROM deliveries
+  WHERE status = 'pending' AND due_at <= $1 AND (lease_until IS NULL OR lease_until <= $1)
+    AND NOT (endpoint_id = ANY($2::text[]))
+  ORDER BY due_at, seq LIMIT $3
+  FOR UPDATE SKIP LOCKED
+)
+SELECT due.seq, due.endpoint_id, w.url, w.secret, w.old_secret, w.old_secret_until,
+       w.status = 'enabled' AND w.deleted_at IS NULL
+FROM due JOIN webhook_endpoints w ON w.id = due.endpoint_id
+ORDER BY due.due_at, due.seq
 """
-"""As on SQLite (../sqlite/deliveries.py): two columns of each candidate; endpoints and events
-are read for the deliveries taken only."""
+"""The due deliveries a claim looks at with their endpoints (as on SQLite, ../sqlite/deliveries.py,
+the events only for the deliveries taken: _LEASE reads them as it leases, in one round trip)."""
 
-_ENDPOINTS = """
-SELECT id, url, secret, old_secret, old_secret_until, status = 'enabled' AND deleted_at IS NULL
-FROM webhook_endpoints WHERE id = ANY($1::text[])
-"""
-
-_TAKEN = """
-SELECT d.seq, d.tenant, d.attempts, e.id, e.type, e.created_at, e.data
-FROM deliveries d JOIN events e ON e.id = d.event_id
-WHERE d.seq = ANY($1::bigint[])
+_LEASE = """
+UPDATE deliveries d SET lease_until = $1 FROM events e
+WHERE d.seq = ANY($2::bigint[]) AND e.id = d.event_id
+RETURNING d.seq, d.tenant, d.attempts, e.id, e.type, e.created_at, e.data
 """
 
 
 async def _claim(conn: asyncpg.Connection, now: int, lease_until: int, limit: int, per_endpoint: int, busy: dict[str, int]) -> list[DeliveryJob]:
-    candidates = [(r[0], r[1]) for r in await conn.fetch(_CANDIDATES, now, full(busy, per_endpoint), limit * SCAN)]
-    if not candidates:
+    rows = await conn.fetch(_CANDIDATES, now, full(busy, per_endpoint), limit * SCAN)
+    if not rows:
         return []
-    endpoints: Endpoints = {r[0]: (r[1], r[2], r[3], r[4], bool(r[5])) for r in await conn.fetch(
-        _ENDPOINTS, list({c[1] for c in candidates}))}
-    taken, gone = pick(candidates, endpoints, limit, per_endpoint, busy)
+    endpoints: Endpoints = {r[1]: (r[2], r[3], r[4], r[5], bool(r[6])) for r in rows}
+    taken, gone = pick([(r[0], r[1]) for r in rows], endpoints, limit, per_endpoint, busy)
     if gone:
         await conn.execute("UPDATE deliveries SET status = 'failed', lease_until = NULL WHERE seq = ANY($1::bigint[])", gone)
     if not taken:
         return []
-    seqs = [seq for seq, _ in taken]
-    await conn.execute("UPDATE deliveries SET lease_until = $1 WHERE seq = ANY($2::bigint[])", lease_until, seqs)
-    return jobs_of(taken, endpoints, [tuple(r) for r in await conn.fetch(_TAKEN, seqs)], now)
+    leased = await conn.fetch(_LEASE, lease_until, [seq for seq, _ in taken])
+    return jobs_of(taken, endpoints, [tuple(r) for r in leased], now)
 
 
 async def _record(conn: asyncpg.Connection, o: AttemptOutcome, disable_after: int, disabling: Disabling) -> bool:
