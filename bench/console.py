@@ -32,12 +32,19 @@ from zapbilling.times import system_clock
 from . import populate
 
 USER = "bench/console"
-FILTERED = "account, ledger filtered to its one deposit"
-"""Not held to the target: listTransactions with a `type` filter walks the user's history index
-(tenant, user_id, created_at, seq) until it has a page of matches, so finding the one deposit
-under a million withdrawals reads them all, over REST and ZAP alike (0.65 to 1.1 s a page measured on the shared 2-core machine, the REST call alone as much); an index
-of the store that leads with the type would make it a range read."""
+RARE_TAG = "goodwill"
+"""The tag of the account's one tagged deposit ("goodwill,vip"), under a million usage rows."""
+FILTERED = "account, ledger filtered to its deposits"
 REST_FILTERED = "REST listTransactions type=deposit (no console)"
+REST_TAGGED = f"REST listTransactions tag={RARE_TAG} (no console)"
+"""The filtered pages are held to the target too. Before migration 0008 a `type` or `tag` filter
+was a test on every row of the user's history index (tenant, user_id, created_at, seq) until a
+page of matches was found, so finding the two deposits under a million withdrawals read them
+all: 0.65 to 1.1 s a page on the shared 2-core machine, over REST and ZAP alike. Now each walks
+a range of its own (store/ledger_filters.py). Measured (1,000,000 rows, --repeat 10, p50 before
+-> after): the page filtered to the deposits 671 -> 5.7 ms, by the tag 801 -> 12.8 ms, the
+withdrawals bearing it (none) 1,198 -> 7.7 ms; REST type=deposit 674 -> 0.8 ms, tag 1,491 ->
+0.8 ms. Preparing the database takes longer (18 -> 43 s: the ledger's new index)."""
 TARGET_MS = 200.0
 
 
@@ -56,6 +63,7 @@ async def prepare(db: Path, rows: int) -> str:
             return await caller.call(caller.registry.commands[f"billing.{name}"], principal, params)
 
         await call("deposit", {"user": USER, "amount": 10**12})
+        await call("deposit", {"user": USER, "amount": 500, "tags": f"{RARE_TAG},vip"})
         meter = await call("createMeter", {"name": "Tokens", "eventName": "tokens"})
         await call("createPricingRule", {"meterId": meter["id"], "unitPrice": 2})
         await call("recordMeterEvents", {"events": [{"meterId": meter["id"], "userId": USER, "value": v} for v in range(1, 101)]})
@@ -86,6 +94,9 @@ async def measure(db: Path, key: str, rows: int, repeat: int) -> list[tuple[str,
         "account, ledger half way down": ("/console/account", {"user": USER, "startingAfter": middle_row(db, rows)}),
         "account, chart by hour over 7 days": ("/console/account", {"user": USER, "window": "hour", "days": "7"}),
         FILTERED: ("/console/account", {"user": USER, "type": "deposit"}),
+        f"account, ledger filtered by tag {RARE_TAG}": ("/console/account", {"user": USER, "tag": RARE_TAG}),
+        f"account, ledger withdrawals tagged {RARE_TAG}": ("/console/account", {"user": USER, "type": "withdraw", "tag": RARE_TAG}),
+        "account, ledger filtered by tag api-usage": ("/console/account", {"user": USER, "tag": "api-usage"}),
         "accounts": ("/console/accounts", {}),
         "accounts, running out": ("/console/accounts", {"maxAvailable": "10"}),
         "meters and pricing": ("/console/meters", {}),
@@ -109,16 +120,17 @@ async def measure(db: Path, key: str, rows: int, repeat: int) -> list[tuple[str,
                 if i:  # the first is the warm-up
                     times.append((time.perf_counter() - started) * 1000)
             out.append((name, statistics.median(times), max(times)))
-        times = []
-        for i in range(repeat + 1):  # the filtered ledger page over REST, for comparison: the same call without the console
-            started = time.perf_counter()
-            async with s.get(base + "/api/v1/billing/transactions", params={"user": USER, "type": "deposit", "limit": "50"},
-                             headers={"Authorization": f"Bearer {key}"}) as r:
-                assert r.status == 200, await r.text()
-                await r.read()
-            if i:
-                times.append((time.perf_counter() - started) * 1000)
-        out.append((REST_FILTERED, statistics.median(times), max(times)))
+        for name, filters in ((REST_FILTERED, {"type": "deposit"}), (REST_TAGGED, {"tag": RARE_TAG})):
+            times = []
+            for i in range(repeat + 1):  # the filtered ledger page over REST, for comparison: the same call without the console
+                started = time.perf_counter()
+                async with s.get(base + "/api/v1/billing/transactions", params={"user": USER, "limit": "50", **filters},
+                                 headers={"Authorization": f"Bearer {key}"}) as r:
+                    assert r.status == 200, await r.text()
+                    await r.read()
+                if i:
+                    times.append((time.perf_counter() - started) * 1000)
+            out.append((name, statistics.median(times), max(times)))
     return out
 
 
@@ -135,11 +147,9 @@ def main(argv: list[str] | None = None) -> int:
         results = asyncio.run(measure(db, key, args.rows, args.repeat))
     worst = 0.0
     for name, p50, top in results:
-        note = "  (the API's listTransactions filter; not held to the target)" if name in (FILTERED, REST_FILTERED) else ""
-        print(f"console {name:<44} p50 {p50:7.1f} ms  max {top:7.1f} ms{note}")
-        if name not in (FILTERED, REST_FILTERED):
-            worst = max(worst, p50)
-    print(f"console pages on {args.rows:,} ledger rows: slowest p50 {worst:.1f} ms, unfiltered (target < {TARGET_MS:.0f} ms)")
+        print(f"console {name:<48} p50 {p50:7.1f} ms  max {top:7.1f} ms")
+        worst = max(worst, p50)
+    print(f"console pages on {args.rows:,} ledger rows: slowest p50 {worst:.1f} ms, filtered or not (target < {TARGET_MS:.0f} ms)")
     return 0 if worst < TARGET_MS else 1
 
 

@@ -587,4 +587,4 @@ def test_the_console_benchmark_runs() -> None:
     r = subprocess.run([sys.executable, "-m", "bench.console", "--rows", "2000", "--repeat", "1"], cwd=root,
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "console pages on 2,000 ledger rows: slowest p50" in r.stdout and r.stdout.count("\nconsole ") == 8
+    assert "console pages on 2,000 ledger rows: slowest p50" in r.stdout and r.stdout.count("\nconsole ") == 12

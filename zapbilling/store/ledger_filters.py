@@ -64,15 +64,16 @@ class Statement:
 class Dialect:
     """What differs between the backends' statements."""
 
-    def __init__(self, mark: Callable[[int], str], tag_test: str, history: str, by_type: str, join: str = "JOIN"):
+    def __init__(self, mark: Callable[[int], str], tag_test: str, history: str, by_type: str, tagged: str):
         self.mark = mark
         self.tag_test = tag_test
         """A condition true when `tags` holds the tag `{}` (a parameter) as one of its tags."""
         self.history = history
         """The ledger as the `history` walk names it (SQLite: INDEXED BY, so no plan can differ)."""
         self.by_type = by_type
-        self.join = join
-        """How the tags walk joins the ledger (SQLite: CROSS JOIN, which keeps ledger_tags the outer loop)."""
+        self.tagged = tagged
+        """The tags walk's FROM: ledger_tags `t` as the outer loop, each entry's ledger row `l`
+        found by its seq."""
 
 
 def _range(s: Statement, prefix: str, where: LedgerFilter, cursor: tuple[int, int] | None) -> str:
@@ -104,7 +105,7 @@ def page(d: Dialect, walk: str, tenant: int, user: str, where: LedgerFilter, cur
     caller asks one more than it shows, to tell whether there are more)."""
     s = Statement(d.mark)
     if walk == "tags":
-        sql = (f"SELECT {_JOINED_ROW} FROM ledger_tags t {d.join} ledger l ON l.seq = t.seq"
+        sql = (f"SELECT {_JOINED_ROW} FROM {d.tagged}"
                f" WHERE t.tenant = {s.p(tenant)} AND t.user_id = {s.p(user)} AND t.tag = {s.p(where.tag)}")
         sql += _range(s, "t.", where, cursor)
         if where.type is not None:

@@ -52,7 +52,7 @@ _DIALECT = Dialect(
     tag_test="instr(',' || tags || ',', ',' || {} || ',') > 0",
     history="ledger INDEXED BY ledger_history",
     by_type="ledger INDEXED BY ledger_by_type",
-    join="CROSS JOIN",
+    tagged="ledger_tags t CROSS JOIN ledger l ON l.seq = t.seq",  # CROSS JOIN: the left table is the outer loop
 )
 
 
