@@ -240,13 +240,18 @@ class Console:
         params: dict[str, Any] = {"userId": user, "limit": SMALL_PAGE}
         if q.get("eventsAfter"):
             params["startingAfter"] = q["eventsAfter"]
+        status: dict[str, list[dict[str, Any]]] = {}
         try:
             page = await visit.api.optional("billing.listEvents", params)
-            events = page["events"]
-            status = {e["id"]: latest_per_endpoint((await visit.api.optional("billing.getEvent", {"id": e["id"]}))["deliveries"])
-                      for e in events}
+            for e in page["events"]:
+                try:
+                    status[e["id"]] = latest_per_endpoint((await visit.api.optional("billing.getEvent", {"id": e["id"]}))["deliveries"])
+                except ApiError as exc:
+                    if exc.info.rest_status != 404:
+                        raise  # 404: purged past its retention since listEvents answered; left out
         except NotAvailable:
             return None
+        events = [e for e in page["events"] if e["id"] in status]
         return {"events": events, "status": status,
                 "next": _link(COOKIE_PATH + "/account", user=user, eventsAfter=events[-1]["id"]) if page["hasMore"] and events else "",
                 "first": _link(COOKIE_PATH + "/account", user=user) if q.get("eventsAfter") else ""}
