@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from .model import GENERICS, MISSING, SCALARS, Enum, Field, Http, Interface, Method, Schema, Struct, TypeRef
 
@@ -57,27 +57,10 @@ def _load_file(path: Path, schema: Schema, seen: set[Path]) -> None:
     _parse(text, str(path), path.parent, schema, seen)
 
 
-def _split_comment(raw: str) -> tuple[str, str | None]:
-    """Code and comment of a line; a `#` inside a string literal is not a comment."""
+def _outside_strings(text: str) -> Iterator[tuple[int, str]]:
+    """(index, character) of each character of `text` outside its string literals ("...", with
+    backslash escapes); the quotes themselves are not outside."""
     in_string = escaped = False
-    for i, ch in enumerate(raw):
-        if in_string:
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == '"':
-                in_string = False
-        elif ch == '"':
-            in_string = True
-        elif ch == "#":
-            return raw[:i].rstrip(), raw[i + 1 :].strip()
-    return raw.rstrip(), None
-
-
-def _split_top(text: str, sep: str = ",") -> list[str]:
-    """Split on `sep` outside parentheses and string literals."""
-    parts, depth, start, in_string, escaped = [], 0, 0, False, False
     for i, ch in enumerate(text):
         if in_string:
             if escaped:
@@ -88,7 +71,23 @@ def _split_top(text: str, sep: str = ",") -> list[str]:
                 in_string = False
         elif ch == '"':
             in_string = True
-        elif ch in "([":
+        else:
+            yield i, ch
+
+
+def _split_comment(raw: str) -> tuple[str, str | None]:
+    """Code and comment of a line; a `#` inside a string literal is not a comment."""
+    for i, ch in _outside_strings(raw):
+        if ch == "#":
+            return raw[:i].rstrip(), raw[i + 1 :].strip()
+    return raw.rstrip(), None
+
+
+def _split_top(text: str, sep: str = ",") -> list[str]:
+    """Split on `sep` outside parentheses and string literals."""
+    parts, depth, start = [], 0, 0
+    for i, ch in _outside_strings(text):
+        if ch in "([":
             depth += 1
         elif ch in ")]":
             depth -= 1
