@@ -1,12 +1,16 @@
 """Rows as the storage interface hands them out (base.py's TypedDicts), made from a query's
 columns in the order each query module selects them. The same on every backend: sqlite3 gives
-tuples, asyncpg Records, and both index alike."""
+tuples, asyncpg Records, and both index alike. Each converter's column list (a SELECT's or a
+RETURNING's, the same text in both dialects' SQL) stands beside it, so the order is written once."""
 from __future__ import annotations
 
 import json
 from typing import Any, Sequence
 
-from .base import GrantChange, GrantRow, HoldRow, LedgerRow, MeterEventRow, MeterRow, RuleRow
+from .base import AlertRow, GrantChange, GrantRow, HoldRow, LedgerRow, MeterEventRow, MeterRow, RuleRow
+
+
+LEDGER_COLUMNS = "id, user_id, currency, type, amount, tags, notes, metadata, created_at, expires_at, refund_of, hold_id, key_id"
 
 
 def ledger_row(r: Sequence[Any]) -> LedgerRow:
@@ -25,12 +29,19 @@ def hold_row(r: Sequence[Any]) -> HoldRow:
     }
 
 
+GRANT_COLUMNS = ("id, user_id, name, amount, remaining, currency, priority, effective_at, expires_at, eligibility, tags,"
+                 " voided_at, created_at")
+
+
 def grant_row(r: Sequence[Any]) -> GrantRow:
     return {
         "id": r[0], "userId": r[1], "name": r[2], "amountCents": r[3], "remainingCents": r[4], "currency": r[5],
         "priority": r[6], "effectiveAt": r[7], "expiresAt": r[8], "eligibility": json.loads(r[9]), "tags": r[10],
         "voidedAt": r[11], "createdAt": r[12],
     }
+
+
+CHANGE_COLUMNS = "id, grant_id, user_id, currency, type, amount, remaining_after, burn_id, meter_id, created_at, key_id"
 
 
 def change_row(r: Sequence[Any]) -> GrantChange:
@@ -40,11 +51,17 @@ def change_row(r: Sequence[Any]) -> GrantChange:
     }
 
 
+METER_COLUMNS = "id, name, event_name, aggregation, currency, dimensions, created_at"
+
+
 def meter_row(r: Sequence[Any]) -> MeterRow:
     return {
         "id": r[0], "name": r[1], "eventName": r[2], "aggregationType": r[3], "currency": r[4],
         "dimensions": json.loads(r[5]), "createdAt": r[6],
     }
+
+
+RULE_COLUMNS = "id, meter_id, plan_id, model, currency, unit_price, tiers, created_at"
 
 
 def rule_row(r: Sequence[Any]) -> RuleRow:
@@ -54,8 +71,21 @@ def rule_row(r: Sequence[Any]) -> RuleRow:
     }
 
 
+EVENT_COLUMNS = "id, meter_id, user_id, value, ts, idempotency_key, dimensions, created_at"
+
+
 def event_row(r: Sequence[Any]) -> MeterEventRow:
     return {
         "id": r[0], "meterId": r[1], "userId": r[2], "value": r[3], "timestamp": r[4], "idempotency": r[5],
         "dimensions": json.loads(r[6]) if r[6] is not None else None, "createdAt": r[7],
+    }
+
+
+ALERT_COLUMNS = "id, type, user_id, currency, threshold, period, meter_id, created_at"
+
+
+def alert_row(r: Sequence[Any]) -> AlertRow:
+    return {
+        "id": r[0], "type": r[1], "userId": r[2], "currency": r[3], "threshold": r[4], "period": r[5],
+        "meterId": r[6], "createdAt": r[7],
     }

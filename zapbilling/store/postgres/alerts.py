@@ -12,11 +12,9 @@ from ..base import INT64_MAX, AlertRow, Idempotency, NewAlert, SpendCapRow
 from ..ids import new_id
 from ..periods import period_bounds
 from ..refusals import Missing, QuotaReached
-from ..sqlite.alerts import alert_row
+from ..rows import ALERT_COLUMNS as _ALERT, alert_row
 from .connection import PgBase, lock_account
 from .sums import AVAILABLE, HELD, HELD_NOW
-
-_ALERT = "id, type, user_id, currency, threshold, period, meter_id, created_at"
 
 USED = (
     "SELECT LEAST(COALESCE(SUM(amount), 0), 9223372036854775807)::bigint FROM ledger WHERE tenant = $1 AND user_id = $2 AND created_at >= $3"

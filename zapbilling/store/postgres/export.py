@@ -20,12 +20,9 @@ from __future__ import annotations
 from typing import Any, AsyncIterator, Callable, Sequence
 
 from ..base import Row
-from ..rows import change_row, event_row, hold_row, ledger_row
+from ..rows import CHANGE_COLUMNS as _CHANGE, EVENT_COLUMNS as _EVENT, LEDGER_COLUMNS as _LEDGER, change_row, event_row, hold_row, ledger_row
 from .connection import PgBase
 
-_LEDGER = "id, user_id, currency, type, amount, tags, notes, metadata, created_at, expires_at, refund_of, hold_id, key_id"
-_CHANGE = "id, grant_id, user_id, currency, type, amount, remaining_after, burn_id, meter_id, created_at, key_id"
-_EVENT = "id, meter_id, user_id, value, ts, idempotency_key, dimensions, created_at"
 # A pending hold whose expires_at has passed reads as expired at `now` ({now}: its parameter).
 _LAPSED = "status = 'pending' AND expires_at <= {now}"
 _HOLD = (

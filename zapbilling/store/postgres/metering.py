@@ -15,12 +15,11 @@ import asyncpg
 from ..base import Idempotency, MeterEventDraft, MeterRow, MeterUsage, NewMeter, recorded
 from ..ids import new_id
 from ..refusals import AlreadyExists, Missing, QuotaReached, SumOutOfRange
-from ..rows import meter_row
+from ..rows import METER_COLUMNS as _METER, meter_row
 from .connection import PgBase
 from .outbox import NOTHING, Watch
 from .watch import after_meter_events
 
-_METER = "id, name, event_name, aggregation, currency, dimensions, created_at"
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 AGGREGATES = {

@@ -10,10 +10,9 @@ import asyncpg
 from ..base import Idempotency, NewRule, RuleRow
 from ..ids import new_id
 from ..refusals import Missing, QuotaReached
-from ..rows import rule_row
+from ..rows import RULE_COLUMNS as _RULE, rule_row
 from .connection import PgBase
 
-_RULE = "id, meter_id, plan_id, model, currency, unit_price, tiers, created_at"
 
 
 class PricingQueries(PgBase):

@@ -6,16 +6,14 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from typing import Any
 
 from ..base import INT64_MAX, AlertRow, Idempotency, NewAlert, SpendCapRow
 from ..ids import new_id
 from ..periods import period_bounds
 from ..refusals import Missing, QuotaReached
+from ..rows import ALERT_COLUMNS as _ALERT, alert_row
 from .connection import SqliteBase
 from .sums import AVAILABLE, HELD, HELD_NOW
-
-_ALERT = "id, type, user_id, currency, threshold, period, meter_id, created_at"
 
 USED = (
     "SELECT COALESCE(SUM(amount), 0) FROM ledger WHERE tenant = ? AND user_id = ? AND created_at >= ? AND created_at < ?"
@@ -43,13 +41,6 @@ _CAPS_EXACT = _CAPS.replace(
     "(SELECT COALESCE(SUM(amount), 0) FROM", "(SELECT json_array(COALESCE(SUM(amount >> 32), 0), COALESCE(SUM(amount & 4294967295), 0)) FROM", 1
 )
 """_CAPS with each usage sum as its high and low 32 bits' sums (neither can overflow)."""
-
-
-def alert_row(r: Any) -> AlertRow:
-    return {
-        "id": r[0], "type": r[1], "userId": r[2], "currency": r[3], "threshold": r[4], "period": r[5],
-        "meterId": r[6], "createdAt": r[7],
-    }
 
 
 USED_SINCE = (

@@ -19,13 +19,10 @@ from __future__ import annotations
 from typing import Any, AsyncIterator, Callable
 
 from ..base import Row
-from ..rows import change_row, event_row, hold_row, ledger_row
+from ..rows import CHANGE_COLUMNS as _CHANGE, EVENT_COLUMNS as _EVENT, change_row, event_row, hold_row, ledger_row
 from .connection import SqliteBase
-from .grants import _CHANGE
 from .holds import _HOLD
 from .ledger import _ROW
-
-_EVENT = "id, meter_id, user_id, value, ts, idempotency_key, dimensions, created_at"
 
 
 # table: (its rows in creation order as FROM ..., the columns, the row as the store returns it)

@@ -13,15 +13,12 @@ from ..ids import new_id
 from .connection import SqliteBase
 from .outbox import emit
 from ..refusals import AlreadyVoided, Missing
-from ..rows import change_row, grant_row
+from ..rows import CHANGE_COLUMNS as _CHANGE, GRANT_COLUMNS as _GRANT, change_row, grant_row
 
-_GRANT = ("id, user_id, name, amount, remaining, currency, priority, effective_at, expires_at, eligibility, tags,"
-          " voided_at, created_at")
 # Effective from creation on even when the clock has been set back behind it since (billing/
 # grants.py is_active says the same).
 _ACTIVE = ("voided_at IS NULL AND remaining > 0 AND effective_at <= MAX(:now, created_at)"
            " AND (expires_at IS NULL OR expires_at > :now)")
-_CHANGE = "id, grant_id, user_id, currency, type, amount, remaining_after, burn_id, meter_id, created_at, key_id"
 
 
 class GrantQueries(SqliteBase):

@@ -13,9 +13,8 @@ from .connection import SqliteBase
 from .outbox import watch
 from .watch import after_meter_events
 from ..refusals import AlreadyExists, Missing, QuotaReached, SumOutOfRange
-from ..rows import meter_row
+from ..rows import METER_COLUMNS as _METER, meter_row
 
-_METER = "id, name, event_name, aggregation, currency, dimensions, created_at"
 
 AGGREGATES = {
     "sum": "COALESCE(SUM(value), 0)",

@@ -9,9 +9,8 @@ from ..base import Idempotency, NewRule, RuleRow
 from ..ids import new_id
 from .connection import SqliteBase
 from ..refusals import Missing, QuotaReached
-from ..rows import rule_row
+from ..rows import RULE_COLUMNS as _RULE, rule_row
 
-_RULE = "id, meter_id, plan_id, model, currency, unit_price, tiers, created_at"
 
 
 class PricingQueries(SqliteBase):
