@@ -28,8 +28,9 @@ UNSPLIT_TAGS = frozenset({"", "api-usage"})
 trigger says the same): a deposit's default and every usage withdrawal's."""
 
 PROBE = 2000
-"""Rows counted at most in each candidate range before walking the smaller: counting 2,000
-entries of an index is ~0.3 ms on SQLite, a small part of a page."""
+"""Rows counted at most in each candidate range before walking the smaller: both ranges counted
+to the full 2,000 took 0.25 ms on SQLite (measured, one user's 200,000 rows), a small part of a
+page."""
 
 _COLUMNS = ("id", "user_id", "currency", "type", "amount", "tags", "notes", "metadata", "created_at", "expires_at",
             "refund_of", "hold_id", "key_id")
