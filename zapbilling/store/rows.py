@@ -21,6 +21,25 @@ def ledger_row(r: Sequence[Any]) -> LedgerRow:
     }
 
 
+# A hold's column says 'pending' until a settlement or the sweep; from the instant expires_at is
+# reached a pending hold is expired for every reader, so its status is always computed at `now`.
+# Templates of `{now}`, the parameter holding that instant in the dialect's notation.
+HOLD_PENDING = "status = 'pending' AND expires_at > {now}"
+HOLD_LAPSED = "status = 'pending' AND expires_at <= {now}"
+HOLD_COLUMNS = (
+    f"id, user_id, currency, amount, CASE WHEN {HOLD_LAPSED} THEN 'expired' ELSE status END, expires_at, created_at,"
+    f" captured_amount, transaction_id, request_id, metadata, CASE WHEN {HOLD_LAPSED} THEN expires_at ELSE settled_at END"
+)
+"""hold_row's columns, the status and settledAt as at `{now}`."""
+HOLD_STATUS_IS = {
+    "pending": HOLD_PENDING,
+    "expired": f"(status = 'expired' OR ({HOLD_LAPSED}))",
+    "captured": "status = 'captured'",
+    "released": "status = 'released'",
+}
+"""The condition of each status a listing filters on, as at `{now}`."""
+
+
 def hold_row(r: Sequence[Any]) -> HoldRow:
     return {
         "holdId": r[0], "user": r[1], "currency": r[2], "amount": r[3], "status": r[4], "expiresAt": r[5],

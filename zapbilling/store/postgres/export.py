@@ -20,15 +20,9 @@ from __future__ import annotations
 from typing import Any, AsyncIterator, Callable, Sequence
 
 from ..base import Row
-from ..rows import CHANGE_COLUMNS as _CHANGE, EVENT_COLUMNS as _EVENT, LEDGER_COLUMNS as _LEDGER, change_row, event_row, hold_row, ledger_row
+from ..rows import CHANGE_COLUMNS as _CHANGE, EVENT_COLUMNS as _EVENT, HOLD_COLUMNS as _HOLD, LEDGER_COLUMNS as _LEDGER, change_row, event_row, hold_row, ledger_row
 from .connection import PgBase
 
-# A pending hold whose expires_at has passed reads as expired at `now` ({now}: its parameter).
-_LAPSED = "status = 'pending' AND expires_at <= {now}"
-_HOLD = (
-    f"id, user_id, currency, amount, CASE WHEN {_LAPSED} THEN 'expired' ELSE status END, expires_at, created_at,"
-    f" captured_amount, transaction_id, request_id, metadata, CASE WHEN {_LAPSED} THEN expires_at ELSE settled_at END"
-)
 
 
 # table: (the columns, the row as the store returns it)

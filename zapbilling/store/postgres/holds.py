@@ -17,28 +17,16 @@ import asyncpg
 from ..base import INT64_MAX, HoldCharge, HoldRow, Idempotency, NewHold
 from ..ids import new_id
 from ..refusals import Missing, NotPending, OutOfRange, OverCapture, ShortOfFunds
-from ..rows import hold_row
+from ..rows import HOLD_COLUMNS, HOLD_STATUS_IS, hold_row
 from ..herald import Outbox
 from .connection import PgBase
 from .ledger import ACCOUNT, append_entry
 from .outbox import Watch, emit_many, event_args, lock_watching, watch
 from .watch import after_account_write, check_spend_cap
 
-# The column says 'pending' until a settlement or the sweep; from the instant expires_at is
-# reached a pending hold is expired for every reader, so status is always computed at `now`
-# (`{now}`: the parameter holding it).
-_PENDING = "status = 'pending' AND expires_at > {now}"
-_LAPSED = "status = 'pending' AND expires_at <= {now}"
-_HOLD = (
-    f"id, user_id, currency, amount, CASE WHEN {_LAPSED} THEN 'expired' ELSE status END, expires_at, created_at,"
-    f" captured_amount, transaction_id, request_id, metadata, CASE WHEN {_LAPSED} THEN expires_at ELSE settled_at END"
-)
-_STATUS_IS = {
-    "pending": _PENDING,
-    "expired": f"(status = 'expired' OR ({_LAPSED}))",
-    "captured": "status = 'captured'",
-    "released": "status = 'released'",
-}
+# A hold's status as at `{now}`, the parameter holding the instant (../rows.py).
+_HOLD = HOLD_COLUMNS
+_STATUS_IS = HOLD_STATUS_IS
 # When a hold is captured or released. Never before its creation: after the clock went back
 # behind a hold's created_at (an NTP step, a restored VM), a settlement dated by the clock would
 # answer a negative duration (settledAt < createdAt); it is dated at the creation instant

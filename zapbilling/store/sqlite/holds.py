@@ -18,22 +18,12 @@ from .ledger import ACCOUNT, append_entry
 from .outbox import Watch, emit, watch
 from .watch import after_account_write, check_spend_cap
 from ..refusals import Missing, NotPending, OutOfRange, OverCapture, ShortOfFunds
-from ..rows import hold_row
+from ..rows import HOLD_COLUMNS, HOLD_PENDING, HOLD_STATUS_IS, hold_row
 
-# The column says 'pending' until a settlement or the sweep; from the instant expires_at is
-# reached a pending hold is expired for every reader, so status is always computed at :now.
-_PENDING = "status = 'pending' AND expires_at > :now"
-_LAPSED = "status = 'pending' AND expires_at <= :now"
-_HOLD = (
-    f"id, user_id, currency, amount, CASE WHEN {_LAPSED} THEN 'expired' ELSE status END, expires_at, created_at,"
-    f" captured_amount, transaction_id, request_id, metadata, CASE WHEN {_LAPSED} THEN expires_at ELSE settled_at END"
-)
-_STATUS_IS = {
-    "pending": _PENDING,
-    "expired": f"(status = 'expired' OR ({_LAPSED}))",
-    "captured": "status = 'captured'",
-    "released": "status = 'released'",
-}
+# A hold's status as at :now (../rows.py).
+_PENDING = HOLD_PENDING.format(now=":now")
+_HOLD = HOLD_COLUMNS.format(now=":now")
+_STATUS_IS = {status: condition.format(now=":now") for status, condition in HOLD_STATUS_IS.items()}
 # When a hold is captured or released. Never before its creation: after the clock went back
 # behind a hold's created_at (an NTP step, a restored VM), a settlement dated by the clock would
 # answer a negative duration (settledAt < createdAt); it is dated at the creation instant
