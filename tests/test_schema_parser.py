@@ -28,6 +28,13 @@ def schema_error(text: str, file: str = "bad.zap") -> SchemaError:
     return info.value
 
 
+def load_error(path: Path) -> SchemaError:
+    """The error of loading the schema file at `path` (with its imports)."""
+    with pytest.raises(SchemaError) as info:
+        load(path)
+    return info.value
+
+
 def assert_error(err: SchemaError, file: str, line: int, *needles: str) -> None:
     assert (err.file, err.line) == (file, line), f"got {err}"
     assert str(err).startswith(f"{file}:{line}: "), str(err)
@@ -488,9 +495,7 @@ def test_duplicate_type_name_across_imported_file_is_an_error(tmp_path):
     (tmp_path / "common.zap").write_text("struct A\n  x Text\n")
     main = tmp_path / "main.zap"
     main.write_text('using import "common.zap"\n\nstruct A\n  y Text\n')
-    with pytest.raises(SchemaError) as info:
-        load(main)
-    assert_error(info.value, str(main), 3, "duplicate name `A`")
+    assert_error(load_error(main), str(main), 3, "duplicate name `A`")
 
 
 def test_duplicate_field_is_an_error():
@@ -769,17 +774,13 @@ def test_using_import_after_a_declaration_is_an_error(tmp_path):
     (tmp_path / "common.zap").write_text("enum E\n  a\n")
     main = tmp_path / "main.zap"
     main.write_text('struct A\n  x Text\n\nusing import "common.zap"\n')
-    with pytest.raises(SchemaError) as info:
-        load(main)
-    assert_error(info.value, str(main), 4, "`using import` must come before any declaration")
+    assert_error(load_error(main), str(main), 4, "`using import` must come before any declaration")
 
 
 def test_import_of_a_missing_file_is_an_error(tmp_path):
     main = tmp_path / "main.zap"
     main.write_text('# header\nusing import "nowhere.zap"\n\nstruct A\n  x Text\n')
-    with pytest.raises(SchemaError) as info:
-        load(main)
-    assert_error(info.value, str(main), 2, 'imported file "nowhere.zap" not found')
+    assert_error(load_error(main), str(main), 2, 'imported file "nowhere.zap" not found')
 
 
 def test_error_in_an_imported_file_names_that_file_and_line(tmp_path):
@@ -787,9 +788,7 @@ def test_error_in_an_imported_file_names_that_file_and_line(tmp_path):
     common.write_text("struct Money\n  amount Int64\n  currency Currncy\n")
     main = tmp_path / "main.zap"
     main.write_text('using import "common.zap"\n\nstruct A\n  m Money\n')
-    with pytest.raises(SchemaError) as info:
-        load(main)
-    assert_error(info.value, str(common), 3, "unknown type `Currncy`")
+    assert_error(load_error(main), str(common), 3, "unknown type `Currncy`")
 
 
 def test_syntax_error_in_an_imported_file_names_that_file_and_line(tmp_path):
@@ -797,16 +796,13 @@ def test_syntax_error_in_an_imported_file_names_that_file_and_line(tmp_path):
     common.write_text("enum E\n  a\n   b\n")
     main = tmp_path / "main.zap"
     main.write_text('using import "common.zap"\n')
-    with pytest.raises(SchemaError) as info:
-        load(main)
-    assert_error(info.value, str(common), 3, "multiple of 2")
+    assert_error(load_error(main), str(common), 3, "multiple of 2")
 
 
 def test_missing_schema_file_is_an_error(tmp_path):
     path = tmp_path / "absent.zap"
-    with pytest.raises(SchemaError) as info:
-        load(path)
-    assert info.value.file == str(path) and "cannot read schema file" in info.value.message
+    err = load_error(path)
+    assert err.file == str(path) and "cannot read schema file" in err.message
 
 
 def test_indented_line_before_any_declaration_is_an_error():
