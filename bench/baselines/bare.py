@@ -13,12 +13,10 @@ GET  /healthz
 """
 from __future__ import annotations
 
-import argparse
-import asyncio
-
 import aiosqlite
 from aiohttp import web
 
+from .aio import arguments, serve, zap_routes
 from .common import BALANCE_SQL, balance_answer, bearer, key_id, key_table, usage_answer, usage_row
 
 INSERT_SQL = (
@@ -61,33 +59,17 @@ def make_app(db_path: str, keys: dict[str, int], synchronous: str, key: str = ""
             tx_id, tenant, user, currency, amount, notes, metadata, created, dedupe, key))
         return web.json_response(usage_answer(envelope_id, params, tx_id))
 
-    async def health(request: web.Request) -> web.Response:
-        return web.json_response({"ok": True})
-
     app.cleanup_ctx.append(lifecycle)
-    app.router.add_get("/api/v1/billing/balance", balance)
-    app.router.add_post("/api/v1/zap", record_usage)
-    app.router.add_get("/healthz", health)
+    zap_routes(app, balance, record_usage)
     return app
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--db", required=True)
-    ap.add_argument("--port", type=int, required=True)
-    ap.add_argument("--key", required=True)
+    ap = arguments(__doc__)
     ap.add_argument("--synchronous", default="NORMAL", choices=("NORMAL", "FULL"))
     ap.add_argument("--loop", default="uvloop", choices=("uvloop", "asyncio"))
     args = ap.parse_args()
-    if args.loop == "uvloop":
-        import uvloop
-
-        loop = uvloop.new_event_loop()
-    else:
-        loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
-    web.run_app(make_app(args.db, key_table(args.db, args.key), args.synchronous, key_id(args.db, args.key)), host="127.0.0.1", port=args.port,
-                access_log=None, print=None, loop=loop)
+    serve(make_app(args.db, key_table(args.db, args.key), args.synchronous, key_id(args.db, args.key)), args.port, args.loop)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ zapbilling is: scenario 1 and 2 on PostgreSQL against these, not only against SQ
 """
 from __future__ import annotations
 
-import argparse
 import asyncio
 import hashlib
 from typing import Any
@@ -26,6 +25,7 @@ from typing import Any
 import asyncpg
 from aiohttp import web
 
+from .aio import arguments, serve, zap_routes
 from .common import balance_answer, bearer, usage_answer, usage_row
 
 POOL_SIZE = 10
@@ -116,30 +116,17 @@ def make_app(url: str, key: str, keys_in: str, synchronous: str) -> web.Applicat
                                       dedupe, who[1])
         return web.json_response(usage_answer(envelope_id, params, tx_id))
 
-    async def health(request: web.Request) -> web.Response:
-        return web.json_response({"ok": True})
-
     app.cleanup_ctx.append(lifecycle)
-    app.router.add_get("/api/v1/billing/balance", balance)
-    app.router.add_post("/api/v1/zap", record_usage)
-    app.router.add_get("/healthz", health)
+    zap_routes(app, balance, record_usage)
     return app
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--db", required=True)
-    ap.add_argument("--port", type=int, required=True)
-    ap.add_argument("--key", required=True)
+    ap = arguments(__doc__)
     ap.add_argument("--keys", default="database", choices=("database", "memory"))
     ap.add_argument("--synchronous", default="on", choices=("on", "off"))
     args = ap.parse_args()
-    import uvloop
-
-    loop = uvloop.new_event_loop()
-    asyncio.set_event_loop(loop)
-    web.run_app(make_app(args.db, args.key, args.keys, args.synchronous), host="127.0.0.1", port=args.port,
-                access_log=None, print=None, loop=loop)
+    serve(make_app(args.db, args.key, args.keys, args.synchronous), args.port)
 
 
 if __name__ == "__main__":

@@ -9,14 +9,11 @@ POST /api/v1/jsonrpc {"jsonrpc": "2.0", "method": "getBalance", "params": {"user
 """
 from __future__ import annotations
 
-import argparse
-import asyncio
-
 import aiosqlite
-import uvloop
 from aiohttp import web
 from jsonrpcserver import Result, Success, async_dispatch, method
 
+from .aio import arguments, health, serve
 from .common import BALANCE_SQL, balance_answer, bearer, key_table
 
 _db: aiosqlite.Connection | None = None
@@ -44,9 +41,6 @@ def make_app(db_path: str, keys: dict[str, int]) -> web.Application:
         response = await async_dispatch(await request.text(), context=tenant)
         return web.Response(text=response, content_type="application/json") if response else web.Response(status=204)
 
-    async def health(request: web.Request) -> web.Response:
-        return web.json_response({"ok": True})
-
     app = web.Application()
     app.cleanup_ctx.append(lifecycle)
     app.router.add_post("/api/v1/jsonrpc", handle)
@@ -55,15 +49,8 @@ def make_app(db_path: str, keys: dict[str, int]) -> web.Application:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--db", required=True)
-    ap.add_argument("--port", type=int, required=True)
-    ap.add_argument("--key", required=True)
-    args = ap.parse_args()
-    loop = uvloop.new_event_loop()
-    asyncio.set_event_loop(loop)
-    web.run_app(make_app(args.db, key_table(args.db, args.key)), host="127.0.0.1", port=args.port, access_log=None,
-                print=None, loop=loop)
+    args = arguments(__doc__).parse_args()
+    serve(make_app(args.db, key_table(args.db, args.key)), args.port)
 
 
 if __name__ == "__main__":
