@@ -6,7 +6,8 @@ from typing import Any
 
 from ..base import Account
 from .connection import _SNAPSHOT, PgBase
-from .ledger import EXPIRED, HAS_ROWS, HELD
+from .ledger import HAS_ROWS
+from .sums import EXPIRED, HELD
 
 # Parameters: $1 tenant, $2 currency, $3 now, $4 after, $5 how many users, $6 max_available.
 _EACH = dict(tenant="$1", user="u.user_id", currency="$2", now="$3")

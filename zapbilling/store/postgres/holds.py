@@ -20,7 +20,8 @@ from ..refusals import Missing, NotPending, OutOfRange, OverCapture, ShortOfFund
 from ..rows import HOLD_COLUMNS, HOLD_STATUS_IS, hold_row
 from ..herald import Outbox
 from .connection import PgBase
-from .ledger import ACCOUNT, append_entry
+from .ledger import append_entry
+from .sums import ACCOUNT
 from .outbox import Watch, emit_many, event_args, lock_watching, watch
 from .watch import after_account_write, check_spend_cap
 

@@ -19,33 +19,14 @@ from ..herald import Herald, Outbox, Told
 from ..ids import new_id
 from ..ledger_filters import Dialect, needs_probe, never_matches, page, probe, walk_for
 from ..refusals import Missing, NotRefundable, OutOfRange, RefundLeft
-from ..rows import ledger_row as _row
+from ..rows import LEDGER_COLUMNS as _ROW, ledger_row as _row
 from .connection import UNCHECKED_KEY, KEY_VALID, PgBase, affected, lock_account
 from .outbox import NOTHING, Watch, emit_many, event_args, event_json, forfeit_row, lock_watching
+from .sums import ACCOUNT, EXPIRED, HELD
 from .watch import after_account_write, after_meter_events
 
-_ROW = "id, user_id, currency, type, amount, tags, notes, metadata, created_at, expires_at, refund_of, hold_id, key_id"
-
-# One account's balance row, its expired unforfeited credit (reads subtract it themselves until a
-# write or the sweep forfeits it) and its holds pending at `now` (a hold counts until expires_at,
-# whether or not the sweep has marked it). PostgreSQL's SUM of BIGINT is NUMERIC: cast back to
-# BIGINT, so every backend's callers get ints, and a sum past int64 is an error as SQLite's SUM
-# raises one ("integer overflow"); the subtraction is left to Python, as on SQLite.
-EXPIRED = (
-    "SELECT COALESCE(SUM(remaining), 0)::bigint FROM ledger WHERE tenant = {tenant} AND user_id = {user}"
-    " AND currency = {currency} AND remaining > 0 AND expires_at <= {now}"
-)
-HELD = (
-    "SELECT COALESCE(SUM(amount), 0)::bigint FROM holds WHERE tenant = {tenant} AND user_id = {user}"
-    " AND currency = {currency} AND status = 'pending' AND expires_at > {now}"
-)
-_ONE = dict(tenant="$1", user="$2", currency="$3", now="$4")
-ACCOUNT = (
-    "SELECT COALESCE((SELECT balance FROM balances WHERE tenant = $1 AND user_id = $2 AND currency = $3), 0),"
-    f" ({EXPIRED.format(**_ONE)}), ({HELD.format(**_ONE)})"
-)
-"""(balance row, expired unforfeited credit, pending holds) of one account at now; parameters
-$1 tenant, $2 user, $3 currency, $4 now; all three BIGINT (ints)."""
+# One account's balance row, expired unforfeited credit and pending holds: ACCOUNT, EXPIRED and
+# HELD (sums.py, shared with the alerts and the watch; BIGINT sums, ints on every backend).
 ACCOUNT_AND_KEY = f"{ACCOUNT}, ({KEY_VALID.replace('$1', '$5')})"
 """ACCOUNT and whether the API key whose digest is $5 is valid, in one statement."""
 _EACH = dict(tenant="$1", user="$2", currency="c.currency", now="$3")

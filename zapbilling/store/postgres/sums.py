@@ -21,6 +21,9 @@ BALANCE = "COALESCE((SELECT balance FROM balances WHERE tenant = $1 AND user_id 
 """The account's balances row (0 without one); parameters as ONE."""
 HELD_NOW = HELD.format(**ONE)
 """The account's holds pending at now; parameters as ONE."""
+ACCOUNT = f"SELECT {BALANCE}, ({EXPIRED.format(**ONE)}), ({HELD_NOW})"
+"""(balance row, expired unforfeited credit, pending holds) of one account at now; parameters
+as ONE; all three BIGINT (ints), the subtraction left to Python, as on SQLite."""
 AVAILABLE = (
     f"SELECT {BALANCE}::numeric - ({EXPIRED.format(**ONE).replace('::bigint', '')}) - ({HELD_NOW})"
 )

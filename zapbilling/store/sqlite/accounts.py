@@ -6,7 +6,7 @@ from typing import Any
 
 from ..base import Account
 from .connection import SqliteBase
-from .ledger import EXPIRED, HELD
+from .sums import EXPIRED, HELD
 
 _EACH = dict(tenant=":tenant", user="u.user_id", currency=":currency", now=":now")
 

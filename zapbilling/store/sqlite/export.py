@@ -19,10 +19,9 @@ from __future__ import annotations
 from typing import Any, AsyncIterator, Callable
 
 from ..base import Row
-from ..rows import CHANGE_COLUMNS as _CHANGE, EVENT_COLUMNS as _EVENT, change_row, event_row, hold_row, ledger_row
+from ..rows import CHANGE_COLUMNS as _CHANGE, EVENT_COLUMNS as _EVENT, LEDGER_COLUMNS as _ROW, change_row, event_row, hold_row, ledger_row
 from .connection import SqliteBase
 from .holds import _HOLD
-from .ledger import _ROW
 
 
 # table: (its rows in creation order as FROM ..., the columns, the row as the store returns it)

@@ -14,7 +14,8 @@ from ..base import INT64_MAX
 from ..herald import Outbox
 from ..ids import new_id
 from .connection import SqliteBase
-from .ledger import ACCOUNT, append_entry
+from .ledger import append_entry
+from .sums import ACCOUNT
 from .outbox import Watch, emit, watch
 from .watch import after_account_write, check_spend_cap
 from ..refusals import Missing, NotPending, OutOfRange, OverCapture, ShortOfFunds

@@ -16,32 +16,12 @@ from .metering import insert_event
 from .outbox import NOTHING, WATCHED_MASK, WATCHES, Watch, emit, forfeit_row, watch
 from .watch import after_account_write, after_meter_events
 from ..refusals import Missing, NotRefundable, OutOfRange, RefundLeft
-from ..rows import ledger_row as _row
+from ..rows import LEDGER_COLUMNS as _ROW, ledger_row as _row
+from .sums import ACCOUNT, EXPIRED, HELD
 
-_ROW = "id, user_id, currency, type, amount, tags, notes, metadata, created_at, expires_at, refund_of, hold_id, key_id"
 
-
-# One account's balance row, its expired unforfeited credit (reads subtract it themselves until a
-# write or the sweep forfeits it) and its holds pending at `now` (a hold counts until expires_at,
-# whether or not the sweep has marked it). The subtraction is left to Python: SQLite would turn
-# an overflowing integer result into a float.
-EXPIRED = (
-    "SELECT COALESCE(SUM(remaining), 0) FROM ledger WHERE tenant = {tenant} AND user_id = {user}"
-    " AND currency = {currency} AND remaining > 0 AND expires_at <= {now}"
-)
-HELD = (
-    "SELECT COALESCE(SUM(amount), 0) FROM holds WHERE tenant = {tenant} AND user_id = {user}"
-    " AND currency = {currency} AND status = 'pending' AND expires_at > {now}"
-)
-# Numbered parameters bound from a tuple: ~20% cheaper than named ones bound from a dict, and
-# getBalance runs this on every call.
-_ONE = dict(tenant="?1", user="?2", currency="?3", now="?4")
-ACCOUNT = (
-    "SELECT COALESCE((SELECT balance FROM balances WHERE tenant = ?1 AND user_id = ?2 AND currency = ?3), 0),"
-    f" ({EXPIRED.format(**_ONE)}), ({HELD.format(**_ONE)})"
-)
-"""(balance row, expired unforfeited credit, pending holds) of one account at now; parameters
-(tenant, user, currency, now)."""
+# One account's balance row, expired unforfeited credit and pending holds: ACCOUNT, EXPIRED and
+# HELD (sums.py, shared with the alerts and the watch).
 _EACH = dict(tenant=":tenant", user=":user", currency="c.currency", now=":now")
 
 

@@ -24,6 +24,10 @@ BALANCE = "COALESCE((SELECT balance FROM balances WHERE tenant = ?1 AND user_id 
 """The account's balances row (0 without one); parameters as ONE."""
 HELD_NOW = HELD.format(**ONE)
 """The account's holds pending at now; parameters (tenant, user, currency, now)."""
+ACCOUNT = f"SELECT {BALANCE}, ({EXPIRED.format(**ONE)}), ({HELD_NOW})"
+"""(balance row, expired unforfeited credit, pending holds) of one account at now; parameters
+(tenant, user, currency, now). The subtraction is left to Python: SQLite would turn an
+overflowing integer result into a float."""
 AVAILABLE = f"SELECT {BALANCE} - ({EXPIRED.format(**ONE)}) - ({HELD_NOW})"
 """Balance less expired unforfeited credit less pending holds, subtracted in SQL (each term is
 an int64 the ledger keeps in range); parameters (tenant, user, currency, now)."""
