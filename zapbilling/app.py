@@ -36,6 +36,10 @@ STORE = web.AppKey("store", Store)
 CALLER = web.AppKey("caller", Caller)
 ADMISSION = web.AppKey("admission", Admission)
 IDEMPOTENCY_KEEP = DAY
+EVENTS_KEEP = 30 * DAY
+"""The contract keeps events (and so their delivery logs) at least 30 days, as Stripe does; past
+that the outbox would only grow: one event per recordUsage call while an endpoint takes
+usage.recorded. The purge's minute of slack is the idempotency purge's."""
 
 
 def create_app(config: Config, registry: Registry | None = None) -> web.Application:
@@ -163,9 +167,10 @@ async def _sweep(store: Store, config: Config) -> None:
 
 async def sweep_once(store: Store, now: int) -> None:
     """Forfeit expired credit even for users who never come back, mark lapsed holds expired,
-    journal the expiry of credit grants and drop old idempotency keys. Reads are exact without this (they subtract unforfeited
-    expired credit and ignore lapsed holds themselves); it keeps the stored rows honest. Each
-    step goes through the writer, so it never races a capture or a release."""
+    journal the expiry of credit grants, drop old idempotency keys and events past their 30
+    days. Reads are exact without this (they subtract unforfeited expired credit and ignore
+    lapsed holds themselves); it keeps the stored rows honest. Each step goes through the
+    writer, so it never races a capture or a release."""
     while await store.forfeit_expired(now, LOTS) > 0:
         pass
     while await store.expire_holds(now) > 0:
@@ -173,3 +178,5 @@ async def sweep_once(store: Store, now: int) -> None:
     while await store.expire_grants(now) > 0:
         pass
     await store.purge_idempotency(now - IDEMPOTENCY_KEEP - 60 * SECOND)
+    while await store.purge_events(now - EVENTS_KEEP - 60 * SECOND) > 0:
+        pass

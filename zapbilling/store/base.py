@@ -766,6 +766,12 @@ class Store(Protocol):
         Missing("event") or Missing("webhook endpoint") (not of this tenant, or deleted)."""
         ...
 
+    async def purge_events(self, older_than: int, limit: int = 500) -> int:
+        """Delete up to `limit` of the oldest events created before `older_than` (as far as a
+        PurgeHorizon allows), with their deliveries and attempts; an event not yet dispatched
+        or with a delivery still pending stays. How many went (retention.py)."""
+        ...
+
     # deliveries (zapbilling/events/sender.py; both backends' deliveries.py)
     async def deliveries_waiting(self, now: int) -> tuple[bool, bool]:
         """(whether an event waits to be dispatched, whether a delivery is due and not leased):

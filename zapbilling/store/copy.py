@@ -42,6 +42,7 @@ TABLES = (
     "tenants", "api_keys", "ledger", "balances", "idempotency", "meters", "meter_events", "credit_grants",
     "credit_transactions", "pricing_rules", "holds",
     "webhook_endpoints", "events", "deliveries", "delivery_attempts", "alerts", "alert_marks", "spend_caps", "usage_totals",
+    "events_purged",
 )
 """Every table but schema_migrations (which migrating the target writes), in an order that
 inserts a row after the rows its foreign keys name (api_keys after tenants, the credit journal

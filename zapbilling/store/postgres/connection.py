@@ -109,6 +109,7 @@ class PgBase:
         self._pool: Pool | None = None
         self._long = FairSlots(max(1, pool_size // 2))
         self._purge_horizon = PurgeHorizon()
+        self._events_horizon = PurgeHorizon()  # the outbox's purge (retention.py) has a clock of its own
         self.retries = 0
         """Transactions retried after a deadlock or serialisation failure (reported by the bench)."""
         self._keys: dict[str, tuple[Principal, str]] = {}

@@ -113,7 +113,8 @@ async def _rotate(conn: asyncpg.Connection, tenant: int, endpoint_id: str, secre
 
 
 async def _redeliver(conn: asyncpg.Connection, tenant: int, event_id: str, endpoint_id: str | None, now: int) -> int:
-    type = await conn.fetchval("SELECT type FROM events WHERE tenant = $1 AND id = $2", tenant, event_id)
+    # FOR SHARE: a purge of this event (retention.py) either waits for this delivery or is seen as gone.
+    type = await conn.fetchval("SELECT type FROM events WHERE tenant = $1 AND id = $2 FOR SHARE", tenant, event_id)
     if type is None:
         raise Missing("event")
     if endpoint_id is not None:

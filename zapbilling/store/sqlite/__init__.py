@@ -12,9 +12,10 @@ from .keys import KeyQueries
 from .ledger import LedgerQueries
 from .metering import MeteringQueries
 from .pricing import PricingQueries
+from .retention import RetentionQueries
 from .webhooks import WebhookQueries
 from .series import SeriesQueries
 
 
-class SqliteStore(KeyQueries, LedgerQueries, AccountQueries, MeteringQueries, SeriesQueries, GrantQueries, PricingQueries, HoldQueries, ExportQueries, WebhookQueries, DeliveryQueries, AlertQueries):
+class SqliteStore(KeyQueries, LedgerQueries, AccountQueries, MeteringQueries, SeriesQueries, GrantQueries, PricingQueries, HoldQueries, ExportQueries, WebhookQueries, DeliveryQueries, AlertQueries, RetentionQueries):
     """The Store (base.py) on SQLite."""

@@ -69,6 +69,7 @@ class SqliteBase(ReadPath):
         self.stats = StoreStats()
         self._writer = Writer(self._connect_writer, self.stats)
         self._purge_horizon = PurgeHorizon()
+        self._events_horizon = PurgeHorizon()  # the outbox's purge (retention.py) has a clock of its own
 
     # -- lifecycle ---------------------------------------------------------------------------
     def _connect_writer(self) -> sqlite3.Connection:
