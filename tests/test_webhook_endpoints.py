@@ -278,6 +278,26 @@ async def test_concurrent_deletes_of_one_endpoint_take_it_off_once(api, server):
     assert [x["id"] for x in (await ok(api, "listWebhookEndpoints", {}))["endpoints"]] == [keep["id"]]
 
 
+async def test_the_endpoints_quota_is_counted_exactly_and_deleted_ones_free_a_place(api, server):
+    """Twenty creates at once against the default quota of 16 (on PostgreSQL each counts under
+    the tenant's row lock, on SQLite in the one writer): exactly 16 are made, the others are
+    the quota's conflict and write nothing; a delete makes room for one more."""
+    quota = Limits().webhook_endpoints_per_tenant
+    assert quota == 16
+    callers = [api.using(TRANSPORTS[i % 3]) for i in range(quota + 4)]
+    replies = await asyncio.gather(*(c.call("createWebhookEndpoint", {"url": HOOK, "events": ["*"]}) for c in callers))
+    made = [r.result["id"] for r in replies if r.ok]
+    assert len(made) == quota
+    for caller, r in zip(callers, replies):
+        if not r.ok:
+            assert_error(caller, r, "conflict", f"webhook endpoint quota reached: an org holds at most {quota} webhook endpoints in each mode", "url")
+    assert sorted(x["id"] for x in (await ok(api, "listWebhookEndpoints", {}))["endpoints"]) == sorted(made)
+    await ok(api, "deleteWebhookEndpoint", {"id": made[0]})
+    await create(api)
+    r = await api.call("createWebhookEndpoint", {"url": HOOK, "events": ["*"]})
+    assert_error(api, r, "conflict", f"webhook endpoint quota reached: an org holds at most {quota} webhook endpoints in each mode", "url")
+
+
 # -- secrets are never logged -------------------------------------------------------------------
 
 async def test_secrets_never_reach_the_log(db_path, tmp_path):

@@ -40,6 +40,8 @@ class Limits:
     # Every write of a user in a currency judges the org's alerts in that currency (store/*/watch.py), so
     # their number bounds what an alert adds to a write.
     alerts_per_tenant: int = _limit(100, "alerts an org may hold in each mode")
+    # Stripe's figure: an org needs a few; each enabled one multiplies every event into deliveries.
+    webhook_endpoints_per_tenant: int = _limit(16, "webhook endpoints an org may hold in each mode (deleted ones do not count)")
     # The largest legal request: a ZAP batch of 100 recordMeterEvents of 100 events, each with
     # 8 dimensions, is 150,601 values (and would not even fit in 1 MiB); 2^18 leaves room for
     # ~19 dimensions on every one of those 10,000 events. At ~70 bytes of Python objects per

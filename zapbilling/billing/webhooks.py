@@ -15,9 +15,10 @@ import secrets
 from typing import Any
 
 from ..context import Context
-from ..errors import InvalidParams, NotFound
+from ..errors import Conflict, InvalidParams, NotFound
 from ..events.addresses import BadUrl, check_url
 from ..store import Missing
+from ..store.refusals import QuotaReached
 from ..store.base import ALL_EVENTS, DeliveryEntry, EventRow, NewEndpoint, Row
 from ..times import format_ts
 
@@ -79,9 +80,13 @@ async def create_webhook_endpoint(ctx: Context, p: Any) -> dict[str, Any]:
     except BadUrl as exc:
         raise InvalidParams(str(exc), param="url") from None
     events = _event_types(p.events)
-    row = await ctx.store.create_endpoint(ctx.tenant, NewEndpoint(
-        url=p.url, events=events, description=p.description, secret=new_secret(), now=ctx.now,
-    ), ctx.idempotency)
+    try:
+        row = await ctx.store.create_endpoint(ctx.tenant, NewEndpoint(
+            url=p.url, events=events, description=p.description, secret=new_secret(), now=ctx.now,
+        ), ctx.idempotency, quota=ctx.limits.webhook_endpoints_per_tenant)
+    except QuotaReached as exc:
+        raise Conflict(f"webhook endpoint quota reached: an org holds at most {exc.quota} webhook endpoints in each mode",
+                       param="url") from None
     return endpoint_result(row)
 
 

@@ -729,9 +729,12 @@ class Store(Protocol):
     async def expire_holds(self, now: int, limit: int = 500) -> int: ...
 
     # webhooks and events
-    async def create_endpoint(self, tenant: int, endpoint: NewEndpoint, idempotency: Idempotency | None = None) -> Row:
+    async def create_endpoint(
+        self, tenant: int, endpoint: NewEndpoint, idempotency: Idempotency | None = None, *, quota: int | None = None
+    ) -> Row:
         """An EndpointRow plus its `secret`; tenants.usage_hooks + 1 in the same transaction
-        when its events name USAGE_RECORDED."""
+        when its events name USAGE_RECORDED. QuotaReached("webhook endpoint") when the tenant
+        holds `quota` endpoints not deleted (None: no bound), counted in the same transaction."""
         ...
     async def list_endpoints(self, tenant: int) -> list[EndpointRow]:
         """The tenant's endpoints not deleted, in creation order."""

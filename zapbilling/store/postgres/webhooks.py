@@ -11,7 +11,7 @@ import asyncpg
 
 from ..base import USAGE_RECORDED, DeliveryEntry, EndpointRow, EventRow, Idempotency, NewEndpoint, Row, subscribes
 from ..ids import new_id
-from ..refusals import Missing
+from ..refusals import Missing, QuotaReached
 from ..sqlite.webhooks import delivery_log, endpoint_row, event_row
 from .connection import PgBase
 
@@ -28,8 +28,10 @@ LOG = (
 
 
 class WebhookQueries(PgBase):
-    async def create_endpoint(self, tenant: int, endpoint: NewEndpoint, idempotency: Idempotency | None = None) -> Row:
-        return await self._write(tenant, idempotency, endpoint.now, _create_endpoint, tenant, new_id("we"), endpoint)  # type: ignore[no-any-return]
+    async def create_endpoint(
+        self, tenant: int, endpoint: NewEndpoint, idempotency: Idempotency | None = None, *, quota: int | None = None
+    ) -> Row:
+        return await self._write(tenant, idempotency, endpoint.now, _create_endpoint, tenant, new_id("we"), endpoint, quota)  # type: ignore[no-any-return]
 
     async def list_endpoints(self, tenant: int) -> list[EndpointRow]:
         rows = await self._read(
@@ -80,7 +82,14 @@ class WebhookQueries(PgBase):
         return await self._write(tenant, idempotency, now, _redeliver, tenant, event_id, endpoint_id, now)  # type: ignore[no-any-return]
 
 
-async def _create_endpoint(conn: asyncpg.Connection, tenant: int, endpoint_id: str, e: NewEndpoint) -> Row:
+async def _create_endpoint(conn: asyncpg.Connection, tenant: int, endpoint_id: str, e: NewEndpoint, quota: int | None) -> Row:
+    """The tenant's row locked first: creates at the bound on several servers count one after
+    the other, so they cannot both see room for one more."""
+    if quota is not None:
+        await conn.execute("SELECT 1 FROM tenants WHERE id = $1 FOR UPDATE", tenant)
+        held = await conn.fetchval("SELECT COUNT(*) FROM webhook_endpoints WHERE tenant = $1 AND deleted_at IS NULL", tenant)
+        if held >= quota:
+            raise QuotaReached("webhook endpoint", quota)
     row = await conn.fetchrow(
         f"INSERT INTO webhook_endpoints (id, tenant, url, events, description, secret, created_at)"
         f" VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {_ENDPOINT}",

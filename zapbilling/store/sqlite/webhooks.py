@@ -9,7 +9,7 @@ from typing import Any, Sequence
 
 from ..base import USAGE_RECORDED, DeliveryEntry, EndpointRow, EventRow, Idempotency, NewEndpoint, Row, subscribes
 from ..ids import new_id
-from ..refusals import Missing
+from ..refusals import Missing, QuotaReached
 from .connection import SqliteBase
 
 _ENDPOINT = "id, url, events, description, status, created_at"
@@ -46,8 +46,10 @@ LOG = (
 
 
 class WebhookQueries(SqliteBase):
-    async def create_endpoint(self, tenant: int, endpoint: NewEndpoint, idempotency: Idempotency | None = None) -> Row:
-        return await self._write(tenant, idempotency, endpoint.now, _create_endpoint, tenant, new_id("we"), endpoint)
+    async def create_endpoint(
+        self, tenant: int, endpoint: NewEndpoint, idempotency: Idempotency | None = None, *, quota: int | None = None
+    ) -> Row:
+        return await self._write(tenant, idempotency, endpoint.now, _create_endpoint, tenant, new_id("we"), endpoint, quota)
 
     async def list_endpoints(self, tenant: int) -> list[EndpointRow]:
         rows = await self._read(
@@ -98,7 +100,13 @@ class WebhookQueries(SqliteBase):
         return await self._write(tenant, idempotency, now, _redeliver, tenant, event_id, endpoint_id, now)
 
 
-def _create_endpoint(conn: sqlite3.Connection, tenant: int, endpoint_id: str, e: NewEndpoint) -> Row:
+def _create_endpoint(conn: sqlite3.Connection, tenant: int, endpoint_id: str, e: NewEndpoint, quota: int | None) -> Row:
+    """Counted (webhook_endpoints_tenant: at most `quota` index entries), checked and inserted in
+    one job on the writer: two creates at the bound cannot both see room for one more."""
+    if quota is not None:
+        (held,) = conn.execute("SELECT COUNT(*) FROM webhook_endpoints WHERE tenant = ? AND deleted_at IS NULL", (tenant,)).fetchone()
+        if held >= quota:
+            raise QuotaReached("webhook endpoint", quota)
     row = conn.execute(
         f"INSERT INTO webhook_endpoints (id, tenant, url, events, description, secret, created_at)"
         f" VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING {_ENDPOINT}",
