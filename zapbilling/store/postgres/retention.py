@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncpg
 
+from ..retention import purgeable
 from .connection import PgBase, affected
 
 
@@ -20,12 +21,7 @@ class RetentionQueries(PgBase):
 
 async def _purge_events(conn: asyncpg.Connection, older_than: int, limit: int) -> int:
     head = await conn.fetch("SELECT seq, id, created_at, dispatched FROM events ORDER BY seq LIMIT $1", limit)
-    old: list[tuple[int, str]] = []
-    for seq, event_id, created_at, dispatched in head:
-        if created_at >= older_than:
-            break
-        if dispatched:
-            old.append((seq, event_id))
+    old = purgeable(head, older_than)
     if not old:
         return 0
     # Locked only now, and only these: the head's younger events are the sender's to mark dispatched.

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import sqlite3
 
+from ..retention import purgeable
 from .connection import SqliteBase
 
 
@@ -24,12 +25,7 @@ class RetentionQueries(SqliteBase):
 
 def _purge_events(conn: sqlite3.Connection, older_than: int, limit: int) -> int:
     head = conn.execute("SELECT seq, id, created_at, dispatched FROM events ORDER BY seq LIMIT ?", (limit,)).fetchall()
-    old: list[tuple[int, str]] = []
-    for seq, event_id, created_at, dispatched in head:
-        if created_at >= older_than:
-            break
-        if dispatched:
-            old.append((seq, event_id))
+    old = purgeable(head, older_than)
     if not old:
         return 0
     ids = [event_id for _, event_id in old]
