@@ -91,7 +91,7 @@ class Console:
     async def signin(self, request: web.Request) -> web.StreamResponse:
         """No rate limit of its own: a key is 192 random bits (store keys.py), so guessing one
         is hopeless at any rate, and a wrong key here costs what the API's own call with a wrong
-        key costs (one digest and one indexed lookup), behind the same shared in-flight bound."""
+        key costs (one digest and one indexed lookup)."""
         form = await request.post()
         value = request.cookies.get(CSRF_COOKIE)
         token = form.get("csrf")
