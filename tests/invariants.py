@@ -39,7 +39,8 @@ the server's SQLite file (a read-only connection, plain SQL, no service code):
   of those types is about such a change. Rows from before key ids were recorded (key_id '',
   migrated from before 0004, long before the outbox) and holds settled by no server of today
   (settled_at NULL) predate the outbox and are not asked for one; nor is a change older than
-  the outbox's purge (events_purged: events past their retention are deleted);
+  the outbox's purge (events_purged: events past their retention are deleted). An event's
+  user_id (migration 9) is the account its data names;
 - every row's tenant exists; PRAGMA integrity_check is 'ok'; PRAGMA foreign_key_check is empty.
 
 The queries deliberately do not rely on the schema's CHECK constraints or unique indexes: a
@@ -537,6 +538,14 @@ class _Checker:
                 self.bad(f"event of type {key[1]} about {key[2]}: no such change")
             elif n > 1:
                 self.bad(f"ledger row {key[2]} (a usage withdrawal): {n} usage.recorded events, expected at most 1")
+        if "user_id" in self.columns("events"):
+            # listEvents' userId filter reads events.user_id: it must name the account the data does
+            # (a transaction's, hold's or cap's `user`, a grant's or an alert's `userId`)
+            for r in self.q("SELECT id, user_id, data FROM events ORDER BY seq"):
+                data = json.loads(r["data"])
+                user = data.get("user") if data.get("user") is not None else data.get("userId")
+                if r["user_id"] != user:
+                    self.bad(f"event {r['id']}: user_id {r['user_id']!r}, but its data is about {user!r}")
 
 
 # -- for the checker's own tests: a copy of a live database to corrupt one way at a time ------

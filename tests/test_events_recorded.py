@@ -254,9 +254,15 @@ async def test_the_invariants_rule(api: Api, db_path: str, clock: FakeClock, ser
     ])
     twice = copy_db(db_path, tmp_path / "twice.db")
     # (on PostgreSQL, corrupt() drops the unique indexes itself)
-    corrupt(twice, *([] if pg.is_url(twice) else ["DROP INDEX events_subject"]), "INSERT INTO events (id, tenant, type, data, created_at, subject)"
-                   " SELECT 'evt_again', tenant, type, data, created_at, subject FROM events WHERE subject = ?",
+    corrupt(twice, *([] if pg.is_url(twice) else ["DROP INDEX events_subject"]), "INSERT INTO events (id, tenant, type, data, created_at, subject, user_id)"
+                   " SELECT 'evt_again', tenant, type, data, created_at, subject, user_id FROM events WHERE subject = ?",
             params=(g[1],))
     assert [v for v in find_violations(twice) if "event" in v] == [
         f"credit grant {g[1]} (voided): 2 grant.voided events, expected 1"
+    ]
+    elsewhere = copy_db(db_path, tmp_path / "elsewhere.db")
+    corrupt(elsewhere, "UPDATE events SET user_id = 'hanzo/mallory' WHERE subject = ?", params=(dep["transactionId"],))
+    (event_id,) = [e["id"] for e in recorded(db_path, "deposit.created") if e["subject"] == dep["transactionId"]]
+    assert [v for v in find_violations(elsewhere) if "event" in v] == [
+        f"event {event_id}: user_id 'hanzo/mallory', but its data is about {ALICE!r}"
     ]
