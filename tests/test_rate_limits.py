@@ -20,6 +20,7 @@ from zapbilling.times import system_clock
 from zapbilling.transport import zap
 from zapbilling.transport.admission import Admission, Slots, TokenBucket
 
+from console_helpers import Browserless
 from procs import child_env, zapbilling_cmd
 
 pytestmark = pytest.mark.sqlite_only("rate limits, before the store")
@@ -256,3 +257,85 @@ async def test_tokens_come_back_with_time(limited):
     status, _, answers = await zap_call(session, server, key, batch)
     assert status == 200 and len(answers) == 10
     assert assert_zap_limited(*await zap_call(session, server, key, envelope(1))) == 10
+
+
+# -- the console's pages meet the same bounds ------------------------------------------------------
+
+async def test_console_pages_pay_from_the_keys_bucket(limited):
+    """A signed-in key cannot pass its rate through the console: a page's API calls take tokens
+    from the same bucket as its REST and ZAP calls, and a page over the rate is a 429 page with
+    Retry-After (before, the console called the handlers past every gate)."""
+    server, session, (key, other, _) = limited
+    console = Browserless(str(server.make_url("")))
+    try:
+        await console.sign_in(key)
+        status, html, _ = await console.get("/console/accounts")
+        assert status == 200, html
+        status, _, answers = await zap_call(session, server, key, [envelope(i) for i in range(99)])  # what the page left
+        assert status == 200 and all("result" in a for a in answers), answers
+        status, html, r = await console.get("/console/accounts")
+        assert status == 429, html
+        assert int(r.headers["Retry-After"]) >= 1 and "rate limited" in html
+        assert (await rest_balance(session, server, other))[0] == 200, "another key has its own bucket"
+
+        await console.close()
+        console = Browserless(str(server.make_url("")))
+        await console.sign_in(other)
+        for _ in range(100):  # the other key's console pages drain its bucket for its API calls too
+            status, _, _ = await console.get("/console/accounts")
+            if status == 429:
+                break
+            assert status == 200
+        assert status == 429
+        assert (await rest_balance(session, server, other))[0] == 429
+    finally:
+        await console.close()
+
+
+@pytest.fixture
+async def one_slot(aiohttp_server, db_path, clock):
+    config = Config(db=db_path, clock=clock, sweep_seconds=3600, limits=Limits(inflight_per_key=1))
+    server = await aiohttp_server(create_app(config), **server_options(config))
+    store = server.app[STORE]
+    _, key = await store.create_key("acme", "live", "read", system_clock())
+    console = Browserless(str(server.make_url("")))
+    yield server, key, console
+    await console.close()
+
+
+async def test_a_console_page_waits_for_a_slot_of_its_keys_own_bound(one_slot):
+    """A page is made holding one of its key's in-flight slots (and a shared one): with the
+    key's only slot taken, as by a stalled API request of the same key, the page waits, and
+    is answered once the slot is free; after it the slots are all free again."""
+    server, key, console = one_slot
+    await console.sign_in(key)
+    admission: Admission = server.app[ADMISSION]
+    principal = await server.app[STORE].authenticate(key)
+    gate = admission.gate(principal.key_id)
+    assert gate.slots.take_now()  # the key's one slot, held
+    page = asyncio.create_task(console.get("/console/accounts"))
+    await asyncio.sleep(0.5)
+    assert not page.done(), "the page waited for its key's slot"
+    assert admission.shared.in_use == 0, "and held no shared slot while it waited"
+    gate.slots.release()
+    status, html, _ = await asyncio.wait_for(page, 10)
+    assert status == 200, html
+    assert admission.in_flight(principal.key_id) == 0 and admission.shared.in_use == 0
+
+
+async def test_holding_takes_and_returns_a_key_slot_and_a_shared_slot():
+    admission = Admission(None, 2, Limits(inflight_per_key=2), Monotonic())  # type: ignore[arg-type]
+    async with admission.holding("k1"):
+        assert admission.in_flight("k1") == 1 and admission.shared.in_use == 1
+        async with admission.holding("k2"):
+            assert admission.shared.in_use == 2
+            third = asyncio.create_task(_hold(admission, "k1"))
+            await asyncio.sleep(0.05)
+            assert not third.done() and admission.in_flight("k1") == 2, "it holds k1's second slot, waiting for a shared one"
+        await asyncio.wait_for(third, 5)
+    assert admission.in_flight("k1") == 0 and admission.shared.in_use == 0 and not admission.running
+
+
+async def _hold(admission: Admission, key_id: str) -> None:
+    async with admission.holding(key_id):
+        await asyncio.sleep(0)

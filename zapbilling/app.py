@@ -71,7 +71,7 @@ def create_app(config: Config, registry: Registry | None = None) -> web.Applicat
     add_routes(app, caller, route)
     app.router.add_get("/api/v1/openapi.json", route(document_route(openapi(registry)), refuse_json, reads_body=False))
     app.router.add_get("/metrics", route(metrics_route(sampler), refuse_json, reads_body=False))
-    add_console(app, caller, store)  # GET /console: the operator's pages (transport/console)
+    add_console(app, caller, store, admission)  # GET /console: the operator's pages (transport/console)
     app.router.add_get("/healthz", _health)
     app.router.add_get("/readyz", functools.partial(_ready, store, len(scripts())))
     unknown = route(unknown_route(), refuse, reads_body=False)

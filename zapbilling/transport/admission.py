@@ -20,6 +20,10 @@ state of each key (its slots and its bucket) is made on its first request and dr
 idle and its bucket full again (nothing would tell it from a new one), so it cannot grow with the
 number of keys ever seen.
 
+The console's pages (transport/console) meet the same key's bounds without the route wrapper,
+having no Authorization header: a page holds one slot of its key's bound and one shared slot while
+it is made (`holding`), and each API call it makes takes a token from its key's bucket (`spend`).
+
 The limits apply per server process: with `serve --workers N` each worker has its own buckets
 and bounds (a key may make N times the rate through the port in all).
 
@@ -31,11 +35,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import functools
 import logging
 import math
 import time
-from typing import Awaitable, Callable
+from typing import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
@@ -252,6 +257,38 @@ class Admission:
         if wait:
             bucket.give(1)
             raise self._refused((n - bucket.tokens) / bucket.rate, n)
+
+    # -- the console's pages -------------------------------------------------------------------
+    def spend(self, key_id: str) -> None:
+        """One call made outside the API's routes (a console page's, transport/console/api.py),
+        paid from its key's bucket like a batch entry; RateLimited when the bucket is empty."""
+        bucket = (self.gates.get(key_id) or self.gate(key_id)).bucket
+        if bucket is not None and (wait := bucket.take(1)):
+            raise self._refused(wait, 1)
+
+    @contextlib.asynccontextmanager
+    async def holding(self, key_id: str) -> AsyncIterator[None]:
+        """The bounds a console page is made under: a slot of its key's own bound and one of the
+        shared bound, held while its calls run (a page is a handful of them, each paid with
+        `spend`). Without them a signed-in read key could open pages at any rate and hold any
+        number of expensive reads at once, passing the very bounds its API calls meet."""
+        gate = self.gates.get(key_id) or self.gate(key_id)
+        slots = gate.slots
+        if not slots.take_now():
+            await slots.take()
+        try:
+            if not self.shared.take_now():
+                await self.shared.take()
+            task = asyncio.current_task()
+            assert task is not None  # a handler always runs in a task
+            self.running.add(task)
+            try:
+                yield
+            finally:
+                self.running.discard(task)
+                self.shared.release()
+        finally:
+            slots.release()
 
     # -- the route wrapper -------------------------------------------------------------------
     def guard(self, handler: Admitted, refuse: Refuse, reads_body: bool = True) -> Handler:

@@ -8,9 +8,11 @@ The session is an encrypted cookie (session.py: why, and how workers share it); 
 rendered on the server from Jinja2 templates (render.py), work without JavaScript; the usage
 chart is uPlot, vendored under static/uplot (its README says how it was obtained).
 
-The console's routes are outside the API's admission gates (they take no Authorization header
-and call handlers directly, a few per page): an operator's page views are few, and the API's
-rate limits and in-flight bounds stay the API's callers' alone.
+The console's pages meet the signed-in key's bounds as its API calls do (transport/admission.py
+`holding` and `spend`): a page holds one of the key's in-flight slots and one shared slot while it
+is made, and every API call on it takes a token from the key's bucket, so a key cannot pass its
+rate limit or in-flight bound by asking through the console. A page over the rate is a 429 page
+with Retry-After. Sign-in and sign-out take no slot (see views.py `signin`).
 
 Modules: mount.py (the routes), session.py (cookie, CSRF), api.py (the call path), views.py (routes), render.py
 (templates, headers, static files), money.py (minor units -> major units, exactly).

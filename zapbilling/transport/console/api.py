@@ -8,6 +8,7 @@ from typing import Any, Mapping
 
 from ...errors import ApiError
 from ...store import Principal
+from ..admission import Admission
 from ..calls import Caller
 from ..rest import text_params
 
@@ -18,13 +19,16 @@ class NotAvailable(Exception):
 
 
 class Api:
-    def __init__(self, caller: Caller, principal: Principal) -> None:
+    def __init__(self, caller: Caller, principal: Principal, admission: Admission) -> None:
         self.caller = caller
         self.principal = principal
+        self.admission = admission
 
     async def call(self, wire: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """`billing.<name>` with typed params, as the API would run it; raises its ApiError."""
+        """`billing.<name>` with typed params, as the API would run it; raises its ApiError
+        (RateLimited too: each call is paid from the key's bucket as a batch entry is)."""
         command = self.caller.registry.commands[wire]
+        self.admission.spend(self.principal.key_id)
         return await self.caller.call(command, self.principal, dict(params or {}), query=True)
 
     async def call_text(self, wire: str, text: Mapping[str, str], **typed: Any) -> dict[str, Any]:
@@ -33,6 +37,7 @@ class Api:
         command = self.caller.registry.commands[wire]
         wanted = {f.name for f in command.fields}
         raw = text_params(command.fields, {k: v for k, v in text.items() if k in wanted and k not in typed}, {})
+        self.admission.spend(self.principal.key_id)
         return await self.caller.call(command, self.principal, raw | typed, query=True)
 
     async def optional(self, wire: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:

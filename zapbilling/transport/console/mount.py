@@ -4,15 +4,17 @@ from __future__ import annotations
 from aiohttp import web
 
 from ...store import Store
+from ..admission import Admission
 from ..calls import Caller
 from .render import Pages, Static
 from .session import COOKIE_PATH, Sessions
 from .views import Console
 
 
-def add_console(app: web.Application, caller: Caller, store: Store) -> None:
-    """Mount the console under /console (templates compiled and static files read now, once)."""
-    console = Console(caller, store, Sessions(), Pages())
+def add_console(app: web.Application, caller: Caller, store: Store, admission: Admission) -> None:
+    """Mount the console under /console (templates compiled and static files read now, once);
+    its pages meet the API's per-key and shared bounds through `admission`."""
+    console = Console(caller, store, admission, Sessions(), Pages())
     static = Static()
     page = console.page
     router = app.router

@@ -12,9 +12,10 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
-from ...errors import ApiError
+from ...errors import ApiError, RateLimited
 from ...store import KeyRevoked, Principal, Store
 from ...times import DAY, SECOND, format_ts
+from ..admission import Admission
 from ..calls import Caller
 from .api import Api, NotAvailable
 from .money import MINOR_DIGITS
@@ -74,8 +75,8 @@ def _link(path: str, **params: Any) -> str:
 
 
 class Console:
-    def __init__(self, caller: Caller, store: Store, sessions: Sessions, pages: Pages) -> None:
-        self.caller, self.store, self.sessions, self.pages = caller, store, sessions, pages
+    def __init__(self, caller: Caller, store: Store, admission: Admission, sessions: Sessions, pages: Pages) -> None:
+        self.caller, self.store, self.admission, self.sessions, self.pages = caller, store, admission, sessions, pages
 
     # -- signing in and out ------------------------------------------------------------------
     async def signin_form(self, request: web.Request, message: str = "", status: int = 200) -> web.Response:
@@ -148,11 +149,12 @@ class Console:
                 return self._unavailable(exc)
             if principal is None:
                 return self._expired(request)
-            visit = Visit(Api(self.caller, principal), principal, self.sessions.signout_token(session), self.caller.clock())
+            visit = Visit(Api(self.caller, principal, self.admission), principal, self.sessions.signout_token(session), self.caller.clock())
             try:
-                response = await view(request, visit)
-                if self.store.key_unchecked():
-                    await self.store.check_key()
+                async with self.admission.holding(principal.key_id):
+                    response = await view(request, visit)
+                    if self.store.key_unchecked():
+                        await self.store.check_key()
                 return response
             except KeyRevoked:
                 return self._expired(request)
@@ -160,8 +162,10 @@ class Console:
                 if exc.info.rest_status == 401:
                     return self._expired(request)
                 status = exc.info.rest_status
-                return self.pages.render("error.html", status=status, title="Not found" if status == 404 else "Cannot show this",
-                                         message=exc.message, **visit.layout(""))
+                headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, RateLimited) else None
+                return self.pages.render("error.html", status=status, headers=headers,
+                                         title="Not found" if status == 404 else "Cannot show this", message=exc.message,
+                                         **visit.layout(""))
 
         return signed_in
 
