@@ -19,6 +19,7 @@ import time
 import uuid
 from pathlib import Path
 
+import psutil
 from aiohttp import ClientError, ClientSession, ClientTimeout
 
 TIMEOUT = 30  # generous: how long a CLI call or a server start may take before giving up
@@ -117,6 +118,17 @@ class ServerProcess:
         os.kill(self.proc.pid, signal.SIGKILL)
         self.proc.wait(timeout=TIMEOUT)
         self._close_log()
+
+    def crash(self) -> None:
+        """SIGKILL to the server and every process it started (its webhook sender, its
+        workers), children first: the whole service gone at once, as in a power cut, where
+        kill9 leaves the children to notice their parent is gone."""
+        assert self.proc is not None
+        children = psutil.Process(self.proc.pid).children(recursive=True)
+        for child in children:
+            child.kill()
+        psutil.wait_procs(children, timeout=TIMEOUT)
+        self.kill9()
 
     def terminate(self, timeout: float = SHUTDOWN_TIMEOUT + 5) -> int | None:
         """SIGTERM and wait up to `timeout` for the exit; its status, or None if it is still running."""

@@ -23,6 +23,7 @@ from contextlib import closing
 from typing import Any, Awaitable, Callable
 
 import asyncpg
+import psutil
 import pytest
 from aiohttp import ClientSession, ClientTimeout, web
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
@@ -526,7 +527,7 @@ async def test_a_server_killed_between_the_commit_and_the_delivery_delivers_afte
 
             await until(arrived, "the attempt reached the receiver")
             event_id = receiver.hits[0][0]["webhook-id"]
-            server.kill9()  # committed, leased, sent, not answered, nothing recorded
+            server.crash()  # committed, leased, sent, not answered, nothing recorded (the sender process killed too)
             assert await attempts(db_path, event_id) == []
             receiver.hold.set()
             receiver.hold = None
@@ -540,6 +541,66 @@ async def test_a_server_killed_between_the_commit_and_the_delivery_delivers_afte
             assert await attempts(db_path, event_id) == [(1, "succeeded", 200, None)]
             shown = await ok(api, "getEvent", {"id": event_id})
             assert [(d["attempt"], d["status"]) for d in shown["deliveries"]] == [(1, "succeeded")]
+        finally:
+            server.stop()
+
+
+def sender_of(server: ServerProcess) -> list[psutil.Process]:
+    return [c for c in psutil.Process(server.pid).children() if "sender_process" in " ".join(c.cmdline())]
+
+
+def connected_to(proc: psutil.Process, port: int) -> bool:
+    return any(c.raddr and c.raddr.port == port for c in proc.net_connections("tcp"))
+
+
+async def test_serve_delivers_from_a_sender_process_of_its_own(db_path, tmp_path, receiver):
+    """A single-process `serve` answers requests in its own process and delivers webhooks from
+    one child process (zapbilling/sender_process.py): the receiver's connection is the child's,
+    never the serving process's. A sender that dies is replaced and the next event still goes
+    out; SIGTERM stops both; a server killed outright leaves no sender behind (its lifeline)."""
+    key = create_key(db_path, "acme", "live")
+    server = ServerProcess(db_path, tmp_path, args=SERVE)
+    await server.start_ready()
+    async with ClientSession(timeout=ClientTimeout(total=30)) as session:
+        try:
+            api = Api(session, server.base, key)
+            await create_endpoint(api, receiver.url, ["deposit.created"])
+            first = await ok(api, "deposit", {"user": "u", "amount": 1})
+
+            async def delivered() -> bool:
+                return len(receiver.hits) == len(await sql(db_path, "SELECT 1 FROM deliveries WHERE status = 'succeeded'")) >= 1
+
+            await until(delivered, "the first delivery")
+            [sender] = sender_of(server)
+            assert connected_to(sender, receiver.port) and not connected_to(psutil.Process(server.pid), receiver.port)
+            assert json.loads(receiver.hits[0][1])["data"]["transactionId"] == first["transactionId"]
+
+            sender.kill()  # a crash of the sender alone: the server starts another
+            sender.wait(timeout=10)
+
+            async def replaced() -> bool:
+                return len(sender_of(server)) == 1 and sender_of(server)[0].pid != sender.pid
+
+            await until(replaced, "another sender process")
+            second = await ok(api, "deposit", {"user": "u", "amount": 2})
+
+            async def both() -> bool:
+                return len(receiver.hits) == 2
+
+            await until(both, "the second delivery, by the new sender")
+            assert json.loads(receiver.hits[1][1])["data"]["transactionId"] == second["transactionId"]
+            assert "the webhook sender process (pid %d) exited with -9" % sender.pid in server.log()
+
+            [sender] = sender_of(server)
+            assert server.terminate() == 0
+            assert not sender.is_running(), "a graceful stop stops the sender too"
+
+            server = ServerProcess(db_path, tmp_path, args=SERVE)
+            await server.start_ready()
+            [sender] = sender_of(server)
+            server.kill9()
+            _, alive = psutil.wait_procs([sender], timeout=20)
+            assert not alive, "the sender stops once its server is gone, even by SIGKILL"
         finally:
             server.stop()
 

@@ -49,6 +49,11 @@ def workers_of(server: ServerProcess) -> list[psutil.Process]:
     return [c for c in psutil.Process(server.pid).children() if "worker_main" in " ".join(c.cmdline())]
 
 
+def sender_of(server: ServerProcess) -> list[psutil.Process]:
+    """The webhook sender process (zapbilling/sender_process.py)."""
+    return [c for c in psutil.Process(server.pid).children() if "sender_process" in " ".join(c.cmdline())]
+
+
 def listening_pids(port: int) -> set[int]:
     return {c.pid for c in psutil.net_connections("tcp") if c.status == psutil.CONN_LISTEN and c.laddr.port == port and c.pid}
 
@@ -113,14 +118,19 @@ async def test_workers_stop_on_their_own_when_the_supervisor_is_killed(two_worke
     server, key = two_workers
     workers = workers_of(server)
     assert len(workers) == 2
+    sender = sender_of(server)
+    assert len(sender) == 1
     server.kill9()
-    gone, alive = psutil.wait_procs(workers, timeout=20)
-    assert not alive, [w.pid for w in alive]
+    gone, alive = psutil.wait_procs(workers + sender, timeout=20)
+    assert not alive, [w.pid for w in alive]  # the webhook sender too: it holds the same lifeline
     assert server.log().count("the supervisor is gone") == 2
     check_invariants(server.db)
 
 
-async def test_a_two_worker_server_is_three_processes(two_workers):
-    """The supervisor and its workers, nothing else (no multiprocessing resource tracker)."""
+async def test_a_two_worker_server_is_four_processes(two_workers):
+    """The supervisor, its workers and one webhook sender for all of them, nothing else (no
+    multiprocessing resource tracker); the sender listens on no port."""
     server, _ = two_workers
-    assert len(psutil.Process(server.pid).children(recursive=True)) == 2
+    assert len(psutil.Process(server.pid).children(recursive=True)) == 3
+    assert len(workers_of(server)) == 2 and len(sender := sender_of(server)) == 1
+    assert sender[0].pid not in listening_pids(server.port)

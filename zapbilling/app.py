@@ -128,8 +128,9 @@ def _lifecycle(store: Store, config: Config, admission: Admission, sampler: Samp
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await store.open()
         sweeper = asyncio.create_task(_sweep(store, config), name="zapbilling-sweeper")
-        sender = webhook_sender(store, config)
-        sender.start()
+        sender = webhook_sender(store, config) if config.deliver else None
+        if sender is not None:
+            sender.start()
         sampler.start()
         try:
             yield
@@ -137,7 +138,8 @@ def _lifecycle(store: Store, config: Config, admission: Admission, sampler: Samp
             sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sweeper
-            await sender.stop()
+            if sender is not None:
+                await sender.stop()
             if cancelled := await admission.cancel_running():
                 # debug: a serving process's one stop line (graceful.py) counts them already
                 log.debug("stopped %d requests still running after the shutdown timeout", cancelled)

@@ -46,6 +46,10 @@ class Config:
     """How often expired credit is forfeited and idempotency keys older than a day are dropped."""
     webhook_poll_seconds: float = 0.5
     """How often an idle webhook sender looks for events to deliver (events/sender.py)."""
+    deliver: bool = True
+    """Whether the app's own process runs the webhook sender. `serve` sets it False in the
+    processes that answer requests and delivers from a process of its own (sender_process.py);
+    an app built in-process (the tests) delivers itself, on its injected clock."""
     limits: Limits = field(default_factory=Limits)
     """Bounds and quotas (limits.py): each has its own flag and environment variable. A request
     takes a slot of `max_inflight` only once its body is all here (transport/admission.py): a

@@ -6,6 +6,10 @@ processes exactly as the writer thread serialises jobs within one, so checks and
 in one job (funds for a hold, refund caps, dedupe) stay atomic. Each worker binds its own
 listening socket with SO_REUSEPORT and the kernel spreads connections between them.
 
+Webhooks are delivered by one process of their own beside the serving ones, never by a process
+that answers requests (sender_process.py): a single-process server starts it once ready, a
+supervisor starts it with its workers.
+
 The supervisor stays small (no aiohttp, no models: it only prepares the file and watches):
 workers are plain `python -c` processes, not multiprocessing ones, which would add a resource
 tracker process. Each worker holds the read end of a pipe whose write end only the
@@ -18,7 +22,6 @@ import asyncio
 import atexit
 import dataclasses
 import gc
-import json
 import logging
 import os
 import signal
@@ -27,10 +30,9 @@ import subprocess
 import sys
 from typing import Any
 
-from . import logs
+from . import logs, sender_process
 from .config import Config, server_options
 from .early_stop import EarlyStop
-from .limits import Limits
 from .metrics import directory as metrics_directory
 from .transport.console import share_with_workers
 
@@ -45,10 +47,11 @@ def serve(config: Config) -> int:
     start-up is done: nothing served, one line, exit status 0."""
     early = EarlyStop.install()
     atexit.register(metrics_directory.prepare())  # before any app or worker imports prometheus_client
+    config = dataclasses.replace(config, deliver=False)  # webhooks go out from a process of their own (sender_process.py)
     if config.workers <= 1:
         with _listener(config, shared=False) as sock:
             sock.listen(BACKLOG)
-            _run(config, sock, "", early=early)
+            _run(config, sock, "", early=early, sender=sender_process.Child(config))
         return 0
     logs.configure(config.log_format, config.log_level)
     if config.port:
@@ -67,13 +70,17 @@ BACKLOG = 1024
 """Connections the kernel queues before they are accepted (aiohttp's own default is 128)."""
 
 
-def _run(config: Config, sock: socket.socket, label: str, lifeline: int | None = None, *, early: EarlyStop) -> None:
+def _run(config: Config, sock: socket.socket, label: str, lifeline: int | None = None, *, early: EarlyStop,
+         sender: sender_process.Child | None = None) -> None:
+    """Serve on `sock` until stopped; `sender`: the webhook sender process a single-process
+    server starts once it is ready and stops after its own stop (a worker has none: its
+    supervisor starts one for all)."""
     from . import access_log, graceful
     from .app import ADMISSION, create_app
     from .store import describe
 
     access_log.configure(config.log_format, config.log_level)
-    loop = _event_loop()
+    loop = event_loop()
     asyncio.set_event_loop(loop)
     app = create_app(config)
     _share_the_interpreter()
@@ -81,6 +88,8 @@ def _run(config: Config, sock: socket.socket, label: str, lifeline: int | None =
 
     def started() -> None:
         log.info("serving %s on http://%s:%d (durability %s)%s", describe(config.db), config.host, port, config.durability, label)
+        if sender is not None:
+            sender.start()
 
     if lifeline is not None:
         def supervisor_gone() -> None:
@@ -98,6 +107,8 @@ def _run(config: Config, sock: socket.socket, label: str, lifeline: int | None =
             handling=lambda: app[ADMISSION].running, label=label, access_log_class=access_log.AccessLog,
             **server_options(config)))
     finally:
+        if sender is not None:
+            loop.run_until_complete(sender.stop())
         access_log.flush()
         _close_loop(loop)
 
@@ -133,7 +144,7 @@ def _share_the_interpreter() -> None:
     gc.freeze()
 
 
-def _event_loop() -> asyncio.AbstractEventLoop:
+def event_loop() -> asyncio.AbstractEventLoop:
     try:
         import uvloop
     except ImportError:
@@ -173,9 +184,7 @@ def worker_main() -> None:
     """A worker process: `python -c "from zapbilling.server import worker_main; worker_main()" SPEC`."""
     early = EarlyStop.install((signal.SIGTERM,))
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides; it sends SIGTERM
-    spec = json.loads(sys.argv[1])
-    settings = spec["config"]
-    config = Config(**settings | {"limits": Limits(**settings["limits"])})
+    config, spec = sender_process.read_spec()
     sock = _listener(config)
     sock.listen(BACKLOG)
     label = f" (worker {spec['number']} of {config.workers}, pid {os.getpid()})"
@@ -183,9 +192,7 @@ def worker_main() -> None:
 
 
 def _spawn(config: Config, number: int, lifeline: int) -> subprocess.Popen[bytes]:
-    settings = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name not in ("clock", "limits")}
-    settings["limits"] = dataclasses.asdict(config.limits)
-    spec = json.dumps({"config": settings, "number": number, "lifeline": lifeline})
+    spec = sender_process.spec(config, lifeline, number=number)
     argv = [sys.executable, "-c", "from zapbilling.server import worker_main; worker_main()", spec]
     return subprocess.Popen(argv, pass_fds=(lifeline,), stdin=subprocess.DEVNULL)
 
@@ -218,6 +225,9 @@ def _supervise(config: Config, early: EarlyStop) -> int:
             if not stopping:
                 w = _spawn(config, n + 1, lifeline)
                 workers[w.pid] = w
+        if not stopping:  # the webhook sender, one for all the workers (sender_process.py): watched as one of them
+            w = sender_process.spawn(config, lifeline)
+            workers[w.pid] = w
     finally:
         os.close(lifeline)
     status = 0
@@ -235,14 +245,15 @@ def _supervise(config: Config, early: EarlyStop) -> int:
         if not clean:
             status = status or (code if code > 0 else 1)
         if not stopping:
-            log.error("worker pid %d exited with %s; stopping the other workers", pid, code)
+            log.error("%s pid %d exited with %s; stopping the other workers", "worker" if "worker_main" in str(w.args) else "the webhook sender",
+                      pid, code)
             status = status or 1
             stop(signal.SIGTERM, None)
     os.close(keep)
     if not workers:
         early.log_stopped()
     elif status == 0:
-        log.info("stopped: all %d workers stopped", len(workers))
+        log.info("stopped: all %d workers stopped", config.workers)
     else:
         log.error("stopped: a worker failed; exit status %d", status)
     return status
