@@ -19,15 +19,15 @@ with a new requestId each time. Needs valgrind (Debian's package). About a minut
 --webhook (recordUsage only): the cost of the outbox (issue 21's target: >= 0.9x). Three runs:
 plain; `held`, where the org has one webhook endpoint subscribed to usage.recorded (made through
 the API, the server run with --webhook-allow-private) but the sender may have no attempt under way
-(--webhook-concurrency 0: each request writes its event, the sender's turns dispatch the events
-into deliveries and claim none, nothing is sent): the write path's cost, the outbox's; and `sent`,
-the same endpoint pointing at a receiver in this process (aiohttp on loopback, answering 200 at
-once) and every event delivered, all in the server process the instructions are counted in: the
-write path plus one delivery (dispatch, lease, signature, the POST, the recorded attempt). For
-both endpoint runs, before instrumentation goes on and before it goes off the driver waits until
-the receiver has had every event so far (`sent`) and SETTLE seconds (every run), so the measured
-window holds the measured requests' work and their deliveries. Prints the three figures and the
-ratios against plain.
+(--webhook-concurrency 0: each request writes its event, the sender dispatches the events into
+deliveries and claims none, nothing is sent); and `sent`, the same endpoint pointing at a receiver
+in this process (aiohttp on loopback, answering 200 at once) and every event delivered. The
+instructions are the serving process's only: `serve` delivers from a process of its own
+(zapbilling/sender_process.py), which valgrind does not follow (no --trace-children), so both
+endpoint runs count the write path, the event written in the change's transaction; `sent` with
+deliveries under way beside it. For both endpoint runs, before instrumentation goes on and before
+it goes off the driver waits until the receiver has had every event so far (`sent`) and SETTLE
+seconds (every run). Prints the three figures and the ratios against plain.
 """
 from __future__ import annotations
 
@@ -221,7 +221,8 @@ def main() -> None:
         fig = {hook: measure(args.op, args.server, args.requests, args.connections, hook) for hook in HOOKS}
         print(f"zapbilling recordUsage, instructions per request: {fig['plain']:,.0f} without an endpoint; with one "
               f"subscribed to usage.recorded {fig['held']:,.0f} (the write path: {fig['plain'] / fig['held']:.2f}x, "
-              f"target >= 0.9x), {fig['sent']:,.0f} with its delivery ({fig['plain'] / fig['sent']:.2f}x)")
+              f"target >= 0.9x), {fig['sent']:,.0f} with every event delivered by the sender process "
+              f"({fig['plain'] / fig['sent']:.2f}x)")
         return
     per = measure(args.op, args.server, args.requests, args.connections)
     print(f"{args.server} {args.op}: {per:,.0f} instructions per request")

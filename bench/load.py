@@ -228,10 +228,14 @@ class Proc:
 class Server(Proc):
     """An HTTP server on 127.0.0.1:`port`, ready once GET /healthz answers 200."""
 
-    def __init__(self, name: str, argv: list[str], port: int, **kw: Any):
+    def __init__(self, name: str, argv: list[str], port: int, *, sender_cpus: set[int] | None = None, **kw: Any):
+        """sender_cpus: where zapbilling's webhook sender process goes once the server is ready
+        (it inherits the server's pinning): beside the load generator, off the serving CPU, as
+        the OS would place it on a machine with a CPU to spare."""
         super().__init__(name, argv, **kw)
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
+        self.sender_cpus = sender_cpus
 
     def start(self, timeout: float = 60.0) -> "Server":
         super().start()
@@ -243,6 +247,8 @@ class Server(Proc):
             try:
                 with urllib.request.urlopen(f"{self.url}/healthz", timeout=2) as r:
                     if r.status == 200:
+                        if self.sender_cpus:
+                            self._pin_sender(self.sender_cpus)
                         return self
             except (OSError, urllib.error.URLError):
                 pass
@@ -250,6 +256,20 @@ class Server(Proc):
                 self.stop()
                 raise RuntimeError(f"{self.name} not ready after {timeout:g}s: {self.log_tail()}")
             time.sleep(0.05)
+
+    def _pin_sender(self, cpus: set[int], timeout: float = 10.0) -> None:
+        """The server starts its sender once it is ready (zapbilling/sender_process.py): wait for it."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for p in _tree(self.pid):
+                try:
+                    if "sender_process" in " ".join(p.cmdline()):
+                        os.sched_setaffinity(p.pid, cpus)
+                        return
+                except psutil.NoSuchProcess:
+                    pass
+            time.sleep(0.05)
+        raise RuntimeError(f"{self.name}: no webhook sender process within {timeout:g} s")
 
     def __enter__(self) -> "Server":
         return self.start()

@@ -252,7 +252,7 @@ def run_round(bench: Bench, rnd: int, abuse: Abuse) -> dict[str, dict[str, Any]]
     db = copy_db(tpl.path, s.workdir / f"{name}.db")
     port = free_port()
     srv = Server(name, [*zapbilling_cmd(), "serve", "--db", str(db), "--port", str(port)], port,
-                 log=bench.logs / f"{name}.log", cpus=bench.server_cpus())
+                 log=bench.logs / f"{name}.log", cpus=bench.server_cpus(), sender_cpus=bench.load_cpus())
     srv.start()
     try:
         b_quiet, cpu_quiet = _phase(bench, srv, tpl, "quiet")

@@ -163,7 +163,8 @@ class Bench:
         if workers is not None:
             argv += ["--workers", str(workers)]
         name = self._name(tag)
-        return Server(name, argv, port, log=self.logs / f"{name}.log", cpus=self.server_cpus(workers or 1, pin))
+        cpus = self.server_cpus(workers or 1, pin)
+        return Server(name, argv, port, log=self.logs / f"{name}.log", cpus=cpus, sender_cpus=self.load_cpus() if cpus else None)
 
     def baseline(self, module: str, db: Path | str | None, tag: str, *extra: str, key: str = "") -> Server:
         port = free_port()

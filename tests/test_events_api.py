@@ -176,3 +176,21 @@ async def test_a_deposit_is_listed_as_its_event(any_api, server):
     assert (data["transactionId"], data["user"], data["amount"], data["type"]) == (tx["transactionId"], "hanzo/alice", 1234, "deposit")
     got = await ok(any_api, "getEvent", {"id": event["id"]})
     assert {k: v for k, v in got.items() if k != "deliveries"} == event
+
+
+async def test_a_ledger_rows_event_id_is_the_rows_own_digits(api, server):
+    """A ledger row's event (store/ids.py row_event_id) is `evt_` and the row's 24 digits: a
+    deposit's, a refund's and a usage withdrawal's (with an endpoint on usage.recorded), each
+    found by getEvent under that id; other events keep ids of their own."""
+    await create(api, events=["deposit.created", "refund.created", "usage.recorded", "hold.released"])
+    tx = await ok(api, "deposit", {"user": "u", "amount": 500})
+    usage = await ok(api, "recordUsage", {"user": "u", "amount": 7, "requestId": "r-1"})
+    refund = await ok(api, "refund", {"user": "u", "originalTransactionId": usage["transactionId"], "amount": 3})
+    hold = await ok(api, "createHold", {"user": "u", "amount": 5})
+    await ok(api, "releaseHold", {"id": hold["holdId"]})
+    for row, type in ((tx, "deposit.created"), (refund, "refund.created"), (usage, "usage.recorded")):
+        digits = row["transactionId"].partition("_")[2]
+        event = await ok(api, "getEvent", {"id": "evt_" + digits})
+        assert (event["type"], event["data"]["transactionId"]) == (type, row["transactionId"])
+    (released,) = (await ok(api, "listEvents", {"type": "hold.released"}))["events"]
+    assert released["id"].startswith("evt_") and released["id"] != "evt_" + hold["holdId"].partition("_")[2]

@@ -128,7 +128,7 @@ def _lifecycle(store: Store, config: Config, admission: Admission, sampler: Samp
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await store.open()
         sweeper = asyncio.create_task(_sweep(store, config), name="zapbilling-sweeper")
-        sender = webhook_sender(store, config) if config.deliver else None
+        sender = Sender.configured(store, config) if config.deliver else None
         if sender is not None:
             sender.start()
         sampler.start()
@@ -148,14 +148,6 @@ def _lifecycle(store: Store, config: Config, admission: Admission, sampler: Samp
             sampler.flush()  # the writes the store finished as it closed
 
     return lifecycle
-
-
-def webhook_sender(store: Store, config: Config) -> Sender:
-    """The background sender of webhooks (events/sender.py), with the server's clock and limits."""
-    limits = config.limits
-    return Sender(store, config.clock, timeout=limits.webhook_timeout, concurrency=limits.webhook_concurrency,
-                  per_endpoint=limits.webhook_concurrency_per_endpoint, allow_private=limits.webhook_allow_private,
-                  poll=config.webhook_poll_seconds)
 
 
 async def _sweep(store: Store, config: Config) -> None:

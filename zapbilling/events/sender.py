@@ -39,6 +39,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import ClientConnectorError, ClientError, ClientSession, ClientTimeout, TCPConnector
 
+from ..config import Config
 from ..metrics.families import WEBHOOK_DELIVERIES
 from ..store.base import AttemptOutcome, DeliveryJob, EndpointRow, Store
 from ..times import Clock, format_ts
@@ -92,6 +93,14 @@ class Sender:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._session: ClientSession | None = None
+
+    @classmethod
+    def configured(cls, store: Store, config: Config) -> "Sender":
+        """The sender a server runs, with its clock and limits."""
+        limits = config.limits
+        return cls(store, config.clock, timeout=limits.webhook_timeout, concurrency=limits.webhook_concurrency,
+                   per_endpoint=limits.webhook_concurrency_per_endpoint, allow_private=limits.webhook_allow_private,
+                   poll=config.webhook_poll_seconds)
 
     def start(self) -> None:
         connector = TCPConnector(limit=self.concurrency, resolver=None if self.allow_private else CheckedResolver())

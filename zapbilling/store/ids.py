@@ -15,6 +15,16 @@ def new_id(prefix: str) -> str:
     return f"{prefix}_{time.time_ns() // 1_000_000:011x}{secrets.randbits(52):013x}"
 
 
+def row_event_id(row_id: str) -> str:
+    """The id of a ledger row's event (deposit.created, refund.created, usage.recorded,
+    credit.expired): `evt_` and the row's own 24 digits. A row has one event at most (one
+    event per change, kept by events_subject), so the id is as unique as the row's, sorts with
+    it, and costs nothing to make: a fresh id (the clock, 52 random bits, the formatting) was
+    7k of the ~80k instructions the outbox added to recordUsage with an endpoint on
+    usage.recorded (callgrind, SQLite: 728k -> 721k per request)."""
+    return "evt_" + row_id.partition("_")[2]
+
+
 def key_hash(secret: str) -> str:
     """What a store keeps of an API key: its SHA-256 digest, never the key itself."""
     return hashlib.sha256(secret.encode()).hexdigest()

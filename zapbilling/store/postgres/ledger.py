@@ -16,7 +16,7 @@ import asyncpg
 from ..base import INT64_MAX, INT64_MIN, SYSTEM_KEY, Idempotency, LedgerFilter, LedgerRow, Lot, LotRules
 from ..base import NewEntry, Refundable, moved as note_moved
 from ..herald import Herald, Outbox, Told
-from ..ids import new_id
+from ..ids import new_id, row_event_id
 from ..ledger_filters import Dialect, needs_probe, never_matches, page, probe, walk_for
 from ..refusals import Missing, NotRefundable, OutOfRange, RefundLeft
 from ..rows import LEDGER_COLUMNS as _ROW, ledger_row as _row
@@ -288,7 +288,7 @@ async def append_entry(
         dimensions = e.usage_event.dimensions
         params += [new_id("evt"), json.dumps(dimensions) if dimensions is not None else None, e.usage_event.event_name]
     if told is not None:
-        params += [new_id("evt"), told[0], event_json(told[1])]
+        params += [row_event_id(tx_id), told[0], event_json(told[1])]
     rows = await conn.fetch(_append_sql(e.usage_event is not None, event), *params)
     first = rows[0]
     if not first[0]:  # the dedupe key was seen: the original row is the answer
@@ -302,7 +302,7 @@ async def append_entry(
         if told is None and w.usage_hooks:  # hooks the hint did not know of: the event on its own
             late = outbox.herald.usage(row)
             if late is not None:
-                await emit_many(conn, [event_args(tenant, late, e.now, tx_id)])
+                await emit_many(conn, [event_args(tenant, late, e.now, tx_id, row_event_id(tx_id))])
     note_moved(e.currency, e.type, e.tags, e.amount, e.refund_of is not None, e.hold_id is not None)  # for the metrics
     lots = [tuple(r)[_LOTS_AT:] for r in rows if r[_LOTS_AT] is not None]
     spend = e.amount if e.type == "withdraw" else 0
@@ -406,7 +406,7 @@ async def _settle_lots(conn: asyncpg.Connection, tenant: int, user: str, currenc
             note_moved(currency, "withdraw", tags, cents)  # for the metrics
             if outbox is not None:
                 told = outbox.herald.forfeit(forfeit_row(forfeit_id, user, currency, cents, tags, notes, metadata, now, key_id))
-                events.append(event_args(tenant, told, now, forfeit_id))
+                events.append(event_args(tenant, told, now, forfeit_id, row_event_id(forfeit_id)))
     # One pipelined statement each (executemany): a round trip per lot otherwise.
     if takes:
         await conn.executemany("UPDATE ledger SET remaining = remaining - $1 WHERE seq = $2",

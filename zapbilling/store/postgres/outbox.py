@@ -34,9 +34,10 @@ async def emit(
     return event_id if status.endswith(" 1") else None
 
 
-def event_args(tenant: int, told: Told, now: int, subject: str) -> tuple[Any, ...]:
-    """EMIT's parameters for one event the herald told of."""
-    return new_id("evt"), tenant, told[0], event_json(told[1]), now, subject, about(told[1])
+def event_args(tenant: int, told: Told, now: int, subject: str, event_id: str | None = None) -> tuple[Any, ...]:
+    """EMIT's parameters for one event the herald told of (`event_id`: a ledger row's,
+    ids.row_event_id; else a new one)."""
+    return event_id or new_id("evt"), tenant, told[0], event_json(told[1]), now, subject, about(told[1])
 
 
 async def emit_many(conn: asyncpg.Connection, events: list[tuple[Any, ...]]) -> None:

@@ -9,7 +9,7 @@ from typing import Iterator
 from ..base import SYSTEM_KEY, Idempotency, LedgerFilter, LedgerRow, Lot, LotRules, MeterEventDraft, NewEntry, Refundable
 from ..base import INT64_MAX, INT64_MIN, moved as note_moved
 from ..herald import Herald, Outbox
-from ..ids import new_id
+from ..ids import new_id, row_event_id
 from ..ledger_filters import Dialect, needs_probe, never_matches, page, probe, walk_for
 from .connection import SqliteBase
 from .metering import insert_event
@@ -171,7 +171,7 @@ def append_entry(
         if told is None and w.usage_hooks:  # asked only then: without hooks a withdrawal renders nothing
             told = herald.usage(row)
         if told is not None:
-            emit(conn, tenant, told[0], told[1], e.now, tx_id)
+            emit(conn, tenant, told[0], told[1], e.now, tx_id, row_event_id(tx_id))
     meter_id = _record_usage_meter_event(conn, tenant, e, tx_id)
     if meter_id is not None and w.alerts:
         after_meter_events(conn, tenant, {(meter_id, e.user)}, e.now, w)
@@ -260,7 +260,7 @@ def _settle_lots(conn: sqlite3.Connection, tenant: int, user: str, currency: str
             note_moved(currency, "withdraw", tags, cents)  # for the metrics
             if outbox is not None:
                 told = outbox.herald.forfeit(forfeit_row(forfeit_id, user, currency, cents, tags, notes, metadata, now, key_id))
-                emit(conn, tenant, told[0], told[1], now, forfeit_id)
+                emit(conn, tenant, told[0], told[1], now, forfeit_id, row_event_id(forfeit_id))
             forfeited += cents
     return forfeited
 

@@ -55,10 +55,12 @@ def about(data: dict[str, Any]) -> str | None:
     return data.get("userId") if user is None else user
 
 
-def emit(conn: sqlite3.Connection, tenant: int, type: str, data: dict[str, Any], now: int, subject: str | None = None) -> str | None:
+def emit(conn: sqlite3.Connection, tenant: int, type: str, data: dict[str, Any], now: int, subject: str | None = None,
+         event_id: str | None = None) -> str | None:
     """Record an event in the caller's transaction; its id, or None when an event of this type
-    about `subject` exists already (one event per change, kept by a unique index)."""
-    event_id = new_id("evt")
+    about `subject` exists already (one event per change, kept by a unique index). `event_id`:
+    a ledger row's (ids.row_event_id); else a new one."""
+    event_id = event_id or new_id("evt")
     cur = conn.execute(
         "INSERT INTO events (id, tenant, type, data, created_at, subject, user_id) VALUES (?, ?, ?, ?, ?, ?, ?)"
         " ON CONFLICT (tenant, type, subject) WHERE subject IS NOT NULL DO NOTHING",
