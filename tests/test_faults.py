@@ -457,7 +457,7 @@ KILL_MODES = ("at once", "copying", "after", "copying")  # when each cycle's kil
 
 # The watcher runs as a process of its own, so that the storm's client (this process) does not
 # delay it: it maps the server's -shm read-only and polls the WAL index's checkpoint record,
-# then SIGKILLs the server itself. In the WAL index (native byte order, sqlite.org/walformat.html)
+# then SIGKILLs the server and the processes it started (children first). In the WAL index (native byte order, sqlite.org/walformat.html)
 # the header's mxFrame (the last valid frame) is at byte 16, the checkpoint record's nBackfill
 # (frames copied into the database) at 96 and nBackfillAttempted at 128. A checkpoint sets
 # nBackfillAttempted to the frame it means to reach before it copies anything, and nBackfill once
@@ -468,6 +468,7 @@ KILL_MODES = ("at once", "copying", "after", "copying")  # when each cycle's kil
 # checkpoint writes that file).
 WATCHER = r"""
 import json, mmap, os, signal, struct, sys, time
+import psutil
 shm, pid, mode, limit = sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4])
 db = shm[:-len("-shm")]
 with open(shm, "rb") as f:
@@ -501,6 +502,8 @@ while time.monotonic() < end:
 else:
     print(json.dumps({"killed": False, "first": first}))
     sys.exit(0)
+for child in psutil.Process(pid).children(recursive=True):
+    child.kill()  # the webhook sender first: left alive, it would close its connection cleanly, finish the checkpoint and delete the WAL
 os.kill(pid, signal.SIGKILL)
 killed = time.monotonic()
 time.sleep(0.05)
@@ -532,7 +535,7 @@ async def test_kill_9_during_wal_checkpoints_loses_no_acknowledged_write(tmp_pat
             out, _ = await asyncio.to_thread(watcher.communicate, timeout=CHECKPOINT_WAIT + 10)
             seen = json.loads(out)
             if not seen["killed"]:
-                server.kill9()
+                server.crash()
             await asyncio.wait_for(task, STORM_LIMIT)
             wal = os.path.getsize(f"{db}-wal")
         finally:
