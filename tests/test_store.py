@@ -125,6 +125,18 @@ async def test_database_is_in_wal_mode(store, path):
     assert (await store._read("PRAGMA journal_mode"))[0][0].lower() == "wal"
 
 
+async def test_the_writer_keeps_its_savepoint_journals_in_memory(store):
+    """Each write is a SAVEPOINT inside a group commit, and SQLite copies every page a savepoint
+    changes that an earlier write of the batch had already changed into a sub-journal, which
+    spills to a temporary file past 64 KiB unless temp_store is MEMORY. Spilled, a batch of
+    recordUsage writes with an endpoint on usage.recorded wrote ~65 KB per request to files
+    under /var/tmp (strace), and its system CPU per request went 65 -> 90 us."""
+    writer = store._writer
+    assert writer._conn is not None
+    assert await asyncio.get_running_loop().run_in_executor(
+        writer._pool, lambda: writer._conn.execute("PRAGMA temp_store").fetchone()[0]) == 2  # MEMORY
+
+
 async def test_opening_twice_applies_no_migration_the_second_time(path):
     first = SqliteStore(path)
     await first.open()
