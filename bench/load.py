@@ -257,15 +257,18 @@ class Server(Proc):
                 raise RuntimeError(f"{self.name} not ready after {timeout:g}s: {self.log_tail()}")
             time.sleep(0.05)
 
-    def _pin_sender(self, cpus: set[int], timeout: float = 10.0) -> None:
-        """The server starts its sender once it is ready (zapbilling/sender_process.py): wait for it."""
+    def _pin_sender(self, cpus: set[int]) -> None:
+        os.sched_setaffinity(self.sender().pid, cpus)
+
+    def sender(self, timeout: float = 10.0) -> psutil.Process:
+        """zapbilling's webhook sender process. The server starts it once it is ready
+        (zapbilling/sender_process.py): wait for it."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for p in _tree(self.pid):
                 try:
                     if "sender_process" in " ".join(p.cmdline()):
-                        os.sched_setaffinity(p.pid, cpus)
-                        return
+                        return p
                 except psutil.NoSuchProcess:
                     pass
             time.sleep(0.05)
