@@ -248,7 +248,7 @@ class Server(Proc):
                 with urllib.request.urlopen(f"{self.url}/healthz", timeout=2) as r:
                     if r.status == 200:
                         if self.sender_cpus:
-                            self._pin_sender(self.sender_cpus)
+                            os.sched_setaffinity(self.sender().pid, self.sender_cpus)
                         return self
             except (OSError, urllib.error.URLError):
                 pass
@@ -256,9 +256,6 @@ class Server(Proc):
                 self.stop()
                 raise RuntimeError(f"{self.name} not ready after {timeout:g}s: {self.log_tail()}")
             time.sleep(0.05)
-
-    def _pin_sender(self, cpus: set[int]) -> None:
-        os.sched_setaffinity(self.sender().pid, cpus)
 
     def sender(self, timeout: float = 10.0) -> psutil.Process:
         """zapbilling's webhook sender process. The server starts it once it is ready
