@@ -4,6 +4,7 @@ API keys made through the store, and a client that calls any schema method over 
 or ZAP/msgpack and normalises the answer, so one test can run on all three transports."""
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 from dataclasses import dataclass
@@ -17,11 +18,24 @@ from aiohttp import ClientSession
 import pg
 from zapbilling.app import STORE, create_app
 from zapbilling.config import Config, server_options
-from zapbilling.registry import load_registry
+from zapbilling.limits import Limits
+from zapbilling.registry import Registry, load_registry
 from zapbilling.times import system_clock
 
 TRANSPORTS = ("rest", "zap-json", "zap-msgpack")
 REGISTRY = load_registry()
+
+
+@functools.cache
+def _registry(data_bytes: int, data_keys: int) -> Registry:
+    return load_registry(limits=Limits(data_bytes=data_bytes, data_keys=data_keys))
+
+
+def make_app(config: Config) -> Any:
+    """create_app with a registry built once per run (per bounds of free-form values, the only
+    limits it depends on): building one (a pydantic model for each method's params and result)
+    took ~200 ms of the ~240 ms a test server took to start, and most tests start one."""
+    return create_app(config, _registry(config.limits.data_bytes, config.limits.data_keys))
 
 
 class FakeClock:
@@ -229,7 +243,7 @@ def db_path(tmp_path):
 @pytest.fixture
 async def server(aiohttp_server, db_path, clock):
     config = Config(db=db_path, clock=clock, sweep_seconds=3600)
-    return await aiohttp_server(create_app(config), **server_options(config))
+    return await aiohttp_server(make_app(config), **server_options(config))
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from typing import Any
 import msgpack
 import pytest
 from aiohttp import ClientSession, web
-from conftest import ERROR_TABLE, balance, ledger_rows
+from conftest import ERROR_TABLE, balance, ledger_rows, make_app
 
 from zapbilling_client import (
     AggregationType,
@@ -825,13 +825,13 @@ class Monotonic:
 async def rate_limited(aiohttp_server, tmp_path, monkeypatch):
     """A real server whose keys may make 0.1 calls a second (bursts of 100), its buckets on a
     clock that only the client's sleeps move; `slept` records them."""
-    from zapbilling.app import ADMISSION, STORE, create_app
+    from zapbilling.app import ADMISSION, STORE
     from zapbilling.config import Config, server_options
     from zapbilling.limits import Limits
     from zapbilling.times import system_clock
 
     config = Config(db=str(tmp_path / "limited.db"), sweep_seconds=3600, limits=Limits(rate_per_second=0.1, rate_burst=100))
-    server = await aiohttp_server(create_app(config), **server_options(config))
+    server = await aiohttp_server(make_app(config), **server_options(config))
     clock = server.app[ADMISSION].clock = Monotonic()
     slept: list[float] = []
 

@@ -20,12 +20,12 @@ from typing import Any
 
 import asyncpg
 import pytest
-from conftest import Api, ok
+from conftest import Api, ok, make_app
 
 import pg
 from invariants import check_invariants
 from procs import child_env, zapbilling_cmd
-from zapbilling.app import STORE, create_app
+from zapbilling.app import STORE
 from zapbilling.config import Config, server_options
 from zapbilling.store.copy import DERIVED, TABLES
 
@@ -79,7 +79,7 @@ def target():
 
 async def start(aiohttp_server, db: str, clock) -> Any:
     config = Config(db=db, clock=clock, sweep_seconds=3600)
-    return await aiohttp_server(create_app(config), **server_options(config))
+    return await aiohttp_server(make_app(config), **server_options(config))
 
 
 async def build(api: Api, test_api: Api, clock) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from typing import Any, Iterator
 import msgpack
 import pytest
 
-from conftest import REGISTRY, TRANSPORTS, assert_error, ledger_rows, ok
+from conftest import REGISTRY, TRANSPORTS, assert_error, ledger_rows, ok, make_app
 from examples import load_examples, prepare
 from zapbilling.billing.validation import TEXT_BOUND, TEXT_BOUNDS
 from zapbilling.limits import Limits
@@ -264,11 +264,10 @@ async def roomy_server(aiohttp_server, db_path, clock):
     values through to the params, so that the metadata bound is what answers."""
     import dataclasses
 
-    from zapbilling.app import create_app
     from zapbilling.config import Config, server_options
 
     config = Config(db=db_path, clock=clock, sweep_seconds=3600, limits=dataclasses.replace(Limits(), request_elements=1 << 21))
-    return await aiohttp_server(create_app(config), **server_options(config))
+    return await aiohttp_server(make_app(config), **server_options(config))
 
 
 async def test_a_megabyte_of_empty_maps_as_metadata_is_refused_and_writes_nothing(roomy_server, session, db_path):

@@ -19,10 +19,10 @@ from typing import Any
 import pytest
 
 import pg
-from conftest import Api, FakeClock, ok
+from conftest import Api, FakeClock, ok, make_app
 from invariants import check_invariants, copy_db, corrupt, find_violations
 
-from zapbilling.app import STORE, create_app, sweep_once
+from zapbilling.app import STORE, sweep_once
 from zapbilling.config import Config, server_options
 from zapbilling.store.migrations import migrate, scripts
 from zapbilling.times import system_clock
@@ -409,7 +409,7 @@ async def test_a_migrated_database_shows_its_history_through_the_api(tmp_path, a
     path = old_database(str(tmp_path / "old.db"))
     clock = FakeClock()
     config = Config(db=path, clock=clock, sweep_seconds=3600)
-    server = await aiohttp_server(create_app(config), **server_options(config))
+    server = await aiohttp_server(make_app(config), **server_options(config))
     key_id, secret = await server.app[STORE].create_key("acme", "live", "admin", system_clock())
     api = Api(session, str(server.make_url("")).rstrip("/"), secret)
     rows = (await ok(api, "listTransactions", {"user": "u"}))["transactions"]

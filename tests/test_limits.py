@@ -11,7 +11,8 @@ import logging
 
 import pytest
 
-from zapbilling.app import ADMISSION, STORE, create_app
+from conftest import make_app
+from zapbilling.app import ADMISSION, STORE
 from zapbilling.config import Config, server_options
 from zapbilling.limits import Limits
 from zapbilling.times import system_clock
@@ -28,7 +29,7 @@ IDLE_TIMEOUT = 0.5
 async def limited(aiohttp_server, db_path, clock):
     config = Config(db=db_path, clock=clock, sweep_seconds=3600,
                     limits=Limits(body_timeout=BODY_TIMEOUT, idle_timeout=IDLE_TIMEOUT, max_inflight=2))
-    server = await aiohttp_server(create_app(config), **server_options(config))
+    server = await aiohttp_server(make_app(config), **server_options(config))
     _, key = await server.app[STORE].create_key("acme", "live", "admin", system_clock())
     return server, key
 
@@ -184,7 +185,7 @@ async def shared_two(aiohttp_server, db_path, clock):
     org other."""
     config = Config(db=db_path, clock=clock, sweep_seconds=3600,
                     limits=Limits(body_timeout=STALL_TIMEOUT, idle_timeout=STALL_TIMEOUT, max_inflight=2, inflight_per_key=3))
-    server = await aiohttp_server(create_app(config), **server_options(config))
+    server = await aiohttp_server(make_app(config), **server_options(config))
     store = server.app[STORE]
     now = system_clock()
     keys = {"admin": (await store.create_key("acme", "live", "admin", now))[1],
@@ -369,7 +370,7 @@ async def test_handlers_still_running_at_a_stop_are_cancelled_before_the_store_c
     failed on the closed store and was logged as an internal error with its traceback."""
     from aiohttp import ClientSession, web
 
-    app = create_app(Config(db=db_path, clock=clock, sweep_seconds=3600))
+    app = make_app(Config(db=db_path, clock=clock, sweep_seconds=3600))
     runner = web.AppRunner(app, shutdown_timeout=0.2)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from aiohttp import ClientSession
 
-from conftest import TRANSPORTS, Api, assert_error, ok
-from zapbilling.app import STORE, create_app
+from conftest import TRANSPORTS, Api, assert_error, ok, make_app
+from zapbilling.app import STORE
 from zapbilling.config import Config, server_options
 from zapbilling.limits import Limits
 from zapbilling.times import system_clock
@@ -28,7 +28,7 @@ async def small(aiohttp_server, db_path, clock):
     """A server whose quotas are METERS meters per org and mode and RULES rules per meter;
     make(org, mode) -> an admin Api of that org and mode over REST."""
     config = Config(db=db_path, clock=clock, sweep_seconds=3600, limits=Limits(meters_per_tenant=METERS, rules_per_meter=RULES))
-    server = await aiohttp_server(create_app(config), **server_options(config))
+    server = await aiohttp_server(make_app(config), **server_options(config))
     async with ClientSession() as session:
         async def make(org: str = "acme", mode: str = "live") -> Api:
             _, secret = await server.app[STORE].create_key(org, mode, "admin", system_clock())

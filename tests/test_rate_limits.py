@@ -12,7 +12,8 @@ import msgpack
 import pytest
 from aiohttp import ClientSession
 
-from zapbilling.app import ADMISSION, STORE, create_app
+from conftest import make_app
+from zapbilling.app import ADMISSION, STORE
 from zapbilling.config import MAX_BATCH, Config, server_options
 from zapbilling.errors import KINDS
 from zapbilling.limits import Limits
@@ -167,7 +168,7 @@ RATE = 0.1
 @pytest.fixture
 async def limited(aiohttp_server, db_path, clock):
     config = Config(db=db_path, clock=clock, sweep_seconds=3600, limits=Limits(rate_per_second=RATE, rate_burst=100))
-    server = await aiohttp_server(create_app(config), **server_options(config))
+    server = await aiohttp_server(make_app(config), **server_options(config))
     store = server.app[STORE]
     now = system_clock()
     keys = [(await store.create_key("acme", "live", "admin", now))[1] for _ in range(3)]
@@ -295,7 +296,7 @@ async def test_console_pages_pay_from_the_keys_bucket(limited):
 @pytest.fixture
 async def one_slot(aiohttp_server, db_path, clock):
     config = Config(db=db_path, clock=clock, sweep_seconds=3600, limits=Limits(inflight_per_key=1))
-    server = await aiohttp_server(create_app(config), **server_options(config))
+    server = await aiohttp_server(make_app(config), **server_options(config))
     store = server.app[STORE]
     _, key = await store.create_key("acme", "live", "read", system_clock())
     console = Browserless(str(server.make_url("")))

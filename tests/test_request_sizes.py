@@ -21,7 +21,7 @@ import msgpack
 import pytest
 from aiohttp import ClientSession
 
-from zapbilling.app import STORE, create_app
+from zapbilling.app import STORE
 from zapbilling.config import Config, server_options
 from zapbilling.errors import PayloadTooLarge
 from zapbilling.limits import Limits
@@ -29,7 +29,7 @@ from zapbilling.times import system_clock
 from zapbilling.transport.codec import CHUNK, CODECS, DEFAULT_ELEMENTS, JSON, MAX_BODY, _decode_msgpack, _decode_msgpack_large
 
 import pg
-from conftest import Api
+from conftest import Api, make_app
 from procs import ServerProcess, child_env, create_key, zapbilling_cmd
 
 MSGPACK = CODECS["application/msgpack"]
@@ -79,7 +79,7 @@ def test_json_commas_and_brackets_inside_strings_are_not_values():
 @pytest.fixture
 async def bounded(aiohttp_server, db_path, clock):
     config = Config(db=db_path, clock=clock, sweep_seconds=3600, limits=Limits(request_elements=1000))
-    server = await aiohttp_server(create_app(config), **server_options(config))
+    server = await aiohttp_server(make_app(config), **server_options(config))
     _, key = await server.app[STORE].create_key("acme", "live", "admin", system_clock())
     return str(server.make_url("")).rstrip("/"), key
 
@@ -190,7 +190,7 @@ ANSWER_BOUND = 25_000
 @pytest.fixture
 async def small_answers(aiohttp_server, db_path, clock):
     config = Config(db=db_path, clock=clock, sweep_seconds=3600, limits=Limits(answer_bytes=ANSWER_BOUND))
-    server = await aiohttp_server(create_app(config), **server_options(config))
+    server = await aiohttp_server(make_app(config), **server_options(config))
     _, key = await server.app[STORE].create_key("acme", "live", "admin", system_clock())
     return str(server.make_url("")).rstrip("/"), key
 

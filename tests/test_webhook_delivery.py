@@ -29,9 +29,9 @@ from aiohttp import ClientSession, ClientTimeout, web
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 import pg
-from conftest import BACKEND, Api, FakeClock, ok
+from conftest import BACKEND, Api, FakeClock, ok, make_app
 from procs import ServerProcess, create_key, free_port
-from zapbilling.app import STORE, create_app
+from zapbilling.app import STORE
 from zapbilling.config import Config, server_options
 from zapbilling.events import schedule
 from zapbilling.events.sender import DISABLE_AFTER
@@ -166,7 +166,7 @@ def config(db: str, clock: FakeClock, **limits: Any) -> Config:
 async def hooks(aiohttp_server, db_path, clock):
     """An in-process server (with the injected clock) that may deliver to loopback."""
     cfg = config(db_path, clock)
-    return await aiohttp_server(create_app(cfg), **server_options(cfg))
+    return await aiohttp_server(make_app(cfg), **server_options(cfg))
 
 
 @pytest.fixture
@@ -410,7 +410,7 @@ async def test_a_receiver_down_for_a_while_gets_every_event_once_it_is_up(hooks,
 # -- bounds ---------------------------------------------------------------------------------------
 async def test_a_slow_receiver_holds_only_its_own_slots(aiohttp_server, db_path, clock):
     cfg = config(db_path, clock, webhook_concurrency_per_endpoint=3)
-    await aiohttp_server(create_app(cfg), **server_options(cfg))
+    await aiohttp_server(make_app(cfg), **server_options(cfg))
     slow, fast = await Receiver().up(), await Receiver().up()
     slow.hold = asyncio.Event()
     try:
@@ -440,7 +440,7 @@ async def test_a_slow_receiver_holds_only_its_own_slots(aiohttp_server, db_path,
 # -- the address check at delivery time -----------------------------------------------------------
 async def test_without_allow_private_a_private_address_is_not_sent_to(aiohttp_server, db_path, clock, receiver):
     cfg = config(db_path, clock, webhook_allow_private=False)
-    await aiohttp_server(create_app(cfg), **server_options(cfg))
+    await aiohttp_server(make_app(cfg), **server_options(cfg))
     t = await tenant(db_path)
     # As if the endpoints had been created while the names pointed elsewhere.
     await add_endpoint(db_path, t, receiver.url, ["deposit.created"])

@@ -16,11 +16,11 @@ from typing import Any
 import pytest
 from aiohttp import ClientSession
 
-from conftest import TRANSPORTS, Api, assert_error, created_status, ok
+from conftest import TRANSPORTS, Api, assert_error, created_status, ok, make_app
 from outbox_rows import sql
 from procs import ServerProcess, create_key
 from zapbilling import cli
-from zapbilling.app import STORE, create_app
+from zapbilling.app import STORE
 from zapbilling.config import Config, server_options
 from zapbilling.events.addresses import refused
 from zapbilling.limits import Limits
@@ -34,7 +34,7 @@ DAY_US = 86_400 * 1_000_000
 @pytest.fixture
 async def server(aiohttp_server, db_path, clock):
     config = Config(db=db_path, clock=clock, sweep_seconds=3600, limits=Limits(webhook_allow_private=True))
-    return await aiohttp_server(create_app(config), **server_options(config))
+    return await aiohttp_server(make_app(config), **server_options(config))
 
 
 @pytest.fixture
@@ -46,7 +46,7 @@ async def strict(aiohttp_server, tmp_path, clock):
 
     db = str(tmp_path / "strict.db") if BACKEND == "sqlite" else pg.admin().new_database()
     config = Config(db=db, clock=clock, sweep_seconds=3600)
-    srv = await aiohttp_server(create_app(config), **server_options(config))
+    srv = await aiohttp_server(make_app(config), **server_options(config))
     _, key = await srv.app[STORE].create_key("acme", "live", "admin", system_clock())
     async with ClientSession() as session:
         yield Api(session, str(srv.make_url("")).rstrip("/"), key), srv
