@@ -468,6 +468,41 @@ async def test_failing_job_in_a_batch_rolls_back_only_its_own_writes(store, path
     assert_balances_match_ledger(path)
 
 
+async def test_a_batch_runs_its_jobs_once_unless_one_fails_after_a_write(store, path):
+    """The writer runs a batch's jobs with no savepoint each (see writer._run_unguarded); only a
+    job that fails after changing a row makes it roll the batch back and run it again with a
+    savepoint per job. Either way every other job commits once and the failed one writes nothing."""
+    writer = store._writer
+    await writer.run(lambda conn: conn.execute("CREATE TABLE scratch (job TEXT)"))
+    runs: dict[str, int] = {}
+
+    def write(conn: sqlite3.Connection, name: str, fail: str | None = None) -> str:
+        runs[name] = runs.get(name, 0) + 1
+        if fail == "before":
+            raise Refused(f"{name} refused before writing")
+        conn.execute("INSERT INTO scratch VALUES (?)", (name,))
+        if fail == "after":
+            raise Refused(f"{name} refused after writing")
+        return name
+
+    async def batch(*jobs: tuple[str, str | None]) -> list[object]:
+        sizes = record_batches(store)
+        results = await asyncio.gather(*(writer.run(write, name, fail) for name, fail in jobs), return_exceptions=True)
+        assert sizes == [len(jobs)]
+        return results
+
+    results = await batch(("a", None), ("b", "before"), ("c", None))
+    assert results[0] == "a" and isinstance(results[1], Refused) and results[2] == "c"
+    assert runs == {"a": 1, "b": 1, "c": 1}  # a refusal that wrote nothing: one run
+
+    runs.clear()
+    results = await batch(("d", None), ("e", "after"), ("f", None))
+    assert results[0] == "d" and isinstance(results[1], Refused) and results[2] == "f"
+    assert runs == {"d": 2, "e": 2, "f": 1}  # stopped at e, rolled back, run again with savepoints
+    with sqlite3.connect(path) as conn:
+        assert sorted(r for r, in conn.execute("SELECT job FROM scratch")) == ["a", "c", "d", "f"]
+
+
 async def test_concurrent_writes_are_all_committed_and_each_caller_gets_its_own_row(store, path):
     tenant = await tenant_of(store)
     now = system_clock()
