@@ -126,11 +126,12 @@ async def test_database_is_in_wal_mode(store, path):
 
 
 async def test_the_writer_keeps_its_savepoint_journals_in_memory(store):
-    """Each write is a SAVEPOINT inside a group commit, and SQLite copies every page a savepoint
-    changes that an earlier write of the batch had already changed into a sub-journal, which
-    spills to a temporary file past 64 KiB unless temp_store is MEMORY. Spilled, a batch of
-    recordUsage writes with an endpoint on usage.recorded wrote ~65 KB per request to files
-    under /var/tmp (strace), and its system CPU per request went 65 -> 90 us."""
+    """A batch run again after a failed write has a SAVEPOINT per write, and SQLite copies
+    every page a savepoint changes that an earlier write of the batch had already changed into
+    a sub-journal, which spills to a temporary file past 64 KiB unless temp_store is MEMORY.
+    Spilled, when every write had a savepoint, a batch of recordUsage writes with an endpoint
+    on usage.recorded wrote ~65 KB per request to files under /var/tmp (strace), and its
+    system CPU per request went 65 -> 90 us."""
     writer = store._writer
     assert writer._conn is not None
     assert await asyncio.get_running_loop().run_in_executor(

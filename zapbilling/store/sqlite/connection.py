@@ -86,12 +86,13 @@ class SqliteBase(ReadPath):
         conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}")
         conn.execute("PRAGMA foreign_keys = ON")
         migrate(conn)
-        # Each write is a SAVEPOINT in a group commit, and a savepoint journals the pages it
-        # changes that earlier writes of the batch had changed (tail pages of every table and
-        # index): past 64 KiB that sub-journal spilled to a new file under /var/tmp per commit.
-        # In memory (strace, recordUsage with an endpoint on usage.recorded, 31 writes per
-        # commit): 101 -> 35 KB written per request, system CPU 90 -> 65 us; 30 -> 26 KB and
-        # 52 -> 45 us without the endpoint. Only after the migrations: a migration's CREATE INDEX
+        # Savepoint and statement journals: a savepoint journals the pages it changes that
+        # earlier writes of the batch had changed (tail pages of every table and index), and
+        # past 64 KiB that sub-journal spilled to a new file under /var/tmp per commit. Measured
+        # when every write was a SAVEPOINT (now only a batch run again after a failed write is:
+        # writer._run_unguarded), in memory (strace, recordUsage with an endpoint on
+        # usage.recorded, 31 writes per commit): 101 -> 35 KB written per request, system CPU
+        # 90 -> 65 us; 30 -> 26 KB and 52 -> 45 us without the endpoint. Only after the migrations: a migration's CREATE INDEX
         # sorts its table through temporary files, which in memory would hold the whole sort.
         conn.execute("PRAGMA temp_store = MEMORY")
         return conn
