@@ -21,19 +21,13 @@ import pytest
 from pydantic import BaseModel
 
 import zapbilling_client as zc
-from conftest import BACKEND, Api, Reply, ERROR_TABLE
+from conftest import Api, Reply, ERROR_TABLE, on_this_backend
 from examples import Example, load_examples, missing_examples, prepare
 from zapbilling.codegen.python_client import py_name
 from zapbilling.schema import Field, Method, Schema, TypeRef, load
 
 SCHEMAS = sorted((Path(__file__).resolve().parent.parent / "schemas").glob("*.zap"))
-TRANSPORTS = ("zap-json", "zap-msgpack", "rest", "client-sync", "client-async")
-if BACKEND == "postgres":
-    # As conftest's API_TRANSPORTS: every transport reaches the same handlers with the same
-    # validated params, and the SQLite pass runs all five; the PostgreSQL pass is about the
-    # store, and these five tests per method over five transports were 1,086 of its 2,118 tests
-    # and about half its time (each starts a server on a fresh database: ~1 s on PostgreSQL).
-    TRANSPORTS = ("rest",)
+TRANSPORTS = on_this_backend(("zap-json", "zap-msgpack", "rest", "client-sync", "client-async"))
 INT64 = (-(2**63), 2**63 - 1)
 INT32 = (-(2**31), 2**31 - 1)
 
@@ -420,7 +414,7 @@ async def served_openapi(api):
     return doc
 
 
-@pytest.mark.parametrize("transport", ("zap-msgpack", "rest") if BACKEND == "sqlite" else ("rest",))
+@pytest.mark.parametrize("transport", on_this_backend(("zap-msgpack", "rest")))
 @pytest.mark.parametrize("path, schema, wire, method", [c for c in CASES if c.values[0].name == "billing.zap"])
 async def test_every_bound_the_openapi_document_states_is_the_one_the_server_enforces(
         api, served_openapi, path, schema, wire, method, transport):

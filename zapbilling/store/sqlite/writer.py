@@ -120,31 +120,18 @@ class Writer:
     ) -> tuple[list[tuple[bool, Any]], tuple[float, list[Note]] | None]:
         """The jobs' outcomes, and (seconds, the jobs' notes) when the batch committed."""
         conn = self._ready()
-        outcomes: list[tuple[bool, Any]] = []
         notes: list[Note] = []
         NOTES.set(notes)  # this thread's own context: the jobs below note what they write here
         started = time.perf_counter()
         conn.execute("BEGIN IMMEDIATE")
         try:
-            done = _run_unguarded(conn, jobs, notes)
-            if done is not None:
-                conn.execute("COMMIT")
-                return done, (time.perf_counter() - started, notes)
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            del notes[:]
-            conn.execute("BEGIN IMMEDIATE")
-            for job, args in jobs:
-                conn.execute("SAVEPOINT job")
-                mark = len(notes)
-                try:
-                    outcomes.append((True, job(conn, *args)))
-                    conn.execute("RELEASE job")
-                except Exception as exc:
-                    del notes[mark:]
-                    conn.execute("ROLLBACK TO job")
-                    conn.execute("RELEASE job")
-                    outcomes.append((False, exc))
+            outcomes = _run_unguarded(conn, jobs, notes)
+            if outcomes is None:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                del notes[:]
+                conn.execute("BEGIN IMMEDIATE")
+                outcomes = _run_guarded(conn, jobs, notes)
             conn.execute("COMMIT")
         except BaseException as exc:
             if conn.in_transaction:
@@ -197,5 +184,23 @@ def _run_unguarded(
             if conn.total_changes != before or not conn.in_transaction:
                 return None
             del notes[mark:]
+            outcomes.append((False, exc))
+    return outcomes
+
+
+def _run_guarded(conn: sqlite3.Connection, jobs: list[tuple[Job, tuple[Any, ...]]], notes: list[Note]) -> list[tuple[bool, Any]]:
+    """The batch's outcomes with a SAVEPOINT per job: a failed job's writes and notes are undone
+    and the others' kept."""
+    outcomes: list[tuple[bool, Any]] = []
+    for job, args in jobs:
+        conn.execute("SAVEPOINT job")
+        mark = len(notes)
+        try:
+            outcomes.append((True, job(conn, *args)))
+            conn.execute("RELEASE job")
+        except Exception as exc:
+            del notes[mark:]
+            conn.execute("ROLLBACK TO job")
+            conn.execute("RELEASE job")
             outcomes.append((False, exc))
     return outcomes
