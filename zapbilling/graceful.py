@@ -34,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from typing import Any, Callable, Collection
+from typing import Any, Callable
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
@@ -74,11 +74,11 @@ def _count_answers(server: web.Server) -> list[int]:
 
 
 async def serve(app: web.Application, sock: socket.socket, early: EarlyStop, *, shutdown_timeout: float,
-                started: Callable[[], None], handling: Callable[[], Collection[asyncio.Task[Any]]],
+                started: Callable[[], None], cut_off: Callable[[], int],
                 label: str = "", **runner_options: Any) -> None:
     """Serve `app` on `sock` (bound and listening) until SIGTERM or SIGINT, then stop as the
-    module docstring says. `handling`: the tasks of the requests being handled (their bodies
-    read), to count those cut off at the bound. Raises what the app's start-up raises (the
+    module docstring says. `cut_off`: how many handlers (their bodies read) have been
+    cancelled so far, to count those cut off at the bound. Raises what the app's start-up raises (the
     database cannot be opened): nothing was served then."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -95,7 +95,7 @@ async def serve(app: web.Application, sock: socket.socket, early: EarlyStop, *, 
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=shutdown_timeout, **runner_options)
     await runner.setup()  # the app's start-up: opens (and migrates) the database
     counts: list[int] | None = None
-    under_way: list[asyncio.Task[Any]] = []
+    cut_before = 0
     try:
         if not stop.is_set():
             await web.SockSite(runner, sock).start()
@@ -103,12 +103,12 @@ async def serve(app: web.Application, sock: socket.socket, early: EarlyStop, *, 
             await stop.wait()
             assert runner.server is not None  # set up above
             counts = _count_answers(runner.server)
-            under_way = list(handling())
+            cut_before = cut_off()
     finally:
         await runner.cleanup()
     if counts is None:
         early.log_stopped(label)
         return
-    cut = sum(t.cancelled() for t in under_way)
-    cut_off = f", cut off {cut} at the {shutdown_timeout:g} s bound" if cut else ""
-    log.info("stopped: answered %d requests in flight%s, database closed%s", counts[0], cut_off, label)
+    cut = cut_off() - cut_before
+    cut_line = f", cut off {cut} at the {shutdown_timeout:g} s bound" if cut else ""
+    log.info("stopped: answered %d requests in flight%s, database closed%s", counts[0], cut_line, label)

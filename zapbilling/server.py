@@ -104,7 +104,7 @@ def _run(config: Config, sock: socket.socket, label: str, lifeline: int | None =
     try:
         loop.run_until_complete(graceful.serve(
             app, sock, early, shutdown_timeout=config.limits.shutdown_timeout, started=started,
-            handling=lambda: app[ADMISSION].running, label=label, access_log_class=access_log.AccessLog,
+            cut_off=lambda: app[ADMISSION].cut_off, label=label, access_log_class=access_log.AccessLog,
             **server_options(config)))
     finally:
         if sender is not None:
