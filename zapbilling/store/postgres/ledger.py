@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import asyncpg
 
@@ -20,15 +20,29 @@ from ..ids import new_id, row_event_id
 from ..ledger_filters import Dialect, needs_probe, never_matches, page, probe, walk_for
 from ..refusals import Missing, NotRefundable, OutOfRange, RefundLeft
 from ..rows import LEDGER_COLUMNS as _ROW, ledger_row as _row
-from .connection import UNCHECKED_KEY, KEY_VALID, PgBase, affected, lock_account
+from .connection import _SNAPSHOT, UNCHECKED_KEY, KEY_VALID, PgBase, affected, lock_account
 from .outbox import NOTHING, Watch, emit_many, event_args, event_json, forfeit_row, lock_watching
+from .pool import Lease
 from .sums import ACCOUNT, EXPIRED, HELD
+from .turns import TurnBatch
 from .watch import after_account_write, after_meter_events
 
 # One account's balance row, expired unforfeited credit and pending holds: ACCOUNT, EXPIRED and
 # HELD (sums.py, shared with the alerts and the watch; BIGINT sums, ints on every backend).
 ACCOUNT_AND_KEY = f"{ACCOUNT}, ({KEY_VALID.replace('$1', '$5')})"
 """ACCOUNT and whether the API key whose digest is $5 is valid, in one statement."""
+_EACH_READ = dict(tenant="r.t", user="r.u", currency="r.c", now="r.n")
+ACCOUNTS = (
+    "SELECT COALESCE((SELECT balance FROM balances WHERE tenant = r.t AND user_id = r.u AND currency = r.c), 0),"
+    f" ({EXPIRED.format(**_EACH_READ)}), ({HELD.format(**_EACH_READ)}),"
+    " r.d IS NULL OR EXISTS (SELECT 1 FROM api_keys WHERE hash = r.d AND revoked_at IS NULL)"
+    " FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::text[]) WITH ORDINALITY AS r (t, u, c, n, d, i)"
+    " ORDER BY r.i"
+)
+"""ACCOUNT_AND_KEY for many accounts at once (turns.py), in the order of the arrays $1-$5 (tenant,
+user, currency, now, the key's digest or NULL when the key needs no check)."""
+AccountRead = tuple[int, str, str, int, "str | None"]
+"""An account read's arguments: tenant, user, currency, now, the digest of a key to check (or None)."""
 _EACH = dict(tenant="$1", user="$2", currency="c.currency", now="$3")
 
 HAS_ROWS = (
@@ -65,17 +79,36 @@ class LedgerQueries(PgBase):
     _outbox: Outbox | None = None
     """The domain's herald (store/herald.py), installed at start-up: None records no events."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._accounts: TurnBatch[AccountRead, tuple[int, int, int, bool]] = TurnBatch(self._account, self._accounts_at_once)
+
     def announce_with(self, herald: Herald) -> None:
         self._outbox = Outbox(herald)
 
     async def balance(self, tenant: int, user: str, currency: str, now: int) -> tuple[int, int]:
+        # The request's key is checked by the same statement (keys.py): one round trip, not two;
+        # and the reads of one loop turn share one (turns.py).
         digest = UNCHECKED_KEY.get()
-        if digest is None:
-            b, expired, held = (await self._read(ACCOUNT, tenant, user, currency, now))[0]
-        else:  # the request's key is checked by this same statement (keys.py): one round trip, not two
-            b, expired, held, valid = (await self._read(ACCOUNT_AND_KEY, tenant, user, currency, now, digest))[0]
+        if _SNAPSHOT.get() is not None:  # inside a snapshot, its transaction's reads
+            b, expired, held, valid = await self._account((tenant, user, currency, now, digest))
+        else:
+            b, expired, held, valid = await self._accounts.read((tenant, user, currency, now, digest))
+        if digest is not None:
             self._key_checked(digest, valid)
         return b - expired, held
+
+    async def _account(self, a: AccountRead) -> tuple[int, int, int, bool]:
+        if a[4] is None:
+            b, expired, held = (await self._read(ACCOUNT, *a[:4]))[0]
+            return b, expired, held, True
+        b, expired, held, valid = (await self._read(ACCOUNT_AND_KEY, *a))[0]
+        return b, expired, held, valid
+
+    async def _accounts_at_once(self, reads: Sequence[AccountRead]) -> list[tuple[int, int, int, bool]]:
+        async with Lease(self.pool) as conn:
+            rows = await conn.fetch(ACCOUNTS, *(list(column) for column in zip(*reads)))
+        return [tuple(r) for r in rows]
 
     async def balances(self, tenant: int, user: str, now: int) -> list[tuple[str, int, int]]:
         """Every currency with a ledger row, or with a hold pending now, by currency."""

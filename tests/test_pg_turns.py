@@ -1,0 +1,127 @@
+"""The point reads of one loop turn answered by one statement (store/postgres/turns.py): the
+batching itself with stand-in statements (on every backend: it is plain asyncio), then
+getBalance's reads on a real PostgreSQL, where a batch holds many accounts and keys."""
+from __future__ import annotations
+
+import asyncio
+from typing import Sequence
+
+import pytest
+
+from zapbilling.billing.ledger import LOTS
+from zapbilling.store.base import KeyRevoked, NewEntry
+from zapbilling.store.postgres.turns import TurnBatch
+
+
+class Statements:
+    """Stand-ins for the one-read and many-reads statements: each answers its arguments doubled,
+    after a loop turn (as a round trip would), and records how it was called."""
+
+    def __init__(self, fail: bool = False):
+        self.calls: list[tuple[str, list[int]]] = []
+        self.fail = fail
+        self.gate = asyncio.Event()
+        self.gate.set()
+
+    async def one(self, a: int) -> int:
+        self.calls.append(("one", [a]))
+        await self.gate.wait()
+        if self.fail:
+            raise ConnectionResetError("the database went away")
+        return 2 * a
+
+    async def many(self, reads: Sequence[int]) -> list[int]:
+        self.calls.append(("many", list(reads)))
+        await self.gate.wait()
+        if self.fail:
+            raise ConnectionResetError("the database went away")
+        return [2 * a for a in reads]
+
+
+async def test_reads_started_in_one_loop_turn_are_one_statement_each_answered_its_own():
+    s = Statements()
+    batch = TurnBatch(s.one, s.many)
+    assert await asyncio.gather(*(batch.read(a) for a in range(10))) == [2 * a for a in range(10)]
+    assert s.calls == [("many", list(range(10)))]
+
+
+async def test_a_read_alone_in_its_turn_is_the_one_read_statement_and_later_reads_a_new_batch():
+    s = Statements()
+    batch = TurnBatch(s.one, s.many)
+    assert await batch.read(7) == 14
+    assert await asyncio.gather(batch.read(1), batch.read(2)) == [2, 4]
+    assert s.calls == [("one", [7]), ("many", [1, 2])]
+
+
+async def test_reads_that_arrive_while_a_batch_is_under_way_make_the_next_batch():
+    s = Statements()
+    s.gate.clear()
+    batch = TurnBatch(s.one, s.many)
+    first = [asyncio.ensure_future(batch.read(a)) for a in (1, 2)]
+    await asyncio.sleep(0.01)  # the first batch has been sent and waits for its answer
+    second = [asyncio.ensure_future(batch.read(a)) for a in (3, 4)]
+    await asyncio.sleep(0.01)
+    s.gate.set()
+    assert await asyncio.gather(*first, *second) == [2, 4, 6, 8]
+    assert s.calls == [("many", [1, 2]), ("many", [3, 4])]
+
+
+async def test_a_failed_statement_fails_every_read_of_its_batch_and_the_next_batch_runs():
+    s = Statements(fail=True)
+    batch = TurnBatch(s.one, s.many)
+    results = await asyncio.gather(*(batch.read(a) for a in range(3)), return_exceptions=True)
+    assert [type(r) for r in results] == [ConnectionResetError] * 3
+    s.fail = False
+    assert await asyncio.gather(batch.read(5), batch.read(6)) == [10, 12]
+
+
+async def test_a_cancelled_reader_leaves_the_others_of_its_batch_their_answers():
+    s = Statements()
+    s.gate.clear()
+    batch = TurnBatch(s.one, s.many)
+    reads = [asyncio.ensure_future(batch.read(a)) for a in range(4)]
+    await asyncio.sleep(0.01)
+    reads[1].cancel()
+    await asyncio.sleep(0)
+    s.gate.set()
+    results = await asyncio.gather(*reads, return_exceptions=True)
+    assert results[0] == 0 and results[2:] == [4, 6]
+    assert isinstance(results[1], asyncio.CancelledError)
+
+
+@pytest.mark.postgres_only("the PostgreSQL store's batched account reads")
+async def test_a_turns_balance_reads_share_one_statement_each_its_account_and_a_revoked_key_refused_alone(db_path, clock):
+    from zapbilling.store.postgres import PostgresStore
+
+    store = PostgresStore(db_path)
+    await store.open()
+    try:
+        key_a, secret_a = await store.create_key("acme", "live", "admin", clock())
+        key_b, secret_b = await store.create_key("acme", "live", "admin", clock())
+        principal = await store.authenticate(secret_a)
+        assert principal is not None and await store.authenticate(secret_b) is not None  # both remembered now
+        users = [f"acme/u{i}" for i in range(20)]
+        for i, user in enumerate(users):
+            await store.append_ledger_row(principal.tenant, NewEntry(
+                type="deposit", user=user, currency="usd", amount=100 + i, now=clock(), key_id=principal.key_id, lots=LOTS))
+        await store.revoke_key(key_b, clock())  # this process still remembers it: the read's statement must check it
+
+        statements: list[int] = []
+        many = store._accounts._many
+
+        async def counted(reads):
+            statements.append(len(reads))
+            return await many(reads)
+
+        store._accounts._many = counted
+
+        async def read(secret: str, user: str) -> tuple[int, int]:
+            await store.authenticate(secret)  # remembered: the key is left for the read to check
+            return await store.balance(principal.tenant, user, "usd", clock())
+
+        answers = await asyncio.gather(*(read(secret_a, u) for u in users), read(secret_b, users[0]), return_exceptions=True)
+        assert answers[:-1] == [(100 + i, 0) for i in range(len(users))]
+        assert isinstance(answers[-1], KeyRevoked)
+        assert statements == [len(users) + 1]
+    finally:
+        await store.close()
