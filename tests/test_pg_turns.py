@@ -1,4 +1,4 @@
-"""The point reads of one loop turn answered by one statement (store/postgres/turns.py): the
+"""Reads made at nearly the same time answered by one statement (store/postgres/turns.py): the
 batching itself with stand-in statements (on every backend: it is plain asyncio), then
 getBalance's reads on a real PostgreSQL, where a batch holds many accounts and keys."""
 from __future__ import annotations

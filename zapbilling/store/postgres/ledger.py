@@ -88,7 +88,7 @@ class LedgerQueries(PgBase):
 
     async def balance(self, tenant: int, user: str, currency: str, now: int) -> tuple[int, int]:
         # The request's key is checked by the same statement (keys.py): one round trip, not two;
-        # and the reads of one loop turn share one (turns.py).
+        # and reads made at nearly the same time share one (turns.py).
         digest = UNCHECKED_KEY.get()
         if _SNAPSHOT.get() is not None:  # inside a snapshot, its transaction's reads
             b, expired, held, valid = await self._account((tenant, user, currency, now, digest))
