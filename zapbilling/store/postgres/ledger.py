@@ -23,7 +23,7 @@ from ..rows import LEDGER_COLUMNS as _ROW, ledger_row as _row
 from .connection import _SNAPSHOT, UNCHECKED_KEY, KEY_VALID, PgBase, affected, lock_account
 from .outbox import NOTHING, Watch, emit_many, event_args, event_json, forfeit_row, lock_watching
 from .pool import Lease
-from .sums import ACCOUNT, EXPIRED, HELD
+from .sums import ACCOUNT, ACCOUNT_OF, EXPIRED, HELD
 from .turns import TurnBatch
 from .watch import after_account_write, after_meter_events
 
@@ -33,9 +33,7 @@ ACCOUNT_AND_KEY = f"{ACCOUNT}, ({KEY_VALID.replace('$1', '$5')})"
 """ACCOUNT and whether the API key whose digest is $5 is valid, in one statement."""
 _EACH_READ = dict(tenant="r.t", user="r.u", currency="r.c", now="r.n")
 ACCOUNTS = (
-    "SELECT COALESCE((SELECT balance FROM balances WHERE tenant = r.t AND user_id = r.u AND currency = r.c), 0),"
-    f" ({EXPIRED.format(**_EACH_READ)}), ({HELD.format(**_EACH_READ)}),"
-    " r.d IS NULL OR EXISTS (SELECT 1 FROM api_keys WHERE hash = r.d AND revoked_at IS NULL)"
+    f"SELECT {ACCOUNT_OF.format(**_EACH_READ)}, r.d IS NULL OR ({KEY_VALID.replace('$1', 'r.d')})"
     " FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::text[]) WITH ORDINALITY AS r (t, u, c, n, d, i)"
     " ORDER BY r.i"
 )

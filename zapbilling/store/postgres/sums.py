@@ -17,13 +17,17 @@ HELD = (
 ONE = dict(tenant="$1", user="$2", currency="$3", now="$4")
 """The templates' parameters as one account's statement binds them: $1 tenant, $2 user,
 $3 currency, $4 now."""
-BALANCE = "COALESCE((SELECT balance FROM balances WHERE tenant = $1 AND user_id = $2 AND currency = $3), 0)"
-"""The account's balances row (0 without one); parameters as ONE."""
+BALANCE_OF = "COALESCE((SELECT balance FROM balances WHERE tenant = {tenant} AND user_id = {user} AND currency = {currency}), 0)"
+"""An account's balances row (0 without one); a template as EXPIRED ({now} unused)."""
+BALANCE = BALANCE_OF.format(**ONE)
+"""The account's balances row; parameters as ONE."""
 HELD_NOW = HELD.format(**ONE)
 """The account's holds pending at now; parameters as ONE."""
-ACCOUNT = f"SELECT {BALANCE}, ({EXPIRED.format(**ONE)}), ({HELD_NOW})"
-"""(balance row, expired unforfeited credit, pending holds) of one account at now; parameters
-as ONE; all three BIGINT (ints), the subtraction left to Python, as on SQLite."""
+ACCOUNT_OF = f"{BALANCE_OF}, ({EXPIRED}), ({HELD})"
+"""(balance row, expired unforfeited credit, pending holds) of an account at {now}, as columns;
+a template as EXPIRED. All three BIGINT (ints), the subtraction left to Python, as on SQLite."""
+ACCOUNT = "SELECT " + ACCOUNT_OF.format(**ONE)
+"""ACCOUNT_OF of one account at now; parameters as ONE."""
 AVAILABLE = (
     f"SELECT {BALANCE}::numeric - ({EXPIRED.format(**ONE).replace('::bigint', '')}) - ({HELD_NOW})"
 )

@@ -92,8 +92,9 @@ class SqliteBase(ReadPath):
         # when every write was a SAVEPOINT (now only a batch run again after a failed write is:
         # writer._run_unguarded), in memory (strace, recordUsage with an endpoint on
         # usage.recorded, 31 writes per commit): 101 -> 35 KB written per request, system CPU
-        # 90 -> 65 us; 30 -> 26 KB and 52 -> 45 us without the endpoint. Only after the migrations: a migration's CREATE INDEX
-        # sorts its table through temporary files, which in memory would hold the whole sort.
+        # 90 -> 65 us; 30 -> 26 KB and 52 -> 45 us without the endpoint. Only after the
+        # migrations: a migration's CREATE INDEX sorts its table through temporary files, which
+        # in memory would hold the whole sort.
         conn.execute("PRAGMA temp_store = MEMORY")
         return conn
 

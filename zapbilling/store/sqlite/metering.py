@@ -154,8 +154,9 @@ def _create_meter(conn: sqlite3.Connection, tenant: int, meter_id: str, m: NewMe
 
 def _record_events(conn: sqlite3.Connection, tenant: int, events: list[MeterEventDraft], now: int) -> list[tuple[str, str]]:
     """All or nothing: every meter id is checked before the first insert, and the writer
-    undoes everything if anything fails (its batch runs again with a savepoint per job). A seen idempotency key (also earlier in this
-    batch) is a duplicate that reports the original event's id; the unique index decides."""
+    undoes everything if anything fails (its batch runs again with a savepoint per job). A seen
+    idempotency key (also earlier in this batch) is a duplicate that reports the original
+    event's id; the unique index decides."""
     wanted = sorted({e.meter_id for e in events})
     known = {r[0] for r in conn.execute(
         f"SELECT id FROM meters WHERE tenant = ? AND id IN ({', '.join('?' * len(wanted))})", (tenant, *wanted)
