@@ -213,13 +213,13 @@ async def test_long_slots_go_to_the_tenant_holding_fewest():
 
 @pytest.mark.sqlite_only("the SQLite read path")
 async def test_reader_threads_run_below_the_event_loops_priority(tmp_path):
-    """Long reads run on the pool's threads; the loop answers everyone. The readers are niced
-    so that a tenant's stream of aggregates cannot take the CPU the loop needs."""
+    """Long reads run on the pool's threads; the loop answers everyone. The readers run under
+    SCHED_IDLE, so that a tenant's stream of aggregates cannot take the CPU the loop needs
+    (Linux: the policy a thread may always lower itself to)."""
     import os
     import threading
 
     from zapbilling.store import SqliteStore
-    from zapbilling.store.sqlite.reads import READER_NICENESS
 
     store = SqliteStore(str(tmp_path / "nice.db"))
     await store.open()
@@ -229,7 +229,8 @@ async def test_reader_threads_run_below_the_event_loops_priority(tmp_path):
             await conn.create_function("native_id", 0, threading.get_native_id)
             (tid,), = await conn.execute_fetchall("SELECT native_id()")
             assert tid != threading.get_native_id()
-            assert os.getpriority(os.PRIO_PROCESS, tid) == min(19, loop_nice + READER_NICENESS)
+            assert os.sched_getscheduler(tid) == os.SCHED_IDLE
+        assert os.sched_getscheduler(threading.get_native_id()) == os.SCHED_OTHER  # the loop's own is untouched
         assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == loop_nice  # the loop's own is untouched
     finally:
         await store.close()

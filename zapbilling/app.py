@@ -68,7 +68,7 @@ def create_app(config: Config, registry: Registry | None = None) -> web.Applicat
     zap = route(endpoint.handle, endpoint.refuse)
     app.router.add_post("/api/v1/zap", zap)
     app.router.add_post("/api/v1/billing/zap", zap)
-    add_routes(app, caller, route)
+    add_routes(app, caller, route, admission.lane)
     app.router.add_get("/api/v1/openapi.json", route(document_route(openapi(registry)), refuse_json, reads_body=False))
     app.router.add_get("/metrics", route(metrics_route(sampler), refuse_json, reads_body=False))
     add_console(app, caller, store, admission)  # GET /console: the operator's pages (transport/console)

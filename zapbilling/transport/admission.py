@@ -51,6 +51,7 @@ from .auth import authenticate, key_refused
 from .facts import FACTS, Facts
 from .faults import fault
 from .http import read_body
+from .lane import Lane
 
 log = logging.getLogger("zapbilling")
 
@@ -197,6 +198,9 @@ class Admission:
     def __init__(self, store: Store, max_inflight: int, limits: Limits, clock: Clock = time.monotonic):
         self.store = store
         self.shared = Slots(max_inflight)
+        shared = self.shared
+        self.lane = Lane(lambda: shared.size - shared.free)
+        """Long work's turns (transport/lane.py); the requests handled now are the shared slots in use."""
         self.per_key = limits.inflight_per_key
         self.rate = limits.rate_per_second
         self.burst = limits.rate_burst

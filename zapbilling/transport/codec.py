@@ -181,21 +181,26 @@ def _decode_lock() -> asyncio.Lock:
     return lock
 
 
-async def _decode_msgpack_large(body: bytes, max_values: int, chunk: int = CHUNK) -> Any:
+Step = Callable[[], Awaitable[None]]
+"""Awaited before each chunk of a large body: a loop turn (`next_loop_turn`), or a turn of long
+work (transport/lane.py `Steps.next`), which may wait longer and fairly by org."""
+
+
+async def _decode_msgpack_large(body: bytes, max_values: int, chunk: int = CHUNK, step: Step = next_loop_turn) -> Any:
     async with _decode_lock():
-        return await _decode_msgpack_chunks(body, max_values, chunk)
+        return await _decode_msgpack_chunks(body, max_values, chunk, step)
 
 
-async def _decode_msgpack_chunks(body: bytes, max_values: int, chunk: int) -> Any:
-    """`_decode_msgpack`, with the same passes, values, limits, count and errors, giving the loop
-    a turn after each `chunk` bytes of each pass."""
+async def _decode_msgpack_chunks(body: bytes, max_values: int, chunk: int, step: Step) -> Any:
+    """`_decode_msgpack`, with the same passes, values, limits, count and errors, awaiting `step`
+    before each `chunk` bytes of each pass."""
     if len(body) > max_values:
-        await _unpack_chunks(body, chunk, _counting_hooks(max_values))
-    return await _unpack_chunks(body, chunk, {})
+        await _unpack_chunks(body, chunk, _counting_hooks(max_values), step)
+    return await _unpack_chunks(body, chunk, {}, step)
 
 
-async def _unpack_chunks(body: bytes, chunk: int, hooks: dict[str, Callable[[Any], Any]]) -> Any:
-    """The body fed to a msgpack.Unpacker a chunk at a time, a loop turn between chunks; its
+async def _unpack_chunks(body: bytes, chunk: int, hooks: dict[str, Callable[[Any], Any]], step: Step) -> Any:
+    """The body fed to a msgpack.Unpacker a chunk at a time, `step` awaited before each; its
     `unpack` raises OutOfData until the one top-level value is complete.
 
     The C Unpacker resumes a partly parsed value where the previous feed ended, keeping its
@@ -211,8 +216,7 @@ async def _unpack_chunks(body: bytes, chunk: int, hooks: dict[str, Callable[[Any
     unpacker = msgpack.Unpacker(max_buffer_size=max(len(body), chunk), **hooks, **_MSGPACK_LIMITS)
     view = memoryview(body)
     for start in range(0, len(body), chunk):
-        if start:
-            await next_loop_turn()
+        await step()
         unpacker.feed(view[start:start + chunk])
         try:
             value = unpacker.unpack()
@@ -244,14 +248,18 @@ def _encode_json(value: Any) -> bytes:
     return "".join(_json_chunks(value, 0)).encode()
 
 
-def _json_array(pieces: list[bytes]) -> bytes:
-    return b"[" + b",".join(pieces) + b"]"
+Frame = tuple[bytes, bytes, bytes]
+"""An array's bytes around its items: before the first, between two, after the last."""
+_JSON_FRAME = (b"[", b",", b"]")
 
 
-def _msgpack_array(pieces: list[bytes]) -> bytes:
-    n = len(pieces)
+def _json_frame(n: int) -> Frame:
+    return _JSON_FRAME
+
+
+def _msgpack_frame(n: int) -> Frame:
     head = bytes((0x90 | n,)) if n < 16 else b"\xdc" + n.to_bytes(2, "big") if n < 1 << 16 else b"\xdd" + n.to_bytes(4, "big")
-    return head + b"".join(pieces)
+    return head, b"", b""
 
 
 @dataclass(frozen=True)
@@ -259,8 +267,8 @@ class Codec:
     content_type: str
     _decode: Callable[[bytes, int], Any]
     _encode: Callable[[Any], bytes]
-    _array: Callable[[list[bytes]], bytes]
-    _decode_large: Callable[[bytes, int], Awaitable[Any]] | None = None
+    _frame: Callable[[int], Frame]
+    _decode_large: Callable[[bytes, int, int, Step], Awaitable[Any]] | None = None
 
     def decode(self, body: bytes, max_values: int = DEFAULT_ELEMENTS) -> Any:
         """Raises ParseError for anything undecodable, however deep or malformed, and
@@ -271,15 +279,16 @@ class Codec:
         except (ValueError, RecursionError, UnicodeDecodeError) as exc:
             raise self._parse_error(exc) from None
 
-    async def decode_large(self, body: bytes, max_values: int = DEFAULT_ELEMENTS) -> Any:
-        """`decode`, with the same answers, for a body longer than LARGE_BODY: msgpack gives the
-        loop a turn every CHUNK bytes. JSON still decodes in one call: its values are counted in
+    async def decode_large(self, body: bytes, max_values: int = DEFAULT_ELEMENTS, step: Step = next_loop_turn) -> Any:
+        """`decode`, with the same answers, for a body longer than LARGE_BODY, awaiting `step`
+        before each CHUNK bytes of msgpack. JSON decodes in one step: its values are counted in
         its bytes at C speed first, json.loads of 1 MiB holds the loop ~10 ms (a tenth of what
         msgpack with its counting hooks did), and the json module has no parser to resume."""
         if self._decode_large is None:
+            await step()
             return self.decode(body, max_values)
         try:
-            return await self._decode_large(body, max_values)
+            return await self._decode_large(body, max_values, CHUNK, step)
         except (ValueError, RecursionError, UnicodeDecodeError) as exc:
             raise self._parse_error(exc) from None
 
@@ -291,15 +300,20 @@ class Codec:
 
     def encode_array(self, pieces: list[bytes]) -> bytes:
         """The array of values already encoded one by one: `encode([a, b])` from `encode(a)`, `encode(b)`."""
-        return self._array(pieces)
+        head, between, tail = self._frame(len(pieces))
+        return head + between.join(pieces) + tail
+
+    def array_frame(self, n: int) -> Frame:
+        """What `encode_array` puts around and between `n` pieces, for a caller joining them itself."""
+        return self._frame(n)
 
     @property
     def name(self) -> str:
         return "JSON" if self.content_type == JSON_TYPE else "msgpack"
 
 
-JSON = Codec(JSON_TYPE, _decode_json, _encode_json, _json_array)
-CODECS: dict[str, Codec] = {JSON_TYPE: JSON} | {t: Codec(t, _decode_msgpack, _packb, _msgpack_array, _decode_msgpack_large) for t in MSGPACK_TYPES}
+JSON = Codec(JSON_TYPE, _decode_json, _encode_json, _json_frame)
+CODECS: dict[str, Codec] = {JSON_TYPE: JSON} | {t: Codec(t, _decode_msgpack, _packb, _msgpack_frame, _decode_msgpack_large) for t in MSGPACK_TYPES}
 
 
 def codec_for(content_type: str) -> Codec | None:

@@ -13,6 +13,7 @@ from ..registry import Command
 from ..schema import Field, TypeRef
 from ..store import Principal
 from .admission import Admitted, Refuse
+from .lane import Lane, Steps
 from .calls import Caller, authorize
 from .codec import JSON, LARGE_BODY, codec_for, negotiate
 from .facts import FACTS, Call, Facts, refused
@@ -96,7 +97,7 @@ def query_names(command: Command) -> tuple[frozenset[str], dict[str, str]]:
     return frozenset(f.name for f in command.fields if f.name not in in_path), in_path
 
 
-def make_view(caller: Caller, command: Command) -> View:
+def make_view(caller: Caller, command: Command, lane: Lane) -> View:
     assert command.http is not None
     from_query = command.http.verb in ("GET", "DELETE")
     success = command.http.status
@@ -125,7 +126,7 @@ def make_view(caller: Caller, command: Command) -> View:
                 raw = text_params(command.fields, request.query, request.match_info)
             else:  # body params, and the path's on top
                 raw = (_body_params(request, body, caller.limits.request_elements) if len(body) <= LARGE_BODY
-                       else await _large_body_params(request, body, caller.limits.request_elements)) | text_params(path_fields, {}, request.match_info)
+                       else await _large_body_params(request, body, caller.limits.request_elements, lane.steps(principal.org))) | text_params(path_fields, {}, request.match_info)
             result = await caller.call(
                 command, principal, raw, query=from_query, idempotency_key=request.headers.get("Idempotency-Key") or None
             )
@@ -150,13 +151,16 @@ def _body_params(request: web.Request, body: bytes, max_values: int) -> dict[str
     return params
 
 
-async def _large_body_params(request: web.Request, body: bytes, max_values: int) -> dict[str, Any]:
-    """`_body_params` for a body longer than LARGE_BODY, decoded giving the loop turns (a
-    function apart, so that the usual bodies pay no coroutine)."""
-    body_codec = codec_for(request.content_type)
-    if body_codec is None:
-        return _body_params(request, body, max_values)  # its refusal
-    params = await body_codec.decode_large(body, max_values)
+async def _large_body_params(request: web.Request, body: bytes, max_values: int, steps: Steps) -> dict[str, Any]:
+    """`_body_params` for a body longer than LARGE_BODY, decoded as long work, in turns
+    (transport/lane.py; a function apart, so that the usual bodies pay no coroutine)."""
+    try:
+        body_codec = codec_for(request.content_type)
+        if body_codec is None:
+            return _body_params(request, body, max_values)  # its refusal
+        params = await body_codec.decode_large(body, max_values, steps.next)
+    finally:
+        steps.close()
     if not isinstance(params, dict):
         raise InvalidRequest("the request body must be an object")
     return params
@@ -190,11 +194,11 @@ def refuse_json(request: web.Request, exc: ApiError) -> web.Response:
     return respond_error(JSON, error_body(exc), exc.info.rest_status, exc)
 
 
-def add_routes(app: web.Application, caller: Caller, wrap: Wrap) -> None:
+def add_routes(app: web.Application, caller: Caller, wrap: Wrap, lane: Lane) -> None:
     for command in caller.registry.commands.values():
         if command.http is not None:
             reads_body = command.http.verb not in ("GET", "DELETE")
-            app.router.add_route(command.http.verb, _any_segment(command.http.path), wrap(make_view(caller, command), refuse, reads_body))
+            app.router.add_route(command.http.verb, _any_segment(command.http.path), wrap(make_view(caller, command, lane), refuse, reads_body))
 
 
 def _any_segment(path: str) -> str:

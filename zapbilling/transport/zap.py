@@ -68,13 +68,16 @@ class ZapEndpoint:
         request_codec, codec = self.codecs(request)
         facts, call = one_call("zap", principal.org, principal.mode)
         request[FACTS] = facts
+        steps = None  # long work (a large body, a batch) takes its turns: transport/lane.py
         try:
             if request_codec is None:
                 raise UnsupportedMediaType(f"unsupported Content-Type {request.content_type!r}: send application/json or application/msgpack")
             if len(raw) <= LARGE_BODY:
                 body = request_codec.decode(raw, self.caller.limits.request_elements)
-            else:  # gives the loop turns while it decodes
-                body = await request_codec.decode_large(raw, self.caller.limits.request_elements)
+            else:
+                steps = self.admission.lane.steps(principal.org)
+                body = await request_codec.decode_large(raw, self.caller.limits.request_elements, steps.next)
+                steps.done()
             if type(body) is list and len(body) > 1:  # a token per entry; the first was taken on admission
                 self.admission.charge(principal, min(len(body), MAX_BATCH))  # an over-long batch is refused below anyway
             if isinstance(body, list):
@@ -89,8 +92,9 @@ class ZapEndpoint:
                 pending: dict[int, list[Call]] = {}
                 for entry, call in zip(reversed(body), reversed(calls)):
                     pending.setdefault(id(entry), []).append(call)
+                steps = steps or self.admission.lane.steps(principal.org)
                 response = await answer_batch(body, lambda entry, refusal: self.one(entry, principal, refusal, pending[id(entry)].pop(), facts),
-                                              self.commands, codec, self.caller.limits.answer_bytes)
+                                              self.commands, codec, self.caller.limits.answer_bytes, steps)
                 facts.summarise()
                 return response
             if not isinstance(body, dict):
@@ -102,6 +106,9 @@ class ZapEndpoint:
             request[FACTS] = Facts("zap", principal.org, principal.mode, [], facts.batch, exc.kind, error_id_of(exc))
             release(facts)
             return respond_error(codec, error_envelope(exc), exc.info.zap_http_status, exc)
+        finally:
+            if steps is not None:
+                steps.close()
 
     async def one(self, envelope: Any, principal: Principal, refusal: ApiError | None = None, call: Call | None = None,
                   facts: Facts | None = None) -> tuple[dict[str, Any], int]:
