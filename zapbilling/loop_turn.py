@@ -1,8 +1,10 @@
-"""One turn of the event loop, for code that must let other tasks run in the middle of its work."""
+"""One turn of the event loop, for code that must let other tasks run in the middle of its work;
+and giving way inside long work (`give_way`), which may wait longer."""
 from __future__ import annotations
 
 import types
-from typing import Generator
+from contextvars import ContextVar
+from typing import Awaitable, Callable, Generator, Sequence, TypeVar
 
 
 @types.coroutine
@@ -13,3 +15,38 @@ def next_loop_turn() -> Generator[None, None, None]:
     instructions with `asyncio.sleep(0)` and -0.42k with this, against the single wrapper the
     two replaced (getBalance: ~320k in all)."""
     yield
+
+
+Step = Callable[[], Awaitable[None]]
+"""How a piece of long work waits before its next piece: a loop turn (`next_loop_turn`), or a turn
+of long work (transport/lane.py `Steps.next`), which may wait longer and fairly by org."""
+LONG_WORK: ContextVar[Step | None] = ContextVar("zapbilling_long_work", default=None)
+"""Set while a call runs as a step of long work (a ZAP batch's read entry: transport/lane.py,
+transport/answers.py): how it waits for its next turn. Unset for every other call."""
+
+
+async def give_way() -> None:
+    """Inside long work, end this step and wait for the next turn (which may come after a pause
+    for other tenants' short calls); anywhere else, nothing: a single call's work stays as it
+    was. Where a long read turns many rows into answers (`converted`), the invoice preview's
+    lines: a preview over 1,000 meters held the loop for ~2.4 ms turning its rules into rows,
+    ~3.9 ms for its usage and ~1.9 ms pricing its lines, each in one piece."""
+    step = LONG_WORK.get()
+    if step is not None:
+        await step()
+
+
+R = TypeVar("R")
+T = TypeVar("T")
+
+
+async def converted(rows: Sequence[R], make: Callable[[R], T], per_step: int) -> list[T]:
+    """`[make(r) for r in rows]`, giving way every `per_step` rows inside long work."""
+    if len(rows) <= per_step or LONG_WORK.get() is None:
+        return [make(r) for r in rows]
+    out: list[T] = []
+    for start in range(0, len(rows), per_step):
+        if start:
+            await give_way()
+        out.extend(make(r) for r in rows[start:start + per_step])
+    return out

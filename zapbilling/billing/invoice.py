@@ -7,11 +7,17 @@ from typing import Any
 
 from ..context import Context
 from ..errors import InvalidParams
+from ..loop_turn import give_way
 from ..store import RuleRow, SumOutOfRange
 from ..times import parse_ts
 from .grants import plan_burn
 from .metering import SUM_OUT_OF_RANGE
 from .pricing import Price, PricingError, checked_sum, price
+
+
+LINES_PER_STEP = 256
+"""Lines priced between two turns of long work (loop_turn.give_way): ~1.9 us a line, so a
+preview over 1,000 meters gives way three times instead of holding the loop ~1.9 ms."""
 
 
 def choose_rules(rules: list[RuleRow], plan_id: str | None) -> dict[str, RuleRow]:
@@ -44,7 +50,9 @@ async def invoice_preview(ctx: Context, p: Any) -> dict[str, Any]:
         raise InvalidParams(SUM_OUT_OF_RANGE) from None
     line_items: list[dict[str, Any]] = []
     try:
-        for meter_id, meter_name, quantity, _ in usage:  # only meters with events in the period
+        for n, (meter_id, meter_name, quantity, _) in enumerate(usage):  # only meters with events in the period
+            if n and not n % LINES_PER_STEP:
+                await give_way()
             rule = rules.get(meter_id)
             cost = price(rule["model"], rule["unitPrice"], rule["tiers"], quantity) if rule else Price(0, 0)
             line_items.append({

@@ -9,6 +9,13 @@ from typing import Any, Sequence
 
 from .base import AlertRow, GrantChange, GrantRow, HoldRow, LedgerRow, MeterEventRow, MeterRow, RuleRow
 
+ROWS_PER_STEP = 256
+"""Rows a long read turns into answers between two of its turns when it runs as long work
+(loop_turn.converted): a pricing rule ~2.4 us, a meter's usage ~3.9 us, so 0.6-1 ms a step."""
+LEDGER_ROWS_PER_STEP = 32
+"""The same for ledger rows, whose metadata is decoded too: ~17 us for the largest (16 KiB),
+~0.55 ms a step."""
+
 
 LEDGER_COLUMNS = "id, user_id, currency, type, amount, tags, notes, metadata, created_at, expires_at, refund_of, hold_id, key_id"
 

@@ -28,7 +28,7 @@ import msgpack
 
 from ..errors import ParseError, PayloadTooLarge
 from ..limits import Limits
-from ..loop_turn import next_loop_turn
+from ..loop_turn import Step, next_loop_turn
 
 MAX_BODY = Limits().body_bytes
 """The longest string a msgpack body may hold: the default body bound (Limits.body_bytes, which
@@ -179,11 +179,6 @@ def _decode_lock() -> asyncio.Lock:
     if lock is None:
         lock = _one_at_a_time[loop] = asyncio.Lock()
     return lock
-
-
-Step = Callable[[], Awaitable[None]]
-"""Awaited before each chunk of a large body: a loop turn (`next_loop_turn`), or a turn of long
-work (transport/lane.py `Steps.next`), which may wait longer and fairly by org."""
 
 
 async def _decode_msgpack_large(body: bytes, max_values: int, chunk: int = CHUNK, step: Step = next_loop_turn) -> Any:

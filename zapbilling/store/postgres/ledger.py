@@ -26,6 +26,8 @@ from .pool import Lease
 from .sums import ACCOUNT, ACCOUNT_OF, EXPIRED, HELD
 from .turns import TurnBatch
 from .watch import after_account_write, after_meter_events
+from ...loop_turn import converted
+from ..rows import LEDGER_ROWS_PER_STEP
 
 # One account's balance row, expired unforfeited credit and pending holds: ACCOUNT, EXPIRED and
 # HELD (sums.py, shared with the alerts and the watch; BIGINT sums, ints on every backend).
@@ -138,7 +140,7 @@ class LedgerQueries(PgBase):
             where += f" AND currency = ${len(params)}"
         params.append(limit + 1)
         rows = await self._read(f"SELECT {_ROW} FROM ledger WHERE {where} ORDER BY seq DESC LIMIT ${len(params)}", *params)
-        return [_row(r) for r in rows[:limit]], len(rows) > limit
+        return await converted(rows[:limit], _row, LEDGER_ROWS_PER_STEP), len(rows) > limit
 
     async def ledger_page(
         self, tenant: int, user: str, where: LedgerFilter, limit: int, starting_after: str | None
@@ -160,7 +162,7 @@ class LedgerQueries(PgBase):
             sizes = (a, b)
         s = page(_DIALECT, walk_for(where, sizes), tenant, user, where, cursor, limit + 1)
         rows = await self._read(s.sql, *s.params)
-        return [_row(r) for r in rows[:limit]], len(rows) > limit
+        return await converted(rows[:limit], _row, LEDGER_ROWS_PER_STEP), len(rows) > limit
 
     async def append_ledger_row(
         self, tenant: int, entry: NewEntry, idempotency: Idempotency | None = None, refundable: Refundable | None = None

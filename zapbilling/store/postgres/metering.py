@@ -19,6 +19,8 @@ from ..rows import METER_COLUMNS as _METER, meter_row
 from .connection import PgBase
 from .outbox import NOTHING, Watch
 from .watch import after_meter_events
+from ...loop_turn import converted
+from ..rows import ROWS_PER_STEP
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
@@ -121,11 +123,12 @@ class MeteringQueries(PgBase):
         SumOutOfRange when a sum meter's sum passes int64."""
         period, bounds = _period(start, end, 3)
         rows = await self._aggregate(tenant, _usage_sql(period), tenant, user, *bounds)
-        out: list[MeterUsage] = []
-        for meter_id, name, (count, value) in rows:
-            if count:
-                out.append(MeterUsage(meter_id, name, _int64(value), int(count)))
-        return out
+        return [u for u in await converted(rows, _usage, ROWS_PER_STEP) if u is not None]
+
+
+def _usage(row: Any) -> MeterUsage | None:
+    meter_id, name, (count, value) = row
+    return MeterUsage(meter_id, name, _int64(value), int(count)) if count else None
 
 
 async def _create_meter(conn: asyncpg.Connection, tenant: int, meter_id: str, m: NewMeter, quota: int | None) -> MeterRow:

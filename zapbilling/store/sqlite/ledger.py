@@ -18,6 +18,8 @@ from .watch import after_account_write, after_meter_events
 from ..refusals import Missing, NotRefundable, OutOfRange, RefundLeft
 from ..rows import LEDGER_COLUMNS as _ROW, ledger_row as _row
 from .sums import ACCOUNT, EXPIRED, HELD
+from ...loop_turn import converted
+from ..rows import LEDGER_ROWS_PER_STEP
 
 
 # One account's balance row, expired unforfeited credit and pending holds: ACCOUNT, EXPIRED and
@@ -76,7 +78,7 @@ class LedgerQueries(SqliteBase):
             where += " AND currency = ?"
             params.append(currency)
         rows = await self._read(f"SELECT {_ROW} FROM ledger WHERE {where} ORDER BY seq DESC LIMIT ?", (*params, limit + 1))
-        return [_row(r) for r in rows[:limit]], len(rows) > limit
+        return await converted(rows[:limit], _row, LEDGER_ROWS_PER_STEP), len(rows) > limit
 
     async def ledger_page(
         self, tenant: int, user: str, where: LedgerFilter, limit: int, starting_after: str | None
@@ -100,7 +102,7 @@ class LedgerQueries(SqliteBase):
             sizes = (a, b)
         s = page(_DIALECT, walk_for(where, sizes), tenant, user, where, cursor, limit + 1)
         rows = await self._read(s.sql, tuple(s.params))
-        return [_row(r) for r in rows[:limit]], len(rows) > limit
+        return await converted(rows[:limit], _row, LEDGER_ROWS_PER_STEP), len(rows) > limit
 
     async def append_ledger_row(
         self, tenant: int, entry: NewEntry, idempotency: Idempotency | None = None, refundable: Refundable | None = None

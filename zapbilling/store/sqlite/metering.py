@@ -14,6 +14,8 @@ from .outbox import watch
 from .watch import after_meter_events
 from ..refusals import AlreadyExists, Missing, QuotaReached, SumOutOfRange
 from ..rows import METER_COLUMNS as _METER, meter_row
+from ...loop_turn import converted
+from ..rows import ROWS_PER_STEP
 
 
 AGGREGATES = {
@@ -120,12 +122,13 @@ class MeteringQueries(SqliteBase):
             if "overflow" not in str(exc):
                 raise
             rows = await self._aggregate(tenant, _usage_sql(period, exact=True), params)  # see aggregate_events
-        out: list[MeterUsage] = []
-        for meter_id, name, aggregation, usage in rows:
-            count, value, *low = json.loads(usage)
-            if count:
-                out.append(MeterUsage(meter_id, name, _exact_sum(value, low[0]) if low else value, count))
-        return out
+        return [u for u in await converted(rows, _usage, ROWS_PER_STEP) if u is not None]
+
+
+def _usage(row: tuple[Any, ...]) -> MeterUsage | None:
+    meter_id, name, aggregation, usage = row
+    count, value, *low = json.loads(usage)
+    return MeterUsage(meter_id, name, _exact_sum(value, low[0]) if low else value, count) if count else None
 
 
 def _exact_sum(high: int, low: int) -> int:

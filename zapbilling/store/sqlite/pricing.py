@@ -10,6 +10,8 @@ from ..ids import new_id
 from .connection import SqliteBase
 from ..refusals import Missing, QuotaReached
 from ..rows import RULE_COLUMNS as _RULE, rule_row
+from ...loop_turn import converted
+from ..rows import ROWS_PER_STEP
 
 
 
@@ -29,7 +31,7 @@ class PricingQueries(SqliteBase):
                 where += f" AND {column} = ?"
                 params.append(value)
         rows = await self._read(f"SELECT {_RULE} FROM pricing_rules WHERE {where} ORDER BY seq", tuple(params))
-        return [rule_row(r) for r in rows]
+        return await converted(rows, rule_row, ROWS_PER_STEP)
 
     async def delete_rule(self, tenant: int, rule_id: str, now: int, idempotency: Idempotency | None = None) -> None:
         await self._write(tenant, idempotency, now, _delete_rule, tenant, rule_id)
