@@ -10,6 +10,7 @@ import json
 import msgpack
 import pytest
 
+from zapbilling.loop_turn import LONG_WORK, away, converted, give_way
 from zapbilling.transport.answers import JOIN_STEP, _joined_in_turns
 from zapbilling.transport.codec import CODECS, JSON
 from zapbilling.transport.lane import MAX_PAUSE, MIN_PAUSE, RECENT, Lane
@@ -199,3 +200,104 @@ async def test_a_large_batch_answer_joined_in_turns_is_the_same_bytes(codec):
     assert [d["id"] for d in decoded] == list(range(20))
     one = [codec.encode(entry)]
     assert (await _joined_in_turns(codec, one)).getvalue() == codec.encode_array(one)
+
+
+async def test_rows_are_converted_in_pieces_only_inside_long_work():
+    rows = list(range(1000))
+    steps: list[int] = []
+
+    class Recorder:
+        holding = True
+
+        async def next(self) -> None:
+            steps.append(len(steps))
+
+        def done(self) -> None:
+            pass
+
+    step = Recorder()
+
+    assert await converted(rows, lambda r: r * 2, 256) == [r * 2 for r in rows]
+    assert steps == []  # a single call's rows: one piece, no wait
+    token = LONG_WORK.set(step)
+    try:
+        assert await converted(rows, lambda r: r * 2, 256) == [r * 2 for r in rows]
+        assert len(steps) == 3  # 4 pieces of at most 256: a turn between each two
+        steps.clear()
+        assert await converted(rows[:256], str, 256) == [str(r) for r in rows[:256]]
+        assert steps == []
+        await give_way()
+        assert steps == [0]
+    finally:
+        LONG_WORK.reset(token)
+    await give_way()  # outside long work: nothing
+    assert steps == [0]
+
+
+async def test_a_batch_runs_its_reads_as_steps_of_long_work_and_its_writes_as_short_calls():
+    """The reads of a batch run one at a time, each in its turn and able to give way inside;
+    the writes start together, outside the lane (a batch of writes stays one group commit)."""
+    from zapbilling.registry import load_registry
+    from zapbilling.transport.answers import answer_batch
+
+    commands = load_registry().commands
+    lane, _ = lane_with()
+    seen: list[tuple[str, bool, bool]] = []
+
+    async def run(entry: dict, refusal: object) -> tuple[dict, int]:
+        in_long_work = LONG_WORK.get() is not None
+        seen.append((entry["method"], in_long_work, steps.holding if in_long_work else False))
+        await asyncio.sleep(0)
+        return {"id": entry["id"], "result": {}}, 200
+
+    entries = [{"method": m, "id": i} for i, m in enumerate(
+        ["billing.getBalance", "billing.deposit", "billing.listTransactions", "billing.recordUsage"])]
+    steps = lane.steps("org-a")
+    try:
+        await answer_batch(entries, run, commands, JSON, 1 << 20, steps)
+    finally:
+        steps.close()
+    assert sorted(seen) == sorted([("billing.getBalance", True, True), ("billing.deposit", False, False),
+                                   ("billing.listTransactions", True, True), ("billing.recordUsage", False, False)])
+    assert not lane.held and lane.members == 0
+
+
+async def test_long_work_gives_its_turn_back_while_it_waits_on_the_database():
+    """`away()`: an org's step waiting on a long query holds up no other org's steps; the turn
+    is taken again after (not after an error); an `away` inside another takes nothing."""
+    lane, _ = lane_with()
+    a, b = lane.steps("org-a"), lane.steps("org-b")
+    await a.next()
+    token = LONG_WORK.set(a)
+    try:
+        query_done = asyncio.Event()
+
+        async def query() -> str:
+            async with away():
+                assert not a.holding
+                async with away():  # the store's _aggregate around its _read: nothing more
+                    pass
+                assert not a.holding
+                await query_done.wait()
+            return "rows"
+
+        running = asyncio.create_task(query())
+        await turns()
+        other = asyncio.create_task(b.next())
+        await asyncio.wait_for(other, 5)  # org B's step runs while A's query is out
+        assert b.holding and not a.holding
+        query_done.set()
+        await turns()
+        assert not running.done()  # A waits for the turn back
+        b.done()
+        assert await asyncio.wait_for(running, 5) == "rows"
+        assert a.holding
+        with pytest.raises(RuntimeError):
+            async with away():
+                raise RuntimeError("the database went away")
+        assert not a.holding  # not taken again: the request is ending
+    finally:
+        LONG_WORK.reset(token)
+        a.close()
+        b.close()
+    assert not lane.held and lane.members == 0

@@ -234,3 +234,18 @@ async def test_reader_threads_run_below_the_event_loops_priority(tmp_path):
         assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == loop_nice  # the loop's own is untouched
     finally:
         await store.close()
+
+
+@pytest.mark.sqlite_only("the SQLite read path")
+def test_long_reads_leave_the_event_loop_a_cpu_of_its_own(monkeypatch):
+    """One fewer long read at once than the CPUs the server may run on, at least one, and never
+    every connection of the pool (a short read always finds one)."""
+    import os
+
+    from zapbilling.store.sqlite.reads import READERS, long_readers
+
+    for cpus, expected in ((1, 1), (2, 1), (3, 2), (4, 3), (64, READERS - 1)):
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid, n=cpus: set(range(n)))
+        assert long_readers() == expected, cpus
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)))
+    assert long_readers(2) == 1

@@ -2,9 +2,10 @@
 and giving way inside long work (`give_way`), which may wait longer."""
 from __future__ import annotations
 
+import contextlib
 import types
 from contextvars import ContextVar
-from typing import Awaitable, Callable, Generator, Sequence, TypeVar
+from typing import AsyncIterator, Awaitable, Callable, Generator, Protocol, Sequence, TypeVar
 
 
 @types.coroutine
@@ -20,9 +21,21 @@ def next_loop_turn() -> Generator[None, None, None]:
 Step = Callable[[], Awaitable[None]]
 """How a piece of long work waits before its next piece: a loop turn (`next_loop_turn`), or a turn
 of long work (transport/lane.py `Steps.next`), which may wait longer and fairly by org."""
-LONG_WORK: ContextVar[Step | None] = ContextVar("zapbilling_long_work", default=None)
+
+
+class Turns(Protocol):
+    """A request's turns of long work (transport/lane.py `Steps`), as the layers below see them."""
+
+    holding: bool
+
+    async def next(self) -> None: ...
+
+    def done(self) -> None: ...
+
+
+LONG_WORK: ContextVar[Turns | None] = ContextVar("zapbilling_long_work", default=None)
 """Set while a call runs as a step of long work (a ZAP batch's read entry: transport/lane.py,
-transport/answers.py): how it waits for its next turn. Unset for every other call."""
+transport/answers.py). Unset for every other call."""
 
 
 async def give_way() -> None:
@@ -31,9 +44,25 @@ async def give_way() -> None:
     was. Where a long read turns many rows into answers (`converted`), the invoice preview's
     lines: a preview over 1,000 meters held the loop for ~2.4 ms turning its rules into rows,
     ~3.9 ms for its usage and ~1.9 ms pricing its lines, each in one piece."""
-    step = LONG_WORK.get()
-    if step is not None:
-        await step()
+    turns = LONG_WORK.get()
+    if turns is not None:
+        await turns.next()
+
+
+@contextlib.asynccontextmanager
+async def away() -> AsyncIterator[None]:
+    """Inside long work, the turn is given back while the block waits on something else (the
+    database, a slot of the store's long reads), and taken again after it (not if it raised).
+    Held across such waits, one org's unique_count summary over a million events (seconds in a
+    reader thread) held every other org's long work for as long: benchmark scenario 7 at full
+    size saw org A's own batches and bodies stall 7-15 s behind it."""
+    turns = LONG_WORK.get()
+    if turns is None or not turns.holding:
+        yield
+        return
+    turns.done()
+    yield
+    await turns.next()
 
 
 R = TypeVar("R")

@@ -80,7 +80,7 @@ async def answer_batch(entries: list[Any], run: Run, commands: Mapping[str, Comm
                 under_way.append(asyncio.ensure_future(answer(i, entry)))
             else:
                 await steps.next()
-                long_work = LONG_WORK.set(steps.next)  # the read gives way inside too (loop_turn.give_way)
+                long_work = LONG_WORK.set(steps)  # the read gives way inside too (loop_turn.give_way, away)
                 try:
                     await answer(i, entry)
                 finally:

@@ -48,6 +48,7 @@ import asyncpg
 
 from ..answers import PurgeHorizon, replayed_answer, stored_answer
 from ..base import DURABILITY, NOTES, Idempotency, KeyRevoked, Load, Note, Principal, StoreStats, Unavailable
+from ...loop_turn import away
 from ..fairness import FairSlots
 from ..locator import describe
 from ..migrations import record, scripts
@@ -239,10 +240,11 @@ class PgBase:
     # -- reads -------------------------------------------------------------------------------
     async def _read(self, sql: str, *params: Any) -> list[asyncpg.Record]:
         conn = _SNAPSHOT.get()
-        if conn is not None:
-            return await conn.fetch(sql, *params)  # type: ignore[no-any-return]
-        async with Lease(self.pool) as conn:
-            return await conn.fetch(sql, *params)  # type: ignore[no-any-return]
+        async with away():  # long work's turn is not held while PostgreSQL works
+            if conn is not None:
+                return await conn.fetch(sql, *params)  # type: ignore[no-any-return]
+            async with Lease(self.pool) as conn:
+                return await conn.fetch(sql, *params)  # type: ignore[no-any-return]
 
     async def _aggregate(self, tenant: Hashable, sql: str, *params: Any) -> list[asyncpg.Record]:
         """A read whose cost grows with the data: as `_read`, once one of the long-read slots
@@ -250,7 +252,7 @@ class PgBase:
         the pool."""
         if _SNAPSHOT.get() is not None:
             return await self._read(sql, *params)
-        async with self._long.slot(tenant):
+        async with away(), self._long.slot(tenant):
             return await self._read(sql, *params)
 
     @contextlib.asynccontextmanager
@@ -258,14 +260,16 @@ class PgBase:
         """Inside this block, this task's reads see one moment: one REPEATABLE READ, read-only
         transaction on a connection of its own, holding a long-read slot of `tenant`'s."""
         assert _SNAPSHOT.get() is None, "snapshot() inside snapshot()"
-        async with self._long.slot(tenant):
-            async with Lease(self.pool) as conn:
-                async with conn.transaction(isolation="repeatable_read", readonly=True):
-                    token = _SNAPSHOT.set(conn)
-                    try:
-                        yield
-                    finally:
-                        _SNAPSHOT.reset(token)
+        async with contextlib.AsyncExitStack() as held:
+            async with away():  # long work's turn is not held while waiting for a slot
+                await held.enter_async_context(self._long.slot(tenant))
+                conn = await held.enter_async_context(Lease(self.pool))
+                await held.enter_async_context(conn.transaction(isolation="repeatable_read", readonly=True))
+            token = _SNAPSHOT.set(conn)
+            try:
+                yield
+            finally:
+                _SNAPSHOT.reset(token)
 
     async def schema_version(self) -> int:
         rows = await self._read("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")

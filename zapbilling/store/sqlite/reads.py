@@ -7,7 +7,7 @@ event loop's thread, beside the writer (writer.py).
   so a long query on one connection holds up none of the others. A single statement sees one
   moment of the data.
 - `_aggregate`: a read whose cost grows with the data (an aggregate over a million events).
-  It runs like `_read`, after taking one of LONG_READERS slots, handed out fairly by tenant
+  It runs like `_read`, after taking one of `long_readers()` slots, handed out fairly by tenant
   (FairSlots): at most READERS - 1 connections are ever busy with long reads, so a short read
   always finds one soon, and a tenant with many long reads waiting queues behind itself, not
   in front of another tenant's first one (measured before the pool: 8 concurrent unique_count
@@ -44,20 +44,34 @@ from typing import Any, AsyncIterator, Hashable, Iterable
 
 import aiosqlite
 
+from ...loop_turn import away
 from ..fairness import FairSlots
 
 Params = tuple[Any, ...] | dict[str, Any]
 
 READERS = 4
-"""Read connections in the pool, each with its own thread. SQLite releases the GIL while a
-statement runs, so on the 2-core machines this is sized for, 2 long queries already fill the
-CPU: 4 lets 3 long reads run (each making progress, none waiting for another to end) and keeps
-one connection for short reads. More would only add threads and page caches (each connection
-keeps its own) that have no CPU to run on."""
+"""Read connections in the pool, each with its own thread: long reads (`long_readers()` of
+them at most) and the short reads (pages) beside them. More would only add threads and page
+caches (each connection keeps its own) that have no CPU to run on."""
 
-LONG_READERS = READERS - 1
-"""Long reads (`_aggregate`, `snapshot()`) busy at once: one connection is always left to
-short reads, which a pool full of aggregates would otherwise queue behind."""
+
+def long_readers(readers: int = READERS) -> int:
+    """Long reads (`_aggregate`, `snapshot()`) busy at once: one fewer than the CPUs this
+    process may run on, at least one, and at most `readers - 1` (one connection is always left
+    to short reads, which a pool full of aggregates would otherwise queue behind).
+
+    The event loop needs a CPU of its own. Three long reads at once on a 2-CPU machine (what
+    this was before) each made progress, but between statements their threads took the GIL and
+    the CPU from the loop: benchmark scenario 7 at full size measured another tenant's
+    getBalance p99 at 2.8x its figure alone with three, and 1.4x with one (server pinned to one
+    CPU, long work giving back its turn while it waits on a read: transport/lane.py). A
+    tenant's long read now waits for the one under way; the slot that frees still goes to the
+    waiting tenant that holds the fewest."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(readers - 1, cpus - 1))
 
 _SNAPSHOT: ContextVar[aiosqlite.Connection | None] = ContextVar("zapbilling_snapshot", default=None)
 """The snapshot connection while the current task is inside `snapshot()`: a context variable,
@@ -84,7 +98,7 @@ class ReadPath:
         self._readers = readers
         self._pool: asyncio.Queue[aiosqlite.Connection] = asyncio.Queue()
         self._pooled: list[aiosqlite.Connection] = []
-        self._long = FairSlots(readers - 1)
+        self._long = FairSlots(long_readers(readers))
         self._snapshots_open = 0  # tasks inside snapshot() now
         self._point: sqlite3.Connection | None = None
         self._point_txn = False
@@ -121,14 +135,15 @@ class ReadPath:
         """Any query, off the loop's thread, on a pooled connection; inside `snapshot()`, on
         the snapshot's."""
         conn = _SNAPSHOT.get()
-        if conn is not None:
-            return await _fetch(conn, sql, params)
-        assert self._pooled, "store is not open"
-        conn = await self._pool.get()
-        try:
-            return await _fetch(conn, sql, params)
-        finally:
-            self._pool.put_nowait(conn)
+        async with away():  # long work's turn is not held while the reader works
+            if conn is not None:
+                return await _fetch(conn, sql, params)
+            assert self._pooled, "store is not open"
+            conn = await self._pool.get()
+            try:
+                return await _fetch(conn, sql, params)
+            finally:
+                self._pool.put_nowait(conn)
 
     async def _aggregate(self, tenant: Hashable, sql: str, params: Params = ()) -> list[tuple[Any, ...]]:
         """A query whose cost grows with the data, for `tenant`: as `_read`, once a long slot
@@ -136,7 +151,7 @@ class ReadPath:
         snapshot's connection (the snapshot holds a slot already)."""
         if _SNAPSHOT.get() is not None:
             return await self._read(sql, params)
-        async with self._long.slot(tenant):
+        async with away(), self._long.slot(tenant):
             return await self._read(sql, params)
 
     @contextlib.asynccontextmanager
@@ -148,7 +163,9 @@ class ReadPath:
         other snapshots and reads; in WAL mode it holds up no write either."""
         assert self._pooled, "store is not open"
         assert _SNAPSHOT.get() is None, "snapshot() inside snapshot()"
-        async with self._long.slot(tenant):
+        async with contextlib.AsyncExitStack() as slot:
+            async with away():  # long work's turn is not held while waiting for a slot
+                await slot.enter_async_context(self._long.slot(tenant))
             conn = await self._pool.get()
             token = _SNAPSHOT.set(conn)
             self._snapshots_open += 1
