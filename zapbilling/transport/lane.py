@@ -24,11 +24,13 @@ So long work is cut into steps, and each step takes the lane's one turn:
   of one step per turn. With no short call about, the next turn is given at once: on a quiet
   server long work runs as fast as before.
 
-Measured in scenario 7 (`--quick`, one round each, this machine quiet), org B's getBalance p99
-with org A against alone: 22x before (p50 0.26 -> 11 ms); 7.6x with the turns alone; with the
-pauses too, cheaper refusals of bodies of too many values (codec.py), SCHED_IDLE readers
-(store/sqlite/reads.py) and a batch's answer joined in turns (answers.py), 3.0x, and each kind
-of abuse alone under 2x (1.3x slow bodies, 1.9x deposits, 1.9x reads, 1.5x the flood).
+Steps give the turn back while they wait on the database or for a long-read slot
+(loop_turn.away) and give way inside where they turn many rows into answers
+(loop_turn.give_way, converted): held across a multi-second summary, the one turn stalled
+every other long request for as long.
+
+Measured in scenario 7 (README, Performance): org B's getBalance p99 with org A's abuse against
+alone went from 10-22x to 1.43-1.95x at full size, while org A's own work still flowed.
 """
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ event loop's thread, beside the writer (writer.py).
   moment of the data.
 - `_aggregate`: a read whose cost grows with the data (an aggregate over a million events).
   It runs like `_read`, after taking one of `long_readers()` slots, handed out fairly by tenant
-  (FairSlots): at most READERS - 1 connections are ever busy with long reads, so a short read
+  (FairSlots): never more than READERS - 1 connections are busy with long reads, so a short read
   always finds one soon, and a tenant with many long reads waiting queues behind itself, not
   in front of another tenant's first one (measured before the pool: 8 concurrent unique_count
   summaries over 1.39M events made another org's listMeters and getUsage take 23-26 s).
