@@ -148,21 +148,17 @@ def _counting_hooks(max_values: int) -> dict[str, Callable[[Any], Any]]:
     `max_values` bytes are counted at all."""
     count = 1
 
-    def counted_map(pairs: Any) -> Any:
-        nonlocal count
-        count += len(pairs)
-        if count > max_values:
-            raise too_many(max_values)
-        return _NO_MAP
+    def counting(stand_in: Any) -> Callable[[Any], Any]:
+        def counted(container: Any) -> Any:
+            nonlocal count
+            count += len(container)
+            if count > max_values:
+                raise too_many(max_values)
+            return stand_in
 
-    def counted_list(items: Any) -> Any:
-        nonlocal count
-        count += len(items)
-        if count > max_values:
-            raise too_many(max_values)
-        return _NO_LIST
+        return counted
 
-    return {"object_pairs_hook": counted_map, "list_hook": counted_list}
+    return {"object_pairs_hook": counting(_NO_MAP), "list_hook": counting(_NO_LIST)}
 
 
 _one_at_a_time: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()
