@@ -198,8 +198,7 @@ class Admission:
     def __init__(self, store: Store, max_inflight: int, limits: Limits, clock: Clock = time.monotonic):
         self.store = store
         self.shared = Slots(max_inflight)
-        shared = self.shared
-        self.lane = Lane(lambda: shared.size - shared.free)
+        self.lane = Lane(lambda: self.shared.in_use)
         """Long work's turns (transport/lane.py); the requests handled now are the shared slots in use."""
         self.per_key = limits.inflight_per_key
         self.rate = limits.rate_per_second
