@@ -366,7 +366,7 @@ async def test_key_revoked_through_another_store_is_refused_from_the_next_reques
     assert (await call(api, f"Bearer {api.key}"))[0] == 200
 
 
-@pytest.mark.parametrize("call", ["getBalance", "deposit", "getUsage", "zap.discover", "batch"])
+@pytest.mark.parametrize("call", ["getBalance", "deposit", "recordUsage", "getUsage", "zap.discover", "batch"])
 async def test_a_key_revoked_elsewhere_is_refused_whatever_the_next_request_does(api, server, db_path, call):
     """On PostgreSQL a server lets a key it has seen in from memory, and the database checks it
     within the request (store/postgres/keys.py): getBalance's read carries the check, a write's
@@ -393,7 +393,8 @@ async def test_a_key_revoked_elsewhere_is_refused_whatever_the_next_request_does
     elif call == "zap.discover":
         assert_zap_401(*await revoked.zap_raw({"method": "zap.discover", "id": 1}))
     else:
-        params = {"user": "u1", "currency": "usd"} | ({"amount": 100} if call == "deposit" else {})
+        params = {"user": "u1", "currency": "usd"} | ({"amount": 100} if call in ("deposit", "recordUsage") else {})
+        params |= {"model": "m"} if call == "recordUsage" else {}
         status, body = await revoked.zap_raw({"method": f"billing.{call}", "id": 1, "params": params})
         assert_zap_401(status, body)
     balance = await api.call("getBalance", {"user": "u1", "currency": "usd"})

@@ -1,13 +1,14 @@
 """A ledger write's round trips on PostgreSQL, and the lot cases its shortcuts must not change.
 
-On PostgreSQL a usage withdrawal or a deposit on an account without expiring money is two
-statements inside its transaction: the account's lock, then one statement that inserts the row,
-moves the balance, writes the usage meter event and reads the account's lots
-(store/postgres/ledger.py, append_entry). The cases below are those where that statement's
-shortcuts could differ from a walk of the lots read after the insert: many lots (more than the
-first page), an expiring deposit into an account with an expired lot, and a deposit whose new
-balance passes int64 unless the lots forfeited on the way bring it back. They run on both
-backends, so SQLite's answers are the reference.
+On PostgreSQL a usage withdrawal or a deposit on an account without expiring money is one
+statement that commits by itself (ledger_append: store/postgres/ledger.py, `_append_at_once`);
+what needs more goes the transaction's way, where it is two statements after BEGIN: the
+account's lock, then one statement that inserts the row, moves the balance, writes the usage
+meter event and reads the account's lots (append_entry). The cases below are those where that
+statement's shortcuts could differ from a walk of the lots read after the insert: many lots
+(more than the first page), an expiring deposit into an account with an expired lot, and a
+deposit whose new balance passes int64 unless the lots forfeited on the way bring it back.
+They run on both backends, so SQLite's answers are the reference.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from conftest import assert_error, balance, ledger_rows, ok
 
 INT64_MAX = 2**63 - 1
 ALICE = "hanzo/alice"
+APPEND = "SELECT ledger_append("
 
 
 class Statements:
@@ -47,22 +49,49 @@ class Statements:
 
 
 @pytest.mark.postgres_only("counts PostgreSQL statements")
-async def test_usage_and_deposit_are_two_statements_in_their_transaction(api, monkeypatch):
+async def test_usage_and_deposit_are_one_statement_that_commits_itself(api, monkeypatch):
     meter = await ok(api, "createMeter", {"name": "Usage", "eventName": "api-usage"})
-    await ok(api, "deposit", {"user": ALICE, "amount": 1000})  # the account exists from here on
     sent = Statements(monkeypatch)
+    await ok(api, "deposit", {"user": ALICE, "amount": 1000})
+    # no account yet: ledger_append writes nothing, and the transaction's way creates it
+    assert sent.sent[0].startswith(APPEND) and sent.in_transaction(), sent.sent
+    sent.sent.clear()
     usage = await ok(api, "recordUsage", {"user": ALICE, "amount": 7, "model": "m", "requestId": "r1"})
-    assert len(sent.in_transaction()) == 2, sent.in_transaction()
+    assert [q[:len(APPEND)] for q in sent.sent] == [APPEND], sent.sent
+    sent.sent.clear()
     await ok(api, "deposit", {"user": ALICE, "amount": 3})
-    assert len(sent.in_transaction()) == 2, sent.in_transaction()
+    assert [q[:len(APPEND)] for q in sent.sent] == [APPEND], sent.sent
     # what the one statement wrote: the row, the balance, the meter event linked to the row
     assert await balance(api) == 996
     summary = await ok(api, "getMeterEventsSummary", {"meterId": meter["id"]})
     assert (summary["value"], summary["eventCount"]) == (7, 1), summary
-    # a repeat of the requestId writes nothing and answers the first row
+    # a repeat of the requestId: ledger_append writes nothing, the transaction's way answers the first row
+    sent.sent.clear()
     again = await ok(api, "recordUsage", {"user": ALICE, "amount": 7, "model": "m", "requestId": "r1"})
+    assert sent.sent[0].startswith(APPEND) and sent.in_transaction(), sent.sent
     assert again["transactionId"] == usage["transactionId"]
     assert await balance(api) == 996
+    summary = await ok(api, "getMeterEventsSummary", {"meterId": meter["id"]})
+    assert (summary["value"], summary["eventCount"]) == (7, 1), summary
+
+
+@pytest.mark.postgres_only("counts PostgreSQL statements")
+async def test_writes_that_need_more_go_the_transactions_way(api, monkeypatch, clock):
+    """An account with lots (expiring money) and a tenant with an alert make ledger_append write
+    nothing; the transaction's way then does what they need."""
+    await ok(api, "deposit", {"user": ALICE, "amount": 10, "expiresIn": 1})
+    clock.advance(days=2)
+    sent = Statements(monkeypatch)
+    await ok(api, "deposit", {"user": ALICE, "amount": 5})  # forfeits the expired 10 on the way
+    assert sent.sent[0].startswith(APPEND) and sent.in_transaction(), sent.sent
+    assert await balance(api) == 5
+    await ok(api, "createAlert", {"type": "balance_below", "userId": ALICE, "threshold": 3})
+    sent.sent.clear()
+    await ok(api, "recordUsage", {"user": ALICE, "amount": 4, "model": "m"})  # the alert fires
+    assert sent.sent[0].startswith(APPEND) and sent.in_transaction(), sent.sent
+    assert await balance(api) == 1
+    events = await ok(api, "listEvents", {"type": "alert.triggered"})
+    assert events["count"] == 1 and events["events"][0]["data"]["userId"] == ALICE, events
 
 
 async def test_usage_spends_more_lots_than_the_first_page(api, db_path, clock):

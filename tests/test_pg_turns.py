@@ -41,15 +41,15 @@ class Statements:
 async def test_reads_started_in_one_loop_turn_are_one_statement_each_answered_its_own():
     s = Statements()
     batch = TurnBatch(s.one, s.many)
-    assert await asyncio.gather(*(batch.read(a) for a in range(10))) == [2 * a for a in range(10)]
+    assert await asyncio.gather(*(batch.call(a) for a in range(10))) == [2 * a for a in range(10)]
     assert s.calls == [("many", list(range(10)))]
 
 
 async def test_a_read_alone_in_its_turn_is_the_one_read_statement_and_later_reads_a_new_batch():
     s = Statements()
     batch = TurnBatch(s.one, s.many)
-    assert await batch.read(7) == 14
-    assert await asyncio.gather(batch.read(1), batch.read(2)) == [2, 4]
+    assert await batch.call(7) == 14
+    assert await asyncio.gather(batch.call(1), batch.call(2)) == [2, 4]
     assert s.calls == [("one", [7]), ("many", [1, 2])]
 
 
@@ -57,9 +57,9 @@ async def test_reads_that_arrive_while_a_batch_is_under_way_make_the_next_batch(
     s = Statements()
     s.gate.clear()
     batch = TurnBatch(s.one, s.many)
-    first = [asyncio.ensure_future(batch.read(a)) for a in (1, 2)]
+    first = [asyncio.ensure_future(batch.call(a)) for a in (1, 2)]
     await asyncio.sleep(0.01)  # the first batch has been sent and waits for its answer
-    second = [asyncio.ensure_future(batch.read(a)) for a in (3, 4)]
+    second = [asyncio.ensure_future(batch.call(a)) for a in (3, 4)]
     await asyncio.sleep(0.01)
     s.gate.set()
     assert await asyncio.gather(*first, *second) == [2, 4, 6, 8]
@@ -69,17 +69,17 @@ async def test_reads_that_arrive_while_a_batch_is_under_way_make_the_next_batch(
 async def test_a_failed_statement_fails_every_read_of_its_batch_and_the_next_batch_runs():
     s = Statements(fail=True)
     batch = TurnBatch(s.one, s.many)
-    results = await asyncio.gather(*(batch.read(a) for a in range(3)), return_exceptions=True)
+    results = await asyncio.gather(*(batch.call(a) for a in range(3)), return_exceptions=True)
     assert [type(r) for r in results] == [ConnectionResetError] * 3
     s.fail = False
-    assert await asyncio.gather(batch.read(5), batch.read(6)) == [10, 12]
+    assert await asyncio.gather(batch.call(5), batch.call(6)) == [10, 12]
 
 
 async def test_a_cancelled_reader_leaves_the_others_of_its_batch_their_answers():
     s = Statements()
     s.gate.clear()
     batch = TurnBatch(s.one, s.many)
-    reads = [asyncio.ensure_future(batch.read(a)) for a in range(4)]
+    reads = [asyncio.ensure_future(batch.call(a)) for a in range(4)]
     await asyncio.sleep(0.01)
     reads[1].cancel()
     await asyncio.sleep(0)
@@ -123,5 +123,65 @@ async def test_a_turns_balance_reads_share_one_statement_each_its_account_and_a_
         assert answers[:-1] == [(100 + i, 0) for i in range(len(users))]
         assert isinstance(answers[-1], KeyRevoked)
         assert statements == [len(users) + 1]
+    finally:
+        await store.close()
+
+
+@pytest.mark.postgres_only("the PostgreSQL store's batched ledger writes")
+async def test_a_turns_usual_writes_share_one_statement_and_what_needs_more_goes_alone(db_path, clock):
+    """Twenty usual writes, a write of a revoked key, a repeat of a dedupe key and a write to an
+    account with expiring money, made at once: one statement (ledger_append_many) for all,
+    which writes the twenty, refuses the revoked key's alone, and leaves the repeat and the
+    expiring account to the transaction's way, which answers them as it always has."""
+    from zapbilling.store.postgres import PostgresStore
+
+    store = PostgresStore(db_path)
+    await store.open()
+    try:
+        key_a, secret_a = await store.create_key("acme", "live", "admin", clock())
+        key_b, secret_b = await store.create_key("acme", "live", "admin", clock())
+        principal = await store.authenticate(secret_a)
+        assert principal is not None and await store.authenticate(secret_b) is not None
+        tenant = principal.tenant
+
+        def entry(user: str, amount: int, type: str = "withdraw", **kw) -> NewEntry:
+            return NewEntry(type=type, user=user, currency="usd", amount=amount, now=clock(), key_id=principal.key_id,
+                            lots=LOTS, **kw)
+
+        users = [f"acme/u{i}" for i in range(20)]
+        for user in users:  # the accounts exist from here on
+            await store.append_ledger_row(tenant, entry(user, 100, "deposit"))
+        first = await store.append_ledger_row(tenant, entry(users[0], 1, dedupe_key="r1"))
+        await store.append_ledger_row(tenant, entry("acme/lots", 50, "deposit", expires_at=clock() + 10**9))
+        await store.revoke_key(key_b, clock())  # still remembered: the batch's statement must check it
+
+        statements: list[int] = []
+        many = store._appends._many
+
+        async def counted(batch):
+            statements.append(len(batch))
+            return await many(batch)
+
+        store._appends._many = counted
+
+        async def write(secret: str, e: NewEntry):
+            await store.authenticate(secret)
+            return await store.append_ledger_row(tenant, e)
+
+        answers = await asyncio.gather(
+            *(write(secret_a, entry(u, 1 + i)) for i, u in enumerate(users)),
+            write(secret_b, entry(users[1], 1000)),
+            write(secret_a, entry(users[0], 1, dedupe_key="r1")),
+            write(secret_a, entry("acme/lots", 5)),
+            return_exceptions=True,
+        )
+        assert statements == [len(users) + 3]
+        assert [a["amount"] for a in answers[:20]] == [1 + i for i in range(20)], answers
+        assert isinstance(answers[20], KeyRevoked)
+        assert answers[21]["id"] == first["id"]
+        assert answers[22]["amount"] == 5
+        balances = [await store.balance(tenant, u, "usd", clock()) for u in users]
+        assert balances == [(99 - 1, 0)] + [(100 - (1 + i), 0) for i in range(1, 20)]
+        assert await store.balance(tenant, "acme/lots", "usd", clock()) == (45, 0)
     finally:
         await store.close()

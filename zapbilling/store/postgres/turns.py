@@ -1,4 +1,5 @@
-"""Point reads made at nearly the same time answered by one statement.
+"""Point reads, and writes that commit by themselves, made at nearly the same time: one
+statement for all of them.
 
 On PostgreSQL every statement is a network round trip: asyncpg's protocol and the socket's
 system calls in this process, a parse-bind-execute and a snapshot in PostgreSQL's. getBalance is
@@ -7,7 +8,8 @@ read at nearly the same time; a TurnBatch gathers them and sends one statement f
 (their arguments as arrays, read back as rows of `unnest`), so the round trip is paid once per
 batch instead of once per request (getBalance on PostgreSQL, bench scenario 1: 7,954 -> 14,855
 req/s, server CPU 118 -> 63 us and PostgreSQL's 55 -> 12 us per request). A read alone runs the
-one-read statement as before.
+one-read statement as before. The usual ledger write (recordUsage, a deposit) is batched the same
+way (ledger.py, `ledger_append_many`): one statement and one commit for the writes of a round trip.
 
 One batch is under way at a time; the reads that arrive meanwhile make the next one. The
 batches are sent by a task of their own, not by a caller: a caller cancelled (its connection
@@ -24,8 +26,8 @@ R = TypeVar("R")
 
 
 class TurnBatch(Generic[A, R]):
-    """`await batch.read(args)`: the answer of `one(args)`, or of `many([..., args, ...])` when
-    other reads came with it (`many` answers them in order)."""
+    """`await batch.call(args)`: the answer of `one(args)`, or of `many([..., args, ...])` when
+    other calls came with it (`many` answers them in order)."""
 
     def __init__(self, one: Callable[[A], Awaitable[R]], many: Callable[[Sequence[A]], Awaitable[Sequence[R]]]):
         self._one, self._many = one, many
@@ -34,7 +36,7 @@ class TurnBatch(Generic[A, R]):
         """The task sending the batches while there are reads waiting (a strong reference:
         asyncio keeps only a weak one)."""
 
-    async def read(self, args: A) -> R:
+    async def call(self, args: A) -> R:
         loop = asyncio.get_running_loop()
         answer: asyncio.Future[R] = loop.create_future()
         self._waiting.append((args, answer))
