@@ -2,11 +2,12 @@
 transaction, reads on the same pool, and the schema migrated once however many servers start
 together.
 
-Commits: concurrent writes do not share a transaction here (as the SQLite writer's batches
-do): a transaction holding several accounts' locks would make lock cycles possible between
-servers. PostgreSQL shares the flush itself: concurrent transactions committing together are
-written to disk by one WAL flush (its group commit), so `--durability full` costs one fsync per
-flush, not per write.
+Commits: the usual ledger write (recordUsage, a deposit: ledger.py `_append_at_once`) is one
+statement that commits by itself, and the usual writes that arrive during one round trip share
+one statement and one commit (`ledger_append_many`, turns.py), their accounts locked in key
+order (rule 4 below). Other writes are a transaction each; PostgreSQL shares the flush itself:
+concurrent transactions committing together are written to disk by one WAL flush (its group
+commit), so `--durability full` costs one fsync per flush, not per write.
 
 How concurrent writes stay correct (many servers, one database). Every transaction runs at READ
 COMMITTED and takes row locks in one fixed order before it reads what it decides on:
@@ -18,12 +19,18 @@ COMMITTED and takes row locks in one fixed order before it reads what it decides
 2. then rows that belong to that account: its hold (`FOR UPDATE`), its lots, a refund's
    original (a conditional `UPDATE ... WHERE refunded + n <= amount`);
 3. a user's credit grants, locked `FOR UPDATE` in creation order (`seq`) by every write that
-   changes a remainder (burn, void, expiry), so two burns never take the same cents.
+   changes a remainder (burn, void, expiry), so two burns never take the same cents;
+4. a batch of usual ledger writes (`ledger_append_many`) locks several accounts' `balances`
+   rows, in key order (tenant, user, currency), and nothing else.
 
-No transaction locks two accounts, and the sweeps (which walk many) take one account per
-statement group in key order, so lock cycles cannot form; a deadlock or serialisation failure
-all the same (PostgreSQL detects it and aborts one side) is retried here, a few times with a
-random pause, and never reaches a caller as an error of its own. Idempotency keys, dedupe keys
+Only such batches lock two accounts, always in one order, and a transaction that locks one
+account then wants only that account's rows or its user's grants, which no batch locks; the
+sweeps (which walk many) take one account per statement group in key order. So lock cycles
+cannot form between accounts (two requests repeating one requestId in two currencies of one
+user can still meet at the requestId's unique index: PostgreSQL breaks that rare cycle and
+the retry below takes it). A deadlock or serialisation failure all the same (PostgreSQL
+detects it and aborts one side) is retried here, a few times with a random pause, and never
+reaches a caller as an error of its own. Idempotency keys, dedupe keys
 and meter-event keys are unique constraints (`INSERT ... ON CONFLICT DO NOTHING`): a concurrent
 duplicate waits for the first insert's commit, then sees its row.
 
