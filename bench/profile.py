@@ -1,10 +1,10 @@
 """Where a zapbilling request spends its time: the server under wrk load, sampled by py-spy.
 
-    python -m bench.profile [--op getBalance|recordUsage] [--codec msgpack|json|rest]
+    python -m bench.profile [--op getBalance|recordUsage|recordMeterEvents] [--codec msgpack|json|rest]
                             [--server zapbilling|bare] [--seconds 15] [--rate 250] [--raw FILE] [--svg FILE] [--top 25]
 
 Starts `zapbilling serve` on a copy of scenario 1's database (scenario 2's empty one for
-recordUsage), drives it with the same Lua script as the benchmark (64 connections), and after a
+recordUsage and recordMeterEvents, whose batches of 100 are scenario 3's), drives it with the same Lua script as the benchmark (64 connections), and after a
 short warm-up records the server with `py-spy record --gil --nonblocking` (only the thread
 holding the GIL is sampled: that is the CPU a single worker has; the server is paused for each
 sample, so stacks are whole, at --rate 100 per second). Prints the request rate under the profiler, then the share of samples
@@ -27,7 +27,7 @@ from collections import Counter
 from pathlib import Path
 
 from .load import LUA, Server, wrk_path
-from .scenarios import Bench, Settings
+from .scenarios import Bench, Settings, create_meter
 
 # Inclusive shares worth tracking on the request path, by a regex on "function (file)".
 PATH_FUNCTIONS = [
@@ -114,7 +114,7 @@ def analyse(raw: str, top: int) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__.splitlines()[0])
-    ap.add_argument("--op", choices=("getBalance", "recordUsage"), default="getBalance")
+    ap.add_argument("--op", choices=("getBalance", "recordUsage", "recordMeterEvents"), default="getBalance")
     ap.add_argument("--server", choices=("zapbilling", "bare"), default="zapbilling",
                     help="bare: profile scenario 1's/2's ceiling (bench/baselines/bare.py) instead, for comparison")
     ap.add_argument("--codec", choices=("msgpack", "json", "rest"), default="msgpack")
@@ -145,8 +145,11 @@ def main() -> int:
                 {"BENCH_STYLE": "zap", "BENCH_CODEC": args.codec, "BENCH_PATH": "/api/v1/zap"}
         else:
             db, tpl = fresh("empty", "profile")
-            script = "usage.lua"
+            script = "usage.lua" if args.op == "recordUsage" else "meter_events.lua"
             env = {"BENCH_CODEC": "json" if args.codec == "json" else "msgpack", "BENCH_PATH": "/api/v1/zap"}
+        if args.server == "bare" and args.op == "recordMeterEvents":
+            print("--server bare has no recordMeterEvents (scenario 3's baseline runs in-process)", file=sys.stderr)
+            return 2
         if args.server == "bare":
             if args.op == "getBalance":
                 env = {"BENCH_STYLE": "rest", "BENCH_PATH": "/api/v1/billing/balance"}
@@ -154,6 +157,8 @@ def main() -> int:
         else:
             srv = bench.zapbilling(db, "profile")
         with srv:
+            if args.op == "recordMeterEvents":
+                env.update(create_meter(bench, srv, tpl))
             passes = [("raw", workdir / "stacks.txt")] + ([("flamegraph", args.svg)] if args.svg else [])
             for fmt, out in passes:
                 load = subprocess.Popen(

@@ -613,9 +613,15 @@ def _series_args(bench: Bench, tpl: Template) -> list[str]:
     return ["series", *_aggregate_args(bench, tpl)[1:]]
 
 
-def _executemany_args(bench: Bench, tpl: Template) -> list[str]:
+def _executemany_args(bench: Bench, tpl: Template, per_commit: int = 1) -> list[str]:
     return ["insert", "--tenant", str(tpl.tenant), "--meter", f"mtr_{secrets.token_hex(12)}", "--batch", "100",
-            "--synchronous", "FULL"]
+            "--per-commit", str(per_commit), "--synchronous", "FULL"]
+
+
+GROUP_COMMIT = 16
+"""Batches of 100 sharing one commit in scenario 3's group-commit ceiling: about what zapbilling's
+writer gathers into one commit under the scenario's 64 connections (its queue holds one job per
+request in flight)."""
 
 
 # Scenario 6's listings: (key, label, method, params of the first page, params of a page in the middle).
@@ -785,11 +791,15 @@ def scenarios(settings: Settings) -> list[Scenario]:
                     template="empty", script="meter_events.lua", expect="created", setup=create_meter, verify=events_at_least),
             InprocRun("s3.raw_executemany", "raw executemany, 100/transaction, sync=FULL", 3, unit="events/s",
                       per_request=100, args=_executemany_args),
+            InprocRun("s3.raw_group_commit", f"raw executemany, {GROUP_COMMIT} x 100/transaction, sync=FULL (group-commit ceiling)",
+                      3, unit="events/s", per_request=100 * GROUP_COMMIT,
+                      args=lambda bench, tpl: _executemany_args(bench, tpl, GROUP_COMMIT)),
             HttpRun("s3.pg_events", "zapbilling on PostgreSQL, durability full", 3, unit="events/s", per_request=100,
                     template="empty", script="meter_events.lua", expect="created", setup=create_meter, verify=events_at_least,
                     backend="postgres"),
         ], [
             Target("recordMeterEvents vs raw executemany", "s3.zap_events", "s3.raw_executemany", ">=", 0.25),
+            Target("recordMeterEvents vs the group-commit ceiling", "s3.zap_events", "s3.raw_group_commit"),
             Target("recordMeterEvents on PostgreSQL, events/s (worst round)", "s3.pg_events", "", ">=", 30_000),
             Target("recordMeterEvents: PostgreSQL vs SQLite", "s3.pg_events", "s3.zap_events"),
             RETRY_TARGET("recordMeterEvents", "s3.pg_events"),

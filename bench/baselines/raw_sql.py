@@ -1,7 +1,7 @@
 """In-process baselines, no HTTP: what SQLite itself does with the same rows and queries.
 
     python -m bench.baselines.raw_sql insert --db PATH --tenant T --meter M [--batch 100]
-        [--synchronous FULL|NORMAL] [--warmup S] [--seconds S]
+        [--per-commit 1] [--synchronous FULL|NORMAL] [--warmup S] [--seconds S]
     python -m bench.baselines.raw_sql aggregate --db PATH --tenant T --meter M --user U
         --start US --end US [--warmup S] [--seconds S]
     python -m bench.baselines.raw_sql series --db PATH --tenant T --meter M --user U
@@ -10,9 +10,11 @@
         [--warmup S] [--seconds S]
 
 insert: meter-event rows as zapbilling's insert_event writes them (id evt_<24 hex>, ts and
-created_at = now, no idempotency key, no dimensions), `executemany` in transactions of --batch
-rows (BEGIN; executemany; COMMIT) on a WAL file at the given synchronous level, one after the
-other for --seconds. Latency: one transaction.
+created_at = now, no idempotency key, no dimensions), `executemany` of --batch rows, --per-commit
+of them in one transaction (BEGIN; executemany x N; COMMIT) on a WAL file at the given
+synchronous level, one after the other for --seconds. --per-commit 1 is a commit (an fsync, at
+FULL) per batch; more is the group-commit ceiling: what the database does when many callers'
+batches share a commit, as zapbilling's writer makes them. Latency: one transaction.
 aggregate: the SQL zapbilling's getMeterEventsSummary runs for a sum meter, over the same
 rows, repeated for --seconds. Latency: one query.
 series: the grouped query zapbilling's getMeterEventsSeries runs for a sum meter (one row per
@@ -86,12 +88,13 @@ def insert(args: argparse.Namespace) -> dict[str, object]:
     def op() -> int:
         nonlocal counter
         now = time.time_ns() // 1000
-        rows = []  # ids of zapbilling's shape: the creation millisecond, then random bits
-        for _ in range(args.batch):
-            counter += 1
-            rows.append((f"evt_{now // 1000:011x}{secrets.randbits(52):013x}", args.tenant, args.meter, f"bench/u{counter % 100}", counter % 10 + 1, now, now))
         conn.execute("BEGIN IMMEDIATE")
-        conn.executemany(INSERT_SQL, rows)
+        for _ in range(args.per_commit):
+            rows = []  # ids of zapbilling's shape: the creation millisecond, then random bits
+            for _ in range(args.batch):
+                counter += 1
+                rows.append((f"evt_{now // 1000:011x}{secrets.randbits(52):013x}", args.tenant, args.meter, f"bench/u{counter % 100}", counter % 10 + 1, now, now))
+            conn.executemany(INSERT_SQL, rows)
         conn.execute("COMMIT")
         return counter
 
@@ -100,7 +103,7 @@ def insert(args: argparse.Namespace) -> dict[str, object]:
     conn.close()
     assert stored == counter, (stored, counter)
     latencies.sort()
-    return {"ops": ops, "seconds": elapsed, "cpu_s": cpu, "rate": ops * args.batch / elapsed, "p50_ms": _percentile(latencies, 0.5) * 1e3,
+    return {"ops": ops, "seconds": elapsed, "cpu_s": cpu, "rate": ops * args.per_commit * args.batch / elapsed, "p50_ms": _percentile(latencies, 0.5) * 1e3,
             "p99_ms": _percentile(latencies, 0.99) * 1e3, "result": {"rows_written": stored}}
 
 
@@ -147,6 +150,7 @@ def main() -> None:
         p.add_argument("--seconds", type=float, default=5.0)
         if name == "insert":
             p.add_argument("--batch", type=int, default=100)
+            p.add_argument("--per-commit", type=int, default=1, help="batches per transaction (default 1)")
             p.add_argument("--synchronous", default="FULL", choices=("FULL", "NORMAL"))
         else:
             p.add_argument("--user", required=True)
