@@ -15,6 +15,16 @@ def new_id(prefix: str) -> str:
     return f"{prefix}_{time.time_ns() // 1_000_000:011x}{secrets.randbits(52):013x}"
 
 
+def new_ids(prefix: str, n: int) -> list[str]:
+    """`n` ids of `new_id`'s shape for one batch: one clock reading and one read of the kernel's
+    random source for all of them, where `new_id` makes each (a meter-event batch of 100:
+    ~8% of recordMeterEvents' samples went to new_id, bench.profile). The random parts are
+    distinct with overwhelming likelihood, and the UNIQUE index still decides."""
+    head = f"{prefix}_{time.time_ns() // 1_000_000:011x}"
+    bits = secrets.token_hex(7 * n)  # 14 hex digits per id, of which 13 (52 bits) are used
+    return [head + bits[i:i + 13] for i in range(0, 14 * n, 14)]
+
+
 def row_event_id(row_id: str) -> str:
     """The id of a ledger row's event (deposit.created, refund.created, usage.recorded,
     credit.expired): `evt_` and the row's own 24 digits. A row has one event at most (one

@@ -13,7 +13,7 @@ from typing import Any
 import asyncpg
 
 from ..base import Idempotency, MeterEventDraft, MeterRow, MeterUsage, NewMeter, recorded
-from ..ids import new_id
+from ..ids import new_id, new_ids
 from ..refusals import AlreadyExists, Missing, QuotaReached, SumOutOfRange
 from ..rows import METER_COLUMNS as _METER, meter_row
 from .connection import PgBase
@@ -193,7 +193,7 @@ async def _record_events(conn: asyncpg.Connection, tenant: int, events: list[Met
     for i, e in enumerate(events):
         if e.meter_id not in known:
             raise Missing("meter", i)
-    ids = [new_id("evt") for _ in events]
+    ids = new_ids("evt", len(events))
     inserted = {r[0] for r in await conn.fetch(
         _INSERT_BATCH, tenant, now, ids, [e.meter_id for e in events], [e.user for e in events],
         [e.value for e in events], [e.timestamp for e in events], [e.idempotency for e in events],

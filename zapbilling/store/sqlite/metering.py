@@ -8,7 +8,7 @@ import sqlite3
 from typing import Any
 
 from ..base import Idempotency, MeterEventDraft, MeterRow, MeterUsage, NewMeter, recorded
-from ..ids import new_id
+from ..ids import new_id, new_ids
 from .connection import SqliteBase
 from .outbox import watch
 from .watch import after_meter_events
@@ -167,7 +167,7 @@ def _record_events(conn: sqlite3.Connection, tenant: int, events: list[MeterEven
     for i, e in enumerate(events):
         if e.meter_id not in known:
             raise Missing("meter", i)
-    outcomes = [insert_event(conn, tenant, e, now) for e in events]
+    outcomes = _insert_events(conn, tenant, events, now)
     created = sum(1 for _, status in outcomes if status == "created")
     recorded(created, len(outcomes) - created)  # for the metrics
     if created:  # the Watch once per batch: one point read beside up to 100 inserts
@@ -178,8 +178,38 @@ def _record_events(conn: sqlite3.Connection, tenant: int, events: list[MeterEven
     return outcomes
 
 
-def insert_event(conn: sqlite3.Connection, tenant: int, e: MeterEventDraft, now: int) -> tuple[str, str]:
-    event_id = new_id("evt")
+_INSERT_PLAIN = (
+    "INSERT INTO meter_events (id, tenant, meter_id, user_id, value, ts, idempotency_key, dimensions, created_at, ledger_id)"
+    " VALUES (?, ?, ?, ?, ?, ?, NULL, ?, ?, ?)"
+)
+
+
+def _insert_events(conn: sqlite3.Connection, tenant: int, events: list[MeterEventDraft], now: int) -> list[tuple[str, str]]:
+    """A caller's batch, inserted in its order (the `last` aggregate's tie-break on equal
+    timestamps is the insertion order). Events without an idempotency key cannot conflict (the
+    dedupe index holds only keyed ones) and are all created: each run of them is one
+    executemany, where a statement each cost ~9% of recordMeterEvents' samples
+    (bench.profile); a keyed event is inserted alone, to learn whether it was a duplicate."""
+    ids = new_ids("evt", len(events))
+    outcomes: list[tuple[str, str]] = []
+    run: list[tuple[Any, ...]] = []
+    for event_id, e in zip(ids, events):
+        if e.idempotency is None:
+            run.append((event_id, tenant, e.meter_id, e.user, e.value, e.timestamp,
+                        json.dumps(e.dimensions) if e.dimensions is not None else None, now, e.ledger_id))
+            outcomes.append((event_id, "created"))
+            continue
+        if run:
+            conn.executemany(_INSERT_PLAIN, run)
+            run = []
+        outcomes.append(insert_event(conn, tenant, e, now, event_id))
+    if run:
+        conn.executemany(_INSERT_PLAIN, run)
+    return outcomes
+
+
+def insert_event(conn: sqlite3.Connection, tenant: int, e: MeterEventDraft, now: int, event_id: str | None = None) -> tuple[str, str]:
+    event_id = event_id or new_id("evt")
     inserted = conn.execute(  # rowcount, not RETURNING: see append_entry
         "INSERT INTO meter_events (id, tenant, meter_id, user_id, value, ts, idempotency_key, dimensions, created_at, ledger_id)"
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
