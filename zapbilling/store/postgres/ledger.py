@@ -341,9 +341,10 @@ async def append_entry(
     endpoint subscribed), it is written by a statement of its own. So recordUsage without hooks
     renders nothing, and with them makes no more round trips than without: recordUsage and
     deposit made 4 round trips (BEGIN with the key's check, the lock, this statement, COMMIT)
-    before the events as after them (now the usual ones make one: `_append_at_once`). Bench scenario 2, quick runs (2 s, a shared 2-core
-    machine whose noise dominates): recordUsage 1,035 -> 1,305 req/s (full), 1,450 -> 1,539
-    (normal); server CPU 470 -> 397 us per request, PostgreSQL's 546 -> 466: no cost visible."""
+    before the events as after them. Bench scenario 2, quick runs (2 s, a shared 2-core machine
+    whose noise dominates): recordUsage 1,035 -> 1,305 req/s (full), 1,450 -> 1,539 (normal);
+    server CPU 470 -> 397 us per request, PostgreSQL's 546 -> 466: no cost visible. (The usual
+    write now goes `_append_at_once`'s way, one statement; this one takes the rest.)"""
     balance = await lock_account(conn, tenant, e.user, e.currency)
     if e.refund_of is not None:
         assert refundable is not None, "a refund needs the domain's rule for what may be refunded"
