@@ -4,6 +4,7 @@ getBalance's reads on a real PostgreSQL, where a batch holds many accounts and k
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Sequence
 
 import pytest
@@ -89,31 +90,47 @@ async def test_a_cancelled_reader_leaves_the_others_of_its_batch_their_answers()
     assert isinstance(results[1], asyncio.CancelledError)
 
 
-@pytest.mark.postgres_only("the PostgreSQL store's batched account reads")
-async def test_a_turns_balance_reads_share_one_statement_each_its_account_and_a_revoked_key_refused_alone(db_path, clock):
+@contextlib.asynccontextmanager
+async def two_keys(db_path, clock):  # type: ignore[no-untyped-def]
+    """A PostgreSQL store with two admin keys of one tenant, both remembered by it: (the store,
+    the first key's principal, its secret, (the second key's id, its secret))."""
     from zapbilling.store.postgres import PostgresStore
 
     store = PostgresStore(db_path)
     await store.open()
     try:
-        key_a, secret_a = await store.create_key("acme", "live", "admin", clock())
+        _, secret_a = await store.create_key("acme", "live", "admin", clock())
         key_b, secret_b = await store.create_key("acme", "live", "admin", clock())
         principal = await store.authenticate(secret_a)
         assert principal is not None and await store.authenticate(secret_b) is not None  # both remembered now
+        yield store, principal, secret_a, (key_b, secret_b)
+    finally:
+        await store.close()
+
+
+def counted(batch: TurnBatch) -> list[int]:
+    """The sizes of the batches `batch` sends as one statement of many, from now on."""
+    sizes: list[int] = []
+    many = batch._many
+
+    async def counting(calls):
+        sizes.append(len(calls))
+        return await many(calls)
+
+    batch._many = counting
+    return sizes
+
+
+@pytest.mark.postgres_only("the PostgreSQL store's batched account reads")
+async def test_a_turns_balance_reads_share_one_statement_each_its_account_and_a_revoked_key_refused_alone(db_path, clock):
+    async with two_keys(db_path, clock) as (store, principal, secret_a, (key_b, secret_b)):
         users = [f"acme/u{i}" for i in range(20)]
         for i, user in enumerate(users):
             await store.append_ledger_row(principal.tenant, NewEntry(
                 type="deposit", user=user, currency="usd", amount=100 + i, now=clock(), key_id=principal.key_id, lots=LOTS))
         await store.revoke_key(key_b, clock())  # this process still remembers it: the read's statement must check it
 
-        statements: list[int] = []
-        many = store._accounts._many
-
-        async def counted(reads):
-            statements.append(len(reads))
-            return await many(reads)
-
-        store._accounts._many = counted
+        statements = counted(store._accounts)
 
         async def read(secret: str, user: str) -> tuple[int, int]:
             await store.authenticate(secret)  # remembered: the key is left for the read to check
@@ -123,8 +140,6 @@ async def test_a_turns_balance_reads_share_one_statement_each_its_account_and_a_
         assert answers[:-1] == [(100 + i, 0) for i in range(len(users))]
         assert isinstance(answers[-1], KeyRevoked)
         assert statements == [len(users) + 1]
-    finally:
-        await store.close()
 
 
 @pytest.mark.postgres_only("the PostgreSQL store's batched ledger writes")
@@ -133,15 +148,7 @@ async def test_a_turns_usual_writes_share_one_statement_and_what_needs_more_goes
     account with expiring money, made at once: one statement (ledger_append_many) for all,
     which writes the twenty, refuses the revoked key's alone, and leaves the repeat and the
     expiring account to the transaction's way, which answers them as it always has."""
-    from zapbilling.store.postgres import PostgresStore
-
-    store = PostgresStore(db_path)
-    await store.open()
-    try:
-        key_a, secret_a = await store.create_key("acme", "live", "admin", clock())
-        key_b, secret_b = await store.create_key("acme", "live", "admin", clock())
-        principal = await store.authenticate(secret_a)
-        assert principal is not None and await store.authenticate(secret_b) is not None
+    async with two_keys(db_path, clock) as (store, principal, secret_a, (key_b, secret_b)):
         tenant = principal.tenant
 
         def entry(user: str, amount: int, type: str = "withdraw", **kw) -> NewEntry:
@@ -155,14 +162,7 @@ async def test_a_turns_usual_writes_share_one_statement_and_what_needs_more_goes
         await store.append_ledger_row(tenant, entry("acme/lots", 50, "deposit", expires_at=clock() + 10**9))
         await store.revoke_key(key_b, clock())  # still remembered: the batch's statement must check it
 
-        statements: list[int] = []
-        many = store._appends._many
-
-        async def counted(batch):
-            statements.append(len(batch))
-            return await many(batch)
-
-        store._appends._many = counted
+        statements = counted(store._appends)
 
         async def write(secret: str, e: NewEntry):
             await store.authenticate(secret)
@@ -183,5 +183,3 @@ async def test_a_turns_usual_writes_share_one_statement_and_what_needs_more_goes
         balances = [await store.balance(tenant, u, "usd", clock()) for u in users]
         assert balances == [(99 - 1, 0)] + [(100 - (1 + i), 0) for i in range(1, 20)]
         assert await store.balance(tenant, "acme/lots", "usd", clock()) == (45, 0)
-    finally:
-        await store.close()
