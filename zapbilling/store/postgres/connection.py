@@ -174,8 +174,9 @@ class PgBase:
 
     # -- writes ------------------------------------------------------------------------------
     async def _tx(self, job: Callable[..., Awaitable[T]], *args: Any) -> T:
-        """Run `await job(conn, *args)` as one transaction; return once it is committed."""
-        async def attempt() -> tuple[float | None, T]:
+        """Run `await job(conn, *args)` as one transaction; return once it is committed. The
+        job's notes (base.NOTES: rows moving money, meter events) reach `stats` only once it committed."""
+        async def attempt(notes: list[Note]) -> T:
             async with Lease(self.pool) as conn:
                 started = time.perf_counter()
                 await self._begin(conn)
@@ -187,40 +188,36 @@ class PgBase:
                         with contextlib.suppress(Exception):  # a connection left in a transaction is dropped by the pool
                             await conn.execute("ROLLBACK")
                     raise
-                return started, result
+            self._committed(started, notes, 1)
+            return result
         return await self._retried(attempt)
 
     async def _statement(self, sql: str, *params: Any) -> Any:
         """One statement that commits by itself, with no BEGIN or COMMIT around it (two round
         trips fewer than `_tx`), retried as `_tx` is; answers its first column. The caller
         counts what it committed (`_committed`): only the statement's answer says what it wrote."""
-        async def attempt() -> tuple[None, Any]:
+        async def attempt(notes: list[Note]) -> Any:
             async with Lease(self.pool) as conn:
-                return None, await conn.fetchval(sql, *params)
+                return await conn.fetchval(sql, *params)
         return await self._retried(attempt)
 
-    def _committed(self, started: float, notes: list[Note]) -> None:
-        """A commit of len(notes) writes, begun at `started` (time.perf_counter()), for `stats`."""
+    def _committed(self, started: float, notes: list[Note], writes: int) -> None:
+        """A commit of `writes` writes, begun at `started` (time.perf_counter()), and the notes
+        of what they wrote, for `stats`."""
         stats = self.stats
-        stats.commits.append((time.perf_counter() - started, len(notes)))
-        stats.written.extend(notes)
+        stats.commits.append((time.perf_counter() - started, writes))
+        if notes:
+            stats.written.extend(notes)
 
-    async def _retried(self, attempt: Callable[[], Awaitable[tuple[float | None, T]]]) -> T:
-        """`attempt` (a transaction, or a statement committing itself) until it is not aborted
-        by a deadlock or serialisation failure, RETRIES times at most. It answers when its
-        transaction began (None: it counts its commit itself) and its result. A transaction's
-        notes (base.NOTES: rows moving money, meter events) reach `stats` only once it committed."""
+    async def _retried(self, attempt: Callable[[list[Note]], Awaitable[T]]) -> T:
+        """`await attempt(notes)` (a transaction, or a statement committing itself) until it is
+        not aborted by a deadlock or serialisation failure, RETRIES times at most. `notes`:
+        base.NOTES for this attempt, a fresh list each time, so an aborted attempt's are dropped."""
         for n in range(RETRIES):
             notes: list[Note] = []
             token = NOTES.set(notes)
             try:
-                started, result = await attempt()
-                if started is not None:
-                    stats = self.stats
-                    stats.commits.append((time.perf_counter() - started, 1))
-                    if notes:
-                        stats.written.extend(notes)
-                return result
+                return await attempt(notes)
             except RETRYABLE:
                 if n == RETRIES - 1:
                     raise

@@ -214,7 +214,7 @@ class LedgerQueries(PgBase):
         started = time.perf_counter()
         code: int = await self._statement(_APPEND_ONE, *args)
         if code >= 0:
-            self._committed(started, [_written(args)])
+            self._committed(started, [_written(args)], 1)
         return code
 
     async def _append_many(self, batch: Sequence[AppendArgs]) -> list[int]:
@@ -224,7 +224,8 @@ class LedgerQueries(PgBase):
         answers = [0] * len(batch)
         for i, code in zip(order, codes, strict=True):
             answers[i] = code
-        self._committed(started, [_written(args) for args, code in zip(batch, answers) if code >= 0])
+        written = [_written(args) for args, code in zip(batch, answers) if code >= 0]
+        self._committed(started, written, len(written))
         return answers
 
     async def forfeit_expired(self, now: int, lots: LotRules, limit: int = 500) -> int:

@@ -178,10 +178,12 @@ def _record_events(conn: sqlite3.Connection, tenant: int, events: list[MeterEven
     return outcomes
 
 
-_INSERT_PLAIN = (
+_INSERT = (
     "INSERT INTO meter_events (id, tenant, meter_id, user_id, value, ts, idempotency_key, dimensions, created_at, ledger_id)"
-    " VALUES (?, ?, ?, ?, ?, ?, NULL, ?, ?, ?)"
+    " VALUES (?, ?, ?, ?, ?, ?, {key}, ?, ?, ?)"
 )
+_INSERT_PLAIN = _INSERT.format(key="NULL")
+_INSERT_KEYED = _INSERT.format(key="?") + " ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING"
 
 
 def _insert_events(conn: sqlite3.Connection, tenant: int, events: list[MeterEventDraft], now: int) -> list[tuple[str, str]]:
@@ -211,9 +213,7 @@ def _insert_events(conn: sqlite3.Connection, tenant: int, events: list[MeterEven
 def insert_event(conn: sqlite3.Connection, tenant: int, e: MeterEventDraft, now: int, event_id: str | None = None) -> tuple[str, str]:
     event_id = event_id or new_id("evt")
     inserted = conn.execute(  # rowcount, not RETURNING: see append_entry
-        "INSERT INTO meter_events (id, tenant, meter_id, user_id, value, ts, idempotency_key, dimensions, created_at, ledger_id)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-        " ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING",
+        _INSERT_KEYED,
         (event_id, tenant, e.meter_id, e.user, e.value, e.timestamp, e.idempotency,
          json.dumps(e.dimensions) if e.dimensions is not None else None, now, e.ledger_id),
     ).rowcount
