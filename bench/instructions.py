@@ -1,7 +1,7 @@
 """Instructions per request: the server under callgrind, answering a fixed number of requests.
 
     python -m bench.instructions [--op getBalance|recordUsage] [--server zapbilling|bare]
-                                 [--requests 2048] [--connections 64] [--webhook]
+                                 [--requests 2048] [--connections 64] [--webhook] [--pg-servers N ...]
 
 Timings on a shared machine move by tens of percent from one run to the next; the instructions
 a server executes per request repeat to within 1% whatever else the machine is doing. That
@@ -28,6 +28,14 @@ endpoint runs count the write path, the event written in the change's transactio
 deliveries under way beside it. For both endpoint runs, before instrumentation goes on and before
 it goes off the driver waits until the receiver has had every event so far (`sent`) and SETTLE
 seconds (every run). Prints the three figures and the ratios against plain.
+
+--pg-servers 1 3 (issue 18's scale-out, judged by cost): zapbilling on PostgreSQL (a cluster the
+bench starts, bench/postgres.py), 1 server and then 3 on one database, every server under
+callgrind, the 64 connections split evenly over them; the instructions of all the servers summed
+per request answered. On 2 CPUs the benchmark's scenario 8 measures CPU time, which also counts
+what three servers, PostgreSQL and wrk sharing two CPUs cost each other (preemption, cold
+caches); instructions count only the work the code does, which grows with the number of servers
+if they contend (retried transactions, lock waits).
 """
 from __future__ import annotations
 
@@ -114,36 +122,40 @@ HOOKS = ("plain", "held", "sent")
 """--webhook's runs: no endpoint; one whose attempts are held back; one delivered to (see above)."""
 
 
-async def _drive(url: str, key: str, op: str, server: str, pid: int, requests: int, connections: int,
+async def _drive(urls: list[str], key: str, op: str, server: str, pids: list[int], requests: int, connections: int,
                  hook: str | None = None) -> int:
-    """hook: one of HOOKS (--webhook's runs), or None: no endpoint, no settling."""
+    """hook: one of HOOKS (--webhook's runs), or None: no endpoint, no settling. With several
+    servers (`urls`, `pids`), connection i talks to server i mod N, and every server's
+    instrumentation goes on and off together."""
+    url = urls[0]
     run = secrets.token_hex(4)
     counter = 0
     receiver: Receiver | None = None
 
-    async def worker(session: aiohttp.ClientSession, n: int) -> None:
+    async def worker(session: aiohttp.ClientSession, n: int, base: str) -> None:
         nonlocal counter
         for _ in range(n):
             counter += 1
             method, path, body, ctype = _request(op, server, counter, run)
             headers = {"Authorization": f"Bearer {key}"} | ({"Content-Type": ctype} if ctype else {})
-            async with session.request(method, url + path, data=body, headers=headers) as r:
+            async with session.request(method, base + path, data=body, headers=headers) as r:
                 answer = await r.read()
                 if r.status >= 300:
                     raise SystemExit(f"{op}: HTTP {r.status}: {answer[:200]!r}")
 
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=connections)) as session:
         deadline = time.monotonic() + 600  # python under valgrind starts slowly
-        while True:
-            try:
-                async with session.get(url + "/healthz") as r:
-                    if r.status == 200:
-                        break
-            except aiohttp.ClientError:
-                pass
-            if time.monotonic() > deadline:
-                raise SystemExit("the server did not start under valgrind")
-            await asyncio.sleep(0.5)
+        for base in urls:
+            while True:
+                try:
+                    async with session.get(base + "/healthz") as r:
+                        if r.status == 200:
+                            break
+                except aiohttp.ClientError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise SystemExit("the server did not start under valgrind")
+                await asyncio.sleep(0.5)
         try:
             if hook in ("held", "sent"):
                 receiver = Receiver()
@@ -155,54 +167,70 @@ async def _drive(url: str, key: str, op: str, server: str, pid: int, requests: i
                     if r.status != 200:
                         raise SystemExit(f"createWebhookEndpoint: HTTP {r.status}: {(await r.read())[:200]!r}")
             per = max(WARMUP // connections, 1)
-            await asyncio.gather(*(worker(session, per) for _ in range(connections)))
+            await asyncio.gather(*(worker(session, per, urls[i % len(urls)]) for i in range(connections)))
             if hook is not None:
                 await _settle(receiver if hook == "sent" else None, counter)
-            subprocess.run(["callgrind_control", "--instr=on", str(pid)], check=True, capture_output=True)
+            for pid in pids:
+                subprocess.run(["callgrind_control", "--instr=on", str(pid)], check=True, capture_output=True)
             per = max(requests // connections, 1)
-            await asyncio.gather(*(worker(session, per) for _ in range(connections)))
+            await asyncio.gather(*(worker(session, per, urls[i % len(urls)]) for i in range(connections)))
             if hook is not None:
                 await _settle(receiver if hook == "sent" else None, counter)
-            subprocess.run(["callgrind_control", "--instr=off", str(pid)], check=True, capture_output=True)
+            for pid in pids:
+                subprocess.run(["callgrind_control", "--instr=off", str(pid)], check=True, capture_output=True)
             return per * connections
         finally:
             if receiver is not None:
                 await receiver.stop()
 
 
-def measure(op: str, server: str, requests: int, connections: int, hook: str | None = None) -> float:
+def measure(op: str, server: str, requests: int, connections: int, hook: str | None = None, pg_servers: int = 0) -> float:
+    """pg_servers: 0 for SQLite (one server); N >= 1 for N zapbilling servers on one PostgreSQL
+    database, every one under callgrind, their instructions summed over the requests all of them
+    answered."""
     if not shutil.which("valgrind"):
         raise SystemExit("needs valgrind: sudo apt-get install -y valgrind")
     work = Path(tempfile.mkdtemp(prefix="zapbilling-instructions-"))
+    bench = Bench(Settings(seconds=1, warmup=1, rounds=1, big_rows=1000, pin=False, workdir=work, log=lambda m: None))
     try:
-        bench = Bench(Settings(seconds=1, warmup=1, rounds=1, big_rows=1000, pin=False, workdir=work, log=lambda m: None))
-        tpl = bench.template("balance" if op == "getBalance" else "empty")
-        db = copy_db(tpl.path, work / "measured.db")
-        port = free_port()
-        if server == "bare":
-            argv = [sys.executable, "-m", "bench.baselines.bare", "--port", str(port), "--db", str(db), "--key", tpl.key]
+        name = "balance" if op == "getBalance" else "empty"
+        tpl = bench.template(name)
+        if pg_servers:
+            pg = bench.postgres()
+            db: str | Path = pg.fresh(pg.template(name, tpl.path), "instructions")
         else:
-            argv = [*zapbilling_cmd(), "serve", "--db", str(db), "--port", str(port)]
-            if hook in ("held", "sent"):
-                argv.append("--webhook-allow-private")
-            if hook == "held":
-                argv += ["--webhook-concurrency", "0"]
+            db = copy_db(tpl.path, work / "measured.db")
+        ports = [free_port() for _ in range(max(pg_servers, 1))]
+        argvs = []
+        for port in ports:
+            if server == "bare":
+                argv = [sys.executable, "-m", "bench.baselines.bare", "--port", str(port), "--db", str(db), "--key", tpl.key]
+            else:
+                argv = [*zapbilling_cmd(), "serve", "--db", str(db), "--port", str(port)]
+                if hook in ("held", "sent"):
+                    argv.append("--webhook-allow-private")
+                if hook == "held":
+                    argv += ["--webhook-concurrency", "0"]
+            argvs.append(argv)
         out = work / "callgrind.out"
         with open(work / "valgrind.log", "wb") as log:
-            proc = subprocess.Popen(
-                ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", "--instr-atstart=no", *argv],
+            procs = [subprocess.Popen(
+                ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}.{i}", "--instr-atstart=no", *argv],
                 cwd=ROOT, env=child_env(), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-            )
+            ) for i, argv in enumerate(argvs)]
             try:
-                answered = asyncio.run(_drive(f"http://127.0.0.1:{port}", tpl.key, op, server, proc.pid, requests, connections,
-                                              hook))
+                answered = asyncio.run(_drive([f"http://127.0.0.1:{port}" for port in ports], tpl.key, op, server,
+                                              [p.pid for p in procs], requests, connections, hook))
             finally:
-                proc.terminate()
-                proc.wait(timeout=600)
+                for proc in procs:
+                    proc.terminate()
+                for proc in procs:
+                    proc.wait(timeout=600)
         total = sum(int(line.split()[1]) for f in glob.glob(f"{out}*") for line in open(f, errors="replace")
                     if line.startswith("totals:"))
         return total / answered
     finally:
+        bench.close()
         shutil.rmtree(work, ignore_errors=True)
 
 
@@ -214,7 +242,18 @@ def main() -> None:
     ap.add_argument("--connections", type=int, default=64)
     ap.add_argument("--webhook", action="store_true",
                     help="recordUsage: also with one endpoint subscribed to usage.recorded (a local receiver); the ratio")
+    ap.add_argument("--pg-servers", type=int, nargs="*", metavar="N",
+                    help="zapbilling on PostgreSQL: N servers on one database, each N given (e.g. 1 3); the ratios to the first")
     args = ap.parse_args()
+    if args.pg_servers:
+        if args.server != "zapbilling" or args.webhook:
+            ap.error("--pg-servers measures zapbilling alone")
+        figs = [(n, measure(args.op, args.server, args.requests, args.connections, pg_servers=n)) for n in args.pg_servers]
+        first = figs[0][1]
+        for n, fig in figs:
+            print(f"zapbilling {args.op} on PostgreSQL, {n} server{'s' if n > 1 else ''}: {fig:,.0f} instructions per request"
+                  f" (summed over the servers; {fig / first:.2f}x of {figs[0][0]})")
+        return
     if args.webhook:
         if args.op != "recordUsage" or args.server != "zapbilling":
             ap.error("--webhook measures zapbilling's recordUsage")
