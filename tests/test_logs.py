@@ -161,6 +161,16 @@ async def test_text_lines_name_each_calls_facts(db_path, tmp_path):
         assert '"POST /api/v1/zap HTTP/1.1" 401 ' in refused and "bad-" not in refused
         for line in lines:
             assert re.search(r'HTTP/1\.1" \d{3} \d+ \d+\.\d{6}s transport=', line), line  # status, bytes, duration
+            # the peer, worked out once per connection (the session kept its connection alive)
+            assert f'{ACCESS}127.0.0.1 "' in line, line
+        # another version of HTTP on another connection: the line says which
+        host, port = server.base.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(f"GET /api/v1/billing/balance?user=old-{m} HTTP/1.0\r\nAuthorization: Bearer {key}\r\n\r\n".encode())
+        assert (await reader.read()).startswith(b"HTTP/1.0 200 ")
+        writer.close()
+        old, = await lines_with(server, f"old-{m}")
+        assert f'{ACCESS}127.0.0.1 "GET /api/v1/billing/balance?user=old-{m} HTTP/1.0" 200 ' in old, old
     finally:
         server.stop()
 
