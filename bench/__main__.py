@@ -120,7 +120,8 @@ def compare(scn: Scenario, runs: dict[str, Any]) -> list[dict[str, Any]]:
             a, b = subject["median"][t.metric], baseline["median"][t.metric]
             ratio = a / b if b else float("inf")
             row.update(figure=a, baseline_figure=b, ratio=ratio,
-                       unit="us CPU" if t.metric.endswith("cpu_us_per_unit") else subject["unit"])
+                       unit="us CPU" if t.metric.endswith("cpu_us_per_unit") else "per 1k" if t.metric == "preempted_per_1k"
+                       else subject["unit"])
             ca, cb = subject["median"].get("cpu_us_per_unit"), baseline["median"].get("cpu_us_per_unit")
             if t.metric == "rate" and ca and cb:
                 row["cpu_ratio"] = cb / ca  # how many times less server CPU per unit of work than the baseline

@@ -97,6 +97,19 @@ def cpu_seconds_of(processes: Iterable[psutil.Process]) -> float:
     return total
 
 
+def preemptions_of(processes: Iterable[psutil.Process]) -> int:
+    """Involuntary context switches of `processes` so far: how often the kernel took the CPU from
+    them while they could still run (on 2 CPUs shared by several servers, PostgreSQL and wrk, the
+    cost of sharing rather than of the work; scenario 8)."""
+    total = 0
+    for p in processes:
+        try:
+            total += p.num_ctx_switches().involuntary
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
 def _tree(pid: int) -> list[psutil.Process]:
     try:
         root = psutil.Process(pid)
@@ -169,6 +182,9 @@ class Proc:
     def cpu_seconds(self) -> float:
         """User + system CPU time of the process tree so far (all threads)."""
         return cpu_seconds_of(_tree(self.pid))
+
+    def preemptions(self) -> int:
+        return preemptions_of(_tree(self.pid))
 
     def alive(self) -> bool:
         return self.popen is not None and self.popen.poll() is None

@@ -418,9 +418,11 @@ class HttpRun(Run):
                 problems.append("warm-up checked no answer")
             pg0 = pg.cpu_seconds() if pg else 0.0
             busy0, cpu0, t0 = busy_cpu_seconds(), sum(srv.cpu_seconds() for srv in srvs), time.monotonic()
+            pre0 = sum(srv.preemptions() for srv in srvs)
             res = wrk_many(urls, self.script, env | {"BENCH_NONCE": f"{self.key}-{rnd}-m-{secrets.token_hex(3)}"},
                            seconds=s.seconds, **common)
             busy1, cpu1, t1 = busy_cpu_seconds(), sum(srv.cpu_seconds() for srv in srvs), time.monotonic()
+            pre1 = sum(srv.preemptions() for srv in srvs)
             pg1 = pg.cpu_seconds() if pg else 0.0
             if res.failed:
                 problems.append(f"measured run: errors {res.errors}")
@@ -460,6 +462,7 @@ class HttpRun(Run):
             "p99_ms": res.p99_ms, "max_ms": res.max_ms, "rss_mb": max(srv.peak_rss for srv in srvs) / MB,
             "pss_mb": max(srv.peak_pss for srv in srvs) / MB, "rss_by_process": [b for srv in srvs for b in srv.peak_breakdown],
             "cpu_us_per_unit": (cpu1 - cpu0) * 1e6 / units, "server_cpu_pct": server_cpu,
+            "preempted_per_1k": (pre1 - pre0) * 1000 / units,
             "load_cpu_pct": load_cpu, "other_cpu_pct": max(0.0, (busy1 - busy0) / window * 100 - server_cpu - load_cpu - pg_cpu),
             "server_processes": processes // self.servers, "servers": self.servers, "connections": conns, "wrk_threads": threads, "problems": problems,
             "wrk": " ".join(Path(a).name if a.startswith("/") else a for a in res.argv),
@@ -861,6 +864,11 @@ def scale_out(settings: Settings) -> Scenario:
             Target(f"{label}: PostgreSQL CPU/request, 3 servers vs 1", f"s8.{kind}3", f"s8.{kind}1",
                    metric="pg_cpu_us_per_unit"),
             Target(f"{label}: requests/s, 3 servers vs 1", f"s8.{kind}3", f"s8.{kind}1"),
+            # the servers' involuntary context switches per 1,000 requests: what sharing the CPUs
+            # costs (a preempted server resumes on cold caches), which CPU time counts and
+            # `python -m bench.instructions --pg-servers 1 3` does not
+            Target(f"{label}: server preemptions/request, 3 servers vs 1", f"s8.{kind}3", f"s8.{kind}1",
+                   metric="preempted_per_1k"),
         ]
     targets.append(RETRY_TARGET("recordUsage, 3 servers", "s8.write3"))
     return Scenario(8, f"PostgreSQL: 1, 2 and 3 servers on one database, {settings.connections} connections split "
@@ -901,7 +909,7 @@ def calibrate(bench: Bench) -> dict[str, dict[str, float]]:
 
 def median_of(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     keys = ("rate", "p50_ms", "p99_ms", "server_cpu_pct", "load_cpu_pct", "other_cpu_pct", "machine_cpu_pct", "cpu_us_per_unit",
-            "pg_cpu_pct", "pg_cpu_us_per_unit", "retry_pct")
+            "pg_cpu_pct", "pg_cpu_us_per_unit", "retry_pct", "preempted_per_1k")
     med: dict[str, Any] = {k: statistics.median(r[k] for r in rounds) for k in keys if all(k in r for r in rounds)}
     med["rss_mb"] = max(r["rss_mb"] for r in rounds)
     med["pss_mb"] = max(r.get("pss_mb", 0.0) for r in rounds)
