@@ -58,21 +58,14 @@ class WebhookQueries(PgBase):
                 raise Missing("event")
             params.append(found[0][0])
             where += f" AND seq < ${len(params)}"
-        if user is not None:
+        if user is not None:  # events_user (tenant, user_id, seq)
             params.append(user)
             where += f" AND user_id = ${len(params)}"
         if type is not None:
             params.append(type)
             where += f" AND type = ${len(params)}"
         params.append(limit + 1)
-        if user is not None:
-            # The user's range of events_user (dispatched) and of events_user_pending (not yet),
-            # each newest first and cut at the page's size, merged (migration 0012; as sqlite/webhooks.py).
-            one = f"(SELECT {_EVENT}, seq FROM events WHERE {where} AND dispatched = {{}} ORDER BY seq DESC LIMIT ${len(params)})"
-            sql = f"{one.format(1)} UNION ALL {one.format(0)} ORDER BY seq DESC LIMIT ${len(params)}"
-        else:
-            sql = f"SELECT {_EVENT} FROM events WHERE {where} ORDER BY seq DESC LIMIT ${len(params)}"
-        rows = await self._read(sql, *params)
+        rows = await self._read(f"SELECT {_EVENT} FROM events WHERE {where} ORDER BY seq DESC LIMIT ${len(params)}", *params)
         return [event_row(r) for r in rows[:limit]], len(rows) > limit
 
     async def get_event(self, tenant: int, event_id: str) -> tuple[EventRow, list[DeliveryEntry]] | None:

@@ -76,19 +76,13 @@ class WebhookQueries(SqliteBase):
                 raise Missing("event")
             where += " AND seq < :seq"
             params["seq"] = found[0][0]
-        if user is not None:
-            # The user's range of events_user (dispatched) and of events_user_pending (not yet),
-            # each newest first and cut at the page's size, merged (migration 0012): every event
-            # is in one of the two, and one statement reads both at one moment. With a type too:
-            # filtered in the user's ranges (unary +), not by events_tenant_type.
-            where += " AND user_id = :user" + (" AND +type = :type" if type is not None else "")
-            one = f"SELECT {_EVENT}, seq FROM events WHERE {where} AND dispatched = {{}} ORDER BY seq DESC LIMIT :limit"
-            sql = f"SELECT * FROM ({one.format(1)}) UNION ALL SELECT * FROM ({one.format(0)}) ORDER BY seq DESC LIMIT :limit"
-        else:
+        if user is not None:  # events_user (tenant, user_id, seq); with a type too: the user's are fewer
+            where += " AND user_id = :user"
             if type is not None:
-                where += " AND type = :type"  # events_tenant_type (tenant, type, seq)
-            sql = f"SELECT {_EVENT} FROM events WHERE {where} ORDER BY seq DESC LIMIT :limit"
-        rows = await self._read(sql, params)
+                where += " AND +type = :type"  # unary +: filtered in the user's range, not by events_tenant_type
+        elif type is not None:
+            where += " AND type = :type"  # events_tenant_type (tenant, type, seq)
+        rows = await self._read(f"SELECT {_EVENT} FROM events WHERE {where} ORDER BY seq DESC LIMIT :limit", params)
         return [event_row(r) for r in rows[:limit]], len(rows) > limit
 
     async def get_event(self, tenant: int, event_id: str) -> tuple[EventRow, list[DeliveryEntry]] | None:
