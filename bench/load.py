@@ -20,7 +20,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import psutil
 
@@ -85,29 +85,27 @@ def _load_process(cpus: set[int] | None):  # type: ignore[no-untyped-def]
     return prepare
 
 
-def cpu_seconds_of(processes: Iterable[psutil.Process]) -> float:
-    """User + system CPU time of `processes` so far; one that has ended counts nothing."""
+def _summed(processes: Iterable[psutil.Process], read: Callable[[psutil.Process], float]) -> float:
+    """`read` of each of `processes`, summed; one that has ended counts nothing."""
     total = 0.0
     for p in processes:
         try:
-            t = p.cpu_times()
-            total += t.user + t.system
+            total += read(p)
         except psutil.NoSuchProcess:
             pass
     return total
+
+
+def cpu_seconds_of(processes: Iterable[psutil.Process]) -> float:
+    """User + system CPU time of `processes` so far."""
+    return _summed(processes, lambda p: (t := p.cpu_times()).user + t.system)
 
 
 def preemptions_of(processes: Iterable[psutil.Process]) -> int:
     """Involuntary context switches of `processes` so far: how often the kernel took the CPU from
     them while they could still run (on 2 CPUs shared by several servers, PostgreSQL and wrk, the
     cost of sharing rather than of the work; scenario 8)."""
-    total = 0
-    for p in processes:
-        try:
-            total += p.num_ctx_switches().involuntary
-        except psutil.NoSuchProcess:
-            pass
-    return total
+    return int(_summed(processes, lambda p: p.num_ctx_switches().involuntary))
 
 
 def _tree(pid: int) -> list[psutil.Process]:
