@@ -40,7 +40,10 @@ the server's SQLite file (a read-only connection, plain SQL, no service code):
   migrated from before 0004, long before the outbox) and holds settled by no server of today
   (settled_at NULL) predate the outbox and are not asked for one; nor is a change older than
   the outbox's purge (events_purged: events past their retention are deleted). An event's
-  user_id (migration 9) is the account its data names;
+  user_id (migration 9) is the account its data names, but for a usage.recorded on SQLite
+  (migration 12), found by account through its ledger row: NULL there, and its row is `evented`
+  and of the account its data names; a row is `evented` only if it has its usage.recorded (or
+  had, before the purge);
 - every row's tenant exists; PRAGMA integrity_check is 'ok'; PRAGMA foreign_key_check is empty.
 
 The queries deliberately do not rely on the schema's CHECK constraints or unique indexes: a
@@ -538,13 +541,29 @@ class _Checker:
                 self.bad(f"event of type {key[1]} about {key[2]}: no such change")
             elif n > 1:
                 self.bad(f"ledger row {key[2]} (a usage withdrawal): {n} usage.recorded events, expected at most 1")
+        by_ledger = "ledger" in self.tables and "evented" in self.columns("ledger")
+        if by_ledger:
+            # a usage.recorded is found by account through its row's place in ledger_usage_evented
+            evented = {(r["tenant"], r["id"]): (r["user_id"], r["created_at"])
+                       for r in self.q("SELECT tenant, id, user_id, created_at FROM ledger WHERE evented = 1 ORDER BY seq")}
+            for (tenant, row_id), (_, at) in evented.items():
+                if counts.get((tenant, "usage.recorded", row_id), 0) == 0 and at >= purged_before:
+                    self.bad(f"ledger row {row_id}: evented, but it has no usage.recorded event")
         if "user_id" in self.columns("events"):
             # listEvents' userId filter reads events.user_id: it must name the account the data does
             # (a transaction's, hold's or cap's `user`, a grant's or an alert's `userId`)
-            for r in self.q("SELECT id, user_id, data FROM events ORDER BY seq"):
+            for r in self.q("SELECT id, tenant, type, subject, user_id, data FROM events ORDER BY seq"):
                 data = json.loads(r["data"])
                 user = data.get("user") if data.get("user") is not None else data.get("userId")
-                if r["user_id"] != user:
+                if by_ledger and r["type"] == "usage.recorded":
+                    row = evented.get((r["tenant"], r["subject"]))
+                    if r["user_id"] is not None:
+                        self.bad(f"event {r['id']}: a usage.recorded with user_id {r['user_id']!r}, expected none")
+                    if row is None:
+                        self.bad(f"event {r['id']}: its ledger row {r['subject']} is not evented")
+                    elif row[0] != user:
+                        self.bad(f"event {r['id']}: its ledger row is {row[0]!r}'s, but its data is about {user!r}")
+                elif r["user_id"] != user:
                     self.bad(f"event {r['id']}: user_id {r['user_id']!r}, but its data is about {user!r}")
 
 

@@ -104,9 +104,17 @@ async def build(api: Api, test_api: Api, clock) -> dict[str, Any]:
     made["answers"]["k-big"] = (big, await ok(api, "deposit", big, idempotency_key="k-big"))
     usage = {"user": ALICE, "amount": 250, "model": "gpt-x", "requestId": "req-1"}
     made["answers"]["k-usage"] = (usage, await ok(api, "recordUsage", usage, idempotency_key="k-usage"))
-    # usage (one repeated requestId: deduplicated), a refund of part of one
+    # usage (one repeated requestId: deduplicated), a refund of part of one; the first half with
+    # an endpoint on usage.recorded (on SQLite their events are found through their rows, which
+    # the copy leaves to PostgreSQL's events_user: migration 12), each event's first attempt made
+    # (and failed: the name does not resolve) before the endpoint goes, so the copy sees no
+    # attempt under way
+    usage_hook = await ok(api, "createWebhookEndpoint", {"url": "https://hooks.invalid/usage", "events": ["usage.recorded"]})
     usage_ids = []
     for i in range(12):
+        if i == 6:
+            await attempted(api, (await ok(api, "listEvents", {"type": "usage.recorded"}))["events"])
+            await ok(api, "deleteWebhookEndpoint", {"id": usage_hook["id"]})
         r = await ok(api, "recordUsage", {"user": ALICE if i % 3 else BOB, "amount": 10 + i, "model": "m",
                                           "requestId": f"r{i % 10}"})
         usage_ids.append(r["transactionId"])
@@ -163,15 +171,21 @@ async def build(api: Api, test_api: Api, clock) -> dict[str, Any]:
     # not resolve) attempt, made by the server's own sender; the frozen clock holds its retry back
     hook = await ok(api, "createWebhookEndpoint", {"url": "https://hooks.invalid/copy", "events": ["deposit.created"]})
     await ok(api, "deposit", {"user": CAROL, "amount": 1})
-    event = (await ok(api, "listEvents", {"type": "deposit.created", "limit": 1}))["events"][0]
-    for _ in range(400):
-        if any(d["status"] == "failed" for d in (await ok(api, "getEvent", {"id": event["id"]}))["deliveries"]):
-            break
-        await asyncio.sleep(0.05)
-    else:
-        raise AssertionError("the sender made no attempt in 20 s")
+    await attempted(api, (await ok(api, "listEvents", {"type": "deposit.created", "limit": 1}))["events"])
     await ok(api, "deleteWebhookEndpoint", {"id": hook["id"]})  # kept as a row; the copy's later writes send nothing
     return made
+
+
+async def attempted(api: Api, events: list[dict[str, Any]]) -> None:
+    """Wait until the server's own sender has made (and failed) a first attempt of each event."""
+    assert events
+    for event in events:
+        for _ in range(400):
+            if any(d["status"] == "failed" for d in (await ok(api, "getEvent", {"id": event["id"]}))["deliveries"]):
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("the sender made no attempt in 20 s")
 
 
 async def every_read(api: Api, made: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
@@ -187,7 +201,8 @@ async def every_read(api: Api, made: dict[str, Any]) -> list[tuple[str, dict[str
                   ("listTransactions", {"user": user, "tag": "api-usage", "limit": 2}),
                   ("listCreditGrants", {"userId": user}), ("getCreditBalance", {"userId": user}),
                   ("listCreditTransactions", {"userId": user, "limit": 3}), ("listHolds", {"user": user}),
-                  ("invoicePreview", {"userId": user}), ("invoicePreview", {"userId": user, "planId": "pro"})]
+                  ("invoicePreview", {"userId": user}), ("invoicePreview", {"userId": user, "planId": "pro"}),
+                  ("listEvents", {"userId": user, "limit": 2}), ("listEvents", {"userId": user, "type": "usage.recorded"})]
     for status in ("pending", "captured", "released", "expired"):
         calls.append(("listHolds", {"status": status}))
     calls += [("listHolds", {"limit": 2}), ("listMeters", {"limit": 2}), ("listPricingRules", {}),
@@ -201,7 +216,8 @@ async def every_read(api: Api, made: dict[str, Any]) -> list[tuple[str, dict[str
     return calls
 
 
-PAGE_KEYS = {"transactions": "transactionId", "usage": "transactionId", "holds": "holdId", "meters": "id", "accounts": "user"}
+PAGE_KEYS = {"transactions": "transactionId", "usage": "transactionId", "holds": "holdId", "meters": "id", "accounts": "user",
+             "events": "id"}
 
 
 async def answers(api: Api, method: str, params: dict[str, Any]) -> list[Any]:

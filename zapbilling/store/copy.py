@@ -69,6 +69,11 @@ _CONVERT: dict[tuple[str, str], Callable[[Any], Any]] = {
     ("idempotency", "compressed"): bool,  # SQLite answers 0 or 1; asyncpg's boolean wants a bool
 }
 _DERIVED = {("idempotency", "compressed")}
+_SOURCE_ONLY = {("ledger", "evented")}
+"""Source columns the target has no use for: on SQLite a usage row's `evented` files it by
+whether its usage.recorded event was written (migration 12), and the event is found through it;
+PostgreSQL finds every event by events.user_id, which its trigger (migration 9) fills from the
+event's data as the SQLite event, written without it, arrives."""
 
 
 class CopyRefused(Exception):
@@ -253,7 +258,7 @@ async def copy_database(source_path: str, target_url: str, progress: Callable[[s
                 for table in TABLES:
                     columns = await _target_columns(conn, table)
                     wanted = {c for c in columns if (table, c) not in _DERIVED}
-                    have = set(_source_columns(source, table))
+                    have = {c for c in _source_columns(source, table) if (table, c) not in _SOURCE_ONLY}
                     if have != wanted:
                         raise CopyRefused(f"cannot copy table {table}: its columns differ between {source_path} and {where}"
                                           f" ({_difference(have, wanted)})")

@@ -43,16 +43,21 @@ _CAPS_EXACT = _CAPS.replace(
 """_CAPS with each usage sum as its high and low 32 bits' sums (neither can overflow)."""
 
 
-USED_SINCE = (
+_SINCE = (
     "SELECT COALESCE(SUM(CASE WHEN currency = ?1 AND type = 'withdraw' AND created_at >= ?2 AND created_at < ?3"
-    " THEN amount END), 0), MAX(seq) FROM ledger WHERE tenant = ?4 AND user_id = ?5 AND tags = 'api-usage' AND seq > ?6"
+    " THEN amount END), 0) s, MAX(seq) m FROM ledger WHERE tenant = ?4 AND user_id = ?5 AND tags = 'api-usage' AND seq > ?6"
+)
+USED_SINCE = (
+    f"SELECT SUM(s), MAX(m) FROM ({_SINCE} AND evented = 0 UNION ALL {_SINCE} AND evented = 1)"
 )
 """The usage withdrawals of one account in [start, end) written after ledger seq ?6, and the
-largest seq of the user's usage rows written since: a range of the ledger_usage index
-(tenant, user_id, seq) WHERE tags = 'api-usage' as long as the rows written since the last
-look. Parameters (currency, start, end, tenant, user, seq)."""
-LAST_USAGE = "SELECT COALESCE(MAX(seq), 0) FROM ledger WHERE tenant = ? AND user_id = ? AND tags = 'api-usage'"
-"""The user's last usage row: one step of the ledger_usage index."""
+largest seq of the user's usage rows written since: a range of each half of the user's usage
+rows, the ledger_usage index (tenant, user_id, seq) for the rows without a usage.recorded event
+and ledger_usage_evented for those with one (migration 12), as long as the rows written since the
+last look. Parameters (currency, start, end, tenant, user, seq)."""
+_LAST = "SELECT MAX(seq) m FROM ledger WHERE tenant = ?1 AND user_id = ?2 AND tags = 'api-usage'"
+LAST_USAGE = f"SELECT COALESCE(MAX(m), 0) FROM ({_LAST} AND evented = 0 UNION ALL {_LAST} AND evented = 1)"
+"""The user's last usage row: one step of each half (ledger_usage, ledger_usage_evented)."""
 _TOTAL = "tenant = ? AND user_id = ? AND currency = ? AND period = ?"
 
 

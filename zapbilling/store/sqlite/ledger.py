@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from typing import Iterator
+from typing import Any, Iterator
 
-from ..base import SYSTEM_KEY, Idempotency, LedgerFilter, LedgerRow, Lot, LotRules, MeterEventDraft, NewEntry, Refundable
+from ..base import SYSTEM_KEY, USAGE_RECORDED, Idempotency, LedgerFilter, LedgerRow, Lot, LotRules, MeterEventDraft, NewEntry, Refundable
 from ..base import INT64_MAX, INT64_MIN, moved as note_moved
 from ..herald import Herald, Outbox
 from ..ids import new_id, row_event_id
@@ -65,19 +65,28 @@ class LedgerQueries(SqliteBase):
     async def usage_page(
         self, tenant: int, user: str, currency: str | None, limit: int, starting_after: str | None
     ) -> tuple[list[LedgerRow], bool]:
-        # Usage is the usage withdrawals: a deposit the caller tagged api-usage is none. A range
-        # of the ledger_usage index (WHERE tags = 'api-usage'), the type a test on each row.
-        where, params = "tenant = ? AND user_id = ? AND tags = 'api-usage' AND type = 'withdraw'", [tenant, user]
+        # Usage is the usage withdrawals: a deposit the caller tagged api-usage is none. The
+        # user's usage rows are two ranges, merged newest first: the ledger_usage index's (rows
+        # without a usage.recorded event) and ledger_usage_evented's (migration 12); the type a
+        # test on each row.
+        where = "tenant = ?1 AND user_id = ?2 AND tags = 'api-usage' AND type = 'withdraw'"
+        params: list[Any] = [tenant, user]
         if starting_after is not None:
-            found = await self._read(f"SELECT seq FROM ledger WHERE {where} AND id = ?", (tenant, user, starting_after))
+            found = await self._read(f"SELECT seq FROM ledger WHERE {where} AND id = ?3", (tenant, user, starting_after))
             if not found:
                 raise Missing("ledger row")
-            where += " AND seq < ?"
+            where += " AND seq < ?3"
             params.append(found[0][0])
+        else:
+            params.append(None)
         if currency is not None:
-            where += " AND currency = ?"
-            params.append(currency)
-        rows = await self._read(f"SELECT {_ROW} FROM ledger WHERE {where} ORDER BY seq DESC LIMIT ?", (*params, limit + 1))
+            where += " AND currency = ?4"
+        params += [currency, limit + 1]
+        rows = await self._read(
+            f"SELECT {_ROW} FROM (SELECT seq, {_ROW} FROM ledger WHERE {where} AND evented = 0"
+            f" UNION ALL SELECT seq, {_ROW} FROM ledger WHERE {where} AND evented = 1 ORDER BY 1 DESC LIMIT ?5)"
+            " ORDER BY seq DESC", tuple(params)
+        )
         return await converted(rows[:limit], _row, LEDGER_ROWS_PER_STEP), len(rows) > limit
 
     async def ledger_page(
@@ -140,15 +149,22 @@ def append_entry(
         _claim_refund(conn, tenant, e, refundable)
     tx_id = new_id("tx")
     remaining = e.amount if e.type == "deposit" and e.expires_at is not None else None
+    # `evented` (migration 12): whether the row's usage.recorded event will be written, as the
+    # tenant's last write saw its usage hooks. Known only after the balance's statement, so it is
+    # guessed here and set right below in the rare write that guessed wrong (the first after an
+    # endpoint on usage.recorded came or went): a later UPDATE would move every row from one
+    # half of the ledger_usage split to the other, the very index page it is there to save.
+    evented = outbox is not None and e.tags == "api-usage" and e.type == "withdraw" and outbox.usage_hooks.get(tenant, 0) > 0
     # No RETURNING: SQLite buffers RETURNING rows in a temporary table, which made this insert
     # cost ~75% more; the row's values are all known here, and rowcount tells a dedupe repeat.
     inserted = conn.execute(
         "INSERT INTO ledger (id, tenant, user_id, currency, type, amount, tags, notes, metadata, created_at,"
-        " expires_at, remaining, refund_of, dedupe_key, key_id, hold_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        " expires_at, remaining, refund_of, dedupe_key, key_id, hold_id, evented)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         " ON CONFLICT (tenant, user_id, dedupe_key) WHERE dedupe_key IS NOT NULL DO NOTHING",
         (tx_id, tenant, e.user, e.currency, e.type, e.amount, e.tags, e.notes,
          json.dumps(e.metadata) if e.metadata is not None else None, e.now, e.expires_at, remaining, e.refund_of,
-         e.dedupe_key, e.key_id, e.hold_id),
+         e.dedupe_key, e.key_id, e.hold_id, evented),
     ).rowcount
     if not inserted:  # the dedupe key was seen: the original row is the answer
         return _row(conn.execute(
@@ -174,6 +190,9 @@ def append_entry(
             told = herald.usage(row)
         if told is not None:
             emit(conn, tenant, told[0], told[1], e.now, tx_id, row_event_id(tx_id))
+        outbox.usage_hooks[tenant] = w.usage_hooks
+        if evented != (told is not None and told[0] == USAGE_RECORDED):
+            conn.execute("UPDATE ledger SET evented = ? WHERE id = ?", (not evented, tx_id))
     meter_id = _record_usage_meter_event(conn, tenant, e, tx_id)
     if meter_id is not None and w.alerts:
         after_meter_events(conn, tenant, {(meter_id, e.user)}, e.now, w)

@@ -8,7 +8,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from ..base import LedgerRow
+from ..base import USAGE_RECORDED, LedgerRow
 from ..ids import new_id
 
 
@@ -59,12 +59,15 @@ def emit(conn: sqlite3.Connection, tenant: int, type: str, data: dict[str, Any],
          event_id: str | None = None) -> str | None:
     """Record an event in the caller's transaction; its id, or None when an event of this type
     about `subject` exists already (one event per change, kept by a unique index). `event_id`:
-    a ledger row's (ids.row_event_id); else a new one."""
+    a ledger row's (ids.row_event_id); else a new one.
+
+    A usage.recorded event is written without its account: its row is `evented` instead, and
+    the ledger's index of evented usage rows finds it by account (migration 12 says why)."""
     event_id = event_id or new_id("evt")
     cur = conn.execute(
         "INSERT INTO events (id, tenant, type, data, created_at, subject, user_id) VALUES (?, ?, ?, ?, ?, ?, ?)"
         " ON CONFLICT (tenant, type, subject) WHERE subject IS NOT NULL DO NOTHING",
-        (event_id, tenant, type, event_json(data), now, subject, about(data)),
+        (event_id, tenant, type, event_json(data), now, subject, None if type == USAGE_RECORDED else about(data)),
     )
     return event_id if cur.rowcount else None
 

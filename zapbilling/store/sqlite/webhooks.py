@@ -7,7 +7,7 @@ import json
 import sqlite3
 from typing import Any, Sequence
 
-from ..base import USAGE_RECORDED, DeliveryEntry, EndpointRow, EventRow, Idempotency, NewEndpoint, Row, subscribes
+from ..base import INT64_MAX, USAGE_RECORDED, DeliveryEntry, EndpointRow, EventRow, Idempotency, NewEndpoint, Row, subscribes
 from ..ids import new_id
 from ..refusals import Missing, QuotaReached
 from .connection import SqliteBase
@@ -69,20 +69,21 @@ class WebhookQueries(SqliteBase):
         self, tenant: int, type: str | None, limit: int, starting_after: str | None, user: str | None = None
     ) -> tuple[list[EventRow], bool]:
         where = "tenant = :tenant"
-        params: dict[str, Any] = {"tenant": tenant, "type": type, "after": starting_after, "limit": limit + 1, "user": user}
+        params: dict[str, Any] = {"tenant": tenant, "type": type, "after": starting_after, "limit": limit + 1, "user": user,
+                                  "seq": INT64_MAX}
         if starting_after is not None:
             found = await self._read("SELECT seq FROM events WHERE tenant = :tenant AND id = :after", params)
             if not found:
                 raise Missing("event")
             where += " AND seq < :seq"
             params["seq"] = found[0][0]
-        if user is not None:  # events_user (tenant, user_id, seq); with a type too: the user's are fewer
-            where += " AND user_id = :user"
+        if user is not None:
+            sql = _user_events(where, type)
+        else:
             if type is not None:
-                where += " AND +type = :type"  # unary +: filtered in the user's range, not by events_tenant_type
-        elif type is not None:
-            where += " AND type = :type"  # events_tenant_type (tenant, type, seq)
-        rows = await self._read(f"SELECT {_EVENT} FROM events WHERE {where} ORDER BY seq DESC LIMIT :limit", params)
+                where += " AND type = :type"  # events_tenant_type (tenant, type, seq)
+            sql = f"SELECT {_EVENT} FROM events WHERE {where} ORDER BY seq DESC LIMIT :limit"
+        rows = await self._read(sql, params)
         return [event_row(r) for r in rows[:limit]], len(rows) > limit
 
     async def get_event(self, tenant: int, event_id: str) -> tuple[EventRow, list[DeliveryEntry]] | None:
@@ -98,6 +99,40 @@ class WebhookQueries(SqliteBase):
         self, tenant: int, event_id: str, endpoint_id: str | None, now: int, idempotency: Idempotency | None = None
     ) -> int:
         return await self._write(tenant, idempotency, now, _redeliver, tenant, event_id, endpoint_id, now)
+
+
+_EVENT_E = ", ".join(f"e.{c}" for c in _EVENT.split(", "))
+
+_USAGE_ROW = (
+    "(SELECT l.seq FROM events e CROSS JOIN ledger l ON l.id = e.subject"
+    " WHERE e.tenant = :tenant AND e.type = 'usage.recorded'{} ORDER BY e.seq {} LIMIT 1)"
+)
+_USAGE_EVENTS = (
+    f"SELECT e.seq, {_EVENT_E} FROM ledger l CROSS JOIN events e"
+    " ON e.tenant = :tenant AND e.type = 'usage.recorded' AND e.subject = l.id"
+    " WHERE l.tenant = :tenant AND l.user_id = :user AND l.evented = 1"
+    f" AND l.seq BETWEEN {_USAGE_ROW.format('', 'ASC')} AND {_USAGE_ROW.format(' AND e.seq < :seq', 'DESC')}"
+    " ORDER BY l.seq DESC LIMIT :limit"
+)
+"""The user's usage.recorded events before event seq :seq, newest first: a range of the
+ledger_usage_evented index (their rows, migration 12), each row's event found by events_subject.
+Ledger seq and event seq order these events alike (SQLite writes one transaction at a time, and
+each writes the row, then its event), so the range's ends are the ledger rows of two events found
+by events_tenant_type: the tenant's oldest usage.recorded event (rows older than it had their
+events purged, and are not walked) and its newest before :seq."""
+
+
+def _user_events(where: str, type: str | None) -> str:
+    """listEvents' userId filter: the user's usage.recorded events through the ledger, and the
+    rest through events_user (tenant, user_id, seq), merged newest first. With a type, only the
+    one walk that can hold it."""
+    others = f"SELECT seq, {_EVENT} FROM events WHERE {where} AND user_id = :user"
+    if type == USAGE_RECORDED:
+        return f"SELECT {_EVENT} FROM ({_USAGE_EVENTS}) ORDER BY seq DESC"
+    if type is not None:  # unary +: filtered in the user's range, not by events_tenant_type
+        return f"{others.replace(f'seq, {_EVENT}', _EVENT, 1)} AND +type = :type ORDER BY seq DESC LIMIT :limit"
+    return (f"SELECT {_EVENT} FROM (SELECT * FROM ({others} ORDER BY seq DESC LIMIT :limit)"
+            f" UNION ALL SELECT * FROM ({_USAGE_EVENTS})) ORDER BY seq DESC LIMIT :limit")
 
 
 def _create_endpoint(conn: sqlite3.Connection, tenant: int, endpoint_id: str, e: NewEndpoint, quota: int | None) -> Row:
