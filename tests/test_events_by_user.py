@@ -7,13 +7,13 @@ row's event without naming user_id: migration 0009's trigger fills it, and these
 says the two rules agree); migration 0009 gives the events written before it their user."""
 from __future__ import annotations
 
-import sqlite3
 from typing import Any
 
 import asyncpg
 import pytest
 
 import pg
+from old_schema import sqlite_before
 from conftest import Api, assert_error, ok
 from outbox_rows import emit
 from test_webhook_endpoints import HOOK, create, server, tenant_of  # noqa: F401  (server: the fixture with --webhook-allow-private)
@@ -135,11 +135,7 @@ _MINE = next(v for v, n, _ in scripts() if n == "events_user")
 
 @pytest.mark.sqlite_only("the SQLite migration script")
 def test_the_sqlite_migration_gives_earlier_events_their_user_and_swaps_the_unused_index(tmp_path):
-    conn = sqlite3.connect(tmp_path / "old.db", isolation_level=None)
-    conn.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)")
-    for version, name, sql in scripts():
-        if version < _MINE:
-            conn.executescript(f"BEGIN; INSERT INTO schema_migrations VALUES ({version}, '{name}', 0);\n{sql}\nCOMMIT;")
+    conn = sqlite_before(tmp_path / "old.db", _MINE)
     for n, (id, type, data) in enumerate(_EVENTS):
         conn.execute("INSERT INTO events (id, tenant, type, data, created_at) VALUES (?, 1, ?, ?, ?)", (id, type, data, n))
     from zapbilling.store.migrations import migrate

@@ -12,6 +12,7 @@ import stat
 import pytest
 from aiohttp import ClientSession
 
+from old_schema import sqlite_before
 from conftest import assert_error, ok
 from procs import ServerProcess, create_key
 from test_metering import event_rows, meter, summary
@@ -102,11 +103,7 @@ async def test_a_callers_event_cannot_take_the_key_of_a_holds_capture_event(any_
 
 
 def test_migration_links_earlier_usage_events_to_their_withdrawals_and_frees_their_keys(tmp_path):
-    conn = sqlite3.connect(tmp_path / "old.db", isolation_level=None)
-    conn.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)")
-    for version, name, sql in scripts():
-        if version <= 4:
-            conn.executescript(f"BEGIN; INSERT INTO schema_migrations VALUES ({version}, '{name}', 0);\n{sql}\nCOMMIT;")
+    conn = sqlite_before(tmp_path / "old.db", 5)
     ledger = ("INSERT INTO ledger (id, tenant, user_id, currency, type, amount, tags, notes, created_at, key_id)"
               " VALUES (?, 1, ?, 'usd', 'withdraw', ?, 'api-usage', '', ?, 'k')")
     event = ("INSERT INTO meter_events (id, tenant, meter_id, user_id, value, ts, idempotency_key, created_at)"

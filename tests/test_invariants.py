@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import re
 import sqlite3
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 import pg
+from old_schema import sqlite_before
 from conftest import Api, FakeClock, ok, make_app
 from invariants import check_invariants, copy_db, corrupt, find_violations
 
@@ -359,10 +359,7 @@ async def test_the_schema_refuses_what_its_checks_forbid(traffic, copy):
 
 def old_database(path: str) -> str:
     """A database at migration 0003 (before the journal and key_id), with a little of everything."""
-    con = sqlite3.connect(path, isolation_level=None)
-    con.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)")
-    for version, name, sql in scripts()[:3]:
-        con.executescript(f"BEGIN; INSERT INTO schema_migrations VALUES ({version}, '{name}', 0);\n{sql}\nCOMMIT;")
+    con = sqlite_before(path, 4)
     con.executescript("""
         INSERT INTO tenants (id, org, mode) VALUES (1, 'acme', 'live');
         INSERT INTO ledger (id, tenant, user_id, currency, type, amount, tags, created_at, dedupe_key)

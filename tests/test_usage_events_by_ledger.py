@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from old_schema import sqlite_before
 from conftest import Api, ok
 from invariants import find_violations
 from test_events_by_user import about
@@ -145,11 +146,7 @@ _MINE = next(v for v, n, _ in scripts() if n == "usage_events_by_ledger")
 
 @pytest.mark.sqlite_only("the SQLite migration script")
 def test_the_sqlite_migration_files_earlier_usage_events_by_their_rows(tmp_path):
-    conn = sqlite3.connect(tmp_path / "old.db", isolation_level=None)
-    conn.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)")
-    for version, name, sql in scripts():
-        if version < _MINE:
-            conn.executescript(f"BEGIN; INSERT INTO schema_migrations VALUES ({version}, '{name}', 0);\n{sql}\nCOMMIT;")
+    conn = sqlite_before(tmp_path / "old.db", _MINE)
     for n, tx in enumerate(["tx_a", "tx_b", "tx_c"]):
         conn.execute("INSERT INTO ledger (id, tenant, user_id, currency, type, amount, tags, created_at, key_id)"
                      " VALUES (?, 1, 'hanzo/alice', 'usd', 'withdraw', 5, 'api-usage', ?, 'key_1')", (tx, n))

@@ -13,7 +13,7 @@ from ..periods import period_bounds
 from ..refusals import Missing, QuotaReached
 from ..rows import ALERT_COLUMNS as _ALERT, alert_row
 from .connection import SqliteBase
-from .sums import AVAILABLE, HELD, HELD_NOW
+from .sums import HELD, HELD_NOW
 
 USED = (
     "SELECT COALESCE(SUM(amount), 0) FROM ledger WHERE tenant = ? AND user_id = ? AND created_at >= ? AND created_at < ?"
