@@ -105,11 +105,11 @@ _EVENT_E = ", ".join(f"e.{c}" for c in _EVENT.split(", "))
 
 _USAGE_ROW = (
     "(SELECT l.seq FROM events e CROSS JOIN ledger l ON l.id = e.subject"
-    " WHERE e.tenant = :tenant AND e.type = 'usage.recorded'{} ORDER BY e.seq {} LIMIT 1)"
+    f" WHERE e.tenant = :tenant AND e.type = '{USAGE_RECORDED}'{{}} ORDER BY e.seq {{}} LIMIT 1)"
 )
 _USAGE_EVENTS = (
     f"SELECT e.seq, {_EVENT_E} FROM ledger l CROSS JOIN events e"
-    " ON e.tenant = :tenant AND e.type = 'usage.recorded' AND e.subject = l.id"
+    f" ON e.tenant = :tenant AND e.type = '{USAGE_RECORDED}' AND e.subject = l.id"
     " WHERE l.tenant = :tenant AND l.user_id = :user AND l.evented = 1"
     f" AND l.seq BETWEEN {_USAGE_ROW.format('', 'ASC')} AND {_USAGE_ROW.format(' AND e.seq < :seq', 'DESC')}"
     " ORDER BY l.seq DESC LIMIT :limit"
@@ -126,12 +126,12 @@ def _user_events(where: str, type: str | None) -> str:
     """listEvents' userId filter: the user's usage.recorded events through the ledger, and the
     rest through events_user (tenant, user_id, seq), merged newest first. With a type, only the
     one walk that can hold it."""
-    others = f"SELECT seq, {_EVENT} FROM events WHERE {where} AND user_id = :user"
     if type == USAGE_RECORDED:
         return f"SELECT {_EVENT} FROM ({_USAGE_EVENTS}) ORDER BY seq DESC"
+    others = f"FROM events WHERE {where} AND user_id = :user"
     if type is not None:  # unary +: filtered in the user's range, not by events_tenant_type
-        return f"{others.replace(f'seq, {_EVENT}', _EVENT, 1)} AND +type = :type ORDER BY seq DESC LIMIT :limit"
-    return (f"SELECT {_EVENT} FROM (SELECT * FROM ({others} ORDER BY seq DESC LIMIT :limit)"
+        return f"SELECT {_EVENT} {others} AND +type = :type ORDER BY seq DESC LIMIT :limit"
+    return (f"SELECT {_EVENT} FROM (SELECT * FROM (SELECT seq, {_EVENT} {others} ORDER BY seq DESC LIMIT :limit)"
             f" UNION ALL SELECT * FROM ({_USAGE_EVENTS})) ORDER BY seq DESC LIMIT :limit")
 
 
