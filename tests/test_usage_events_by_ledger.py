@@ -15,16 +15,26 @@ from typing import Any
 import pytest
 
 from old_schema import sqlite_before
-from conftest import Api, ok
+from conftest import Api, make_app, ok
 from invariants import find_violations
 from test_events_by_user import about
-from test_webhook_endpoints import HOOK, create, server  # noqa: F401  (server: the fixture with --webhook-allow-private)
+from test_webhook_endpoints import HOOK, create
 from zapbilling.app import EVENTS_KEEP, STORE, sweep_once
+from zapbilling.config import Config, server_options
+from zapbilling.limits import Limits
 from zapbilling.store.migrations import migrate, scripts
 
 ALICE, BOB = "hanzo/alice", "hanzo/bob"
 EVERYTHING = 1000
 MINUTE = 60_000_000
+
+
+@pytest.fixture
+async def server(aiohttp_server, db_path, clock):
+    """With --webhook-allow-private (endpoints on the discard port), and no sender of its own: the
+    tests dispatch when they choose, so no delivery left pending keeps an event from the purge."""
+    config = Config(db=db_path, clock=clock, sweep_seconds=3600, deliver=False, limits=Limits(webhook_allow_private=True))
+    return await aiohttp_server(make_app(config), **server_options(config))
 
 
 async def usage(api: Api, user: str, request_id: str, amount: int = 10) -> str:
