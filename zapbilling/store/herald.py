@@ -16,7 +16,8 @@ CreditGrant and alert.triggered), read by the outbox as it writes the row (outbo
 every writer of events, the store's own (alerts, spend caps, a disabled endpoint) included, gets
 it without a change to its call; migration 0009 applies the same rule to older events, and on
 PostgreSQL a trigger to the one insert that does not name the column (the ledger's append
-statement).
+statement). On SQLite a usage.recorded is the exception: it is found by account through its
+ledger row (`evented`, migration 12), and written without user_id.
 
 The store calls the herald only where an event is written (a row inserted, not a replay or a
 dedupe repeat), so a write without an event (recordUsage with no endpoint subscribed to usage)
