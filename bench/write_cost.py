@@ -19,84 +19,62 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
-import subprocess
 import tempfile
-from typing import Any
+from pathlib import Path
 
 import aiohttp
 import psutil
 
-from .load import child_env, cpu_seconds_of, free_port, zapbilling_cmd
+from .load import Server, cpu_seconds_of, free_port, zap, zapbilling_cmd
+from .scenarios import _create_key
 
 USERS = 100
 CONNECTIONS = 64
 WARMUP = 2000
 
 
-async def _run(hook: bool, requests: int) -> tuple[float, float]:
-    """(bytes written, server CPU seconds) per request."""
-    folder = tempfile.mkdtemp(prefix="zapbilling-write-cost-")
-    db, port = f"{folder}/b.db", free_port()
-    env = child_env()
-    key = subprocess.check_output([*zapbilling_cmd(), "keys", "create", "--db", db, "--org", "bench", "--mode", "live"],
-                                  text=True, env=env, stderr=subprocess.DEVNULL).strip()
-    last = max(os.sched_getaffinity(0))
-    server = subprocess.Popen(
-        [*zapbilling_cmd(), "serve", "--db", db, "--port", str(port), "--durability", "full", "--webhook-allow-private",
-         "--webhook-concurrency", "0", "--rate-per-second", "0", "--log-level", "warning"], env=env)
-    proc = psutil.Process(server.pid)
-    senders: list[psutil.Process] = []
-    try:
-        proc.cpu_affinity([last])
-        base, headers = f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {key}"}
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=CONNECTIONS)) as session:
-            async def call(method: str, params: dict[str, Any]) -> Any:
-                body = {"method": f"billing.{method}", "id": 1, "params": params}
-                async with session.post(f"{base}/api/v1/zap", json=body, headers=headers) as r:
+async def _load(url: str, key: str, start: int, requests: int) -> None:
+    """`requests` recordUsage from CONNECTIONS connections, requestIds from `start` on."""
+    headers = {"Authorization": f"Bearer {key}"}
+    sent = start
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=CONNECTIONS)) as session:
+        async def worker(n: int) -> None:
+            nonlocal sent
+            for _ in range(n):
+                sent += 1
+                params = {"user": f"b/u{sent % USERS}", "amount": 1, "model": "m", "requestId": f"r{sent}"}
+                async with session.post(f"{url}/api/v1/zap", headers=headers,
+                                        json={"method": "billing.recordUsage", "id": 1, "params": params}) as r:
                     answer = await r.json()
                     assert "result" in answer, answer
-                    return answer["result"]
 
-            for _ in range(200):
-                try:
-                    async with session.get(f"{base}/healthz") as r:
-                        if r.status == 200:
-                            break
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.05)
-            for u in range(USERS):
-                await call("deposit", {"user": f"b/u{u}", "amount": 10**12})
-            if hook:
-                await call("createWebhookEndpoint", {"url": "http://127.0.0.1:9/hook", "events": ["usage.recorded"]})
-            for _ in range(100):  # the sender process: started once the server is ready
-                senders = proc.children()
-                if senders:
-                    break
-                await asyncio.sleep(0.05)
-            for sender in senders:
-                sender.send_signal(signal.SIGSTOP)
-            sent = 0
+        await asyncio.gather(*(worker(requests // CONNECTIONS) for _ in range(CONNECTIONS)))
 
-            async def worker(n: int) -> None:
-                nonlocal sent
-                for _ in range(n):
-                    sent += 1
-                    i = sent
-                    await call("recordUsage", {"user": f"b/u{i % USERS}", "amount": 1, "model": "m", "requestId": f"r{i}"})
 
-            await asyncio.gather(*(worker(WARMUP // CONNECTIONS) for _ in range(CONNECTIONS)))
+def _run(hook: bool, requests: int) -> tuple[float, float]:
+    """(bytes written, server CPU seconds) per request."""
+    folder = Path(tempfile.mkdtemp(prefix="zapbilling-write-cost-"))
+    db = folder / "b.db"
+    key = _create_key(db)
+    port = free_port()
+    argv = [*zapbilling_cmd(), "serve", "--db", str(db), "--port", str(port), "--durability", "full",
+            "--webhook-allow-private", "--webhook-concurrency", "0", "--rate-per-second", "0", "--log-level", "warning"]
+    with Server("zapbilling", argv, port, log=folder / "server.log", cpus={max(os.sched_getaffinity(0))}) as srv:
+        for u in range(USERS):
+            zap(srv.url, key, "billing.deposit", {"user": f"b/u{u}", "amount": 10**12})
+        if hook:
+            zap(srv.url, key, "billing.createWebhookEndpoint", {"url": "http://127.0.0.1:9/hook", "events": ["usage.recorded"]})
+        sender = srv.sender()
+        sender.suspend()  # only the serving process's writes count
+        try:
+            proc = psutil.Process(srv.pid)
+            asyncio.run(_load(srv.url, key, 0, WARMUP))
             written, cpu = proc.io_counters().write_bytes, cpu_seconds_of([proc])
-            per = requests // CONNECTIONS
-            await asyncio.gather(*(worker(per) for _ in range(CONNECTIONS)))
-            n = per * CONNECTIONS
+            asyncio.run(_load(srv.url, key, WARMUP, requests))
+            n = requests // CONNECTIONS * CONNECTIONS
             return (proc.io_counters().write_bytes - written) / n, (cpu_seconds_of([proc]) - cpu) / n
-    finally:
-        for sender in senders:
-            sender.send_signal(signal.SIGCONT)
-        server.terminate()
-        server.wait()
+        finally:
+            sender.resume()
 
 
 def main() -> None:
@@ -108,7 +86,7 @@ def main() -> None:
     if others:
         os.sched_setaffinity(0, others)
     for _ in range(args.repeat):
-        (b0, c0), (b1, c1) = [asyncio.run(_run(hook, args.requests)) for hook in (False, True)]
+        (b0, c0), (b1, c1) = [_run(hook, args.requests) for hook in (False, True)]
         print(f"recordUsage per request: no endpoint {b0 / 1024:.1f} KB written, {c0 * 1e6:.0f} us CPU;"
               f" one on usage.recorded {b1 / 1024:.1f} KB, {c1 * 1e6:.0f} us: {c0 / c1:.2f}x by CPU", flush=True)
 
