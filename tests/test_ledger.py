@@ -327,6 +327,19 @@ async def test_deposit_tags_metadata_and_currency(any_api):
     assert await balance(any_api, currency="jpy") == 5
 
 
+async def test_metadata_orjson_refuses_round_trips(api):
+    """A row's metadata is written by orjson, and what orjson refuses (an integer past 64 bits)
+    by the json module (store/rows.py json_text): both read back as given, text outside ASCII too."""
+    metadata = {"big": 10**20, "negative": -(2**64), "text": "café ✓ 日本", "nested": {"f": 1.5, "e": 1e300}}
+    dep = await api.call("deposit", {"user": ALICE, "amount": 5, "metadata": metadata})
+    assert dep.status == created_status(api), dep.result
+    plain = await api.call("deposit", {"user": ALICE, "amount": 6, "metadata": {"text": "café ✓"}})
+    listed = await api.call("listTransactions", {"user": ALICE})
+    by_id = {t["transactionId"]: t["metadata"] for t in listed.result["transactions"]}
+    assert by_id[dep.result["transactionId"]] == metadata
+    assert by_id[plain.result["transactionId"]] == {"text": "café ✓"}
+
+
 async def test_deposit_default_notes(any_api, db_path):
     await any_api.call("deposit", {"user": ALICE, "amount": 1000, "currency": "eur"})
     await any_api.call("deposit", {"user": ALICE, "amount": 7, "notes": "manual top-up"})

@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 from typing import Any, Sequence
 
+import orjson
+
 from .base import AlertRow, GrantChange, GrantRow, HoldRow, LedgerRow, MeterEventRow, MeterRow, RuleRow
 
 ROWS_PER_STEP = 256
@@ -15,6 +17,21 @@ ROWS_PER_STEP = 256
 LEDGER_ROWS_PER_STEP = 32
 """The same for ledger rows, whose metadata is decoded too: ~17 us for the largest (16 KiB),
 ~0.55 ms a step."""
+
+
+def json_text(value: Any) -> str:
+    """A value as compact JSON text for a JSON column (a row's metadata, a meter event's
+    dimensions, an event's data), by orjson. Why not json.dumps: recordUsage's metadata (ten
+    keys) cost the json module's encoder 22k instructions per request, 3.4% of the whole request
+    (callgrind, bench.instructions --op recordUsage), and an event's data 44k against orjson's 8k.
+    The text differs from json.dumps' (no spaces, UTF-8 rather than \\u escapes) but every reader
+    parses it (json.loads, SQLite's and PostgreSQL's JSON functions), so rows written before and
+    after read alike. What orjson refuses (an integer past 64 bits, a key that is not a string, a
+    lone surrogate) goes through the json module, ASCII-escaped as json.dumps always wrote it."""
+    try:
+        return orjson.dumps(value).decode()
+    except orjson.JSONEncodeError:
+        return json.dumps(value, separators=(",", ":"))
 
 
 LEDGER_COLUMNS = "id, user_id, currency, type, amount, tags, notes, metadata, created_at, expires_at, refund_of, hold_id, key_id"

@@ -14,7 +14,7 @@ from ..periods import period_bounds
 from ..refusals import Missing, QuotaReached
 from ..rows import ALERT_COLUMNS as _ALERT, alert_row
 from .connection import PgBase, lock_account
-from .sums import AVAILABLE, HELD, HELD_NOW
+from .sums import HELD, HELD_NOW
 
 USED = (
     "SELECT LEAST(COALESCE(SUM(amount), 0), 9223372036854775807)::bigint FROM ledger WHERE tenant = $1 AND user_id = $2 AND created_at >= $3"

@@ -9,7 +9,6 @@ the remainders it decides on; two burns of one user queue on those rows, and the
 what the first left (READ COMMITTED: each statement sees the latest commits)."""
 from __future__ import annotations
 
-import json
 
 import asyncpg
 
@@ -17,7 +16,7 @@ from ..base import SYSTEM_KEY, Burn, BurnedGrant, BurnPlan, GrantChange, GrantRo
 from ..herald import Outbox
 from ..ids import new_id
 from ..refusals import AlreadyVoided, Missing
-from ..rows import CHANGE_COLUMNS as _CHANGE, GRANT_COLUMNS as _GRANT, change_row, grant_row
+from ..rows import CHANGE_COLUMNS as _CHANGE, GRANT_COLUMNS as _GRANT, change_row, grant_row, json_text
 from .connection import PgBase
 from .outbox import emit_many, event_args
 
@@ -198,7 +197,7 @@ async def _create_grant(conn: asyncpg.Connection, tenant: int, grant_id: str, g:
         f" expires_at, eligibility, tags, created_at) VALUES ($1, $2, $3, $4, $5, $5, $6, $7, $8, $9, $10, $11, $12)"
         f" RETURNING {_GRANT}",
         grant_id, tenant, g.user, g.name, g.amount, g.currency, g.priority, g.effective_at, g.expires_at,
-        json.dumps(g.eligibility), g.tags, g.now,
+        json_text(g.eligibility), g.tags, g.now,
     )
     grant = grant_row(row)
     await _journal(conn, tenant, grant, "grant", g.amount, g.amount, g.now, g.key_id)

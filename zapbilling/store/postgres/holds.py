@@ -9,7 +9,6 @@ pending holds after the previous one committed; a settlement then locks its hold
 before it reads the status it decides on."""
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import asyncpg
@@ -17,7 +16,7 @@ import asyncpg
 from ..base import INT64_MAX, HoldCharge, HoldRow, Idempotency, NewHold
 from ..ids import new_id
 from ..refusals import Missing, NotPending, OutOfRange, OverCapture, ShortOfFunds
-from ..rows import HOLD_COLUMNS, HOLD_STATUS_IS, hold_row
+from ..rows import HOLD_COLUMNS, HOLD_STATUS_IS, hold_row, json_text
 from ..herald import Outbox
 from .connection import PgBase
 from .ledger import append_entry
@@ -118,7 +117,7 @@ async def _create_hold(conn: asyncpg.Connection, tenant: int, hold_id: str, h: N
         f" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
         f" ON CONFLICT (tenant, user_id, request_id) DO NOTHING RETURNING {_hold('$7')}",
         hold_id, tenant, h.user, h.currency, h.amount, h.expires_at, h.now, h.request_id,
-        json.dumps(h.metadata) if h.metadata is not None else None,
+        json_text(h.metadata) if h.metadata is not None else None,
     )
     if row is None:  # the requestId was seen for this user: the original hold is the answer
         return hold_row(await conn.fetchrow(

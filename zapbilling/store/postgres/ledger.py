@@ -8,7 +8,6 @@ previous writer of that account committed, and none can be overtaken between rea
 from __future__ import annotations
 
 import functools
-import json
 import operator
 import time
 from typing import Any, Iterator, Sequence
@@ -21,9 +20,9 @@ from ..herald import Herald, Outbox, Told
 from ..ids import new_id, row_event_id
 from ..ledger_filters import Dialect, needs_probe, never_matches, page, probe, walk_for
 from ..refusals import Missing, NotRefundable, OutOfRange, RefundLeft
-from ..rows import LEDGER_COLUMNS as _ROW, ledger_row as _row
+from ..rows import LEDGER_COLUMNS as _ROW, ledger_row as _row, json_text
 from .connection import _SNAPSHOT, UNCHECKED_KEY, KEY_VALID, PgBase, affected, lock_account
-from .outbox import NOTHING, Watch, emit_many, event_args, event_json, forfeit_row, lock_watching
+from .outbox import NOTHING, Watch, emit_many, event_args, forfeit_row, lock_watching
 from .pool import Lease
 from .sums import ACCOUNT, ACCOUNT_OF, EXPIRED, HELD
 from .turns import TurnBatch
@@ -359,14 +358,14 @@ async def append_entry(
     moved = balance + _SIGN[e.type] * e.amount
     params: list[Any] = [
         tx_id, tenant, e.user, e.currency, e.type, e.amount, e.tags, e.notes,
-        json.dumps(e.metadata) if e.metadata is not None else None, e.now, e.expires_at, remaining, e.refund_of,
+        json_text(e.metadata) if e.metadata is not None else None, e.now, e.expires_at, remaining, e.refund_of,
         e.dedupe_key, e.key_id, e.hold_id, moved if INT64_MIN <= moved <= INT64_MAX else None,
     ]
     if e.usage_event is not None:
         dimensions = e.usage_event.dimensions
-        params += [new_id("evt"), json.dumps(dimensions) if dimensions is not None else None, e.usage_event.event_name]
+        params += [new_id("evt"), json_text(dimensions) if dimensions is not None else None, e.usage_event.event_name]
     if told is not None:
-        params += [row_event_id(tx_id), told[0], event_json(told[1])]
+        params += [row_event_id(tx_id), told[0], json_text(told[1])]
     rows = await conn.fetch(_append_sql(e.usage_event is not None, event), *params)
     first = rows[0]
     if not first[0]:  # the dedupe key was seen: the original row is the answer
@@ -443,13 +442,13 @@ def may_append_at_once(e: NewEntry, idempotency: Idempotency | None) -> bool:
 def append_args(digest: str | None, tenant: int, e: NewEntry, row: LedgerRow, told: Told | None, event: str | None,
                 outbox: Outbox | None) -> AppendArgs:
     usage = e.usage_event
-    dimensions = None if usage is None or usage.dimensions is None else json.dumps(usage.dimensions)
+    dimensions = None if usage is None or usage.dimensions is None else json_text(usage.dimensions)
     return (
         digest, row["id"], tenant, e.user, e.currency, e.type, e.amount, _SIGN[e.type] * e.amount,
-        e.tags, e.notes, json.dumps(e.metadata) if e.metadata is not None else None, e.now, e.dedupe_key, e.key_id,
+        e.tags, e.notes, json_text(e.metadata) if e.metadata is not None else None, e.now, e.dedupe_key, e.key_id,
         e.hold_id, None if usage is None else new_id("evt"), dimensions, None if usage is None else usage.event_name,
         None if told is None else row_event_id(row["id"]), None if told is None else told[0],
-        None if told is None else event_json(told[1]), event == "gated",
+        None if told is None else json_text(told[1]), event == "gated",
         outbox is not None and told is None and not outbox.usage_hooks.get(tenant),
     )
 
@@ -540,7 +539,7 @@ async def _settle_lots(conn: asyncpg.Connection, tenant: int, user: str, currenc
         if forfeit:
             tags, notes, metadata = rules.forfeiture(lot, currency, cents)
             forfeit_id = new_id("tx")
-            forfeits.append((forfeit_id, tenant, user, currency, cents, tags, notes, json.dumps(metadata), now, key_id))
+            forfeits.append((forfeit_id, tenant, user, currency, cents, tags, notes, json_text(metadata), now, key_id))
             note_moved(currency, "withdraw", tags, cents)  # for the metrics
             if outbox is not None:
                 told = outbox.herald.forfeit(forfeit_row(forfeit_id, user, currency, cents, tags, notes, metadata, now, key_id))

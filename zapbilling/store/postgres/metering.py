@@ -7,7 +7,6 @@ SumOutOfRange."""
 from __future__ import annotations
 
 import functools
-import json
 from typing import Any
 
 import asyncpg
@@ -15,7 +14,7 @@ import asyncpg
 from ..base import Idempotency, MeterEventDraft, MeterRow, MeterUsage, NewMeter, recorded
 from ..ids import new_id, new_ids
 from ..refusals import AlreadyExists, Missing, QuotaReached, SumOutOfRange
-from ..rows import METER_COLUMNS as _METER, meter_row
+from ..rows import METER_COLUMNS as _METER, meter_row, json_text
 from .connection import PgBase
 from .outbox import NOTHING, Watch
 from .watch import after_meter_events
@@ -146,7 +145,7 @@ async def _create_meter(conn: asyncpg.Connection, tenant: int, meter_id: str, m:
     row = await conn.fetchrow(
         f"INSERT INTO meters (id, tenant, name, event_name, aggregation, currency, dimensions, created_at)"
         f" VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (tenant, event_name) DO NOTHING RETURNING {_METER}",
-        meter_id, tenant, m.name, m.event_name, m.aggregation, m.currency, json.dumps(m.dimensions), m.now,
+        meter_id, tenant, m.name, m.event_name, m.aggregation, m.currency, json_text(m.dimensions), m.now,
     )
     if row is None:
         raise AlreadyExists("meter", m.event_name)
@@ -197,7 +196,7 @@ async def _record_events(conn: asyncpg.Connection, tenant: int, events: list[Met
     inserted = {r[0] for r in await conn.fetch(
         _INSERT_BATCH, tenant, now, ids, [e.meter_id for e in events], [e.user for e in events],
         [e.value for e in events], [e.timestamp for e in events], [e.idempotency for e in events],
-        [json.dumps(e.dimensions) if e.dimensions is not None else None for e in events], [e.ledger_id for e in events],
+        [json_text(e.dimensions) if e.dimensions is not None else None for e in events], [e.ledger_id for e in events],
     )}
     if w.alerts and inserted:
         touched = {(e.meter_id, e.user) for event_id, e in zip(ids, events) if event_id in inserted}
@@ -228,7 +227,7 @@ async def insert_event(conn: asyncpg.Connection, tenant: int, e: MeterEventDraft
         " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
         " ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING RETURNING id",
         event_id, tenant, e.meter_id, e.user, e.value, e.timestamp, e.idempotency,
-        json.dumps(e.dimensions) if e.dimensions is not None else None, now, e.ledger_id,
+        json_text(e.dimensions) if e.dimensions is not None else None, now, e.ledger_id,
     )
     if inserted is not None:
         return event_id, "created"

@@ -8,10 +8,11 @@ import asyncpg
 
 from ..herald import Told
 from ..ids import new_id
-from ..sqlite.outbox import NOTHING, Watch, about, event_json, forfeit_row
+from ..rows import json_text
+from ..sqlite.outbox import NOTHING, Watch, about, forfeit_row
 from .connection import lock_account
 
-__all__ = ["NOTHING", "Watch", "about", "emit", "emit_many", "event_args", "event_json", "forfeit_row", "lock_watching", "watch"]
+__all__ = ["NOTHING", "Watch", "about", "emit", "emit_many", "event_args", "forfeit_row", "lock_watching", "watch"]
 
 EMIT = (
     "INSERT INTO events (id, tenant, type, data, created_at, subject, user_id) VALUES ($1, $2, $3, $4, $5, $6, $7)"
@@ -30,14 +31,14 @@ async def emit(
     """Record an event in the caller's transaction; its id, or None when an event of this type
     about `subject` exists already."""
     event_id = new_id("evt")
-    status = await conn.execute(EMIT, event_id, tenant, type, event_json(data), now, subject, about(data))
+    status = await conn.execute(EMIT, event_id, tenant, type, json_text(data), now, subject, about(data))
     return event_id if status.endswith(" 1") else None
 
 
 def event_args(tenant: int, told: Told, now: int, subject: str, event_id: str | None = None) -> tuple[Any, ...]:
     """EMIT's parameters for one event the herald told of (`event_id`: a ledger row's,
     ids.row_event_id; else a new one)."""
-    return event_id or new_id("evt"), tenant, told[0], event_json(told[1]), now, subject, about(told[1])
+    return event_id or new_id("evt"), tenant, told[0], json_text(told[1]), now, subject, about(told[1])
 
 
 async def emit_many(conn: asyncpg.Connection, events: list[tuple[Any, ...]]) -> None:

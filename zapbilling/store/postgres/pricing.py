@@ -2,7 +2,6 @@
 per plan and currency."""
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import asyncpg
@@ -10,7 +9,7 @@ import asyncpg
 from ..base import Idempotency, NewRule, RuleRow
 from ..ids import new_id
 from ..refusals import Missing, QuotaReached
-from ..rows import RULE_COLUMNS as _RULE, rule_row
+from ..rows import RULE_COLUMNS as _RULE, rule_row, json_text
 from .connection import PgBase
 from ...loop_turn import converted
 from ..rows import ROWS_PER_STEP
@@ -54,7 +53,7 @@ async def _create_rule(conn: asyncpg.Connection, tenant: int, rule_id: str, r: N
     row = await conn.fetchrow(
         f"INSERT INTO pricing_rules (id, tenant, meter_id, plan_id, model, currency, unit_price, tiers, created_at)"
         f" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING {_RULE}",
-        rule_id, tenant, r.meter_id, r.plan_id, r.model, r.currency, r.unit_price, json.dumps(r.tiers), r.now,
+        rule_id, tenant, r.meter_id, r.plan_id, r.model, r.currency, r.unit_price, json_text(r.tiers), r.now,
     )
     return rule_row(row)
 

@@ -13,6 +13,7 @@ from ..base import USAGE_RECORDED, DeliveryEntry, EndpointRow, EventRow, Idempot
 from ..ids import new_id
 from ..refusals import Missing, QuotaReached
 from ..sqlite.webhooks import delivery_log, endpoint_row, event_row
+from ..rows import json_text
 from .connection import PgBase
 
 _ENDPOINT = "id, url, events, description, status, created_at"
@@ -93,7 +94,7 @@ async def _create_endpoint(conn: asyncpg.Connection, tenant: int, endpoint_id: s
     row = await conn.fetchrow(
         f"INSERT INTO webhook_endpoints (id, tenant, url, events, description, secret, created_at)"
         f" VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {_ENDPOINT}",
-        endpoint_id, tenant, e.url, json.dumps(e.events), e.description, e.secret, e.now,
+        endpoint_id, tenant, e.url, json_text(e.events), e.description, e.secret, e.now,
     )
     if USAGE_RECORDED in e.events:
         await conn.execute("UPDATE tenants SET usage_hooks = usage_hooks + 1 WHERE id = $1", tenant)

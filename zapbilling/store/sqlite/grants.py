@@ -4,7 +4,6 @@ in the same transaction, so the rows of a grant always sum to its remaining cent
 one transaction, so two concurrent burns can never spend the same cents."""
 from __future__ import annotations
 
-import json
 import sqlite3
 
 from ..base import SYSTEM_KEY, Burn, BurnedGrant, BurnPlan, GrantChange, GrantRow, Idempotency, NewGrant
@@ -13,7 +12,7 @@ from ..ids import new_id
 from .connection import SqliteBase
 from .outbox import emit
 from ..refusals import AlreadyVoided, Missing
-from ..rows import CHANGE_COLUMNS as _CHANGE, GRANT_COLUMNS as _GRANT, change_row, grant_row
+from ..rows import CHANGE_COLUMNS as _CHANGE, GRANT_COLUMNS as _GRANT, change_row, grant_row, json_text
 
 # Effective from creation on even when the clock has been set back behind it since (billing/
 # grants.py is_active says the same).
@@ -145,7 +144,7 @@ def _create_grant(conn: sqlite3.Connection, tenant: int, grant_id: str, g: NewGr
         f"INSERT INTO credit_grants (id, tenant, user_id, name, amount, remaining, currency, priority, effective_at,"
         f" expires_at, eligibility, tags, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING {_GRANT}",
         (grant_id, tenant, g.user, g.name, g.amount, g.amount, g.currency, g.priority, g.effective_at, g.expires_at,
-         json.dumps(g.eligibility), g.tags, g.now),
+         json_text(g.eligibility), g.tags, g.now),
     ).fetchone()
     grant = grant_row(row)
     _journal(conn, tenant, grant, "grant", g.amount, g.amount, g.now, g.key_id)

@@ -5,7 +5,6 @@ UPDATE is conditional on the hold still being pending all the same, so that a ho
 exactly once even if writes ever stop being serialised."""
 from __future__ import annotations
 
-import json
 import sqlite3
 from typing import Any
 
@@ -19,7 +18,7 @@ from .sums import ACCOUNT
 from .outbox import Watch, emit, watch
 from .watch import after_account_write, check_spend_cap
 from ..refusals import Missing, NotPending, OutOfRange, OverCapture, ShortOfFunds
-from ..rows import HOLD_COLUMNS, HOLD_PENDING, HOLD_STATUS_IS, hold_row
+from ..rows import HOLD_COLUMNS, HOLD_PENDING, HOLD_STATUS_IS, hold_row, json_text
 
 # A hold's status as at :now (../rows.py).
 _PENDING = HOLD_PENDING.format(now=":now")
@@ -96,7 +95,7 @@ def _create_hold(conn: sqlite3.Connection, tenant: int, hold_id: str, h: NewHold
     params = {
         "id": hold_id, "tenant": tenant, "user": h.user, "currency": h.currency, "amount": h.amount,
         "expires": h.expires_at, "now": h.now, "request": h.request_id,
-        "metadata": json.dumps(h.metadata) if h.metadata is not None else None,
+        "metadata": json_text(h.metadata) if h.metadata is not None else None,
     }
     row = conn.execute(
         f"INSERT INTO holds (id, tenant, user_id, currency, amount, expires_at, created_at, request_id, metadata)"

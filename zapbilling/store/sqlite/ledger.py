@@ -2,7 +2,6 @@
 first and forfeited only for their unspent remainder."""
 from __future__ import annotations
 
-import json
 import sqlite3
 from typing import Any, Iterator
 
@@ -16,7 +15,7 @@ from .metering import insert_event
 from .outbox import NOTHING, WATCHED_MASK, WATCHES, Watch, emit, forfeit_row, watch
 from .watch import after_account_write, after_meter_events
 from ..refusals import Missing, NotRefundable, OutOfRange, RefundLeft
-from ..rows import LEDGER_COLUMNS as _ROW, ledger_row as _row
+from ..rows import LEDGER_COLUMNS as _ROW, ledger_row as _row, json_text
 from .sums import ACCOUNT, EXPIRED, HELD
 from ...loop_turn import converted
 from ..rows import LEDGER_ROWS_PER_STEP
@@ -163,7 +162,7 @@ def append_entry(
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         " ON CONFLICT (tenant, user_id, dedupe_key) WHERE dedupe_key IS NOT NULL DO NOTHING",
         (tx_id, tenant, e.user, e.currency, e.type, e.amount, e.tags, e.notes,
-         json.dumps(e.metadata) if e.metadata is not None else None, e.now, e.expires_at, remaining, e.refund_of,
+         json_text(e.metadata) if e.metadata is not None else None, e.now, e.expires_at, remaining, e.refund_of,
          e.dedupe_key, e.key_id, e.hold_id, evented),
     ).rowcount
     if not inserted:  # the dedupe key was seen: the original row is the answer
@@ -276,7 +275,7 @@ def _settle_lots(conn: sqlite3.Connection, tenant: int, user: str, currency: str
             conn.execute(
                 "INSERT INTO ledger (id, tenant, user_id, currency, type, amount, tags, notes, metadata, created_at, key_id)"
                 " VALUES (?, ?, ?, ?, 'withdraw', ?, ?, ?, ?, ?, ?)",
-                (forfeit_id, tenant, user, currency, cents, tags, notes, json.dumps(metadata), now, key_id),
+                (forfeit_id, tenant, user, currency, cents, tags, notes, json_text(metadata), now, key_id),
             )
             note_moved(currency, "withdraw", tags, cents)  # for the metrics
             if outbox is not None:

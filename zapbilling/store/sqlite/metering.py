@@ -13,7 +13,7 @@ from .connection import SqliteBase
 from .outbox import watch
 from .watch import after_meter_events
 from ..refusals import AlreadyExists, Missing, QuotaReached, SumOutOfRange
-from ..rows import METER_COLUMNS as _METER, meter_row
+from ..rows import METER_COLUMNS as _METER, meter_row, json_text
 from ...loop_turn import converted
 from ..rows import ROWS_PER_STEP
 
@@ -148,7 +148,7 @@ def _create_meter(conn: sqlite3.Connection, tenant: int, meter_id: str, m: NewMe
     row = conn.execute(
         f"INSERT INTO meters (id, tenant, name, event_name, aggregation, currency, dimensions, created_at)"
         f" VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (tenant, event_name) DO NOTHING RETURNING {_METER}",
-        (meter_id, tenant, m.name, m.event_name, m.aggregation, m.currency, json.dumps(m.dimensions), m.now),
+        (meter_id, tenant, m.name, m.event_name, m.aggregation, m.currency, json_text(m.dimensions), m.now),
     ).fetchone()
     if row is None:
         raise AlreadyExists("meter", m.event_name)
@@ -198,7 +198,7 @@ def _insert_events(conn: sqlite3.Connection, tenant: int, events: list[MeterEven
     for event_id, e in zip(ids, events):
         if e.idempotency is None:
             run.append((event_id, tenant, e.meter_id, e.user, e.value, e.timestamp,
-                        json.dumps(e.dimensions) if e.dimensions is not None else None, now, e.ledger_id))
+                        json_text(e.dimensions) if e.dimensions is not None else None, now, e.ledger_id))
             outcomes.append((event_id, "created"))
             continue
         if run:
@@ -215,7 +215,7 @@ def insert_event(conn: sqlite3.Connection, tenant: int, e: MeterEventDraft, now:
     inserted = conn.execute(  # rowcount, not RETURNING: see append_entry
         _INSERT_KEYED,
         (event_id, tenant, e.meter_id, e.user, e.value, e.timestamp, e.idempotency,
-         json.dumps(e.dimensions) if e.dimensions is not None else None, now, e.ledger_id),
+         json_text(e.dimensions) if e.dimensions is not None else None, now, e.ledger_id),
     ).rowcount
     if inserted:
         return event_id, "created"

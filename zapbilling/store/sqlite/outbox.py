@@ -2,14 +2,12 @@
 it tells of, so that a change and its event commit or roll back together."""
 from __future__ import annotations
 
-import json
 import sqlite3
 from typing import Any, NamedTuple
 
-import orjson
-
 from ..base import USAGE_RECORDED, LedgerRow
 from ..ids import new_id
+from ..rows import json_text
 
 
 class Watch(NamedTuple):
@@ -34,18 +32,6 @@ def watch(conn: sqlite3.Connection, tenant: int) -> Watch:
     return NOTHING if row is None else Watch(*row)
 
 
-def event_json(data: dict[str, Any]) -> str:
-    """An event's data as compact JSON text (UTF-8, as the API's JSON answers are), by orjson:
-    for a usage.recorded's data (callgrind) the json module's C encoder, even built once (json.dumps
-    with separators builds a new one each call), cost 44k instructions, orjson 8k, for the same
-    text. What orjson refuses (an integer past 64 bits in a caller's metadata) goes through the
-    json module."""
-    try:
-        return orjson.dumps(data).decode()
-    except orjson.JSONEncodeError:
-        return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
-
-
 def about(data: dict[str, Any]) -> str | None:
     """The account an event is about (events.user_id: listEvents' userId filter): its data's
     `user` (a Transaction, a Hold, spend_cap.reached) or `userId` (a CreditGrant,
@@ -67,7 +53,7 @@ def emit(conn: sqlite3.Connection, tenant: int, type: str, data: dict[str, Any],
     cur = conn.execute(
         "INSERT INTO events (id, tenant, type, data, created_at, subject, user_id) VALUES (?, ?, ?, ?, ?, ?, ?)"
         " ON CONFLICT (tenant, type, subject) WHERE subject IS NOT NULL DO NOTHING",
-        (event_id, tenant, type, event_json(data), now, subject, None if type == USAGE_RECORDED else about(data)),
+        (event_id, tenant, type, json_text(data), now, subject, None if type == USAGE_RECORDED else about(data)),
     )
     return event_id if cur.rowcount else None
 

@@ -1,7 +1,6 @@
 """Pricing rules: how a meter's quantity becomes money, per plan and currency."""
 from __future__ import annotations
 
-import json
 import sqlite3
 from typing import Any
 
@@ -9,7 +8,7 @@ from ..base import Idempotency, NewRule, RuleRow
 from ..ids import new_id
 from .connection import SqliteBase
 from ..refusals import Missing, QuotaReached
-from ..rows import RULE_COLUMNS as _RULE, rule_row
+from ..rows import RULE_COLUMNS as _RULE, rule_row, json_text
 from ...loop_turn import converted
 from ..rows import ROWS_PER_STEP
 
@@ -49,7 +48,7 @@ def _create_rule(conn: sqlite3.Connection, tenant: int, rule_id: str, r: NewRule
     row = conn.execute(
         f"INSERT INTO pricing_rules (id, tenant, meter_id, plan_id, model, currency, unit_price, tiers, created_at)"
         f" VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING {_RULE}",
-        (rule_id, tenant, r.meter_id, r.plan_id, r.model, r.currency, r.unit_price, json.dumps(r.tiers), r.now),
+        (rule_id, tenant, r.meter_id, r.plan_id, r.model, r.currency, r.unit_price, json_text(r.tiers), r.now),
     ).fetchone()
     return rule_row(row)
 

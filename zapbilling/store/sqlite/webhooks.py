@@ -10,6 +10,7 @@ from typing import Any, Sequence
 from ..base import INT64_MAX, USAGE_RECORDED, DeliveryEntry, EndpointRow, EventRow, Idempotency, NewEndpoint, Row, subscribes
 from ..ids import new_id
 from ..refusals import Missing, QuotaReached
+from ..rows import json_text
 from .connection import SqliteBase
 
 _ENDPOINT = "id, url, events, description, status, created_at"
@@ -145,7 +146,7 @@ def _create_endpoint(conn: sqlite3.Connection, tenant: int, endpoint_id: str, e:
     row = conn.execute(
         f"INSERT INTO webhook_endpoints (id, tenant, url, events, description, secret, created_at)"
         f" VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING {_ENDPOINT}",
-        (endpoint_id, tenant, e.url, json.dumps(e.events), e.description, e.secret, e.now),
+        (endpoint_id, tenant, e.url, json_text(e.events), e.description, e.secret, e.now),
     ).fetchone()
     if USAGE_RECORDED in e.events:
         conn.execute("UPDATE tenants SET usage_hooks = usage_hooks + 1 WHERE id = ?", (tenant,))
