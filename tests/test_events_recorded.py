@@ -19,6 +19,8 @@ from conftest import Api, FakeClock, ok
 from invariants import copy_db, corrupt, find_violations
 
 from zapbilling.app import STORE, sweep_once
+from zapbilling.billing.events import HERALD, BillingHerald
+from zapbilling.store.sqlite.outbox import check_usage_data, event_data
 
 ALICE, BOB = "hanzo/alice", "hanzo/bob"
 
@@ -27,7 +29,9 @@ def recorded(db_path: str, type: str | None = None) -> list[dict[str, Any]]:
     """The outbox's events (of one type), in the order written."""
     con = pg.read_only(db_path)
     try:
-        sql = "SELECT id, type, subject, data, created_at FROM events"
+        # on SQLite a usage.recorded's data is made from its ledger row when read (store/sqlite/outbox.py)
+        data = "data" if pg.is_url(db_path) else event_data("events.")
+        sql = f"SELECT id, type, subject, {data}, created_at FROM events"
         rows = con.execute(sql + (" WHERE type = ?" if type else "") + " ORDER BY seq", (type,) if type else ()).fetchall()
     finally:
         con.close()
@@ -266,3 +270,18 @@ async def test_the_invariants_rule(api: Api, db_path: str, clock: FakeClock, ser
     assert [v for v in find_violations(elsewhere) if "event" in v] == [
         f"event {event_id}: user_id 'hanzo/mallory', but its data is about {ALICE!r}"
     ]
+
+
+def test_a_usage_events_data_made_when_read_is_held_to_the_herald() -> None:
+    """On SQLite a usage.recorded's data is made from its ledger row by SQL when read (store/
+    sqlite/outbox.py USAGE_DATA), a copy of the domain's rendering that start-up checks: the
+    domain's herald passes, one that renders the row otherwise stops start-up."""
+    check_usage_data(HERALD)
+
+    class Renamed(BillingHerald):
+        def usage(self, row: Any) -> Any:
+            told = super().usage(row)
+            return None if told is None else (told[0], {**told[1], "note": told[1]["notes"]})
+
+    with pytest.raises(RuntimeError, match="USAGE_DATA"):
+        check_usage_data(Renamed())

@@ -236,6 +236,38 @@ async def test_a_deposit_is_delivered_as_the_event_the_api_shows(api, db_path, r
     assert (delivered["data"]["transactionId"], delivered["data"]["amount"]) == (deposit["transactionId"], 1250)
 
 
+async def test_usage_recorded_is_delivered_and_read_as_its_transaction(api, db_path, receiver):
+    """A usage.recorded's data (on SQLite made from its ledger row when read: store/sqlite/
+    outbox.py USAGE_DATA) is the usage row as listTransactions shows it, in the delivered body,
+    getEvent and every listEvents walk (unfiltered, by type, by user): a recordUsage whose
+    metadata has text outside ASCII and large numbers, and a hold's capture (its holdId)."""
+    _, secret = await create_endpoint(api, receiver.url, ["usage.recorded"])
+    user = "hanzo/zoë"
+    await ok(api, "deposit", {"user": user, "amount": 5000})
+    usage = await ok(api, "recordUsage", {"user": user, "amount": 7, "model": "modèle ✓ 日本", "provider": "a\"b",
+                                          "totalTokens": 2**62, "premium": True, "requestId": "r-ü"})
+    hold = await ok(api, "createHold", {"user": user, "amount": 40})
+    capture = await ok(api, "captureHold", {"id": hold["holdId"], "amount": 4, "model": "m"})
+    rows = {t["transactionId"]: t for t in (await ok(api, "listTransactions", {"user": user}))["transactions"]}
+
+    async def arrived() -> bool:
+        return len(receiver.hits) == 2
+
+    await until(arrived, "both usage events delivered")
+    delivered = {verify(secret, h, b)["data"]["transactionId"]: verify(secret, h, b) for h, b in receiver.hits}
+    assert set(delivered) == {usage["transactionId"], capture["transactionId"]}
+    assert delivered[capture["transactionId"]]["data"]["holdId"] == hold["holdId"]
+    assert delivered[usage["transactionId"]]["data"]["metadata"]["model"] == "modèle ✓ 日本"
+    listings = [(await ok(api, "listEvents", params))["events"] for params in (
+        {}, {"type": "usage.recorded"}, {"userId": user}, {"userId": user, "type": "usage.recorded"})]
+    for tx_id, event in delivered.items():
+        assert event["data"] == rows[tx_id]
+        shown = await ok(api, "getEvent", {"id": event["id"]})
+        assert {k: shown[k] for k in ("id", "type", "createdAt", "data")} == event
+        for listed in listings:
+            assert [e for e in listed if e["id"] == event["id"]] == [event]
+
+
 async def _done(db: str, event_id: str, status: str = "succeeded") -> bool:
     rows = await sql(db, "SELECT status FROM deliveries WHERE event_id = ?", event_id)
     return bool(rows) and all(r[0] == status for r in rows)

@@ -64,9 +64,10 @@ class BillingHerald:
         return (REFUND_CREATED if row["refundOf"] is not None else DEPOSIT_CREATED), transaction_result(row)
 
     def usage(self, row: LedgerRow) -> Told | None:
-        if row["type"] != "withdraw" or row["tags"] != USAGE_TAG:
-            return None
-        return USAGE_RECORDED, transaction_result(row)
+        return None if self.usage_type(row) is None else (USAGE_RECORDED, transaction_result(row))
+
+    def usage_type(self, row: LedgerRow) -> str | None:
+        return USAGE_RECORDED if row["type"] == "withdraw" and row["tags"] == USAGE_TAG else None
 
     def forfeit(self, row: LedgerRow) -> Told:
         return CREDIT_EXPIRED, transaction_result(row)

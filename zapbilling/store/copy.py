@@ -37,6 +37,7 @@ import asyncpg
 from .locator import describe
 from .migrations import scripts
 from .postgres.connection import CONNECT_TIMEOUT, migrate, unavailable
+from .sqlite.outbox import event_data
 
 TABLES = (
     "tenants", "api_keys", "ledger", "balances", "idempotency", "meters", "meter_events", "credit_grants",
@@ -64,6 +65,7 @@ BATCH = 5000
 _SOURCE_EXPRESSION = {
     ("idempotency", "response"): "CAST(response AS BLOB)",
     ("idempotency", "compressed"): "typeof(response) = 'blob'",
+    ("events", "data"): event_data("events."),  # a usage.recorded's data, made from its ledger row (sqlite/outbox.py)
 }
 _CONVERT: dict[tuple[str, str], Callable[[Any], Any]] = {
     ("idempotency", "compressed"): bool,  # SQLite answers 0 or 1; asyncpg's boolean wants a bool

@@ -45,6 +45,11 @@ class Herald(Protocol):
         it (tenants.usage_hooks > 0): None when the row is not one."""
         ...
 
+    def usage_type(self, row: LedgerRow) -> str | None:
+        """`usage`'s type alone, its data not rendered: the SQLite outbox makes that data from
+        the row when the event is read (sqlite/outbox.py USAGE_DATA, held to `usage` at start-up)."""
+        ...
+
     def forfeit(self, row: LedgerRow) -> Told:
         """A forfeit row of expired credit, written by a write to its account or by the sweep."""
         ...

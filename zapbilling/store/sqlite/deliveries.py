@@ -85,8 +85,8 @@ SELECT id, url, secret, old_secret, old_secret_until, status = 'enabled' AND del
 FROM webhook_endpoints WHERE id IN (SELECT value FROM json_each(?))
 """
 
-_TAKEN = """
-SELECT d.seq, d.tenant, d.attempts, e.id, e.type, e.created_at, e.data
+_TAKEN = f"""
+SELECT d.seq, d.tenant, d.attempts, e.id, e.type, e.created_at, {outbox.event_data('e.')}
 FROM deliveries d JOIN events e ON e.id = d.event_id
 WHERE d.seq IN (SELECT value FROM json_each(?))
 """

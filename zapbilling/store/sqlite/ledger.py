@@ -12,7 +12,7 @@ from ..ids import new_id, row_event_id
 from ..ledger_filters import Dialect, needs_probe, never_matches, page, probe, walk_for
 from .connection import SqliteBase
 from .metering import insert_event
-from .outbox import NOTHING, WATCHED_MASK, WATCHES, Watch, emit, forfeit_row, watch
+from .outbox import NOTHING, WATCHED_MASK, WATCHES, Watch, check_usage_data, emit, forfeit_row, watch
 from .watch import after_account_write, after_meter_events
 from ..refusals import Missing, NotRefundable, OutOfRange, RefundLeft
 from ..rows import LEDGER_COLUMNS as _ROW, ledger_row as _row, json_text
@@ -42,6 +42,7 @@ class LedgerQueries(SqliteBase):
     """The domain's herald (store/herald.py), installed at start-up: None records no events."""
 
     def announce_with(self, herald: Herald) -> None:
+        check_usage_data(herald)
         self._outbox = Outbox(herald)
 
     async def balance(self, tenant: int, user: str, currency: str, now: int) -> tuple[int, int]:
@@ -185,12 +186,15 @@ def append_entry(
     if outbox is not None:  # the row's event (outbox.tell_entry's work, inlined: recordUsage's path)
         herald = outbox.herald
         told = herald.entry(row)
-        if told is None and w.usage_hooks:  # asked only then: without hooks a withdrawal renders nothing
-            told = herald.usage(row)
+        usage = None
         if told is not None:
             emit(conn, tenant, told[0], told[1], e.now, tx_id, row_event_id(tx_id))
+        elif w.usage_hooks:  # asked only then: without hooks a withdrawal has no event
+            usage = herald.usage_type(row)
+            if usage is not None:  # its data is the row's, made when the event is read (outbox.USAGE_DATA)
+                emit(conn, tenant, usage, None, e.now, tx_id, row_event_id(tx_id))
         outbox.usage_hooks[tenant] = w.usage_hooks
-        if evented != (told is not None and told[0] == USAGE_RECORDED):
+        if evented != (usage == USAGE_RECORDED):
             conn.execute("UPDATE ledger SET evented = ? WHERE id = ?", (not evented, tx_id))
     meter_id = _record_usage_meter_event(conn, tenant, e, tx_id)
     if meter_id is not None and w.alerts:

@@ -12,9 +12,18 @@ from ..ids import new_id
 from ..refusals import Missing, QuotaReached
 from ..rows import json_text
 from .connection import SqliteBase
+from .outbox import event_data
 
 _ENDPOINT = "id, url, events, description, status, created_at"
-_EVENT = "id, type, created_at, data"
+_RAW_EVENT = "id, type, created_at, data"
+
+
+def _event(table: str) -> str:
+    """event_row's columns of `table` (an alias, or `events`), its data as read (outbox.event_data)."""
+    return f"{table}.id, {table}.type, {table}.created_at, {event_data(table + '.')}"
+
+
+_EVENT = _event("events")
 
 
 def endpoint_row(r: Sequence[Any]) -> EndpointRow:
@@ -102,7 +111,7 @@ class WebhookQueries(SqliteBase):
         return await self._write(tenant, idempotency, now, _redeliver, tenant, event_id, endpoint_id, now)
 
 
-_EVENT_E = ", ".join(f"e.{c}" for c in _EVENT.split(", "))
+_EVENT_E = ", ".join(f"e.{c}" for c in _RAW_EVENT.split(", "))
 
 _USAGE_ROW = (
     "(SELECT l.seq FROM events e CROSS JOIN ledger l ON l.id = e.subject"
@@ -128,12 +137,12 @@ def _user_events(where: str, type: str | None) -> str:
     rest through events_user (tenant, user_id, seq), merged newest first. With a type, only the
     one walk that can hold it."""
     if type == USAGE_RECORDED:
-        return f"SELECT {_EVENT} FROM ({_USAGE_EVENTS}) ORDER BY seq DESC"
+        return f"SELECT {_event('u')} FROM ({_USAGE_EVENTS}) u ORDER BY u.seq DESC"
     others = f"FROM events WHERE {where} AND user_id = :user"
     if type is not None:  # unary +: filtered in the user's range, not by events_tenant_type
         return f"SELECT {_EVENT} {others} AND +type = :type ORDER BY seq DESC LIMIT :limit"
-    return (f"SELECT {_EVENT} FROM (SELECT * FROM (SELECT seq, {_EVENT} {others} ORDER BY seq DESC LIMIT :limit)"
-            f" UNION ALL SELECT * FROM ({_USAGE_EVENTS})) ORDER BY seq DESC LIMIT :limit")
+    return (f"SELECT {_event('m')} FROM (SELECT * FROM (SELECT seq, {_RAW_EVENT} {others} ORDER BY seq DESC LIMIT :limit)"
+            f" UNION ALL SELECT * FROM ({_USAGE_EVENTS})) m ORDER BY m.seq DESC LIMIT :limit")
 
 
 def _create_endpoint(conn: sqlite3.Connection, tenant: int, endpoint_id: str, e: NewEndpoint, quota: int | None) -> Row:

@@ -1,0 +1,13 @@
+-- A usage.recorded event's data is made from its ledger row when the event is read, not stored.
+--
+-- Why: with an endpoint subscribed to usage.recorded, each recordUsage rendered its usage row as
+-- the API shows it (~450 bytes of JSON, the row's metadata included) and stored it in the event,
+-- a copy of what the ledger row already holds, in the write's own transaction. Events written
+-- from this version on store '' as their data instead, and every reader of events.data (listEvents,
+-- getEvent, the sender's claim, `zapbilling copy`) reads it through store/sqlite/outbox.py's
+-- event_data, which makes it from the ledger row whose digits the event's id carries
+-- (ids.row_event_id). Ledger rows are never deleted nor changed in those columns, so the data read
+-- is the data the write would have stored; start-up checks the SQL against the domain's rendering.
+-- Nothing changes in the tables: the version marks the databases whose events an older
+-- zapbilling cannot read (and `zapbilling copy` refuses a version it does not know).
+SELECT 1;
