@@ -10,12 +10,13 @@ rest: a row is `evented` exactly when it has its usage.recorded."""
 from __future__ import annotations
 
 import sqlite3
+from contextlib import closing
 from typing import Any
 
 import pytest
 
 from old_schema import sqlite_before
-from conftest import Api, make_app, ok
+from conftest import BACKEND, Api, make_app, ok
 from invariants import find_violations
 from test_events_by_user import about
 from test_webhook_endpoints import HOOK, create
@@ -90,12 +91,19 @@ async def test_a_users_events_page_by_page_with_usage_in_both_halves(any_api, se
     usage_events = [e["data"]["transactionId"] for e in alice if e["type"] == "usage.recorded"]
     assert usage_events == [tx for tx, evented in reversed(had.items()) if evented]  # newest first
     assert {e["type"] for e in alice} == {"deposit.created", "usage.recorded", "hold.captured"}
+    if BACKEND == "sqlite":  # newest first is the outbox's order
+        with closing(sqlite3.connect(db_path)) as conn:
+            assert [e["id"] for e in every] == [i for i, in conn.execute("SELECT id FROM events ORDER BY seq DESC")]
     for limit in (1, 2, 3, 5, EVERYTHING):
+        # every type at once (SQLite: events_tenant_type's ranges merged, migration 14)
+        assert await walk(any_api, "listEvents", {}, "events", limit) == every, limit
         assert await walk(any_api, "listEvents", {"userId": ALICE}, "events", limit) == alice, limit
         assert await walk(any_api, "listEvents", {"userId": ALICE, "type": "usage.recorded"}, "events", limit) == [
             e for e in alice if e["type"] == "usage.recorded"], limit
     # from every one of the org's events as the cursor: Alice's older than it
     for n, cursor in enumerate(every):
+        page = await ok(any_api, "listEvents", {"startingAfter": cursor["id"], "limit": 3})
+        assert page["events"] == every[n + 1:n + 4], cursor["type"]
         page = await ok(any_api, "listEvents", {"userId": ALICE, "startingAfter": cursor["id"], "limit": EVERYTHING})
         assert page["events"] == [e for e in every[n + 1:] if about(e) == ALICE], cursor["type"]
         page = await ok(any_api, "listEvents", {"userId": ALICE, "type": "usage.recorded", "startingAfter": cursor["id"], "limit": 2})
@@ -228,3 +236,30 @@ def test_rows_whose_events_were_purged_are_not_walked(tmp_path):
             costs.append(steps)
         conn.close()
     assert costs[2] <= costs[0] + 2 and costs[3] <= costs[1] + 2, costs  # a few hundred instructions of deeper indexes at most
+
+
+@pytest.mark.sqlite_only("the SQLite store's statement")
+def test_a_page_of_every_type_costs_its_rows_not_the_tenants_events(tmp_path):
+    """listEvents without a type merges one range of events_tenant_type per type the tenant has
+    (migration 14 dropped events_tenant): the types and a page cost the same behind 3,000 older
+    events as behind none."""
+    from zapbilling.store.sqlite.webhooks import _TYPES, _all_events
+
+    newest = ["deposit.created", "usage.recorded", "refund.created", "hold.captured", "deposit.created"]
+    costs = []
+    for older in (0, 3000):
+        conn = sqlite3.connect(tmp_path / f"{older}.db", isolation_level=None)
+        migrate(conn)
+        conn.execute("BEGIN")
+        for n, type in [(n, "usage.recorded") for n in range(older)] + [(older + n, t) for n, t in enumerate(newest)]:
+            conn.execute("INSERT INTO events (id, tenant, type, data, created_at) VALUES (?, 1, ?, '{}', ?)",
+                         (f"evt_{n:024d}", type, n))
+        conn.execute("COMMIT")
+        types, found = _steps(conn, _TYPES, {"tenant": 1})
+        assert [t for t, in types] == sorted(set(newest))
+        params = {"tenant": 1, "seq": 2**63 - 1, "limit": 3} | {f"t{i}": t for i, (t,) in enumerate(types)}
+        rows, listed = _steps(conn, _all_events(len(types)), params)
+        assert [r[0] for r in rows] == [f"evt_{older + n:024d}" for n in (4, 3, 2)]
+        costs.append(found + listed)
+        conn.close()
+    assert costs[1] <= costs[0] + 2, costs  # a few hundred instructions of deeper indexes at most
