@@ -16,18 +16,21 @@ The server runs under `valgrind --tool=callgrind` with instrumentation off until
 getBalance goes over ZAP/msgpack (the bare baseline: its REST GET), recordUsage over ZAP/msgpack
 with a new requestId each time. Needs valgrind (Debian's package). About a minute per run.
 
---webhook (recordUsage only): the cost of the outbox (issue 21's target: >= 0.9x). Three runs:
-plain; `held`, where the org has one webhook endpoint subscribed to usage.recorded (made through
-the API, the server run with --webhook-allow-private) but the sender may have no attempt under way
-(--webhook-concurrency 0: each request writes its event, the sender dispatches the events into
-deliveries and claims none, nothing is sent); and `sent`, the same endpoint pointing at a receiver
-in this process (aiohttp on loopback, answering 200 at once) and every event delivered. The
-instructions are the serving process's only: `serve` delivers from a process of its own
-(zapbilling/sender_process.py), which valgrind does not follow (no --trace-children), so both
-endpoint runs count the write path, the event written in the change's transaction; `sent` with
-deliveries under way beside it. For both endpoint runs, before instrumentation goes on and before
-it goes off the driver waits until the receiver has had every event so far (`sent`) and SETTLE
-seconds (every run). Prints the three figures and the ratios against plain.
+--webhook (recordUsage only): the cost of the outbox (issue 21's target: >= 0.9x). Four runs:
+plain; `paused`, where the org has one webhook endpoint subscribed to usage.recorded (made through
+the API, the server run with --webhook-allow-private) and the server's sender process is stopped
+(SIGSTOP) while the requests are counted, as in the benchmark's s2.full_webhook: the write path
+alone, nothing dispatched beside it; `held`, the same endpoint but the sender may have no
+attempt under way (--webhook-concurrency 0: each request writes its event, the sender dispatches
+the events into deliveries and claims none, nothing is sent); and `sent`, the same endpoint
+pointing at a receiver in this process (aiohttp on loopback, answering 200 at once) and every
+event delivered. The instructions are the serving process's only: `serve` delivers from a process
+of its own (zapbilling/sender_process.py), which valgrind does not follow (no --trace-children),
+so every endpoint run counts the write path, the event written in the change's transaction;
+`held` and `sent` with the sender's transactions on the same file beside it (its commits make
+the server's page cache reread what they changed). For the endpoint runs, before instrumentation
+goes on and before it goes off the driver waits until the receiver has had every event so far
+(`sent`) and SETTLE seconds (every run). Prints the four figures and the ratios against plain.
 
 --pg-servers 1 3 (issue 18's scale-out, judged by cost): zapbilling on PostgreSQL (a cluster the
 bench starts, bench/postgres.py), 1 server and then 3 on one database, every server under

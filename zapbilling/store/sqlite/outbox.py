@@ -52,10 +52,11 @@ the domain's herald renders it (the Transaction of listTransactions), which `che
 holds this to at start-up. Why the SQLite outbox keeps no copy: recordUsage with an endpoint on
 usage.recorded wrote ~450 bytes of data per event, rendered and encoded in the write; without
 them the endpoint's run costs 681k instructions per request instead of 703k, against 627k with
-no endpoint (bench.instructions --webhook, its `paused` run: 0.89x -> 0.92x). The row is the event's: its id is the row's digits (ids.row_event_id), ledger
-rows are never changed in the columns read here nor deleted, so the data read is the data the
-write would have stored. `{id}`: the event's id column. json_remove drops the keys the herald
-leaves out when empty ('$.-' names no key: nothing removed)."""
+no endpoint (bench.instructions --webhook, its `paused` run: 0.89x -> 0.92x). The row is the
+event's: its id is the row's digits (ids.row_event_id), and ledger rows are never deleted nor
+changed in the columns read here, so the data read is the data the write would have stored.
+`{id}`: the event's id column. json_remove drops the keys the herald leaves out when empty
+('$.-' names no key: nothing removed)."""
 
 USAGE_UNRENDERED = ""
 """events.data of an event whose data is USAGE_DATA (the column is NOT NULL)."""
@@ -69,22 +70,23 @@ def event_data(prefix: str = "") -> str:
 def check_usage_data(herald: Herald) -> None:
     """Start-up: USAGE_DATA must render rows as the herald does (the domain owns the shape; this
     is the store's copy of it, so a change to one without the other stops the server here, not
-    a receiver later). Probes: a usage row with and without metadata, one from a hold's capture,
-    and the optional keys filled."""
+    a receiver later). Probes: a usage row whose metadata orjson wrote, one without metadata from
+    a hold's capture, and one with the optional keys filled and metadata the json module wrote
+    (an integer past 64 bits: rows.json_text)."""
     conn = sqlite3.connect(":memory:")
     try:
         conn.execute("CREATE TABLE ledger (id, user_id, currency, type, amount, tags, notes, metadata, created_at,"
                      " expires_at, refund_of, hold_id, key_id)")
         probes: list[LedgerRow] = [
             {"id": "tx_0193ab12cd45ef67890abcd1", "user": "u/1", "currency": "usd", "type": "withdraw", "amount": 7,
-             "tags": "api-usage", "notes": "API usage: m (3 tokens)", "metadata": {"model": "m", "n": 10**20, "t": "café ✓",
+             "tags": "api-usage", "notes": "API usage: m (3 tokens)", "metadata": {"model": "m", "t": "café ✓",
              "nested": {"f": 1.5, "e": 1e300, "l": [1, None, True]}}, "createdAt": 1764900000123456, "expiresAt": None,
              "refundOf": None, "holdId": None, "keyId": "key_1"},
             {"id": "tx_0193ab12cd45ef67890abcd2", "user": "u2", "currency": "eur", "type": "withdraw", "amount": 1,
              "tags": "api-usage", "notes": "", "metadata": None, "createdAt": 1, "expiresAt": None, "refundOf": None,
              "holdId": "hold_1", "keyId": "key_2"},
             {"id": "tx_0193ab12cd45ef67890abcd3", "user": "u3", "currency": "usd", "type": "withdraw", "amount": 5,
-             "tags": "api-usage", "notes": "n", "metadata": {}, "createdAt": 1764900000999999,
+             "tags": "api-usage", "notes": "n", "metadata": {"n": 10**20, "t": "ü"}, "createdAt": 1764900000999999,
              "expiresAt": 1764900001000000, "refundOf": "tx_0193ab12cd45ef67890abcd1", "holdId": "hold_2", "keyId": "key_3"},
         ]
         for row in probes:
