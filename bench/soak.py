@@ -240,7 +240,7 @@ class Client:
             name = self.names[k]
             before = stats.calls
             try:
-                outcome = await self.calls[k]()
+                await self.calls[k]()
             except Unexpected as exc:
                 stats.bad(name, str(exc))
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:

@@ -275,7 +275,7 @@ class _Writer:
             f"server on a fresh database, on a clock stopped at {self._start()}; only ids are rewritten,",
             "so that the page is the same on every run).",
             "",
-            f"What holds for every operation (money, currencies, ids, times, paging, strict input, errors,",
+            "What holds for every operation (money, currencies, ids, times, paging, strict input, errors,",
             f"idempotency, authentication, durability, tenancy) is in [conventions.md]({CONVENTIONS}); the",
             "schema language these operations are declared in is described in [zap-schema.md](zap-schema.md).",
             "",

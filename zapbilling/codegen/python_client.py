@@ -11,7 +11,7 @@ import hashlib
 import keyword
 import re
 from importlib import resources
-from typing import Any, Iterable
+from typing import Iterable
 
 from pydantic import BaseModel
 

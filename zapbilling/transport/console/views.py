@@ -20,7 +20,7 @@ from ..calls import Caller
 from .api import Api, NotAvailable
 from .money import MINOR_DIGITS
 from .render import PAGE_HEADERS, Pages
-from .session import COOKIE_PATH, CSRF_COOKIE, SESSION_COOKIE, SESSION_SECONDS, SIGNIN_FORM_SECONDS, Session, Sessions
+from .session import COOKIE_PATH, CSRF_COOKIE, SESSION_COOKIE, SESSION_SECONDS, SIGNIN_FORM_SECONDS, Sessions
 
 log = logging.getLogger("zapbilling")
 
