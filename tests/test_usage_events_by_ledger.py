@@ -256,10 +256,42 @@ def test_a_page_of_every_type_costs_its_rows_not_the_tenants_events(tmp_path):
                          (f"evt_{n:024d}", type, n))
         conn.execute("COMMIT")
         types, found = _steps(conn, _TYPES, {"tenant": 1})
-        assert [t for t, in types] == sorted(set(newest))
-        params = {"tenant": 1, "seq": 2**63 - 1, "limit": 3} | {f"t{i}": t for i, (t,) in enumerate(types)}
+        assert [t for t, _ in types] == sorted(set(newest)) and {n for _, n in types} == {older + 5}
+        params = {"tenant": 1, "seq": 2**63 - 1, "limit": 3} | {f"t{i}": t for i, (t, _) in enumerate(types)}
         rows, listed = _steps(conn, _all_events(len(types)), params)
         assert [r[0] for r in rows] == [f"evt_{older + n:024d}" for n in (4, 3, 2)]
         costs.append(found + listed)
         conn.close()
     assert costs[1] <= costs[0] + 2, costs  # a few hundred instructions of deeper indexes at most
+
+
+@pytest.mark.sqlite_only("the SQLite store's two reads")
+async def test_a_page_of_every_type_is_as_of_its_types(api, server, clock):
+    """The unfiltered listing reads the tenant's types, then merges their ranges. An event of a
+    type first written between the two reads is not in the page, and neither is anything younger:
+    a page never holds an event younger than one it leaves out."""
+    from outbox_rows import emit
+    from test_webhook_endpoints import tenant_of
+
+    store = server.app[STORE]
+    first = (await ok(api, "deposit", {"user": ALICE, "amount": 100}))["transactionId"]
+    read, calls = store._read, 0
+
+    async def with_writes_between(sql: str, params: Any = ()) -> Any:
+        nonlocal calls
+        calls += 1
+        rows = await read(sql, params)
+        if calls == 1:  # the types were read: a first event of a new type, then a younger deposit
+            await emit(store, await tenant_of(server), "spend_cap.reached", {"user": ALICE}, clock.now)
+            await ok(api, "deposit", {"user": ALICE, "amount": 5})
+        return rows
+
+    store._read = with_writes_between
+    try:
+        page = await ok(api, "listEvents", {})
+    finally:
+        store._read = read
+    assert calls >= 2
+    assert [(e["type"], e["data"]["transactionId"]) for e in page["events"]] == [("deposit.created", first)]
+    assert [e["type"] for e in (await ok(api, "listEvents", {}))["events"]] == [
+        "deposit.created", "spend_cap.reached", "deposit.created"]

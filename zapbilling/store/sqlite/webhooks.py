@@ -92,11 +92,14 @@ class WebhookQueries(SqliteBase):
         elif type is not None:
             sql = f"SELECT {_EVENT} FROM events WHERE {where} AND type = :type ORDER BY seq DESC LIMIT :limit"
         else:
-            types = [t for t, in await self._read(_TYPES, params)]
-            if not types:
+            found = await self._read(_TYPES, params)
+            if not found:
                 return [], False
-            params |= {f"t{i}": t for i, t in enumerate(types)}
-            sql = _all_events(len(types))
+            # the page as of the types' read: an event of a type first written after it would
+            # be missing from a page that holds younger events
+            params["seq"] = min(params["seq"], found[0][1] + 1)
+            params |= {f"t{i}": t for i, (t, _) in enumerate(found)}
+            sql = _all_events(len(found))
         rows = await self._read(sql, params)
         return [event_row(r) for r in rows[:limit]], len(rows) > limit
 
@@ -139,9 +142,10 @@ events purged, and are not walked) and its newest before :seq."""
 _TYPES = (
     "WITH RECURSIVE t(type) AS (SELECT min(type) FROM events WHERE tenant = :tenant"
     " UNION ALL SELECT (SELECT min(type) FROM events WHERE tenant = :tenant AND type > t.type) FROM t WHERE t.type IS NOT NULL)"
-    " SELECT type FROM t WHERE type IS NOT NULL"
+    " SELECT type, (SELECT max(seq) FROM events) FROM t WHERE type IS NOT NULL"
 )
-"""The types of the tenant's events, one seek of events_tenant_type (tenant, type, seq) each."""
+"""The types of the tenant's events, one seek of events_tenant_type (tenant, type, seq) each,
+and the newest event's seq at that moment (the listing that follows reads no further)."""
 
 
 def _rendered(rows: str) -> str:
