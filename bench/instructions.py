@@ -1,6 +1,6 @@
 """Instructions per request: the server under callgrind, answering a fixed number of requests.
 
-    python -m bench.instructions [--op getBalance|recordUsage] [--server zapbilling|bare]
+    python -m bench.instructions [--op getBalance|recordUsage|recordMeterEvents] [--server zapbilling|bare]
                                  [--requests 2048] [--connections 64] [--webhook] [--pg-servers N ...]
 
 Timings on a shared machine move by tens of percent from one run to the next; the instructions
@@ -14,7 +14,9 @@ timings, and use this to compare zapbilling with itself.
 The server runs under `valgrind --tool=callgrind` with instrumentation off until a warm-up of
 256 requests is answered; then `callgrind_control` turns it on for the measured requests only.
 getBalance goes over ZAP/msgpack (the bare baseline: its REST GET), recordUsage over ZAP/msgpack
-with a new requestId each time. Needs valgrind (Debian's package). About a minute per run.
+with a new requestId each time, recordMeterEvents as scenario 3 sends it (batches of BATCH events of
+one meter, made through the API before the warm-up, users cycling over 100, no idempotency keys);
+its figure is also given per event. Needs valgrind (Debian's package). About a minute per run.
 
 --webhook (recordUsage only): the cost of the outbox (issue 21's target: >= 0.9x). Four runs:
 plain; `paused`, where the org has one webhook endpoint subscribed to usage.recorded (made through
@@ -63,18 +65,23 @@ from .load import ROOT, child_env, copy_db, free_port, zapbilling_cmd
 from .scenarios import Bench, Settings
 
 WARMUP = 256
+BATCH = 100
+"""recordMeterEvents' events per request, as in scenario 3 (bench/lua/meter_events.lua)."""
 SETTLE = 1.5
 """Seconds waited after the last delivery before instrumentation flips: the attempt's record
 follows the receiver's answer (the sender's idle turns in this wait are counted in both runs)."""
 
 
-def _request(op: str, server: str, i: int, run: str) -> tuple[str, str, bytes | None, str | None]:
+def _request(op: str, server: str, i: int, run: str, meter: str = "") -> tuple[str, str, bytes | None, str | None]:
     """(method, path, body, content type) of request number i."""
     user = f"bench/u{i % 100}"
     if op == "getBalance" and server == "bare":
         return "GET", f"/api/v1/billing/balance?user={user}&currency=usd", None, None
     if op == "getBalance":
         params: dict[str, Any] = {"user": user, "currency": "usd"}
+    elif op == "recordMeterEvents":
+        params = {"events": [{"meterId": meter, "userId": f"bench/u{(i * BATCH + k) % 100}", "value": k % 10 + 1}
+                             for k in range(BATCH)]}
     else:
         params = {"user": user, "amount": 1, "model": "gpt-bench", "totalTokens": 42, "requestId": f"{run}-{i}"}
     body = msgpack.packb({"method": f"billing.{op}", "id": i, "params": params})
@@ -149,12 +156,13 @@ async def _drive(urls: list[str], key: str, op: str, server: str, pids: list[int
     run = secrets.token_hex(4)
     counter = 0
     receiver: Receiver | None = None
+    meter = ""
 
     async def worker(session: aiohttp.ClientSession, n: int, base: str) -> None:
         nonlocal counter
         for _ in range(n):
             counter += 1
-            method, path, body, ctype = _request(op, server, counter, run)
+            method, path, body, ctype = _request(op, server, counter, run, meter)
             headers = {"Authorization": f"Bearer {key}"} | ({"Content-Type": ctype} if ctype else {})
             async with session.request(method, base + path, data=body, headers=headers) as r:
                 answer = await r.read()
@@ -175,6 +183,13 @@ async def _drive(urls: list[str], key: str, op: str, server: str, pids: list[int
                     raise SystemExit("the server did not start under valgrind")
                 await asyncio.sleep(0.5)
         try:
+            if op == "recordMeterEvents":
+                call = msgpack.packb({"method": "billing.createMeter", "id": 0, "params": {"name": "Requests", "eventName": "requests"}})
+                async with session.post(url + "/api/v1/zap", data=call, headers={
+                        "Authorization": f"Bearer {key}", "Content-Type": "application/msgpack"}) as r:
+                    if r.status != 200:
+                        raise SystemExit(f"createMeter: HTTP {r.status}: {(await r.read())[:200]!r}")
+                    meter = msgpack.unpackb(await r.read())["result"]["id"]
             if hook in ("paused", "held", "sent"):
                 receiver = Receiver()
                 target = await receiver.start()
@@ -259,7 +274,7 @@ def measure(op: str, server: str, requests: int, connections: int, hook: str | N
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--op", choices=("getBalance", "recordUsage"), default="getBalance")
+    ap.add_argument("--op", choices=("getBalance", "recordUsage", "recordMeterEvents"), default="getBalance")
     ap.add_argument("--server", choices=("zapbilling", "bare"), default="zapbilling")
     ap.add_argument("--requests", type=int, default=2048)
     ap.add_argument("--connections", type=int, default=64)
@@ -287,8 +302,11 @@ def main() -> None:
               f"with the sender dispatching but sending nothing ({fig['plain'] / fig['held']:.2f}x), {fig['sent']:,.0f} "
               f"with every event delivered ({fig['plain'] / fig['sent']:.2f}x)")
         return
+    if args.op == "recordMeterEvents" and args.server == "bare":
+        ap.error("the bare baseline has no recordMeterEvents")
     per = measure(args.op, args.server, args.requests, args.connections)
-    print(f"{args.server} {args.op}: {per:,.0f} instructions per request")
+    each = f" ({per / BATCH:,.0f} per event)" if args.op == "recordMeterEvents" else ""
+    print(f"{args.server} {args.op}: {per:,.0f} instructions per request{each}")
 
 
 if __name__ == "__main__":

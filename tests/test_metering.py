@@ -5,6 +5,7 @@ section (test_fix_...)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -260,6 +261,23 @@ async def test_record_meter_events_results_in_input_order(any_api, db_path):
     for sent, got in zip(events, result["events"]):
         row = by_id[got["id"]]
         assert (row["meter_id"], row["user_id"], row["value"]) == (sent["meterId"], sent["userId"], sent["value"])
+
+
+async def test_record_meter_events_mixed_batch_is_stored_in_input_order(any_api, db_path):
+    """Events without a key are inserted in runs of one statement each (an event with no
+    dimensions has its NULLs written in the statement); a keyed event alone. Whatever the mix,
+    the rows are the batch's events in its order, each with what it carried."""
+    m = await meter(any_api)
+    shapes = [{}, {}, {"dimensions": {"region": "eu"}}, {}, {"idempotency": "k-1"}, {"dimensions": {"region": "us"}},
+              {"dimensions": {"tier": "pro"}}, {}, {"idempotency": "k-2", "dimensions": {"region": "ap"}}, {}]
+    events = [{"meterId": m["id"], "userId": ALICE, "value": 100 + i, **shape} for i, shape in enumerate(shapes)]
+    result = await record(any_api, events)
+    assert [e["status"] for e in result["events"]] == ["created"] * len(events)
+    rows = event_rows(db_path)
+    assert [r["id"] for r in rows] == [e["id"] for e in result["events"]]
+    for sent, row in zip(events, rows):
+        dims = json.loads(row["dimensions"]) if isinstance(row["dimensions"], str) else row["dimensions"]
+        assert (row["value"], row["idempotency_key"], dims) == (sent["value"], sent.get("idempotency"), sent.get("dimensions"))
 
 
 async def test_record_meter_events_accepts_a_batch_of_100(any_api, db_path):

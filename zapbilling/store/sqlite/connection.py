@@ -26,6 +26,15 @@ from .writer import Writer
 
 T = TypeVar("T")
 
+# None bound as a parameter: the sqlite3 module looks for an adapter for every value that is not
+# exactly an int, float, str or bytearray, and for None, having none, asks its protocol type for
+# `__adapt__`, which raises an AttributeError (a formatted message) that it then clears: 0.37 us
+# per None bound (timeit: 100 rows of two Nones each, 138 us a batch; with this adapter 94 us;
+# NULL written in the statement instead, 63 us). Under callgrind that was two AttributeErrors per
+# meter event. An adapter registered for NoneType is found first; `{}.get` answers None for any
+# argument, in C. It changes nothing bound: None is still bound as NULL.
+sqlite3.register_adapter(type(None), {}.get)
+
 WAL_AUTOCHECKPOINT_PAGES = 4000
 
 
