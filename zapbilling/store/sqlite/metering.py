@@ -210,6 +210,7 @@ def _insert_events(conn: sqlite3.Connection, tenant: int, events: list[MeterEven
                 run = []
             outcomes.append(insert_event(conn, tenant, e, now, event_id))
             continue
+        row: tuple[Any, ...]
         if e.dimensions is None and e.ledger_id is None:
             shape, row = _INSERT_BARE, (event_id, tenant, e.meter_id, e.user, e.value, e.timestamp, now)
         else:
