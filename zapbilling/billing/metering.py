@@ -67,7 +67,8 @@ async def get_meter(ctx: Context, p: Any) -> dict[str, Any]:
 
 async def record_meter_events(ctx: Context, p: Any) -> dict[str, Any]:
     drafts = [
-        MeterEventDraft(e.meterId, e.userId, e.value, parse_ts(e.timestamp) if e.timestamp else ctx.now, e.idempotency, e.dimensions)
+        MeterEventDraft(e["meterId"], e["userId"], e["value"], parse_ts(e["timestamp"]) if e["timestamp"] else ctx.now,
+                        e["idempotency"], e["dimensions"])
         for e in p.events
     ]
     try:

@@ -16,7 +16,7 @@ def rule_result(r: RuleRow) -> dict[str, Any]:
 
 
 async def create_pricing_rule(ctx: Context, p: Any) -> dict[str, Any]:
-    tiers = [t.model_dump() for t in p.tiers]
+    tiers = p.tiers
     try:
         check_rule(p.model, p.unitPrice, tiers)
     except PricingError as exc:
