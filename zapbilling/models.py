@@ -18,7 +18,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Callable, Literal, Mapping, Optional
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field as PydanticField, ValidationError, create_model
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field as PydanticField, ValidationError, create_model, with_config
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
 from typing_extensions import NotRequired, Required, TypedDict
@@ -334,10 +334,9 @@ class ModelBuilder:
                     keys[f.name] = Required[ann]
                 else:
                     keys[f.name] = NotRequired[Annotated[ann, spec if isinstance(spec, FieldInfo) else PydanticField(default=spec)]]
-            typed = TypedDict(name, keys)  # type: ignore[operator]  # built from the schema at start-up
-            typed.__pydantic_config__ = _INPUT
+            typed: Any = TypedDict(name, keys)  # type: ignore[misc]  # its name and keys come from the schema
             typed.__doc__ = s.doc or None
-            self._inputs[name] = typed
+            self._inputs[name] = with_config(_INPUT)(typed)
         return self._inputs[name]
 
     def output_model(self, name: str) -> type[BaseModel]:
