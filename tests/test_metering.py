@@ -264,12 +264,12 @@ async def test_record_meter_events_results_in_input_order(any_api, db_path):
 
 
 async def test_record_meter_events_mixed_batch_is_stored_in_input_order(any_api, db_path):
-    """Events without a key are inserted in runs of one statement each (an event with no
-    dimensions has its NULLs written in the statement); a keyed event alone. Whatever the mix,
-    the rows are the batch's events in its order, each with what it carried."""
+    """Events without a key are inserted in runs (on SQLite, a run of events with neither
+    dimensions nor a key as multi-row statements of 64, 32, ... rows); a keyed event alone.
+    Whatever the mix, the rows are the batch's events in its order, each with what it carried."""
     m = await meter(any_api)
     shapes = [{}, {}, {"dimensions": {"region": "eu"}}, {}, {"idempotency": "k-1"}, {"dimensions": {"region": "us"}},
-              {"dimensions": {"tier": "pro"}}, {}, {"idempotency": "k-2", "dimensions": {"region": "ap"}}, {}]
+              {"dimensions": {"tier": "pro"}}, *[{}] * 71, {"idempotency": "k-2", "dimensions": {"region": "ap"}}, {}]
     events = [{"meterId": m["id"], "userId": ALICE, "value": 100 + i, **shape} for i, shape in enumerate(shapes)]
     result = await record(any_api, events)
     assert [e["status"] for e in result["events"]] == ["created"] * len(events)

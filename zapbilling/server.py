@@ -151,8 +151,8 @@ def _share_the_interpreter() -> None:
     interval (SWITCH_INTERVAL), every object made so far (modules, the schema's models, the
     registry) moved out of the garbage collector's sight with gc.freeze(), so that a full
     collection walks only what requests made (measured: a full collection paused the loop for
-    64 ms in a test process), and a first threshold that lets requests in flight be
-    (YOUNG_OBJECTS)."""
+    64 ms in a test process), and a first threshold high enough to leave the requests in
+    flight alone (YOUNG_OBJECTS)."""
     sys.setswitchinterval(SWITCH_INTERVAL)
     gc.collect()
     gc.freeze()

@@ -184,48 +184,67 @@ _INSERT = (
 )
 _INSERT_PLAIN = _INSERT.format(key="NULL")
 _INSERT_KEYED = _INSERT.format(key="?") + " ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING"
-_INSERT_BARE = (
-    "INSERT INTO meter_events (id, tenant, meter_id, user_id, value, ts, idempotency_key, dimensions, created_at, ledger_id)"
-    " VALUES (?, ?, ?, ?, ?, ?, NULL, NULL, ?, NULL)"
-)
-"""An event with no key, no dimensions and no ledger row, the usual one: its NULLs are written in
-the statement, not bound (a None bound costs the sqlite3 module an adapter lookup: see
-connection.py; callgrind, scenario 3's batches: 70.2k -> 68.6k instructions per event)."""
+_BARE_VALUES = "(?, ?, ?, ?, ?, ?, NULL, NULL, ?, NULL)"
+_BARE_WIDTH = 7
+_BARE_CHUNKS = (64, 32, 16, 8, 4, 2, 1)
+_INSERT_BARE = {
+    n: "INSERT INTO meter_events (id, tenant, meter_id, user_id, value, ts, idempotency_key, dimensions, created_at, ledger_id)"
+       " VALUES " + ", ".join([_BARE_VALUES] * n)
+    for n in _BARE_CHUNKS
+}
+"""Events with no key, no dimensions and no ledger row, the usual ones, by how many one
+statement writes. Their NULLs are written in the statement, not bound: a bound None costs the
+sqlite3 module an adapter lookup (see connection.py; callgrind, scenario 3's batches: 70.2k ->
+68.6k instructions per event). A run of them is written as few multi-row statements (a run of
+100: 64, 32 and 4 rows) instead of one executemany, whose every row is a step of its own, and
+the writer thread lets go of the GIL around each step: 100 times a batch, each a chance for the
+event loop to take it until its next switch interval. Seven statement texts at most, so that they
+stay in the connection's statement cache."""
 
 
 def _insert_events(conn: sqlite3.Connection, tenant: int, events: list[MeterEventDraft], now: int) -> list[tuple[str, str]]:
     """A caller's batch, inserted in its order (the `last` aggregate's tie-break on equal
-    timestamps is the insertion order). Events without an idempotency key cannot conflict (the
-    dedupe index holds only keyed ones) and are all created: each run of them of one statement
-    is one executemany, where a statement each cost ~9% of recordMeterEvents' samples
-    (bench.profile); a keyed event is inserted alone, to learn whether it was a duplicate."""
+    timestamps is the insertion order; a multi-row INSERT writes its rows in the order of its
+    VALUES). Events without an idempotency key cannot conflict (the dedupe index holds only
+    keyed ones) and are all created: each run of them is written at once (_write_run), where a
+    statement each cost ~9% of recordMeterEvents' samples (bench.profile); a keyed event is
+    inserted alone, to learn whether it was a duplicate."""
     ids = new_ids("evt", len(events))
     outcomes: list[tuple[str, str]] = []
-    run: list[tuple[Any, ...]] = []
-    statement = _INSERT_BARE
+    run: list[Any] = []
+    bare = True
     for event_id, e in zip(ids, events):
         if e.idempotency is not None:
-            if run:
-                conn.executemany(statement, run)
-                run = []
+            _write_run(conn, run, bare)
+            run = []
             outcomes.append(insert_event(conn, tenant, e, now, event_id))
             continue
-        row: tuple[Any, ...]
-        if e.dimensions is None and e.ledger_id is None:
-            shape, row = _INSERT_BARE, (event_id, tenant, e.meter_id, e.user, e.value, e.timestamp, now)
+        usual = e.dimensions is None and e.ledger_id is None
+        if usual is not bare:
+            _write_run(conn, run, bare)
+            run, bare = [], usual
+        if usual:
+            run += (event_id, tenant, e.meter_id, e.user, e.value, e.timestamp, now)
         else:
-            shape = _INSERT_PLAIN
-            row = (event_id, tenant, e.meter_id, e.user, e.value, e.timestamp,
-                   json_text(e.dimensions) if e.dimensions is not None else None, now, e.ledger_id)
-        if shape is not statement and run:
-            conn.executemany(statement, run)
-            run = []
-        statement = shape
-        run.append(row)
+            run.append((event_id, tenant, e.meter_id, e.user, e.value, e.timestamp,
+                        json_text(e.dimensions) if e.dimensions is not None else None, now, e.ledger_id))
         outcomes.append((event_id, "created"))
-    if run:
-        conn.executemany(statement, run)
+    _write_run(conn, run, bare)
     return outcomes
+
+
+def _write_run(conn: sqlite3.Connection, run: list[Any], bare: bool) -> None:
+    """`bare`: `run` holds usual events' values, _BARE_WIDTH each; else one tuple per event."""
+    if not run:
+        return
+    if not bare:
+        conn.executemany(_INSERT_PLAIN, run)
+        return
+    n, at = len(run) // _BARE_WIDTH, 0
+    for size in _BARE_CHUNKS:
+        while n - at >= size:
+            conn.execute(_INSERT_BARE[size], run[at * _BARE_WIDTH:(at + size) * _BARE_WIDTH])
+            at += size
 
 
 def insert_event(conn: sqlite3.Connection, tenant: int, e: MeterEventDraft, now: int, event_id: str | None = None) -> tuple[str, str]:
