@@ -171,6 +171,21 @@ _INSERT_BATCH = (
     " ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING RETURNING id"
 )
 
+_INSERT_USUAL = (
+    "INSERT INTO meter_events (id, tenant, meter_id, user_id, value, ts, idempotency_key, dimensions, created_at, ledger_id)"
+    " SELECT e.id, $1, e.meter_id, e.user_id, e.value, e.ts, NULL, NULL, $2, NULL"
+    " FROM unnest($3::text[], $4::text[], $5::text[], $6::bigint[], $7::bigint[])"
+    " WITH ORDINALITY AS e (id, meter_id, user_id, value, ts, n) ORDER BY e.n"
+)
+"""_INSERT_BATCH for a batch of usual events only (no idempotency key, no dimensions, no ledger
+row): nothing can conflict, so every row is created and none is returned, and the three arrays of
+NULLs are not sent. asyncpg checks each element of an array parameter on its way out (a few
+isinstance tests against collections.abc: ~7% of the server's samples, bench.profile), so five
+arrays of 100 instead of eight, and no 100 returned rows to decode. Scenario 3 on PostgreSQL
+(`python -m bench --backend postgres --only 3 --rounds 1`, two interleaved pairs): 53.4k and
+53.8k -> 65.8k and 83.8k events/s; server CPU per event 12.5 and 11.6 -> 10.0 and 7.9 us,
+PostgreSQL's 16.9 and 18.9 -> 13.5 and 10.5 us."""
+
 
 # The batch's meters that exist and the tenant's Watch (outbox.Watch) in one statement: the
 # batch reads its Watch without a round trip of its own.
@@ -193,6 +208,13 @@ async def _record_events(conn: asyncpg.Connection, tenant: int, events: list[Met
         if e.meter_id not in known:
             raise Missing("meter", i)
     ids = new_ids("evt", len(events))
+    if all(e.idempotency is None and e.dimensions is None and e.ledger_id is None for e in events):
+        await conn.execute(_INSERT_USUAL, tenant, now, ids, [e.meter_id for e in events], [e.user for e in events],
+                           [e.value for e in events], [e.timestamp for e in events])
+        if w.alerts:
+            await after_meter_events(conn, tenant, {(e.meter_id, e.user) for e in events}, now, w)
+        recorded(len(ids), 0)  # for the metrics
+        return [(event_id, "created") for event_id in ids]
     inserted = {r[0] for r in await conn.fetch(
         _INSERT_BATCH, tenant, now, ids, [e.meter_id for e in events], [e.user for e in events],
         [e.value for e in events], [e.timestamp for e in events], [e.idempotency for e in events],
