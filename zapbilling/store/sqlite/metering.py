@@ -178,20 +178,14 @@ def _record_events(conn: sqlite3.Connection, tenant: int, events: list[MeterEven
     return outcomes
 
 
-_INSERT = (
-    "INSERT INTO meter_events (id, tenant, meter_id, user_id, value, ts, idempotency_key, dimensions, created_at, ledger_id)"
-    " VALUES (?, ?, ?, ?, ?, ?, {key}, ?, ?, ?)"
-)
+_INTO = "INSERT INTO meter_events (id, tenant, meter_id, user_id, value, ts, idempotency_key, dimensions, created_at, ledger_id)"
+_INSERT = _INTO + " VALUES (?, ?, ?, ?, ?, ?, {key}, ?, ?, ?)"
 _INSERT_PLAIN = _INSERT.format(key="NULL")
 _INSERT_KEYED = _INSERT.format(key="?") + " ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING"
 _BARE_VALUES = "(?, ?, ?, ?, ?, ?, NULL, NULL, ?, NULL)"
 _BARE_WIDTH = 7
 _BARE_CHUNKS = (64, 32, 16, 8, 4, 2, 1)
-_INSERT_BARE = {
-    n: "INSERT INTO meter_events (id, tenant, meter_id, user_id, value, ts, idempotency_key, dimensions, created_at, ledger_id)"
-       " VALUES " + ", ".join([_BARE_VALUES] * n)
-    for n in _BARE_CHUNKS
-}
+_INSERT_BARE = {n: _INTO + " VALUES " + ", ".join([_BARE_VALUES] * n) for n in _BARE_CHUNKS}
 """Events with no key, no dimensions and no ledger row, the usual ones, by how many one
 statement writes. Their NULLs are written in the statement, not bound: a bound None costs the
 sqlite3 module an adapter lookup (see connection.py; callgrind, scenario 3's batches: 70.2k ->

@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 from ..base import USAGE_RECORDED, LedgerRow
 from ..herald import Herald
 from ..ids import new_id, row_event_id
-from ..rows import json_text
+from ..rows import LEDGER_COLUMNS, json_text
 
 
 class Watch(NamedTuple):
@@ -64,7 +64,7 @@ USAGE_UNRENDERED = ""
 
 def event_data(prefix: str = "") -> str:
     """The data column of an events row as read: stored, or made from the ledger (USAGE_DATA)."""
-    return f"CASE {prefix}data WHEN '' THEN {USAGE_DATA.format(id=prefix + 'id')} ELSE {prefix}data END"
+    return f"CASE {prefix}data WHEN '{USAGE_UNRENDERED}' THEN {USAGE_DATA.format(id=prefix + 'id')} ELSE {prefix}data END"
 
 
 def check_usage_data(herald: Herald) -> None:
@@ -75,8 +75,7 @@ def check_usage_data(herald: Herald) -> None:
     (an integer past 64 bits: rows.json_text)."""
     conn = sqlite3.connect(":memory:")
     try:
-        conn.execute("CREATE TABLE ledger (id, user_id, currency, type, amount, tags, notes, metadata, created_at,"
-                     " expires_at, refund_of, hold_id, key_id)")
+        conn.execute(f"CREATE TABLE ledger ({LEDGER_COLUMNS})")
         probes: list[LedgerRow] = [
             {"id": "tx_0193ab12cd45ef67890abcd1", "user": "u/1", "currency": "usd", "type": "withdraw", "amount": 7,
              "tags": "api-usage", "notes": "API usage: m (3 tokens)", "metadata": {"model": "m", "t": "café ✓",
@@ -90,7 +89,7 @@ def check_usage_data(herald: Herald) -> None:
              "expiresAt": 1764900001000000, "refundOf": "tx_0193ab12cd45ef67890abcd1", "holdId": "hold_2", "keyId": "key_3"},
         ]
         for row in probes:
-            conn.execute("INSERT INTO ledger VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", (
+            conn.execute(f"INSERT INTO ledger ({LEDGER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", (
                 row["id"], row["user"], row["currency"], row["type"], row["amount"], row["tags"], row["notes"],
                 None if row["metadata"] is None else json_text(row["metadata"]), row["createdAt"], row["expiresAt"],
                 row["refundOf"], row["holdId"], row["keyId"]))
