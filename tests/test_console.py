@@ -595,3 +595,32 @@ def test_the_console_benchmark_runs() -> None:
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "console pages on 2,000 ledger rows: slowest p50" in r.stdout and r.stdout.count("\nconsole ") == 12
+
+
+# -- what the console costs a server that does not use it ----------------------------------------
+def _mapped(pid: int, name: str) -> bool:
+    """Whether the process tree of `pid` has a file whose path holds `name` mapped."""
+    import psutil
+
+    tree = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    return any(name in Path(f"/proc/{p.pid}/maps").read_text() for p in tree)
+
+
+async def test_the_console_loads_its_libraries_at_its_first_request(db_path, tmp_path) -> None:
+    """cryptography (the session cookie) and jinja2 are ~10 MB resident in each serving process
+    (transport/console/mount.py): a server that only answers the API never loads them; the first
+    console request does, and is answered."""
+    proc = await ServerProcess(db_path, tmp_path).start_ready()
+    try:
+        from aiohttp import ClientSession
+
+        assert not _mapped(proc.pid, "cryptography")
+        async with ClientSession() as s:
+            async with s.get(proc.base + "/healthz") as r:
+                assert r.status == 200
+            assert not _mapped(proc.pid, "cryptography")
+            async with s.get(proc.base + "/console/signin") as r:
+                assert r.status == 200 and "<form" in await r.text()
+        assert _mapped(proc.pid, "cryptography") and _mapped(proc.pid, "markupsafe")
+    finally:
+        proc.terminate()

@@ -22,6 +22,8 @@ from __future__ import annotations
 import os
 import secrets
 
+COOKIE_PATH = "/console"
+"""Where the console is mounted, and the path its cookies are scoped to."""
 SECRET_ENV = "ZAPBILLING_CONSOLE_SECRET"
 """The secret the session cookies are encrypted with (session.py); random per `serve` when unset."""
 

@@ -1,31 +1,69 @@
-"""Mounts the console's routes under /console (see the package's docstring)."""
+"""Mounts the console's routes under /console (see the package's docstring).
+
+The console itself (views, templates, sessions, static files) is built at its first request, not
+at start-up: its libraries (cryptography for the session cookie, jinja2, iso4217) are ~10 MB of
+resident memory in every serving process (measured: a worker 71 -> 61 MB idle), and most servers
+answer only the API. The first console request in a process waits for them once (~50 ms on this
+machine, in a worker thread, so the loop goes on answering meanwhile), as the first render of each
+template already paid its compilation.
+"""
 from __future__ import annotations
+
+import asyncio
+from typing import Awaitable, Callable
 
 from aiohttp import web
 
 from ...store import Store
 from ..admission import Admission
 from ..calls import Caller
-from .render import Pages, Static
-from .session import COOKIE_PATH, Sessions
-from .views import Console
+from . import COOKIE_PATH
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+ROUTES = (
+    ("GET", "", "home"),
+    ("GET", "/", "home"),
+    ("GET", "/signin", "signin_form"),
+    ("POST", "/signin", "signin"),
+    ("POST", "/signout", "signout"),
+    ("GET", "/accounts", "accounts"),
+    ("GET", "/account", "account"),
+    ("GET", "/meters", "meters"),
+    ("GET", "/webhooks", "webhooks"),
+    ("GET", "/events/{id}", "event"),
+    ("GET", "/static/{path:.+}", "static"),
+)
+"""(method, path under /console, handler): the pages behind a sign-in are the ones `_build`
+wraps in `Console.page`."""
+
+_SIGNED_IN = ("accounts", "account", "meters", "webhooks", "event")
 
 
 def add_console(app: web.Application, caller: Caller, store: Store, admission: Admission) -> None:
-    """Mount the console under /console (templates compiled and static files read now, once);
-    its pages meet the API's per-key and shared bounds through `admission`."""
-    console = Console(caller, store, admission, Sessions(), Pages())
-    static = Static()
-    page = console.page
-    router = app.router
-    router.add_get(COOKIE_PATH, console.home)
-    router.add_get(COOKIE_PATH + "/", console.home)
-    router.add_get(COOKIE_PATH + "/signin", console.signin_form)
-    router.add_post(COOKIE_PATH + "/signin", console.signin)
-    router.add_post(COOKIE_PATH + "/signout", console.signout)
-    router.add_get(COOKIE_PATH + "/accounts", page(console.accounts))
-    router.add_get(COOKIE_PATH + "/account", page(console.account))
-    router.add_get(COOKIE_PATH + "/meters", page(console.meters))
-    router.add_get(COOKIE_PATH + "/webhooks", page(console.webhooks))
-    router.add_get(COOKIE_PATH + "/events/{id}", page(console.event))
-    router.add_get(COOKIE_PATH + "/static/{path:.+}", static.handle)
+    """Mount the console under /console; its pages meet the API's per-key and shared bounds
+    through `admission`."""
+    handlers: dict[str, Handler] = {}
+    loading: list[asyncio.Future[None]] = []  # the one build, shared by the requests that wait for it
+
+    def build() -> None:
+        from .render import Pages, Static
+        from .session import Sessions
+        from .views import Console
+
+        console = Console(caller, store, admission, Sessions(), Pages())
+        handlers.update({name: console.page(getattr(console, name)) for name in _SIGNED_IN})
+        handlers.update(home=console.home, signin_form=console.signin_form, signin=console.signin,
+                        signout=console.signout, static=Static().handle)
+
+    def route(name: str) -> Handler:
+        async def handle(request: web.Request) -> web.StreamResponse:
+            if not handlers:
+                if not loading:
+                    loading.append(asyncio.ensure_future(asyncio.to_thread(build)))
+                await asyncio.shield(loading[0])
+            return await handlers[name](request)
+        return handle
+
+    for method, path, name in ROUTES:
+        app.router.add_route(method, COOKIE_PATH + path, route(name))

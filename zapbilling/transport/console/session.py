@@ -49,7 +49,6 @@ from . import SECRET_ENV
 
 SESSION_COOKIE = "zb_console"
 CSRF_COOKIE = "zb_console_signin"
-COOKIE_PATH = "/console"
 SESSION_SECONDS = 8 * 3600
 """A session ends 8 hours after sign-in: a working day, then the key is asked for again."""
 SIGNIN_FORM_SECONDS = 3600

@@ -17,10 +17,11 @@ from ...store import KeyRevoked, Principal, Store
 from ...times import DAY, SECOND, format_ts
 from ..admission import Admission
 from ..calls import Caller
+from . import COOKIE_PATH
 from .api import Api, NotAvailable
 from .money import MINOR_DIGITS
 from .render import PAGE_HEADERS, Pages
-from .session import COOKIE_PATH, CSRF_COOKIE, SESSION_COOKIE, SESSION_SECONDS, SIGNIN_FORM_SECONDS, Sessions
+from .session import CSRF_COOKIE, SESSION_COOKIE, SESSION_SECONDS, SIGNIN_FORM_SECONDS, Sessions
 
 log = logging.getLogger("zapbilling")
 
