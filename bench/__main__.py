@@ -3,8 +3,9 @@
 Every server (zapbilling and each baseline) runs as its own process on a fresh copy of a
 database prepared by zapbilling itself; wrk (Debian's package, Lua scripts in bench/lua) drives
 it from a separate process. For each scenario and its baselines: requests/s (events/s for
-meter events), p50 and p99 latency, the server process tree's peak RSS, and the CPU used by the
-server, by wrk and by everything else on the machine during the measured window. Prints the
+meter events), p50 and p99 latency, the server process tree's peak memory (PSS summed over its
+processes, judged; RSS summed, shown), and the CPU used by the server, by wrk and by everything
+else on the machine during the measured window. Prints the
 runs and the targets (figure, baseline, ratio, target, PASS/FAIL) and writes bench/results.json.
 
 --backend (issue 18): sqlite (the default) runs scenarios 1-7 on SQLite as always; postgres
@@ -134,17 +135,28 @@ def compare(scn: Scenario, runs: dict[str, Any]) -> list[dict[str, Any]]:
                 row["result"] = "PASS" if (ratio >= t.threshold if t.op == ">=" else ratio <= t.threshold) else "FAIL"
         rows.append(row)
     if not scn.skipped:  # server memory: every zapbilling run of the scenario
+        # Judged by PSS summed over the server's processes: its resident memory with each page
+        # counted once (a page shared by n processes counts 1/n in each). Summed RSS counts every
+        # shared page once per process: libpython, libssl, aiohttp's and pydantic's native code,
+        # ~15 MB a process, so four interpreters (scenario 5: supervisor, two workers, sender)
+        # could not pass 150 MB summed whatever each held (196 MB summed vs 142 MB PSS at the
+        # commit that made this change). Summed RSS is still shown beside it.
         ours = [(k, r) for k, r in runs.items() if r["scenario"] == scn.number and r.get("zapbilling")]
         if ours:
-            key, worst = max(ours, key=lambda kr: kr[1]["median"]["rss_mb"])
+            def held(m: dict[str, Any]) -> float:
+                return float(m.get("pss_mb") or m["rss_mb"])
+
+            key, worst = max(ours, key=lambda kr: held(kr[1]["median"]))
             m = worst["median"]
-            row = {"scenario": scn.number, "label": f"zapbilling peak RSS, scenario {scn.number}", "subject": key,
-                   "metric": "rss_mb", "figure": m["rss_mb"], "unit": "MB", "target": "< 150 MB",
-                   "result": "PASS" if m["rss_mb"] < 150 else "FAIL"}
+            row = {"scenario": scn.number, "label": f"zapbilling peak memory (PSS), scenario {scn.number}", "subject": key,
+                   "metric": "pss_mb", "figure": held(m), "unit": "MB", "target": "< 150 MB",
+                   "result": "PASS" if held(m) < 150 else "FAIL"}
             if m.get("server_processes", 1) > 1:
-                row["note"] = f"sum over {m['server_processes']} processes; PSS {m['pss_mb']:.0f} MB"
+                row["note"] = f"sum over {m['server_processes']} processes; summed RSS {m['rss_mb']:.0f} MB"
             elif m.get("servers", 1) > 1:
                 row["note"] = f"the largest of {m['servers']} servers"
+            else:
+                row["note"] = f"RSS {m['rss_mb']:.0f} MB"
             rows.append(row)
     return rows
 
@@ -193,7 +205,7 @@ def print_report(meta: dict[str, Any], runs: dict[str, Any], targets: list[dict[
     for t in targets:
         unit = t.get("unit", "")
         unit = ("ms p99" if t["metric"] == "p99_ms" else "ms p50") if unit == "ms" else unit
-        fig = fmt_figure(t.get("figure"), unit) if t["metric"] != "rss_mb" else f"{t['figure']:.0f} MB"
+        fig = fmt_figure(t.get("figure"), unit) if t["metric"] != "pss_mb" else f"{t['figure']:.0f} MB"
         base = fmt_figure(t.get("baseline_figure"), unit) if "baseline_figure" in t else ""
         ratio = f"{t['ratio']:.2f}x" if "ratio" in t else ""
         note = f"  ({t['note']})" if t.get("note") else ""
