@@ -187,6 +187,56 @@ def test_the_sqlite_migration_files_earlier_usage_events_by_their_rows(tmp_path)
         assert plan == f"SEARCH ledger USING INDEX {'ledger_usage_evented' if half else 'ledger_usage'} (tenant=? AND user_id=?)", plan
 
 
+# -- migration 0015 ----------------------------------------------------------------------------
+
+_OUT_OF_SUBJECTS = next(v for v, n, _ in scripts() if n == "usage_events_outside_subject_index")
+
+
+@pytest.mark.sqlite_only("the SQLite migration script and store")
+def test_usage_events_leave_events_subject_and_stay_one_per_row_by_their_id(tmp_path):
+    """Migration 15 takes usage.recorded events out of events_subject (their ids are their rows',
+    unique by the id's own index) and keeps every other event with a subject in it: a second
+    event of another type about one subject is still refused, a second usage.recorded of one row
+    too (by its id), and the store finds a row's usage event through the id."""
+    from zapbilling.store.sqlite.outbox import emit
+    from zapbilling.store.sqlite.webhooks import _user_events
+
+    conn = sqlite_before(tmp_path / "old.db", _OUT_OF_SUBJECTS)
+    conn.execute("INSERT INTO ledger (id, tenant, user_id, currency, type, amount, tags, created_at, key_id, evented)"
+                 " VALUES ('tx_000000000000000000000001', 1, 'hanzo/alice', 'usd', 'withdraw', 5, 'api-usage', 1, 'key_1', 1)")
+    conn.execute("INSERT INTO events (id, tenant, type, data, created_at, subject)"
+                 " VALUES ('evt_000000000000000000000001', 1, 'usage.recorded', '', 1, 'tx_000000000000000000000001')")
+    conn.execute("INSERT INTO events (id, tenant, type, data, created_at, subject, user_id)"
+                 " VALUES ('evt_d', 1, 'deposit.created', '{\"user\":\"hanzo/alice\"}', 2, 'tx_d', 'hanzo/alice')")
+    assert _OUT_OF_SUBJECTS in migrate(conn)
+
+    def subject_refuses(type: str, subject: str) -> bool:
+        """Whether events_subject refuses another event of `type` about `subject` (another id)."""
+        try:
+            conn.execute("INSERT INTO events (id, tenant, type, data, created_at, subject) VALUES ('evt_probe', 1, ?, '', 9, ?)",
+                         (type, subject))
+        except sqlite3.IntegrityError:
+            return True
+        conn.execute("DELETE FROM events WHERE id = 'evt_probe'")
+        return False
+
+    assert not subject_refuses("usage.recorded", "tx_000000000000000000000001")  # the older usage event left the index
+    assert subject_refuses("deposit.created", "tx_d")
+    conn.execute("BEGIN")
+    tx = "tx_000000000000000000000002"
+    conn.execute("INSERT INTO ledger (id, tenant, user_id, currency, type, amount, tags, created_at, key_id, evented)"
+                 " VALUES (?, 1, 'hanzo/alice', 'usd', 'withdraw', 5, 'api-usage', 3, 'key_1', 1)", (tx,))
+    assert emit(conn, 1, "usage.recorded", None, 3, tx, "evt_" + tx[3:]) == "evt_" + tx[3:]
+    assert not subject_refuses("usage.recorded", tx)  # nor is the new one in it
+    with pytest.raises(sqlite3.IntegrityError):  # a second usage.recorded of the row: its id is taken
+        emit(conn, 1, "usage.recorded", None, 4, tx, "evt_" + tx[3:])
+    assert emit(conn, 1, "deposit.created", {"user": "hanzo/alice"}, 4, "tx_d") is None  # one event per change, as before
+    conn.execute("COMMIT")
+    params = {"tenant": 1, "user": "hanzo/alice", "seq": 2**63 - 1, "limit": 10, "type": None}
+    listed = [r[0] for r in conn.execute(_user_events("tenant = :tenant", None), params)]
+    assert listed == ["evt_" + tx[3:], "evt_d", "evt_000000000000000000000001"]
+
+
 def _steps(conn: sqlite3.Connection, sql: str, params: dict[str, Any]) -> tuple[list[Any], int]:
     """The statement's rows and how many of SQLite's VM instructions it took (in hundreds)."""
     steps = 0

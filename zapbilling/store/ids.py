@@ -28,8 +28,9 @@ def new_ids(prefix: str, n: int) -> list[str]:
 def row_event_id(row_id: str) -> str:
     """The id of a ledger row's event (deposit.created, refund.created, usage.recorded,
     credit.expired): `evt_` and the row's own 24 digits. A row has one event at most (one
-    event per change, kept by events_subject), so the id is as unique as the row's, sorts with
-    it, and costs nothing to make: a fresh id (the clock, 52 random bits, the formatting) was
+    event per change), so the id is as unique as the row's (on SQLite the id's unique index is
+    what keeps a usage.recorded event one per row: migration 15), sorts with it, and costs
+    nothing to make: a fresh id (the clock, 52 random bits, the formatting) was
     7k of the ~80k instructions the outbox added to recordUsage with an endpoint on
     usage.recorded (callgrind, SQLite: 728k -> 721k per request)."""
     return "evt_" + row_id.partition("_")[2]

@@ -58,6 +58,9 @@ changed in the columns read here, so the data read is the data the write would h
 `{id}`: the event's id column. json_remove drops the keys the herald leaves out when empty
 ('$.-' names no key: nothing removed)."""
 
+SUBJECT_INDEXED = f"subject IS NOT NULL AND type <> '{USAGE_RECORDED}'"
+"""events_subject's rows (migration 15): every event about a subject but usage.recorded."""
+
 USAGE_UNRENDERED = ""
 """events.data of an event whose data is USAGE_DATA (the column is NOT NULL)."""
 
@@ -111,6 +114,10 @@ def about(data: dict[str, Any]) -> str | None:
     return data.get("userId") if user is None else user
 
 
+_INSERT = "INSERT INTO events (id, tenant, type, data, created_at, subject, user_id) VALUES (?, ?, ?, ?, ?, ?, ?)"
+_INSERT_ONCE = _INSERT + f" ON CONFLICT (tenant, type, subject) WHERE {SUBJECT_INDEXED} DO NOTHING"
+
+
 def emit(conn: sqlite3.Connection, tenant: int, type: str, data: dict[str, Any] | None, now: int,
          subject: str | None = None, event_id: str | None = None) -> str | None:
     """Record an event in the caller's transaction; its id, or None when an event of this type
@@ -119,18 +126,16 @@ def emit(conn: sqlite3.Connection, tenant: int, type: str, data: dict[str, Any] 
     is its ledger row's, made when read (USAGE_DATA).
 
     A usage.recorded event is written without its account: its row is `evented` instead, and
-    the ledger's index of evented usage rows finds it by account (migration 12 says why)."""
+    the ledger's index of evented usage rows finds it by account (migration 12 says why). Nor is
+    it in events_subject (migration 15): its id is its ledger row's, so the id's own unique index
+    keeps it one per row."""
     if data is None:
         assert type == USAGE_RECORDED and event_id is not None, "only a ledger row's usage.recorded is made when read"
-        text, user = USAGE_UNRENDERED, None
-    else:
-        text, user = json_text(data), None if type == USAGE_RECORDED else about(data)
+        conn.execute(_INSERT, (event_id, tenant, type, USAGE_UNRENDERED, now, subject, None))
+        return event_id
+    text, user = json_text(data), None if type == USAGE_RECORDED else about(data)
     event_id = event_id or new_id("evt")
-    cur = conn.execute(
-        "INSERT INTO events (id, tenant, type, data, created_at, subject, user_id) VALUES (?, ?, ?, ?, ?, ?, ?)"
-        " ON CONFLICT (tenant, type, subject) WHERE subject IS NOT NULL DO NOTHING",
-        (event_id, tenant, type, text, now, subject, user),
-    )
+    cur = conn.execute(_INSERT_ONCE, (event_id, tenant, type, text, now, subject, user))
     return event_id if cur.rowcount else None
 
 

@@ -126,13 +126,14 @@ _USAGE_ROW = (
 )
 _USAGE_EVENTS = (
     f"SELECT e.seq, {_EVENT_E} FROM ledger l CROSS JOIN events e"
-    f" ON e.tenant = :tenant AND e.type = '{USAGE_RECORDED}' AND e.subject = l.id"
+    f" ON e.id = 'evt_' || substr(l.id, 4) AND e.tenant = :tenant AND e.type = '{USAGE_RECORDED}'"
     " WHERE l.tenant = :tenant AND l.user_id = :user AND l.evented = 1"
     f" AND l.seq BETWEEN {_USAGE_ROW.format('', 'ASC')} AND {_USAGE_ROW.format(' AND e.seq < :seq', 'DESC')}"
     " ORDER BY l.seq DESC LIMIT :limit"
 )
 """The user's usage.recorded events before event seq :seq, newest first: a range of the
-ledger_usage_evented index (their rows, migration 12), each row's event found by events_subject.
+ledger_usage_evented index (their rows, migration 12), each row's event found by its id (the
+row's digits, ids.row_event_id; migration 15 left these events out of events_subject).
 Ledger seq and event seq order these events alike (SQLite writes one transaction at a time, and
 each writes the row, then its event), so the range's ends are the ledger rows of two events found
 by events_tenant_type: the tenant's oldest usage.recorded event (rows older than it had their
