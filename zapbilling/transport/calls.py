@@ -53,7 +53,7 @@ class Caller:
         try:
             authorize(command, principal)
             try:
-                params = command.params_model.model_validate(raw)
+                params = command.validate(raw)
             except ValidationError as exc:
                 raise params_error(exc, query=query, raw=raw) from None
             idempotency = None
