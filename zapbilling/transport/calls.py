@@ -54,8 +54,11 @@ class Caller:
             authorize(command, principal)
             try:
                 params = command.validate(raw)
-            except ValidationError as exc:
-                raise params_error(exc, query=query, raw=raw) from None
+            except ValidationError:  # the first pass refused it: the full model answers (models.py: the first pass)
+                try:
+                    params = command.validate_fully(raw)
+                except ValidationError as exc:
+                    raise params_error(exc, query=query, raw=raw) from None
             idempotency = None
             if idempotency_key and command.mutates:
                 idempotency = await self._idempotency(command, principal, params, idempotency_key)
