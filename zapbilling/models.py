@@ -221,14 +221,15 @@ def _free_form(name: str, bounds: SizeBounds, *, data: bool) -> BeforeValidator:
 
 
 # The first pass. Params are validated first against a first-pass model
-# (ModelBuilder(first_pass=True)): the same model without the Python validators that take null for absent (`_null_means`,
-# `_null_is_missing`): there the type refuses null (and "" where "" means absent, by a
-# min_length of 1), and only a call that fails goes on to the full model, whose answer, value
-# or error, is the call's. A call the first pass takes holds no null and no such "" in those
-# fields, where the validators left out would have changed nothing: both models give it the same
-# value. Valid calls, nearly all of them, so pay no Python call per such field (pydantic-core
-# calls a Python validator at ~0.17 us: getBalance had two, each meter event of a batch three);
-# a refused one is validated twice. Data fields keep theirs: null is a value there.
+# (ModelBuilder(first_pass=True)): the same model without the Python validators that read null
+# as absent (`_null_means`, `_null_is_missing`). There the type refuses null (and "" where ""
+# means absent, by a min_length of 1), and only a call that fails goes on to the full model,
+# whose answer, value or error, is the call's. A call the first pass takes holds no null and no
+# such "" in those fields, where the validators left out would have changed nothing: both
+# models give it the same value (tests/test_first_pass.py). Valid calls, nearly all of them, so
+# pay no Python call per such field (pydantic-core calls a Python validator at ~0.17 us:
+# getBalance had two, each meter event of a batch three); a refused one is validated twice.
+# Data fields keep theirs: null is a value there.
 
 
 def _null_means(default: Any, *, empty_text_too: bool) -> BeforeValidator:
@@ -267,9 +268,9 @@ class ModelBuilder:
 
     def __init__(self, schema: Schema, field_rules: Mapping[str, Rule] | None = None, bounds: SizeBounds | None = None,
                  *, first_pass: bool = False):
-        """`first_pass`: build the models a call's params are tried against first (see the
-        first pass, above `_null_means`), without the Python validators that turn null (and, for some texts, "")
-        into a default or a missing parameter."""
+        """`first_pass`: build the models a call's params are tried against first (the first
+        pass, above `_null_means`), without the Python validators that turn null (and, for some
+        texts, "") into a default or a missing parameter."""
         self.schema = schema
         self.field_rules = dict(field_rules or {})
         self.bounds = bounds or SizeBounds()
@@ -312,7 +313,8 @@ class ModelBuilder:
         text = f.type.name == "Text"
         nonempty_text = Annotated[str, PydanticField(min_length=1, max_length=self.bounds.text_bound(f.name))]
         # A first-pass model leaves null (and "" where it means absent) to the type, which
-        # refuses it: the call then goes the long way (FIRST_PASS). Data takes null as a value.
+        # refuses it: the call then goes the long way (the first pass, above `_null_means`).
+        # Data takes null as a value.
         nulls_refused = self.first_pass and f.type.name != "Data"
         if f.optional:
             if text and nulls_refused:
