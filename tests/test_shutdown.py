@@ -162,9 +162,14 @@ async def test_sigterm_answers_every_call_in_flight_then_stops_with_one_line(tmp
     if workers == 1:
         assert len(stopped) == 1 and [m.group(1, 2) for m in answered] == [(str(len(AMOUNTS)), "")], stopped
     else:
-        assert len(answered) == workers and len(stopped) == workers + 1, stopped
+        # a worker still starting when the signal came (the port answers once one worker does;
+        # on PostgreSQL a worker's start-up takes longer) stops with its start-up line instead
+        early = [re.search(r"INFO zapbilling: stopped during start-up \(SIGTERM\), before serving(.*)$", line)
+                 for line in stopped if "stopped during start-up" in line]
+        assert all(early) and answered and len(answered) + len(early) == workers and len(stopped) == workers + 1, stopped
         assert sum(int(m.group(1)) for m in answered) == len(AMOUNTS), stopped
-        assert sorted(re.sub(r", pid \d+", "", m.group(2)) for m in answered) == [f" (worker {n} of {workers})" for n in range(1, workers + 1)]
+        labels = [m.group(2) for m in answered] + [m.group(1) for m in early]  # type: ignore[union-attr]
+        assert sorted(re.sub(r", pid \d+", "", label) for label in labels) == [f" (worker {n} of {workers})" for n in range(1, workers + 1)]
         assert stopped[-1].endswith(f"INFO zapbilling: stopped: all {workers} workers stopped"), stopped
         assert log[-1] == stopped[-1]
     # the access lines were written (by one process: before its stop line; workers share the log)
