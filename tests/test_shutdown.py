@@ -168,7 +168,7 @@ async def test_sigterm_answers_every_call_in_flight_then_stops_with_one_line(tmp
                  for line in stopped if "stopped during start-up" in line]
         assert all(early) and answered and len(answered) + len(early) == workers and len(stopped) == workers + 1, stopped
         assert sum(int(m.group(1)) for m in answered) == len(AMOUNTS), stopped
-        labels = [m.group(2) for m in answered] + [m.group(1) for m in early]  # type: ignore[union-attr]
+        labels = [m.group(2) for m in answered] + [m.group(1) for m in early]
         assert sorted(re.sub(r", pid \d+", "", label) for label in labels) == [f" (worker {n} of {workers})" for n in range(1, workers + 1)]
         assert stopped[-1].endswith(f"INFO zapbilling: stopped: all {workers} workers stopped"), stopped
         assert log[-1] == stopped[-1]
