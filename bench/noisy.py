@@ -115,11 +115,12 @@ def _events_on_every_meter(db: Path, tenant: int, meters: list[str], user: str, 
     step = max((end_us - start_us) // per_meter, 1)
     dimensions = json.dumps({"model": "gpt-bench"})
     with populate._loading(str(db)) as conn:
+        seqs = dict(conn.execute("SELECT id, seq FROM meters WHERE tenant = ?", (tenant,)).fetchall())  # rows name a meter by seq
         for meter in meters:
             conn.executemany(
-                "INSERT INTO meter_events (id, tenant, meter_id, user_id, value, ts, idempotency_key, dimensions, created_at)"
+                "INSERT INTO meter_events (id, tenant, meter, user_id, value, ts, idempotency_key, dimensions, created_at)"
                 " VALUES (?, ?, ?, ?, ?, ?, NULL, ?, ?)",
-                [(event_id, tenant, meter, user, 1 + i % 7, start_us + i * step, dimensions, recorded)
+                [(event_id, tenant, seqs[meter], user, 1 + i % 7, start_us + i * step, dimensions, recorded)
                  for i, event_id in enumerate(populate._ids("evt", per_meter))])
 
 

@@ -152,13 +152,14 @@ def meter_events(
     step = max((end_us - start_us) // count, 1)
     dimensions = json.dumps({"model": "gpt-bench"})
     with _loading(path) as conn:
+        (meter,), = conn.execute("SELECT seq FROM meters WHERE id = ?", (meter_id,)).fetchall()  # rows name it by seq
         for base in range(0, count, CHUNK):
             n = min(count, base + CHUNK) - base
             values = rng.choices(range(1, 101), k=n)
             conn.executemany(
-                "INSERT INTO meter_events (id, tenant, meter_id, user_id, value, ts, idempotency_key, dimensions, created_at)"
+                "INSERT INTO meter_events (id, tenant, meter, user_id, value, ts, idempotency_key, dimensions, created_at)"
                 " VALUES (?, ?, ?, ?, ?, ?, NULL, ?, ?)",
-                [(event_id, tenant, meter_id, user, value, start_us + i * step, dimensions, recorded)
+                [(event_id, tenant, meter, user, value, start_us + i * step, dimensions, recorded)
                  for i, event_id, value in zip(range(base, base + n), _ids("evt", n), values)],
             )
             total += sum(values)
@@ -232,13 +233,13 @@ def checkpoint(path: str) -> None:
         conn.close()
 
 
-if __name__ == "__main__":  # timing aid: python -m bench.populate DB TENANT USER N
+if __name__ == "__main__":  # timing aid: python -m bench.populate DB TENANT USER N METER (a meter's id)
     import sys
 
-    db, tenant, user, n = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+    db, tenant, user, n, meter_id = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), sys.argv[5]
     t = time.perf_counter()
     usage_rows(db, tenant, user, n, start_us=time.time_ns() // 1000 - n, step_us=1)
     print(f"ledger: {n} rows in {time.perf_counter() - t:.1f}s")
     t = time.perf_counter()
-    meter_events(db, tenant, "mtr_x", user, n, start_us=0, end_us=n * 1000)
+    meter_events(db, tenant, meter_id, user, n, start_us=0, end_us=n * 1000)
     print(f"events: {n} rows in {time.perf_counter() - t:.1f}s")

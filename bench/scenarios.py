@@ -617,7 +617,7 @@ def _series_args(bench: Bench, tpl: Template) -> list[str]:
 
 
 def _executemany_args(bench: Bench, tpl: Template, per_commit: int = 1) -> list[str]:
-    return ["insert", "--tenant", str(tpl.tenant), "--meter", f"mtr_{secrets.token_hex(12)}", "--batch", "100",
+    return ["insert", "--tenant", str(tpl.tenant), "--meter", str(10**6 + secrets.randbelow(10**6)), "--batch", "100",
             "--per-commit", str(per_commit), "--synchronous", "FULL"]
 
 

@@ -443,7 +443,7 @@ class _Checker:
             "SELECT e.id, e.tenant, e.ledger_id, l.id AS row_id, l.tenant = e.tenant AND l.user_id = e.user_id"
             " AND l.amount = e.value AND l.created_at = e.ts AND l.type = 'withdraw' AND l.tags = 'api-usage'"
             " AND m.event_name = 'api-usage' AS same"
-            " FROM meter_events e LEFT JOIN ledger l ON l.id = e.ledger_id LEFT JOIN meters m ON m.id = e.meter_id"
+            " FROM meter_events e LEFT JOIN ledger l ON l.id = e.ledger_id LEFT JOIN meters m ON m.seq = e.meter"
             " WHERE e.ledger_id IS NOT NULL"
         ):
             if r["row_id"] is None:

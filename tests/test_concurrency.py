@@ -665,8 +665,8 @@ async def test_checker_catches_a_double_forfeit(traffic, db_path, tmp_path):
 async def test_checker_catches_a_duplicate_meter_event_key(traffic, db_path, tmp_path):
     path = copy_db(db_path, tmp_path / "copy.db")
     corrupt(path, "DROP INDEX meter_events_dedupe",  # as a bad migration might: the checker does not rely on it
-            "INSERT INTO meter_events (id, tenant, meter_id, user_id, value, ts, idempotency_key, dimensions, created_at)"
-            " SELECT id || '-copy', tenant, meter_id, user_id, value, ts, idempotency_key, dimensions, created_at FROM meter_events")
+            "INSERT INTO meter_events (id, tenant, meter, user_id, value, ts, idempotency_key, dimensions, created_at)"
+            " SELECT id || '-copy', tenant, meter, user_id, value, ts, idempotency_key, dimensions, created_at FROM meter_events")
     assert "idempotency key 'k1' appears 2 times in tenant 1" in violations_of(path)
 
 

@@ -422,8 +422,8 @@ def test_large_copy_streams_in_batches(tmp_path, target):
           key_id) for i in range(BIG)),
     )
     con.executemany(
-        "INSERT INTO meter_events (id, tenant, meter_id, user_id, value, ts, idempotency_key, dimensions, created_at)"
-        " VALUES (?, ?, 'mtr_x', ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO meter_events (id, tenant, meter, user_id, value, ts, idempotency_key, dimensions, created_at)"
+        " VALUES (?, ?, 1, ?, ?, ?, ?, ?, ?)",
         ((f"evt_{i:024x}", tenant, f"user/{i % 1000}", i % 7, 10**15 + i, f"k{i}", '{"region":"eu"}', 10**15 + i)
          for i in range(BIG)),
     )

@@ -362,7 +362,7 @@ class Checker:
                 return False
             for e in p["events"]:
                 event_id = found[e["idempotency"]]
-                (value, user, meter), = con.execute("SELECT value, user_id, meter_id FROM meter_events WHERE id = ?", (event_id,))
+                (value, user, meter), = con.execute("SELECT e.value, e.user_id, m.id FROM meter_events e JOIN meters m ON m.seq = e.meter WHERE e.id = ?", (event_id,))
                 if (value, user, meter) != (e["value"], a.user, self.events_meter):
                     return self.problem(f"{op.id} event {event_id} present with other values: {(value, user, meter)}")
                 a.events[event_id] = value
@@ -425,13 +425,15 @@ class Checker:
                     if row is None or row[0] != tx:
                         self.problem(f"{a.user}: usage {request_id} should be {tx}, file has {row}")
                 events = dict(con.execute(
-                    "SELECT id, value FROM meter_events WHERE user_id = ? AND meter_id = ?", (a.user, self.events_meter)))
+                    "SELECT e.id, e.value FROM meter_events e JOIN meters m ON m.seq = e.meter WHERE e.user_id = ? AND m.id = ?",
+                    (a.user, self.events_meter)))
                 if events != a.events:
                     self.problem(f"{a.user}: {len(events)} events in the file, {len(a.events)} expected;"
                                  f" missing {len(set(a.events) - set(events))}, unexpected {len(set(events) - set(a.events))}")
                 checked += len(a.events)
                 usage_events = dict(con.execute(
-                    "SELECT ledger_id, value FROM meter_events WHERE user_id = ? AND meter_id = ?", (a.user, self.usage_meter)))
+                    "SELECT e.ledger_id, e.value FROM meter_events e JOIN meters m ON m.seq = e.meter WHERE e.user_id = ? AND m.id = ?",
+                    (a.user, self.usage_meter)))
                 want = {tx: amount for tx, amount in a.usage.values()}
                 if usage_events != want:
                     self.problem(f"{a.user}: usage meter events {len(usage_events)} != expected {len(want)}"

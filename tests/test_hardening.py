@@ -108,6 +108,8 @@ def test_migration_links_earlier_usage_events_to_their_withdrawals_and_frees_the
               " VALUES (?, 1, ?, 'usd', 'withdraw', ?, 'api-usage', '', ?, 'k')")
     event = ("INSERT INTO meter_events (id, tenant, meter_id, user_id, value, ts, idempotency_key, created_at)"
              " VALUES (?, 1, 'mtr_1', ?, ?, ?, ?, ?)")
+    conn.execute("INSERT INTO meters (id, tenant, name, event_name, aggregation, currency, dimensions, created_at)"
+                 " VALUES ('mtr_1', 1, 'API usage', 'api-usage', 'sum', 'usd', '[]', 1)")
     conn.execute(ledger, ("tx_a", "a", 7, 100))
     conn.execute(ledger, ("tx_b", "b", 9, 200))
     conn.execute(event, ("evt_a", "a", 7, 100, "usage:a:r", 100))
@@ -117,8 +119,8 @@ def test_migration_links_earlier_usage_events_to_their_withdrawals_and_frees_the
     rows = {r[0]: r[1:] for r in conn.execute("SELECT id, ledger_id, idempotency_key FROM meter_events")}
     assert rows == {"evt_a": ("tx_a", None), "evt_b": ("tx_b", None), "evt_c": (None, "caller-key")}
     with pytest.raises(sqlite3.IntegrityError):  # one event per withdrawal, by constraint
-        conn.execute(event.replace("created_at)", "created_at, ledger_id)").replace("?)", "?, 'tx_a')"),
-                     ("evt_d", "a", 7, 100, None, 100))
+        conn.execute(event.replace("meter_id", "meter").replace("'mtr_1'", "1").replace("created_at)", "created_at, ledger_id)")
+                     .replace("?)", "?, 'tx_a')"), ("evt_d", "a", 7, 100, None, 100))
 
 
 # -- 8: owner-only files, UTF-8 query strings ---------------------------------------------------

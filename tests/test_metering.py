@@ -79,9 +79,11 @@ def dimension(db_path: str, name: str) -> str:
 
 
 def event_rows(db_path: str, meter_id: str | None = None) -> list[dict[str, Any]]:
+    """Meter events with their meter's id as meter_id (a row names its meter by seq)."""
+    rows = "SELECT e.*, m.id AS meter_id FROM meter_events e JOIN meters m ON m.seq = e.meter"
     if meter_id is None:
-        return db_rows(db_path, "SELECT * FROM meter_events ORDER BY seq")
-    return db_rows(db_path, "SELECT * FROM meter_events WHERE meter_id = ? ORDER BY seq", (meter_id,))
+        return db_rows(db_path, rows + " ORDER BY e.seq")
+    return db_rows(db_path, rows + " WHERE m.id = ? ORDER BY e.seq", (meter_id,))
 
 
 def usage_rows(db_path: str, user: str = ALICE) -> list[dict[str, Any]]:
@@ -397,7 +399,7 @@ async def test_meter_event_dimensions_are_stored_for_a_group_by(any_api, db_path
     grouped = db_rows(
         db_path,
         f"SELECT {dimension(db_path, 'model')} AS model, SUM(value) AS total, COUNT(*) AS n"
-        " FROM meter_events WHERE meter_id = ? GROUP BY model ORDER BY model NULLS FIRST",
+        " FROM meter_events WHERE meter = (SELECT seq FROM meters WHERE id = ?) GROUP BY model ORDER BY model NULLS FIRST",
         (m["id"],),
     )
     assert grouped == [
@@ -408,7 +410,7 @@ async def test_meter_event_dimensions_are_stored_for_a_group_by(any_api, db_path
     by_region = db_rows(
         db_path,
         f"SELECT {dimension(db_path, 'region')} AS region, SUM(value) AS total FROM meter_events"
-        f" WHERE meter_id = ? AND {dimension(db_path, 'region')} IS NOT NULL GROUP BY region ORDER BY region",
+        f" WHERE meter = (SELECT seq FROM meters WHERE id = ?) AND {dimension(db_path, 'region')} IS NOT NULL GROUP BY region ORDER BY region",
         (m["id"],),
     )
     assert by_region == [{"region": "eu", "total": 30}, {"region": "us", "total": 30}]

@@ -1,6 +1,6 @@
 """In-process baselines, no HTTP: what SQLite itself does with the same rows and queries.
 
-    python -m bench.baselines.raw_sql insert --db PATH --tenant T --meter M [--batch 100]
+    python -m bench.baselines.raw_sql insert --db PATH --tenant T --meter SEQ [--batch 100]
         [--per-commit 1] [--synchronous FULL|NORMAL] [--warmup S] [--seconds S]
     python -m bench.baselines.raw_sql aggregate --db PATH --tenant T --meter M --user U
         --start US --end US [--warmup S] [--seconds S]
@@ -37,18 +37,18 @@ from typing import Any, Callable
 
 AGGREGATE_SQL = (
     "SELECT COALESCE(SUM(value), 0), COUNT(*) FROM meter_events"
-    " WHERE tenant = ? AND meter_id = ? AND user_id = ? AND ts >= ? AND ts < ?"
+    " WHERE tenant = ? AND meter = (SELECT seq FROM meters WHERE id = ?) AND user_id = ? AND ts >= ? AND ts < ?"
 )
 SERIES_SQL = (
     "SELECT (ts - ?) / ? AS w, COALESCE(SUM(value), 0), COUNT(*) FROM meter_events"
-    " WHERE tenant = ? AND meter_id = ? AND user_id = ? AND ts >= ? AND ts < ? GROUP BY w"
+    " WHERE tenant = ? AND meter = (SELECT seq FROM meters WHERE id = ?) AND user_id = ? AND ts >= ? AND ts < ? GROUP BY w"
 )
 USAGE_SQL = (
-    "SELECT meter_id, SUM(value), COUNT(*) FROM meter_events"
-    " WHERE tenant = ? AND user_id = ? AND ts >= ? AND ts < ? GROUP BY meter_id"
+    "SELECT meter, SUM(value), COUNT(*) FROM meter_events"
+    " WHERE tenant = ? AND user_id = ? AND ts >= ? AND ts < ? GROUP BY meter"
 )
 INSERT_SQL = (
-    "INSERT INTO meter_events (id, tenant, meter_id, user_id, value, ts, idempotency_key, dimensions, created_at)"
+    "INSERT INTO meter_events (id, tenant, meter, user_id, value, ts, idempotency_key, dimensions, created_at)"
     " VALUES (?, ?, ?, ?, ?, ?, NULL, NULL, ?)"
 )
 
@@ -93,13 +93,13 @@ def insert(args: argparse.Namespace) -> dict[str, object]:
             rows = []  # ids of zapbilling's shape: the creation millisecond, then random bits
             for _ in range(args.batch):
                 counter += 1
-                rows.append((f"evt_{now // 1000:011x}{secrets.randbits(52):013x}", args.tenant, args.meter, f"bench/u{counter % 100}", counter % 10 + 1, now, now))
+                rows.append((f"evt_{now // 1000:011x}{secrets.randbits(52):013x}", args.tenant, int(args.meter), f"bench/u{counter % 100}", counter % 10 + 1, now, now))
             conn.executemany(INSERT_SQL, rows)
         conn.execute("COMMIT")
         return counter
 
     ops, elapsed, cpu, latencies, _ = _loop(op, args.warmup, args.seconds)
-    (stored,), = conn.execute("SELECT COUNT(*) FROM meter_events WHERE meter_id = ?", (args.meter,)).fetchall()
+    (stored,), = conn.execute("SELECT COUNT(*) FROM meter_events WHERE meter = ?", (args.meter,)).fetchall()
     conn.close()
     assert stored == counter, (stored, counter)
     latencies.sort()
@@ -144,7 +144,7 @@ def main() -> None:
         p = sub.add_parser(name)
         p.add_argument("--db", required=True)
         p.add_argument("--tenant", type=int, required=True)
-        if name != "usage":
+        if name != "usage":  # insert: a meter's seq (rows name their meter by it); else its id
             p.add_argument("--meter", required=True)
         p.add_argument("--warmup", type=float, default=1.0)
         p.add_argument("--seconds", type=float, default=5.0)

@@ -58,8 +58,10 @@ def migrate(conn: sqlite3.Connection) -> list[int]:
         try:
             conn.executescript(f"BEGIN IMMEDIATE;\n{record(version, name)}\n{sql}\nCOMMIT;")
         except sqlite3.IntegrityError:
-            conn.rollback()  # another process applied this version first
-            continue
+            conn.rollback()
+            if conn.execute("SELECT 1 FROM schema_migrations WHERE version = ?", (version,)).fetchone():
+                continue  # another process applied this version first
+            raise  # the migration's own statements broke a constraint: it stops, nothing applied
         except BaseException:
             if conn.in_transaction:
                 conn.rollback()

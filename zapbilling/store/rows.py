@@ -114,7 +114,10 @@ def rule_row(r: Sequence[Any]) -> RuleRow:
     }
 
 
-EVENT_COLUMNS = "id, meter_id, user_id, value, ts, idempotency_key, dimensions, created_at"
+EVENT_COLUMNS = (
+    "id, (SELECT m.id FROM meters m WHERE m.seq = meter_events.meter), user_id, value, ts, idempotency_key, dimensions, created_at"
+)
+"""A meter event's columns with its meter's id, which the row holds as the meter's seq (migration 16)."""
 
 
 def event_row(r: Sequence[Any]) -> MeterEventRow:

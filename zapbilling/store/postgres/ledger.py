@@ -248,7 +248,7 @@ LOT_PAGE = 64
 # the row's insert (ON CONFLICT: a seen dedupe key inserts nothing, and then nothing else is
 # written); the balance update, whose new value is known from the locked row ($17; NULL when
 # the lots decide it, see append_entry); the usage meter event when the tenant has a meter for
-# it (metering.insert_event's row: its idempotency key is NULL, so no conflict can skip it);
+# it (its idempotency key is NULL, so no conflict can skip it);
 # and the account's first page of lots, read in the same snapshot, which is taken after the
 # lock was granted, so it holds every earlier writer's lots. The sub-statements see that
 # snapshot and not each other's rows: the lots are those before this insert.
@@ -264,9 +264,10 @@ _INSERT_ROW = (
     " AND $17::bigint IS NOT NULL AND EXISTS (SELECT 1 FROM ins))"
 )
 _USAGE_EVENT = (
-    ", ev AS (INSERT INTO meter_events (id, tenant, meter_id, user_id, value, ts, idempotency_key, dimensions,"
-    " created_at, ledger_id) SELECT $18, $2, m.id, $3, $6, $10, NULL, $19, $10, $1 FROM meters m"
-    " WHERE m.tenant = $2 AND m.event_name = $20 AND EXISTS (SELECT 1 FROM ins) RETURNING meter_id)"
+    ", mtr AS (SELECT id, seq FROM meters WHERE tenant = $2 AND event_name = $20)"
+    ", ev AS (INSERT INTO meter_events (id, tenant, meter, user_id, value, ts, idempotency_key, dimensions,"
+    " created_at, ledger_id) SELECT $18, $2, mtr.seq, $3, $6, $10, NULL, $19, $10, $1 FROM mtr"
+    " WHERE EXISTS (SELECT 1 FROM ins) RETURNING 1)"
 )
 # The row's event (outbox.py) as one more branch, $N..$N+2 its id, type and data: written when the
 # row is (not for a dedupe repeat). A usage event is gated on the tenant's usage_hooks, read in
@@ -303,7 +304,7 @@ def _append_sql(usage: bool, event: str | None) -> str:
         n = 21
     if event is not None:
         sql += _ROW_EVENT.format(n, n + 1, n + 2, _GATE if event == "gated" else "")
-    return sql + _WITH_LOTS.format(meter="(SELECT meter_id FROM ev)" if usage else "NULL")
+    return sql + _WITH_LOTS.format(meter="(SELECT id FROM mtr WHERE EXISTS (SELECT 1 FROM ev))" if usage else "NULL")
 
 _SIGN = {"withdraw": -1, "deposit": 1}
 

@@ -38,7 +38,10 @@ AGGREGATES = {
 # subquery per meter over the (tenant, meter, user, ts) index range, CASE running only the
 # meter's own aggregation's. Each subquery answers ARRAY[events, value] as NUMERIC[] (one type
 # for every CASE branch; a sum may pass int64).
-_EVENTS_OF_METER = "tenant = m.tenant AND meter_id = m.id AND user_id = $2{period}"
+_EVENTS_OF_METER = "tenant = m.tenant AND meter = m.seq AND user_id = $2{period}"
+
+METER = "(SELECT seq FROM meters WHERE tenant = $1 AND id = $2)"
+"""The seq of the meter whose id is $2, by which its events name it (migration 16)."""
 
 
 @functools.lru_cache(maxsize=None)  # four periods: bounded or not on each side
@@ -105,7 +108,7 @@ class MeteringQueries(PgBase):
     ) -> tuple[int, int]:
         """(value by the meter's aggregation, number of events) over [start, end);
         SumOutOfRange when a sum passes int64 (the NUMERIC sum itself is exact)."""
-        where, params = "tenant = $1 AND meter_id = $2", list[Any]([tenant, meter_id])
+        where, params = f"tenant = $1 AND meter = {METER}", list[Any]([tenant, meter_id])
         if user is not None:
             params.append(user)
             where += f" AND user_id = ${len(params)}"
@@ -157,26 +160,26 @@ async def _create_meter(conn: asyncpg.Connection, tenant: int, meter_id: str, m:
 # which of two events with one key in the batch is the first). ON CONFLICT DO NOTHING skips an
 # event whose key is taken, by an earlier event or by one earlier in this very statement (the
 # unique index sees the statement's own rows), and waits for a concurrent insert of the key to
-# commit. What it saves over one INSERT per event (insert_event in a loop: 100 round trips and
+# commit. What it saves over one INSERT per event (an INSERT per event: 100 round trips and
 # 100 statements a batch), measured on the dev cluster (PostgreSQL 15 on loopback, 2 shared
 # cores, one client, batches of 100 keyed events each its own transaction, median of 5 rounds of
 # 40 batches): 24,400 events/s as one statement against 6,500 events/s one by one (3.8x); a
 # batch of 100 repeats (all duplicates, answered by one more SELECT) 27,100 events/s. The cost:
 # the arrays are built in Python, and duplicates take that second statement.
-_INTO = "INSERT INTO meter_events (id, tenant, meter_id, user_id, value, ts, idempotency_key, dimensions, created_at, ledger_id)"
+_INTO = "INSERT INTO meter_events (id, tenant, meter, user_id, value, ts, idempotency_key, dimensions, created_at, ledger_id)"
 _INSERT_BATCH = (
     _INTO +
-    " SELECT e.id, $1, e.meter_id, e.user_id, e.value, e.ts, e.key, e.dimensions, $2, e.ledger_id"
-    " FROM unnest($3::text[], $4::text[], $5::text[], $6::bigint[], $7::bigint[], $8::text[], $9::text[], $10::text[])"
-    " WITH ORDINALITY AS e (id, meter_id, user_id, value, ts, key, dimensions, ledger_id, n) ORDER BY e.n"
+    " SELECT e.id, $1, e.meter, e.user_id, e.value, e.ts, e.key, e.dimensions, $2, e.ledger_id"
+    " FROM unnest($3::text[], $4::bigint[], $5::text[], $6::bigint[], $7::bigint[], $8::text[], $9::text[], $10::text[])"
+    " WITH ORDINALITY AS e (id, meter, user_id, value, ts, key, dimensions, ledger_id, n) ORDER BY e.n"
     " ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING RETURNING id"
 )
 
 _INSERT_USUAL = (
     _INTO +
-    " SELECT e.id, $1, e.meter_id, e.user_id, e.value, e.ts, NULL, NULL, $2, NULL"
-    " FROM unnest($3::text[], $4::text[], $5::text[], $6::bigint[], $7::bigint[])"
-    " WITH ORDINALITY AS e (id, meter_id, user_id, value, ts, n) ORDER BY e.n"
+    " SELECT e.id, $1, e.meter, e.user_id, e.value, e.ts, NULL, NULL, $2, NULL"
+    " FROM unnest($3::text[], $4::bigint[], $5::text[], $6::bigint[], $7::bigint[])"
+    " WITH ORDINALITY AS e (id, meter, user_id, value, ts, n) ORDER BY e.n"
 )
 """_INSERT_BATCH for a batch of usual events only (no idempotency key, no dimensions, no ledger
 row): nothing can conflict, so every row is created and none is returned, and the three arrays of
@@ -188,11 +191,11 @@ arrays of 100 instead of eight, and no 100 returned rows to decode. Scenario 3 o
 PostgreSQL's 16.9 and 18.9 -> 13.5 and 10.5 us."""
 
 
-# The batch's meters that exist and the tenant's Watch (outbox.Watch) in one statement: the
-# batch reads its Watch without a round trip of its own.
+# The batch's meters that exist (their ids and seqs, in one order) and the tenant's Watch
+# (outbox.Watch) in one statement: the batch reads its Watch without a round trip of its own.
 _KNOWN_AND_WATCH = (
-    "SELECT ARRAY(SELECT id FROM meters WHERE tenant = $1 AND id = ANY($2::text[])), t.alerts, t.spend_caps, t.usage_hooks"
-    " FROM (SELECT 1) one LEFT JOIN tenants t ON t.id = $1"
+    "SELECT k.ids, k.seqs, t.alerts, t.spend_caps, t.usage_hooks FROM (SELECT array_agg(id) AS ids, array_agg(seq) AS seqs"
+    " FROM meters WHERE tenant = $1 AND id = ANY($2::text[])) k LEFT JOIN tenants t ON t.id = $1"
 )
 
 
@@ -202,22 +205,22 @@ async def _record_events(conn: asyncpg.Connection, tenant: int, events: list[Met
     duplicate that reports the original event's id; the unique index decides, and the originals
     are read after the insert (which waited for any concurrent holder of a key to commit)."""
     wanted = sorted({e.meter_id for e in events})
-    found, alerts, spend_caps, usage_hooks = await conn.fetchrow(_KNOWN_AND_WATCH, tenant, wanted)
-    known = set(found)
+    found, seqs, alerts, spend_caps, usage_hooks = await conn.fetchrow(_KNOWN_AND_WATCH, tenant, wanted)
+    known: dict[str, int] = dict(zip(found or (), seqs or ()))
     w = NOTHING if alerts is None else Watch(alerts, spend_caps, usage_hooks)
     for i, e in enumerate(events):
         if e.meter_id not in known:
             raise Missing("meter", i)
     ids = new_ids("evt", len(events))
     if all(e.idempotency is None and e.dimensions is None and e.ledger_id is None for e in events):
-        await conn.execute(_INSERT_USUAL, tenant, now, ids, [e.meter_id for e in events], [e.user for e in events],
+        await conn.execute(_INSERT_USUAL, tenant, now, ids, [known[e.meter_id] for e in events], [e.user for e in events],
                            [e.value for e in events], [e.timestamp for e in events])
         if w.alerts:
             await after_meter_events(conn, tenant, {(e.meter_id, e.user) for e in events}, now, w)
         recorded(len(ids), 0)  # for the metrics
         return [(event_id, "created") for event_id in ids]
     inserted = {r[0] for r in await conn.fetch(
-        _INSERT_BATCH, tenant, now, ids, [e.meter_id for e in events], [e.user for e in events],
+        _INSERT_BATCH, tenant, now, ids, [known[e.meter_id] for e in events], [e.user for e in events],
         [e.value for e in events], [e.timestamp for e in events], [e.idempotency for e in events],
         [json_text(e.dimensions) if e.dimensions is not None else None for e in events], [e.ledger_id for e in events],
     )}
@@ -237,23 +240,3 @@ async def _record_events(conn: asyncpg.Connection, tenant: int, events: list[Met
     ]
     recorded(len(inserted), len(events) - len(inserted))  # for the metrics
     return outcomes
-
-
-async def insert_event(conn: asyncpg.Connection, tenant: int, e: MeterEventDraft, now: int) -> tuple[str, str]:
-    """One event: (its id, "created"), or (the first event's id, "duplicate") when its
-    idempotency key is taken. The partial unique index decides: a concurrent insert of the
-    same key waits for the first one's commit, then does nothing, and the SELECT (a fresh
-    READ COMMITTED snapshot) sees the first row."""
-    event_id = new_id("evt")
-    inserted = await conn.fetchval(
-        _INTO + " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
-        " ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING RETURNING id",
-        event_id, tenant, e.meter_id, e.user, e.value, e.timestamp, e.idempotency,
-        json_text(e.dimensions) if e.dimensions is not None else None, now, e.ledger_id,
-    )
-    if inserted is not None:
-        return event_id, "created"
-    original: str = await conn.fetchval(
-        "SELECT id FROM meter_events WHERE tenant = $1 AND idempotency_key = $2", tenant, e.idempotency
-    )
-    return original, "duplicate"

@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from .connection import PgBase
-from .metering import AGGREGATES, _int64
+from .metering import AGGREGATES, METER, _int64
 
 _WINDOW = "(ts - $3) / $4"
 _LAST = (
@@ -19,7 +19,7 @@ class SeriesQueries(PgBase):
         self, tenant: int, meter_id: str, aggregation: str, user: str | None, start: int, end: int, origin: int, width: int
     ) -> list[tuple[int, int, int]]:
         """As the SQLite store's; a window's sum is NUMERIC here, judged against int64."""
-        where = "tenant = $1 AND meter_id = $2 AND ts >= $5 AND ts < $6"
+        where = f"tenant = $1 AND meter = {METER} AND ts >= $5 AND ts < $6"
         params: list[Any] = [tenant, meter_id, origin, width, start, end]
         if user is not None:
             params.append(user)

@@ -107,9 +107,9 @@ class _Sql:
         ))
 
     async def aggregate(self, tenant: int, meter_id: str, aggregation: str, user: str, start: int, end: int) -> int:
-        from .metering import AGGREGATES  # here: metering.py imports this module to call after_meter_events
+        from .metering import AGGREGATES, METER  # here: metering.py imports this module to call after_meter_events
 
-        where = "tenant = $1 AND meter_id = $2 AND user_id = $3 AND ts >= $4 AND ts < $5"
+        where = f"tenant = $1 AND meter = {METER} AND user_id = $3 AND ts >= $4 AND ts < $5"
         raw = await self.conn.fetchval(
             f"SELECT {AGGREGATES[aggregation].format(where=where)} FROM meter_events WHERE {where}", tenant, meter_id, user, start, end
         )

@@ -209,13 +209,13 @@ def _record_usage_meter_event(conn: sqlite3.Connection, tenant: int, e: NewEntry
     if e.usage_event is None:
         return None
     meter = conn.execute(
-        "SELECT id FROM meters WHERE tenant = ? AND event_name = ?", (tenant, e.usage_event.event_name)
+        "SELECT id, seq FROM meters WHERE tenant = ? AND event_name = ?", (tenant, e.usage_event.event_name)
     ).fetchone()
     if meter is None:
         return None
     insert_event(conn, tenant, MeterEventDraft(
         meter[0], e.user, e.amount, e.now, None, e.usage_event.dimensions, tx_id,
-    ), e.now)
+    ), meter[1], e.now)
     return str(meter[0])
 
 

@@ -39,7 +39,11 @@ _EXACT_SUM = "COALESCE(SUM(value >> 32), 0), COALESCE(SUM(value & 4294967295), 0
 # time per event of this (GROUP BY's work on every row) and one CASE per aggregate inside it
 # 3x. Each subquery answers json_array(events, value), or with the sum split in two (the exact
 # sum, when a plain SUM overflows) json_array(events, high, low).
-_EVENTS_OF_METER = "tenant = m.tenant AND meter_id = m.id AND user_id = :user{period}"
+_EVENTS_OF_METER = "tenant = m.tenant AND meter = m.seq AND user_id = :user{period}"
+
+METER = "(SELECT seq FROM meters WHERE tenant = :tenant AND id = :meter)"
+"""The seq of the meter whose id is :meter, by which its events name it (migration 16); SQLite
+works the subquery out once and seeks the summary index with it."""
 
 
 @functools.lru_cache(maxsize=None)  # four periods (bounded or not on each side) x exact or not
@@ -86,7 +90,7 @@ class MeteringQueries(SqliteBase):
         self, tenant: int, meter_id: str, aggregation: str, user: str | None, start: int | None, end: int | None
     ) -> tuple[int, int]:
         """(value by the meter's aggregation, number of events) over [start, end)."""
-        where = "tenant = :tenant AND meter_id = :meter"
+        where = f"tenant = :tenant AND meter = {METER}"
         params: dict[str, Any] = {"tenant": tenant, "meter": meter_id}
         if user is not None:
             where += " AND user_id = :user"
@@ -161,13 +165,13 @@ def _record_events(conn: sqlite3.Connection, tenant: int, events: list[MeterEven
     idempotency key (also earlier in this batch) is a duplicate that reports the original
     event's id; the unique index decides."""
     wanted = sorted({e.meter_id for e in events})
-    known = {r[0] for r in conn.execute(
-        f"SELECT id FROM meters WHERE tenant = ? AND id IN ({', '.join('?' * len(wanted))})", (tenant, *wanted)
-    )}
+    known: dict[str, int] = dict(conn.execute(
+        f"SELECT id, seq FROM meters WHERE tenant = ? AND id IN ({', '.join('?' * len(wanted))})", (tenant, *wanted)
+    ).fetchall())
     for i, e in enumerate(events):
         if e.meter_id not in known:
             raise Missing("meter", i)
-    outcomes = _insert_events(conn, tenant, events, now)
+    outcomes = _insert_events(conn, tenant, events, known, now)
     created = sum(1 for _, status in outcomes if status == "created")
     recorded(created, len(outcomes) - created)  # for the metrics
     if created:  # the Watch once per batch: one point read beside up to 100 inserts
@@ -178,7 +182,7 @@ def _record_events(conn: sqlite3.Connection, tenant: int, events: list[MeterEven
     return outcomes
 
 
-_INTO = "INSERT INTO meter_events (id, tenant, meter_id, user_id, value, ts, idempotency_key, dimensions, created_at, ledger_id)"
+_INTO = "INSERT INTO meter_events (id, tenant, meter, user_id, value, ts, idempotency_key, dimensions, created_at, ledger_id)"
 _INSERT = _INTO + " VALUES (?, ?, ?, ?, ?, ?, {key}, ?, ?, ?)"
 _INSERT_PLAIN = _INSERT.format(key="NULL")
 _INSERT_KEYED = _INSERT.format(key="?") + " ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING"
@@ -196,13 +200,15 @@ event loop to take it until its next switch interval. Seven statement texts at m
 stay in the connection's statement cache."""
 
 
-def _insert_events(conn: sqlite3.Connection, tenant: int, events: list[MeterEventDraft], now: int) -> list[tuple[str, str]]:
+def _insert_events(
+    conn: sqlite3.Connection, tenant: int, events: list[MeterEventDraft], meters: dict[str, int], now: int
+) -> list[tuple[str, str]]:
     """A caller's batch, inserted in its order (the `last` aggregate's tie-break on equal
     timestamps is the insertion order; a multi-row INSERT writes its rows in the order of its
     VALUES). Events without an idempotency key cannot conflict (the dedupe index holds only
     keyed ones) and are all created: each run of them is written at once (_write_run), where a
     statement each cost ~9% of recordMeterEvents' samples (bench.profile); a keyed event is
-    inserted alone, to learn whether it was a duplicate."""
+    inserted alone, to learn whether it was a duplicate. `meters`: each meter id's seq."""
     ids = new_ids("evt", len(events))
     outcomes: list[tuple[str, str]] = []
     run: list[Any] = []
@@ -211,16 +217,16 @@ def _insert_events(conn: sqlite3.Connection, tenant: int, events: list[MeterEven
         if e.idempotency is not None:
             _write_run(conn, run, bare)
             run = []
-            outcomes.append(insert_event(conn, tenant, e, now, event_id))
+            outcomes.append(insert_event(conn, tenant, e, meters[e.meter_id], now, event_id))
             continue
         usual = e.dimensions is None and e.ledger_id is None
         if usual is not bare:
             _write_run(conn, run, bare)
             run, bare = [], usual
         if usual:
-            run += (event_id, tenant, e.meter_id, e.user, e.value, e.timestamp, now)
+            run += (event_id, tenant, meters[e.meter_id], e.user, e.value, e.timestamp, now)
         else:
-            run.append((event_id, tenant, e.meter_id, e.user, e.value, e.timestamp,
+            run.append((event_id, tenant, meters[e.meter_id], e.user, e.value, e.timestamp,
                         json_text(e.dimensions) if e.dimensions is not None else None, now, e.ledger_id))
         outcomes.append((event_id, "created"))
     _write_run(conn, run, bare)
@@ -241,11 +247,15 @@ def _write_run(conn: sqlite3.Connection, run: list[Any], bare: bool) -> None:
             at += size
 
 
-def insert_event(conn: sqlite3.Connection, tenant: int, e: MeterEventDraft, now: int, event_id: str | None = None) -> tuple[str, str]:
+def insert_event(
+    conn: sqlite3.Connection, tenant: int, e: MeterEventDraft, meter: int, now: int, event_id: str | None = None
+) -> tuple[str, str]:
+    """`e` under the meter whose seq is `meter`: (its id, "created"), or (the first event's id,
+    "duplicate") when its idempotency key is taken."""
     event_id = event_id or new_id("evt")
     inserted = conn.execute(  # rowcount, not RETURNING: see append_entry
         _INSERT_KEYED,
-        (event_id, tenant, e.meter_id, e.user, e.value, e.timestamp, e.idempotency,
+        (event_id, tenant, meter, e.user, e.value, e.timestamp, e.idempotency,
          json_text(e.dimensions) if e.dimensions is not None else None, now, e.ledger_id),
     ).rowcount
     if inserted:

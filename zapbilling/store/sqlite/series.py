@@ -6,7 +6,7 @@ import sqlite3
 from typing import Any
 
 from .connection import SqliteBase
-from .metering import AGGREGATES, _EXACT_SUM, _exact_sum
+from .metering import AGGREGATES, METER, _EXACT_SUM, _exact_sum
 
 # The window of an event: its offset from `origin` (aligned to the window size, at or before the
 # period's start, so never negative) in whole windows.
@@ -27,7 +27,7 @@ class SeriesQueries(SqliteBase):
         """(window number, value, events) of each window of `width` microseconds from `origin`
         holding events in [start, end); windows without events are left out. SumOutOfRange when
         a window's sum passes int64."""
-        where = "tenant = :tenant AND meter_id = :meter AND ts >= :start AND ts < :end"
+        where = f"tenant = :tenant AND meter = {METER} AND ts >= :start AND ts < :end"
         params: dict[str, Any] = {"tenant": tenant, "meter": meter_id, "start": start, "end": end, "origin": origin, "width": width}
         if user is not None:
             where += " AND user_id = :user"

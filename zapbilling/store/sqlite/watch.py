@@ -121,9 +121,9 @@ class _Sql:
 
 def _aggregate(conn: sqlite3.Connection, tenant: int, meter_id: str, aggregation: str, user: str, start: int, end: int) -> int:
     # Imported here: metering.py imports this module to call after_meter_events.
-    from .metering import AGGREGATES, _EXACT_SUM, _exact_sum
+    from .metering import AGGREGATES, METER, _EXACT_SUM, _exact_sum
 
-    where = "tenant = :tenant AND meter_id = :meter AND user_id = :user AND ts >= :start AND ts < :end"
+    where = f"tenant = :tenant AND meter = {METER} AND user_id = :user AND ts >= :start AND ts < :end"
     params: dict[str, Any] = {"tenant": tenant, "meter": meter_id, "user": user, "start": start, "end": end}
     try:
         (value,), = conn.execute(f"SELECT {AGGREGATES[aggregation].format(where=where)} FROM meter_events WHERE {where}", params).fetchall()
