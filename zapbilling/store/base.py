@@ -605,6 +605,12 @@ class Store(Protocol):
         answer if nothing did; a revoked key raises KeyRevoked."""
         ...
 
+    def known_key(self, secret: str) -> Principal | None:
+        """`authenticate`'s answer when the store has it at hand, exactly and with nothing to do
+        besides (no read, no check left for later); None when `authenticate` must be asked. Lets
+        the usual request, whose key is cached, skip `authenticate`'s coroutine."""
+        ...
+
     def key_unchecked(self) -> bool:
         """Whether this request's key still has to be checked (`check_key`) before it is answered."""
         ...

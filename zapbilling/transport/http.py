@@ -37,16 +37,10 @@ async def read_body(request: web.Request, key_id: str = "") -> bytes:
     A body abandoned on the way (its deadline passed, or the client hung up) is logged in one
     line, without a traceback: it is the client's doing, and a stalling client must not be
     able to fill the log with 25 lines per socket."""
-    limits = request.app[BODY_LIMITS]
-    if request.content.is_eof():  # already all here (the usual small body): take it as it is
-        try:
-            body = request.content.read_nowait()
-        except ConnectionError:  # the client reset the connection while the request waited its turn
-            _abandoned(request, key_id, "the client closed the connection")
-            raise InvalidRequest("the client closed the connection before its body arrived") from None
-        if len(body) > limits.body_bytes:
-            raise _too_large(limits)
+    body = body_at_hand(request, key_id)
+    if body is not None:
         return body
+    limits = request.app[BODY_LIMITS]
     if request.content_length is not None and request.content_length > limits.body_bytes:
         raise _too_large(limits)
     timeout = limits.body_timeout
@@ -62,6 +56,22 @@ async def read_body(request: web.Request, key_id: str = "") -> bytes:
         _abandoned(request, key_id, "the client closed the connection")
         # answered to nobody: aiohttp sees the closed connection and writes nothing
         raise InvalidRequest("the client closed the connection before its body arrived") from None
+
+
+def body_at_hand(request: web.Request, key_id: str = "") -> bytes | None:
+    """`read_body`'s answer when the body is already all here (the usual small body), taken
+    as it is without a coroutine; None when it has yet to arrive (then await `read_body`)."""
+    if not request.content.is_eof():
+        return None
+    try:
+        body = request.content.read_nowait()
+    except ConnectionError:  # the client reset the connection while the request waited its turn
+        _abandoned(request, key_id, "the client closed the connection")
+        raise InvalidRequest("the client closed the connection before its body arrived") from None
+    limits = request.app[BODY_LIMITS]
+    if len(body) > limits.body_bytes:
+        raise _too_large(limits)
+    return body
 
 
 def _too_large(limits: Limits) -> PayloadTooLarge:

@@ -250,6 +250,10 @@ class PgBase:
         return await self._tx(_idempotent, tenant, idempotency, now, job, *args)
 
     # -- the request's key (keys.py) ---------------------------------------------------------
+    def known_key(self, secret: str) -> Principal | None:
+        """Never: a cached key is answered by `authenticate`, which marks it unchecked."""
+        return None
+
     def key_unchecked(self) -> bool:
         return UNCHECKED_KEY.get() is not None
 

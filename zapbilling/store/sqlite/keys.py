@@ -99,6 +99,14 @@ class KeyQueries(SqliteBase):
         self._key_epoch.bump()
         return found
 
+    def known_key(self, secret: str) -> Principal | None:
+        """The cached principal while the epoch is the one the cache was filled under: what
+        `authenticate` answers then, without its coroutine."""
+        epoch = self._key_epoch.read()
+        if epoch is None or epoch != self._keys_epoch:
+            return None
+        return self._keys.get(secret)
+
     def key_unchecked(self) -> bool:
         """Never: a key is checked when it is authenticated (the key epoch makes the cache exact
         on one machine)."""
