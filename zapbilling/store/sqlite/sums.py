@@ -24,10 +24,12 @@ BALANCE = "COALESCE((SELECT balance FROM balances WHERE tenant = ?1 AND user_id 
 """The account's balances row (0 without one); parameters as ONE."""
 HELD_NOW = HELD.format(**ONE)
 """The account's holds pending at now; parameters (tenant, user, currency, now)."""
-ACCOUNT = f"SELECT {BALANCE}, ({EXPIRED.format(**ONE)}), ({HELD_NOW})"
+ACCOUNT = f"SELECT {BALANCE} AS b, ({EXPIRED.format(**ONE)}) AS e, ({HELD_NOW}) AS h"
 """(balance row, expired unforfeited credit, pending holds) of one account at now; parameters
 (tenant, user, currency, now). The subtraction is left to Python: SQLite would turn an
-overflowing integer result into a float."""
+overflowing integer result into a float. The columns are named short: Python's sqlite3 builds
+a cursor's description (each column's name as a str) on every execute, and unnamed, a
+column's name is its whole expression, ~100 characters each."""
 AVAILABLE = f"SELECT {BALANCE} - ({EXPIRED.format(**ONE)}) - ({HELD_NOW})"
 """Balance less expired unforfeited credit less pending holds, subtracted in SQL (each term is
 an int64 the ledger keeps in range); parameters (tenant, user, currency, now)."""
