@@ -39,8 +39,9 @@ import contextlib
 import functools
 import logging
 import math
+import sys
 import time
-from typing import AsyncIterator, Awaitable, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
@@ -52,6 +53,7 @@ from .facts import FACTS, Facts
 from .faults import fault
 from .http import body_at_hand, read_body
 from .lane import Lane
+from ..loop_turn import next_loop_turn
 
 log = logging.getLogger("zapbilling")
 
@@ -70,6 +72,11 @@ async def _key_refusal(store: Store) -> ApiError | None:
     return None
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_CURRENT_TASKS: dict[asyncio.AbstractEventLoop, asyncio.Task[Any]] | None = (
+    getattr(asyncio.tasks, "_current_tasks", None) if sys.version_info < (3, 12) else None
+)
+"""Python 3.11's asyncio.current_task is a Python function reading this dict (C's, by loop):
+read here directly, a Python call less per request (~0.2 us). From 3.12 current_task is C's own."""
 Admitted = Callable[[web.Request, Principal, bytes], Awaitable[web.StreamResponse]]
 """A route's own work, given the caller and the whole body (b"" for a route without one)."""
 Refuse = Callable[[web.Request, ApiError], web.StreamResponse]
@@ -303,11 +310,23 @@ class Admission:
 
     # -- the route wrapper -------------------------------------------------------------------
     def guard(self, handler: Admitted, refuse: Refuse, reads_body: bool = True) -> Handler:
-        """`handler` behind the gates. `reads_body`: False for routes that take no body (GET,
-        DELETE), which then hold no slot for one. A route wrapper rather than a middleware:
-        aiohttp's middleware chain costs more per request (measured as part of the getBalance
-        step ~176 -> ~126 us of server CPU per request)."""
-        store, shared, running, current_task = self.store, self.shared, self.running, asyncio.current_task
+        """`handler` behind the gates, its answer returned one loop turn after it is ready (see
+        below). `reads_body`: False for routes that take no body (GET, DELETE), which then hold
+        no slot for one. A route wrapper rather than a middleware: aiohttp's middleware chain
+        costs more per request (measured as part of the getBalance step ~176 -> ~126 us of
+        server CPU per request).
+
+        The answer waits a loop turn, outside the gates (the request's slots are free while it
+        waits), so that the answers worked out in one turn go out back to back in the next: the
+        CPU then runs the request code for many requests, then the socket writes for many,
+        instead of alternating, and a client that is reading already is not woken once per
+        answer. Measured on getBalance under 64 connections: about a third less CPU per request
+        (~106 -> ~61 us), for one turn of latency. Here rather than in a wrapper of its own
+        around this one: a coroutine less per request (callgrind, getBalance: 326.2k -> 323.5k
+        instructions per request, with the current task read from its dict and key_unchecked not
+        asked of a key Store.known_key answered)."""
+        store, shared, running = self.store, self.shared, self.running
+        get_running_loop, current_tasks, current_task = asyncio.get_running_loop, _CURRENT_TASKS, asyncio.current_task
 
         @functools.wraps(handler)
         async def admitted(request: web.Request) -> web.StreamResponse:
@@ -316,7 +335,10 @@ class Admission:
                 # the usual request's key and body are at hand: taken without a coroutine each
                 # (callgrind, getBalance: 334.7k -> 332.4k instructions, three runs of 8192 each)
                 authorization, query_string = request.headers.get("Authorization"), request.rel_url.raw_query_string
-                principal = known(store, authorization, query_string) or await authenticate(store, authorization, query_string)
+                principal = known(store, authorization, query_string)
+                checked = principal is not None  # Store.known_key: no check is left for later
+                if principal is None:
+                    principal = await authenticate(store, authorization, query_string)
                 gate = self.gates.get(principal.key_id) or self.gate(principal.key_id)
                 bucket = gate.bucket
                 if bucket is not None:
@@ -343,36 +365,43 @@ class Admission:
                     slots.release()
                     raise
             except ApiError as exc:
-                if principal is not None:  # refused after its key was known: the log names the org (refuse adds the rest)
-                    if store.key_unchecked() and (refused := await _key_refusal(store)):  # a revoked key hears 401, not why else it was refused
-                        return refuse(request, refused)
-                    request[FACTS] = Facts("", principal.org, principal.mode)
-                return refuse(request, exc)
-            task = current_task()
-            assert task is not None  # a handler always runs in a task
-            running.add(task)
-            try:
-                response = await handler(request, principal, body)
-                if store.key_unchecked() and (refused := await _key_refusal(store)):  # no statement of the call checked it
-                    return refuse(request, refused)
-                return response
-            except KeyRevoked:
-                return refuse(request, key_refused())
-            except Exception:  # a fault outside Caller.call (an answer that cannot be encoded, say): the caller still gets its error id
-                route = request.match_info.route.resource
-                return refuse(request, fault("%s %s failed", request.method, route.canonical if route is not None else "?"))
-            except asyncio.CancelledError:  # costs nothing until raised (zero-cost try, Python 3.11)
-                self.cut_off += 1
-                raise
-            finally:
-                running.discard(task)
-                if shared.waiters:
-                    shared.release()
-                else:
-                    shared.free += 1
-                if slots.waiters:
-                    slots.release()
-                else:
-                    slots.free += 1
+                response = await self._refused_whole(request, principal, exc, refuse)
+            else:
+                task = current_tasks.get(get_running_loop()) if current_tasks is not None else current_task()
+                assert task is not None  # a handler always runs in a task
+                running.add(task)
+                try:
+                    response = await handler(request, principal, body)
+                    if not checked and store.key_unchecked() and (refused := await _key_refusal(store)):  # no statement of the call checked it
+                        response = refuse(request, refused)
+                except KeyRevoked:
+                    response = refuse(request, key_refused())
+                except Exception:  # a fault outside Caller.call (an answer that cannot be encoded, say): the caller still gets its error id
+                    route = request.match_info.route.resource
+                    response = refuse(request, fault("%s %s failed", request.method, route.canonical if route is not None else "?"))
+                except asyncio.CancelledError:  # costs nothing until raised (zero-cost try, Python 3.11)
+                    self.cut_off += 1
+                    raise
+                finally:
+                    running.discard(task)
+                    if shared.waiters:
+                        shared.release()
+                    else:
+                        shared.free += 1
+                    if slots.waiters:
+                        slots.release()
+                    else:
+                        slots.free += 1
+            await next_loop_turn()
+            return response
 
         return admitted
+
+    async def _refused_whole(self, request: web.Request, principal: Principal | None, exc: ApiError,
+                             refuse: Refuse) -> web.StreamResponse:
+        """The answer to a request refused at the gates (`exc`), holding no slot."""
+        if principal is not None:  # refused after its key was known: the log names the org (refuse adds the rest)
+            if self.store.key_unchecked() and (refused := await _key_refusal(self.store)):  # a revoked key hears 401, not why else it was refused
+                return refuse(request, refused)
+            request[FACTS] = Facts("", principal.org, principal.mode)
+        return refuse(request, exc)
