@@ -65,7 +65,11 @@ class ZapEndpoint:
         return respond_error(self.codecs(request)[1], error_envelope(exc), exc.info.zap_http_status, exc)
 
     async def handle(self, request: web.Request, principal: Principal, raw: bytes) -> web.Response:
-        request_codec, codec = self.codecs(request)
+        # `codecs`' remembered pair looked up here, a call less per request (with the decode's limits
+        # written out and Codec.encode the encoder itself, callgrind getBalance 323.5k -> 321.5k)
+        headers = request.headers
+        pair = self._codecs.get((headers.get("Content-Type"), headers.get("Accept")))
+        request_codec, codec = pair if pair is not None else self.codecs(request)
         facts, call = one_call("zap", principal.org, principal.mode)
         request[FACTS] = facts
         steps = None  # long work (a large body, a batch) takes its turns: transport/lane.py
