@@ -57,8 +57,26 @@ def known(store: Store, authorization: str | None, query_string: str) -> Princip
     authenticate's and the store's)."""
     if query_string:
         return None
+    secret = _secrets.get(authorization)  # the header's key, as parsed before: a call less per request
+    if secret is not None:
+        return store.known_key(secret)
     secret = key_from_header(authorization)
-    return store.known_key(secret) if secret else None
+    if secret is None:
+        return None
+    principal = store.known_key(secret)
+    if principal is not None and len(_secrets) < MAX_REMEMBERED_HEADERS:
+        _secrets[authorization] = secret
+    return principal
+
+
+MAX_REMEMBERED_HEADERS = 1024
+_secrets: dict[str | None, str] = {}
+"""Authorization headers whose key the store knew, and that key (key_from_header's answer,
+which depends on the header alone), so that a caller's next request does not parse it again
+(callgrind, getBalance, with KeyQueries.known_key reading the epoch itself: 319.8k -> 317.6k
+instructions per request). Only a valid key's header is remembered, so garbage cannot fill
+it; bounded: once full, other headers are parsed each time. Held in memory as the store's key
+cache holds the keys themselves."""
 
 
 def key_refused() -> Unauthorized:
