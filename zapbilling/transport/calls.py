@@ -88,5 +88,7 @@ class Caller:
 
 
 def authorize(command: Command, principal: Principal) -> None:
+    """A read-only key may not call a command that changes data. Caller.call tests this same
+    condition before calling (it runs per call): a rule added here goes there too."""
     if command.mutates and principal.scope != "admin":
         raise Forbidden(f"this API key is read-only and {command.wire} changes data: use an admin key")
