@@ -13,7 +13,7 @@ import asyncpg
 import pytest
 
 import pg
-from old_schema import sqlite_before
+from old_schema import postgres_before, sqlite_before
 from conftest import Api, assert_error, ok
 from outbox_rows import emit
 from test_webhook_endpoints import HOOK, create, server, tenant_of  # noqa: F401  (server: the fixture with --webhook-allow-private)
@@ -154,18 +154,12 @@ def test_the_sqlite_migration_gives_earlier_events_their_user_and_swaps_the_unus
 
 @pytest.mark.postgres_only("the PostgreSQL migration script and its trigger")
 async def test_the_postgres_migration_gives_earlier_and_later_events_their_user():
-    from zapbilling.store.migrations import record
     from zapbilling.store.postgres.connection import migrate
 
     url = pg.admin().new_database(migrated=False)
     conn = await asyncpg.connect(url)
     try:
-        await conn.execute("CREATE TABLE schema_migrations (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)")
-        for version, name, sql in scripts("postgres"):
-            if version < _MINE:
-                async with conn.transaction():
-                    await conn.execute(record(version, name))
-                    await conn.execute(sql)
+        await postgres_before(conn, _MINE)
         for n, (id, type, data) in enumerate(_EVENTS):
             await conn.execute("INSERT INTO events (id, tenant, type, data, created_at) VALUES ($1, 1, $2, $3, $4)", id, type, data, n)
         assert _MINE in await migrate(conn)

@@ -11,7 +11,7 @@ import asyncpg
 import pytest
 
 import pg
-from old_schema import sqlite_before
+from old_schema import postgres_before, sqlite_before
 from zapbilling.store import SqliteStore
 from zapbilling.store.migrations import scripts
 
@@ -103,18 +103,12 @@ def test_the_sqlite_migration_stops_whole_on_an_event_whose_meter_is_gone(tmp_pa
 
 @pytest.mark.postgres_only("the PostgreSQL migration script")
 async def test_the_postgres_migration_names_each_event_s_meter_by_its_seq_and_keeps_the_rest():
-    from zapbilling.store.migrations import record
     from zapbilling.store.postgres.connection import migrate
 
     url = pg.admin().new_database(migrated=False)
     conn = await asyncpg.connect(url)
     try:
-        await conn.execute("CREATE TABLE schema_migrations (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)")
-        for version, name, sql in scripts("postgres"):
-            if version < _MINE:
-                async with conn.transaction():
-                    await conn.execute(record(version, name))
-                    await conn.execute(sql)
+        await postgres_before(conn, _MINE)
         for m, tenant, event_name in _METERS:
             await conn.execute(pg.dollar_params(_INSERT_METER), m, tenant, m, event_name)
         for n, e in enumerate(_EVENTS, 1):

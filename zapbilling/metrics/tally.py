@@ -60,42 +60,34 @@ _REQUESTS = _Requests()
 _bisect = bisect.bisect_left
 
 
+class _NoCall:
+    """A request that reached no call, counted as one under method "" with its own outcome."""
+
+    __slots__ = ("method", "outcome")
+
+    def __init__(self, outcome: str) -> None:
+        self.method, self.outcome = "", outcome
+
+
 def request_done(facts: Facts | None, seconds: float) -> None:
-    """One request answered (the access logger's call, after its answer was written). ~0.4 us
-    for a request of one call (timeit); the one-call case inlined, `_count` included, as it
-    runs per request."""
+    """One request answered (the access logger's call, after its answer was written): each of
+    its calls counted, or a request that reached no call by its own outcome. ~0.4 us for a
+    request of one call (timeit); the counting written out in the loop rather than a function
+    called per call, as it runs per request (callgrind, getBalance: one of the calls the access
+    line's step saved, 321.5k -> 319.8k instructions with the others)."""
     if facts is None:
         return
-    calls = facts.calls
-    if len(calls) != 1:
-        if not calls:
-            _count("", facts.transport, facts.outcome, seconds)
-        for call in calls:
-            _count(call.method, facts.transport, call.outcome, seconds)
-        return
-    call = calls[0]
-    method, transport = call.method, facts.transport
-    counts = _REQUESTS.counts
-    key = (method, transport, call.outcome)
-    counts[key] = counts.get(key, 0) + 1
-    pair = (method, transport)
-    durations = _REQUESTS.durations.get(pair)
-    if durations is None:
-        durations = _REQUESTS.durations[pair] = [0.0] * (len(_BOUNDS) + 1)
-    durations[0] += seconds
-    durations[_bisect(_BOUNDS, seconds) + 1] += 1
-
-
-def _count(method: str, transport: str, outcome: str, seconds: float) -> None:
-    counts = _REQUESTS.counts
-    key = (method, transport, outcome)
-    counts[key] = counts.get(key, 0) + 1
-    pair = (method, transport)
-    durations = _REQUESTS.durations.get(pair)
-    if durations is None:
-        durations = _REQUESTS.durations[pair] = [0.0] * (len(_BOUNDS) + 1)
-    durations[0] += seconds
-    durations[_bisect(_BOUNDS, seconds) + 1] += 1
+    transport, slot = facts.transport, _bisect(_BOUNDS, seconds) + 1
+    counts, durations_of = _REQUESTS.counts, _REQUESTS.durations
+    for call in facts.calls or (_NoCall(facts.outcome),):
+        method = call.method
+        key = (method, transport, call.outcome)
+        counts[key] = counts.get(key, 0) + 1
+        durations = durations_of.get((method, transport))
+        if durations is None:
+            durations = durations_of[(method, transport)] = [0.0] * (len(_BOUNDS) + 1)
+        durations[0] += seconds
+        durations[slot] += 1
 
 
 _GAUGES = (f.WRITER_QUEUE, f.POOL_SIZE, f.POOL_OPEN, f.POOL_IN_USE, f.INFLIGHT)
