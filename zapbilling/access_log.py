@@ -19,7 +19,7 @@ from aiohttp.web import BaseRequest, StreamResponse
 from . import logs
 from .logs import KEY, REDACTED
 from .metrics.tally import request_done
-from .transport.facts import _FREE, FACTS, FREE_KEPT, Call, Facts
+from .transport.facts import FACTS, Call, Facts, release
 
 ACCESS_FLUSH_SECONDS = 0.1
 
@@ -38,20 +38,15 @@ class _AccessLines:
     def add(self, line: str) -> None:
         self.lines.append(line)
         if not self.scheduled:
-            self.schedule()
-
-    def schedule(self) -> None:
-        """The lines added are written within ACCESS_FLUSH_SECONDS."""
-        self.scheduled = True
-        asyncio.get_running_loop().call_later(ACCESS_FLUSH_SECONDS, self._timer)
+            self.scheduled = True
+            asyncio.get_running_loop().call_later(ACCESS_FLUSH_SECONDS, self._timer)
 
     def _timer(self) -> None:
         self.scheduled = False
         self.flush()
 
     def flush(self) -> None:
-        lines = self.lines[:]  # taken and emptied in place: AccessLog.log appends to this very list
-        del self.lines[:len(lines)]
+        lines, self.lines = self.lines, []  # safe against an append from the loop thread meanwhile
         if lines:
             sys.stderr.write("".join(lines))
             sys.stderr.flush()
@@ -85,7 +80,6 @@ def redact(target: str) -> str:
 
 _ACCESS = _AccessLines()
 flush = _ACCESS.flush
-_LINES = _ACCESS.lines
 
 ID_CHARS = 64
 """A string envelope id is logged up to this many characters: it is the caller's text."""
@@ -150,10 +144,7 @@ def _text_facts(facts: Facts) -> str:
             parts = head, tail
             if len(_parts) < _PARTS_KEPT:
                 _parts[key] = parts
-        if key[0] != "zap":
-            return parts[0] + parts[1]
-        id = call.id
-        return f"{parts[0]}{id if type(id) is int else _id_text(id)}{parts[1]}"  # an int's text as _id_text's, without its call
+        return f"{parts[0]}{_id_text(call.id)}{parts[1]}" if key[0] == "zap" else parts[0] + parts[1]
     return _text_facts_once(facts, _id_text(calls[0].id) if len(calls) == 1 else "")
 
 
@@ -269,17 +260,12 @@ class AccessLog(AbstractAccessLogger):
                 if who is None:
                     who = self._who = f' INFO aiohttp.access: {request.remote} "'
                 v = request.version
-                # _ACCESS.add, release and an int id's _id_text written out, and the metrics'
-                # _count in request_done: four calls less per request (callgrind, getBalance:
-                # 321.5k -> 319.8k instructions; an earlier, noisier pair of runs said ~0.9k)
-                _LINES.append(
+                _ACCESS.add(
                     f"{AccessLog._stamp}{who}{request.method} {target} {'HTTP/1.1' if v is HttpVersion11 else f'HTTP/{v.major}.{v.minor}'}\""
                     f" {response.status} {response.body_length} {elapsed:.6f}s{_text_facts(facts) if facts is not None else ''}\n"
                 )
-                if not _ACCESS.scheduled:
-                    _ACCESS.schedule()
-        if facts is not None and facts.reusable and len(_FREE) < FREE_KEPT:
-            _FREE.append(facts)  # release, written out: the last reader; a later request may reuse them (transport/facts.py)
+        if facts is not None and facts.reusable:
+            release(facts)  # the last reader: a later request may reuse them (transport/facts.py)
 
 
 def _json_line(request: BaseRequest, response: StreamResponse, elapsed: float, target: str, facts: Facts | None) -> str:
