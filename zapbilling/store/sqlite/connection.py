@@ -125,6 +125,10 @@ class SqliteBase(ReadPath):
         return await self._writer.run(job, *args)
 
     async def _write(self, tenant: int, idempotency: Idempotency | None, now: int, job: Callable[..., T], *args: Any) -> T:
+        """`job` as one atomic write, under the call's idempotency key if it has one. Without a
+        key the writer gets the job itself: it can then run calls of one job together (TOGETHER)."""
+        if idempotency is None:
+            return await self._writer.run(job, *args)
         return await self._writer.run(_idempotent, tenant, idempotency, now, job, *args)
 
     async def schema_version(self) -> int:
@@ -143,12 +147,10 @@ class SqliteBase(ReadPath):
         return await self._run(_purge_idempotency, self._purge_horizon.clamp(older_than))
 
 
-def _idempotent(conn: sqlite3.Connection, tenant: int, idem: Idempotency | None, now: int, job: Callable[..., Any], *args: Any) -> Any:
+def _idempotent(conn: sqlite3.Connection, tenant: int, idem: Idempotency, now: int, job: Callable[..., Any], *args: Any) -> Any:
     """Claim the idempotency key in the same transaction as the write it guards: the primary
     key makes a concurrent duplicate see the first call's response, never run twice. The
     response is stored as `stored_answer` (answers.py) says, and a replay answers it exactly."""
-    if idem is None:
-        return job(conn, *args)
     claimed = conn.execute(
         "INSERT INTO idempotency (tenant, key, fingerprint, response, created_at) VALUES (?, ?, ?, '', ?)"
         " ON CONFLICT (tenant, key) DO NOTHING",

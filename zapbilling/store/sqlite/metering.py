@@ -3,7 +3,9 @@ index; events are never loaded into Python to be summed."""
 from __future__ import annotations
 
 import functools
+import itertools
 import json
+import operator
 import sqlite3
 from typing import Any
 
@@ -11,6 +13,7 @@ from ..base import Idempotency, MeterEventDraft, MeterRow, MeterUsage, NewMeter,
 from ..ids import new_id, new_ids
 from .connection import SqliteBase
 from .outbox import watch
+from .writer import TOGETHER
 from .watch import after_meter_events
 from ..refusals import AlreadyExists, Missing, QuotaReached, SumOutOfRange
 from ..rows import METER_COLUMNS as _METER, meter_row, json_text
@@ -164,13 +167,26 @@ def _record_events(conn: sqlite3.Connection, tenant: int, events: list[MeterEven
     undoes everything if anything fails (its batch runs again with a savepoint per job). A seen
     idempotency key (also earlier in this batch) is a duplicate that reports the original
     event's id; the unique index decides."""
+    return _insert_checked(conn, tenant, events, _meter_seqs(conn, tenant, events), now)
+
+
+def _meter_seqs(conn: sqlite3.Connection, tenant: int, events: list[MeterEventDraft]) -> dict[str, int]:
+    """Each meter id of the batch and its seq; Missing names the first event whose meter is not
+    the tenant's."""
     wanted = sorted({e.meter_id for e in events})
     known: dict[str, int] = dict(conn.execute(
         f"SELECT id, seq FROM meters WHERE tenant = ? AND id IN ({', '.join('?' * len(wanted))})", (tenant, *wanted)
     ).fetchall())
-    for i, e in enumerate(events):
-        if e.meter_id not in known:
-            raise Missing("meter", i)
+    if len(known) < len(wanted):
+        for i, e in enumerate(events):
+            if e.meter_id not in known:
+                raise Missing("meter", i)
+    return known
+
+
+def _insert_checked(
+    conn: sqlite3.Connection, tenant: int, events: list[MeterEventDraft], known: dict[str, int], now: int
+) -> list[tuple[str, str]]:
     outcomes = _insert_events(conn, tenant, events, known, now)
     created = sum(1 for _, status in outcomes if status == "created")
     recorded(created, len(outcomes) - created)  # for the metrics
@@ -182,6 +198,89 @@ def _record_events(conn: sqlite3.Connection, tenant: int, events: list[MeterEven
     return outcomes
 
 
+def _record_together(conn: sqlite3.Connection, calls: list[tuple[Any, ...]]) -> list[tuple[bool, Any]]:
+    """Several callers' batches of one commit (the writer's TOGETHER), each answered as
+    _record_events answers it, their usual events written at once, ordered by user.
+
+    Why: the summary index `(tenant, meter, user_id, ts)` takes each event at its user's place,
+    a hundred places a batch, and an insert far from the one before it pays for walking a part
+    of the tree that is no longer in the CPU's caches. Sixteen batches of scenario 3's hundred
+    users written user by user put each user's sixteen entries in a row. Measured in one process
+    (the store's rows, 16 x 100 a commit, synchronous off, seqs given in the callers' order):
+    ~4.1 -> ~3.5 us a row, the sort and the flattening ~0.1-0.2 us of it.
+
+    The order the contract sees stays the callers': a batch's events get seqs in the batch's
+    order (ties between equal timestamps break by seq), the next batch's follow, and a call
+    this form does not take (an event with a key or dimensions, a tenant with alerts, which
+    read the rows written) first writes the rows gathered so far, then runs as _record_events."""
+    results: list[tuple[bool, Any]] = []
+    rows: list[tuple[Any, ...]] = []
+    alerts: dict[int, bool] = {}
+    top = _last_seq(conn)
+    for tenant, events, now in calls:
+        try:
+            known = _meter_seqs(conn, tenant, events)
+        except Missing as exc:
+            results.append((False, exc))
+            continue
+        watched = alerts.get(tenant)
+        if watched is None:
+            watched = alerts[tenant] = bool(watch(conn, tenant).alerts)
+        made = None if watched else _usual_rows(tenant, events, known, now, top)
+        if made is None:
+            _write_ordered(conn, rows)
+            rows = []
+            results.append((True, _insert_checked(conn, tenant, events, known, now)))
+            top = _last_seq(conn)
+            continue
+        rows += made
+        top += len(made)
+        recorded(len(made), 0)
+        results.append((True, [(row[1], "created") for row in made]))
+    _write_ordered(conn, rows)
+    return results
+
+
+def _usual_rows(
+    tenant: int, events: list[MeterEventDraft], meters: dict[str, int], now: int, top: int
+) -> list[tuple[Any, ...]] | None:
+    """The batch's rows, seqs from top + 1, or None if any event is not a usual one."""
+    ids = new_ids("evt", len(events))
+    rows = []
+    for seq, (event_id, e) in enumerate(zip(ids, events), top + 1):
+        if e.idempotency is not None or e.dimensions is not None or e.ledger_id is not None:
+            return None
+        rows.append((seq, event_id, tenant, meters[e.meter_id], e.user, e.value, e.timestamp, now))
+    return rows
+
+
+def _last_seq(conn: sqlite3.Connection) -> int:
+    (seq,), = conn.execute("SELECT max(seq) FROM meter_events").fetchall()
+    return seq or 0
+
+
+_BY_USER = operator.itemgetter(4)
+
+
+def _write_ordered(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+    """`rows` ((seq, id, tenant, meter, user, value, ts, created_at) each) sorted by user alone:
+    a sort on text keys only takes CPython's string-compare path (~0.05-0.13 us a row for 1,600
+    rows; the (tenant, meter, user) tuple ~0.3-0.45 us), and a commit's events are mostly of
+    one tenant and meter. The sort is stable: one user's rows keep their seqs' order."""
+    if not rows:
+        return
+    rows.sort(key=_BY_USER)
+    flat = list(itertools.chain.from_iterable(rows))
+    n, at = len(rows), 0
+    for size in _BARE_CHUNKS:
+        while n - at >= size:
+            conn.execute(_INSERT_NUMBERED[size], flat[at * 8:(at + size) * 8])
+            at += size
+
+
+TOGETHER[_record_events] = _record_together
+
+
 _INTO = "INSERT INTO meter_events (id, tenant, meter, user_id, value, ts, idempotency_key, dimensions, created_at, ledger_id)"
 _INSERT = _INTO + " VALUES (?, ?, ?, ?, ?, ?, {key}, ?, ?, ?)"
 _INSERT_PLAIN = _INSERT.format(key="NULL")
@@ -190,6 +289,10 @@ _BARE_VALUES = "(?, ?, ?, ?, ?, ?, NULL, NULL, ?, NULL)"
 _BARE_WIDTH = 7
 _BARE_CHUNKS = (64, 32, 16, 8, 4, 2, 1)
 _INSERT_BARE = {n: _INTO + " VALUES " + ", ".join([_BARE_VALUES] * n) for n in _BARE_CHUNKS}
+_INSERT_NUMBERED = {
+    n: _INTO.replace("(id,", "(seq, id,") + " VALUES " + ", ".join(["(?, " + _BARE_VALUES[1:]] * n) for n in _BARE_CHUNKS
+}
+"""The same with each row's seq given (_record_together)."""
 """Events with no key, no dimensions and no ledger row, the usual ones, by how many one
 statement writes. Their NULLs are written in the statement, not bound: a bound None costs the
 sqlite3 module an adapter lookup (see connection.py; callgrind, scenario 3's batches: 70.2k ->

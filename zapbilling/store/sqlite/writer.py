@@ -38,6 +38,15 @@ Job = Callable[..., Any]
 T = TypeVar("T")
 MAX_BATCH = 256
 
+Together = Callable[[sqlite3.Connection, list[tuple[Any, ...]]], list[tuple[bool, Any]]]
+TOGETHER: dict[Job, Together] = {}
+"""Jobs with a second form that runs several calls at once: where a batch holds two or more
+calls of such a job in a row, the writer makes one call of its form with their arguments, in
+their order, and takes one outcome per call from it, (True, value) or (False, the error of a
+call refused before it wrote). Should the form raise, the batch runs again with a savepoint per
+job, each call by itself (_run_guarded). What it is for: several callers' rows written as one
+set (metering.py `_record_together`: a commit's meter events in the summary index's order)."""
+
 
 class Writer:
     def __init__(self, connect: Callable[[], sqlite3.Connection], stats: StoreStats | None = None):
@@ -176,7 +185,22 @@ def _run_unguarded(
     the balance's CHECK) costs its batch a second run. Jobs are plain functions of the
     connection and their arguments, so running one twice in an uncommitted batch is safe."""
     outcomes: list[tuple[bool, Any]] = []
-    for job, args in jobs:
+    at, end = 0, len(jobs)
+    while at < end:
+        job, args = jobs[at]
+        together = TOGETHER.get(job)
+        if together is not None:
+            upto = at + 1
+            while upto < end and jobs[upto][0] is job:
+                upto += 1
+            if upto - at > 1:
+                try:
+                    outcomes += together(conn, [a for _, a in jobs[at:upto]])
+                except Exception:
+                    return None
+                at = upto
+                continue
+        at += 1
         before, mark = conn.total_changes, len(notes)
         try:
             outcomes.append((True, job(conn, *args)))
