@@ -272,7 +272,7 @@ def _write_ordered(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> Non
     rows.sort(key=_BY_USER)
     flat = list(itertools.chain.from_iterable(rows))
     n, at = len(rows), 0
-    for size in _BARE_CHUNKS:
+    for size in _ORDERED_CHUNKS:
         while n - at >= size:
             conn.execute(_INSERT_NUMBERED[size], flat[at * 8:(at + size) * 8])
             at += size
@@ -289,10 +289,15 @@ _BARE_VALUES = "(?, ?, ?, ?, ?, ?, NULL, NULL, ?, NULL)"
 _BARE_WIDTH = 7
 _BARE_CHUNKS = (64, 32, 16, 8, 4, 2, 1)
 _INSERT_BARE = {n: _INTO + " VALUES " + ", ".join([_BARE_VALUES] * n) for n in _BARE_CHUNKS}
+_ORDERED_CHUNKS = (512, 128, 32, 8, 2, 1)
 _INSERT_NUMBERED = {
-    n: _INTO.replace("(id,", "(seq, id,") + " VALUES " + ", ".join(["(?, " + _BARE_VALUES[1:]] * n) for n in _BARE_CHUNKS
+    n: _INTO.replace("(id,", "(seq, id,") + " VALUES " + ", ".join(["(?, " + _BARE_VALUES[1:]] * n) for n in _ORDERED_CHUNKS
 }
-"""The same with each row's seq given (_record_together)."""
+"""The same with each row's seq given (_record_together), in statements of up to 512 rows
+(4,096 parameters; SQLite allows 32,766): a commit's 1,600-2,500 rows in 4-6 statements instead
+of 25-40 of 64 rows, each of which opens a cursor on the table and each index and lets go of the
+GIL and takes it back. The store's record_meter_events in one process, 16 and 25 batches of 100
+a commit, three alternating runs each: 5.62 -> 5.17 and 5.07 -> 4.86 us of CPU per event."""
 """Events with no key, no dimensions and no ledger row, the usual ones, by how many one
 statement writes. Their NULLs are written in the statement, not bound: a bound None costs the
 sqlite3 module an adapter lookup (see connection.py; callgrind, scenario 3's batches: 70.2k ->
