@@ -402,6 +402,40 @@ async def test_a_key_revoked_elsewhere_is_refused_whatever_the_next_request_does
     assert (await api.call("getBalance", {"user": "u1", "currency": "usd"})).ok  # the tenant's other key still works
 
 
+async def test_a_valid_key_s_header_is_parsed_once_and_nothing_else_is_remembered(server, monkeypatch):
+    """transport/auth.py remembers a valid key's Authorization header with its parsed key: the
+    caller's next requests parse nothing, on either backend (PostgreSQL's store never knows a
+    key at hand, so `authenticate` must remember it too). An unknown key's header is not kept,
+    and the memo stops growing at its bound."""
+    from zapbilling.errors import Unauthorized
+    from zapbilling.transport import auth
+
+    store = server.app[STORE]
+    _, secret = await store.create_key("acme", "live", "admin", system_clock())
+    _, second = await store.create_key("acme", "live", "admin", system_clock())
+    monkeypatch.setattr(auth, "_secrets", {})
+    parsed: list[str | None] = []
+    real = auth.key_from_header
+    monkeypatch.setattr(auth, "key_from_header", lambda value: parsed.append(value) or real(value))
+
+    async def principal(header: str):
+        return auth.known(store, header, "") or await auth.authenticate(store, header, "")
+
+    header = f"Bearer {secret}"
+    assert (await principal(header)) is not None
+    assert parsed, "the first request parses its header"
+    parsed.clear()
+    for _ in range(3):
+        assert (await principal(header)) is not None
+    assert parsed == []
+    with pytest.raises(Unauthorized):
+        await principal("Bearer zb_live_unknown")
+    assert auth._secrets == {header: secret}
+    monkeypatch.setattr(auth, "MAX_REMEMBERED_HEADERS", 1)
+    assert (await principal(f"Bearer {second}")) is not None
+    assert auth._secrets == {header: secret}
+
+
 @pytest.mark.sqlite_only("point reads on the loop's thread and the key-epoch file")
 async def test_point_reads_of_one_loop_turn_share_a_snapshot_but_a_key_lookup_does_not(server, db_path):
     """A revocation committed (and its epoch bumped) by another process in the middle of a loop

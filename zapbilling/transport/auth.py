@@ -37,7 +37,7 @@ def key_from_header(value: str | None) -> str | None:
 async def authenticate(store: Store, authorization: str | None, query_string: str) -> Principal:
     if query_string and any(name in QUERY_KEY_PARAMS for name, _ in parse_qsl(query_string, keep_blank_values=True)):
         raise Unauthorized("API keys in the query string are refused: send Authorization: Bearer <key>")
-    secret = key_from_header(authorization)
+    secret = _secrets.get(authorization) or key_from_header(authorization)
     try:
         principal = await store.authenticate(secret) if secret else None
     except Exception as exc:  # the database cannot be read (PostgreSQL down): the contract's internal error, at once
@@ -45,6 +45,7 @@ async def authenticate(store: Store, authorization: str | None, query_string: st
         raise fault("an API key could not be checked: %s: %s", type(exc).__name__, exc, traceback=False) from None
     if principal is None:
         raise key_refused()
+    _remember(authorization, secret)
     if query_string and ("%" in query_string or not query_string.isascii()):
         _check_text(query_string)
     return principal
@@ -64,9 +65,17 @@ def known(store: Store, authorization: str | None, query_string: str) -> Princip
     if secret is None:
         return None
     principal = store.known_key(secret)
-    if principal is not None and len(_secrets) < MAX_REMEMBERED_HEADERS:
-        _secrets[authorization] = secret
+    if principal is not None:
+        _remember(authorization, secret)
     return principal
+
+
+def _remember(authorization: str | None, secret: str) -> None:
+    """A valid key's header, so that garbage cannot fill the memo; `authenticate` remembers too,
+    so that a store that never knows a key at hand (PostgreSQL: known_key is always None) does
+    not have the header parsed twice per request, here and in `authenticate`."""
+    if len(_secrets) < MAX_REMEMBERED_HEADERS:
+        _secrets[authorization] = secret
 
 
 MAX_REMEMBERED_HEADERS = 1024
