@@ -38,8 +38,10 @@ async def authenticate(store: Store, authorization: str | None, query_string: st
     if query_string and any(name in QUERY_KEY_PARAMS for name, _ in parse_qsl(query_string, keep_blank_values=True)):
         raise Unauthorized("API keys in the query string are refused: send Authorization: Bearer <key>")
     secret = _secrets.get(authorization) or key_from_header(authorization)
+    if not secret:
+        raise key_refused()
     try:
-        principal = await store.authenticate(secret) if secret else None
+        principal = await store.authenticate(secret)
     except Exception as exc:  # the database cannot be read (PostgreSQL down): the contract's internal error, at once
         # one line, no traceback: the cause is the database's, and is all in its message
         raise fault("an API key could not be checked: %s: %s", type(exc).__name__, exc, traceback=False) from None
