@@ -243,6 +243,18 @@ def db_path(tmp_path):
 
 
 @pytest.fixture
+async def sqlite_store(tmp_path):
+    """A SqliteStore of its own file in the test's folder, opened, for the tests of the SQLite
+    store's own modules (they are marked sqlite_only)."""
+    from zapbilling.store import SqliteStore
+
+    s = SqliteStore(str(tmp_path / "store.db"))
+    await s.open()
+    yield s
+    await s.close()
+
+
+@pytest.fixture
 async def server(aiohttp_server, db_path, clock):
     config = Config(db=db_path, clock=clock, sweep_seconds=3600)
     return await aiohttp_server(make_app(config), **server_options(config))

@@ -16,28 +16,14 @@ from zapbilling.store.base import MeterEventDraft, NewAlert, NewMeter
 from zapbilling.store.sqlite import metering, writer
 from zapbilling.store.sqlite.writer import TOGETHER
 from zapbilling.times import SECOND, system_clock
+from test_store import tenant_of
 
 pytestmark = pytest.mark.sqlite_only("the SQLite writer's own batching")
 
 
 @pytest.fixture
-def path(tmp_path) -> str:
-    return str(tmp_path / "store.db")
-
-
-@pytest.fixture
-async def store(path):
-    s = SqliteStore(path)
-    await s.open()
-    yield s
-    await s.close()
-
-
-async def tenant_of(store: SqliteStore, org: str) -> int:
-    _, secret = await store.create_key(org, "test", "admin", system_clock())
-    principal = await store.authenticate(secret)
-    assert principal is not None
-    return principal.tenant
+def store(sqlite_store):
+    return sqlite_store
 
 
 async def meter_of(store: SqliteStore, tenant: int, event_name: str = "tokens") -> str:
@@ -79,7 +65,7 @@ def seqs(path: str, ids: list[str]) -> list[int]:
     return [by_id[i] for i in ids]
 
 
-async def test_a_commit_s_batches_keep_the_callers_order_and_ties_break_by_it(store, path, together_calls, reruns):
+async def test_a_commit_s_batches_keep_the_callers_order_and_ties_break_by_it(store, together_calls, reruns):
     """Sixteen batches submitted at once form one writer batch. Each batch's users run from
     u99 down to u00, so written by user its last event goes in first: the seqs must still follow
     each batch's own order, batch after batch, and `last` over the meter (every event of a batch
@@ -94,7 +80,7 @@ async def test_a_commit_s_batches_keep_the_callers_order_and_ties_break_by_it(st
     answers = await asyncio.gather(*(store.record_meter_events(tenant, b, start) for b in batches))
     assert together_calls == [16] and reruns == []
     assert all(len(a) == 100 and {s for _, s in a} == {"created"} for a in answers)
-    every = [seqs(path, [i for i, _ in a]) for a in answers]
+    every = [seqs(store.path, [i for i, _ in a]) for a in answers]
     for batch_seqs in every:
         assert batch_seqs == list(range(batch_seqs[0], batch_seqs[0] + 100))  # the batch's order, no gap
     assert [s[0] for s in every] == sorted(s[0] for s in every)  # batch after batch, in the callers' order
@@ -103,7 +89,7 @@ async def test_a_commit_s_batches_keep_the_callers_order_and_ties_break_by_it(st
     assert await store.aggregate_events(tenant, meter, "sum", None, None, None) == (sum(e.value for b in batches for e in b), 1600)
 
 
-async def test_calls_the_form_does_not_take_are_answered_as_alone_in_their_place(store, path, together_calls, reruns):
+async def test_calls_the_form_does_not_take_are_answered_as_alone_in_their_place(store, together_calls, reruns):
     """One writer batch: usual events; events with idempotency keys (one repeated: a duplicate
     of the first); a missing meter (refused, nothing of it written); dimensions; a tenant with a
     usage_above alert on the meter (its events are judged, the alert fires); usual again. Every
@@ -132,20 +118,21 @@ async def test_calls_the_form_does_not_take_are_answered_as_alone_in_their_place
     assert answers[1][2][0] == answers[1][0][0]  # the duplicate reports the first event's id
     assert isinstance(answers[2], Missing) and answers[2].index == 2
     written = [a for a in answers if not isinstance(a, BaseException)]
-    order = [seqs(path, [i for i, s in a if s == "created"]) for a in written]
+    order = [seqs(store.path, [i for i, s in a if s == "created"]) for a in written]
     flat = [s for o in order for s in o]
     assert flat == sorted(flat) and len(set(flat)) == len(flat)
-    with sqlite3.connect(path) as conn:
+    with sqlite3.connect(store.path) as conn:
         assert conn.execute("SELECT count(*) FROM meter_events WHERE tenant = ?", (acme,)).fetchone() == (3 + 2 + 2 + 4,)
         assert conn.execute("SELECT dimensions FROM meter_events WHERE id = ?", (answers[3][0][0],)).fetchone() == ('{"model":"x"}',)
         fired = conn.execute("SELECT count(*) FROM events WHERE tenant = ? AND type = 'alert.triggered'", (watched,)).fetchone()
     assert fired == (1,)
 
 
-async def test_two_writers_on_one_file_keep_every_batch_whole(path, together_calls, reruns):
+async def test_two_writers_on_one_file_keep_every_batch_whole(tmp_path, together_calls, reruns):
     """Two stores on one file, as two `--workers` processes are: each writer's seqs come from
     the file's last seq inside its own write transaction, so batches written together by either
     never overlap and every event is there."""
+    path = str(tmp_path / "store.db")
     first, second = SqliteStore(path), SqliteStore(path)
     await first.open()
     await second.open()
@@ -171,7 +158,7 @@ async def test_two_writers_on_one_file_keep_every_batch_whole(path, together_cal
         await second.close()
 
 
-async def test_a_form_that_fails_leaves_its_calls_to_run_one_by_one(store, path, monkeypatch):
+async def test_a_form_that_fails_leaves_its_calls_to_run_one_by_one(store, monkeypatch):
     """Should the together form raise (here after writing), the batch is rolled back and runs
     again with a savepoint per job, each call by itself: the refused one writes nothing and the
     others commit once."""
@@ -194,5 +181,5 @@ async def test_a_form_that_fails_leaves_its_calls_to_run_one_by_one(store, path,
     results = await asyncio.gather(*(writer.run(write, n) for n in ("a", "bad", "c")), return_exceptions=True)
     assert results[0] == "a" and isinstance(results[1], Refused) and results[2] == "c"
     assert alone == ["a", "bad", "c"]
-    with sqlite3.connect(path) as conn:
+    with sqlite3.connect(store.path) as conn:
         assert sorted(r for r, in conn.execute("SELECT job FROM scratch")) == ["a", "c"]

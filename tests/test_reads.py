@@ -22,11 +22,8 @@ from zapbilling.times import system_clock
 
 
 @pytest.fixture
-async def store(tmp_path):
-    s = SqliteStore(str(tmp_path / "reads.db"))
-    await s.open()
-    yield s
-    await s.close()
+def store(sqlite_store):
+    return sqlite_store
 
 
 async def tenant_of(store: SqliteStore) -> int:
