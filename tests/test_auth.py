@@ -366,7 +366,7 @@ async def test_key_revoked_through_another_store_is_refused_from_the_next_reques
     assert (await call(api, f"Bearer {api.key}"))[0] == 200
 
 
-@pytest.mark.parametrize("call", ["getBalance", "deposit", "recordUsage", "getUsage", "zap.discover", "batch"])
+@pytest.mark.parametrize("call", ["getBalance", "deposit", "recordUsage", "recordMeterEvents", "getUsage", "zap.discover", "batch"])
 async def test_a_key_revoked_elsewhere_is_refused_whatever_the_next_request_does(api, server, db_path, call):
     """On PostgreSQL a server lets a key it has seen in from memory, and the database checks it
     within the request (store/postgres/keys.py): getBalance's read carries the check, a write's
@@ -375,9 +375,11 @@ async def test_a_key_revoked_elsewhere_is_refused_whatever_the_next_request_does
     nothing. (On SQLite the key epoch does the same: the test holds there too.)"""
     key_id, secret = await server.app[STORE].create_key("acme", "live", "admin", system_clock())
     revoked = api.using("zap-json").with_key(secret)
+    meter = (await api.call("createMeter", {"name": "Tokens", "eventName": "tokens"})).result["id"]
     for _ in range(2):  # now in the server's cache
         assert (await revoked.call("getBalance", {"user": "u1", "currency": "usd"})).ok
         assert (await revoked.call("deposit", {"user": "u1", "amount": 5, "currency": "usd"})).ok
+    assert (await revoked.call("recordMeterEvents", {"events": [{"meterId": meter, "userId": "u1", "value": 1}]})).ok
     other = make_store(db_path)
     await other.open()
     try:
@@ -392,6 +394,10 @@ async def test_a_key_revoked_elsewhere_is_refused_whatever_the_next_request_does
         assert_zap_401(status, body)
     elif call == "zap.discover":
         assert_zap_401(*await revoked.zap_raw({"method": "zap.discover", "id": 1}))
+    elif call == "recordMeterEvents":  # usual events: on PostgreSQL one statement that checks the key itself
+        params = {"events": [{"meterId": meter, "userId": "u1", "value": 1}]}
+        assert_zap_401(*await revoked.zap_raw({"method": "billing.recordMeterEvents", "id": 1, "params": params}))
+        assert (await api.call("getMeterEventsSummary", {"meterId": meter})).result["eventCount"] == 1, "a revoked key's events were written"
     else:
         params = {"user": "u1", "currency": "usd"} | ({"amount": 100} if call in ("deposit", "recordUsage") else {})
         params |= {"model": "m"} if call == "recordUsage" else {}

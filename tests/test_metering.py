@@ -817,3 +817,35 @@ async def test_record_usage_without_request_id_records_an_event_per_call(any_api
     assert len(usage_rows(db_path)) == 3
     s = await summary(any_api, usage_meter["id"], userId=ALICE)
     assert (s["value"], s["eventCount"]) == (45, 3)
+
+
+@pytest.mark.postgres_only("counts PostgreSQL statements")
+async def test_a_batch_of_usual_events_is_one_statement_and_the_rest_go_the_transaction_s_way(api, monkeypatch):
+    """store/postgres/metering.py `_INSERT_ALONE`: a batch with no key, no dimensions, on a
+    tenant without alerts is one statement that commits by itself (its checks inside it); a
+    missing meter, a keyed event, dimensions and a tenant with an alert take the transaction's
+    way, and every answer is the one that way gives."""
+    from test_ledger_writes import Statements
+
+    meter = (await ok(api, "createMeter", {"name": "Tokens", "eventName": "tokens"}))["id"]
+    sent = Statements(monkeypatch)
+
+    async def record(*events: dict[str, Any]) -> Any:
+        sent.sent.clear()
+        return await api.call("recordMeterEvents", {"events": list(events)})
+
+    r = await record({"meterId": meter, "userId": "u1", "value": 2}, {"meterId": meter, "userId": "u2", "value": 3})
+    assert [e["status"] for e in r.result["events"]] == ["created", "created"]
+    assert len(sent.sent) == 1 and "WITH m AS" in sent.sent[0], sent.sent
+    r = await record({"meterId": meter, "userId": "u1", "value": 2}, {"meterId": "mtr_missing", "userId": "u1", "value": 1})
+    assert_error(api, r, "not_found", "meter not found", "events[1].meterId")
+    assert any(q.startswith("BEGIN") for q in sent.sent), sent.sent
+    for extra in ({"idempotency": "k1"}, {"dimensions": {"model": "x"}}):
+        r = await record({"meterId": meter, "userId": "u1", "value": 5, **extra})
+        assert r.result["events"][0]["status"] == "created"
+        assert sent.in_transaction(), sent.sent
+    await ok(api, "createAlert", {"type": "usage_above", "userId": "u1", "threshold": 1, "meterId": meter, "period": "month"})
+    r = await record({"meterId": meter, "userId": "u1", "value": 5})
+    assert r.result["events"][0]["status"] == "created" and sent.in_transaction(), sent.sent
+    summary = await ok(api, "getMeterEventsSummary", {"meterId": meter})
+    assert (summary["value"], summary["eventCount"]) == (2 + 3 + 5 + 5 + 5, 5)
