@@ -289,6 +289,14 @@ _BARE_VALUES = "(?, ?, ?, ?, ?, ?, NULL, NULL, ?, NULL)"
 _BARE_WIDTH = 7
 _BARE_CHUNKS = (64, 32, 16, 8, 4, 2, 1)
 _INSERT_BARE = {n: _INTO + " VALUES " + ", ".join([_BARE_VALUES] * n) for n in _BARE_CHUNKS}
+"""Events with no key, no dimensions and no ledger row, the usual ones, by how many one
+statement writes. Their NULLs are written in the statement, not bound: a bound None costs the
+sqlite3 module an adapter lookup (see connection.py; callgrind, scenario 3's batches: 70.2k ->
+68.6k instructions per event). A run of them is written as few multi-row statements (a run of
+100: 64, 32 and 4 rows) instead of one executemany, whose every row is a step of its own, and
+the writer thread lets go of the GIL around each step: 100 times a batch, each a chance for the
+event loop to take it until its next switch interval. Seven statement texts at most, so that they
+stay in the connection's statement cache."""
 _ORDERED_CHUNKS = (512, 128, 32, 8, 2, 1)
 _INSERT_NUMBERED = {
     n: _INTO.replace("(id,", "(seq, id,") + " VALUES " + ", ".join(["(?, " + _BARE_VALUES[1:]] * n) for n in _ORDERED_CHUNKS
@@ -298,14 +306,6 @@ _INSERT_NUMBERED = {
 of 25-40 of 64 rows, each of which opens a cursor on the table and each index and lets go of the
 GIL and takes it back. The store's record_meter_events in one process, 16 and 25 batches of 100
 a commit, three alternating runs each: 5.62 -> 5.17 and 5.07 -> 4.86 us of CPU per event."""
-"""Events with no key, no dimensions and no ledger row, the usual ones, by how many one
-statement writes. Their NULLs are written in the statement, not bound: a bound None costs the
-sqlite3 module an adapter lookup (see connection.py; callgrind, scenario 3's batches: 70.2k ->
-68.6k instructions per event). A run of them is written as few multi-row statements (a run of
-100: 64, 32 and 4 rows) instead of one executemany, whose every row is a step of its own, and
-the writer thread lets go of the GIL around each step: 100 times a batch, each a chance for the
-event loop to take it until its next switch interval. Seven statement texts at most, so that they
-stay in the connection's statement cache."""
 
 
 def _insert_events(
