@@ -120,6 +120,10 @@ class PgBase:
         self._events_horizon = PurgeHorizon()  # the outbox's purge (retention.py) has a clock of its own
         self.retries = 0
         """Transactions retried after a deadlock or serialisation failure (reported by the bench)."""
+        self._alerting: dict[int, int] = {}
+        """Each tenant's alert count as its last meter-event write in a transaction read it
+        (metering.py): a tenant with alerts skips _INSERT_ALONE, which would write nothing for
+        it and cost a round trip; its next transaction's read puts it back once they are gone."""
         self._keys: dict[str, tuple[Principal, str]] = {}
         """Keys found valid, by their text: (principal, digest). Never trusted alone: see keys.py."""
         self.stats = StoreStats()

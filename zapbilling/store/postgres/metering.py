@@ -102,11 +102,13 @@ class MeteringQueries(PgBase):
     async def record_meter_events(
         self, tenant: int, events: list[MeterEventDraft], now: int, idempotency: Idempotency | None = None
     ) -> list[tuple[str, str]]:
-        if idempotency is None and all(e.idempotency is None and e.dimensions is None and e.ledger_id is None for e in events):
+        if idempotency is None and not self._alerting.get(tenant) and _usual(events):
             written = await self._record_alone(tenant, events, now)
             if written is not None:
                 return written
-        return await self._write(tenant, idempotency, now, _record_events, tenant, events, now)  # type: ignore[no-any-return]
+        return await self._write(  # type: ignore[no-any-return]
+            tenant, idempotency, now, _record_events, tenant, events, now, self._alerting
+        )
 
     async def _record_alone(self, tenant: int, events: list[MeterEventDraft], now: int) -> list[tuple[str, str]] | None:
         """A batch of usual events as one statement that commits by itself (_INSERT_ALONE), or
@@ -240,7 +242,14 @@ _KNOWN_AND_WATCH = (
 )
 
 
-async def _record_events(conn: asyncpg.Connection, tenant: int, events: list[MeterEventDraft], now: int) -> list[tuple[str, str]]:
+def _usual(events: list[MeterEventDraft]) -> bool:
+    """No event with a key, dimensions or a ledger row: nothing in the batch can conflict."""
+    return all(e.idempotency is None and e.dimensions is None and e.ledger_id is None for e in events)
+
+
+async def _record_events(
+    conn: asyncpg.Connection, tenant: int, events: list[MeterEventDraft], now: int, alerting: dict[int, int]
+) -> list[tuple[str, str]]:
     """All or nothing: every meter id is checked before the insert, and the transaction undoes
     everything if anything fails. A seen idempotency key (also earlier in this batch) is a
     duplicate that reports the original event's id; the unique index decides, and the originals
@@ -249,11 +258,12 @@ async def _record_events(conn: asyncpg.Connection, tenant: int, events: list[Met
     found, seqs, alerts, spend_caps, usage_hooks = await conn.fetchrow(_KNOWN_AND_WATCH, tenant, wanted)
     known: dict[str, int] = dict(zip(found or (), seqs or ()))
     w = NOTHING if alerts is None else Watch(alerts, spend_caps, usage_hooks)
+    alerting[tenant] = w.alerts
     for i, e in enumerate(events):
         if e.meter_id not in known:
             raise Missing("meter", i)
     ids = new_ids("evt", len(events))
-    if all(e.idempotency is None and e.dimensions is None and e.ledger_id is None for e in events):
+    if _usual(events):
         await conn.execute(_INSERT_USUAL, tenant, now, ids, [known[e.meter_id] for e in events], [e.user for e in events],
                            [e.value for e in events], [e.timestamp for e in events])
         if w.alerts:
