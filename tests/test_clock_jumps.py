@@ -262,7 +262,7 @@ async def test_an_id_made_twice_is_refused_never_stored_twice(api, monkeypatch, 
     stopped = JumpingTime()
     stopped.time_ns = lambda: 1_800_000_000_000_000_000  # type: ignore[method-assign]
     monkeypatch.setattr(ids, "time", stopped)
-    monkeypatch.setattr(ids, "secrets", SimpleNamespace(randbits=lambda bits: 0))
+    monkeypatch.setattr(ids, "_parts", SimpleNamespace(pop=lambda: "0" * 13))  # every random part the same
     first = await ok(api, "deposit", {"user": ALICE, "amount": 100})
     r = await api.call("deposit", {"user": ALICE, "amount": 100})
     assert r.status == 500 and r.error is not None and r.error["kind"] == "internal_error" and r.error["param"] is None, r

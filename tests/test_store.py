@@ -571,3 +571,43 @@ def test_ids_made_later_sort_later_and_stay_distinct():
     assert all(re.fullmatch(r"tx_[0-9a-f]{24}", i) for i in first)
     assert len(set(first)) == len(first)
     assert max(first) < second
+
+
+def test_ids_made_by_two_threads_at_once_and_by_a_forked_child_stay_distinct():
+    """new_id takes its random parts from a pool shared by the loop's thread and the writer's
+    (store/ids.py): two threads drawing from it at once never get the same part, and a forked
+    child does not draw the parts its parent will (the pool is emptied in the child)."""
+    import threading
+
+    from zapbilling.store import ids
+
+    made: list[list[str]] = [[], []]
+
+    def make(out: list[str]) -> None:
+        for _ in range(20_000):
+            out.append(ids.new_id("tx")[-13:])
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # the threads take turns as often as Python lets them
+    try:
+        threads = [threading.Thread(target=make, args=(out,)) for out in made]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    parts = made[0] + made[1]
+    assert len(set(parts)) == len(parts) == 40_000
+
+    ids.new_id("tx")  # the pool holds parts now
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its first id's random part, then out without pytest's teardown
+        os.write(w, ids.new_id("tx")[-13:].encode())
+        os._exit(0)
+    os.close(w)
+    os.waitpid(pid, 0)
+    child = os.read(r, 64).decode()
+    os.close(r)
+    assert len(child) == 13 and child != ids.new_id("tx")[-13:]
