@@ -35,6 +35,11 @@ T = TypeVar("T")
 # argument, in C. It changes nothing bound: None is still bound as NULL.
 _NOTHING: dict[None, None] = {}
 sqlite3.register_adapter(type(None), _NOTHING.get)
+# A bool the same way (an int subclass, not exactly an int): with `int` as its adapter it is
+# bound as the 0 or 1 it was bound as before, without the AttributeErrors (timeit: five bools
+# bound, 3.44 -> 2.25 us a statement; five ints 1.20). recordUsage's ledger row binds one
+# (`evented`).
+sqlite3.register_adapter(bool, int)
 
 WAL_AUTOCHECKPOINT_PAGES = 4000
 

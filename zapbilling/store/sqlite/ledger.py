@@ -171,13 +171,17 @@ def append_entry(
             f"SELECT {_ROW} FROM ledger WHERE tenant = ? AND user_id = ? AND dedupe_key = ?", (tenant, e.user, e.dedupe_key)
         ).fetchone()), NOTHING
     note_moved(e.currency, e.type, e.tags, e.amount, e.refund_of is not None, e.hold_id is not None)  # for the metrics
+    balance, mask, has_lots, meter_id, meter_seq = conn.execute(
+        _ACCOUNT, (tenant, e.user, e.currency, e.usage_event.event_name if e.usage_event is not None else None)
+    ).fetchone()
+    w = NOTHING if mask is None else WATCHES[mask]  # None: a tenant without a row (a store tested alone)
     if e.type == "withdraw":
-        delta = -_settle_lots(conn, tenant, e.user, e.currency, e.now, e.amount, e.key_id, e.lots, outbox) - e.amount
+        delta = -(_settle_lots(conn, tenant, e.user, e.currency, e.now, e.amount, e.key_id, e.lots, outbox) if has_lots else 0) - e.amount
     elif e.type == "deposit":  # spends nothing: only forfeits
-        delta = -_settle_lots(conn, tenant, e.user, e.currency, e.now, 0, e.key_id, e.lots, outbox) + e.amount
+        delta = -(_settle_lots(conn, tenant, e.user, e.currency, e.now, 0, e.key_id, e.lots, outbox) if has_lots else 0) + e.amount
     else:
         raise ValueError(f"unknown ledger entry type {e.type!r}")
-    w = _add_to_balance(conn, tenant, e.user, e.currency, delta)
+    _set_balance(conn, tenant, e.user, e.currency, (balance or 0) + delta)
     row: LedgerRow = {
         "id": tx_id, "user": e.user, "currency": e.currency, "type": e.type, "amount": e.amount, "tags": e.tags,
         "notes": e.notes, "metadata": e.metadata, "createdAt": e.now, "expiresAt": e.expires_at, "refundOf": e.refund_of,
@@ -196,27 +200,29 @@ def append_entry(
         outbox.usage_hooks[tenant] = w.usage_hooks
         if evented != (usage == USAGE_RECORDED):
             conn.execute("UPDATE ledger SET evented = ? WHERE id = ?", (not evented, tx_id))
-    meter_id = _record_usage_meter_event(conn, tenant, e, tx_id)
-    if meter_id is not None and w.alerts:
-        after_meter_events(conn, tenant, {(meter_id, e.user)}, e.now, w)
+    if meter_id is not None:  # a usage withdrawal's meter event (see UsageEvent), linked to its row
+        assert e.usage_event is not None  # the meter was looked up by its event name
+        insert_event(conn, tenant, MeterEventDraft(meter_id, e.user, e.amount, e.now, None, e.usage_event.dimensions, tx_id), meter_seq, e.now)
+        if w.alerts:
+            after_meter_events(conn, tenant, {(str(meter_id), e.user)}, e.now, w)
     return row, w
 
 
-def _record_usage_meter_event(conn: sqlite3.Connection, tenant: int, e: NewEntry, tx_id: str) -> str | None:
-    """A usage withdrawal's meter event, in the withdrawal's own transaction, when the tenant
-    has a meter for it, linked to the withdrawal's row (see UsageEvent); returns the meter's id
-    when it wrote one."""
-    if e.usage_event is None:
-        return None
-    meter = conn.execute(
-        "SELECT id, seq FROM meters WHERE tenant = ? AND event_name = ?", (tenant, e.usage_event.event_name)
-    ).fetchone()
-    if meter is None:
-        return None
-    insert_event(conn, tenant, MeterEventDraft(
-        meter[0], e.user, e.amount, e.now, None, e.usage_event.dimensions, tx_id,
-    ), meter[1], e.now)
-    return str(meter[0])
+# What a write needs to know of the account, read in one statement after the row's own insert:
+# its balance (NULL: a new account), the tenant's Watch as a bit mask (outbox.WATCHES), whether
+# it holds unspent lots (the ledger_lots index; the usual account holds none, and the lots are
+# then not walked at all), and the id and seq of the tenant's meter for the row's usage event
+# (?4: NULL when the row has none, which no meter's event_name equals). One statement where
+# there were three (the lots' first page, the balance with the Watch, the meter): callgrind,
+# bench.instructions --op recordUsage, 565-568k -> 548-549k instructions per request (two runs each). Nothing between this
+# read and the balance's write changes the balance: settling lots writes ledger rows only.
+_ACCOUNT = (
+    "SELECT (SELECT balance FROM balances WHERE tenant = ?1 AND user_id = ?2 AND currency = ?3),"
+    f" (SELECT {WATCHED_MASK} FROM tenants WHERE id = ?1),"
+    " EXISTS (SELECT 1 FROM ledger WHERE tenant = ?1 AND user_id = ?2 AND currency = ?3 AND remaining > 0),"
+    " (SELECT id FROM meters WHERE tenant = ?1 AND event_name = ?4),"
+    " (SELECT seq FROM meters WHERE tenant = ?1 AND event_name = ?4)"
+)
 
 
 def _claim_refund(conn: sqlite3.Connection, tenant: int, e: NewEntry, refundable: Refundable) -> None:
@@ -253,8 +259,9 @@ def _settle_lots(conn: sqlite3.Connection, tenant: int, user: str, currency: str
 
     The lots come in the ledger_lots index's order (expiry, then oldest first: expired lots come
     first), a page at a time as the rule asks for more. The usual account has no expiring money:
-    one index lookup that finds nothing, and the rule is not run at all (running it for nothing
-    cost ~4k instructions per recordUsage: 598k -> 594k under bench.instructions)."""
+    a write calls this only when `_ACCOUNT` found a lot (the sweep calls it for accounts it found
+    with one), and the rule is not run for an empty page (running it for nothing cost ~4k
+    instructions per recordUsage: 598k -> 594k under bench.instructions)."""
     page = conn.execute(_FIRST_LOTS, (tenant, user, currency, LOT_PAGE)).fetchall()
     if not page:
         return 0
@@ -308,7 +315,11 @@ def _add_to_balance(conn: sqlite3.Connection, tenant: int, user: str, currency: 
     else:
         balance, mask = found
         w = NOTHING if mask is None else WATCHES[mask]  # None: a tenant without a row (a store tested alone)
-    new = balance + delta
+    _set_balance(conn, tenant, user, currency, balance + delta)
+    return w
+
+
+def _set_balance(conn: sqlite3.Connection, tenant: int, user: str, currency: str, new: int) -> None:
     if not INT64_MIN <= new <= INT64_MAX:
         raise OutOfRange("balance")
     conn.execute(
@@ -316,7 +327,6 @@ def _add_to_balance(conn: sqlite3.Connection, tenant: int, user: str, currency: 
         " ON CONFLICT (tenant, user_id, currency) DO UPDATE SET balance = excluded.balance",
         (tenant, user, currency, new),
     )
-    return w
 
 
 def _sweep_expired(conn: sqlite3.Connection, now: int, rules: LotRules, limit: int, outbox: Outbox | None) -> int:
