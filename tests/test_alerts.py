@@ -95,6 +95,21 @@ async def test_balance_below_triggers_once_per_crossing_and_a_deposit_rearms_it(
     assert len(events(db_path)) == 2
 
 
+async def test_credit_forfeited_by_the_expiry_sweep_triggers_balance_below(server, api: Api, db_path: str, clock: FakeClock) -> None:
+    """The sweep's forfeit moves the balance like any write, and is judged like one: the alert
+    is read with the account in the sweep's own statement (store/sqlite/ledger.py _ACCOUNT)."""
+    from zapbilling.app import STORE
+    from zapbilling.billing.ledger import LOTS
+
+    await ok(api, "deposit", {"user": ALICE, "amount": 1000})
+    await ok(api, "deposit", {"user": ALICE, "amount": 300, "expiresIn": 1})  # 1300, of which 300 for a day
+    alert = await ok(api, "createAlert", {"type": "balance_below", "userId": ALICE, "threshold": 1200})
+    clock.advance(days=1, seconds=1)
+    assert await server.app[STORE].forfeit_expired(clock(), LOTS) == 1
+    assert (await ok(api, "getBalance", {"user": ALICE}))["balance"] == 1000
+    assert events(db_path) == [{"alertId": alert["id"], "userId": ALICE, "value": 1000, "threshold": 1200}]
+
+
 async def test_a_hold_taking_available_below_triggers(api: Api, db_path: str) -> None:
     await ok(api, "deposit", {"user": ALICE, "amount": 1000})
     alert = await ok(api, "createAlert", {"type": "balance_below", "userId": ALICE, "threshold": 200})

@@ -12,7 +12,7 @@ from ..ids import new_id, row_event_id
 from ..ledger_filters import Dialect, needs_probe, never_matches, page, probe, walk_for
 from .connection import SqliteBase
 from .metering import insert_event
-from .outbox import NOTHING, WATCHED_MASK, WATCHES, Watch, check_usage_data, emit, forfeit_row, watch
+from .outbox import NOTHING, WATCHED_MASK, WATCHES, Watch, check_usage_data, emit, forfeit_row
 from .watch import after_account_write, after_meter_events
 from ..refusals import Missing, NotRefundable, OutOfRange, RefundLeft
 from ..rows import LEDGER_COLUMNS as _ROW, ledger_row as _row, json_text
@@ -209,13 +209,17 @@ def append_entry(
 
 
 # What a write needs to know of the account, read in one statement after the row's own insert:
-# its balance (NULL: a new account), the tenant's Watch as a bit mask (outbox.WATCHES), whether
-# it holds unspent lots (the ledger_lots index; the usual account holds none, and the lots are
-# then not walked at all), and the id and seq of the tenant's meter for the row's usage event
-# (?4: NULL when the row has none, which no meter's event_name equals). One statement where
-# there were three (the lots' first page, the balance with the Watch, the meter): callgrind,
-# bench.instructions --op recordUsage, 565-568k -> 548-549k instructions per request (two runs each). Nothing between this
-# read and the balance's write changes the balance: settling lots writes ledger rows only.
+# its balance (NULL: a new account), the tenant's Watch as a bit mask (outbox.WATCHES; the write
+# reads it here and nowhere else), whether it holds unspent lots (the ledger_lots index; the
+# usual account holds none, and its lots are then not walked at all), and the id and seq of the
+# tenant's meter for the row's usage event (?4: NULL when the row has none, which no meter's
+# event_name equals). Nothing between this read and the balance's write changes the balance:
+# settling lots writes ledger rows only. One statement where there were three (the lots' first
+# page, the balance with the Watch, the meter): bench.instructions --op recordUsage, 565-568k ->
+# 548-549k instructions per request (two runs each). Scalar subqueries, because they were the
+# cheapest way to add the Watch to the balance's read (callgrind, appends in a loop on the
+# writer's connection: +4.1k instructions over the plain balance read; the three counts as
+# columns of a LEFT JOIN of tenants +9.7k; a statement of their own more still).
 _ACCOUNT = (
     "SELECT (SELECT balance FROM balances WHERE tenant = ?1 AND user_id = ?2 AND currency = ?3),"
     f" (SELECT {WATCHED_MASK} FROM tenants WHERE id = ?1),"
@@ -296,29 +300,6 @@ def _settle_lots(conn: sqlite3.Connection, tenant: int, user: str, currency: str
     return forfeited
 
 
-# The balance and the tenant's Watch (outbox.py) in one statement, the Watch as a bit mask
-# (outbox.WATCHES): the write reads it here and nowhere else. Measured per ledger write
-# (callgrind, appends in a loop on the writer's connection): a scalar subquery in this statement
-# +4.1k instructions over the plain balance read; the three counts as columns of a LEFT JOIN of
-# tenants +9.7k; a statement of their own more still.
-_BALANCE_AND_WATCHED = (
-    f"SELECT balance, (SELECT {WATCHED_MASK} FROM tenants WHERE id = ?1) FROM balances"
-    " WHERE tenant = ?1 AND user_id = ?2 AND currency = ?3"
-)
-
-
-def _add_to_balance(conn: sqlite3.Connection, tenant: int, user: str, currency: str, delta: int) -> Watch:
-    """Move the account's balance by `delta`; returns the tenant's Watch, read with it."""
-    found = conn.execute(_BALANCE_AND_WATCHED, (tenant, user, currency)).fetchone()
-    if found is None:  # a new account: its first write reads the Watch on its own
-        balance, w = 0, watch(conn, tenant)
-    else:
-        balance, mask = found
-        w = NOTHING if mask is None else WATCHES[mask]  # None: a tenant without a row (a store tested alone)
-    _set_balance(conn, tenant, user, currency, balance + delta)
-    return w
-
-
 def _set_balance(conn: sqlite3.Connection, tenant: int, user: str, currency: str, new: int) -> None:
     if not INT64_MIN <= new <= INT64_MAX:
         raise OutOfRange("balance")
@@ -335,8 +316,10 @@ def _sweep_expired(conn: sqlite3.Connection, now: int, rules: LotRules, limit: i
         (now, limit),
     ).fetchall()
     for tenant, user, currency in accounts:
+        balance, mask, *_ = conn.execute(_ACCOUNT, (tenant, user, currency, None)).fetchone()
         forfeited = _settle_lots(conn, tenant, user, currency, now, 0, SYSTEM_KEY, rules, outbox)
-        w = _add_to_balance(conn, tenant, user, currency, -forfeited)
+        _set_balance(conn, tenant, user, currency, (balance or 0) - forfeited)
+        w = NOTHING if mask is None else WATCHES[mask]
         if w.alerts or w.spend_caps:
             after_account_write(conn, tenant, user, currency, now, w)
     return len(accounts)
