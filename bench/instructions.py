@@ -2,6 +2,7 @@
 
     python -m bench.instructions [--op getBalance|recordUsage|recordMeterEvents] [--server zapbilling|bare]
                                  [--requests 2048] [--connections 64] [--webhook] [--pg-servers N ...]
+                                 [--keep DIR]
 
 Timings on a shared machine move by tens of percent from one run to the next; the instructions
 a server executes per request repeat to within 1% whatever else the machine is doing. That
@@ -222,7 +223,8 @@ async def _drive(urls: list[str], key: str, op: str, server: str, pids: list[int
                 await receiver.stop()
 
 
-def measure(op: str, server: str, requests: int, connections: int, hook: str | None = None, pg_servers: int = 0) -> float:
+def measure(op: str, server: str, requests: int, connections: int, hook: str | None = None, pg_servers: int = 0,
+            keep: Path | None = None) -> float:
     """pg_servers: 0 for SQLite (one server); N >= 1 for N zapbilling servers on one PostgreSQL
     database, every one under callgrind, their instructions summed over the requests all of them
     answered."""
@@ -266,6 +268,10 @@ def measure(op: str, server: str, requests: int, connections: int, hook: str | N
                     proc.wait(timeout=600)
         total = sum(int(line.split()[1]) for f in glob.glob(f"{out}*") for line in open(f, errors="replace")
                     if line.startswith("totals:"))
+        if keep is not None:
+            keep.mkdir(parents=True, exist_ok=True)
+            for f in glob.glob(f"{out}*"):
+                shutil.copy(f, keep / f"{server}-{op}-{Path(f).name}")
         return total / answered
     finally:
         bench.close()
@@ -282,6 +288,8 @@ def main() -> None:
                     help="recordUsage: also with one endpoint subscribed to usage.recorded (a local receiver); the ratio")
     ap.add_argument("--pg-servers", type=int, nargs="*", metavar="N",
                     help="zapbilling on PostgreSQL: N servers on one database, each N given (e.g. 1 3); the ratios to the first")
+    ap.add_argument("--keep", type=Path, metavar="DIR",
+                    help="copy the callgrind output there, for callgrind_annotate (--inclusive=yes shows each layer)")
     args = ap.parse_args()
     if args.pg_servers:
         if args.server != "zapbilling" or args.webhook:
@@ -304,7 +312,7 @@ def main() -> None:
         return
     if args.op == "recordMeterEvents" and args.server == "bare":
         ap.error("the bare baseline has no recordMeterEvents")
-    per = measure(args.op, args.server, args.requests, args.connections)
+    per = measure(args.op, args.server, args.requests, args.connections, keep=args.keep)
     each = f" ({per / BATCH:,.0f} per event)" if args.op == "recordMeterEvents" else ""
     print(f"{args.server} {args.op}: {per:,.0f} instructions per request{each}")
 

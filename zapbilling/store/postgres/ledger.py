@@ -37,11 +37,11 @@ ACCOUNT_AND_KEY = f"{ACCOUNT}, ({KEY_VALID.replace('$1', '$5')})"
 _EACH_READ = dict(tenant="r.t", user="r.u", currency="r.c", now="r.n")
 ACCOUNTS = (
     f"SELECT {ACCOUNT_OF.format(**_EACH_READ)}, r.d IS NULL OR ({KEY_VALID.replace('$1', 'r.d')})"
-    " FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::text[]) WITH ORDINALITY AS r (t, u, c, n, d, i)"
-    " ORDER BY r.i"
+    " FROM unnest($1::account_read[]) WITH ORDINALITY AS r (t, u, c, n, d, i) ORDER BY r.i"
 )
-"""ACCOUNT_AND_KEY for many accounts at once (turns.py), in the order of the arrays $1-$5 (tenant,
-user, currency, now, the key's digest or NULL when the key needs no check)."""
+"""ACCOUNT_AND_KEY for many accounts at once (turns.py), in the order of the rows of $1, each an
+AccountRead (migration 17's account_read: one array of rows rather than five arrays, for the
+checks asyncpg makes of each element, as _APPEND_MANY below)."""
 AccountRead = tuple[int, str, str, int, "str | None"]
 """An account read's arguments: tenant, user, currency, now, the digest of a key to check (or None)."""
 _EACH = dict(tenant="$1", user="$2", currency="c.currency", now="$3")
@@ -109,7 +109,7 @@ class LedgerQueries(PgBase):
 
     async def _accounts_at_once(self, reads: Sequence[AccountRead]) -> list[tuple[int, int, int, bool]]:
         async with Lease(self.pool) as conn:
-            rows = await conn.fetch(ACCOUNTS, *(list(column) for column in zip(*reads)))
+            rows = await conn.fetch(ACCOUNTS, reads)
         return [tuple(r) for r in rows]
 
     async def balances(self, tenant: int, user: str, now: int) -> list[tuple[str, int, int]]:
@@ -219,7 +219,7 @@ class LedgerQueries(PgBase):
     async def _append_many(self, batch: Sequence[AppendArgs]) -> list[int]:
         order = sorted(range(len(batch)), key=lambda i: _ACCOUNT_OF(batch[i]))
         started = time.perf_counter()
-        codes = await self._statement(_APPEND_MANY, *(list(column) for column in zip(*(batch[i] for i in order))))
+        codes = await self._statement(_APPEND_MANY, [batch[i] for i in order])
         answers = [0] * len(batch)
         for i, code in zip(order, codes, strict=True):
             answers[i] = code
@@ -423,11 +423,11 @@ def _rendered(tenant: int, e: NewEntry, outbox: Outbox | None) -> tuple[LedgerRo
 AppendArgs = tuple[Any, ...]
 """The 23 arguments of ledger_append (migrations/postgres/0011_ledger_append.sql), in its order."""
 _APPEND_ONE = "SELECT ledger_append(" + ", ".join(f"${n}" for n in range(1, 24)) + ")"
-_APPEND_MANY = "SELECT ledger_append_many(" + ", ".join(
-    f"${n}::{kind}[]" for n, kind in enumerate(
-        "text text bigint text text text bigint bigint text text text bigint text text text text text text text text text"
-        " boolean boolean".split(), start=1)
-) + ")"
+_APPEND_MANY = "SELECT ledger_append_rows($1::ledger_append_args[])"
+"""The writes as one array of rows, each an AppendArgs (migration 17): asyncpg checks each
+element of an array parameter against collections.abc on its way out, ~35 checks per write as
+23 arrays, 4 as one row (callgrind, `bench.instructions --op recordUsage --pg-servers 1`: see
+the README, "On PostgreSQL")."""
 _ACCOUNT_OF = operator.itemgetter(2, 3, 4)
 """An AppendArgs' account (tenant, user, currency): a batch's order, so that batches take their
 locks in one order and cannot deadlock one another."""

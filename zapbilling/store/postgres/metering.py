@@ -118,8 +118,8 @@ class MeteringQueries(PgBase):
         digest = UNCHECKED_KEY.get()
         started = time.perf_counter()
         written = await self._statement(
-            _INSERT_ALONE, tenant, now, ids, [e.meter_id for e in events], [e.user for e in events],
-            [e.value for e in events], [e.timestamp for e in events], sorted({e.meter_id for e in events}), digest,
+            _INSERT_ALONE, tenant, now, [(i, e.meter_id, e.user, e.value, e.timestamp) for i, e in zip(ids, events)],
+            sorted({e.meter_id for e in events}), digest,
         )
         if written != len(events):
             return None
@@ -201,22 +201,23 @@ _INSERT_BATCH = (
 )
 
 _INSERT_ALONE = (
-    "WITH m AS (SELECT id, seq FROM meters WHERE tenant = $1 AND id = ANY($8::text[])),"
-    " go AS (SELECT (SELECT count(*) FROM m) = cardinality($8::text[])"
+    "WITH m AS (SELECT id, seq FROM meters WHERE tenant = $1 AND id = ANY($4::text[])),"
+    " go AS (SELECT (SELECT count(*) FROM m) = cardinality($4::text[])"
     " AND COALESCE((SELECT alerts FROM tenants WHERE id = $1), 0) = 0"
-    f" AND ($9::text IS NULL OR ({KEY_VALID.replace('$1', '$9')})) AS go),"
+    f" AND ($5::text IS NULL OR ({KEY_VALID.replace('$1', '$5')})) AS go),"
     " ins AS (" + _INTO +
     " SELECT e.id, $1, m.seq, e.user_id, e.value, e.ts, NULL, NULL, $2, NULL"
-    " FROM unnest($3::text[], $4::text[], $5::text[], $6::bigint[], $7::bigint[])"
-    " WITH ORDINALITY AS e (id, meter_id, user_id, value, ts, n) JOIN m ON m.id = e.meter_id"
-    " WHERE (SELECT go FROM go) ORDER BY e.n RETURNING 1)"
+    " FROM unnest($3::usual_meter_event[]) WITH ORDINALITY AS e (id, meter_id, user_id, value, ts, n)"
+    " JOIN m ON m.id = e.meter_id WHERE (SELECT go FROM go) ORDER BY e.n RETURNING 1)"
     " SELECT count(*) FROM ins"
 )
 """A batch of usual events and its checks in one statement that commits by itself: every meter
 the tenant's, no alert to judge (tenants.alerts), the key valid when it came from the cache
 (keys.py); all of them or nothing is written, as _record_events would. One round trip where
 the transaction's way makes four (BEGIN with the key's check, the meters and the Watch, the
-insert, COMMIT)."""
+insert, COMMIT). The events come as one array of rows (migration 17, usual_meter_event): asyncpg
+checks each element of an array parameter against collections.abc, 8 checks an event as five
+arrays, 4 as one row (README, "On PostgreSQL")."""
 
 _INSERT_USUAL = (
     _INTO +
