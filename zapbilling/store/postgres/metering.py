@@ -180,7 +180,8 @@ async def _create_meter(conn: asyncpg.Connection, tenant: int, meter_id: str, m:
     return meter_row(row)
 
 
-# A batch as one statement: the events as parallel arrays, unnested in batch order (ORDER BY
+# A batch as one statement: the events as one array of rows (migration 17's meter_event_row;
+# once parallel arrays, see _INSERT_ALONE for why not), unnested in batch order (ORDER BY
 # the ordinality: that order gives them their seq, which "last" breaks ties by, and decides
 # which of two events with one key in the batch is the first). ON CONFLICT DO NOTHING skips an
 # event whose key is taken, by an earlier event or by one earlier in this very statement (the
@@ -195,9 +196,8 @@ _INTO = "INSERT INTO meter_events (id, tenant, meter, user_id, value, ts, idempo
 _INSERT_BATCH = (
     _INTO +
     " SELECT e.id, $1, e.meter, e.user_id, e.value, e.ts, e.key, e.dimensions, $2, e.ledger_id"
-    " FROM unnest($3::text[], $4::bigint[], $5::text[], $6::bigint[], $7::bigint[], $8::text[], $9::text[], $10::text[])"
-    " WITH ORDINALITY AS e (id, meter, user_id, value, ts, key, dimensions, ledger_id, n) ORDER BY e.n"
-    " ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING RETURNING id"
+    " FROM unnest($3::meter_event_row[]) WITH ORDINALITY AS e (id, meter, user_id, value, ts, key, dimensions, ledger_id, n)"
+    " ORDER BY e.n ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING RETURNING id"
 )
 
 _INSERT_ALONE = (
@@ -222,14 +222,15 @@ arrays, 4 as one row (README, "On PostgreSQL")."""
 _INSERT_USUAL = (
     _INTO +
     " SELECT e.id, $1, e.meter, e.user_id, e.value, e.ts, NULL, NULL, $2, NULL"
-    " FROM unnest($3::text[], $4::bigint[], $5::text[], $6::bigint[], $7::bigint[])"
-    " WITH ORDINALITY AS e (id, meter, user_id, value, ts, n) ORDER BY e.n"
+    " FROM unnest($3::meter_event_row[]) WITH ORDINALITY AS e (id, meter, user_id, value, ts, key, dimensions, ledger_id, n)"
+    " ORDER BY e.n"
 )
 """_INSERT_BATCH for a batch of usual events only (no idempotency key, no dimensions, no ledger
-row): nothing can conflict, so every row is created and none is returned, and the three arrays of
-NULLs are not sent. asyncpg checks each element of an array parameter on its way out (a few
-isinstance tests against collections.abc: ~7% of the server's samples, bench.profile), so five
-arrays of 100 instead of eight, and no 100 returned rows to decode. Scenario 3 on PostgreSQL
+row): nothing can conflict, so every row is created and none is returned. asyncpg checks each
+element of an array parameter on its way out (a few isinstance tests against collections.abc:
+~7% of the server's samples, bench.profile), which led to five arrays of 100 here instead of
+eight, and no 100 returned rows to decode; the events now come as one array of rows (migration
+17), four checks an event whatever its width. Scenario 3 on PostgreSQL
 (`python -m bench --backend postgres --only 3 --rounds 1`, two interleaved pairs): 53.4k and
 53.8k -> 65.8k and 83.8k events/s; server CPU per event 12.5 and 11.6 -> 10.0 and 7.9 us,
 PostgreSQL's 16.9 and 18.9 -> 13.5 and 10.5 us."""
@@ -265,17 +266,17 @@ async def _record_events(
             raise Missing("meter", i)
     ids = new_ids("evt", len(events))
     if _usual(events):
-        await conn.execute(_INSERT_USUAL, tenant, now, ids, [known[e.meter_id] for e in events], [e.user for e in events],
-                           [e.value for e in events], [e.timestamp for e in events])
+        await conn.execute(_INSERT_USUAL, tenant, now, [(event_id, known[e.meter_id], e.user, e.value, e.timestamp, None, None, None)
+                                                        for event_id, e in zip(ids, events)])
         if w.alerts:
             await after_meter_events(conn, tenant, {(e.meter_id, e.user) for e in events}, now, w)
         recorded(len(ids), 0)  # for the metrics
         return [(event_id, "created") for event_id in ids]
-    inserted = {r[0] for r in await conn.fetch(
-        _INSERT_BATCH, tenant, now, ids, [known[e.meter_id] for e in events], [e.user for e in events],
-        [e.value for e in events], [e.timestamp for e in events], [e.idempotency for e in events],
-        [json_text(e.dimensions) if e.dimensions is not None else None for e in events], [e.ledger_id for e in events],
-    )}
+    inserted = {r[0] for r in await conn.fetch(_INSERT_BATCH, tenant, now, [
+        (event_id, known[e.meter_id], e.user, e.value, e.timestamp, e.idempotency,
+         json_text(e.dimensions) if e.dimensions is not None else None, e.ledger_id)
+        for event_id, e in zip(ids, events)
+    ])}
     if w.alerts and inserted:
         touched = {(e.meter_id, e.user) for event_id, e in zip(ids, events) if event_id in inserted}
         await after_meter_events(conn, tenant, touched, now, w)

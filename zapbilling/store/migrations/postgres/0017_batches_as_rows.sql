@@ -1,7 +1,8 @@
--- The batched hot statements take their calls as one array of rows (a composite type) instead
--- of one array per column: ledger_append_rows for ledger_append_many (migration 11),
+-- The batched statements take their calls as one array of rows (a composite type) instead of
+-- one array per column: ledger_append_rows for ledger_append_many (migration 11),
 -- usual_meter_event for a batch of usual meter events (store/postgres/metering.py
--- _INSERT_ALONE) and account_read for a batch of balance reads (store/postgres/ledger.py
+-- _INSERT_ALONE), meter_event_row for the transaction's batches of meter events (_INSERT_BATCH,
+-- _INSERT_USUAL) and account_read for a batch of balance reads (store/postgres/ledger.py
 -- ACCOUNTS).
 --
 -- Why: asyncpg checks every element of an array parameter on its way out with isinstance tests
@@ -37,5 +38,8 @@ END
 $$;
 
 CREATE TYPE usual_meter_event AS (id TEXT, meter_id TEXT, user_id TEXT, value BIGINT, ts BIGINT);
+CREATE TYPE meter_event_row AS (
+  id TEXT, meter BIGINT, user_id TEXT, value BIGINT, ts BIGINT, key TEXT, dimensions TEXT, ledger_id TEXT
+);
 
 CREATE TYPE account_read AS (t BIGINT, u TEXT, c TEXT, n BIGINT, d TEXT);
