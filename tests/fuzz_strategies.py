@@ -22,7 +22,7 @@ import msgpack
 from hypothesis import strategies as st
 
 from zapbilling.registry import Command, load_registry
-from zapbilling.schema import MISSING, Field, TypeRef
+from zapbilling.schema import Field, TypeRef
 
 REGISTRY = load_registry()
 COMMANDS: dict[str, Command] = dict(REGISTRY.commands)

@@ -30,7 +30,6 @@ from types import SimpleNamespace
 from datetime import datetime, timezone
 from typing import Any
 
-import pytest
 from conftest import ok
 
 from invariants import check_invariants

@@ -104,7 +104,7 @@ async def write_history(api, clock, server) -> dict[str, Any]:
         usage = await ok(api, "recordUsage", {"user": user, "amount": 120 + i, "model": "m1", "requestId": f"r{i}", "totalTokens": 7})
         await ok(api, "recordUsage", {"user": user, "amount": 120 + i, "model": "m1", "requestId": f"r{i}"})  # a repeat
         await ok(api, "refund", {"user": user, "amount": 20, "originalTransactionId": usage["transactionId"]})
-        g1 = await ok(api, "createCreditGrant", {"userId": user, "name": "g1", "amountCents": 500, "expiresIn": "24h"})
+        await ok(api, "createCreditGrant", {"userId": user, "name": "g1", "amountCents": 500, "expiresIn": "24h"})
         g2 = await ok(api, "createCreditGrant", {"userId": user, "name": "g2", "amountCents": 400, "eligibility": [tokens["id"]]})
         await ok(api, "burnCredits", {"userId": user, "amount": 600, "meterId": tokens["id"]})
         await ok(api, "voidCreditGrant", {"id": g2["id"]})

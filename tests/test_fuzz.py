@@ -1044,7 +1044,6 @@ def test_rest_query_strings_on_every_route(fz, case):
      "/api/v1/billing/meters/%2e%2e", "/api/v1/billing/meters/%00"])),
        verb=st.sampled_from(["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]))
 def test_unknown_routes_answer_an_api_error(fz, path, verb):
-    command = next((c for c in fs.REST_COMMANDS if c.http.path == path and c.http.verb == verb), None)
     r = fz.send("unknown routes", verb, path, content=b"{}" if verb in ("POST", "PUT", "PATCH") else None,
                 ctype=fs.JSON_TYPE if verb in ("POST", "PUT", "PATCH") else None)
     if r.request.url.path in ("/api/v1/zap", "/api/v1/billing/zap") and verb == "POST":

@@ -7,7 +7,6 @@ from __future__ import annotations
 import re
 from typing import Any
 
-import pytest
 from conftest import ok
 
 ALICE = "hanzo/alice"

@@ -17,13 +17,12 @@ import asyncio
 import subprocess
 import time
 from collections import Counter
-from typing import Any
 
 import pytest
 from aiohttp import ClientSession, ClientTimeout
 
 import pg
-from conftest import TRANSPORTS, Api, Reply, ok
+from conftest import TRANSPORTS, Api, ok
 from invariants import check_invariants
 from procs import ServerProcess, child_env, create_key, zapbilling_cmd
 

@@ -569,6 +569,7 @@ async def test_the_expire_row_is_written_by_the_next_write_on_the_users_grants(a
     assert [(g["id"], g["burned"]) for g in burn["grants"]] == [(spent, 20), (expiring, 50)]
     before = await credit_rows(api)
     assert len(before) == 5
+    assert {r["keyId"] for r in before} == {key}, "the rows so far are the first key's; the expire row will be the writer's"
 
     clock.advance(seconds=3600)  # expiresAt exactly: inactive from this instant
     grants = await grants_of(api)
