@@ -191,13 +191,22 @@ async def _create_meter(conn: asyncpg.Connection, tenant: int, meter_id: str, m:
 # cores, one client, batches of 100 keyed events each its own transaction, median of 5 rounds of
 # 40 batches): 24,400 events/s as one statement against 6,500 events/s one by one (3.8x); a
 # batch of 100 repeats (all duplicates, answered by one more SELECT) 27,100 events/s. The cost:
-# the arrays are built in Python, and duplicates take that second statement.
+# the rows are built in Python, and duplicates take that second statement.
 _INTO = "INSERT INTO meter_events (id, tenant, meter, user_id, value, ts, idempotency_key, dimensions, created_at, ledger_id)"
-_INSERT_BATCH = (
+_INSERT_USUAL = (
     _INTO +
     " SELECT e.id, $1, e.meter, e.user_id, e.value, e.ts, e.key, e.dimensions, $2, e.ledger_id"
     " FROM unnest($3::meter_event_row[]) WITH ORDINALITY AS e (id, meter, user_id, value, ts, key, dimensions, ledger_id, n)"
-    " ORDER BY e.n ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING RETURNING id"
+    " ORDER BY e.n"
+)
+"""_INSERT_BATCH for a batch of usual events only (no idempotency key, no dimensions, no ledger
+row): nothing can conflict, so every row is created and none is returned (no 100 returned rows
+to decode). Scenario 3 on PostgreSQL, when it came (as five arrays then, `python -m bench
+--backend postgres --only 3 --rounds 1`, two interleaved pairs): 53.4k and 53.8k -> 65.8k and
+83.8k events/s; server CPU per event 12.5 and 11.6 -> 10.0 and 7.9 us, PostgreSQL's 16.9 and
+18.9 -> 13.5 and 10.5 us."""
+_INSERT_BATCH = (
+    _INSERT_USUAL + " ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING RETURNING id"
 )
 
 _INSERT_ALONE = (
@@ -218,22 +227,6 @@ the transaction's way makes four (BEGIN with the key's check, the meters and the
 insert, COMMIT). The events come as one array of rows (migration 17, usual_meter_event): asyncpg
 checks each element of an array parameter against collections.abc, 8 checks an event as five
 arrays, 4 as one row (README, "On PostgreSQL")."""
-
-_INSERT_USUAL = (
-    _INTO +
-    " SELECT e.id, $1, e.meter, e.user_id, e.value, e.ts, NULL, NULL, $2, NULL"
-    " FROM unnest($3::meter_event_row[]) WITH ORDINALITY AS e (id, meter, user_id, value, ts, key, dimensions, ledger_id, n)"
-    " ORDER BY e.n"
-)
-"""_INSERT_BATCH for a batch of usual events only (no idempotency key, no dimensions, no ledger
-row): nothing can conflict, so every row is created and none is returned. asyncpg checks each
-element of an array parameter on its way out (a few isinstance tests against collections.abc:
-~7% of the server's samples, bench.profile), which led to five arrays of 100 here instead of
-eight, and no 100 returned rows to decode; the events now come as one array of rows (migration
-17), four checks an event whatever its width. Scenario 3 on PostgreSQL
-(`python -m bench --backend postgres --only 3 --rounds 1`, two interleaved pairs): 53.4k and
-53.8k -> 65.8k and 83.8k events/s; server CPU per event 12.5 and 11.6 -> 10.0 and 7.9 us,
-PostgreSQL's 16.9 and 18.9 -> 13.5 and 10.5 us."""
 
 
 # The batch's meters that exist (their ids and seqs, in one order) and the tenant's Watch
@@ -265,18 +258,15 @@ async def _record_events(
         if e.meter_id not in known:
             raise Missing("meter", i)
     ids = new_ids("evt", len(events))
+    rows = [(event_id, known[e.meter_id], e.user, e.value, e.timestamp, e.idempotency,
+             json_text(e.dimensions) if e.dimensions is not None else None, e.ledger_id) for event_id, e in zip(ids, events)]
     if _usual(events):
-        await conn.execute(_INSERT_USUAL, tenant, now, [(event_id, known[e.meter_id], e.user, e.value, e.timestamp, None, None, None)
-                                                        for event_id, e in zip(ids, events)])
+        await conn.execute(_INSERT_USUAL, tenant, now, rows)
         if w.alerts:
             await after_meter_events(conn, tenant, {(e.meter_id, e.user) for e in events}, now, w)
         recorded(len(ids), 0)  # for the metrics
         return [(event_id, "created") for event_id in ids]
-    inserted = {r[0] for r in await conn.fetch(_INSERT_BATCH, tenant, now, [
-        (event_id, known[e.meter_id], e.user, e.value, e.timestamp, e.idempotency,
-         json_text(e.dimensions) if e.dimensions is not None else None, e.ledger_id)
-        for event_id, e in zip(ids, events)
-    ])}
+    inserted = {r[0] for r in await conn.fetch(_INSERT_BATCH, tenant, now, rows)}
     if w.alerts and inserted:
         touched = {(e.meter_id, e.user) for event_id, e in zip(ids, events) if event_id in inserted}
         await after_meter_events(conn, tenant, touched, now, w)
