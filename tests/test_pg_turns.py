@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 from typing import Sequence
 
+import asyncpg
 import pytest
 
 from zapbilling.billing.ledger import LOTS
@@ -74,6 +76,58 @@ async def test_a_failed_statement_fails_every_read_of_its_batch_and_the_next_bat
     assert [type(r) for r in results] == [ConnectionResetError] * 3
     s.fail = False
     assert await asyncio.gather(batch.call(5), batch.call(6)) == [10, 12]
+
+
+async def test_a_batch_the_database_refuses_for_one_calls_sake_is_made_again_call_by_call():
+    """A value one call holds that the database cannot take (its class of error, DataError and
+    the like) fails the batch's statement: the calls are then made one by one, so that only
+    the one at fault fails, where before every call of the batch answered its error."""
+    class OneBad(Statements):
+        async def one(self, a: int) -> int:
+            self.calls.append(("one", [a]))
+            if a == 2:
+                raise asyncpg.DataError("invalid byte sequence for encoding \"UTF8\": 0x00")
+            return 2 * a
+
+        async def many(self, reads: Sequence[int]) -> list[int]:
+            self.calls.append(("many", list(reads)))
+            if 2 in reads:
+                raise asyncpg.DataError("invalid byte sequence for encoding \"UTF8\": 0x00")
+            return [2 * a for a in reads]
+
+    s = OneBad()
+    batch = TurnBatch(s.one, s.many)
+    results = await asyncio.gather(*(batch.call(a) for a in range(4)), return_exceptions=True)
+    assert results[:2] == [0, 2] and results[3] == 6
+    assert isinstance(results[2], asyncpg.DataError)
+    assert s.calls == [("many", [0, 1, 2, 3]), ("one", [0]), ("one", [1]), ("one", [2]), ("one", [3])]
+    assert await asyncio.gather(batch.call(5), batch.call(6)) == [10, 12]  # and the next batch is one statement again
+    assert s.calls[-1] == ("many", [5, 6])
+
+
+async def test_the_batches_are_sent_outside_the_first_callers_context():
+    """The sender task is not made in its first caller's context: what a caller's context holds
+    (its long work's turn, transport/lane.py) must not be seen while others' calls are made."""
+    mine: contextvars.ContextVar[str] = contextvars.ContextVar("mine", default="none")
+    seen: list[str] = []
+
+    async def one(a: int) -> int:
+        seen.append(mine.get())
+        return a
+
+    async def many(reads: Sequence[int]) -> list[int]:
+        seen.append(mine.get())
+        return list(reads)
+
+    batch = TurnBatch(one, many)
+
+    async def caller(a: int) -> int:
+        mine.set(f"caller {a}")
+        return await batch.call(a)
+
+    assert await asyncio.gather(caller(1), caller(2)) == [1, 2]
+    assert await caller(3) == 3
+    assert seen == ["none", "none"]
 
 
 async def test_a_cancelled_reader_leaves_the_others_of_its_batch_their_answers():
@@ -183,3 +237,31 @@ async def test_a_turns_usual_writes_share_one_statement_and_what_needs_more_goes
         balances = [await store.balance(tenant, u, "usd", clock()) for u in users]
         assert balances == [(99 - 1, 0)] + [(100 - (1 + i), 0) for i in range(1, 20)]
         assert await store.balance(tenant, "acme/lots", "usd", clock()) == (45, 0)
+
+
+@pytest.mark.postgres_only("the PostgreSQL store's batched ledger writes")
+async def test_a_write_the_database_refuses_fails_alone_and_the_others_of_its_batch_are_written(db_path, clock):
+    """A write whose text PostgreSQL cannot store (a NUL character: the API refuses it before
+    the store, but the store must not let one write's fault spread) made at once with twenty
+    usual writes of other accounts: the twenty are written and answered, the one refused."""
+    async with two_keys(db_path, clock) as (store, principal, secret_a, _):
+        tenant = principal.tenant
+
+        def entry(user: str, amount: int, type: str = "withdraw", **kw) -> NewEntry:
+            return NewEntry(type=type, user=user, currency="usd", amount=amount, now=clock(), key_id=principal.key_id,
+                            lots=LOTS, **kw)
+
+        users = [f"acme/u{i}" for i in range(21)]
+        for user in users:
+            await store.append_ledger_row(tenant, entry(user, 100, "deposit"))
+        statements = counted(store._appends)
+        answers = await asyncio.gather(
+            *(store.append_ledger_row(tenant, entry(u, 1 + i)) for i, u in enumerate(users[:20])),
+            store.append_ledger_row(tenant, entry(users[20], 7, notes="a\x00b")),
+            return_exceptions=True,
+        )
+        assert statements == [21]
+        assert [a["amount"] for a in answers[:20]] == [1 + i for i in range(20)], answers
+        assert isinstance(answers[20], asyncpg.DataError)
+        assert [await store.balance(tenant, u, "usd", clock()) for u in users] == \
+            [(100 - (1 + i), 0) for i in range(20)] + [(100, 0)]

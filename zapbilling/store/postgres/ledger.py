@@ -196,11 +196,7 @@ class LedgerQueries(PgBase):
         digest = UNCHECKED_KEY.get()
         row, told, event = _rendered(tenant, e, outbox)
         args = append_args(digest, tenant, e, row, told, event, outbox)
-        try:
-            code = await self._appends.call(args)
-        except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError):
-            # A batch refused for one write's sake would fail every write in it: each alone says whose.
-            code = await self._append_one(args)
+        code = await self._appends.call(args)  # a batch refused for one write's sake: each alone says whose (turns.py)
         if digest is not None:
             self._key_checked(digest, code != -2)
         if code < 0:

@@ -13,16 +13,32 @@ way (ledger.py, `ledger_append_rows`): one statement and one commit for the writ
 
 One batch is under way at a time; the reads that arrive meanwhile make the next one. The
 batches are sent by a task of their own, not by a caller: a caller cancelled (its connection
-gone at a shutdown) must not take the others' answers with it. A failed statement fails every
-read of its batch, with the same exception, and the next batch is sent all the same.
+gone at a shutdown) must not take the others' answers with it. That task runs in a context of
+its own, not the first caller's: a caller's context variables (its long work's turn, lane.py)
+must not ride along with the calls of others that its batches carry.
+
+A statement the database refuses for what one call holds (ONE_CALLS_FAULT: a value it cannot
+store, such as a tag too long for its index, an overflow in one account's sum, a broken
+constraint) would fail every call of the batch, other tenants' too; the batch's calls are then
+made one by one, each answered as if it had come alone (nothing of the refused statement was
+written: it commits by itself or not at all). Any other failure (the connection lost, the
+database shutting down, a statement timeout) fails every call of the batch with the same
+exception, and the next batch is sent all the same.
 """
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from typing import Awaitable, Callable, Generic, Sequence, TypeVar
+
+import asyncpg
 
 A = TypeVar("A")
 R = TypeVar("R")
+
+ONE_CALLS_FAULT = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError, asyncpg.ProgramLimitExceededError)
+"""What the database answers a statement for what is in it (SQLSTATE classes 22, 23 and 54):
+in a batch, likely one call's doing."""
 
 
 class TurnBatch(Generic[A, R]):
@@ -43,7 +59,7 @@ class TurnBatch(Generic[A, R]):
         if self._sender is None:
             # A new task's first step is scheduled behind the callbacks already ready in this
             # turn: the requests they run that read too join this batch before it is sent.
-            self._sender = loop.create_task(self._send())
+            self._sender = loop.create_task(self._send(), context=contextvars.Context())
         return await answer
 
     async def _send(self) -> None:
@@ -68,7 +84,11 @@ class TurnBatch(Generic[A, R]):
             if len(batch) == 1:
                 answers: Sequence[R] = [await self._one(batch[0][0])]
             else:
-                answers = await self._many([args for args, _ in batch])
+                try:
+                    answers = await self._many([args for args, _ in batch])
+                except ONE_CALLS_FAULT:
+                    await self._each_alone(batch)
+                    return
         except BaseException as exc:
             cancelled = isinstance(exc, asyncio.CancelledError)
             for _, answer in batch:
@@ -83,4 +103,22 @@ class TurnBatch(Generic[A, R]):
             return
         for (_, answer), value in zip(batch, answers, strict=True):
             if not answer.done():  # its caller was cancelled meanwhile
+                answer.set_result(value)
+
+    async def _each_alone(self, batch: list[tuple[A, asyncio.Future[R]]]) -> None:
+        """Each call of a refused batch made by itself: the one at fault hears why, the others
+        get their answers. In turn, not at once: a refused batch is rare, and its calls are
+        likely to be of one account (they would wait on its lock anyway)."""
+        for args, answer in batch:
+            if answer.done():  # its caller was cancelled meanwhile
+                continue
+            try:
+                value = await self._one(args)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if not answer.done():
+                    answer.set_exception(exc)
+                continue
+            if not answer.done():
                 answer.set_result(value)
