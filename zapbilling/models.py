@@ -87,9 +87,22 @@ _TYPE_MESSAGES = {
     "string_too_long": "{} is too long: at most {max_length}",
     "too_large": "{} is too large: at most {bound} bytes encoded",
     "too_many_keys": "{} has too many keys: at most {bound}",
+    "string_pattern_mismatch": "{} must not contain the NUL character (U+0000)",  # NO_NUL, the only pattern
+    "nul": "{} must not contain the NUL character (U+0000)",
 }
 """Messages by pydantic error type; `{}` is the parameter's path (`events[0].userId`), the other
 fields come from the error's context."""
+
+
+NO_NUL = "^[^\x00]*$"
+"""Every text a call carries, free-form values' keys and text included, is refused with a NUL
+character in it: PostgreSQL can store none (in TEXT or JSONB), and the two backends must take
+the same input. A Text's as a pattern, checked by pydantic-core with its length (timeit, getBalance's
+two texts: +40-120 ns a call); a free-form value's in the walk that measures it."""
+
+
+def _nul() -> PydanticCustomError:
+    return PydanticCustomError("nul", "NUL character")
 
 
 def invalid(message: str) -> PydanticCustomError:
@@ -135,7 +148,11 @@ def _measure(v: Any, depth: int, acc: list[int], bounds: SizeBounds) -> bool:
         for k, x in v.items():
             if type(k) is not str:
                 return False
+            if "\x00" in k:
+                raise _nul()
             if type(x) is str:
+                if "\x00" in x:
+                    raise _nul()
                 low += len(k) + len(x) + 4
                 high += 6 * (len(k) + len(x)) + 4  # a character is at most 6 bytes: \u0000, or 4 of UTF-8
             else:
@@ -153,6 +170,8 @@ def _measure(v: Any, depth: int, acc: list[int], bounds: SizeBounds) -> bool:
         low = high = 0
         for x in v:
             if type(x) is str:
+                if "\x00" in x:
+                    raise _nul()
                 low += len(x) + 2
                 high += 6 * len(x) + 2
             elif not _measure(x, depth + 1, acc, bounds):
@@ -160,6 +179,8 @@ def _measure(v: Any, depth: int, acc: list[int], bounds: SizeBounds) -> bool:
         acc[0] += low
         acc[1] += high
     elif isinstance(v, str):
+        if "\x00" in v:
+            raise _nul()
         acc[0] += len(v) + 2
         acc[1] += 6 * len(v) + 2
     elif isinstance(v, bool) or v is None:
@@ -204,6 +225,8 @@ def _free_form(name: str, bounds: SizeBounds, *, data: bool) -> BeforeValidator:
             for k, x in v.items():
                 if type(k) is not str or type(x) is not str:
                     break
+                if "\x00" in k or "\x00" in x:
+                    raise _nul()
                 chars += len(k) + len(x)
             else:
                 if 6 * (chars + len(v)) + 2 <= most_bytes:  # each character at most 6 bytes; quotes, colon, comma
@@ -288,7 +311,7 @@ class ModelBuilder:
         if n == "Float64":
             return float
         if n == "Text":
-            return str if output else Annotated[str, PydanticField(max_length=self.bounds.text_bound(name))]
+            return str if output else Annotated[str, PydanticField(max_length=self.bounds.text_bound(name), pattern=NO_NUL)]
         if n == "Data":
             return Any if output else Annotated[Any, _free_form(name, self.bounds, data=True)]
         if n == "List":
@@ -311,7 +334,7 @@ class ModelBuilder:
         if rule is not None:
             validators.append(_rule(rule, f.name))
         text = f.type.name == "Text"
-        nonempty_text = Annotated[str, PydanticField(min_length=1, max_length=self.bounds.text_bound(f.name))]
+        nonempty_text = Annotated[str, PydanticField(min_length=1, max_length=self.bounds.text_bound(f.name), pattern=NO_NUL)]
         # A first-pass model leaves null (and "" where it means absent) to the type, which
         # refuses it: the call then goes the long way (the first pass, above `_null_means`).
         # Data takes null as a value.

@@ -77,6 +77,8 @@ class Caller:
     async def _idempotency(self, command: Command, principal: Principal, params: Any, key: str) -> Idempotency:
         if len(key) > MAX_IDEMPOTENCY_KEY:
             raise InvalidRequest(f"idempotency key must be at most {MAX_IDEMPOTENCY_KEY} characters", param="idempotencyKey")
+        if "\x00" in key:  # as every text a call carries (models.NO_NUL): PostgreSQL stores none
+            raise InvalidRequest("idempotency key must not contain the NUL character (U+0000)", param="idempotencyKey")
         canonical = json.dumps([command.wire, params.model_dump(mode="json")], sort_keys=True, separators=(",", ":"))
         idempotency = Idempotency(key, hashlib.sha256(canonical.encode()).hexdigest())
         # The store claims the key atomically with the write; this early look also covers a
