@@ -118,6 +118,25 @@ async def test_a_tag_alone_lists_exactly_the_rows_bearing_it(api, history):
     assert len(expected(history, tag="credit-expired")) == 2 + 3   # the deposits so tagged, and three forfeits (usage spent the rest)
 
 
+async def test_a_tag_of_a_thousand_multibyte_characters_is_written_and_one_of_255_is_found(api):
+    """A deposit's tags may be 1,000 characters, one tag all of them. In a script of three- and
+    four-byte characters (varied, so that PostgreSQL cannot compress the index key) that was past
+    the B-tree's key bound on PostgreSQL: the deposit was refused with a 500 (migration 18).
+    Now a tag longer than the filter's 255 characters has no ledger_tags entry (none could be
+    asked for) and the row is written; a tag of 255 such characters is listed by its filter."""
+    long = "".join(chr(0x4E00 + (i * 7919) % 20000) for i in range(1000))
+    wide = "".join(chr(0x1F300 + (i * 31) % 700) for i in range(255))  # four bytes each in UTF-8
+    first = await ok(api, "deposit", {"user": ALICE, "amount": 5, "tags": long})
+    second = await ok(api, "deposit", {"user": ALICE, "amount": 7, "tags": f"{wide},vip"})
+    assert (await ok(api, "getBalance", {"user": ALICE}))["balance"] == 12
+    listed = await ok(api, "listTransactions", {"user": ALICE, "tag": wide})
+    assert [r["transactionId"] for r in listed["transactions"]] == [second["transactionId"]]
+    assert (await ok(api, "listTransactions", {"user": ALICE, "tag": "vip"}))["count"] == 1
+    everything = await ok(api, "listTransactions", {"user": ALICE})
+    assert [r["tags"] for r in everything["transactions"]] == [f"{wide},vip", long]
+    assert first["tags"] == long
+
+
 async def test_the_empty_tag_is_one_too(server, api, history):
     """REST reads `tag=` as no filter; the store lists the rows with an empty tag ('', 'a,,b')."""
     store = server.app[STORE]
