@@ -270,3 +270,17 @@ async def test_usage_past_int64_in_a_period_saturates(any_api: Api) -> None:
     caps = await ok(any_api, "getSpendCaps", {"user": ALICE})
     assert caps["caps"][0]["used"] == 2**63 - 1
     assert (await ok(any_api, "getBalance", {"user": ALICE}))["balance"] == 0
+
+
+async def test_setting_a_cap_answers_used_saturated_as_reading_it_does(any_api: Api) -> None:
+    """Usage and a pending hold each at the int64 maximum: setSpendCap answered their sum
+    (2**64 - 2, beyond what an int64 client decodes) where getSpendCaps answered the int64
+    maximum for the same state. Both now answer the saturated value."""
+    top = 2**63 - 1
+    await ok(any_api, "recordUsage", {"user": ALICE, "amount": top, "model": "m"})
+    await ok(any_api, "createHold", {"user": ALICE, "amount": top, "allowOverdraft": True})
+    for period in ("day", "month"):
+        cap = await ok(any_api, "setSpendCap", {"user": ALICE, "period": period, "limit": 5})
+        assert cap["used"] == top, cap
+    caps = await ok(any_api, "getSpendCaps", {"user": ALICE})
+    assert [c["used"] for c in caps["caps"]] == [top, top]

@@ -94,7 +94,8 @@ async def period_usage(
 
 
 async def used(conn: asyncpg.Connection, tenant: int, user: str, currency: str, period: str, now: int, held: int) -> int:
-    return await period_usage(conn, tenant, user, currency, period, now) + held
+    """As ../sqlite/alerts.py used: saturated at int64."""
+    return min(await period_usage(conn, tenant, user, currency, period, now) + held, INT64_MAX)
 
 
 async def held_now(conn: asyncpg.Connection, tenant: int, user: str, currency: str, now: int) -> int:

@@ -106,8 +106,9 @@ def period_usage(conn: sqlite3.Connection, tenant: int, user: str, currency: str
 
 
 def used(conn: sqlite3.Connection, tenant: int, user: str, currency: str, period: str, now: int, held: int) -> int:
-    """What a cap of `period` counts at `now`: the period's usage withdrawals plus `held`."""
-    return period_usage(conn, tenant, user, currency, period, now) + held
+    """What a cap of `period` counts at `now`: the period's usage withdrawals plus `held`,
+    saturated at int64 as getSpendCaps' sum is (both past every cap; an answer never leaves int64)."""
+    return min(period_usage(conn, tenant, user, currency, period, now) + held, INT64_MAX)
 
 
 def held_now(conn: sqlite3.Connection, tenant: int, user: str, currency: str, now: int) -> int:
