@@ -358,13 +358,15 @@ async def test_hold_id_is_required(any_api, method):
     assert_error(any_api, r, "invalid_params", "id is required", "id")
 
 
-async def test_rest_path_id_wins_over_a_body_id(api):
+async def test_rest_a_body_id_beside_the_paths_is_refused(api):
+    """The path's id used to win silently over the body's: now refused (strict input, as a path
+    parameter in the query is; tests/test_strict_input.py), neither hold touched."""
     await deposit(api, 1000)
     a = await hold(api, 100)
     b = await hold(api, 200)
     status, body = await api.rest("POST", f"/api/v1/billing/holds/{a['holdId']}/capture", {"id": b["holdId"], "amount": 5})
-    assert status == 200 and body["holdId"] == a["holdId"], body
-    assert (await get_hold(api, b["holdId"]))["status"] == "pending"
+    assert status == 400 and body["error"]["param"] == "id", body
+    assert [(await get_hold(api, h["holdId"]))["status"] for h in (a, b)] == ["pending", "pending"]
 
 
 # -- settle exactly once -------------------------------------------------------------------------

@@ -214,6 +214,20 @@ async def test_a_path_parameter_sent_in_the_query_is_refused(api, funded):
     assert body["error"]["message"].startswith("unknown parameter: id"), body
 
 
+@pytest.mark.parametrize("sent", ["hold_other", None])  # another hold's id, or the same as the path's
+async def test_a_path_parameter_sent_in_the_body_is_refused_not_dropped(api, funded, sent):
+    """The path's id won silently over a body's `id` (a capture of hold A with {"id": "other"}
+    captured A): refused like a path parameter in the query, even when the two agree."""
+    hold = await ok(api, "createHold", {"user": ALICE, "amount": 10})
+    path = f"/api/v1/billing/holds/{hold['holdId']}/capture"
+    status, body = await api.rest("POST", path, {"amount": 5, "id": sent or hold["holdId"]})
+    assert status == 400 and body["error"]["param"] == "id", body
+    assert body["error"]["message"] == "unknown parameter: id (POST /api/v1/billing/holds/{id}/capture takes it in the path)", body
+    assert (await ok(api, "getHold", {"id": hold["holdId"]}))["status"] == "pending"
+    status, body = await api.rest("POST", path, {"amount": 5})
+    assert status == 200 and body["capturedAmount"] == 5, body
+
+
 async def test_an_api_key_in_the_query_string_is_still_refused_as_unauthorized(api):
     """Authentication comes first: `key` is refused as a key in the URL, `keys` as unknown."""
     status, body = await api.rest("GET", "/api/v1/billing/balance", params={"user": ALICE, "key": "k"})

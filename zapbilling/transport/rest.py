@@ -102,6 +102,7 @@ def make_view(caller: Caller, command: Command, lane: Lane) -> View:
     from_query = command.http.verb in ("GET", "DELETE")
     success = command.http.status
     path_fields = [f for f in command.fields if f.name in command.http.path_params]
+    in_path = {f.name: f" ({command.http.verb} {command.http.path} takes it in the path)" for f in path_fields}
     query_takes, elsewhere = query_names(command)
     wire = command.wire
     succeeded: dict[str, Facts] = {}
@@ -124,9 +125,16 @@ def make_view(caller: Caller, command: Command, lane: Lane) -> View:
                 refuse_unknown_query(request.query, query_takes, elsewhere)
             if from_query:
                 raw = text_params(command.fields, request.query, request.match_info)
-            else:  # body params, and the path's on top
+            else:  # body params, and the path's beside them
                 raw = (_body_params(request, body, caller.limits.request_elements) if len(body) <= LARGE_BODY
-                       else await _large_body_params(request, body, caller.limits.request_elements, lane.steps(principal.org))) | text_params(path_fields, {}, request.match_info)
+                       else await _large_body_params(request, body, caller.limits.request_elements, lane.steps(principal.org)))
+                if in_path:
+                    # A path parameter in the body too would be dropped silently (the path's
+                    # wins): refused as a query string's is, also when the two agree.
+                    for name in in_path:
+                        if name in raw:
+                            raise InvalidParams(f"unknown parameter: {name}{in_path[name]}", param=name)
+                    raw |= text_params(path_fields, {}, request.match_info)
             result = await caller.call(
                 command, principal, raw, query=from_query, idempotency_key=request.headers.get("Idempotency-Key") or None
             )
