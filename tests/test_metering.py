@@ -717,7 +717,7 @@ async def test_record_usage_records_an_event_on_the_api_usage_meter(any_api, db_
     assert dims == {"model": "claude-x", "provider": "anthropic"}
     (ledger,) = usage_rows(db_path)
     assert ledger["id"] == tx["transactionId"] and ledger["created_at"] == row["ts"]
-    assert (row["ledger_id"], row["idempotency_key"]) == (tx["transactionId"], f"usage:{ALICE}:req-1")  # linked to its row, the contract's key
+    assert (row["ledger_id"], row["idempotency_key"]) == (tx["transactionId"], None)  # linked to its row, no key of the callers' kind
     s = await summary(any_api, usage_meter["id"], userId=ALICE)
     assert (s["value"], s["eventCount"]) == (250, 1)
     assert (await summary(any_api, other["id"]))["eventCount"] == 0
@@ -772,59 +772,6 @@ async def test_fix_record_usage_retry_records_no_second_event_and_charges_once(a
     assert [(e["user_id"], e["value"]) for e in event_rows(db_path)] == [(ALICE, 250), (BOB, 40)]
     s = await summary(any_api, usage_meter["id"])
     assert (s["value"], s["eventCount"]) == (290, 2)
-
-
-async def test_record_usage_events_key_is_the_contracts_and_a_callers_event_under_it_is_a_duplicate(any_api, db_path):
-    """The contract gives recordUsage's meter event the idempotency key `usage:<user>:<requestId>`:
-    a caller who also reports the usage as a meter event under that key gets `duplicate` and the
-    usage event's id, whichever comes first, and the usage is counted once. When the caller's
-    came first, the withdrawal is still written (it is money), and its meter event is not."""
-    usage_meter = await meter(any_api, "api-usage")
-    await ok(any_api, "deposit", {"user": ALICE, "amount": 10_000})
-    await ok(any_api, "deposit", {"user": BOB, "amount": 10_000})
-    # recordUsage first, then the caller's event
-    tx = await ok(any_api, "recordUsage", {"user": ALICE, "amount": 40, "model": "gx", "provider": "op", "requestId": "req-7"})
-    (usage_event,) = event_rows(db_path)
-    assert usage_event["ledger_id"] == tx["transactionId"]
-    r = await record(any_api, [{"meterId": usage_meter["id"], "userId": ALICE, "value": 40, "idempotency": f"usage:{ALICE}:req-7"}])
-    assert r["events"] == [{"id": usage_event["id"], "status": "duplicate"}]
-    # the caller's event first, then recordUsage
-    r = await record(any_api, [{"meterId": usage_meter["id"], "userId": BOB, "value": 25, "idempotency": f"usage:{BOB}:req-8"}])
-    assert r["events"][0]["status"] == "created"
-    tx = await ok(any_api, "recordUsage", {"user": BOB, "amount": 25, "model": "gx", "requestId": "req-8"})
-    assert tx["amount"] == 25 and (await ok(any_api, "getBalance", {"user": BOB}))["balance"] == 10_000 - 25
-    assert (await ok(any_api, "getBalance", {"user": ALICE}))["balance"] == 10_000 - 40
-    for user, value in ((ALICE, 40), (BOB, 25)):
-        s = await summary(any_api, usage_meter["id"], userId=user)
-        assert (s["value"], s["eventCount"]) == (value, 1), (user, s)
-    assert [r["ledger_id"] for r in event_rows(db_path) if r["user_id"] == BOB] == [None]  # the caller's, kept as sent
-    # made at once (on PostgreSQL one batched statement): each event keyed, each caller's a duplicate
-    txs = await asyncio.gather(*(ok(any_api, "recordUsage", {"user": ALICE, "amount": 1 + i, "model": "m", "requestId": f"b{i}"})
-                                 for i in range(8)))
-    by_row = {r["ledger_id"]: r for r in event_rows(db_path)}
-    assert [by_row[t["transactionId"]]["idempotency_key"] for t in txs] == [f"usage:{ALICE}:b{i}" for i in range(8)]
-    r = await record(any_api, [{"meterId": usage_meter["id"], "userId": ALICE, "value": 1 + i, "idempotency": f"usage:{ALICE}:b{i}"}
-                               for i in range(8)])
-    assert [e["status"] for e in r["events"]] == ["duplicate"] * 8
-    assert [e["id"] for e in r["events"]] == [by_row[t["transactionId"]]["id"] for t in txs]
-
-
-async def test_record_usage_events_of_two_users_whose_keys_read_alike_are_both_counted(any_api, db_path):
-    """`usage:<user>:<requestId>` is ambiguous: user `a:b` with request `c` and user `a` with
-    request `b:c` make one key. A key held by another user's event is no duplicate of this
-    usage: the second event is written too, without the key, and each user's usage counted."""
-    usage_meter = await meter(any_api, "api-usage")
-    for a, funded in (("a", False), ("f", True)):  # funded: the accounts exist (on PostgreSQL the one-statement write)
-        if funded:
-            for user in (f"{a}:b", a):
-                await ok(any_api, "deposit", {"user": user, "amount": 100})
-        await ok(any_api, "recordUsage", {"user": f"{a}:b", "amount": 3, "model": "m", "requestId": "c"})
-        await ok(any_api, "recordUsage", {"user": a, "amount": 5, "model": "m", "requestId": "b:c"})
-        rows = sorted((r for r in event_rows(db_path) if r["user_id"] in (a, f"{a}:b")), key=lambda r: r["user_id"])
-        assert [(r["user_id"], r["value"], r["idempotency_key"]) for r in rows] == [(a, 5, None), (f"{a}:b", 3, f"usage:{a}:b:c")]
-        for user, value in ((f"{a}:b", 3), (a, 5)):
-            s = await summary(any_api, usage_meter["id"], userId=user)
-            assert (s["value"], s["eventCount"]) == (value, 1), (user, s)
 
 
 async def test_fix_record_usage_concurrent_retries_record_one_event(api, db_path):

@@ -199,7 +199,7 @@ async def test_a_turns_balance_reads_share_one_statement_each_its_account_and_a_
 @pytest.mark.postgres_only("the PostgreSQL store's batched ledger writes")
 async def test_a_turns_usual_writes_share_one_statement_and_what_needs_more_goes_alone(db_path, clock):
     """Twenty usual writes, a write of a revoked key, a repeat of a dedupe key and a write to an
-    account with expiring money, made at once: one statement (ledger_append_calls) for all,
+    account with expiring money, made at once: one statement (ledger_append_rows) for all,
     which writes the twenty, refuses the revoked key's alone, and leaves the repeat and the
     expiring account to the transaction's way, which answers them as it always has."""
     async with two_keys(db_path, clock) as (store, principal, secret_a, (key_b, secret_b)):

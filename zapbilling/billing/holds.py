@@ -75,14 +75,13 @@ def _usage_metadata(hold: HoldRow, model: str, given: Any) -> dict[str, Any]:
 async def capture_hold(ctx: Context, p: Any) -> dict[str, Any]:
     def charge(hold: HoldRow, amount: int) -> NewEntry:
         """Charged like recordUsage (a withdraw tagged api-usage, its meter event in the same
-        transaction), keyed by the hold so that it can exist only once: the withdrawal's dedupe
-        key and the meter event's idempotency key are both `hold:<holdId>`."""
+        transaction), keyed by the hold so that it can exist only once."""
         return NewEntry(
             type="withdraw", user=hold["user"], currency=hold["currency"], amount=amount, now=ctx.now, key_id=ctx.key_id, lots=LOTS,
             tags=USAGE_TAG, hold_id=hold["holdId"],
             notes=p.notes or f"API usage: {p.model} (hold {hold['holdId']})",
             metadata=_usage_metadata(hold, p.model, p.metadata), dedupe_key=f"hold:{hold['holdId']}",
-            usage_event=UsageEvent(USAGE_TAG, {"model": p.model}, f"hold:{hold['holdId']}"),
+            usage_event=UsageEvent(USAGE_TAG, {"model": p.model}),
         )
 
     try:

@@ -115,11 +115,7 @@ async def record_usage(ctx: Context, p: Any) -> dict[str, Any]:
         type="withdraw", user=p.user, currency=p.currency, amount=p.amount, now=ctx.now, key_id=ctx.key_id, lots=LOTS, tags=USAGE_TAG,
         notes=f"API usage: {p.model} ({p.totalTokens} tokens)", metadata=metadata,
         dedupe_key=f"usage:{p.requestId}" if p.requestId else None,
-        # The meter event's key is the contract's, `usage:<user>:<requestId>`. Its text can be
-        # ambiguous (user `a:b` with request `c`, user `a` with request `b:c`): the store keeps a
-        # key held by another user's event from making this usage a duplicate (UsageEvent).
-        usage_event=UsageEvent(USAGE_TAG, {"model": p.model, "provider": p.provider},
-                               f"usage:{p.user}:{p.requestId}" if p.requestId else None),
+        usage_event=UsageEvent(USAGE_TAG, {"model": p.model, "provider": p.provider}),
     ))
     return {"user": row["user"], "amount": row["amount"], "transactionId": row["id"], "currency": row["currency"], "type": row["type"]}
 

@@ -84,16 +84,14 @@ class MeterEventDraft:
 class UsageEvent:
     """The meter event a usage withdrawal records in its own transaction, if the tenant has a
     meter for `event_name`: value = the withdrawal's amount, at the withdrawal's time. It is
-    linked to the withdrawal's own row (meter_events.ledger_id, unique): a retried withdrawal
-    writes no second row, hence no second event. With a `key` it also takes that idempotency
-    key, as a caller's event would: an event already holding the key (the caller reported the
-    same usage itself) makes it a duplicate, not written; the withdrawal is written all the same.
-    A key held by another user's event is no duplicate of this usage (a key's text can be
-    ambiguous: billing/ledger.py), and the event is then written without one."""
+    keyed by the withdrawal's own row (meter_events.ledger_id, unique), not by an idempotency
+    key: callers' keys live in another column, so no caller's event can collide with it, and a
+    row id is unambiguous where `usage:<user>:<requestId>` was not (user `a:b` with request `c`
+    and user `a` with request `b:c` made the same key, and the second usage event was dropped).
+    A retried withdrawal writes no second row, hence no second event."""
 
     event_name: str
     dimensions: dict[str, Any]
-    key: str | None = None
 
 
 @dataclass(slots=True)

@@ -4,7 +4,7 @@ together.
 
 Commits: the usual ledger write (recordUsage, a deposit: ledger.py `_append_at_once`) is one
 statement that commits by itself, and the usual writes that arrive during one round trip share
-one statement and one commit (`ledger_append_calls`, turns.py), their accounts locked in key
+one statement and one commit (`ledger_append_rows`, turns.py), their accounts locked in key
 order (rule 4 below). Other writes are a transaction each; PostgreSQL shares the flush itself:
 concurrent transactions committing together are written to disk by one WAL flush (its group
 commit), so `--durability full` costs one fsync per flush, not per write.
@@ -20,7 +20,7 @@ COMMITTED and takes row locks in one fixed order before it reads what it decides
    original (a conditional `UPDATE ... WHERE refunded + n <= amount`);
 3. a user's credit grants, locked `FOR UPDATE` in creation order (`seq`) by every write that
    changes a remainder (burn, void, expiry), so two burns never take the same cents;
-4. a batch of usual ledger writes (`ledger_append_calls`) locks several accounts' `balances`
+4. a batch of usual ledger writes (`ledger_append_rows`) locks several accounts' `balances`
    rows, in key order (tenant, user, currency), and nothing else.
 
 Only such batches lock two accounts, always in one order, and a transaction that locks one

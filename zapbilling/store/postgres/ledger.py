@@ -244,7 +244,7 @@ LOT_PAGE = 64
 # the row's insert (ON CONFLICT: a seen dedupe key inserts nothing, and then nothing else is
 # written); the balance update, whose new value is known from the locked row ($17; NULL when
 # the lots decide it, see append_entry); the usage meter event when the tenant has a meter for
-# it (keyed as base.UsageEvent says: an event holding its key makes it a duplicate, not written);
+# it (its idempotency key is NULL, so no conflict can skip it);
 # and the account's first page of lots, read in the same snapshot, which is taken after the
 # lock was granted, so it holds every earlier writer's lots. The sub-statements see that
 # snapshot and not each other's rows: the lots are those before this insert.
@@ -262,11 +262,8 @@ _INSERT_ROW = (
 _USAGE_EVENT = (
     ", mtr AS (SELECT id, seq FROM meters WHERE tenant = $2 AND event_name = $20)"
     ", ev AS (INSERT INTO meter_events (id, tenant, meter, user_id, value, ts, idempotency_key, dimensions,"
-    " created_at, ledger_id) SELECT $18, $2, mtr.seq, $3, $6, $10,"
-    " CASE WHEN EXISTS (SELECT 1 FROM meter_events o WHERE o.tenant = $2 AND o.idempotency_key = $21::text"
-    " AND o.user_id <> $3) THEN NULL ELSE $21::text END, $19, $10, $1 FROM mtr"
-    " WHERE EXISTS (SELECT 1 FROM ins)"
-    " ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING RETURNING 1)"
+    " created_at, ledger_id) SELECT $18, $2, mtr.seq, $3, $6, $10, NULL, $19, $10, $1 FROM mtr"
+    " WHERE EXISTS (SELECT 1 FROM ins) RETURNING 1)"
 )
 # The row's event (outbox.py) as one more branch, $N..$N+2 its id, type and data: written when the
 # row is (not for a dedupe repeat). A usage event is gated on the tenant's usage_hooks, read in
@@ -300,7 +297,7 @@ def _append_sql(usage: bool, event: str | None) -> str:
     n = 18
     if usage:
         sql += _USAGE_EVENT
-        n = 22
+        n = 21
     if event is not None:
         sql += _ROW_EVENT.format(n, n + 1, n + 2, _GATE if event == "gated" else "")
     return sql + _WITH_LOTS.format(meter="(SELECT id FROM mtr WHERE EXISTS (SELECT 1 FROM ev))" if usage else "NULL")
@@ -363,8 +360,7 @@ async def append_entry(
     ]
     if e.usage_event is not None:
         dimensions = e.usage_event.dimensions
-        params += [new_id("evt"), json_text(dimensions) if dimensions is not None else None, e.usage_event.event_name,
-                   e.usage_event.key]
+        params += [new_id("evt"), json_text(dimensions) if dimensions is not None else None, e.usage_event.event_name]
     if told is not None:
         params += [row_event_id(tx_id), told[0], json_text(told[1])]
     rows = await conn.fetch(_append_sql(e.usage_event is not None, event), *params)
@@ -421,11 +417,10 @@ def _rendered(tenant: int, e: NewEntry, outbox: Outbox | None) -> tuple[LedgerRo
 
 
 AppendArgs = tuple[Any, ...]
-"""The 24 arguments of ledger_append (migrations/postgres/0011_ledger_append.sql, its usage
-event's key added by 0019_usage_event_key.sql), in its order."""
-_APPEND_ONE = "SELECT ledger_append(" + ", ".join(f"${n}" for n in range(1, 25)) + ")"
-_APPEND_MANY = "SELECT ledger_append_calls($1::ledger_append_call[])"
-"""The writes as one array of rows, each an AppendArgs (migrations 17 and 19): asyncpg checks each
+"""The 23 arguments of ledger_append (migrations/postgres/0011_ledger_append.sql), in its order."""
+_APPEND_ONE = "SELECT ledger_append(" + ", ".join(f"${n}" for n in range(1, 24)) + ")"
+_APPEND_MANY = "SELECT ledger_append_rows($1::ledger_append_args[])"
+"""The writes as one array of rows, each an AppendArgs (migration 17): asyncpg checks each
 element of an array parameter against collections.abc on its way out, ~35 checks per write as
 23 arrays, 4 as one row (callgrind, `bench.instructions --op recordUsage --pg-servers 1`: see
 the README, "On PostgreSQL")."""
@@ -451,7 +446,7 @@ def append_args(digest: str | None, tenant: int, e: NewEntry, row: LedgerRow, to
         e.hold_id, None if usage is None else new_id("evt"), dimensions, None if usage is None else usage.event_name,
         None if told is None else row_event_id(row["id"]), None if told is None else told[0],
         None if told is None else json_text(told[1]), event == "gated",
-        outbox is not None and told is None and not outbox.usage_hooks.get(tenant), None if usage is None else usage.key,
+        outbox is not None and told is None and not outbox.usage_hooks.get(tenant),
     )
 
 

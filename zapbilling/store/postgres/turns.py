@@ -9,7 +9,7 @@ read at nearly the same time; a TurnBatch gathers them and sends one statement f
 batch instead of once per request (getBalance on PostgreSQL, bench scenario 1: 7,954 -> 14,855
 req/s, server CPU 118 -> 63 us and PostgreSQL's 55 -> 12 us per request). A read alone runs the
 one-read statement as before. The usual ledger write (recordUsage, a deposit) is batched the same
-way (ledger.py, `ledger_append_calls`): one statement and one commit for the writes of a round trip.
+way (ledger.py, `ledger_append_rows`): one statement and one commit for the writes of a round trip.
 
 One batch is under way at a time; the reads that arrive meanwhile make the next one. The
 batches are sent by a task of their own, not by a caller: a caller cancelled (its connection

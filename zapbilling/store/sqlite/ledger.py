@@ -200,14 +200,9 @@ def append_entry(
         if evented != (usage == USAGE_RECORDED):
             conn.execute("UPDATE ledger SET evented = ? WHERE id = ?", (not evented, tx_id))
     if meter_id is not None:  # a usage withdrawal's meter event (see UsageEvent), linked to its row
-        metered = e.usage_event
-        assert metered is not None  # the meter was looked up by its event name
-        key = metered.key
-        if key is not None and conn.execute(_KEY_OF_ANOTHER, (tenant, key, e.user)).fetchone() is not None:
-            key = None
-        _, status = insert_event(conn, tenant, MeterEventDraft(meter_id, e.user, e.amount, e.now, key, metered.dimensions, tx_id),
-                                 meter_seq, e.now)
-        if w.alerts and status == "created":
+        assert e.usage_event is not None  # the meter was looked up by its event name
+        insert_event(conn, tenant, MeterEventDraft(meter_id, e.user, e.amount, e.now, None, e.usage_event.dimensions, tx_id), meter_seq, e.now)
+        if w.alerts:
             after_meter_events(conn, tenant, {(str(meter_id), e.user)}, e.now, w)
     return row, w
 
@@ -231,10 +226,6 @@ _ACCOUNT = (
     " (SELECT id FROM meters WHERE tenant = ?1 AND event_name = ?4),"  # two seeks of one index entry: cheaper than a join (above)
     " (SELECT seq FROM meters WHERE tenant = ?1 AND event_name = ?4)"
 )
-
-
-_KEY_OF_ANOTHER = "SELECT 1 FROM meter_events WHERE tenant = ? AND idempotency_key = ? AND user_id <> ?"
-"""Whether a usage event's key is held by another user's event (base.UsageEvent)."""
 
 
 def _claim_refund(conn: sqlite3.Connection, tenant: int, e: NewEntry, refundable: Refundable) -> None:
