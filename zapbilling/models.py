@@ -88,8 +88,10 @@ _TYPE_MESSAGES = {
     "too_large": "{} is too large: at most {bound} bytes encoded",
     "too_many_keys": "{} has too many keys: at most {bound}",
     "string_pattern_mismatch": "{} must not contain the NUL character (U+0000)",  # NO_NUL, the only pattern
-    "nul": "{} must not contain the NUL character (U+0000)",
 }
+_TYPE_MESSAGES["nul"] = NUL_REFUSED = _TYPE_MESSAGES["string_pattern_mismatch"]
+"""A text's NUL refused, as a pattern (Text) or found in a free-form value's walk; calls.py
+words an idempotency key's with it too."""
 """Messages by pydantic error type; `{}` is the parameter's path (`events[0].userId`), the other
 fields come from the error's context."""
 

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from ..context import Context
 from ..errors import ApiError, Conflict, Forbidden, InvalidRequest
-from ..models import params_error
+from ..models import NUL_REFUSED, params_error
 from ..registry import Command, Registry
 from ..store import Idempotency, KeyReused, KeyRevoked, Principal, Store
 from ..limits import Limits
@@ -78,7 +78,7 @@ class Caller:
         if len(key) > MAX_IDEMPOTENCY_KEY:
             raise InvalidRequest(f"idempotency key must be at most {MAX_IDEMPOTENCY_KEY} characters", param="idempotencyKey")
         if "\x00" in key:  # as every text a call carries (models.NO_NUL): PostgreSQL stores none
-            raise InvalidRequest("idempotency key must not contain the NUL character (U+0000)", param="idempotencyKey")
+            raise InvalidRequest(NUL_REFUSED.format("idempotency key"), param="idempotencyKey")
         canonical = json.dumps([command.wire, params.model_dump(mode="json")], sort_keys=True, separators=(",", ":"))
         idempotency = Idempotency(key, hashlib.sha256(canonical.encode()).hexdigest())
         # The store claims the key atomically with the write; this early look also covers a

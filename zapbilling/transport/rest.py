@@ -102,8 +102,8 @@ def make_view(caller: Caller, command: Command, lane: Lane) -> View:
     from_query = command.http.verb in ("GET", "DELETE")
     success = command.http.status
     path_fields = [f for f in command.fields if f.name in command.http.path_params]
-    in_path = {f.name: f" ({command.http.verb} {command.http.path} takes it in the path)" for f in path_fields}
     query_takes, elsewhere = query_names(command)
+    in_path = {f.name: elsewhere[f.name] for f in path_fields}  # the query's hint for each: "(... takes it in the path)"
     wire = command.wire
     succeeded: dict[str, Facts] = {}
     """The facts of this route's requests that succeed, by key id, shared (facts.py: read-only):

@@ -114,9 +114,7 @@ class TurnBatch(Generic[A, R]):
                 continue
             try:
                 value = await self._one(args)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
+            except Exception as exc:  # not CancelledError: that ends the sender (_answer cancels the rest)
                 if not answer.done():
                     answer.set_exception(exc)
                 continue
