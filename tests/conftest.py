@@ -21,6 +21,7 @@ from zapbilling.config import Config, server_options
 from zapbilling.limits import Limits
 from zapbilling.registry import Registry, load_registry
 from zapbilling.times import system_clock
+from zapbilling.transport import plain_routes
 
 TRANSPORTS = ("rest", "zap-json", "zap-msgpack")
 
@@ -257,7 +258,9 @@ async def sqlite_store(tmp_path):
 @pytest.fixture
 async def server(aiohttp_server, db_path, clock):
     config = Config(db=db_path, clock=clock, sweep_seconds=3600)
-    return await aiohttp_server(make_app(config), **server_options(config))
+    served = await aiohttp_server(make_app(config), **server_options(config))
+    assert plain_routes.install(served.runner)  # as `zapbilling serve` does (graceful.py)
+    return served
 
 
 @pytest.fixture

@@ -42,6 +42,7 @@ from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import StreamResponse
 
 from .early_stop import EarlyStop
+from .transport import plain_routes
 
 log = logging.getLogger("zapbilling")
 
@@ -94,6 +95,7 @@ async def serve(app: web.Application, sock: socket.socket, early: EarlyStop, *, 
         return
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=shutdown_timeout, **runner_options)
     await runner.setup()  # the app's start-up: opens (and migrates) the database
+    plain_routes.install(runner)
     counts: list[int] | None = None
     cut_before = 0
     try:
