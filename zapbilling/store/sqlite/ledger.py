@@ -16,7 +16,7 @@ from .outbox import NOTHING, WATCHED_MASK, WATCHES, Watch, check_usage_data, emi
 from .watch import after_account_write, after_meter_events
 from ..refusals import Missing, NotRefundable, OutOfRange, RefundLeft
 from ..rows import LEDGER_COLUMNS as _ROW, ledger_row as _row, json_text
-from .sums import ACCOUNT, EXPIRED, HELD
+from .sums import ACCOUNT, ACCOUNT_SPAN, EXPIRED, HELD
 from ...loop_turn import converted
 from ..rows import LEDGER_ROWS_PER_STEP
 
@@ -46,8 +46,23 @@ class LedgerQueries(SqliteBase):
         self._outbox = Outbox(herald)
 
     async def balance(self, tenant: int, user: str, currency: str, now: int) -> tuple[int, int]:
-        (b, expired, held), = self._read_point(ACCOUNT, (tenant, user, currency, now))
-        return b - expired, held
+        """(balance less expired credit, pending holds) at `now`. Kept in the point reads' memo
+        (reads.py `_memo`) while the data is unchanged and until its first unspent lot expires,
+        so that a balance asked again and again costs a dict look-up. Not kept: an account
+        with holds pending now (its answer changes as each lapses) or with credit expired and
+        not yet forfeited (the sweep soon writes)."""
+        memo, key = self._memo(), (tenant, user, currency)
+        kept = memo.get(key)
+        if kept is not None and kept[1] <= now < kept[2]:
+            return kept[0], 0
+        params = (tenant, user, currency, now)
+        (b, first_lot, held), = self._read_point(ACCOUNT_SPAN, params)
+        if first_lot is not None and first_lot <= now:
+            (b, expired, held), = self._read_point(ACCOUNT, params)
+            return b - expired, held
+        if not held:
+            self._memoize(key, (b, now, first_lot if first_lot is not None else INT64_MAX))
+        return b, held
 
     async def balances(self, tenant: int, user: str, now: int) -> list[tuple[str, int, int]]:
         """Every currency with a ledger row, or with a hold pending now, by currency."""
