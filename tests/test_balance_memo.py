@@ -94,3 +94,16 @@ async def test_the_memo_stays_bounded(sqlite_store, monkeypatch):
         assert await sqlite_store.balance(principal.tenant, f"u{i}", "usd", now) == (0, 0)
         assert len(sqlite_store._memo_answers) <= 50
     assert len(sqlite_store._memo_answers) == 120 % 50
+
+
+async def test_inside_a_snapshot_the_kept_answer_is_refused_as_a_point_read_is(sqlite_store):
+    from zapbilling.store.sqlite.reads import PointReadInSnapshot
+
+    _, secret = await sqlite_store.create_key("acme", "test", "admin", system_clock())
+    principal = await sqlite_store.authenticate(secret)
+    assert principal is not None
+    now = system_clock()
+    assert await sqlite_store.balance(principal.tenant, "u", "usd", now) == (0, 0)  # kept
+    async with sqlite_store.snapshot():
+        with pytest.raises(PointReadInSnapshot):
+            await sqlite_store.balance(principal.tenant, "u", "usd", now)
