@@ -744,7 +744,8 @@ def scenarios(settings: Settings) -> list[Scenario]:
             HttpRun("s1.bare_pg_keymem", "bare aiohttp+asyncpg: key in memory + balance read (1 round trip)", 1,
                     server="bare_pg", server_args=("--keys", "memory"), backend="postgres", **rest_read),  # type: ignore[arg-type]
         ], [
-            Target("getBalance ZAP/msgpack vs bare aiohttp+uvloop", "s1.zap_msgpack", "s1.bare", ">=", 0.8),
+            # issue 19's 0.9x, met since the plain routes' short cut and the balance memo (README, "Against the bare server now")
+            Target("getBalance ZAP/msgpack vs bare aiohttp+uvloop", "s1.zap_msgpack", "s1.bare", ">=", 0.9),
             Target("getBalance ZAP/msgpack vs FastAPI", "s1.zap_msgpack", "s1.fastapi", ">=", 2.0),
             Target("getBalance ZAP/msgpack vs jsonrpcserver", "s1.zap_msgpack", "s1.jsonrpc", ">=", 2.5),
             Target("getBalance ZAP/JSON vs bare aiohttp+uvloop", "s1.zap_json", "s1.bare"),
@@ -779,7 +780,8 @@ def scenarios(settings: Settings) -> list[Scenario]:
             HttpRun("s2.bare_pg_insert", "bare aiohttp+asyncpg: key read + autocommitted INSERT, synchronous_commit on", 2,
                     server="bare_pg", backend="postgres", **usage),  # type: ignore[arg-type]
         ], [
-            Target("recordUsage full vs bare INSERT+COMMIT", "s2.full", "s2.bare_insert", ">=", 0.8),
+            # issue 19's 1.3x, not met yet: --strict fails on it until it is (README, "Against the bare server now")
+            Target("recordUsage full vs bare INSERT+COMMIT", "s2.full", "s2.bare_insert", ">=", 1.3),
             Target("recordUsage normal vs bare INSERT+COMMIT", "s2.normal", "s2.bare_insert", ">=", 1.0),
             Target("recordUsage full, a webhook endpoint (the outbox's write) vs none", "s2.full_webhook", "s2.full", ">=", 0.9),
             Target("recordUsage full, its events delivered meanwhile vs none", "s2.full_delivering", "s2.full"),
