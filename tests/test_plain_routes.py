@@ -78,6 +78,16 @@ async def test_variable_paths_refusals_and_expect_go_through_aiohttp_each_time(s
     assert [p for _, p in counting.paths] == ["/api/v1/zap", "/nowhere", "/api/v1/billing/holds/h1"] * 2 + ["/api/v1/zap"]
 
 
+async def test_a_route_of_any_method_is_never_kept(served, session):
+    """/api/v1 answers every method (its refusal): kept, it would keep a match per method name a
+    client sends, without bound where aiohttp's pure-Python parser takes any token as one."""
+    server, counting, key = served
+    for method in ("GET", "PUT", "GET", "PUT"):
+        async with session.request(method, server.make_url("/api/v1"), headers={"Authorization": f"Bearer {key}"}) as r:
+            assert r.status == 404
+    assert [m for m, _ in counting.paths] == ["GET", "PUT", "GET", "PUT"]
+
+
 async def test_not_installed_where_a_middleware_or_a_sub_application_could_change_the_match(aiohttp_server):
     @web.middleware
     async def passing(request: web.Request, handler: Any) -> web.StreamResponse:

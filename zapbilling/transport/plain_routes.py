@@ -16,8 +16,10 @@ only where nothing but the method and the path can change them: a plain resource
 reached without middlewares (none are used; a middleware added later turns this off rather than
 being skipped) and without sub-applications, whose matches can depend on the Host header (an
 application with any resource other than plain and dynamic ones is served by aiohttp alone).
-A request with an `Expect` header goes through aiohttp, which answers it. The kept matches are
-as many as the routes, at most.
+A request with an `Expect` header goes through aiohttp, which answers it. Only a route of one
+method is kept (a route of any method, as /api/v1's refusal, would be kept once per method name
+sent, and aiohttp's pure-Python parser takes any token as one): the kept matches are as many as
+the routes, at most.
 """
 from __future__ import annotations
 
@@ -50,7 +52,8 @@ def _short_cut(resolve: Handler) -> Handler:
         if found is None or hdrs.EXPECT in request.headers:
             response = await resolve(request)
             match = request.match_info if isinstance(request, web.Request) else None
-            if match is not None and type(match) is UrlMappingMatchInfo and type(match.route.resource) is PlainResource:
+            if (match is not None and type(match) is UrlMappingMatchInfo and type(match.route.resource) is PlainResource
+                    and match.route.method != hdrs.METH_ANY):  # a route of any method would keep one match per method sent
                 kept[(request.method, request.rel_url.path_safe)] = match, match.handler
             return response
         match, handler = found
