@@ -200,6 +200,28 @@ async def test_an_unknown_query_parameter_on_a_get_route_is_refused(api, funded,
     assert body["error"]["message"] == f"unknown parameter: {name}", body
 
 
+@pytest.mark.parametrize("second", ["bob", ALICE, ""])
+async def test_a_query_parameter_given_twice_is_refused_not_taken_first(api, funded, second):
+    """`?user=alice&user=bob` read alice's balance: which one was meant cannot be told."""
+    status, body = await api.rest("GET", "/api/v1/billing/balance", params=[("user", ALICE), ("currency", "usd"), ("user", second)])
+    assert status == 400, body
+    assert body["error"] == {"type": "api-error", "code": "invalid_params", "message": "parameter given more than once: user",
+                             "param": "user"}, body
+    status, body = await api.rest("GET", "/api/v1/billing/balance", params=[("user", ALICE), ("user", "bob"), ("limt", "1")])
+    assert status == 400 and body["error"]["message"] == "unknown parameter: limt", body  # an unknown name first
+
+
+def test_a_list_is_its_name_repeated():
+    from zapbilling.errors import InvalidParams
+    from zapbilling.transport.rest import refuse_unknown_query
+    from multidict import MultiDict
+
+    query = MultiDict([("tag", "a"), ("user", "u"), ("tag", "b")])
+    refuse_unknown_query(query, frozenset({"tag", "user"}), {}, lists=frozenset({"tag"}))
+    with pytest.raises(InvalidParams, match="parameter given more than once: tag"):
+        refuse_unknown_query(query, frozenset({"tag", "user"}), {})
+
+
 async def test_a_query_parameter_on_a_body_route_is_refused_not_dropped(api, funded, db_path):
     status, body = await api.rest("POST", USAGE, {"user": ALICE, "amount": 5}, params={"model": "gpt-x"})
     assert status == 400 and body["error"]["param"] == "model", body
