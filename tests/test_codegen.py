@@ -249,6 +249,10 @@ def test_openapi_states_the_rules_the_server_enforces_where_json_schema_can():
     def body(path: str) -> dict:
         return DOC["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]
 
+    assert body("/api/v1/billing/deposit")["additionalProperties"] is False, "strict input: an unknown name is refused"
+    assert DOC["components"]["schemas"]["DepositParams"]["additionalProperties"] is False
+    # an answer's struct takes no params' rule by name: a spend cap's limit is cents, not a page size (<= 1000)
+    assert DOC["components"]["schemas"]["SpendCap"]["properties"]["limit"]["maximum"] == 2**63 - 1
     deposit = body("/api/v1/billing/deposit")["properties"]
     assert deposit["amount"]["minimum"] == 1 and deposit["expiresIn"]["maximum"] == 36_500
     assert deposit["currency"]["pattern"] == "^[A-Za-z]{3}$" and deposit["currency"]["default"] == "usd"

@@ -123,7 +123,9 @@ def _sent(schema: Schema) -> set[str]:
 
 def _type_components(schema: Schema, field_rules: Mapping[str, Rule], bounds: SizeBounds | None = None) -> dict[str, Any]:
     """The schema's enums and structs, under their own names, in declaration order; the structs
-    callers send with the size bounds of their fields."""
+    callers send with the size bounds and the rules of their fields. The rules are the params'
+    (by name) and only a struct sent is checked by them: on an answer's struct they would
+    misstate it (a spend cap's `limit` is cents, not the page size `limit` of the listings)."""
     sent = _sent(schema)
     schemas: dict[str, Any] = {}
     for name in sorted(schema.order, key=schema.order.__getitem__):
@@ -132,7 +134,8 @@ def _type_components(schema: Schema, field_rules: Mapping[str, Rule], bounds: Si
             schemas[name] = {"type": "string", "enum": list(e.values), **({"description": e.doc} if e.doc else {})}
         elif name in schema.structs:
             s = schema.structs[name]
-            schemas[name] = object_schema(s.fields, schema, s.doc, rules=field_rules, bounds=bounds if name in sent else None)
+            schemas[name] = object_schema(s.fields, schema, s.doc, rules=field_rules if name in sent else None,
+                                          bounds=bounds if name in sent else None)
     return schemas
 
 
@@ -205,8 +208,8 @@ def _rest_operation(wire: str, m: Method, schema: Schema, rules: Mapping[str, Ru
                 p["explode"] = True
             params.append(p)
     elif rest:
-        # open: the server ignores fields it does not know (a newer caller's), as the envelope does
-        op["requestBody"] = {"required": False, "content": content(object_schema(rest, schema, closed=False, rules=rules, bounds=bounds))}
+        # closed: the server refuses a name the operation does not take (strict input: `unknown parameter`)
+        op["requestBody"] = {"required": False, "content": content(object_schema(rest, schema, rules=rules, bounds=bounds))}
     if params:
         op["parameters"] = params
     success = {"description": "the result", "content": content(_result_schema(m, schema))}
@@ -249,7 +252,7 @@ def envelope_name(m: Method) -> str:
 
 
 def _method_components(wire: str, m: Method, schema: Schema, rules: Mapping[str, Rule], bounds: SizeBounds) -> dict[str, Any]:
-    return {params_name(m): object_schema(schema.flat_params(m), schema, closed=False, rules=rules, bounds=bounds),
+    return {params_name(m): object_schema(schema.flat_params(m), schema, rules=rules, bounds=bounds),
             envelope_name(m): _envelope(wire, m, params_name(m))}
 
 
