@@ -7,7 +7,7 @@ then calls the route's handler (`Application._handle`). For a path without varia
 `PlainResource`) the answer depends on the method and the path alone, so the first request of
 each (method, path) goes through aiohttp as usual and its frozen match is kept; later ones take
 it from a dict and go straight to the handler. Measured by callgrind (`bench.instructions`,
-getBalance over ZAP/msgpack): 316.5k -> 306.7k instructions per request (-3.1%); cProfile
+getBalance over ZAP/msgpack): 316.5k -> 304.4k instructions per request (-3.8%); cProfile
 counted 15 Python calls a request in the routing (resolve, the match's construction, add_app,
 freeze, the handler's look-up, ...).
 

@@ -51,7 +51,7 @@ class LedgerQueries(SqliteBase):
         so that a balance asked again and again costs a dict look-up. Not kept: an account
         with holds pending now (its answer changes as each lapses) or with credit expired and
         not yet forfeited (the sweep soon writes)."""
-        memo, key = self._memo(), (tenant, user, currency)
+        memo, key = self._memo(), ("balance", tenant, user, currency)
         kept = memo.get(key)
         if kept is not None and kept[1] <= now < kept[2]:
             return kept[0], 0

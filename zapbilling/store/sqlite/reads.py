@@ -215,7 +215,8 @@ class ReadPath:
         Inside `snapshot()` it raises PointReadInSnapshot instead of reading a newer moment
         than the snapshot's. The context variable is looked up only while some snapshot is
         open: measured by callgrind per point read, the attribute test costs ~65 instructions
-        where the look-up would cost ~230 (getBalance makes one point read, ~320k in all)."""
+        where the look-up would cost ~230 (a balance read not found in `_memo` makes one point
+        read, ~305k instructions in all)."""
         if self._snapshots_open and _SNAPSHOT.get() is not None:
             raise PointReadInSnapshot(
                 "a point read inside snapshot() would read outside the snapshot: make this query with _read"
@@ -247,20 +248,21 @@ class ReadPath:
         by its commit, or arriving after it, looks in a later turn). Read inside the turn's
         transaction, the count is its snapshot's, else the latest: either way an answer is
         filed under a count no newer than the data it came from, so a commit it missed always
-        moves the count at a later look. Measured by callgrind (`bench.instructions`),
-        getBalance 304.4k -> 284.7k instructions per request with the answers here; with every
+        moves the count at a later look. Measured by callgrind (`bench.instructions`), a
+        balance read over HTTP 304.4k -> 284.7k instructions per request with the answers here; with every
         answer dropped at each turn (a write landing in every turn) 308.2k, +1.2%: the count's
-        statement once a turn. Inside `snapshot()` it raises as `_read_point` does."""
+        statement once a turn. Inside `snapshot()` it raises as `_read_point` does. Keys begin
+        with the kind of answer (`("balance", ...)`), so that answers of several reads can share it."""
         if self._snapshots_open and _SNAPSHOT.get() is not None:
             raise PointReadInSnapshot("a point read inside snapshot() would read outside the snapshot: make this query with _read")
         if not self._memo_checked:
             cursor = self._point_cursor
             assert cursor is not None, "store is not open"
-            (version,), = cursor.execute("PRAGMA data_version").fetchall()
-            self._memo_checked = True
-            if not self._turn_end_queued:
+            if not self._turn_end_queued:  # queued before the count is read, as `_read_point` queues it before its read
                 self._turn_end_queued = True
                 asyncio.get_running_loop().call_soon(self._end_point_turn)
+            (version,), = cursor.execute("PRAGMA data_version").fetchall()
+            self._memo_checked = True
             if version != self._memo_version:
                 self._memo_version = version
                 self._memo_answers.clear()
