@@ -85,6 +85,9 @@ so a concurrent request's reads never land in another request's read transaction
 class PointReadInSnapshot(RuntimeError):
     """A point read was made inside `snapshot()`, where it would read outside the snapshot."""
 
+    def __init__(self) -> None:
+        super().__init__("a point read inside snapshot() would read outside the snapshot: make this query with _read")
+
 
 class ReadPath:
     """The pool of read connections with its fair slots for long reads, and the point
@@ -218,9 +221,7 @@ class ReadPath:
         where the look-up would cost ~230 (a balance read not found in `_memo` makes one point
         read, ~305k instructions in all)."""
         if self._snapshots_open and _SNAPSHOT.get() is not None:
-            raise PointReadInSnapshot(
-                "a point read inside snapshot() would read outside the snapshot: make this query with _read"
-            )
+            raise PointReadInSnapshot()
         cursor = self._point_cursor
         assert cursor is not None, "store is not open"
         if fresh:
@@ -229,9 +230,7 @@ class ReadPath:
         if not self._point_txn:
             cursor.execute("BEGIN")
             self._point_txn = True
-            if not self._turn_end_queued:
-                self._turn_end_queued = True
-                asyncio.get_running_loop().call_soon(self._end_point_turn)
+            self._queue_turn_end()
         return cursor.execute(sql, params).fetchall()
 
     def _memo(self) -> dict[Hashable, Any]:
@@ -254,13 +253,11 @@ class ReadPath:
         statement once a turn. Inside `snapshot()` it raises as `_read_point` does. Keys begin
         with the kind of answer (`("balance", ...)`), so that answers of several reads can share it."""
         if self._snapshots_open and _SNAPSHOT.get() is not None:
-            raise PointReadInSnapshot("a point read inside snapshot() would read outside the snapshot: make this query with _read")
+            raise PointReadInSnapshot()
         if not self._memo_checked:
             cursor = self._point_cursor
             assert cursor is not None, "store is not open"
-            if not self._turn_end_queued:  # queued before the count is read, as `_read_point` queues it before its read
-                self._turn_end_queued = True
-                asyncio.get_running_loop().call_soon(self._end_point_turn)
+            self._queue_turn_end()  # before the count is read, as `_read_point` queues it before its read
             (version,), = cursor.execute("PRAGMA data_version").fetchall()
             self._memo_checked = True
             if version != self._memo_version:
@@ -275,6 +272,12 @@ class ReadPath:
         if len(answers) >= MEMO_ANSWERS:
             answers.clear()
         answers[key] = answer
+
+    def _queue_turn_end(self) -> None:
+        """The turn's end, queued once a turn (its point transaction and the memo's look end there)."""
+        if not self._turn_end_queued:
+            self._turn_end_queued = True
+            asyncio.get_running_loop().call_soon(self._end_point_turn)
 
     def _end_point_turn(self) -> None:
         self._turn_end_queued = False
