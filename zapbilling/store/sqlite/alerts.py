@@ -16,23 +16,23 @@ from .connection import SqliteBase
 from .sums import HELD, HELD_NOW
 
 USED = (
-    "SELECT COALESCE(SUM(amount), 0) FROM ledger WHERE tenant = ? AND user_id = ? AND created_at >= ? AND created_at < ?"
-    " AND currency = ? AND type = 'withdraw' AND tags = 'api-usage'"
+    "SELECT COALESCE(SUM(amount), 0) FROM ledger INDEXED BY ledger_by_type WHERE tenant = ? AND user_id = ?"
+    " AND type = 'withdraw' AND created_at >= ? AND created_at < ? AND currency = ? AND tags = 'api-usage'"
 )
 """The usage withdrawals (recordUsage's and the captures of holds, both tagged api-usage) of one
 account over [start, end); parameters (tenant, user, start, end, currency). A range of the
-ledger_history index (tenant, user_id, created_at, seq): its cost is the user's ledger rows in
-the period, never the user's whole history."""
+ledger_by_type index (tenant, user_id, type, created_at, seq): its cost is the user's
+withdrawals in the period, never the user's whole history."""
 
 
 # A user's caps, each with its period's usage and the holds pending now, in one statement (one
 # snapshot): two index ranges per cap.
 _CAPS = (
     "SELECT s.currency, s.period, s.cap,"
-    " (SELECT COALESCE(SUM(amount), 0) FROM ledger WHERE tenant = :tenant AND user_id = :user"
-    "  AND created_at >= CASE s.period WHEN 'day' THEN :day ELSE :month END"
+    " (SELECT COALESCE(SUM(amount), 0) FROM ledger INDEXED BY ledger_by_type WHERE tenant = :tenant AND user_id = :user"
+    "  AND type = 'withdraw' AND created_at >= CASE s.period WHEN 'day' THEN :day ELSE :month END"
     "  AND created_at < CASE s.period WHEN 'day' THEN :day_end ELSE :month_end END"
-    "  AND currency = s.currency AND type = 'withdraw' AND tags = 'api-usage'),"
+    "  AND currency = s.currency AND tags = 'api-usage'),"
     f" ({HELD.format(tenant=':tenant', user=':user', currency='s.currency', now=':now')})"
     " FROM spend_caps s WHERE s.tenant = :tenant AND s.user_id = :user"
     " ORDER BY s.currency, CASE s.period WHEN 'day' THEN 0 ELSE 1 END"
