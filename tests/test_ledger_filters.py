@@ -187,9 +187,8 @@ def test_a_type_and_a_tag_walk_the_smaller_range():
 @pytest.mark.sqlite_only("the query plans of SQLite")
 def test_each_walk_is_a_range_of_its_index(db_path, server):
     """EXPLAIN QUERY PLAN: the tags walk searches ledger_tags by its key and reads ledger
-    rows by seq; the type walk searches ledger_by_type; the history walk merges the user's two
-    ranges of ledger_by_type (there is no ledger_history on SQLite since migration 19), as the
-    spend caps' period sums walk its withdrawals; none sorts."""
+    rows by seq; the type walk searches ledger_by_type, as the spend caps' period sums walk its
+    withdrawals; none sorts."""
     import sqlite3
 
     from zapbilling.store.ledger_filters import page
@@ -207,11 +206,6 @@ def test_each_walk_is_a_range_of_its_index(db_path, server):
         assert "SEARCH l USING INTEGER PRIMARY KEY (rowid=?)" in tags and "TEMP B-TREE" not in tags, tags
         typed = plan("type", LedgerFilter(type="deposit", tag="api-usage"))
         assert "USING INDEX ledger_by_type (tenant=? AND user_id=? AND type=?" in typed and "TEMP B-TREE" not in typed, typed
-        for where in (LedgerFilter(), LedgerFilter(currency="usd", tag="api-usage", created_from=1, created_before=9)):
-            history = plan("history", where)
-            assert history.startswith("MERGE (UNION ALL)") and "TEMP B-TREE" not in history, history
-            assert history.count("SEARCH ledger USING INDEX ledger_by_type (tenant=? AND user_id=? AND type=?") == 2, history
-        assert con.execute("SELECT name FROM sqlite_master WHERE name = 'ledger_history'").fetchall() == []
         from zapbilling.store.sqlite.alerts import USED
         used = " | ".join(r[3] for r in con.execute("EXPLAIN QUERY PLAN " + USED, (1, ALICE, 0, 9, "usd")))
         assert used == "SEARCH ledger USING INDEX ledger_by_type (tenant=? AND user_id=? AND type=? AND created_at>? AND created_at<?)", used

@@ -245,7 +245,7 @@ async def test_a_forfeit_written_by_the_sweep_is_keyed_system(api, clock, server
 
 
 async def test_equal_times_list_last_written_first_and_time_before_write_order(api, clock):
-    # the two types interleaved at one time: on SQLite each type is a range of its own, merged
+    # the two types interleaved at one time
     for amount in (1, 2, 3, 4):
         if amount % 2:
             await ok(api, "deposit", {"user": ALICE, "amount": amount})

@@ -5,8 +5,7 @@ Three ranges, each ordered (created_at, seq) newest first, so a page is the firs
 rows of one walk whichever is taken, and dates and the page's cursor are bounds of it
 (migration 0008):
 
-- `history`: the user's rows (ledger_history; on SQLite, which has no such index since migration
-  19, the merge of the user's two `type` ranges). Every other filter is a test on each row walked.
+- `history`: the user's rows (ledger_history). Every other filter is a test on each row walked.
 - `type`: the user's rows of one type (ledger_by_type).
 - `tags`: the user's rows bearing one tag (the ledger_tags table, joined to the ledger by seq).
   Rows tagged exactly '' or 'api-usage' have no entries there (UNSPLIT_TAGS), so a filter on
@@ -25,9 +24,6 @@ from typing import Any, Callable
 from .base import LedgerFilter
 from .rows import LEDGER_COLUMNS
 
-TYPES = ("deposit", "withdraw")
-"""Every type a ledger row can have (the table's CHECK): the `type` ranges that together hold
-the user's whole history."""
 UNSPLIT_TAGS = frozenset({"", "api-usage"})
 """Tags whose rows get no ledger_tags entries when they are a row's only tag (the migration's
 trigger says the same): a deposit's default and every usage withdrawal's."""
@@ -68,14 +64,12 @@ class Statement:
 class Dialect:
     """What differs between the backends' statements."""
 
-    def __init__(self, mark: Callable[[int], str], tag_test: str, history: str | None, by_type: str, tagged: str):
+    def __init__(self, mark: Callable[[int], str], tag_test: str, history: str, by_type: str, tagged: str):
         self.mark = mark
         self.tag_test = tag_test
         """A condition true when `tags` holds the tag `{}` (a parameter) as one of its tags."""
         self.history = history
-        """The ledger as the `history` walk names it, or None where the user's whole history has
-        no index of its own (SQLite since migration 19): the walk is then the merge of the
-        user's two `type` ranges."""
+        """The ledger as the `history` walk names it (SQLite: INDEXED BY, so no plan can differ)."""
         self.by_type = by_type
         self.tagged = tagged
         """The tags walk's FROM: ledger_tags `t` as the outer loop, each entry's ledger row `l`
@@ -119,35 +113,19 @@ def page(d: Dialect, walk: str, tenant: int, user: str, where: LedgerFilter, cur
         if where.currency is not None:
             sql += f" AND l.currency = {s.p(where.currency)}"
         sql += f" ORDER BY t.created_at DESC, t.seq DESC LIMIT {s.p(limit)}"
-    elif walk == "history" and d.history is None:
-        # The merge of the user's two type ranges, each walked newest first: a compound SELECT
-        # whose ORDER BY SQLite answers by merging its arms as they go (no sort), the LIMIT
-        # stopping both. `seq` is a column of its own at the end, for the ORDER BY to name;
-        # ledger_row reads the columns before it.
-        arms = [_walked(s, d, d.by_type, tenant, user, where, cursor, t, ", seq") for t in TYPES]
-        sql = f"{' UNION ALL '.join(arms)} ORDER BY created_at DESC, seq DESC LIMIT {s.p(limit)}"
     else:
-        table = d.by_type if walk == "type" else d.history
-        assert table is not None, "a dialect without a history index merges the type ranges (above)"
-        sql = _walked(s, d, table, tenant, user, where, cursor, where.type if walk == "type" else None, "")
+        sql = f"SELECT {ROW} FROM {d.history if walk == 'history' else d.by_type}"
+        sql += f" WHERE tenant = {s.p(tenant)} AND user_id = {s.p(user)}"
+        if walk == "type":
+            sql += f" AND type = {s.p(where.type)}"
+        sql += _range(s, "", where, cursor)
+        if where.currency is not None:
+            sql += f" AND currency = {s.p(where.currency)}"
+        if where.tag is not None:
+            sql += " AND " + d.tag_test.format(s.p(where.tag))
         sql += f" ORDER BY created_at DESC, seq DESC LIMIT {s.p(limit)}"
     s.sql = sql
     return s
-
-
-def _walked(s: Statement, d: Dialect, table: str, tenant: int, user: str, where: LedgerFilter, cursor: tuple[int, int] | None,
-            type_: str | None, more: str) -> str:
-    """The rows of one range of `table` (of one type when `type_` is given) that pass the
-    filter's tests, unordered: the walks' common part."""
-    sql = f"SELECT {ROW}{more} FROM {table} WHERE tenant = {s.p(tenant)} AND user_id = {s.p(user)}"
-    if type_ is not None:
-        sql += f" AND type = {s.p(type_)}"
-    sql += _range(s, "", where, cursor)
-    if where.currency is not None:
-        sql += f" AND currency = {s.p(where.currency)}"
-    if where.tag is not None:
-        sql += " AND " + d.tag_test.format(s.p(where.tag))
-    return sql
 
 
 def walk_for(where: LedgerFilter, sizes: tuple[int, int] | None = None) -> str:

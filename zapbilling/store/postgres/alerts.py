@@ -20,8 +20,8 @@ USED = (
     "SELECT LEAST(COALESCE(SUM(amount), 0), 9223372036854775807)::bigint FROM ledger WHERE tenant = $1 AND user_id = $2 AND created_at >= $3"
     " AND created_at < $4 AND currency = $5 AND type = 'withdraw' AND tags = 'api-usage'"
 )
-"""As ../sqlite/alerts.py USED: a range of the ledger_history index; parameters $1 tenant,
-$2 user, $3 start, $4 end, $5 currency."""
+"""As ../sqlite/alerts.py USED (which index it walks is the planner's choice here);
+parameters $1 tenant, $2 user, $3 start, $4 end, $5 currency."""
 
 _CAPS = (
     "SELECT s.currency, s.period, s.cap,"
