@@ -188,7 +188,9 @@ def test_a_type_and_a_tag_walk_the_smaller_range():
 def test_each_walk_is_a_range_of_its_index(db_path, server):
     """EXPLAIN QUERY PLAN: the tags walk searches ledger_tags by its key and reads ledger
     rows by seq; the type walk searches ledger_by_type, as the spend caps' period sums walk its
-    withdrawals; none sorts."""
+    withdrawals; the history walk merges the user's two ranges of ledger_by_type (there is no
+    ledger_history on SQLite since migration 19), a test on its rows read from the merge as a
+    co-routine; none sorts."""
     import sqlite3
 
     from zapbilling.store.ledger_filters import page
@@ -206,9 +208,68 @@ def test_each_walk_is_a_range_of_its_index(db_path, server):
         assert "SEARCH l USING INTEGER PRIMARY KEY (rowid=?)" in tags and "TEMP B-TREE" not in tags, tags
         typed = plan("type", LedgerFilter(type="deposit", tag="api-usage"))
         assert "USING INDEX ledger_by_type (tenant=? AND user_id=? AND type=?" in typed and "TEMP B-TREE" not in typed, typed
+        merged = "MERGE (UNION ALL) | LEFT | SEARCH ledger USING INDEX ledger_by_type (tenant=? AND user_id=? AND type=?"
+        for where in (LedgerFilter(), LedgerFilter(created_from=1, created_before=9)):
+            history = plan("history", where)
+            assert history.startswith(merged) and "TEMP B-TREE" not in history, history
+            assert history.count("USING INDEX ledger_by_type (tenant=? AND user_id=? AND type=?") == 2, history
+        for where in (LedgerFilter(currency="usd"), LedgerFilter(tag="api-usage", created_from=1), LedgerFilter(tag="")):
+            tested = plan("history", where)
+            assert tested.startswith("CO-ROUTINE") and merged in tested and "TEMP B-TREE" not in tested, tested
+            assert tested.endswith("SCAN (subquery-2)"), tested
+        assert con.execute("SELECT name FROM sqlite_master WHERE name = 'ledger_history'").fetchall() == []
         from zapbilling.store.sqlite.alerts import USED
         used = " | ".join(r[3] for r in con.execute("EXPLAIN QUERY PLAN " + USED, (1, ALICE, 0, 9, "usd")))
         assert used == "SEARCH ledger USING INDEX ledger_by_type (tenant=? AND user_id=? AND type=? AND created_at>? AND created_at<?)", used
+    finally:
+        con.close()
+
+
+@pytest.mark.sqlite_only("SQLite's merged history walk")
+def test_a_tested_history_page_costs_the_rows_it_passes_over_not_a_whole_type(tmp_path):
+    """The history walk with a test (a currency, an unsplit tag) on a user whose rows of one type
+    never match: the merge must not walk that type's whole range for each page (an arm tested
+    inside would). 40,000 usd usage withdrawals and an eur deposit every 100th row: a page of
+    ten eur rows passes over ~1,000 rows, and costs about what an untested page of as many rows
+    does (SQLite's virtual machine steps, counted by its progress handler)."""
+    import sqlite3
+
+    from zapbilling.store.ledger_filters import page
+    from zapbilling.store.migrations import migrate
+    from zapbilling.store.sqlite.ledger import _DIALECT
+
+    con = sqlite3.connect(tmp_path / "walk.db")
+    try:
+        migrate(con)
+        con.executemany(
+            "INSERT INTO ledger (seq, id, tenant, user_id, currency, type, amount, tags, notes, created_at, key_id)"
+            " VALUES (?, ?, 1, 'alice', ?, ?, 1, ?, '', ?, 'k')",
+            [(i, f"tx_{i}", "eur", "deposit", "", i) if i % 100 == 0 else (i, f"tx_{i}", "usd", "withdraw", "api-usage", i)
+             for i in range(1, 40_001)])
+        con.commit()
+
+        def steps(where: LedgerFilter, limit: int, cursor: tuple[int, int] | None = None) -> tuple[int, list[Any]]:
+            count = [0]
+
+            def tick() -> int:
+                count[0] += 1
+                return 0
+            con.set_progress_handler(tick, 100)
+            try:
+                s = page(_DIALECT, "history", 1, "alice", where, cursor, limit)
+                rows = con.execute(s.sql, s.params).fetchall()
+                return count[0], rows
+            finally:
+                con.set_progress_handler(None, 0)
+
+        untested, rows = steps(LedgerFilter(), 1000)
+        assert len(rows) == 1000 and untested > 100
+        for where in (LedgerFilter(currency="eur"), LedgerFilter(tag="")):
+            for cursor in (None, (30_000, 30_000)):
+                tested, rows = steps(where, 10, cursor)
+                top = cursor[1] if cursor else 40_001
+                assert [r[-1] for r in rows] == [top - top % 100 - 100 * k if top % 100 else top - 100 * (k + 1) for k in range(10)]
+                assert tested < 2 * untested, (where, cursor, tested, untested)
     finally:
         con.close()
 

@@ -5,7 +5,9 @@ Three ranges, each ordered (created_at, seq) newest first, so a page is the firs
 rows of one walk whichever is taken, and dates and the page's cursor are bounds of it
 (migration 0008):
 
-- `history`: the user's rows (ledger_history). Every other filter is a test on each row walked.
+- `history`: the user's rows (ledger_history; on SQLite, which has no such index since migration
+  19, the merge of the user's two `type` ranges, tested as the merge yields them). Every other
+  filter is a test on each row walked.
 - `type`: the user's rows of one type (ledger_by_type).
 - `tags`: the user's rows bearing one tag (the ledger_tags table, joined to the ledger by seq).
   Rows tagged exactly '' or 'api-usage' have no entries there (UNSPLIT_TAGS), so a filter on
@@ -24,6 +26,9 @@ from typing import Any, Callable
 from .base import LedgerFilter
 from .rows import LEDGER_COLUMNS
 
+TYPES = ("deposit", "withdraw")
+"""Every type a ledger row can have (the table's CHECK): the `type` ranges that together hold
+the user's whole history."""
 UNSPLIT_TAGS = frozenset({"", "api-usage"})
 """Tags whose rows get no ledger_tags entries when they are a row's only tag (the migration's
 trigger says the same): a deposit's default and every usage withdrawal's."""
@@ -64,12 +69,14 @@ class Statement:
 class Dialect:
     """What differs between the backends' statements."""
 
-    def __init__(self, mark: Callable[[int], str], tag_test: str, history: str, by_type: str, tagged: str):
+    def __init__(self, mark: Callable[[int], str], tag_test: str, history: str | None, by_type: str, tagged: str):
         self.mark = mark
         self.tag_test = tag_test
         """A condition true when `tags` holds the tag `{}` (a parameter) as one of its tags."""
         self.history = history
-        """The ledger as the `history` walk names it (SQLite: INDEXED BY, so no plan can differ)."""
+        """The ledger as the `history` walk names it, or None where the user's whole history has
+        no index of its own (SQLite since migration 19): the walk is then the merge of the
+        user's two `type` ranges."""
         self.by_type = by_type
         self.tagged = tagged
         """The tags walk's FROM: ledger_tags `t` as the outer loop, each entry's ledger row `l`
@@ -113,19 +120,54 @@ def page(d: Dialect, walk: str, tenant: int, user: str, where: LedgerFilter, cur
         if where.currency is not None:
             sql += f" AND l.currency = {s.p(where.currency)}"
         sql += f" ORDER BY t.created_at DESC, t.seq DESC LIMIT {s.p(limit)}"
+    elif walk == "history" and d.history is None:
+        # The merge of the user's two type ranges, each walked newest first: a compound SELECT
+        # whose ORDER BY SQLite answers by merging its arms as they go (no sort), the LIMIT
+        # stopping both. `seq` is a column of its own at the end, for the ORDER BY to name;
+        # ledger_row reads the columns before it. A test on the rows (a currency, a tag that
+        # has no ledger_tags entries) goes outside the merge, on the rows as it yields them:
+        # inside each arm, an arm of a type with no match below the cursor would walk its whole
+        # range before the merge could answer (a review measured 459 ms a page at 1,000,000
+        # rows, against 2.9 ms for the single index's walk). `LIMIT -1` keeps SQLite from
+        # pushing the test down into the arms (it pushes a WHERE into a subquery without a
+        # LIMIT); the merge is then a co-routine the outer query reads in its order, so a page
+        # costs the rows passed over until it has `limit` matches, as the one-index walk did.
+        merged = " UNION ALL ".join(_ranged(s, d.by_type, tenant, user, where, cursor, t, ", seq") for t in TYPES)
+        merged += " ORDER BY created_at DESC, seq DESC"
+        tests = _tests(s, d, where)
+        if tests:
+            sql = f"SELECT {ROW}, seq FROM ({merged} LIMIT -1) WHERE {' AND '.join(tests)} LIMIT {s.p(limit)}"
+        else:
+            sql = f"{merged} LIMIT {s.p(limit)}"
     else:
-        sql = f"SELECT {ROW} FROM {d.history if walk == 'history' else d.by_type}"
-        sql += f" WHERE tenant = {s.p(tenant)} AND user_id = {s.p(user)}"
-        if walk == "type":
-            sql += f" AND type = {s.p(where.type)}"
-        sql += _range(s, "", where, cursor)
-        if where.currency is not None:
-            sql += f" AND currency = {s.p(where.currency)}"
-        if where.tag is not None:
-            sql += " AND " + d.tag_test.format(s.p(where.tag))
+        table = d.by_type if walk == "type" else d.history
+        assert table is not None, "a dialect without a history index merges the type ranges (above)"
+        sql = _ranged(s, table, tenant, user, where, cursor, where.type if walk == "type" else None, "")
+        sql += "".join(f" AND {t}" for t in _tests(s, d, where))
         sql += f" ORDER BY created_at DESC, seq DESC LIMIT {s.p(limit)}"
     s.sql = sql
     return s
+
+
+def _ranged(s: Statement, table: str, tenant: int, user: str, where: LedgerFilter, cursor: tuple[int, int] | None,
+            type_: str | None, more: str) -> str:
+    """The rows of one range of `table` (of one type when `type_` is given), unordered and
+    untested: the walks' common part."""
+    sql = f"SELECT {ROW}{more} FROM {table} WHERE tenant = {s.p(tenant)} AND user_id = {s.p(user)}"
+    if type_ is not None:
+        sql += f" AND type = {s.p(type_)}"
+    return sql + _range(s, "", where, cursor)
+
+
+def _tests(s: Statement, d: Dialect, where: LedgerFilter) -> list[str]:
+    """The filter's tests on each row walked (its currency, its tag), its parameters taken now:
+    the caller places them after every parameter before them in the statement's text."""
+    tests = []
+    if where.currency is not None:
+        tests.append(f"currency = {s.p(where.currency)}")
+    if where.tag is not None:
+        tests.append(d.tag_test.format(s.p(where.tag)))
+    return tests
 
 
 def walk_for(where: LedgerFilter, sizes: tuple[int, int] | None = None) -> str:

@@ -21,9 +21,8 @@ USED = (
 )
 """The usage withdrawals (recordUsage's and the captures of holds, both tagged api-usage) of one
 account over [start, end); parameters (tenant, user, start, end, currency). A range of the
-ledger_by_type index (tenant, user_id, type, created_at, seq), named so that no plan can take
-ledger_history's, which holds the deposits too: its cost is the user's withdrawals in the
-period, never the user's whole history."""
+ledger_by_type index (tenant, user_id, type, created_at, seq): its cost is the user's
+withdrawals in the period, never the user's whole history."""
 
 
 # A user's caps, each with its period's usage and the holds pending now, in one statement (one

@@ -31,7 +31,7 @@ _EACH = dict(tenant=":tenant", user=":user", currency="c.currency", now=":now")
 _DIALECT = Dialect(
     mark=lambda n: "?",
     tag_test="instr(',' || tags || ',', ',' || {} || ',') > 0",
-    history="ledger INDEXED BY ledger_history",
+    history=None,  # no ledger_history since migration 19: the merge of the two ledger_by_type ranges
     by_type="ledger INDEXED BY ledger_by_type",
     tagged="ledger_tags t CROSS JOIN ledger l ON l.seq = t.seq",  # CROSS JOIN: the left table is the outer loop
 )
