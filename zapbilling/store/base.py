@@ -22,6 +22,9 @@ the process but not of the machine."""
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 """What a money column holds on every backend."""
 
+LEDGER_TYPES = ("deposit", "withdraw")
+"""Every type a ledger row can have (the table's CHECK on every backend)."""
+
 SYSTEM_KEY = "system"
 """The key id of rows the server writes by itself (the expiry sweep)."""
 

@@ -23,12 +23,9 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from .base import LedgerFilter
+from .base import LEDGER_TYPES, LedgerFilter
 from .rows import LEDGER_COLUMNS
 
-TYPES = ("deposit", "withdraw")
-"""Every type a ledger row can have (the table's CHECK): the `type` ranges that together hold
-the user's whole history."""
 UNSPLIT_TAGS = frozenset({"", "api-usage"})
 """Tags whose rows get no ledger_tags entries when they are a row's only tag (the migration's
 trigger says the same): a deposit's default and every usage withdrawal's."""
@@ -132,7 +129,7 @@ def page(d: Dialect, walk: str, tenant: int, user: str, where: LedgerFilter, cur
         # pushing the test down into the arms (it pushes a WHERE into a subquery without a
         # LIMIT); the merge is then a co-routine the outer query reads in its order, so a page
         # costs the rows passed over until it has `limit` matches, as the one-index walk did.
-        merged = " UNION ALL ".join(_ranged(s, d.by_type, tenant, user, where, cursor, t, ", seq") for t in TYPES)
+        merged = " UNION ALL ".join(_ranged(s, d.by_type, tenant, user, where, cursor, t, ", seq") for t in LEDGER_TYPES)
         merged += " ORDER BY created_at DESC, seq DESC"
         tests = _tests(s, d, where)
         if tests:

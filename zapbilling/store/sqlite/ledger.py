@@ -6,7 +6,7 @@ import sqlite3
 from typing import Any, Iterator
 
 from ..base import SYSTEM_KEY, USAGE_RECORDED, Idempotency, LedgerFilter, LedgerRow, Lot, LotRules, MeterEventDraft, NewEntry, Refundable
-from ..base import INT64_MAX, INT64_MIN, moved as note_moved
+from ..base import INT64_MAX, INT64_MIN, LEDGER_TYPES, moved as note_moved
 from ..herald import Herald, Outbox
 from ..ids import new_id, row_event_id
 from ..ledger_filters import Dialect, needs_probe, never_matches, page, probe, walk_for
@@ -190,7 +190,7 @@ def append_entry(
         _ACCOUNT, (tenant, e.user, e.currency, e.usage_event.event_name if e.usage_event is not None else None)
     ).fetchone()
     w = NOTHING if mask is None else WATCHES[mask]  # None: a tenant without a row (a store tested alone)
-    if e.type not in ("withdraw", "deposit"):
+    if e.type not in LEDGER_TYPES:
         raise ValueError(f"unknown ledger entry type {e.type!r}")
     withdraw = e.type == "withdraw"
     spend = e.amount if withdraw else 0  # a deposit spends nothing: it only forfeits
