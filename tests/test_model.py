@@ -57,7 +57,7 @@ REQUIRED_OUTCOMES = [
     "preview partly paid by credit", "preview wholly paid by credit", "preview with meter-restricted credit",
     # the int64 edge, over-long input, times on boundaries
     "balance beyond int64 refused", "holds beyond int64 refused", "meter sum beyond int64 refused",
-    "price beyond int64 refused", "balance - holds beyond int64", "idempotency key too long", "text too long sent", "a time on a boundary",
+    "price beyond int64 refused", "balance - holds beyond int64", "expiring credit beyond int64 refused", "idempotency key too long", "text too long sent", "a time on a boundary",
     # paging
     "paging from a row", "paging from an unknown row", "page with more after it",
     # idempotency

@@ -725,6 +725,16 @@ class Model:
             self.hit("balance beyond int64 refused")
             raise Refusal("invalid_params", "amount would take the balance outside the signed 64-bit range", "amount")
 
+    def _credit_in_range(self, c: Call, user: str, currency: str, amount: int) -> None:
+        """An expiring deposit may not take the account's unspent expiring credit (its own lot
+        included, the expired lots it forfeits not) outside int64: every sum of it stays one."""
+        credit = sum(lot.remaining for lot in c.tenant.lots if not lot.settled and lot.row.expires_at > c.now  # type: ignore[operator]
+                     and (lot.row.user, lot.row.currency) == (user, currency))
+        if credit + amount > INT64_MAX:
+            self.hit("expiring credit beyond int64 refused")
+            raise Refusal("invalid_params", "amount would take the user's unspent expiring credit outside the signed 64-bit range",
+                          "amount")
+
     def _withdraw(self, c: Call, user: str, currency: str, amount: int, tags: str, notes: str, metadata: Any,
                   **extra: Any) -> Row:
         self._in_range(c, user, currency, -amount)
@@ -736,6 +746,8 @@ class Model:
     def _deposit_row(self, c: Call, user: str, currency: str, amount: int, tags: str, notes: str, metadata: Any,
                      expires_at: int | None = None, **extra: Any) -> Row:
         self._in_range(c, user, currency, amount)
+        if expires_at is not None:
+            self._credit_in_range(c, user, currency, amount)
         row = self._write_row(c, user, currency, "deposit", amount, tags, notes, metadata, expires_at=expires_at, **extra)
         if expires_at is not None:
             c.tenant.lots.append(Lot(row, amount))

@@ -359,7 +359,8 @@ class Driver:
         self.hit("whale call")
         r = self.rnd.random()
         goals = [g for g in ("holds beyond int64 refused", "price beyond int64 refused", "meter sum beyond int64 refused",
-                             "balance beyond int64 refused", "balance - holds beyond int64") if g not in self.model.reached]
+                             "balance beyond int64 refused", "balance - holds beyond int64",
+                             "expiring credit beyond int64 refused") if g not in self.model.reached]
         goal = self.rnd.choice(goals) if goals and self.rnd.random() < 0.6 else None
         if goal == "holds beyond int64 refused":
             _, held, _ = self.quietly(self.model.balance_of, state, WHALE, "usd", self.now())
@@ -373,6 +374,8 @@ class Driver:
             return self.whale_sum(t)
         elif goal == "balance - holds beyond int64":
             return self.whale_overdrawn(t)
+        elif goal == "expiring credit beyond int64 refused":
+            return self.whale_credit(t)
         if r < 0.2:
             return "deposit", {"user": WHALE, "amount": big()}
         if r < 0.4:
@@ -404,6 +407,20 @@ class Driver:
         if held <= 2**62:
             return "createHold", {"user": WHALE, "amount": min(2**63 - 1 - held, 2**62 + 2**61), "allowOverdraft": True,
                                   "expiresIn": 604800}
+        return "getBalance", {"user": WHALE}
+
+    def whale_credit(self, t: Tenant) -> tuple[str, dict[str, Any]]:
+        """Towards expiring credit beyond int64 with the balance within it: usage to a balance
+        under -(2^62 + 2^61), then expiring deposits of 2^62 + 2^61 (a deposit does not pay the
+        debt first, so their credit stays unspent): the second is refused, then its balance."""
+        state = self.tenant_state(t)
+        balance, _, _ = self.quietly(self.model.balance_of, state, WHALE, "usd", self.now())
+        credit = sum(lot.remaining for lot in state.lots if not lot.settled and lot.row.expires_at > self.now()  # type: ignore[operator]
+                     and (lot.row.user, lot.row.currency) == (WHALE, "usd"))
+        if not credit and balance > -(2**62 + 2**61):  # usage spends credit first: only before there is any
+            return "recordUsage", {"user": WHALE, "amount": min(balance + 2**62 + 2**61, 2**63 - 1), "model": "m"}
+        if "expiring credit beyond int64 refused" not in self.model.reached:
+            return "deposit", {"user": WHALE, "amount": 2**62 + 2**61, "expiresIn": 30}
         return "getBalance", {"user": WHALE}
 
     def whale_sum(self, t: Tenant) -> tuple[str, dict[str, Any]]:

@@ -27,6 +27,7 @@ _HOLD_NOT_FOUND: Error = ("not_found", "hold not found")
 _NOT_PENDING: Error = ("conflict", "hold is not pending: it is <status>")
 _METER_NOT_FOUND: Error = ("not_found", "meter not found")
 _BALANCE_RANGE: Error = ("invalid_params", "amount would take the balance outside the signed 64-bit range")
+_CREDIT_RANGE: Error = ("invalid_params", "amount would take the user's unspent expiring credit outside the signed 64-bit range")
 _ENDPOINT_NOT_FOUND: Error = ("not_found", "webhook endpoint not found")
 _EVENT_NOT_FOUND: Error = ("not_found", "event not found")
 
@@ -35,8 +36,8 @@ ERRORS_BY_METHOD: Mapping[str, tuple[Error, ...]] = {
     "getBalanceAll": (),
     "getUsage": (("not_found", "transaction not found"),),
     "recordUsage": (_BALANCE_RANGE,),
-    "deposit": (_BALANCE_RANGE,),
-    "grantStarterCredit": (_BALANCE_RANGE,),
+    "deposit": (_BALANCE_RANGE, _CREDIT_RANGE),
+    "grantStarterCredit": (_BALANCE_RANGE, _CREDIT_RANGE),
     "refund": (
         ("not_found", "original transaction not found"),
         ("invalid_params", "only a charge can be refunded: <originalTransactionId> is a <type>"),

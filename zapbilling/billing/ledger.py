@@ -182,8 +182,16 @@ async def append(ctx: Context, entry: NewEntry, refundable: Any = None) -> Ledge
     """Every ledger write of a handler: one store write, under the call's idempotency key."""
     try:
         return await ctx.store.append_ledger_row(ctx.tenant, entry, ctx.idempotency, refundable)
-    except OutOfRange:
-        raise InvalidParams("amount would take the balance outside the signed 64-bit range", param="amount") from None
+    except OutOfRange as exc:
+        raise InvalidParams(_OUT_OF_RANGE[exc.total], param="amount") from None
+
+
+_OUT_OF_RANGE = {
+    "balance": "amount would take the balance outside the signed 64-bit range",
+    # an expiring deposit's: the store keeps an account's unspent expiring credit within int64,
+    # so that every sum of it a read makes is one too (store/sqlite/ledger.py _bound_credit)
+    "credit": "amount would take the user's unspent expiring credit outside the signed 64-bit range",
+}
 
 
 # -- the money history ----------------------------------------------------------------------

@@ -48,7 +48,7 @@ class RefundLeft(Refused):
 
 class OutOfRange(Refused):
     """A sum the write would store passes the signed 64-bit range: `total` names it
-    ("balance", "holds")."""
+    ("balance", "holds", "credit": an account's unspent expiring credit)."""
 
     def __init__(self, total: str):
         super().__init__(f"{total} would leave the signed 64-bit range")

@@ -390,6 +390,11 @@ async def append_entry(
         forfeited = 0
     if forfeited or params[16] is None:
         await _set_balance(conn, tenant, e.user, e.currency, moved - forfeited)
+    if own is not None:  # as the SQLite store's _bound_credit: the account's unspent credit within int64
+        credit = await conn.fetchval("SELECT SUM(remaining) FROM ledger WHERE tenant = $1 AND user_id = $2 AND currency = $3"
+                                     " AND remaining > 0", tenant, e.user, e.currency)
+        if credit > INT64_MAX:  # a NUMERIC sum: exact
+            raise OutOfRange("credit")
     if first[4] is not None and w.alerts:
         await after_meter_events(conn, tenant, {(first[4], e.user)}, e.now, w)
     return row, w

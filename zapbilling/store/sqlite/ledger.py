@@ -196,6 +196,8 @@ def append_entry(
     spend = e.amount if withdraw else 0  # a deposit spends nothing: it only forfeits
     forfeited = _settle_lots(conn, tenant, e.user, e.currency, e.now, spend, e.key_id, e.lots, outbox) if has_lots else 0
     _set_balance(conn, tenant, e.user, e.currency, (balance or 0) - forfeited + (-e.amount if withdraw else e.amount))
+    if remaining is not None:
+        _bound_credit(conn, tenant, e.user, e.currency)
     row: LedgerRow = {
         "id": tx_id, "user": e.user, "currency": e.currency, "type": e.type, "amount": e.amount, "tags": e.tags,
         "notes": e.notes, "metadata": e.metadata, "createdAt": e.now, "expiresAt": e.expires_at, "refundOf": e.refund_of,
@@ -322,6 +324,23 @@ def _set_balance(conn: sqlite3.Connection, tenant: int, user: str, currency: str
         " ON CONFLICT (tenant, user_id, currency) DO UPDATE SET balance = excluded.balance",
         (tenant, user, currency, new),
     )
+
+
+def _bound_credit(conn: sqlite3.Connection, tenant: int, user: str, currency: str) -> None:
+    """After an expiring deposit: the account's unspent expiring credit stays within int64, so
+    that every sum of part of it (getBalance's and listAccounts' expired credit, a hold's
+    available, the alerts' balance) is a plain int64 SUM. Usage may take a balance far below
+    zero and a deposit does not pay the debt first, so two deposits could otherwise leave more
+    credit than int64 holds, and every read of the account then failed. SQLite's SUM raises
+    on an integer overflow (documented), which is the test; it walks the account's unspent
+    lots, as the lots' own walk of this write began to."""
+    try:
+        conn.execute("SELECT SUM(remaining) FROM ledger WHERE tenant = ? AND user_id = ? AND currency = ? AND remaining > 0",
+                     (tenant, user, currency)).fetchone()
+    except sqlite3.OperationalError as exc:
+        if "integer overflow" not in str(exc):
+            raise
+        raise OutOfRange("credit") from None
 
 
 def _sweep_expired(conn: sqlite3.Connection, now: int, rules: LotRules, limit: int, outbox: Outbox | None) -> int:
