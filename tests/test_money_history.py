@@ -262,6 +262,10 @@ async def test_equal_times_list_last_written_first_and_time_before_write_order(a
     for limit in (1, 2, 3, 4):
         pages = await every_page(api, "listTransactions", "transactions", "transactionId", limit, user=ALICE)
         assert [r for p in pages for r in p] == rows, limit
+        # a test on the rows (every row passes it) walks the same merge and reads the rows after it
+        pages = await every_page(api, "listTransactions", "transactions", "transactionId", limit, user=ALICE, currency="usd")
+        assert [r for p in pages for r in p] == rows, limit
+    assert [r["amount"] for r in await transactions(api, tag="api-usage")] == [4, 2]  # the tested walk, with a test some rows fail
 
 
 async def test_list_transactions_filters(api, clock):

@@ -37,7 +37,7 @@ page."""
 
 ROW = LEDGER_COLUMNS
 _JOINED_ROW = ", ".join(f"l.{c.strip()}" for c in LEDGER_COLUMNS.split(","))
-"""The same columns of the tags walk's ledger row `l`."""
+"""The same columns of a ledger row `l` read by its seq (the tags walk's, a tested history page's)."""
 
 
 def never_matches(where: LedgerFilter) -> bool:
@@ -129,42 +129,60 @@ def page(d: Dialect, walk: str, tenant: int, user: str, where: LedgerFilter, cur
         # pushing the test down into the arms (it pushes a WHERE into a subquery without a
         # LIMIT); the merge is then a co-routine the outer query reads in its order, so a page
         # costs the rows passed over until it has `limit` matches, as the one-index walk did.
-        merged = " UNION ALL ".join(_ranged(s, d.by_type, tenant, user, where, cursor, t, ", seq") for t in LEDGER_TYPES)
+        #
+        # A tested merge carries only what its order and the tests read, and the page's rows
+        # are read whole by seq after the test, where every row passed over was read whole out
+        # of the merge (one user's 1,000,000 rows, 1% eur deposits: a page of a currency never
+        # used 994 -> 550 ms, `currency=eur` 9.7 -> 5.9 ms, best of 3 and 20). CROSS JOIN:
+        # the left side is the outer loop, so the rows come in the merge's order, as the tags
+        # walk's do.
+        tests = _tests(d, where)
+        columns = "created_at, seq, currency, tags" if tests else f"{ROW}, seq"
+        merged = " UNION ALL ".join(_ranged(s, d.by_type, tenant, user, where, cursor, t, columns) for t in LEDGER_TYPES)
         merged += " ORDER BY created_at DESC, seq DESC"
-        tests = _tests(s, d, where)
         if tests:
-            sql = f"SELECT {ROW}, seq FROM ({merged} LIMIT -1) WHERE {' AND '.join(tests)} LIMIT {s.p(limit)}"
+            sql = (f"SELECT {_JOINED_ROW}, l.seq FROM (SELECT seq FROM ({merged} LIMIT -1) WHERE {_tested(s, tests)}"
+                   f" LIMIT {s.p(limit)}) m CROSS JOIN ledger l ON l.seq = m.seq")
         else:
             sql = f"{merged} LIMIT {s.p(limit)}"
     else:
         table = d.by_type if walk == "type" else d.history
         assert table is not None, "a dialect without a history index merges the type ranges (above)"
-        sql = _ranged(s, table, tenant, user, where, cursor, where.type if walk == "type" else None, "")
-        sql += "".join(f" AND {t}" for t in _tests(s, d, where))
+        sql = _ranged(s, table, tenant, user, where, cursor, where.type if walk == "type" else None)
+        tests = _tests(d, where)
+        if tests:
+            sql += f" AND {_tested(s, tests)}"
         sql += f" ORDER BY created_at DESC, seq DESC LIMIT {s.p(limit)}"
     s.sql = sql
     return s
 
 
 def _ranged(s: Statement, table: str, tenant: int, user: str, where: LedgerFilter, cursor: tuple[int, int] | None,
-            type_: str | None, more: str) -> str:
+            type_: str | None, columns: str = ROW) -> str:
     """The rows of one range of `table` (of one type when `type_` is given), unordered and
     untested: the walks' common part."""
-    sql = f"SELECT {ROW}{more} FROM {table} WHERE tenant = {s.p(tenant)} AND user_id = {s.p(user)}"
+    sql = f"SELECT {columns} FROM {table} WHERE tenant = {s.p(tenant)} AND user_id = {s.p(user)}"
     if type_ is not None:
         sql += f" AND type = {s.p(type_)}"
     return sql + _range(s, "", where, cursor)
 
 
-def _tests(s: Statement, d: Dialect, where: LedgerFilter) -> list[str]:
-    """The filter's tests on each row walked (its currency, its tag), its parameters taken now:
-    the caller places them after every parameter before them in the statement's text."""
-    tests = []
+def _tests(d: Dialect, where: LedgerFilter) -> list[tuple[str, Any]]:
+    """The filter's tests on each row walked (its currency, its tag), each a condition on `{}`
+    and the parameter that goes there; none for a filter of type and dates alone. Known before
+    the walk's text is built, which carries less through the merge when there are some."""
+    tests: list[tuple[str, Any]] = []
     if where.currency is not None:
-        tests.append(f"currency = {s.p(where.currency)}")
+        tests.append(("currency = {}", where.currency))
     if where.tag is not None:
-        tests.append(d.tag_test.format(s.p(where.tag)))
+        tests.append((d.tag_test, where.tag))
     return tests
+
+
+def _tested(s: Statement, tests: list[tuple[str, Any]]) -> str:
+    """The tests as one condition, their parameters taken now: the caller places it after
+    every parameter before it in the statement's text."""
+    return " AND ".join(test.format(s.p(value)) for test, value in tests)
 
 
 def walk_for(where: LedgerFilter, sizes: tuple[int, int] | None = None) -> str:
