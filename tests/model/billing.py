@@ -718,9 +718,12 @@ class Model:
                 break
 
     def _in_range(self, c: Call, user: str, currency: str, delta: int) -> None:
-        """A write may not take the stored balance (the sum of the ledger rows) outside int64."""
+        """A write may not take the stored balance (the sum of the ledger rows) outside int64,
+        as it stands after the write's own forfeits of expired credit (which come first)."""
         stored = sum((r.amount if r.type == "deposit" else -r.amount) for r in c.tenant.rows
                      if (r.user, r.currency) == (user, currency))
+        stored -= sum(lot.remaining for lot in c.tenant.lots if not lot.settled and lot.row.expires_at <= c.now  # type: ignore[operator]
+                      and (lot.row.user, lot.row.currency) == (user, currency))
         if not INT64_MIN <= stored + delta <= INT64_MAX:
             self.hit("balance beyond int64 refused")
             raise Refusal("invalid_params", "amount would take the balance outside the signed 64-bit range", "amount")

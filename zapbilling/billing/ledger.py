@@ -183,7 +183,7 @@ async def append(ctx: Context, entry: NewEntry, refundable: Any = None) -> Ledge
     try:
         return await ctx.store.append_ledger_row(ctx.tenant, entry, ctx.idempotency, refundable)
     except OutOfRange as exc:
-        raise InvalidParams(_OUT_OF_RANGE[exc.total], param="amount") from None
+        raise InvalidParams(_OUT_OF_RANGE.get(exc.total, _OUT_OF_RANGE["balance"]), param="amount") from None
 
 
 _OUT_OF_RANGE = {

@@ -332,8 +332,10 @@ def _bound_credit(conn: sqlite3.Connection, tenant: int, user: str, currency: st
     available, the alerts' balance) is a plain int64 SUM. Usage may take a balance far below
     zero and a deposit does not pay the debt first, so two deposits could otherwise leave more
     credit than int64 holds, and every read of the account then failed. SQLite's SUM raises
-    on an integer overflow (documented), which is the test; it walks the account's unspent
-    lots, as the lots' own walk of this write began to."""
+    on an integer overflow (documented; every value is positive, so the running sum leaves the
+    range only when the whole does), which is the test. It reads each unspent lot of the
+    account (ledger_lots finds them; `remaining` is read from the row): an expiring deposit
+    costs as many reads as the account has lots, as a withdrawal's walk of them may."""
     try:
         conn.execute("SELECT SUM(remaining) FROM ledger WHERE tenant = ? AND user_id = ? AND currency = ? AND remaining > 0",
                      (tenant, user, currency)).fetchone()
