@@ -102,6 +102,5 @@ async def test_a_refused_deposit_in_a_commit_of_many_keeps_the_others(api, clock
     assert (await ok(api, "getBalance", {"user": BOB}))["balance"] == 10 * 7 - 10
     assert len(ledger_rows(db_path, ALICE)) == 2
     # one deposit.created per accepted deposit (2 of ALICE's before + 10 of BOB's)
-    evs = (await ok(api, "listEvents", {"limit": 100}))
-    data = evs.get("data", evs.get("events"))
-    assert sum(1 for e in data if e["type"] == "deposit.created") == 11, [e["type"] for e in data]
+    events = (await ok(api, "listEvents", {"limit": 100}))["events"]
+    assert sum(1 for e in events if e["type"] == "deposit.created") == 11, [e["type"] for e in events]
