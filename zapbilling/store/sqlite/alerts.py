@@ -13,7 +13,7 @@ from ..periods import period_bounds
 from ..refusals import Missing, QuotaReached
 from ..rows import ALERT_COLUMNS as _ALERT, alert_row
 from .connection import SqliteBase
-from .sums import HELD, HELD_NOW
+from .sums import HELD, HELD_NOW, sum_overflowed
 
 USED = (
     "SELECT COALESCE(SUM(amount), 0) FROM ledger INDEXED BY ledger_by_type WHERE tenant = ? AND user_id = ?"
@@ -81,7 +81,7 @@ def period_usage(conn: sqlite3.Connection, tenant: int, user: str, currency: str
         try:
             added, last = conn.execute(USED_SINCE, (currency, start, end, tenant, user, row[2])).fetchone()
         except sqlite3.OperationalError as exc:  # SUM left int64: usage that large passes every threshold
-            if "overflow" not in str(exc):
+            if not sum_overflowed(exc):
                 raise
             added, (last,) = INT64_MAX, conn.execute(LAST_USAGE, (tenant, user)).fetchone()
         if last is None:
@@ -93,7 +93,7 @@ def period_usage(conn: sqlite3.Connection, tenant: int, user: str, currency: str
     try:
         (total,), = conn.execute(USED, (tenant, user, start, end, currency)).fetchall()
     except sqlite3.OperationalError as exc:  # as above
-        if "overflow" not in str(exc):
+        if not sum_overflowed(exc):
             raise
         total = INT64_MAX
     conn.execute(
@@ -145,7 +145,7 @@ class AlertQueries(SqliteBase):
         try:
             rows = await self._read(_CAPS, params)
         except sqlite3.OperationalError as exc:  # a period's usage past int64: summed exactly in two halves
-            if "overflow" not in str(exc):
+            if not sum_overflowed(exc):
                 raise
             rows = [(c, p, cap, (lambda h, lo: (h << 32) + lo)(*json.loads(halves)), held)
                     for c, p, cap, halves, held in await self._read(_CAPS_EXACT, params)]

@@ -16,7 +16,7 @@ from .outbox import NOTHING, WATCHED_MASK, WATCHES, Watch, check_usage_data, emi
 from .watch import after_account_write, after_meter_events
 from ..refusals import Missing, NotRefundable, OutOfRange, RefundLeft
 from ..rows import LEDGER_COLUMNS as _ROW, ledger_row as _row, json_text
-from .sums import ACCOUNT, ACCOUNT_SPAN, EXPIRED, HELD
+from .sums import ACCOUNT, ACCOUNT_SPAN, EXPIRED, HELD, sum_overflowed
 from ...loop_turn import converted
 from ..rows import LEDGER_ROWS_PER_STEP
 
@@ -340,7 +340,7 @@ def _bound_credit(conn: sqlite3.Connection, tenant: int, user: str, currency: st
         conn.execute("SELECT SUM(remaining) FROM ledger WHERE tenant = ? AND user_id = ? AND currency = ? AND remaining > 0",
                      (tenant, user, currency)).fetchone()
     except sqlite3.OperationalError as exc:
-        if "integer overflow" not in str(exc):
+        if not sum_overflowed(exc):
             raise
         raise OutOfRange("credit") from None
 

@@ -19,6 +19,7 @@ from ..refusals import AlreadyExists, Missing, QuotaReached, SumOutOfRange
 from ..rows import METER_COLUMNS as _METER, meter_row, json_text
 from ...loop_turn import converted
 from ..rows import ROWS_PER_STEP
+from .sums import sum_overflowed
 
 
 AGGREGATES = {
@@ -108,7 +109,7 @@ class MeteringQueries(SqliteBase):
         try:
             (value, count), = await self._aggregate(tenant, f"SELECT {aggregate}, COUNT(*) FROM meter_events WHERE {where}", params)
         except sqlite3.OperationalError as exc:
-            if "overflow" not in str(exc):
+            if not sum_overflowed(exc):
                 raise
             # Only a sum overflows. SUM() fails as soon as a running total leaves int64, even when the sum itself fits
             # (values of both signs near the edges): then sum each value's high and low 32 bits
@@ -126,7 +127,7 @@ class MeteringQueries(SqliteBase):
         try:
             rows = await self._aggregate(tenant, _usage_sql(period, exact=False), params)
         except sqlite3.OperationalError as exc:
-            if "overflow" not in str(exc):
+            if not sum_overflowed(exc):
                 raise
             rows = await self._aggregate(tenant, _usage_sql(period, exact=True), params)  # see aggregate_events
         return [u for u in await converted(rows, _usage, ROWS_PER_STEP) if u is not None]

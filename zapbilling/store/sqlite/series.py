@@ -7,6 +7,7 @@ from typing import Any
 
 from .connection import SqliteBase
 from .metering import AGGREGATES, METER, _EXACT_SUM, _exact_sum
+from .sums import sum_overflowed
 
 # The window of an event: its offset from `origin` (aligned to the window size, at or before the
 # period's start, so never negative) in whole windows.
@@ -38,7 +39,7 @@ class SeriesQueries(SqliteBase):
         try:
             rows = await self._aggregate(tenant, grouped.format(AGGREGATES[aggregation]), params)
         except sqlite3.OperationalError as exc:
-            if "overflow" not in str(exc):
+            if not sum_overflowed(exc):
                 raise
             # as aggregate_events: a running SUM left int64; sum the high and low 32 bits apart
             exact = await self._aggregate(tenant, grouped.format(_EXACT_SUM), params)

@@ -6,6 +6,14 @@ alerts and the watch can all take them without an import cycle (ledger.py import
 which imports alerts.py)."""
 from __future__ import annotations
 
+import sqlite3
+
+
+def sum_overflowed(exc: sqlite3.OperationalError) -> bool:
+    """Whether a statement failed because SQLite's SUM() left int64 (its documented "integer
+    overflow"): what the stores' sums catch and answer for; any other error is raised on."""
+    return "overflow" in str(exc)
+
 EXPIRED = (
     "SELECT COALESCE(SUM(remaining), 0) FROM ledger WHERE tenant = {tenant} AND user_id = {user}"
     " AND currency = {currency} AND remaining > 0 AND expires_at <= {now}"

@@ -21,7 +21,7 @@ from ..watching import Watched, judge_meter_alerts, meter_judgements, run_now
 from .. import watching
 from .alerts import held_now, period_usage
 from .outbox import emit
-from .sums import AVAILABLE
+from .sums import AVAILABLE, sum_overflowed
 
 INT64_MAX = 2**63 - 1
 
@@ -129,7 +129,7 @@ def _aggregate(conn: sqlite3.Connection, tenant: int, meter_id: str, aggregation
         (value,), = conn.execute(f"SELECT {AGGREGATES[aggregation].format(where=where)} FROM meter_events WHERE {where}", params).fetchall()
         return int(value)
     except sqlite3.OperationalError as exc:  # only a sum overflows: see metering.aggregate_events
-        if "overflow" not in str(exc):
+        if not sum_overflowed(exc):
             raise
     (high, low), = conn.execute(f"SELECT {_EXACT_SUM} FROM meter_events WHERE {where}", params).fetchall()
     try:
